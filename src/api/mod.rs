@@ -1,0 +1,10 @@
+//! The typed schema of rvdsm's API: verb names and descriptions, parameter and result types,
+//! and VDSM's error codes. One source of truth for the server, the CLI's `--list`/`--help`, and
+//! the tests. Nothing here knows about a transport.
+
+pub mod error;
+pub mod schema;
+pub mod types;
+
+pub use error::ApiError;
+pub use schema::{Param, ParamType, VERBS, Verb};

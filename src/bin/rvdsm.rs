@@ -1,0 +1,139 @@
+//! `rvdsm`: the command-line client of rvdsmd, in the style of vdsm-client:
+//! `rvdsm [connection options] Namespace method [name=value ...]`.
+//!
+//! Exit status: 0 success; 1 the daemon answered with an error (code and message on stderr);
+//! 2 bad usage; 3 the daemon could not be reached or the connection failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use rvdsm::api::schema;
+use rvdsm::cli::{self, UsageError};
+use rvdsm::config::{DEFAULT_PORT, DEFAULT_UNIX_SOCKET};
+use rvdsm::rpc::client::{Client, ClientError, Endpoint};
+use serde_json::{Map, Value};
+
+const EXIT_SERVER_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CONNECTION: u8 = 3;
+
+/// Sends one request to rvdsmd and prints the result as JSON.
+#[derive(Parser)]
+#[command(version, about, disable_help_flag = true)]
+struct Args {
+    /// The daemon's Unix socket (the default connection).
+    #[arg(long, env = "RVDSM_SOCKET", default_value = DEFAULT_UNIX_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    /// Connect over TCP to this host instead of the Unix socket.
+    #[arg(short = 'a', long)]
+    host: Option<String>,
+    /// TCP port (with --host).
+    #[arg(short, long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// Seconds to wait for the connection and for the answer.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
+    /// Read the parameters as a JSON object from FILE (`-` for standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    param_file: Option<PathBuf>,
+    /// List the verbs and exit.
+    #[arg(long)]
+    list: bool,
+    /// Show help; after `Namespace method`, describe that verb.
+    #[arg(short, long)]
+    help: bool,
+    /// Namespace (Host, VM, ...).
+    namespace: Option<String>,
+    /// Method (getVMList, getStats, ...).
+    method: Option<String>,
+    /// Parameters as name=value; a value that is JSON is sent typed, @FILE reads it from FILE.
+    params: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.list {
+        print!("{}", cli::list_verbs());
+        return ExitCode::SUCCESS;
+    }
+    let (Some(namespace), Some(method)) = (&args.namespace, &args.method) else {
+        let _ = Args::command().print_help();
+        return if args.help {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_USAGE)
+        };
+    };
+    let name = format!("{namespace}.{method}");
+    if args.help {
+        return match schema::find(&name) {
+            Some(verb) => {
+                print!("{}", cli::describe_verb(verb));
+                ExitCode::SUCCESS
+            }
+            None => usage_error(&format!("unknown verb {name}; see rvdsm --list")),
+        };
+    }
+    let params = match collect_params(&args) {
+        Ok(params) => params,
+        Err(err) => return usage_error(&err.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("rvdsm: cannot start: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(call(&args, &name, params.clone())) {
+        Ok(result) => {
+            println!("{}", pretty(&result));
+            ExitCode::SUCCESS
+        }
+        Err(err @ ClientError::Server { .. }) => {
+            eprintln!(
+                "rvdsm: Command {name} with args {} failed:\n{err}",
+                Value::Object(params)
+            );
+            ExitCode::from(EXIT_SERVER_ERROR)
+        }
+        Err(err) => {
+            eprintln!("rvdsm: {err}");
+            ExitCode::from(EXIT_CONNECTION)
+        }
+    }
+}
+
+fn collect_params(args: &Args) -> Result<Map<String, Value>, UsageError> {
+    match &args.param_file {
+        Some(_) if !args.params.is_empty() => Err(UsageError::Mixed),
+        Some(file) => cli::read_param_file(file),
+        None => cli::parse_assignments(&args.params),
+    }
+}
+
+async fn call(args: &Args, name: &str, params: Map<String, Value>) -> Result<Value, ClientError> {
+    let endpoint = match &args.host {
+        Some(host) => Endpoint::Tcp {
+            host: host.clone(),
+            port: args.port,
+        },
+        None => Endpoint::Unix(args.socket.clone()),
+    };
+    let client = Client::connect(&endpoint, Duration::from_secs(args.timeout)).await?;
+    client.call(name, params).await
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("rvdsm: {message}");
+    ExitCode::from(EXIT_USAGE)
+}

@@ -1,0 +1,97 @@
+//! `rvdsmd`: the rvdsm daemon. Reads its configuration, serves JSON-RPC on TCP and a Unix
+//! socket, tells systemd when it is ready, and shuts down cleanly on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use rvdsm::config::Config;
+use rvdsm::rpc::server::{RunningServer, ServerOptions};
+use rvdsm::services::{HostService, Services};
+use rvdsm::virt::Hypervisor;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::EnvFilter;
+
+/// The rvdsm host agent daemon.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file [default: /etc/rvdsm/rvdsm.toml if it exists, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the configuration with every default and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::example_toml());
+        return Ok(());
+    }
+    let config = Config::load_or_default(args.config.as_deref())?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("rvdsmd")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.daemon.log_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
+    let services = Services {
+        host: HostService::new(hypervisor),
+    };
+    let options = ServerOptions {
+        tcp: config
+            .server
+            .tcp_enabled
+            .then(|| SocketAddr::new(config.server.address, config.server.port)),
+        unix: Some(config.server.unix_socket.clone()),
+        max_request_bytes: config.server.max_request_bytes,
+        max_response_bytes: config.server.max_response_bytes,
+        max_connections: config.server.max_connections,
+    };
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let server = RunningServer::start(&options, rvdsm::rpc::methods::registry(services).into())
+        .await
+        .context("cannot start the listeners")?;
+    notify_systemd(sd_notify::NotifyState::Ready);
+    tracing::info!(version = rvdsm::VERSION, "rvdsmd ready");
+
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+    notify_systemd(sd_notify::NotifyState::Stopping);
+    server
+        .shutdown(Duration::from_secs(config.server.shutdown_timeout_secs))
+        .await;
+    tracing::info!("rvdsmd stopped");
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about a state change; a no-op when not run by systemd.
+fn notify_systemd(state: sd_notify::NotifyState) {
+    if let Err(err) = sd_notify::notify(false, &[state]) {
+        tracing::warn!(error = %err, "cannot notify systemd");
+    }
+}

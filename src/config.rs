@@ -1,0 +1,258 @@
+//! The daemon's configuration: one TOML file (default `/etc/rvdsm/rvdsm.toml`) whose every
+//! field has a default that serves a single host out of the box. Unknown fields are refused,
+//! naming the field, so that a typo never silently falls back to a default.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon reads its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rvdsm/rvdsm.toml";
+/// VDSM's management port; managers expect it.
+pub const DEFAULT_PORT: u16 = 54321;
+/// The local socket that the CLI uses by default.
+pub const DEFAULT_UNIX_SOCKET: &str = "/run/rvdsm/rvdsm.sock";
+
+/// Errors while loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}")]
+    Read {
+        /// The file that was read.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown or mistyped field.
+    #[error("invalid configuration file {path}: {message}")]
+    Parse {
+        /// The file that was parsed.
+        path: PathBuf,
+        /// The parser's message, naming the field.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The management listeners.
+    pub server: ServerConfig,
+    /// The hypervisor connection.
+    pub libvirt: LibvirtConfig,
+    /// Storage domains.
+    pub storage: StorageConfig,
+    /// Daemon-wide settings.
+    pub daemon: DaemonConfig,
+}
+
+/// The management listeners: JSON-RPC over HTTP and WebSocket on TCP and on a Unix socket.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the TCP listener. Loopback until the management port has mutual TLS.
+    pub address: IpAddr,
+    /// Port of the TCP listener (VDSM's 54321); 0 picks a free port (tests).
+    pub port: u16,
+    /// Whether the TCP listener is started at all.
+    pub tcp_enabled: bool,
+    /// Path of the Unix socket (mode 0600).
+    pub unix_socket: PathBuf,
+    /// Largest request body accepted, in bytes; a larger one is refused without being read.
+    pub max_request_bytes: u32,
+    /// Largest response body sent, in bytes.
+    pub max_response_bytes: u32,
+    /// Most connections served at once on each listener.
+    pub max_connections: u32,
+    /// How long in-flight requests may run after SIGTERM before the daemon exits anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: DEFAULT_PORT,
+            tcp_enabled: true,
+            unix_socket: PathBuf::from(DEFAULT_UNIX_SOCKET),
+            max_request_bytes: 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_connections: 256,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// The libvirt connection.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LibvirtConfig {
+    /// libvirt URI of the local hypervisor.
+    pub uri: String,
+    /// Upper bound of one libvirt call; past it the request fails (the call's thread may stay
+    /// blocked in libvirt, but nothing waits on it).
+    pub call_timeout_secs: u64,
+    /// libvirt's response timeout for guest agent commands (its default blocks forever).
+    pub agent_timeout_secs: u64,
+}
+
+impl Default for LibvirtConfig {
+    fn default() -> Self {
+        Self {
+            uri: "qemu:///system".into(),
+            call_timeout_secs: 30,
+            agent_timeout_secs: 10,
+        }
+    }
+}
+
+/// Storage domains.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The repository under which storage domains are mounted (VDSM's `/rhev/data-center`).
+    pub repository: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            repository: PathBuf::from("/rhev/data-center"),
+        }
+    }
+}
+
+/// Daemon-wide settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Where the daemon keeps its state (host identity, journals).
+    pub state_dir: PathBuf,
+    /// Log filter, `RUST_LOG` syntax (`info`, `rvdsm=debug,jsonrpsee=info`); the `RUST_LOG`
+    /// environment variable overrides it.
+    pub log_filter: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            state_dir: PathBuf::from("/var/lib/rvdsm"),
+            log_filter: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the file at `path` if given, else the default file if it exists, else defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => Self::load(path),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Self::load(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// Parses TOML text; the error text names the offending field.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+
+    /// Checks ranges that the types alone do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: &str| Err(ConfigError::Invalid(msg.to_owned()));
+        if self.server.max_request_bytes < 1024 {
+            return invalid("server.max_request_bytes must be at least 1024");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections must be at least 1");
+        }
+        if self.libvirt.call_timeout_secs == 0 || self.libvirt.agent_timeout_secs == 0 {
+            return invalid("libvirt timeouts must be at least 1 second");
+        }
+        if self.libvirt.uri.is_empty() {
+            return invalid("libvirt.uri must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The bound of one libvirt call.
+    pub fn libvirt_call_timeout(&self) -> Duration {
+        Duration::from_secs(self.libvirt.call_timeout_secs)
+    }
+
+    /// The example file: every field at its default, as documentation.
+    pub fn example_toml() -> String {
+        toml::to_string_pretty(&Self::default()).expect("the default configuration serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::parse("[server]\nprot = 1\n").unwrap_err();
+        assert!(err.contains("prot"), "{err}");
+        let err = Config::parse("colour = 1\n").unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn mistyped_field_is_refused() {
+        assert!(Config::parse("[server]\nport = \"x\"\n").is_err());
+        assert!(Config::parse("[server]\nport = 70000\n").is_err());
+    }
+
+    #[test]
+    fn partial_section_keeps_other_defaults() {
+        let c = Config::parse("[server]\nport = 1234\n").unwrap();
+        assert_eq!(c.server.port, 1234);
+        assert_eq!(c.server.unix_socket, PathBuf::from(DEFAULT_UNIX_SOCKET));
+        assert_eq!(c.libvirt, LibvirtConfig::default());
+    }
+
+    #[test]
+    fn example_round_trips() {
+        assert_eq!(
+            Config::parse(&Config::example_toml()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn zero_timeout_is_invalid() {
+        let c = Config::parse("[libvirt]\ncall_timeout_secs = 0\n").unwrap();
+        assert!(c.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+}

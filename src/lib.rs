@@ -1,0 +1,26 @@
+//! rvdsm: a per-host virtualization agent in the VDSM tradition.
+//!
+//! A manager (a control plane, or an operator with the `rvdsm` CLI) sends JSON-RPC requests to
+//! the `rvdsmd` daemon, which drives libvirt, QEMU and the QEMU guest agent on its host.
+//!
+//! # Layout
+//! Data flows one way: [`rpc`] → [`api`] types → [`services`] → [`virt`] → libvirt.
+//! - [`config`]: the TOML configuration file and its defaults.
+//! - [`api`]: the typed schema shared by the server and the CLI: verbs, parameters, results and
+//!   VDSM's error codes.
+//! - [`rpc`]: transports only (JSON-RPC 2.0 over HTTP and WebSocket, on TCP and a Unix socket),
+//!   translating requests into typed service calls and errors into JSON-RPC errors.
+//! - [`services`]: what each verb does, in terms of the hypervisor; never sees JSON-RPC.
+//! - [`virt`]: the only module that talks to libvirt: the shared reconnecting connection, VM
+//!   lookup and state, domain XML, and the guest agent.
+//! - [`cli`]: argument handling for the `rvdsm` command-line client.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod rpc;
+pub mod services;
+pub mod virt;
+
+/// The version of this build, reported by `Host.getCapabilities`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,128 @@
+//! A JSON-RPC client for rvdsmd over its Unix socket or TCP, speaking WebSocket on the given
+//! stream (jsonrpsee's client), used by the `rvdsm` CLI and the tests.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonrpsee::core::client::{ClientT, Error as RpcError};
+use jsonrpsee::core::middleware::RpcServiceBuilder;
+use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::ws_client::{RpcService, WsClient, WsClientBuilder};
+use serde_json::{Map, Value};
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The local Unix socket.
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// What a call can end with, other than a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon could not be reached.
+    #[error("cannot connect to rvdsmd at {endpoint}: {message}")]
+    Connect {
+        /// Where.
+        endpoint: String,
+        /// Why.
+        message: String,
+    },
+    /// The daemon answered with an error.
+    #[error("(code={code}, message={message})")]
+    Server {
+        /// VDSM's (or JSON-RPC's) code.
+        code: i32,
+        /// The message.
+        message: String,
+    },
+    /// The connection failed or timed out during the call.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// A connected client.
+pub struct Client {
+    inner: WsClient<RpcService>,
+}
+
+impl Client {
+    /// Connects to the daemon; each call then waits at most `timeout`.
+    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, ClientError> {
+        let connect_error = |message: String| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let builder = WsClientBuilder::new()
+            .set_rpc_middleware(RpcServiceBuilder::new())
+            .request_timeout(timeout)
+            .connection_timeout(timeout);
+        let connecting = async {
+            match endpoint {
+                Endpoint::Unix(path) => {
+                    let stream = UnixStream::connect(path)
+                        .await
+                        .map_err(|e| connect_error(e.to_string()))?;
+                    builder
+                        .build_with_stream("ws://localhost", stream)
+                        .await
+                        .map_err(|e| connect_error(e.to_string()))
+                }
+                Endpoint::Tcp { host, port } => {
+                    let stream = TcpStream::connect((host.as_str(), *port))
+                        .await
+                        .map_err(|e| connect_error(e.to_string()))?;
+                    builder
+                        .build_with_stream(format!("ws://{host}:{port}"), stream)
+                        .await
+                        .map_err(|e| connect_error(e.to_string()))
+                }
+            }
+        };
+        let inner = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| connect_error(format!("no answer within {} s", timeout.as_secs())))??;
+        Ok(Self { inner })
+    }
+
+    /// Calls `method` with parameters by name.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Map<String, Value>,
+    ) -> Result<Value, ClientError> {
+        let mut object = ObjectParams::new();
+        for (name, value) in params {
+            object
+                .insert(&name, value)
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+        }
+        self.inner
+            .request(method, object)
+            .await
+            .map_err(|err| match err {
+                RpcError::Call(e) => ClientError::Server {
+                    code: e.code(),
+                    message: e.message().to_owned(),
+                },
+                other => ClientError::Transport(other.to_string()),
+            })
+    }
+}

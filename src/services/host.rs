@@ -1,0 +1,93 @@
+//! Host and VM inventory: `Host.ping2`, `Host.getCapabilities`, `Host.getVMList`,
+//! `VM.getStats`.
+
+use std::collections::BTreeMap;
+
+use nix::time::{ClockId, clock_gettime};
+
+use crate::api::ApiError;
+use crate::api::schema::VERBS;
+use crate::api::types::{
+    Capabilities, GetVmListParams, PackageVersion, VmIdParams, VmStats, VmSummary,
+};
+use crate::virt::Hypervisor;
+
+/// Answers inventory questions about the host and its VMs.
+#[derive(Clone)]
+pub struct HostService {
+    hypervisor: Hypervisor,
+}
+
+impl HostService {
+    /// A service over `hypervisor`.
+    pub fn new(hypervisor: Hypervisor) -> Self {
+        Self { hypervisor }
+    }
+
+    /// `Host.ping2`: answers without touching libvirt, so a manager can tell "daemon up" from
+    /// "hypervisor up".
+    pub fn ping(&self) {}
+
+    /// `Host.getCapabilities`.
+    pub async fn capabilities(&self) -> Result<Capabilities, ApiError> {
+        let host = self.hypervisor.host_info().await?;
+        let packages2 = BTreeMap::from([
+            package("libvirt", &host.libvirt_version),
+            package("qemu-kvm", &host.qemu_version),
+            package("rvdsm", crate::VERSION),
+        ]);
+        Ok(Capabilities {
+            uuid: host.uuid,
+            software_version: crate::VERSION.to_owned(),
+            live_snapshot: "true".to_owned(),
+            packages2,
+            libvirt_uri: self.hypervisor.uri().to_owned(),
+            supported_verbs: VERBS.iter().map(|v| v.name.to_owned()).collect(),
+        })
+    }
+
+    /// `Host.getVMList`: every VM libvirt knows, optionally only those in `vmList`.
+    pub async fn vm_list(&self, params: GetVmListParams) -> Result<Vec<VmSummary>, ApiError> {
+        let status_time = monotonic_millis();
+        let domains = self.hypervisor.list_domains().await?;
+        Ok(domains
+            .into_iter()
+            .filter(|d| params.vm_list.is_empty() || params.vm_list.contains(&d.uuid))
+            .map(|d| VmSummary {
+                vm_id: d.uuid,
+                status: d.status,
+                status_time,
+            })
+            .collect())
+    }
+
+    /// `VM.getStats`: a one-element list, as VDSM returns it.
+    pub async fn vm_stats(&self, params: VmIdParams) -> Result<Vec<VmStats>, ApiError> {
+        let status_time = monotonic_millis();
+        let (info, disks) = self.hypervisor.domain_disks(params.vm_id).await?;
+        Ok(vec![VmStats {
+            vm_id: info.uuid,
+            vm_name: info.name,
+            status: info.status,
+            status_time,
+            disks: disks.into_iter().map(|d| (d.target.clone(), d)).collect(),
+        }])
+    }
+}
+
+fn package(name: &str, version: &str) -> (String, PackageVersion) {
+    (
+        name.to_owned(),
+        PackageVersion {
+            version: version.to_owned(),
+        },
+    )
+}
+
+/// The monotonic clock in milliseconds, the time base of VDSM's `statusTime`.
+fn monotonic_millis() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
+    })
+}

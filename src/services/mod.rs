@@ -1,0 +1,14 @@
+//! What each verb does, in terms of the hypervisor (and, in later issues, storage and jobs).
+//! Services take and return the typed values of [`crate::api`]; they never see JSON-RPC, and
+//! they reach libvirt only through [`crate::virt`].
+
+mod host;
+
+pub use host::HostService;
+
+/// Every service the daemon runs, shared by all transports.
+#[derive(Clone)]
+pub struct Services {
+    /// Host and VM inventory verbs.
+    pub host: HostService,
+}

@@ -1,0 +1,17 @@
+//! The only module that talks to libvirt: one shared connection that is re-opened when
+//! libvirtd restarts, VM lookup and state, the domain XML (disks and their backing chains),
+//! and the QEMU guest agent (typed QGA messages from the `qapi` crate, sent through libvirt's
+//! agent channel).
+//!
+//! Every libvirt call blocks, so each runs on tokio's blocking pool under a deadline
+//! ([`Hypervisor::call`]); the async reactor never waits on libvirt.
+
+pub mod agent;
+mod connection;
+mod domains;
+mod error;
+pub mod xml;
+
+pub use connection::Hypervisor;
+pub use domains::{DomainInfo, HostInfo};
+pub use error::VirtError;

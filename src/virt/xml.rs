@@ -1,0 +1,183 @@
+//! Reading libvirt's XML: a domain's disks with their backing chains, and the host UUID from
+//! the capabilities document. Pure functions over text, so they are tested without libvirt.
+
+use roxmltree::{Document, Node};
+
+use super::error::VirtError;
+use crate::api::types::{ChainLink, DiskStats};
+
+/// The disks of a domain, in the order of its XML.
+pub fn parse_disks(domain_xml: &str) -> Result<Vec<DiskStats>, VirtError> {
+    let doc = parse("domain", domain_xml)?;
+    let devices = doc
+        .root_element()
+        .children()
+        .find(|n| n.has_tag_name("devices"));
+    let Some(devices) = devices else {
+        return Ok(Vec::new());
+    };
+    devices
+        .children()
+        .filter(|n| n.has_tag_name("disk"))
+        .map(parse_disk)
+        .collect()
+}
+
+fn parse_disk(disk: Node) -> Result<DiskStats, VirtError> {
+    let disk_type = disk.attribute("type").unwrap_or("file").to_owned();
+    let target = child(disk, "target")
+        .and_then(|t| t.attribute("dev"))
+        .ok_or_else(|| VirtError::Xml {
+            what: "domain",
+            message: "a disk has no target device".into(),
+        })?;
+    let format = child(disk, "driver")
+        .and_then(|d| d.attribute("type"))
+        .map(str::to_owned);
+    Ok(DiskStats {
+        target: target.to_owned(),
+        device: disk.attribute("device").unwrap_or("disk").to_owned(),
+        path: source_path(disk, &disk_type),
+        format,
+        readonly: child(disk, "readonly").is_some(),
+        shareable: child(disk, "shareable").is_some(),
+        backing_chain: backing_chain(disk),
+        disk_type,
+    })
+}
+
+/// The chain below `node`, following nested `<backingStore>` elements. An empty
+/// `<backingStore/>` ends the chain.
+fn backing_chain(node: Node) -> Vec<ChainLink> {
+    let mut chain = Vec::new();
+    let mut current = child(node, "backingStore");
+    while let Some(store) = current {
+        let store_type = store.attribute("type").unwrap_or("file");
+        let Some(path) = source_path(store, store_type) else {
+            break;
+        };
+        chain.push(ChainLink {
+            path,
+            format: child(store, "format")
+                .and_then(|f| f.attribute("type"))
+                .map(str::to_owned),
+        });
+        current = child(store, "backingStore");
+    }
+    chain
+}
+
+/// The path-like attribute of `<source>` that goes with the disk type.
+fn source_path(node: Node, disk_type: &str) -> Option<String> {
+    let source = child(node, "source")?;
+    let attribute = match disk_type {
+        "block" => "dev",
+        "dir" => "dir",
+        "network" => "name",
+        "volume" => "volume",
+        _ => "file",
+    };
+    source.attribute(attribute).map(str::to_owned)
+}
+
+/// The host UUID from libvirt's capabilities document.
+pub fn host_uuid(capabilities_xml: &str) -> Result<String, VirtError> {
+    let doc = parse("capabilities", capabilities_xml)?;
+    doc.descendants()
+        .find(|n| n.has_tag_name("uuid") && n.parent().is_some_and(|p| p.has_tag_name("host")))
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_owned())
+        .ok_or_else(|| VirtError::Xml {
+            what: "capabilities",
+            message: "no host UUID".into(),
+        })
+}
+
+fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
+    node.children().find(|n| n.has_tag_name(name))
+}
+
+fn parse<'a>(what: &'static str, text: &'a str) -> Result<Document<'a>, VirtError> {
+    Document::parse(text).map_err(|e| VirtError::Xml {
+        what,
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = r#"<domain type='qemu'><name>g</name><devices>
+      <disk type='file' device='disk'>
+        <driver name='qemu' type='qcow2'/>
+        <source file='/sd/images/i/top' index='3'/>
+        <backingStore type='file' index='2'>
+          <format type='qcow2'/>
+          <source file='/sd/images/i/mid'/>
+          <backingStore type='file' index='1'>
+            <format type='raw'/>
+            <source file='/sd/images/i/base'/>
+            <backingStore/>
+          </backingStore>
+        </backingStore>
+        <target dev='vda' bus='virtio'/>
+      </disk>
+      <disk type='block' device='lun'>
+        <driver name='qemu' type='raw'/>
+        <source dev='/dev/sdb'/>
+        <target dev='sda' bus='scsi'/>
+        <shareable/>
+      </disk>
+      <disk type='file' device='cdrom'>
+        <target dev='hdc' bus='ide'/>
+        <readonly/>
+      </disk>
+    </devices></domain>"#;
+
+    #[test]
+    fn reads_disks_and_chains() {
+        let disks = parse_disks(DOMAIN).unwrap();
+        assert_eq!(disks.len(), 3);
+        let vda = &disks[0];
+        assert_eq!(vda.target, "vda");
+        assert_eq!(vda.path.as_deref(), Some("/sd/images/i/top"));
+        assert_eq!(vda.format.as_deref(), Some("qcow2"));
+        let chain: Vec<_> = vda.backing_chain.iter().map(|l| l.path.as_str()).collect();
+        assert_eq!(chain, ["/sd/images/i/mid", "/sd/images/i/base"]);
+        assert_eq!(vda.backing_chain[1].format.as_deref(), Some("raw"));
+
+        let lun = &disks[1];
+        assert_eq!(
+            (lun.device.as_str(), lun.disk_type.as_str()),
+            ("lun", "block")
+        );
+        assert_eq!(lun.path.as_deref(), Some("/dev/sdb"));
+        assert!(lun.shareable && !lun.readonly);
+
+        let cdrom = &disks[2];
+        assert!(cdrom.readonly && cdrom.path.is_none() && cdrom.backing_chain.is_empty());
+    }
+
+    #[test]
+    fn disk_without_target_is_an_error() {
+        let xml = "<domain><devices><disk type='file'/></devices></domain>";
+        assert!(matches!(parse_disks(xml), Err(VirtError::Xml { .. })));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_disks("<domain").is_err());
+        assert!(host_uuid("<capabilities><host/></capabilities>").is_err());
+    }
+
+    #[test]
+    fn finds_host_uuid() {
+        let caps = "<capabilities><host><uuid> 1b4e28ba-2fa1-11d2-883f-0016d3cca427 </uuid>\
+                    </host><guest><uuid>no</uuid></guest></capabilities>";
+        assert_eq!(
+            host_uuid(caps).unwrap(),
+            "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+        );
+    }
+}
