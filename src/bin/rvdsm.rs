@@ -126,7 +126,7 @@ async fn call(args: &Args, name: &str, params: Map<String, Value>) -> Result<Val
         None => Endpoint::Unix(args.socket.clone()),
     };
     let client = Client::connect(&endpoint, Duration::from_secs(args.timeout)).await?;
-    client.call(name, params).await
+    client.call(name, Value::Object(params)).await
 }
 
 fn pretty(value: &Value) -> String {

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use jsonrpsee::core::client::{ClientT, Error as RpcError};
 use jsonrpsee::core::middleware::RpcServiceBuilder;
-use jsonrpsee::core::params::ObjectParams;
+use jsonrpsee::core::params::{ArrayParams, ObjectParams};
 use jsonrpsee::ws_client::{RpcService, WsClient, WsClientBuilder};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::net::{TcpStream, UnixStream};
 
 /// Where the daemon listens.
@@ -102,27 +102,33 @@ impl Client {
         Ok(Self { inner })
     }
 
-    /// Calls `method` with parameters by name.
-    pub async fn call(
-        &self,
-        method: &str,
-        params: Map<String, Value>,
-    ) -> Result<Value, ClientError> {
-        let mut object = ObjectParams::new();
-        for (name, value) in params {
-            object
-                .insert(&name, value)
-                .map_err(|e| ClientError::Transport(e.to_string()))?;
-        }
-        self.inner
-            .request(method, object)
-            .await
-            .map_err(|err| match err {
-                RpcError::Call(e) => ClientError::Server {
-                    code: e.code(),
-                    message: e.message().to_owned(),
-                },
-                other => ClientError::Transport(other.to_string()),
-            })
+    /// Calls `method` with parameters by name (an object) or by position (a list); any other
+    /// value sends no parameters.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let encode = |e: serde_json::Error| ClientError::Transport(e.to_string());
+        let result = match params {
+            Value::Object(map) => {
+                let mut object = ObjectParams::new();
+                for (name, value) in map {
+                    object.insert(&name, value).map_err(encode)?;
+                }
+                self.inner.request(method, object).await
+            }
+            Value::Array(items) => {
+                let mut list = ArrayParams::new();
+                for value in items {
+                    list.insert(value).map_err(encode)?;
+                }
+                self.inner.request(method, list).await
+            }
+            _ => self.inner.request(method, ObjectParams::new()).await,
+        };
+        result.map_err(|err| match err {
+            RpcError::Call(e) => ClientError::Server {
+                code: e.code(),
+                message: e.message().to_owned(),
+            },
+            other => ClientError::Transport(other.to_string()),
+        })
     }
 }

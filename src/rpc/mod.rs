@@ -5,10 +5,12 @@
 //! - [`methods`]: the one registry of verbs ([`jsonrpsee::RpcModule`]) every transport serves.
 //! - [`params`]: JSON parameters (by name or by position) into the typed structs of `api`.
 //! - [`logging`]: one tracing span and one log line per request.
+//! - [`http_limits`]: HTTP-level refusals (a POST must declare its length).
 //! - [`server`]: the listeners, connection limits and graceful shutdown.
 //! - [`client`]: the client used by the CLI and the tests.
 
 pub mod client;
+pub mod http_limits;
 pub mod logging;
 pub mod methods;
 pub mod params;

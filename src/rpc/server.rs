@@ -19,6 +19,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use tower::layer::util::{Identity, Stack};
+
+use super::http_limits::RequireLengthLayer;
 use super::logging::RequestLogLayer;
 
 /// What to listen on, and the limits.
@@ -62,8 +65,8 @@ pub struct RunningServer {
 }
 
 type ServiceBuilder = jsonrpsee::server::TowerServiceBuilder<
-    tower::layer::util::Stack<RequestLogLayer, tower::layer::util::Identity>,
-    tower::layer::util::Identity,
+    Stack<RequestLogLayer, Identity>,
+    Stack<RequireLengthLayer, Identity>,
 >;
 
 impl RunningServer {
@@ -78,6 +81,7 @@ impl RunningServer {
         let builder = Server::builder()
             .set_config(config)
             .set_rpc_middleware(RpcServiceBuilder::new().layer(RequestLogLayer))
+            .set_http_middleware(tower::ServiceBuilder::new().layer(RequireLengthLayer))
             .to_service_builder();
         let connections = TaskTracker::new();
         let served = Served {

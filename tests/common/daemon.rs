@@ -1,0 +1,219 @@
+//! A real `rvdsmd` child process on a free TCP port and a temporary Unix socket.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use rvdsm::rpc::client::{Client, ClientError, Endpoint};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::wait_until;
+
+/// Which listener a call goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The Unix socket.
+    Unix,
+    /// TCP on loopback.
+    Tcp,
+}
+
+/// A running daemon, killed when dropped.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its temporary directory (configuration, socket, log).
+    pub dir: TempDir,
+    /// Its Unix socket.
+    pub socket: PathBuf,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Daemon {
+    /// Starts rvdsmd with the default test configuration and waits until it answers.
+    pub fn start() -> Daemon {
+        Daemon::start_with("")
+    }
+
+    /// Starts rvdsmd with `extra` TOML appended to the test configuration (sections not used by
+    /// the base configuration: `[libvirt]`, `[storage]`, `[daemon]`).
+    pub fn start_with(extra: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("rvdsmd-test")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("rvdsm.sock");
+        let port = free_port();
+        let config = dir.path().join("rvdsm.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nport = {port}\nunix_socket = \"{}\"\nmax_request_bytes = 65536\n{extra}",
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("rvdsmd.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rvdsmd"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut daemon = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            port,
+            runtime,
+        };
+        let ready = wait_until(Duration::from_secs(15), || {
+            daemon.has_exited().is_none()
+                && daemon.call(Via::Unix, "Host.ping2", Value::Null).is_ok()
+        });
+        assert!(ready, "rvdsmd did not become ready; log:\n{}", daemon.log());
+        daemon
+    }
+
+    /// Calls `method` through `via`; `params` is an object, a list or null.
+    pub fn call(&self, via: Via, method: &str, params: Value) -> Result<Value, ClientError> {
+        let endpoint = match via {
+            Via::Unix => Endpoint::Unix(self.socket.clone()),
+            Via::Tcp => Endpoint::Tcp {
+                host: "127.0.0.1".into(),
+                port: self.port,
+            },
+        };
+        self.runtime.block_on(async {
+            let client = Client::connect(&endpoint, Duration::from_secs(30)).await?;
+            client.call(method, params).await
+        })
+    }
+
+    /// Calls through the Unix socket and expects success.
+    pub fn ok(&self, method: &str, params: Value) -> Value {
+        self.call(Via::Unix, method, params)
+            .unwrap_or_else(|e| panic!("{method} failed: {e}; log:\n{}", self.log()))
+    }
+
+    /// Calls through the Unix socket and expects a server error; returns its code and message.
+    pub fn err(&self, method: &str, params: Value) -> (i32, String) {
+        match self.call(Via::Unix, method, params) {
+            Err(ClientError::Server { code, message }) => (code, message),
+            other => panic!("{method}: expected a server error, got {other:?}"),
+        }
+    }
+
+    /// Sends raw bytes over TCP and returns everything the daemon answers before closing or
+    /// going quiet for a second (for malformed and oversized requests).
+    pub fn raw_tcp(&self, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") && ends_body(&answer) {
+                        break;
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("daemon already stopped");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let mut status = None;
+        let exited = wait_until(Duration::from_secs(40), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(exited, "rvdsmd ignored SIGTERM; log:\n{}", self.log());
+        self.child = None;
+        status.unwrap()
+    }
+
+    /// The exit status, if the daemon has exited.
+    pub fn has_exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("rvdsmd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether an HTTP answer holds its whole body (by Content-Length).
+fn ends_body(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    body.len() >= length
+}
+
+/// A TCP port free at the time of the call.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the `rvdsm` CLI against `daemon`'s socket; returns exit code, stdout, stderr.
+pub fn cli(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_rvdsm"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

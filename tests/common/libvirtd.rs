@@ -1,0 +1,60 @@
+//! Stopping and starting the host's libvirtd, for tests of rvdsm's reconnection. The guard
+//! starts libvirtd again when dropped, so a failing test never leaves the host without it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::wait_until;
+
+/// libvirtd stopped until this is dropped (or [`Stopped::start`] is called).
+pub struct Stopped {
+    started: bool,
+}
+
+/// Stops libvirtd (systemctl on a systemd host, else SIGTERM to the pid in its pid file) and
+/// waits until it is gone. Running guests keep running.
+pub fn stop() -> Stopped {
+    if Path::new("/run/systemd/system").exists() {
+        let status = Command::new("systemctl")
+            .args(["stop", "libvirtd"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "systemctl stop libvirtd failed");
+    } else {
+        let pid: i32 = std::fs::read_to_string("/run/libvirtd.pid")
+            .expect("libvirtd pid file")
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let gone = wait_until(Duration::from_secs(30), || {
+            nix::sys::signal::kill(pid, None).is_err()
+        });
+        assert!(gone, "libvirtd did not exit on SIGTERM");
+    }
+    Stopped { started: false }
+}
+
+impl Stopped {
+    /// Starts libvirtd again (through the project's setup script) and waits until it answers.
+    pub fn start(mut self) {
+        start_libvirtd();
+        self.started = true;
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !self.started {
+            start_libvirtd();
+        }
+    }
+}
+
+fn start_libvirtd() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/setup-host");
+    let status = Command::new(script).status().unwrap();
+    assert!(status.success(), "setup-host could not start libvirtd");
+}

@@ -1,0 +1,80 @@
+//! The shared test harness: real guests from the fixture through a real libvirtd, and a real
+//! rvdsmd child process with a temporary configuration.
+//!
+//! - [`libvirt`] opens `qemu:///system`, or fails the test when libvirt is required
+//!   (`RVDSM_REQUIRE_LIBVIRT=1` or `CI` set) and skips it otherwise.
+//! - [`Guest`] boots a fixture guest under a unique name, waits for its agent, runs commands
+//!   inside it through the agent, reads its disks, and always destroys it and removes its
+//!   files when dropped, panics included. At most `RVDSM_TEST_MAX_GUESTS` (default 2) guests
+//!   run at once per test binary, so a 2-core machine is not overloaded.
+//! - [`Daemon`] runs `rvdsmd` on a free port and a temporary socket and calls it.
+#![allow(dead_code, unused_imports)] // Each test binary uses a different part of the harness.
+
+pub mod daemon;
+pub mod guest;
+pub mod libvirtd;
+
+pub use daemon::Daemon;
+pub use guest::{Agent, Guest, GuestOptions};
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use virt::connect::Connect;
+
+/// Whether a missing libvirt or fixture must fail the test instead of skipping it.
+pub fn libvirt_required() -> bool {
+    std::env::var("RVDSM_REQUIRE_LIBVIRT").is_ok_and(|v| v == "1")
+        || std::env::var("CI").is_ok_and(|v| !v.is_empty())
+}
+
+/// A connection to the local libvirtd; `None` (the test then returns early) only when libvirt
+/// is not required. Also removes guests that an earlier, killed test run left behind.
+pub fn libvirt() -> Option<Connect> {
+    virt::error::clear_error_callback();
+    match Connect::open(Some("qemu:///system")) {
+        Ok(conn) => {
+            guest::remove_leftovers(&conn);
+            Some(conn)
+        }
+        Err(err) if libvirt_required() => {
+            panic!("libvirt is required (RVDSM_REQUIRE_LIBVIRT/CI) but unreachable: {err}")
+        }
+        Err(err) => {
+            eprintln!("SKIPPED: libvirt unreachable ({err}); run scripts/setup-host");
+            None
+        }
+    }
+}
+
+/// The fixture directory, built (or found up to date) once per test binary.
+pub fn fixture_dir() -> &'static std::path::Path {
+    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/build-guest");
+        let output = Command::new(script)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+        assert!(
+            output.status.success(),
+            "the guest fixture does not build: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::path::PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+    })
+}
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
