@@ -250,6 +250,12 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_is_the_defaults() {
+        let text = include_str!("../systemd/rvdsm.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
     fn zero_timeout_is_invalid() {
         let c = Config::parse("[libvirt]\ncall_timeout_secs = 0\n").unwrap();
         assert!(c.validate().is_err());

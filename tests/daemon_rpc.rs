@@ -41,7 +41,7 @@ fn vm_list_and_stats_show_a_running_guest_over_unix_and_tcp() {
     }
 
     let only = daemon.ok("Host.getVMList", json!({"vmList": [guest.uuid]}));
-    assert_eq!(vm_ids(&only), [guest.uuid.clone()]);
+    assert_eq!(vm_ids(&only), std::slice::from_ref(&guest.uuid));
     let none = daemon.ok("Host.getVMList", json!({"vmList": [UNKNOWN_VM]}));
     assert!(vm_ids(&none).is_empty());
 
@@ -176,10 +176,8 @@ fn cli_works_as_an_operator_uses_it() {
     let list_filter = format!("vmList=[\"{}\"]", guest.uuid);
     let (code, out, _) = cli(&daemon, &["Host", "getVMList", &list_filter]);
     assert_eq!(code, 0);
-    assert_eq!(
-        vm_ids(&serde_json::from_str(&out).unwrap()),
-        [guest.uuid.clone()]
-    );
+    let listed = vm_ids(&serde_json::from_str(&out).unwrap());
+    assert_eq!(listed, std::slice::from_ref(&guest.uuid));
 
     let unknown = format!("vmID={UNKNOWN_VM}");
     let (code, out, err) = cli(&daemon, &["VM", "getStats", &unknown]);

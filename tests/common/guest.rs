@@ -196,10 +196,10 @@ impl Drop for Guest {
         if self.domain.destroy().is_ok() {
             return;
         }
-        if let Ok(conn) = Connect::open(Some("qemu:///system")) {
-            if let Ok(domain) = conn.lookup_domain_by_name(&self.name) {
-                let _ = domain.destroy();
-            }
+        if let Ok(conn) = Connect::open(Some("qemu:///system"))
+            && let Ok(domain) = conn.lookup_domain_by_name(&self.name)
+        {
+            let _ = domain.destroy();
         }
     }
 }
