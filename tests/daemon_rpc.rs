@@ -267,3 +267,72 @@ fn a_second_daemon_does_not_steal_the_socket() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("already listening"));
     assert_eq!(daemon.ok("Host.ping2", Value::Null), json!(true));
 }
+
+#[test]
+fn plain_http_posts_work_on_tcp_and_on_the_unix_socket() {
+    use std::io::{Read, Write};
+    let daemon = Daemon::start();
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"Host.ping2"}"#;
+    let request = http_post(body, body.len());
+
+    let answer = daemon.raw_tcp(request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"jsonrpc":"2.0","id":7,"result":true}"#),
+        "{answer}"
+    );
+
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let closing = request.replacen(
+        "Host: localhost\r\n",
+        "Host: localhost\r\nConnection: close\r\n",
+        1,
+    );
+    stream.write_all(closing.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.ends_with(r#"{"jsonrpc":"2.0","id":7,"result":true}"#),
+        "{answer}"
+    );
+}
+
+#[test]
+fn daemon_tells_systemd_it_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    let config = dir.path().join("rvdsm.toml");
+    let socket = dir.path().join("rvdsm.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntcp_enabled = false\nunix_socket = \"{}\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rvdsmd"))
+        .arg("--config")
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let received = listener.recv(&mut buf);
+    // Ready means ready: the socket is in place once the notification is sent.
+    let socket_ready = socket.exists();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = received.expect("no readiness notification");
+    let message = String::from_utf8_lossy(&buf[..n]);
+    assert!(message.contains("READY=1"), "{message}");
+    assert!(socket_ready, "READY=1 sent before the socket was bound");
+}
