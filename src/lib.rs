@@ -18,8 +18,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod failpoint;
 pub mod rpc;
 pub mod services;
+pub mod storage;
 pub mod virt;
 
 /// The version of this build, reported by `Host.getCapabilities`.

@@ -1,0 +1,379 @@
+//! File storage domains: creation in VDSM's layout, discovery under the repository, identity
+//! and space, and the listing of images and volumes.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::domain_md;
+use super::error::StorageError;
+use super::fsutil::write_atomic;
+use super::layout::{DomainDir, Repository};
+use super::lock::{FileLock, MetadataLock};
+
+/// The only domain version rvdsm creates (VDSM 4.3+ semantics: `CAP`, 4 KiB alignment).
+pub const DOMAIN_VERSION: u32 = 5;
+/// Files VDSM keeps in `dom_md/` besides `metadata` (sanlock areas and mailboxes; created empty,
+/// as rvdsm does not run sanlock yet).
+const DOM_MD_FILES: &[&str] = &["ids", "leases", "inbox", "outbox", "xleases"];
+
+/// The kinds of file domain (VDSM's `domainType` numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainType {
+    /// 1: a mounted NFS export.
+    Nfs,
+    /// 4: a local directory.
+    LocalFs,
+    /// 6: a mounted POSIX filesystem.
+    PosixFs,
+}
+
+impl DomainType {
+    /// From VDSM's number.
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(Self::Nfs),
+            4 => Some(Self::LocalFs),
+            6 => Some(Self::PosixFs),
+            _ => None,
+        }
+    }
+
+    /// The name in `dom_md/metadata` and `StorageDomain.getInfo`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nfs => "NFS",
+            Self::LocalFs => "LOCALFS",
+            Self::PosixFs => "POSIXFS",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::Nfs, Self::LocalFs, Self::PosixFs]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+}
+
+/// What `StorageDomain.create` asks for.
+#[derive(Debug, Clone)]
+pub struct NewDomain {
+    /// The domain's UUID.
+    pub uuid: Uuid,
+    /// Its kind.
+    pub kind: DomainType,
+    /// The local directory (LOCALFS) or the remote path already mounted (NFS, POSIXFS).
+    pub remote_path: String,
+    /// Its name (`DESCRIPTION`).
+    pub name: String,
+    /// Its block size, 512 or 4096.
+    pub block_size: u32,
+    /// Most hosts sharing it.
+    pub max_hosts: u32,
+}
+
+/// A storage domain attached to this host.
+pub struct Domain {
+    /// Its UUID.
+    pub uuid: Uuid,
+    /// Its directory.
+    pub dir: DomainDir,
+    /// Its kind.
+    pub kind: DomainType,
+    /// Its name.
+    pub name: String,
+    /// Its `REMOTE_PATH`.
+    pub remote_path: String,
+    /// Its version.
+    pub version: u32,
+    /// Its block size.
+    pub block_size: u32,
+    /// The pool it belongs to.
+    pub pool: Uuid,
+    lock: Arc<dyn MetadataLock>,
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("uuid", &self.uuid)
+            .field("root", &self.dir.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Domain {
+    /// Creates a domain in VDSM's layout. It appears complete or not at all: it is built under
+    /// a temporary name and renamed into place.
+    pub fn create(repo: &Repository, new: &NewDomain, pool: Uuid) -> Result<Domain, StorageError> {
+        if new.block_size != 512 && new.block_size != 4096 {
+            return Err(StorageError::InvalidParameter(format!(
+                "blockSize={}",
+                new.block_size
+            )));
+        }
+        let mount = mount_dir(repo, new)?;
+        let dir = DomainDir::new(&mount, new.uuid);
+        if dir.root().exists() {
+            return Err(StorageError::DomainExists(new.uuid));
+        }
+        let staging = mount.join(format!(".{}.creating", new.uuid.hyphenated()));
+        let _ = std::fs::remove_dir_all(&staging);
+        let result = build_domain(&staging, new, pool).and_then(|()| {
+            std::fs::rename(&staging, dir.root())
+                .map_err(StorageError::io("rename into place", dir.root()))
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result?;
+        super::fsutil::sync_parent(dir.root()).map_err(StorageError::io("sync", dir.root()))?;
+        Domain::load(dir)
+    }
+
+    /// Reads the domain in `dir`.
+    pub fn load(dir: DomainDir) -> Result<Domain, StorageError> {
+        let path = dir.metadata();
+        let text = std::fs::read_to_string(&path).map_err(StorageError::io("read", &path))?;
+        let keys = domain_md::parse(&text).map_err(|source| StorageError::DomainMetadata {
+            path: path.clone(),
+            source,
+        })?;
+        let invalid = |what: &str| StorageError::DomainMetadata {
+            path: path.clone(),
+            source: domain_md::DomainMetaError::Line(what.to_owned()),
+        };
+        let get = |key: &str| keys.get(key).map(String::as_str).unwrap_or("");
+        let uuid = Uuid::parse_str(get("SDUUID")).map_err(|_| invalid("SDUUID"))?;
+        if dir.root().file_name() != Some(uuid.hyphenated().to_string().as_ref()) {
+            return Err(invalid("SDUUID does not match the directory"));
+        }
+        Ok(Domain {
+            uuid,
+            kind: DomainType::from_name(get("TYPE")).ok_or_else(|| invalid("TYPE"))?,
+            name: get("DESCRIPTION").to_owned(),
+            remote_path: get("REMOTE_PATH").to_owned(),
+            version: get("VERSION").parse().map_err(|_| invalid("VERSION"))?,
+            block_size: get("BLOCK_SIZE").parse().unwrap_or(512),
+            pool: Uuid::parse_str(get("POOL_UUID")).unwrap_or(Uuid::nil()),
+            lock: Arc::new(FileLock::new(dir.lock_file())),
+            dir,
+        })
+    }
+
+    /// Every domain found under the repository's mounts (`mnt/*/<uuid>/dom_md/metadata`).
+    /// Unreadable ones are logged and skipped.
+    pub fn discover(repo: &Repository) -> Vec<Domain> {
+        let mut found = Vec::new();
+        let Ok(mounts) = std::fs::read_dir(repo.mounts()) else {
+            return found;
+        };
+        for mount in mounts.flatten() {
+            let Ok(entries) = std::fs::read_dir(mount.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(uuid) = name.to_str().and_then(|n| Uuid::parse_str(n).ok()) else {
+                    continue;
+                };
+                match Domain::load(DomainDir::new(&mount.path(), uuid)) {
+                    Ok(domain) => found.push(domain),
+                    Err(err) => {
+                        tracing::warn!(path = %entry.path().display(), error = %err, "skipping storage domain")
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// The lock that serializes this domain's metadata changes.
+    pub fn lock(&self) -> &dyn MetadataLock {
+        self.lock.as_ref()
+    }
+
+    /// Free and total bytes of the filesystem holding the domain.
+    pub fn space(&self) -> Result<(u64, u64), StorageError> {
+        let stat = nix::sys::statvfs::statvfs(self.dir.root())
+            .map_err(|e| StorageError::io("statvfs", self.dir.root())(e.into()))?;
+        let fragment = stat.fragment_size();
+        Ok((stat.blocks_available() * fragment, stat.blocks() * fragment))
+    }
+
+    /// The images of the domain.
+    pub fn images(&self) -> Result<Vec<Uuid>, StorageError> {
+        uuid_entries(&self.dir.images(), |name| Uuid::parse_str(name).ok())
+    }
+
+    /// The volumes of an image: those with a `.meta` file.
+    pub fn volumes(&self, image: Uuid) -> Result<Vec<Uuid>, StorageError> {
+        uuid_entries(&self.dir.image(image), |name| {
+            name.strip_suffix(".meta")
+                .and_then(|n| Uuid::parse_str(n).ok())
+        })
+    }
+
+    /// Whether the image directory exists.
+    pub fn has_image(&self, image: Uuid) -> bool {
+        self.dir.image(image).is_dir()
+    }
+}
+
+/// Where a new domain goes: for LOCALFS a link `mnt/<transformed path>` to the directory (as
+/// VDSM's local connection makes it); for NFS/POSIXFS the mount that must already be there.
+fn mount_dir(repo: &Repository, new: &NewDomain) -> Result<PathBuf, StorageError> {
+    let remote = new.remote_path.as_str();
+    let bad = || StorageError::InvalidParameter(format!("typeArgs={remote}"));
+    if remote.is_empty() || remote.contains('\0') {
+        return Err(bad());
+    }
+    let mount = repo.mount_of(remote);
+    match new.kind {
+        DomainType::LocalFs => {
+            let path = Path::new(remote);
+            let plain = path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+            if !path.is_absolute() || !plain || !path.is_dir() {
+                return Err(bad());
+            }
+            match std::fs::read_link(&mount) {
+                Ok(target) if target == path => {}
+                Ok(_) => return Err(bad()),
+                Err(_) if mount.exists() => return Err(bad()),
+                Err(_) => {
+                    std::fs::create_dir_all(repo.mounts())
+                        .map_err(StorageError::io("create", repo.mounts()))?;
+                    std::os::unix::fs::symlink(path, &mount)
+                        .map_err(StorageError::io("link", &mount))?;
+                }
+            }
+        }
+        DomainType::Nfs | DomainType::PosixFs => {
+            if !mount.is_dir() {
+                return Err(StorageError::InvalidParameter(format!(
+                    "typeArgs={remote}: not mounted at {}",
+                    mount.display()
+                )));
+            }
+        }
+    }
+    Ok(mount)
+}
+
+fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageError> {
+    let dom_md = root.join("dom_md");
+    for dir in [&dom_md, &root.join("images")] {
+        std::fs::create_dir_all(dir).map_err(StorageError::io("create", dir))?;
+    }
+    for file in DOM_MD_FILES {
+        let path = dom_md.join(file);
+        std::fs::File::create(&path).map_err(StorageError::io("create", &path))?;
+    }
+    let keys: BTreeMap<String, String> = [
+        ("ALIGNMENT", "1048576".to_owned()),
+        ("BLOCK_SIZE", new.block_size.to_string()),
+        ("CLASS", "Data".to_owned()),
+        ("DESCRIPTION", new.name.replace(['\n', '\r'], " ")),
+        ("IOOPTIMEOUTSEC", "10".to_owned()),
+        ("LEASERETRIES", "3".to_owned()),
+        ("LEASETIMESEC", "60".to_owned()),
+        ("LOCKPOLICY", String::new()),
+        ("LOCKRENEWALINTERVALSEC", "5".to_owned()),
+        ("MAX_HOSTS", new.max_hosts.to_string()),
+        ("POOL_UUID", pool.hyphenated().to_string()),
+        ("REMOTE_PATH", new.remote_path.clone()),
+        ("ROLE", "Regular".to_owned()),
+        ("SDUUID", new.uuid.hyphenated().to_string()),
+        ("TYPE", new.kind.name().to_owned()),
+        ("VERSION", DOMAIN_VERSION.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let path = dom_md.join("metadata");
+    write_atomic(&path, domain_md::format(&keys).as_bytes(), 0o644)
+        .map_err(StorageError::io("write", &path))?;
+    super::fsutil::sync_parent(&dom_md).map_err(StorageError::io("sync", &dom_md))
+}
+
+fn uuid_entries(
+    dir: &Path,
+    parse: impl Fn(&str) -> Option<Uuid>,
+) -> Result<Vec<Uuid>, StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StorageError::io("list", dir)(e)),
+    };
+    let mut ids: Vec<Uuid> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(&parse))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_local(path: &Path) -> NewDomain {
+        NewDomain {
+            uuid: Uuid::new_v4(),
+            kind: DomainType::LocalFs,
+            remote_path: path.to_str().unwrap().to_owned(),
+            name: "test domain".into(),
+            block_size: 512,
+            max_hosts: 250,
+        }
+    }
+
+    #[test]
+    fn create_then_discover() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let repo = Repository::new(repo_dir.path());
+        let pool = Uuid::new_v4();
+        let new = new_local(data.path());
+        let domain = Domain::create(&repo, &new, pool).unwrap();
+        assert_eq!(
+            (domain.uuid, domain.pool, domain.version),
+            (new.uuid, pool, 5)
+        );
+        assert_eq!(domain.kind, DomainType::LocalFs);
+        assert!(
+            data.path()
+                .join(new.uuid.to_string())
+                .join("dom_md/ids")
+                .exists()
+        );
+        assert!(domain.images().unwrap().is_empty());
+        let (free, total) = domain.space().unwrap();
+        assert!(free > 0 && total >= free);
+
+        let found = Domain::discover(&repo);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].uuid, new.uuid);
+        assert_eq!(found[0].name, "test domain");
+
+        let again = Domain::create(&repo, &new, pool).unwrap_err();
+        assert_eq!(again.code(), 365);
+    }
+
+    #[test]
+    fn bad_local_paths_are_refused_and_create_nothing() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repository::new(repo_dir.path());
+        for path in ["relative/dir", "/nonexistent/dir", "/tmp/../etc", ""] {
+            let mut new = new_local(Path::new("/"));
+            new.remote_path = path.to_owned();
+            let err = Domain::create(&repo, &new, Uuid::nil()).unwrap_err();
+            assert_eq!(err.code(), 1000, "{path}: {err}");
+        }
+        assert!(!repo.mounts().exists() || std::fs::read_dir(repo.mounts()).unwrap().count() == 0);
+    }
+}

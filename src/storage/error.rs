@@ -1,0 +1,150 @@
+//! Errors of the storage module, each with the VDSM storage error it becomes on the wire.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use super::domain_md::DomainMetaError;
+use super::meta::MetaError;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The pool id is not this host's pool (309).
+    #[error("Unknown pool id, pool not connected: ('{0}',)")]
+    PoolUnknown(Uuid),
+    /// No such domain (358).
+    #[error("Storage domain does not exist: ('{0}',)")]
+    DomainDoesNotExist(Uuid),
+    /// A domain with this id exists already.
+    #[error("Storage domain already exists: ('{0}',)")]
+    DomainExists(Uuid),
+    /// No such image in the domain (268).
+    #[error("Image does not exist in domain: 'image={image}, domain={domain}'")]
+    ImageDoesNotExist {
+        /// The image.
+        image: Uuid,
+        /// The domain.
+        domain: Uuid,
+    },
+    /// No such volume (201).
+    #[error("Volume does not exist: ('{0}',)")]
+    VolumeDoesNotExist(Uuid),
+    /// A volume with this id exists (212).
+    #[error("Volume already exists: ('{0}',)")]
+    VolumeAlreadyExists(Uuid),
+    /// Format or parent format not usable here (202).
+    #[error("Incorrect format: {0}")]
+    IncorrectFormat(String),
+    /// Preallocation out of range (231).
+    #[error("Incorrect Type: {0}")]
+    IncorrectType(String),
+    /// The parent is not LEGAL (226).
+    #[error("Cannot create volume on an illegal parent: ('{0}',)")]
+    IllegalParent(Uuid),
+    /// The volume is ILLEGAL and cannot be prepared (227).
+    #[error("Cannot prepare illegal volume: ('{0}',)")]
+    PrepareIllegal(Uuid),
+    /// Size out of range (229).
+    #[error("Error creating a volume with requested size: {0}")]
+    Size(String),
+    /// Not enough free space (397).
+    #[error("No space left on domain {domain}: requested {requested} bytes, {free} free")]
+    NoSpace {
+        /// The domain.
+        domain: Uuid,
+        /// Bytes asked for.
+        requested: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// The parent cannot take a child: not a leaf (204 family, reported as 226's sibling).
+    #[error("Volume has children or is not a leaf: ('{0}',)")]
+    HasChildren(Uuid),
+    /// The volume is in use by a VM.
+    #[error("Cannot delete volume which is in use: ('{0}',)")]
+    InUse(Uuid),
+    /// A parameter is invalid (1000).
+    #[error("Invalid parameter: '{0}'")]
+    InvalidParameter(String),
+    /// qemu-img failed (205 for a create, 217 for a snapshot volume).
+    #[error("Volume creation error: {0}")]
+    Creation(String),
+    /// qemu-img failed while creating a volume on a parent (217).
+    #[error("Cannot clone volume: {0}")]
+    Clone(String),
+    /// The `.meta` file is unreadable (207).
+    #[error("Error while processing volume meta data: {path}: {source}")]
+    MetadataRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: MetaError,
+    },
+    /// The `.meta` file would overflow (756).
+    #[error("Metadata overflow: {0}")]
+    MetadataOverflow(MetaError),
+    /// `dom_md/metadata` is unreadable (751).
+    #[error("Invalid domain metadata: {path}: {source}")]
+    DomainMetadata {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: DomainMetaError,
+    },
+    /// A filesystem call failed (200).
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operation was stopped by `Task.stop` (411).
+    #[error("Task is aborted: stopped by request")]
+    Aborted,
+    /// A restart of rvdsmd interrupted the task (411).
+    #[error("Task is aborted: interrupted by a restart of rvdsmd")]
+    Interrupted,
+}
+
+impl StorageError {
+    /// Wraps an I/O error with what was being done to which path.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { op, path, source }
+    }
+
+    /// VDSM's storage error code.
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::PoolUnknown(_) => 309,
+            Self::DomainDoesNotExist(_) => 358,
+            Self::DomainExists(_) => 365,
+            Self::ImageDoesNotExist { .. } => 268,
+            Self::VolumeDoesNotExist(_) => 201,
+            Self::VolumeAlreadyExists(_) => 212,
+            Self::IncorrectFormat(_) => 202,
+            Self::IncorrectType(_) => 231,
+            Self::IllegalParent(_) => 226,
+            Self::PrepareIllegal(_) => 227,
+            Self::Size(_) => 229,
+            Self::NoSpace { .. } => 397,
+            Self::HasChildren(_) => 204,
+            Self::InUse(_) => 222,
+            Self::InvalidParameter(_) => 1000,
+            Self::Creation(_) => 205,
+            Self::Clone(_) => 217,
+            Self::MetadataRead { .. } => 207,
+            Self::MetadataOverflow(_) => 756,
+            Self::DomainMetadata { .. } => 751,
+            Self::Io { .. } => 200,
+            Self::Aborted | Self::Interrupted => 411,
+        }
+    }
+}

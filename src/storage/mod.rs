@@ -1,0 +1,25 @@
+//! Storage domains, images and volumes on a filesystem, laid out and described as VDSM does
+//! (VDSM-REFERENCE §4): layout, metadata (`.meta`, `dom_md/metadata`), legality, chains,
+//! locking and qemu-img. Knows nothing of libvirt.
+//!
+//! - [`types`]: formats, allocation, roles, legality, with VDSM's numbers and names.
+//! - [`meta`], [`domain_md`]: the two metadata file formats.
+//! - [`layout`]: every path, built only from UUIDs.
+//! - [`fsutil`]: atomic replacement and exclusive creation.
+//! - [`lock`]: the per-domain metadata lock behind a small trait.
+//! - [`domain`]: creating, discovering and describing domains.
+//! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
+//! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
+
+pub mod domain;
+pub mod domain_md;
+mod error;
+pub mod fsutil;
+pub mod layout;
+pub mod lock;
+pub mod meta;
+pub mod qemu_img;
+pub mod types;
+pub mod volume;
+
+pub use error::StorageError;
