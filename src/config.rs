@@ -120,12 +120,20 @@ impl Default for LibvirtConfig {
 pub struct StorageConfig {
     /// The repository under which storage domains are mounted (VDSM's `/rhev/data-center`).
     pub repository: PathBuf,
+    /// The UUID of the host's storage pool. When absent, one is generated on first start and
+    /// kept in `<state_dir>/pool_uuid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_uuid: Option<uuid::Uuid>,
+    /// Upper bound of one qemu-img run; past it qemu-img is killed and the task rolled back.
+    pub qemu_img_timeout_secs: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             repository: PathBuf::from("/rhev/data-center"),
+            pool_uuid: None,
+            qemu_img_timeout_secs: 3600,
         }
     }
 }
@@ -193,6 +201,9 @@ impl Config {
         if self.libvirt.call_timeout_secs == 0 || self.libvirt.agent_timeout_secs == 0 {
             return invalid("libvirt timeouts must be at least 1 second");
         }
+        if self.storage.qemu_img_timeout_secs == 0 {
+            return invalid("storage.qemu_img_timeout_secs must be at least 1 second");
+        }
         if self.libvirt.uri.is_empty() {
             return invalid("libvirt.uri must not be empty");
         }
@@ -202,6 +213,33 @@ impl Config {
     /// The bound of one libvirt call.
     pub fn libvirt_call_timeout(&self) -> Duration {
         Duration::from_secs(self.libvirt.call_timeout_secs)
+    }
+
+    /// The host's pool UUID: from the configuration, else from `<state_dir>/pool_uuid`, else a
+    /// new one persisted there.
+    pub fn pool_uuid(&self) -> Result<uuid::Uuid, ConfigError> {
+        if let Some(pool) = self.storage.pool_uuid {
+            return Ok(pool);
+        }
+        let path = self.daemon.state_dir.join("pool_uuid");
+        let read_error = |source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => uuid::Uuid::parse_str(text.trim()).map_err(|e| ConfigError::Parse {
+                path: path.clone(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let pool = uuid::Uuid::new_v4();
+                std::fs::create_dir_all(&self.daemon.state_dir).map_err(read_error)?;
+                crate::storage::fsutil::write_atomic(&path, format!("{pool}\n").as_bytes(), 0o644)
+                    .map_err(read_error)?;
+                Ok(pool)
+            }
+            Err(e) => Err(read_error(e)),
+        }
     }
 
     /// The example file: every field at its default, as documentation.
@@ -253,6 +291,18 @@ mod tests {
     fn shipped_example_is_the_defaults() {
         let text = include_str!("../systemd/rvdsm.toml");
         assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn pool_uuid_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.daemon.state_dir = dir.path().join("state");
+        let first = config.pool_uuid().unwrap();
+        assert_eq!(config.pool_uuid().unwrap(), first);
+        let fixed = uuid::Uuid::new_v4();
+        config.storage.pool_uuid = Some(fixed);
+        assert_eq!(config.pool_uuid().unwrap(), fixed);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod failpoint;
+pub mod jobs;
 pub mod rpc;
 pub mod services;
 pub mod storage;

@@ -253,8 +253,9 @@ fn a_second_daemon_does_not_steal_the_socket() {
     std::fs::write(
         &config,
         format!(
-            "[server]\ntcp_enabled = false\nunix_socket = \"{}\"\n",
-            daemon.socket.display()
+            "[server]\ntcp_enabled = false\nunix_socket = \"{}\"\n[daemon]\nstate_dir = \"{}\"\n",
+            daemon.socket.display(),
+            dir.path().join("state").display()
         ),
     )
     .unwrap();
@@ -313,8 +314,9 @@ fn daemon_tells_systemd_it_is_ready() {
     std::fs::write(
         &config,
         format!(
-            "[server]\ntcp_enabled = false\nunix_socket = \"{}\"\n",
-            socket.display()
+            "[server]\ntcp_enabled = false\nunix_socket = \"{}\"\n[daemon]\nstate_dir = \"{}\"\n",
+            socket.display(),
+            dir.path().join("state").display()
         ),
     )
     .unwrap();

@@ -3,6 +3,8 @@
 //! A manager branches on the numeric code, so each failure gets VDSM's code for it; the
 //! message follows VDSM's `"<text>: {<details>}"` form where VDSM has one.
 
+use crate::jobs::tasks::TaskError;
+use crate::storage::StorageError;
 use crate::virt::VirtError;
 
 /// VDSM's numeric error codes used by rvdsm (VDSM-REFERENCE §1.5).
@@ -47,6 +49,14 @@ pub enum ApiError {
     /// Anything not foreseen.
     #[error("Unexpected exception: {0}")]
     Unexpected(String),
+    /// A storage or task error, with VDSM's code already chosen by its module.
+    #[error("{message}")]
+    Coded {
+        /// VDSM's code.
+        code: i32,
+        /// The message.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -59,6 +69,25 @@ impl ApiError {
                 code::GENERAL
             }
             Self::Unexpected(_) => code::UNEXPECTED,
+            Self::Coded { code, .. } => *code,
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        Self::Coded {
+            code: err.code(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<TaskError> for ApiError {
+    fn from(err: TaskError) -> Self {
+        Self::Coded {
+            code: err.code(),
+            message: err.to_string(),
         }
     }
 }

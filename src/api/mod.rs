@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod schema;
+pub mod storage_types;
 pub mod types;
 
 pub use error::ApiError;

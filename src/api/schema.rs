@@ -87,7 +87,67 @@ pub mod names {
     pub const HOST_GET_VM_LIST: &str = "Host.getVMList";
     /// `VM.getStats`.
     pub const VM_GET_STATS: &str = "VM.getStats";
+    /// `StorageDomain.create`.
+    pub const SD_CREATE: &str = "StorageDomain.create";
+    /// `StorageDomain.getInfo`.
+    pub const SD_GET_INFO: &str = "StorageDomain.getInfo";
+    /// `StorageDomain.getStats`.
+    pub const SD_GET_STATS: &str = "StorageDomain.getStats";
+    /// `StorageDomain.getVolumes`.
+    pub const SD_GET_VOLUMES: &str = "StorageDomain.getVolumes";
+    /// `Host.getStorageDomains`.
+    pub const HOST_GET_STORAGE_DOMAINS: &str = "Host.getStorageDomains";
+    /// `Image.getVolumes`.
+    pub const IMAGE_GET_VOLUMES: &str = "Image.getVolumes";
+    /// `Volume.create`.
+    pub const VOLUME_CREATE: &str = "Volume.create";
+    /// `Volume.getInfo`.
+    pub const VOLUME_GET_INFO: &str = "Volume.getInfo";
+    /// `Volume.getSize`.
+    pub const VOLUME_GET_SIZE: &str = "Volume.getSize";
+    /// `Task.getStatus`.
+    pub const TASK_GET_STATUS: &str = "Task.getStatus";
+    /// `Task.getInfo`.
+    pub const TASK_GET_INFO: &str = "Task.getInfo";
+    /// `Task.clear`.
+    pub const TASK_CLEAR: &str = "Task.clear";
+    /// `Task.stop`.
+    pub const TASK_STOP: &str = "Task.stop";
+    /// `Host.getAllTasksStatuses`.
+    pub const HOST_GET_ALL_TASKS_STATUSES: &str = "Host.getAllTasksStatuses";
 }
+
+const fn required(name: &'static str, ty: ParamType, description: &'static str) -> Param {
+    Param {
+        name,
+        ty,
+        required: true,
+        description,
+    }
+}
+
+const fn optional(name: &'static str, ty: ParamType, description: &'static str) -> Param {
+    Param {
+        name,
+        ty,
+        required: false,
+        description,
+    }
+}
+
+const VOLUME_ID: Param = required("volumeID", ParamType::Uuid, "The volume.");
+const POOL_ID: Param = required(
+    "storagepoolID",
+    ParamType::Uuid,
+    "The host's storage pool (Host.getCapabilities shows it).",
+);
+const DOMAIN_ID: Param = required("storagedomainID", ParamType::Uuid, "The storage domain.");
+const IMAGE_ID: Param = required(
+    "imageID",
+    ParamType::Uuid,
+    "The image (a disk and its chain).",
+);
+const TASK_ID: Param = required("taskID", ParamType::Uuid, "The task.");
 
 const VM_ID: Param = Param {
     name: "vmID",
@@ -138,6 +198,148 @@ pub static VERBS: &[Verb] = &[
         description: "Returns [VmStats]: status, and for each disk its source and the \
                       backing chain libvirt reports.",
         params: &[VM_ID],
+    },
+    Verb {
+        name: names::SD_CREATE,
+        description: "Creates a file storage domain in VDSM's layout in a directory (LOCALFS) \
+                      or a mounted export (NFS, POSIXFS), attached to the host's pool. \
+                      Returns true.",
+        params: &[
+            DOMAIN_ID,
+            required(
+                "domainType",
+                ParamType::UInt,
+                "1 NFS, 4 LOCALFS, 6 POSIXFS.",
+            ),
+            required(
+                "typeArgs",
+                ParamType::String,
+                "The directory or remote path (or {\"remotePath\": ...}).",
+            ),
+            required("name", ParamType::String, "The domain's name."),
+            required("domainClass", ParamType::UInt, "1 (DATA)."),
+            required("version", ParamType::UInt, "5."),
+            optional("blockSize", ParamType::UInt, "512 (default) or 4096."),
+            optional("maxHosts", ParamType::UInt, "Most hosts sharing it (250)."),
+        ],
+    },
+    Verb {
+        name: names::SD_GET_INFO,
+        description: "Describes a storage domain: uuid, type, class, name, role, pool, \
+                      version, block_size, alignment, remotePath.",
+        params: &[DOMAIN_ID],
+    },
+    Verb {
+        name: names::SD_GET_STATS,
+        description: "Space of a storage domain: {disktotal, diskfree} in bytes (strings).",
+        params: &[DOMAIN_ID],
+    },
+    Verb {
+        name: names::SD_GET_VOLUMES,
+        description: "The volumes of a domain, or of one image of it: [volumeID].",
+        params: &[
+            DOMAIN_ID,
+            POOL_ID,
+            optional("imageID", ParamType::Uuid, "Only this image (BLANK: all)."),
+        ],
+    },
+    Verb {
+        name: names::HOST_GET_STORAGE_DOMAINS,
+        description: "The storage domains attached to this host: [storagedomainID].",
+        params: &[optional(
+            "storagepoolID",
+            ParamType::Uuid,
+            "Only the domains of this pool.",
+        )],
+    },
+    Verb {
+        name: names::IMAGE_GET_VOLUMES,
+        description: "The volumes of an image: [volumeID].",
+        params: &[IMAGE_ID, POOL_ID, DOMAIN_ID],
+    },
+    Verb {
+        name: names::VOLUME_CREATE,
+        description: "Creates a volume as a storage task and returns the task id at once. \
+                      With srcVolUUID, a qcow2 snapshot volume on top of that parent.",
+        params: &[
+            VOLUME_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            required(
+                "size",
+                ParamType::String,
+                "Capacity in bytes (decimal string).",
+            ),
+            required("volFormat", ParamType::UInt, "4 COW (qcow2) or 5 RAW."),
+            required(
+                "preallocate",
+                ParamType::UInt,
+                "1 PREALLOCATED or 2 SPARSE.",
+            ),
+            required(
+                "diskType",
+                ParamType::String,
+                "DATA (or ISOF, MEMD, MEMM, OVFS...).",
+            ),
+            optional(
+                "desc",
+                ParamType::String,
+                "Description (210 bytes at most).",
+            ),
+            optional(
+                "srcImgUUID",
+                ParamType::Uuid,
+                "The parent's image (BLANK: same).",
+            ),
+            optional(
+                "srcVolUUID",
+                ParamType::Uuid,
+                "The parent (BLANK: a base volume).",
+            ),
+            optional(
+                "initialSize",
+                ParamType::String,
+                "RAW preallocated only; ignored.",
+            ),
+            optional("legal", ParamType::Bool, "Whether it ends LEGAL (true)."),
+            optional("sequence", ParamType::UInt, "SEQ (0)."),
+        ],
+    },
+    Verb {
+        name: names::VOLUME_GET_INFO,
+        description: "Describes a volume as VDSM does, plus its children.",
+        params: &[VOLUME_ID, POOL_ID, DOMAIN_ID, IMAGE_ID],
+    },
+    Verb {
+        name: names::VOLUME_GET_SIZE,
+        description: "{apparentsize, truesize} of a volume, in bytes (strings).",
+        params: &[VOLUME_ID, POOL_ID, DOMAIN_ID, IMAGE_ID],
+    },
+    Verb {
+        name: names::TASK_GET_STATUS,
+        description: "{taskID, taskState, taskResult, code, message} of a task.",
+        params: &[TASK_ID],
+    },
+    Verb {
+        name: names::TASK_GET_INFO,
+        description: "{id, verb} of a task.",
+        params: &[TASK_ID],
+    },
+    Verb {
+        name: names::TASK_CLEAR,
+        description: "Forgets a finished task. Returns true.",
+        params: &[TASK_ID],
+    },
+    Verb {
+        name: names::TASK_STOP,
+        description: "Stops a running task (its work is rolled back). Returns true.",
+        params: &[TASK_ID],
+    },
+    Verb {
+        name: names::HOST_GET_ALL_TASKS_STATUSES,
+        description: "{taskID: status} of every task.",
+        params: &[],
     },
 ];
 

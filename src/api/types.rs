@@ -130,6 +130,9 @@ pub struct Capabilities {
     /// The libvirt URI rvdsm drives.
     #[serde(rename = "libvirtUri")]
     pub libvirt_uri: String,
+    /// The host's storage pool: the `storagepoolID` storage verbs expect.
+    #[serde(rename = "storagePool")]
+    pub storage_pool: Uuid,
     /// Every verb served.
     #[serde(rename = "supportedVerbs")]
     pub supported_verbs: Vec<String>,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use rvdsm::config::Config;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
-use rvdsm::services::{HostService, Services};
+use rvdsm::services::{HostService, Services, StorageService, StorageSettings};
 use rvdsm::virt::Hypervisor;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -55,8 +55,10 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
+    let storage = open_storage(&config).await?;
     let services = Services {
-        host: HostService::new(hypervisor),
+        host: HostService::new(hypervisor, storage.pool()),
+        storage,
     };
     let options = ServerOptions {
         tcp: config
@@ -87,6 +89,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
     tracing::info!("rvdsmd stopped");
     Ok(())
+}
+
+/// Attaches the storage domains and recovers interrupted tasks, before anything is served.
+async fn open_storage(config: &Config) -> anyhow::Result<StorageService> {
+    let pool = config
+        .pool_uuid()
+        .context("cannot establish the storage pool UUID")?;
+    let repository = config.storage.repository.clone();
+    let tasks_dir = config.daemon.state_dir.join("tasks");
+    let qemu_img_timeout = Duration::from_secs(config.storage.qemu_img_timeout_secs);
+    let opened = tokio::task::spawn_blocking(move || {
+        StorageService::open(&StorageSettings {
+            repository: &repository,
+            pool,
+            tasks_dir: &tasks_dir,
+            qemu_img_timeout,
+        })
+    })
+    .await
+    .context("storage start-up panicked")?;
+    opened.map_err(|e| anyhow::anyhow!("cannot open storage: {e}"))
 }
 
 /// Tells systemd (`Type=notify`) about a state change; a no-op when not run by systemd.

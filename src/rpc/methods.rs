@@ -14,6 +14,10 @@ use serde_json::Value;
 use super::params;
 use crate::api::ApiError;
 use crate::api::schema::{self, names};
+use crate::api::storage_types::{
+    CreateDomainParams, CreateVolumeParams, DomainParams, DomainVolumesParams,
+    GetStorageDomainsParams, ImageParams, TaskParams, VolumeParams,
+};
 use crate::api::types::{GetVmListParams, NoParams, VmIdParams};
 use crate::services::Services;
 
@@ -43,8 +47,78 @@ pub fn registry(services: Services) -> RpcModule<Services> {
         names::VM_GET_STATS,
         |s, p: VmIdParams| async move { s.host.vm_stats(p).await },
     );
+    register_storage(&mut module);
     debug_assert_eq!(module.method_names().count(), schema::VERBS.len());
     module
+}
+
+fn register_storage(module: &mut RpcModule<Services>) {
+    register(
+        module,
+        names::SD_CREATE,
+        |s, p: CreateDomainParams| async move { s.storage.create_domain(p).await.map(|()| true) },
+    );
+    register(
+        module,
+        names::SD_GET_INFO,
+        |s, p: DomainParams| async move { s.storage.domain_info(p) },
+    );
+    register(
+        module,
+        names::SD_GET_STATS,
+        |s, p: DomainParams| async move { s.storage.domain_stats(p).await },
+    );
+    register(
+        module,
+        names::SD_GET_VOLUMES,
+        |s, p: DomainVolumesParams| async move { s.storage.domain_volumes(p).await },
+    );
+    register(
+        module,
+        names::HOST_GET_STORAGE_DOMAINS,
+        |s, p: GetStorageDomainsParams| async move { Ok(s.storage.storage_domains(p)) },
+    );
+    register(
+        module,
+        names::IMAGE_GET_VOLUMES,
+        |s, p: ImageParams| async move { s.storage.image_volumes(p).await },
+    );
+    register(
+        module,
+        names::VOLUME_CREATE,
+        |s, p: CreateVolumeParams| async move { s.storage.create_volume(p).await },
+    );
+    register(
+        module,
+        names::VOLUME_GET_INFO,
+        |s, p: VolumeParams| async move { s.storage.volume_info(p).await },
+    );
+    register(
+        module,
+        names::VOLUME_GET_SIZE,
+        |s, p: VolumeParams| async move { s.storage.volume_size(p).await },
+    );
+    register(
+        module,
+        names::TASK_GET_STATUS,
+        |s, p: TaskParams| async move { s.storage.task_status(p) },
+    );
+    register(
+        module,
+        names::TASK_GET_INFO,
+        |s, p: TaskParams| async move { s.storage.task_info(p) },
+    );
+    register(module, names::TASK_CLEAR, |s, p: TaskParams| async move {
+        s.storage.task_clear(p).map(|()| true)
+    });
+    register(module, names::TASK_STOP, |s, p: TaskParams| async move {
+        s.storage.task_stop(p).map(|()| true)
+    });
+    register(
+        module,
+        names::HOST_GET_ALL_TASKS_STATUSES,
+        |s, _: NoParams| async move { Ok(s.storage.all_task_statuses()) },
+    );
 }
 
 /// Registers `handler` under `name`, which must be in the schema.
@@ -79,24 +153,35 @@ pub fn error_object(err: ApiError) -> ErrorObjectOwned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::HostService;
+    use crate::services::{HostService, StorageService, StorageSettings};
     use crate::virt::Hypervisor;
     use std::time::Duration;
 
-    fn offline_services() -> Services {
+    fn offline_services() -> (Services, tempfile::TempDir) {
         // A URI nothing answers on: only verbs that don't need libvirt can succeed.
         let hv = Hypervisor::new(
             "qemu+unix:///system?socket=/nonexistent",
             Duration::from_secs(5),
         );
-        Services {
-            host: HostService::new(hv),
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let storage = StorageService::open(&StorageSettings {
+            repository: &dir.path().join("repo"),
+            pool: uuid::Uuid::nil(),
+            tasks_dir: &dir.path().join("tasks"),
+            qemu_img_timeout: Duration::from_secs(60),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let services = Services {
+            host: HostService::new(hv, uuid::Uuid::nil()),
+            storage,
+        };
+        (services, dir)
     }
 
     #[tokio::test]
     async fn every_schema_verb_is_registered() {
-        let module = registry(offline_services());
+        let (services, _dir) = offline_services();
+        let module = registry(services);
         let names: Vec<_> = module.method_names().collect();
         for verb in schema::VERBS {
             assert!(names.contains(&verb.name), "{} missing", verb.name);
@@ -105,14 +190,16 @@ mod tests {
 
     #[tokio::test]
     async fn ping_answers_true_without_libvirt() {
-        let module = registry(offline_services());
+        let (services, _dir) = offline_services();
+        let module = registry(services);
         let result: bool = module.call(names::HOST_PING2, [(); 0]).await.unwrap();
         assert!(result);
     }
 
     #[tokio::test]
     async fn libvirt_down_is_a_clear_error() {
-        let module = registry(offline_services());
+        let (services, _dir) = offline_services();
+        let module = registry(services);
         let err = module
             .call::<_, Value>(names::HOST_GET_VM_LIST, [(); 0])
             .await

@@ -16,12 +16,13 @@ use crate::virt::Hypervisor;
 #[derive(Clone)]
 pub struct HostService {
     hypervisor: Hypervisor,
+    pool: uuid::Uuid,
 }
 
 impl HostService {
-    /// A service over `hypervisor`.
-    pub fn new(hypervisor: Hypervisor) -> Self {
-        Self { hypervisor }
+    /// A service over `hypervisor`, on a host whose storage pool is `pool`.
+    pub fn new(hypervisor: Hypervisor, pool: uuid::Uuid) -> Self {
+        Self { hypervisor, pool }
     }
 
     /// `Host.ping2`: answers without touching libvirt, so a manager can tell "daemon up" from
@@ -42,6 +43,7 @@ impl HostService {
             live_snapshot: "true".to_owned(),
             packages2,
             libvirt_uri: self.hypervisor.uri().to_owned(),
+            storage_pool: self.pool,
             supported_verbs: VERBS.iter().map(|v| v.name.to_owned()).collect(),
         })
     }

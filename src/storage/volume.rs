@@ -154,33 +154,19 @@ pub fn check_create(
     Ok(Some(parent))
 }
 
-/// Runs a create. `record` persists the progress and must succeed before each step is taken.
-pub async fn create(
-    domain: &Domain,
-    request: &CreateRequest,
-    progress: &mut CreateProgress,
-    record: &mut (dyn FnMut(&CreateProgress) -> Result<(), StorageError> + Send),
-    qemu_img_timeout: Duration,
-    stop: &CancellationToken,
-) -> Result<(), StorageError> {
-    reserve(domain, request, progress, record)?;
-    pause_if_requested("create:reserved");
-    write_data(domain, request, qemu_img_timeout, stop).await?;
-    pause_if_requested("create:data-written");
-    publish(domain, request, progress, record)?;
-    pause_if_requested("create:published");
-    Ok(())
-}
+/// Persists a create's progress; must succeed before the step it announces is taken.
+pub type Recorder<'a> = dyn FnMut(&CreateProgress) -> Result<(), StorageError> + Send + 'a;
 
 /// Under the lock: the image directory, an empty data file (O_EXCL), the `.meta` ILLEGAL, and
 /// the parent INTERNAL.
-fn reserve(
+/// The first step of a create; blocks (lock, fsync).
+pub fn reserve(
     domain: &Domain,
     request: &CreateRequest,
     progress: &mut CreateProgress,
-    record: &mut (dyn FnMut(&CreateProgress) -> Result<(), StorageError> + Send),
+    record: &mut Recorder,
 ) -> Result<(), StorageError> {
-    let _lock = domain.lock().acquire()?;
+    let lock = domain.lock().acquire()?;
     let parent = check_create(domain, request)?;
     let image_dir = domain.dir.image(request.image);
     if !image_dir.exists() {
@@ -216,11 +202,13 @@ fn reserve(
         parent.role = VolumeRole::Internal;
         write_meta(domain, request.image, parent_id, &parent)?;
     }
+    drop(lock);
+    pause_if_requested("create:reserved");
     Ok(())
 }
 
-/// Outside the lock: qemu-img writes the data file (and preallocates it).
-async fn write_data(
+/// The second step: qemu-img writes the data file (and preallocates it), outside the lock.
+pub async fn write_data(
     domain: &Domain,
     request: &CreateRequest,
     timeout: Duration,
@@ -262,17 +250,19 @@ async fn write_data(
     // qemu-img may recreate the file with its own mode.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(VOLUME_MODE))
-        .map_err(StorageError::io("chmod", &data))
+        .map_err(StorageError::io("chmod", &data))?;
+    pause_if_requested("create:data-written");
+    Ok(())
 }
 
-/// Under the lock: the `.lease` file, then the `.meta` with its final legality.
-fn publish(
+/// The last step: the `.lease` file, then the `.meta` with its final legality; blocks.
+pub fn publish(
     domain: &Domain,
     request: &CreateRequest,
     progress: &mut CreateProgress,
-    record: &mut (dyn FnMut(&CreateProgress) -> Result<(), StorageError> + Send),
+    record: &mut Recorder,
 ) -> Result<(), StorageError> {
-    let _lock = domain.lock().acquire()?;
+    let lock = domain.lock().acquire()?;
     progress.lease = true;
     record(progress)?;
     let lease = domain.dir.lease(request.image, request.volume);
@@ -282,12 +272,11 @@ fn publish(
     } else {
         Legality::Illegal
     };
-    write_meta(
-        domain,
-        request.image,
-        request.volume,
-        &new_meta(domain, request, legality),
-    )
+    let meta = new_meta(domain, request, legality);
+    write_meta(domain, request.image, request.volume, &meta)?;
+    drop(lock);
+    pause_if_requested("create:published");
+    Ok(())
 }
 
 fn new_meta(domain: &Domain, request: &CreateRequest, legality: Legality) -> VolumeMeta {

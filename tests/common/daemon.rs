@@ -40,28 +40,63 @@ impl Daemon {
     }
 
     /// Starts rvdsmd with `extra` TOML appended to the test configuration (sections not used by
-    /// the base configuration: `[libvirt]`, `[storage]`, `[daemon]`).
+    /// the base configuration, such as `[libvirt]`). Its storage repository and state
+    /// directory are in its temporary directory.
     pub fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("rvdsmd-test")
             .tempdir()
             .unwrap();
-        let socket = dir.path().join("rvdsm.sock");
-        let port = free_port();
-        let config = dir.path().join("rvdsm.toml");
         std::fs::write(
-            &config,
-            format!(
-                "[server]\nport = {port}\nunix_socket = \"{}\"\nmax_request_bytes = 65536\n{extra}",
-                socket.display()
-            ),
+            dir.path().join("rvdsm.toml"),
+            test_config(dir.path(), extra),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("rvdsmd.log")).unwrap();
+        let mut daemon = Daemon::spawn(dir, &[]);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts rvdsmd again on the directory of this daemon (its state, storage, socket and
+    /// port), after killing it if it still runs, as systemd would restart it.
+    pub fn restart(mut self) -> Daemon {
+        self.kill9();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let mut daemon = Daemon::spawn(dir, &[]);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts rvdsmd on the configuration in `dir` with extra environment variables, without
+    /// waiting for it to answer.
+    pub fn spawn(dir: TempDir, env: &[(&str, &str)]) -> Daemon {
+        let config = dir.path().join("rvdsm.toml");
+        let port = std::fs::read_to_string(&config)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("port = ")
+                    .and_then(|p| p.trim().parse().ok())
+            })
+            .expect("test configuration has a port");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("rvdsmd.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rvdsmd"))
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -70,19 +105,49 @@ impl Daemon {
             .enable_all()
             .build()
             .unwrap();
-        let mut daemon = Daemon {
+        Daemon {
             child: Some(child),
+            socket: dir.path().join("rvdsm.sock"),
             dir,
-            socket,
             port,
             runtime,
-        };
+        }
+    }
+
+    /// Waits (bounded) until the daemon answers `Host.ping2`.
+    pub fn wait_ready(&mut self) {
         let ready = wait_until(Duration::from_secs(15), || {
-            daemon.has_exited().is_none()
-                && daemon.call(Via::Unix, "Host.ping2", Value::Null).is_ok()
+            self.has_exited().is_none() && self.call(Via::Unix, "Host.ping2", Value::Null).is_ok()
         });
-        assert!(ready, "rvdsmd did not become ready; log:\n{}", daemon.log());
-        daemon
+        assert!(ready, "rvdsmd did not become ready; log:\n{}", self.log());
+    }
+
+    /// The storage repository of this daemon.
+    pub fn repository(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// The host's pool UUID, as `Host.getCapabilities` reports it.
+    pub fn pool(&self) -> String {
+        self.ok("Host.getCapabilities", Value::Null)["storagePool"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Polls `Task.getStatus` until the task is finished; returns the final status.
+    pub fn wait_task(&self, task: &str) -> Value {
+        let mut status = Value::Null;
+        let done = wait_until(Duration::from_secs(120), || {
+            status = self.ok("Task.getStatus", serde_json::json!({"taskID": task}));
+            status["taskState"] == "finished"
+        });
+        assert!(
+            done,
+            "task {task} never finished: {status}; log:\n{}",
+            self.log()
+        );
+        status
     }
 
     /// Calls `method` through `via`; `params` is an object, a list or null.
@@ -174,6 +239,18 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// The test configuration of a daemon whose files live in `dir`.
+pub fn test_config(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[server]\nport = {}\nunix_socket = \"{}\"\nmax_request_bytes = 65536\n\
+         [storage]\nrepository = \"{}\"\n[daemon]\nstate_dir = \"{}\"\n{extra}",
+        free_port(),
+        dir.join("rvdsm.sock").display(),
+        dir.join("repo").display(),
+        dir.join("state").display(),
+    )
 }
 
 /// Whether an HTTP answer holds its whole body (by Content-Length).

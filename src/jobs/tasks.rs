@@ -1,0 +1,392 @@
+//! Storage tasks as VDSM has them (VDSM-REFERENCE §5.1): an id returned at once, a state a
+//! manager polls, a result that stays until `Task.clear`, and `Task.stop`.
+//!
+//! Every task is persisted (one JSON file per task in `<state_dir>/tasks/`, replaced atomically
+//! at each change) together with the progress of its work, so that after a restart of rvdsmd
+//! an unfinished task is rolled back and reported, never forgotten.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::storage::fsutil::{remove_if_exists, write_atomic};
+use crate::storage::volume::{CreateProgress, CreateRequest};
+
+/// A task's internal state (VDSM's names, the subset rvdsm goes through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Working.
+    Running,
+    /// Asked to stop; rolling back.
+    Aborting,
+    /// Done, successfully.
+    Finished,
+    /// Failed and rolled back cleanly.
+    Recovered,
+    /// Failed and the rollback failed too.
+    Failed,
+}
+
+impl TaskState {
+    /// Whether the task is over (it may then be cleared).
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Finished | Self::Recovered | Self::Failed)
+    }
+
+    /// VDSM's wire `(taskState, taskResult)`.
+    pub fn wire(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Running => ("running", ""),
+            Self::Aborting => ("aborting", ""),
+            Self::Finished => ("finished", "success"),
+            Self::Recovered => ("finished", "cleanSuccess"),
+            Self::Failed => ("finished", "cleanFailure"),
+        }
+    }
+}
+
+/// The work a task does, with what a rollback needs to know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum TaskWork {
+    /// `Volume.create`.
+    CreateVolume {
+        /// The storage domain.
+        domain: Uuid,
+        /// What is created.
+        request: CreateRequest,
+        /// Which steps were started.
+        progress: CreateProgress,
+    },
+}
+
+/// One task, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task id.
+    pub id: Uuid,
+    /// The verb that started it.
+    pub verb: String,
+    /// Its state.
+    pub state: TaskState,
+    /// 0, or VDSM's code of the error that ended it.
+    pub code: i32,
+    /// The error text, if it failed.
+    pub error: String,
+    /// Its work and progress.
+    pub work: TaskWork,
+}
+
+impl TaskRecord {
+    /// VDSM's status message.
+    pub fn message(&self) -> String {
+        match self.state {
+            TaskState::Running | TaskState::Aborting => "running job 1 of 1".into(),
+            TaskState::Finished => "1 jobs completed successfully".into(),
+            TaskState::Recovered | TaskState::Failed => {
+                format!("value={} abortedcode={}", self.error, self.code)
+            }
+        }
+    }
+}
+
+/// Why a task call is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// No such task (401).
+    #[error("Task id unknown: ('{0}',)")]
+    Unknown(Uuid),
+    /// Not allowed in the task's state (410).
+    #[error("Operation is not allowed in this task state: ('{0}',)")]
+    State(String),
+    /// The task could not be persisted (407).
+    #[error("Cannot persist task {id}: {message}")]
+    Persist {
+        /// The task.
+        id: Uuid,
+        /// Why.
+        message: String,
+    },
+}
+
+impl TaskError {
+    /// VDSM's code.
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Unknown(_) => 401,
+            Self::State(_) => 410,
+            Self::Persist { .. } => 407,
+        }
+    }
+}
+
+struct Entry {
+    record: TaskRecord,
+    stop: CancellationToken,
+}
+
+/// All tasks of the host.
+#[derive(Clone)]
+pub struct TaskManager {
+    dir: PathBuf,
+    // A std mutex: held only to read or change a record and write its small file.
+    tasks: Arc<Mutex<HashMap<Uuid, Entry>>>,
+}
+
+impl TaskManager {
+    /// Opens the task directory, loading every persisted task. Unfinished ones are returned
+    /// separately: the caller rolls them back and then calls [`TaskManager::end`].
+    pub fn open(dir: &Path) -> Result<(Self, Vec<TaskRecord>), TaskError> {
+        std::fs::create_dir_all(dir).map_err(|e| TaskError::Persist {
+            id: Uuid::nil(),
+            message: format!("{}: {e}", dir.display()),
+        })?;
+        let mut tasks = HashMap::new();
+        let mut unfinished = Vec::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let record: TaskRecord = match std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            {
+                Some(record) => record,
+                None => {
+                    tracing::warn!(path = %path.display(), "unreadable task record skipped");
+                    continue;
+                }
+            };
+            if !record.state.is_done() {
+                unfinished.push(record.clone());
+            }
+            tasks.insert(
+                record.id,
+                Entry {
+                    record,
+                    stop: CancellationToken::new(),
+                },
+            );
+        }
+        let manager = Self {
+            dir: dir.to_owned(),
+            tasks: Arc::new(Mutex::new(tasks)),
+        };
+        Ok((manager, unfinished))
+    }
+
+    /// Registers and persists a new running task; returns its stop token.
+    pub fn start(
+        &self,
+        id: Uuid,
+        verb: &str,
+        work: TaskWork,
+    ) -> Result<CancellationToken, TaskError> {
+        let record = TaskRecord {
+            id,
+            verb: verb.to_owned(),
+            state: TaskState::Running,
+            code: 0,
+            error: String::new(),
+            work,
+        };
+        let mut tasks = self.lock();
+        if tasks.contains_key(&id) {
+            return Err(TaskError::State(format!("task {id} exists")));
+        }
+        self.persist(&record)?;
+        let stop = CancellationToken::new();
+        tasks.insert(
+            id,
+            Entry {
+                record,
+                stop: stop.clone(),
+            },
+        );
+        Ok(stop)
+    }
+
+    /// Records new progress of a running task (durably, before the step it announces).
+    pub fn update_work(&self, id: Uuid, work: TaskWork) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        let entry = tasks.get_mut(&id).ok_or(TaskError::Unknown(id))?;
+        let mut record = entry.record.clone();
+        record.work = work;
+        self.persist(&record)?;
+        entry.record = record;
+        Ok(())
+    }
+
+    /// Ends a task: `Ok` finished, or failed with `(code, error)` and rolled back (`clean`)
+    /// or not.
+    pub fn end(&self, id: Uuid, outcome: Result<(), (i32, String, bool)>) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        let entry = tasks.get_mut(&id).ok_or(TaskError::Unknown(id))?;
+        let mut record = entry.record.clone();
+        match outcome {
+            Ok(()) => record.state = TaskState::Finished,
+            Err((code, error, clean)) => {
+                record.state = if clean {
+                    TaskState::Recovered
+                } else {
+                    TaskState::Failed
+                };
+                record.code = code;
+                record.error = error;
+            }
+        }
+        self.persist(&record)?;
+        entry.record = record;
+        Ok(())
+    }
+
+    /// A task's record.
+    pub fn get(&self, id: Uuid) -> Result<TaskRecord, TaskError> {
+        self.lock()
+            .get(&id)
+            .map(|e| e.record.clone())
+            .ok_or(TaskError::Unknown(id))
+    }
+
+    /// Every task's record.
+    pub fn all(&self) -> Vec<TaskRecord> {
+        self.lock().values().map(|e| e.record.clone()).collect()
+    }
+
+    /// Forgets a finished task (`Task.clear`).
+    pub fn clear(&self, id: Uuid) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        let entry = tasks.get(&id).ok_or(TaskError::Unknown(id))?;
+        if !entry.record.state.is_done() {
+            let (state, _) = entry.record.state.wire();
+            return Err(TaskError::State(format!("can't clean in state {state}")));
+        }
+        remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
+            id,
+            message: e.to_string(),
+        })?;
+        tasks.remove(&id);
+        Ok(())
+    }
+
+    /// Asks a running task to stop (`Task.stop`); a finished one is left as it is.
+    pub fn stop(&self, id: Uuid) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        let entry = tasks.get_mut(&id).ok_or(TaskError::Unknown(id))?;
+        if entry.record.state == TaskState::Running {
+            let mut record = entry.record.clone();
+            record.state = TaskState::Aborting;
+            self.persist(&record)?;
+            entry.record = record;
+            entry.stop.cancel();
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn path(&self, id: Uuid) -> PathBuf {
+        self.dir.join(format!("{}.json", id.hyphenated()))
+    }
+
+    fn persist(&self, record: &TaskRecord) -> Result<(), TaskError> {
+        let bytes = serde_json::to_vec_pretty(record).map_err(|e| TaskError::Persist {
+            id: record.id,
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.path(record.id), &bytes, 0o600).map_err(|e| TaskError::Persist {
+            id: record.id,
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::types::{Preallocation, VolumeFormat};
+
+    fn work() -> TaskWork {
+        TaskWork::CreateVolume {
+            domain: Uuid::from_u128(1),
+            request: CreateRequest {
+                image: Uuid::from_u128(2),
+                volume: Uuid::from_u128(3),
+                capacity: 4096,
+                format: VolumeFormat::Cow,
+                allocation: Preallocation::Sparse,
+                disk_type: "DATA".into(),
+                description: String::new(),
+                parent: None,
+                legal: true,
+                sequence: 0,
+            },
+            progress: CreateProgress::default(),
+        }
+    }
+
+    #[test]
+    fn lifecycle_with_vdsm_wire_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, unfinished) = TaskManager::open(dir.path()).unwrap();
+        assert!(unfinished.is_empty());
+        let id = Uuid::new_v4();
+        tasks.start(id, "Volume.create", work()).unwrap();
+        assert_eq!(tasks.get(id).unwrap().message(), "running job 1 of 1");
+        assert_eq!(tasks.clear(id).unwrap_err().code(), 410);
+        tasks
+            .end(id, Err((212, "Volume already exists".into(), true)))
+            .unwrap();
+        let record = tasks.get(id).unwrap();
+        assert_eq!(record.state.wire(), ("finished", "cleanSuccess"));
+        assert_eq!(
+            record.message(),
+            "value=Volume already exists abortedcode=212"
+        );
+        tasks.clear(id).unwrap();
+        assert_eq!(tasks.get(id).unwrap_err().code(), 401);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn unfinished_tasks_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, _) = TaskManager::open(dir.path()).unwrap();
+        let running = Uuid::new_v4();
+        let done = Uuid::new_v4();
+        tasks.start(running, "Volume.create", work()).unwrap();
+        let mut progressed = work();
+        let TaskWork::CreateVolume { progress, .. } = &mut progressed;
+        progress.data_file = true;
+        tasks.update_work(running, progressed.clone()).unwrap();
+        tasks.start(done, "Volume.create", work()).unwrap();
+        tasks.end(done, Ok(())).unwrap();
+        drop(tasks);
+
+        let (tasks, unfinished) = TaskManager::open(dir.path()).unwrap();
+        assert_eq!(unfinished.len(), 1);
+        assert_eq!(unfinished[0].id, running);
+        assert_eq!(unfinished[0].work, progressed);
+        assert_eq!(tasks.get(done).unwrap().state, TaskState::Finished);
+    }
+
+    #[test]
+    fn stop_cancels_only_running_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, _) = TaskManager::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        let token = tasks.start(id, "Volume.create", work()).unwrap();
+        tasks.stop(id).unwrap();
+        assert!(token.is_cancelled());
+        assert_eq!(tasks.get(id).unwrap().state, TaskState::Aborting);
+        assert_eq!(tasks.stop(Uuid::new_v4()).unwrap_err().code(), 401);
+    }
+}

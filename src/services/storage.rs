@@ -1,0 +1,529 @@
+//! Storage verbs: domains, images, volumes and their tasks. Checks every request before
+//! anything changes; runs `Volume.create` as a persisted task whose failure, stop or
+//! interruption rolls it back; and recovers interrupted tasks when the daemon starts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::api::schema::names;
+use crate::api::storage_types::{
+    CreateDomainParams, CreateVolumeParams, DomainInfo, DomainParams, DomainStats,
+    DomainVolumesParams, GetStorageDomainsParams, ImageParams, TaskInfo, TaskParams, TaskStatus,
+    VolumeInfo, VolumeParams, VolumeSize,
+};
+use crate::jobs::tasks::{TaskManager, TaskRecord, TaskWork};
+use crate::storage::StorageError;
+use crate::storage::domain::{Domain, DomainType, NewDomain};
+use crate::storage::layout::Repository;
+use crate::storage::types::{BLANK_UUID, DISK_TYPES, Legality, Preallocation, VolumeFormat};
+use crate::storage::volume::{self, CreateProgress, CreateRequest, SIZE_ALIGNMENT};
+
+/// The storage side of the host.
+#[derive(Clone)]
+pub struct StorageService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: Repository,
+    pool: Uuid,
+    // A std lock: held only to look a domain up or insert one, never across I/O.
+    domains: RwLock<HashMap<Uuid, Arc<Domain>>>,
+    tasks: TaskManager,
+    qemu_img_timeout: Duration,
+}
+
+/// Settings of the storage service.
+#[derive(Debug, Clone)]
+pub struct StorageSettings<'a> {
+    /// The storage repository.
+    pub repository: &'a Path,
+    /// The host's pool.
+    pub pool: Uuid,
+    /// Where tasks are persisted.
+    pub tasks_dir: &'a Path,
+    /// Bound of one qemu-img run.
+    pub qemu_img_timeout: Duration,
+}
+
+impl StorageService {
+    /// Attaches the domains found under the repository and rolls back the tasks a previous
+    /// run left unfinished. Blocks (file I/O): call it before serving, off the reactor.
+    pub fn open(settings: &StorageSettings) -> Result<Self, ApiError> {
+        let repo = Repository::new(settings.repository);
+        let domains: HashMap<Uuid, Arc<Domain>> = Domain::discover(&repo)
+            .into_iter()
+            .map(|d| (d.uuid, Arc::new(d)))
+            .collect();
+        for domain in domains.values() {
+            tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain attached");
+        }
+        let (tasks, unfinished) = TaskManager::open(settings.tasks_dir)?;
+        let service = Self {
+            inner: Arc::new(Inner {
+                repo,
+                pool: settings.pool,
+                domains: RwLock::new(domains),
+                tasks,
+                qemu_img_timeout: settings.qemu_img_timeout,
+            }),
+        };
+        for record in unfinished {
+            service.recover(&record);
+        }
+        Ok(service)
+    }
+
+    /// The host's pool.
+    pub fn pool(&self) -> Uuid {
+        self.inner.pool
+    }
+
+    /// Rolls back a task interrupted by a restart and records it as such.
+    fn recover(&self, record: &TaskRecord) {
+        let TaskWork::CreateVolume {
+            domain,
+            request,
+            progress,
+        } = &record.work;
+        let interrupted = StorageError::Interrupted;
+        let clean = match self.domain(*domain) {
+            Ok(domain) => volume::rollback(&domain, request, progress)
+                .inspect_err(|e| tracing::error!(task = %record.id, error = %e, "rollback failed"))
+                .is_ok(),
+            Err(_) => false,
+        };
+        tracing::warn!(task = %record.id, clean, "task interrupted by a restart rolled back");
+        let outcome = Err((interrupted.code(), interrupted.to_string(), clean));
+        if let Err(err) = self.inner.tasks.end(record.id, outcome) {
+            tracing::error!(task = %record.id, error = %err, "cannot record the recovered task");
+        }
+    }
+
+    fn domain(&self, id: Uuid) -> Result<Arc<Domain>, ApiError> {
+        let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+        domains
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StorageError::DomainDoesNotExist(id).into())
+    }
+
+    fn check_pool(&self, pool: Uuid) -> Result<(), ApiError> {
+        if pool == self.inner.pool {
+            Ok(())
+        } else {
+            Err(StorageError::PoolUnknown(pool).into())
+        }
+    }
+
+    fn image_domain(&self, pool: Uuid, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
+        self.check_pool(pool)?;
+        let domain = self.domain(domain)?;
+        if !domain.has_image(image) {
+            return Err(StorageError::ImageDoesNotExist {
+                image,
+                domain: domain.uuid,
+            }
+            .into());
+        }
+        Ok(domain)
+    }
+
+    /// `StorageDomain.create`.
+    pub async fn create_domain(&self, p: CreateDomainParams) -> Result<(), ApiError> {
+        let kind = DomainType::from_code(p.domain_type).ok_or_else(|| {
+            StorageError::InvalidParameter(format!("domainType={}", p.domain_type))
+        })?;
+        if p.domain_class != 1 {
+            return Err(
+                StorageError::InvalidParameter(format!("domainClass={}", p.domain_class)).into(),
+            );
+        }
+        if p.version != i64::from(crate::storage::domain::DOMAIN_VERSION) {
+            return Err(StorageError::InvalidParameter(format!("version={}", p.version)).into());
+        }
+        if self.domain(p.domain).is_ok() {
+            return Err(StorageError::DomainExists(p.domain).into());
+        }
+        let new = NewDomain {
+            uuid: p.domain,
+            kind,
+            remote_path: p.type_args.path().to_owned(),
+            name: p.name,
+            block_size: p.block_size.unwrap_or(512),
+            max_hosts: p.max_hosts.unwrap_or(250),
+        };
+        let service = self.clone();
+        blocking(move || {
+            let domain = Domain::create(&service.inner.repo, &new, service.inner.pool)?;
+            tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain created");
+            let mut domains = service.inner.domains.write().unwrap_or_else(|e| e.into_inner());
+            domains.insert(domain.uuid, Arc::new(domain));
+            Ok(())
+        })
+        .await
+    }
+
+    /// `StorageDomain.getInfo`.
+    pub fn domain_info(&self, p: DomainParams) -> Result<DomainInfo, ApiError> {
+        let domain = self.domain(p.domain)?;
+        Ok(DomainInfo {
+            uuid: domain.uuid,
+            kind: domain.kind.name().to_owned(),
+            class: "Data".to_owned(),
+            name: domain.name.clone(),
+            role: "Regular".to_owned(),
+            pool: vec![domain.pool],
+            version: domain.version.to_string(),
+            block_size: domain.block_size,
+            alignment: 1_048_576,
+            remote_path: domain.remote_path.clone(),
+        })
+    }
+
+    /// `StorageDomain.getStats`.
+    pub async fn domain_stats(&self, p: DomainParams) -> Result<DomainStats, ApiError> {
+        let domain = self.domain(p.domain)?;
+        let (free, total) = blocking(move || Ok(domain.space()?)).await?;
+        Ok(DomainStats {
+            disktotal: total.to_string(),
+            diskfree: free.to_string(),
+            mdavalid: true,
+            mdathreshold: true,
+        })
+    }
+
+    /// `Host.getStorageDomains`.
+    pub fn storage_domains(&self, p: GetStorageDomainsParams) -> Vec<Uuid> {
+        let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<Uuid> = domains
+            .values()
+            .filter(|d| p.pool.is_none_or(|pool| pool == d.pool))
+            .map(|d| d.uuid)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// `StorageDomain.getVolumes`.
+    pub async fn domain_volumes(&self, p: DomainVolumesParams) -> Result<Vec<Uuid>, ApiError> {
+        self.check_pool(p.pool)?;
+        let domain = self.domain(p.domain)?;
+        let only = p.image.filter(|i| *i != BLANK_UUID);
+        blocking(move || {
+            let images = match only {
+                Some(image) => vec![image],
+                None => domain.images()?,
+            };
+            let mut volumes = Vec::new();
+            for image in images {
+                volumes.extend(domain.volumes(image)?);
+            }
+            Ok(volumes)
+        })
+        .await
+    }
+
+    /// `Image.getVolumes`.
+    pub async fn image_volumes(&self, p: ImageParams) -> Result<Vec<Uuid>, ApiError> {
+        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        blocking(move || Ok(domain.volumes(p.image)?)).await
+    }
+
+    /// `Volume.getInfo`.
+    pub async fn volume_info(&self, p: VolumeParams) -> Result<VolumeInfo, ApiError> {
+        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        blocking(move || {
+            let meta = volume::read_meta(&domain, p.image, p.volume)?;
+            let (apparent, true_size) = volume::size(&domain, p.image, p.volume)?;
+            let children = volume::children(&domain, p.image, p.volume)?;
+            let status = if meta.legality == Legality::Illegal {
+                "ILLEGAL"
+            } else {
+                "OK"
+            };
+            Ok(VolumeInfo {
+                uuid: p.volume,
+                allocation: meta.allocation.to_string(),
+                format: meta.format.to_string(),
+                disktype: meta.disk_type,
+                voltype: meta.role.to_string(),
+                capacity: meta.capacity.to_string(),
+                parent: meta.parent,
+                description: meta.description,
+                pool: String::new(),
+                domain: meta.domain,
+                image: meta.image,
+                ctime: meta.ctime.to_string(),
+                mtime: "0".to_owned(),
+                legality: meta.legality.to_string(),
+                generation: meta.generation,
+                sequence: meta.sequence,
+                apparentsize: apparent.to_string(),
+                truesize: true_size.to_string(),
+                status: status.to_owned(),
+                children,
+            })
+        })
+        .await
+    }
+
+    /// `Volume.getSize`.
+    pub async fn volume_size(&self, p: VolumeParams) -> Result<VolumeSize, ApiError> {
+        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        blocking(move || {
+            volume::read_meta(&domain, p.image, p.volume)?;
+            let (apparent, true_size) = volume::size(&domain, p.image, p.volume)?;
+            Ok(VolumeSize {
+                apparentsize: apparent.to_string(),
+                truesize: true_size.to_string(),
+            })
+        })
+        .await
+    }
+
+    /// `Volume.create`: checks everything, then starts the task and returns its id.
+    pub async fn create_volume(&self, p: CreateVolumeParams) -> Result<Uuid, ApiError> {
+        self.check_pool(p.pool)?;
+        let domain = self.domain(p.domain)?;
+        let request = create_request(&p)?;
+        let check = {
+            let domain = Arc::clone(&domain);
+            let request = request.clone();
+            blocking(move || {
+                if request.parent.is_some() && !domain.has_image(request.image) {
+                    return Err(StorageError::ImageDoesNotExist {
+                        image: request.image,
+                        domain: domain.uuid,
+                    });
+                }
+                volume::check_create(&domain, &request)?;
+                if request.allocation == Preallocation::Preallocated {
+                    let (free, _) = domain.space()?;
+                    if request.capacity > free {
+                        return Err(StorageError::NoSpace {
+                            domain: domain.uuid,
+                            requested: request.capacity,
+                            free,
+                        });
+                    }
+                }
+                Ok(())
+            })
+        };
+        check.await?;
+
+        let task = Uuid::new_v4();
+        let work = TaskWork::CreateVolume {
+            domain: domain.uuid,
+            request: request.clone(),
+            progress: CreateProgress::default(),
+        };
+        let stop = self.inner.tasks.start(task, names::VOLUME_CREATE, work)?;
+        tracing::info!(%task, volume = %request.volume, image = %request.image, "Volume.create task started");
+        let service = self.clone();
+        tokio::spawn(async move { service.run_create(task, domain, request, stop).await });
+        Ok(task)
+    }
+
+    async fn run_create(
+        &self,
+        task: Uuid,
+        domain: Arc<Domain>,
+        request: CreateRequest,
+        stop: CancellationToken,
+    ) {
+        let mut progress = CreateProgress::default();
+        let result = self
+            .create_steps(task, &domain, &request, &mut progress, &stop)
+            .await;
+        let outcome = match result {
+            Ok(()) => {
+                tracing::info!(%task, volume = %request.volume, "volume created");
+                Ok(())
+            }
+            Err(err) => {
+                let code = err.code();
+                let message = err.to_string();
+                tracing::warn!(%task, error = %message, "Volume.create failed; rolling back");
+                let undo = {
+                    let (domain, request, progress) =
+                        (Arc::clone(&domain), request.clone(), progress.clone());
+                    blocking(move || Ok(volume::rollback(&domain, &request, &progress)?)).await
+                };
+                if let Err(e) = &undo {
+                    tracing::error!(%task, error = %e, "rollback failed");
+                }
+                Err((code, message, undo.is_ok()))
+            }
+        };
+        if let Err(err) = self.inner.tasks.end(task, outcome) {
+            tracing::error!(%task, error = %err, "cannot record the task's end");
+        }
+    }
+
+    async fn create_steps(
+        &self,
+        task: Uuid,
+        domain: &Arc<Domain>,
+        request: &CreateRequest,
+        progress: &mut CreateProgress,
+        stop: &CancellationToken,
+    ) -> Result<(), StorageError> {
+        let recorder = |tasks: TaskManager, domain_id: Uuid, request: CreateRequest| {
+            move |p: &CreateProgress| {
+                tasks
+                    .update_work(
+                        task,
+                        TaskWork::CreateVolume {
+                            domain: domain_id,
+                            request: request.clone(),
+                            progress: p.clone(),
+                        },
+                    )
+                    .map_err(|e| StorageError::Creation(e.to_string()))
+            }
+        };
+        let step = |progress: CreateProgress, publish: bool| {
+            let domain = Arc::clone(domain);
+            let request = request.clone();
+            let mut record = recorder(self.inner.tasks.clone(), domain.uuid, request.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut progress = progress;
+                let result = if publish {
+                    volume::publish(&domain, &request, &mut progress, &mut record)
+                } else {
+                    volume::reserve(&domain, &request, &mut progress, &mut record)
+                };
+                (progress, result)
+            })
+        };
+        let (after, result) = step(progress.clone(), false).await.map_err(join_error)?;
+        *progress = after;
+        result?;
+        if stop.is_cancelled() {
+            return Err(StorageError::Aborted);
+        }
+        volume::write_data(domain, request, self.inner.qemu_img_timeout, stop).await?;
+        let (after, result) = step(progress.clone(), true).await.map_err(join_error)?;
+        *progress = after;
+        result
+    }
+
+    /// `Task.getStatus`.
+    pub fn task_status(&self, p: TaskParams) -> Result<TaskStatus, ApiError> {
+        Ok(status_of(&self.inner.tasks.get(p.task)?))
+    }
+
+    /// `Task.getInfo`.
+    pub fn task_info(&self, p: TaskParams) -> Result<TaskInfo, ApiError> {
+        let record = self.inner.tasks.get(p.task)?;
+        Ok(TaskInfo {
+            id: record.id,
+            verb: record.verb,
+        })
+    }
+
+    /// `Task.clear`.
+    pub fn task_clear(&self, p: TaskParams) -> Result<(), ApiError> {
+        Ok(self.inner.tasks.clear(p.task)?)
+    }
+
+    /// `Task.stop`.
+    pub fn task_stop(&self, p: TaskParams) -> Result<(), ApiError> {
+        Ok(self.inner.tasks.stop(p.task)?)
+    }
+
+    /// `Host.getAllTasksStatuses`.
+    pub fn all_task_statuses(&self) -> BTreeMap<Uuid, TaskStatus> {
+        self.inner
+            .tasks
+            .all()
+            .iter()
+            .map(|r| (r.id, status_of(r)))
+            .collect()
+    }
+}
+
+fn status_of(record: &TaskRecord) -> TaskStatus {
+    let (state, result) = record.state.wire();
+    TaskStatus {
+        task_id: record.id,
+        task_state: state.to_owned(),
+        task_result: result.to_owned(),
+        code: record.code,
+        message: record.message(),
+    }
+}
+
+/// Validates the wire parameters of `Volume.create` into a request (VDSM's rules, §2.2).
+fn create_request(p: &CreateVolumeParams) -> Result<CreateRequest, StorageError> {
+    let invalid = |what: String| StorageError::InvalidParameter(what);
+    let size: u64 = p
+        .size
+        .trim()
+        .parse()
+        .map_err(|_| invalid(format!("size={}", p.size)))?;
+    if size == 0 {
+        return Err(StorageError::Size("size must be larger than 0".into()));
+    }
+    let capacity = size
+        .checked_next_multiple_of(SIZE_ALIGNMENT)
+        .ok_or_else(|| StorageError::Size(format!("size {size} is too large")))?;
+    if !DISK_TYPES.contains(&p.disk_type.as_str()) {
+        return Err(invalid(format!("diskType={}", p.disk_type)));
+    }
+    if p.initial_size.as_ref().is_some_and(|v| !v.is_null())
+        && !(p.format == VolumeFormat::Raw && p.preallocate == Preallocation::Preallocated)
+    {
+        return Err(invalid(
+            "initialSize is only for RAW preallocated volumes on file domains".into(),
+        ));
+    }
+    let parent = p.src_volume.filter(|v| *v != BLANK_UUID);
+    if let Some(src_image) = p.src_image.filter(|i| *i != BLANK_UUID && *i != p.image) {
+        return Err(invalid(format!(
+            "srcImgUUID={src_image}: volumes based on a template in another image are not supported"
+        )));
+    }
+    if parent == Some(p.volume) {
+        return Err(invalid("srcVolUUID must differ from volumeID".into()));
+    }
+    if parent.is_some() && p.format != VolumeFormat::Cow {
+        return Err(StorageError::IncorrectFormat(
+            "a volume with a parent must be COW (4)".into(),
+        ));
+    }
+    Ok(CreateRequest {
+        image: p.image,
+        volume: p.volume,
+        capacity,
+        format: p.format,
+        allocation: p.preallocate,
+        disk_type: p.disk_type.clone(),
+        description: p.desc.clone(),
+        parent,
+        legal: p.legal.unwrap_or(true),
+        sequence: p.sequence.unwrap_or(0),
+    })
+}
+
+/// Runs blocking storage work off the reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Unexpected(format!("storage task panicked: {e}"))),
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> StorageError {
+    StorageError::Creation(format!("storage step panicked: {e}"))
+}
