@@ -294,3 +294,8 @@ pub fn cli(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// VDSM's `transformPath` of a local directory: the name of its link under `<repository>/mnt`.
+pub fn transform(path: &std::path::Path) -> String {
+    path.to_str().unwrap().replace('_', "__").replace('/', "_")
+}

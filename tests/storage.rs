@@ -1,0 +1,350 @@
+//! Storage domains and volumes through a real rvdsmd, with real files and real qemu-img:
+//! every create variant, snapshot volumes and their chain as qemu-img sees it, tasks, every
+//! bad input (refused, nothing changed), parallel creates, and rollback.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::Daemon;
+use common::guest::qemu_img;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const GIB: u64 = 1 << 30;
+
+/// A daemon with one LOCALFS domain in a temporary directory.
+struct Fixture {
+    daemon: Daemon,
+    data: tempfile::TempDir,
+    pool: String,
+    domain: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let daemon = Daemon::start();
+        let data = tempfile::tempdir().unwrap();
+        let pool = daemon.pool();
+        let domain = Uuid::new_v4().to_string();
+        let created = daemon.ok(
+            "StorageDomain.create",
+            json!({
+                "storagedomainID": domain, "domainType": 4,
+                "typeArgs": data.path().to_str().unwrap(), "name": "test-domain",
+                "domainClass": 1, "version": "5",
+            }),
+        );
+        assert_eq!(created, json!(true));
+        Fixture { daemon, data, pool, domain }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.data.path().join(&self.domain)
+    }
+
+    fn image_dir(&self, image: &str) -> PathBuf {
+        self.root().join("images").join(image)
+    }
+
+    fn create_params(&self, image: &str, volume: &str, extra: Value) -> Value {
+        let mut params = json!({
+            "volumeID": volume, "storagepoolID": self.pool, "storagedomainID": self.domain,
+            "imageID": image, "size": GIB.to_string(), "volFormat": 4, "preallocate": 2,
+            "diskType": "DATA", "desc": "test volume",
+            "srcImgUUID": "00000000-0000-0000-0000-000000000000",
+            "srcVolUUID": "00000000-0000-0000-0000-000000000000",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            params[k] = v.clone();
+        }
+        params
+    }
+
+    /// Creates a volume and waits for its task; returns the final task status.
+    fn create(&self, image: &str, volume: &str, extra: Value) -> Value {
+        let task = self.daemon.ok("Volume.create", self.create_params(image, volume, extra));
+        self.daemon.wait_task(task.as_str().unwrap())
+    }
+
+    fn info(&self, image: &str, volume: &str) -> Value {
+        self.daemon.ok("Volume.getInfo", self.volume_ids(image, volume))
+    }
+
+    fn volume_ids(&self, image: &str, volume: &str) -> Value {
+        json!({"volumeID": volume, "storagepoolID": self.pool,
+               "storagedomainID": self.domain, "imageID": image})
+    }
+
+    /// Every file under the domain's images, to prove a refused request changed nothing.
+    fn files(&self) -> BTreeSet<PathBuf> {
+        fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                out.insert(entry.path());
+                if entry.path().is_dir() {
+                    walk(&entry.path(), out);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(&self.root().join("images"), &mut out);
+        out
+    }
+}
+
+fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+fn assert_success(status: &Value) {
+    assert_eq!(status["taskResult"], "success", "{status}");
+    assert_eq!(status["code"], 0);
+    assert_eq!(status["message"], "1 jobs completed successfully");
+}
+
+fn qemu_info(path: &Path) -> Value {
+    serde_json::from_str(&qemu_img(&["info", "-U", "--output=json", path.to_str().unwrap()])).unwrap()
+}
+
+#[test]
+fn domain_is_created_in_vdsm_layout_and_described() {
+    let f = Fixture::new();
+    let root = f.root();
+    for file in ["metadata", "ids", "leases", "inbox", "outbox", "xleases"] {
+        assert!(root.join("dom_md").join(file).exists(), "{file}");
+    }
+    let metadata = std::fs::read_to_string(root.join("dom_md/metadata")).unwrap();
+    assert!(metadata.contains("TYPE=LOCALFS\n") && metadata.contains("VERSION=5\n"));
+    assert!(metadata.lines().last().unwrap().starts_with("_SHA_CKSUM="));
+    let link = f.daemon.repository().join("mnt").join(common::daemon::transform(f.data.path()));
+    assert_eq!(std::fs::read_link(&link).unwrap(), f.data.path());
+
+    let info = f.daemon.ok("StorageDomain.getInfo", json!({"storagedomainID": f.domain}));
+    assert_eq!(info["uuid"], f.domain.as_str());
+    assert_eq!(info["type"], "LOCALFS");
+    assert_eq!(info["name"], "test-domain");
+    assert_eq!(info["version"], "5");
+    assert_eq!(info["pool"], json!([f.pool]));
+    let stats = f.daemon.ok("StorageDomain.getStats", json!({"storagedomainID": f.domain}));
+    let free: u64 = stats["diskfree"].as_str().unwrap().parse().unwrap();
+    let total: u64 = stats["disktotal"].as_str().unwrap().parse().unwrap();
+    assert!(free > 0 && total >= free, "{stats}");
+    let domains = f.daemon.ok("Host.getStorageDomains", Value::Null);
+    assert_eq!(domains, json!([f.domain]));
+
+    // Known again after a restart, from the repository alone.
+    let pool = f.pool.clone();
+    let daemon = f.daemon.restart();
+    assert_eq!(daemon.ok("Host.getStorageDomains", json!({"storagepoolID": pool})), json!([f.domain]));
+}
+
+#[test]
+fn every_base_volume_variant_is_created_as_asked() {
+    let f = Fixture::new();
+    for (format, prealloc, qemu_format) in [(4, 2, "qcow2"), (4, 1, "qcow2"), (5, 2, "raw"), (5, 1, "raw")] {
+        let (image, volume) = (new_id(), new_id());
+        let size = 64 * 1024 * 1024 + 1; // rounded up to 4 KiB
+        let status = f.create(
+            &image,
+            &volume,
+            json!({"volFormat": format, "preallocate": prealloc, "size": size.to_string()}),
+        );
+        assert_success(&status);
+        let info = f.info(&image, &volume);
+        let expected_capacity = (size as u64).div_ceil(4096) * 4096;
+        assert_eq!(info["capacity"], expected_capacity.to_string());
+        assert_eq!(info["format"], if format == 4 { "COW" } else { "RAW" });
+        assert_eq!(info["type"], if prealloc == 1 { "PREALLOCATED" } else { "SPARSE" });
+        assert_eq!((info["legality"].as_str(), info["voltype"].as_str()), (Some("LEGAL"), Some("LEAF")));
+        assert_eq!(info["status"], "OK");
+        assert_eq!(info["parent"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(info["description"], "test volume");
+
+        let data = f.image_dir(&image).join(&volume);
+        let qemu = qemu_info(&data);
+        assert_eq!(qemu["format"], qemu_format);
+        assert_eq!(qemu["virtual-size"], expected_capacity);
+        let true_size: u64 = info["truesize"].as_str().unwrap().parse().unwrap();
+        if prealloc == 1 {
+            assert!(true_size >= expected_capacity, "{format}/{prealloc}: {info}");
+        } else {
+            assert!(true_size < expected_capacity / 2, "{format}/{prealloc}: {info}");
+        }
+        assert!(f.image_dir(&image).join(format!("{volume}.lease")).exists());
+        let meta = std::fs::read_to_string(f.image_dir(&image).join(format!("{volume}.meta"))).unwrap();
+        assert!(meta.ends_with("EOF\n") && meta.len() <= 512, "{meta}");
+        let keys: Vec<&str> = meta.lines().filter_map(|l| l.split_once('=').map(|kv| kv.0)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+}
+
+#[test]
+fn snapshot_volume_is_a_qcow2_overlay_on_its_parent() {
+    let f = Fixture::new();
+    let (image, base, top) = (new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({"volFormat": 5})));
+    assert_success(&f.create(&image, &top, json!({"srcImgUUID": image, "srcVolUUID": base})));
+
+    let parent = f.info(&image, &base);
+    assert_eq!(parent["voltype"], "INTERNAL");
+    assert_eq!(parent["children"], json!([top]));
+    let child = f.info(&image, &top);
+    assert_eq!(child["parent"], base.as_str());
+    assert_eq!(child["voltype"], "LEAF");
+    assert_eq!(child["capacity"], GIB.to_string());
+
+    let top_path = f.image_dir(&image).join(&top);
+    let chain: Value = serde_json::from_str(&qemu_img(&[
+        "info", "-U", "--backing-chain", "--output=json", top_path.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let chain = chain.as_array().unwrap();
+    assert_eq!(chain.len(), 2, "{chain:?}");
+    assert_eq!(chain[0]["format"], "qcow2");
+    assert_eq!(chain[0]["backing-filename"], base.as_str(), "backing file is the bare parent UUID");
+    assert_eq!(chain[0]["backing-filename-format"], "raw");
+    assert_eq!(chain[0]["format-specific"]["data"]["compat"], "1.1");
+    assert_eq!(chain[1]["filename"], f.image_dir(&image).join(&base).to_str().unwrap());
+
+    let volumes = f.daemon.ok(
+        "Image.getVolumes",
+        json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain}),
+    );
+    let mut expected = vec![base.clone(), top.clone()];
+    expected.sort();
+    assert_eq!(volumes, json!(expected));
+    let all = f.daemon.ok(
+        "StorageDomain.getVolumes",
+        json!({"storagedomainID": f.domain, "storagepoolID": f.pool}),
+    );
+    assert_eq!(all, json!(expected));
+}
+
+#[test]
+fn bad_input_is_refused_with_vdsm_codes_and_changes_nothing() {
+    let f = Fixture::new();
+    let (image, base, internal_child) = (new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    let (illegal_image, illegal) = (new_id(), new_id());
+    assert_success(&f.create(&illegal_image, &illegal, json!({"legal": false})));
+    assert_eq!(f.info(&illegal_image, &illegal)["legality"], "ILLEGAL");
+    let before = f.files();
+
+    let cases: Vec<(&str, Value, i32)> = vec![
+        ("malformed volume id", json!({"volumeID": "../../etc"}), -32602),
+        ("malformed image id", json!({"imageID": "x/../../y"}), -32602),
+        ("unknown pool", json!({"storagepoolID": new_id()}), 309),
+        ("unknown domain", json!({"storagedomainID": new_id()}), 358),
+        ("format out of range", json!({"volFormat": 3}), -32602),
+        ("preallocate out of range", json!({"preallocate": 7}), -32602),
+        ("unknown disk type", json!({"diskType": "NOPE"}), 1000),
+        ("size not a number", json!({"size": "12abc"}), 1000),
+        ("size zero", json!({"size": "0"}), 229),
+        ("preallocated larger than free space", json!({"preallocate": 1, "size": (1u64 << 60).to_string()}), 397),
+        ("volume exists", json!({"volumeID": base, "imageID": image}), 212),
+        ("parent unknown", json!({"imageID": image, "srcVolUUID": new_id()}), 201),
+        ("parent in an unknown image", json!({"srcVolUUID": base}), 268),
+        ("raw volume on a parent", json!({"imageID": image, "srcVolUUID": base, "volFormat": 5}), 202),
+        ("smaller than the parent", json!({"imageID": image, "srcVolUUID": base, "size": "4096"}), 229),
+        ("illegal parent", json!({"imageID": illegal_image, "srcVolUUID": illegal}), 226),
+        ("initialSize on COW", json!({"initialSize": "4096"}), 1000),
+        ("template in another image", json!({"srcImgUUID": illegal_image, "srcVolUUID": illegal}), 1000),
+    ];
+    for (what, extra, code) in cases {
+        let params = f.create_params(&new_id(), &new_id(), extra);
+        let (got, message) = f.daemon.err("Volume.create", params);
+        assert_eq!(got, code, "{what}: {message}");
+        assert_eq!(f.files(), before, "{what} changed the domain");
+    }
+
+    // A parent that already has a child is no leaf.
+    assert_success(&f.create(&image, &internal_child, json!({"srcVolUUID": base})));
+    let before = f.files();
+    let (code, message) = f.daemon.err(
+        "Volume.create",
+        f.create_params(&image, &new_id(), json!({"srcVolUUID": base})),
+    );
+    assert_eq!(code, 204, "{message}");
+    assert_eq!(f.files(), before);
+
+    let unknown = json!({"volumeID": new_id(), "storagepoolID": f.pool,
+                         "storagedomainID": f.domain, "imageID": image});
+    assert_eq!(f.daemon.err("Volume.getInfo", unknown.clone()).0, 201);
+    let unknown_image = f.volume_ids(&new_id(), &base);
+    assert_eq!(f.daemon.err("Volume.getInfo", unknown_image).0, 268);
+    assert_eq!(f.daemon.err("Task.getStatus", json!({"taskID": new_id()})).0, 401);
+    assert_eq!(f.daemon.err("Task.clear", json!({"taskID": new_id()})).0, 401);
+    assert_eq!(f.daemon.err("StorageDomain.getInfo", json!({"storagedomainID": new_id()})).0, 358);
+    let (code, _) = f.daemon.err(
+        "StorageDomain.create",
+        json!({"storagedomainID": new_id(), "domainType": 4, "typeArgs": "relative/path",
+               "name": "x", "domainClass": 1, "version": 5}),
+    );
+    assert_eq!(code, 1000);
+}
+
+#[test]
+fn failed_qemu_img_rolls_back_everything() {
+    let f = Fixture::new();
+    let (image, volume) = (new_id(), new_id());
+    let before = f.files();
+    // qcow2 cannot hold 2^60 bytes with its default clusters: qemu-img fails after rvdsm has
+    // reserved the volume.
+    let status = f.create(&image, &volume, json!({"size": (1u64 << 60).to_string()}));
+    assert_eq!(status["taskState"], "finished");
+    assert_eq!(status["taskResult"], "cleanSuccess", "{status}");
+    assert_eq!(status["code"], 205);
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("too large") && message.ends_with("abortedcode=205"), "{message}");
+    assert_eq!(f.files(), before, "rollback left files");
+
+    // Same on a parent: the parent is a LEAF again.
+    let (image, base, top) = (new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    let status = f.create(&image, &top, json!({"srcVolUUID": base, "size": (1u64 << 60).to_string()}));
+    assert_eq!(status["code"], 217, "{status}");
+    assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
+    assert!(!f.image_dir(&image).join(&top).exists());
+    assert!(f.image_dir(&image).exists(), "the parent's image stays");
+}
+
+#[test]
+fn tasks_stay_until_cleared() {
+    let f = Fixture::new();
+    let (image, volume) = (new_id(), new_id());
+    let task = f.daemon.ok("Volume.create", f.create_params(&image, &volume, json!({})));
+    let task = task.as_str().unwrap().to_owned();
+    f.daemon.wait_task(&task);
+    let all = f.daemon.ok("Host.getAllTasksStatuses", Value::Null);
+    assert_eq!(all[&task]["taskResult"], "success", "{all}");
+    let info = f.daemon.ok("Task.getInfo", json!({"taskID": task}));
+    assert_eq!(info, json!({"id": task, "verb": "Volume.create"}));
+    // Finished tasks survive a restart until cleared.
+    let daemon = f.daemon.restart();
+    assert_eq!(daemon.ok("Task.getStatus", json!({"taskID": task}))["taskResult"], "success");
+    assert_eq!(daemon.ok("Task.clear", json!({"taskID": task})), json!(true));
+    assert_eq!(daemon.err("Task.getStatus", json!({"taskID": task})).0, 401);
+    assert_eq!(daemon.err("Task.stop", json!({"taskID": new_id()})).0, 401);
+}
+
+#[test]
+fn creates_in_different_images_run_in_parallel() {
+    let f = Fixture::new();
+    let volumes: Vec<(String, String)> = (0..6).map(|_| (new_id(), new_id())).collect();
+    let tasks: Vec<String> = volumes
+        .iter()
+        .map(|(image, volume)| {
+            let params = f.create_params(image, volume, json!({"volFormat": 5, "preallocate": 1, "size": "33554432"}));
+            f.daemon.ok("Volume.create", params).as_str().unwrap().to_owned()
+        })
+        .collect();
+    for task in &tasks {
+        assert_success(&f.daemon.wait_task(task));
+    }
+    for (image, volume) in &volumes {
+        assert_eq!(f.info(image, volume)["legality"], "LEGAL");
+    }
+}
