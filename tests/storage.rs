@@ -348,3 +348,40 @@ fn creates_in_different_images_run_in_parallel() {
         assert_eq!(f.info(image, volume)["legality"], "LEGAL");
     }
 }
+
+#[test]
+fn kill_9_at_each_step_of_a_create_leaves_the_domain_consistent() {
+    for point in ["create:reserved", "create:data-written", "create:published"] {
+        let mut f = Fixture::new();
+        let (image, base, top) = (new_id(), new_id(), new_id());
+        assert_success(&f.create(&image, &base, json!({})));
+        let before = f.files();
+
+        let marker = f.daemon.dir.path().join("paused");
+        let marker_text = marker.to_str().unwrap().to_owned();
+        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+        f.daemon = daemon.restart_with(&[
+            ("RVDSM_TEST_PAUSE_AT", point),
+            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
+        ]);
+        let task = f.daemon.ok("Volume.create", f.create_params(&image, &top, json!({"srcVolUUID": base})));
+        let task = task.as_str().unwrap().to_owned();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(60), || marker.exists()),
+            "{point} never reached; log:\n{}",
+            f.daemon.log()
+        );
+        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+        f.daemon = daemon.restart();
+
+        let status = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
+        assert_eq!(status["taskState"], "finished", "{point}: {status}");
+        assert_eq!(status["taskResult"], "cleanSuccess", "{point}: {status}");
+        assert_eq!(status["code"], 411, "{point}: {status}");
+        assert_eq!(f.files(), before, "{point}: the interrupted create left files");
+        let parent = f.info(&image, &base);
+        assert_eq!(parent["voltype"], "LEAF", "{point}: parent stuck INTERNAL");
+        assert_eq!(parent["legality"], "LEGAL");
+        assert_eq!(parent["children"], json!([]));
+    }
+}

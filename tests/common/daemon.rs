@@ -59,10 +59,15 @@ impl Daemon {
 
     /// Starts rvdsmd again on the directory of this daemon (its state, storage, socket and
     /// port), after killing it if it still runs, as systemd would restart it.
-    pub fn restart(mut self) -> Daemon {
+    pub fn restart(self) -> Daemon {
+        self.restart_with(&[])
+    }
+
+    /// [`Daemon::restart`] with extra environment variables (test failpoints).
+    pub fn restart_with(mut self, env: &[(&str, &str)]) -> Daemon {
         self.kill9();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let mut daemon = Daemon::spawn(dir, &[]);
+        let mut daemon = Daemon::spawn(dir, env);
         daemon.wait_ready();
         daemon
     }
