@@ -37,7 +37,12 @@ impl Fixture {
             }),
         );
         assert_eq!(created, json!(true));
-        Fixture { daemon, data, pool, domain }
+        Fixture {
+            daemon,
+            data,
+            pool,
+            domain,
+        }
     }
 
     fn root(&self) -> PathBuf {
@@ -64,12 +69,15 @@ impl Fixture {
 
     /// Creates a volume and waits for its task; returns the final task status.
     fn create(&self, image: &str, volume: &str, extra: Value) -> Value {
-        let task = self.daemon.ok("Volume.create", self.create_params(image, volume, extra));
+        let task = self
+            .daemon
+            .ok("Volume.create", self.create_params(image, volume, extra));
         self.daemon.wait_task(task.as_str().unwrap())
     }
 
     fn info(&self, image: &str, volume: &str) -> Value {
-        self.daemon.ok("Volume.getInfo", self.volume_ids(image, volume))
+        self.daemon
+            .ok("Volume.getInfo", self.volume_ids(image, volume))
     }
 
     fn volume_ids(&self, image: &str, volume: &str) -> Value {
@@ -104,7 +112,13 @@ fn assert_success(status: &Value) {
 }
 
 fn qemu_info(path: &Path) -> Value {
-    serde_json::from_str(&qemu_img(&["info", "-U", "--output=json", path.to_str().unwrap()])).unwrap()
+    serde_json::from_str(&qemu_img(&[
+        "info",
+        "-U",
+        "--output=json",
+        path.to_str().unwrap(),
+    ]))
+    .unwrap()
 }
 
 #[test]
@@ -117,16 +131,26 @@ fn domain_is_created_in_vdsm_layout_and_described() {
     let metadata = std::fs::read_to_string(root.join("dom_md/metadata")).unwrap();
     assert!(metadata.contains("TYPE=LOCALFS\n") && metadata.contains("VERSION=5\n"));
     assert!(metadata.lines().last().unwrap().starts_with("_SHA_CKSUM="));
-    let link = f.daemon.repository().join("mnt").join(common::daemon::transform(f.data.path()));
+    let link = f
+        .daemon
+        .repository()
+        .join("mnt")
+        .join(common::daemon::transform(f.data.path()));
     assert_eq!(std::fs::read_link(&link).unwrap(), f.data.path());
 
-    let info = f.daemon.ok("StorageDomain.getInfo", json!({"storagedomainID": f.domain}));
+    let info = f.daemon.ok(
+        "StorageDomain.getInfo",
+        json!({"storagedomainID": f.domain}),
+    );
     assert_eq!(info["uuid"], f.domain.as_str());
     assert_eq!(info["type"], "LOCALFS");
     assert_eq!(info["name"], "test-domain");
     assert_eq!(info["version"], "5");
     assert_eq!(info["pool"], json!([f.pool]));
-    let stats = f.daemon.ok("StorageDomain.getStats", json!({"storagedomainID": f.domain}));
+    let stats = f.daemon.ok(
+        "StorageDomain.getStats",
+        json!({"storagedomainID": f.domain}),
+    );
     let free: u64 = stats["diskfree"].as_str().unwrap().parse().unwrap();
     let total: u64 = stats["disktotal"].as_str().unwrap().parse().unwrap();
     assert!(free > 0 && total >= free, "{stats}");
@@ -136,13 +160,21 @@ fn domain_is_created_in_vdsm_layout_and_described() {
     // Known again after a restart, from the repository alone.
     let pool = f.pool.clone();
     let daemon = f.daemon.restart();
-    assert_eq!(daemon.ok("Host.getStorageDomains", json!({"storagepoolID": pool})), json!([f.domain]));
+    assert_eq!(
+        daemon.ok("Host.getStorageDomains", json!({"storagepoolID": pool})),
+        json!([f.domain])
+    );
 }
 
 #[test]
 fn every_base_volume_variant_is_created_as_asked() {
     let f = Fixture::new();
-    for (format, prealloc, qemu_format) in [(4, 2, "qcow2"), (4, 1, "qcow2"), (5, 2, "raw"), (5, 1, "raw")] {
+    for (format, prealloc, qemu_format) in [
+        (4, 2, "qcow2"),
+        (4, 1, "qcow2"),
+        (5, 2, "raw"),
+        (5, 1, "raw"),
+    ] {
         let (image, volume) = (new_id(), new_id());
         let size = 64 * 1024 * 1024 + 1; // rounded up to 4 KiB
         let status = f.create(
@@ -155,8 +187,18 @@ fn every_base_volume_variant_is_created_as_asked() {
         let expected_capacity = (size as u64).div_ceil(4096) * 4096;
         assert_eq!(info["capacity"], expected_capacity.to_string());
         assert_eq!(info["format"], if format == 4 { "COW" } else { "RAW" });
-        assert_eq!(info["type"], if prealloc == 1 { "PREALLOCATED" } else { "SPARSE" });
-        assert_eq!((info["legality"].as_str(), info["voltype"].as_str()), (Some("LEGAL"), Some("LEAF")));
+        assert_eq!(
+            info["type"],
+            if prealloc == 1 {
+                "PREALLOCATED"
+            } else {
+                "SPARSE"
+            }
+        );
+        assert_eq!(
+            (info["legality"].as_str(), info["voltype"].as_str()),
+            (Some("LEGAL"), Some("LEAF"))
+        );
         assert_eq!(info["status"], "OK");
         assert_eq!(info["parent"], "00000000-0000-0000-0000-000000000000");
         assert_eq!(info["description"], "test volume");
@@ -167,14 +209,24 @@ fn every_base_volume_variant_is_created_as_asked() {
         assert_eq!(qemu["virtual-size"], expected_capacity);
         let true_size: u64 = info["truesize"].as_str().unwrap().parse().unwrap();
         if prealloc == 1 {
-            assert!(true_size >= expected_capacity, "{format}/{prealloc}: {info}");
+            assert!(
+                true_size >= expected_capacity,
+                "{format}/{prealloc}: {info}"
+            );
         } else {
-            assert!(true_size < expected_capacity / 2, "{format}/{prealloc}: {info}");
+            assert!(
+                true_size < expected_capacity / 2,
+                "{format}/{prealloc}: {info}"
+            );
         }
         assert!(f.image_dir(&image).join(format!("{volume}.lease")).exists());
-        let meta = std::fs::read_to_string(f.image_dir(&image).join(format!("{volume}.meta"))).unwrap();
+        let meta =
+            std::fs::read_to_string(f.image_dir(&image).join(format!("{volume}.meta"))).unwrap();
         assert!(meta.ends_with("EOF\n") && meta.len() <= 512, "{meta}");
-        let keys: Vec<&str> = meta.lines().filter_map(|l| l.split_once('=').map(|kv| kv.0)).collect();
+        let keys: Vec<&str> = meta
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|kv| kv.0))
+            .collect();
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -186,7 +238,11 @@ fn snapshot_volume_is_a_qcow2_overlay_on_its_parent() {
     let f = Fixture::new();
     let (image, base, top) = (new_id(), new_id(), new_id());
     assert_success(&f.create(&image, &base, json!({"volFormat": 5})));
-    assert_success(&f.create(&image, &top, json!({"srcImgUUID": image, "srcVolUUID": base})));
+    assert_success(&f.create(
+        &image,
+        &top,
+        json!({"srcImgUUID": image, "srcVolUUID": base}),
+    ));
 
     let parent = f.info(&image, &base);
     assert_eq!(parent["voltype"], "INTERNAL");
@@ -198,16 +254,27 @@ fn snapshot_volume_is_a_qcow2_overlay_on_its_parent() {
 
     let top_path = f.image_dir(&image).join(&top);
     let chain: Value = serde_json::from_str(&qemu_img(&[
-        "info", "-U", "--backing-chain", "--output=json", top_path.to_str().unwrap(),
+        "info",
+        "-U",
+        "--backing-chain",
+        "--output=json",
+        top_path.to_str().unwrap(),
     ]))
     .unwrap();
     let chain = chain.as_array().unwrap();
     assert_eq!(chain.len(), 2, "{chain:?}");
     assert_eq!(chain[0]["format"], "qcow2");
-    assert_eq!(chain[0]["backing-filename"], base.as_str(), "backing file is the bare parent UUID");
+    assert_eq!(
+        chain[0]["backing-filename"],
+        base.as_str(),
+        "backing file is the bare parent UUID"
+    );
     assert_eq!(chain[0]["backing-filename-format"], "raw");
     assert_eq!(chain[0]["format-specific"]["data"]["compat"], "1.1");
-    assert_eq!(chain[1]["filename"], f.image_dir(&image).join(&base).to_str().unwrap());
+    assert_eq!(
+        chain[1]["filename"],
+        f.image_dir(&image).join(&base).to_str().unwrap()
+    );
 
     let volumes = f.daemon.ok(
         "Image.getVolumes",
@@ -234,24 +301,68 @@ fn bad_input_is_refused_with_vdsm_codes_and_changes_nothing() {
     let before = f.files();
 
     let cases: Vec<(&str, Value, i32)> = vec![
-        ("malformed volume id", json!({"volumeID": "../../etc"}), -32602),
-        ("malformed image id", json!({"imageID": "x/../../y"}), -32602),
+        (
+            "malformed volume id",
+            json!({"volumeID": "../../etc"}),
+            -32602,
+        ),
+        (
+            "malformed image id",
+            json!({"imageID": "x/../../y"}),
+            -32602,
+        ),
         ("unknown pool", json!({"storagepoolID": new_id()}), 309),
         ("unknown domain", json!({"storagedomainID": new_id()}), 358),
         ("format out of range", json!({"volFormat": 3}), -32602),
-        ("preallocate out of range", json!({"preallocate": 7}), -32602),
+        (
+            "preallocate out of range",
+            json!({"preallocate": 7}),
+            -32602,
+        ),
         ("unknown disk type", json!({"diskType": "NOPE"}), 1000),
         ("size not a number", json!({"size": "12abc"}), 1000),
         ("size zero", json!({"size": "0"}), 229),
-        ("preallocated larger than free space", json!({"preallocate": 1, "size": (1u64 << 60).to_string()}), 397),
-        ("volume exists", json!({"volumeID": base, "imageID": image}), 212),
-        ("parent unknown", json!({"imageID": image, "srcVolUUID": new_id()}), 201),
-        ("parent in an unknown image", json!({"srcVolUUID": base}), 268),
-        ("raw volume on a parent", json!({"imageID": image, "srcVolUUID": base, "volFormat": 5}), 202),
-        ("smaller than the parent", json!({"imageID": image, "srcVolUUID": base, "size": "4096"}), 229),
-        ("illegal parent", json!({"imageID": illegal_image, "srcVolUUID": illegal}), 226),
+        (
+            "preallocated larger than free space",
+            json!({"preallocate": 1, "size": (1u64 << 60).to_string()}),
+            397,
+        ),
+        (
+            "volume exists",
+            json!({"volumeID": base, "imageID": image}),
+            212,
+        ),
+        (
+            "parent unknown",
+            json!({"imageID": image, "srcVolUUID": new_id()}),
+            201,
+        ),
+        (
+            "parent in an unknown image",
+            json!({"srcVolUUID": base}),
+            268,
+        ),
+        (
+            "raw volume on a parent",
+            json!({"imageID": image, "srcVolUUID": base, "volFormat": 5}),
+            202,
+        ),
+        (
+            "smaller than the parent",
+            json!({"imageID": image, "srcVolUUID": base, "size": "4096"}),
+            229,
+        ),
+        (
+            "illegal parent",
+            json!({"imageID": illegal_image, "srcVolUUID": illegal}),
+            226,
+        ),
         ("initialSize on COW", json!({"initialSize": "4096"}), 1000),
-        ("template in another image", json!({"srcImgUUID": illegal_image, "srcVolUUID": illegal}), 1000),
+        (
+            "template in another image",
+            json!({"srcImgUUID": illegal_image, "srcVolUUID": illegal}),
+            1000,
+        ),
     ];
     for (what, extra, code) in cases {
         let params = f.create_params(&new_id(), &new_id(), extra);
@@ -275,9 +386,25 @@ fn bad_input_is_refused_with_vdsm_codes_and_changes_nothing() {
     assert_eq!(f.daemon.err("Volume.getInfo", unknown.clone()).0, 201);
     let unknown_image = f.volume_ids(&new_id(), &base);
     assert_eq!(f.daemon.err("Volume.getInfo", unknown_image).0, 268);
-    assert_eq!(f.daemon.err("Task.getStatus", json!({"taskID": new_id()})).0, 401);
-    assert_eq!(f.daemon.err("Task.clear", json!({"taskID": new_id()})).0, 401);
-    assert_eq!(f.daemon.err("StorageDomain.getInfo", json!({"storagedomainID": new_id()})).0, 358);
+    assert_eq!(
+        f.daemon
+            .err("Task.getStatus", json!({"taskID": new_id()}))
+            .0,
+        401
+    );
+    assert_eq!(
+        f.daemon.err("Task.clear", json!({"taskID": new_id()})).0,
+        401
+    );
+    assert_eq!(
+        f.daemon
+            .err(
+                "StorageDomain.getInfo",
+                json!({"storagedomainID": new_id()})
+            )
+            .0,
+        358
+    );
     let (code, _) = f.daemon.err(
         "StorageDomain.create",
         json!({"storagedomainID": new_id(), "domainType": 4, "typeArgs": "relative/path",
@@ -298,13 +425,20 @@ fn failed_qemu_img_rolls_back_everything() {
     assert_eq!(status["taskResult"], "cleanSuccess", "{status}");
     assert_eq!(status["code"], 205);
     let message = status["message"].as_str().unwrap();
-    assert!(message.contains("too large") && message.ends_with("abortedcode=205"), "{message}");
+    assert!(
+        message.contains("too large") && message.ends_with("abortedcode=205"),
+        "{message}"
+    );
     assert_eq!(f.files(), before, "rollback left files");
 
     // Same on a parent: the parent is a LEAF again.
     let (image, base, top) = (new_id(), new_id(), new_id());
     assert_success(&f.create(&image, &base, json!({})));
-    let status = f.create(&image, &top, json!({"srcVolUUID": base, "size": (1u64 << 60).to_string()}));
+    let status = f.create(
+        &image,
+        &top,
+        json!({"srcVolUUID": base, "size": (1u64 << 60).to_string()}),
+    );
     assert_eq!(status["code"], 217, "{status}");
     assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
     assert!(!f.image_dir(&image).join(&top).exists());
@@ -315,7 +449,9 @@ fn failed_qemu_img_rolls_back_everything() {
 fn tasks_stay_until_cleared() {
     let f = Fixture::new();
     let (image, volume) = (new_id(), new_id());
-    let task = f.daemon.ok("Volume.create", f.create_params(&image, &volume, json!({})));
+    let task = f
+        .daemon
+        .ok("Volume.create", f.create_params(&image, &volume, json!({})));
     let task = task.as_str().unwrap().to_owned();
     f.daemon.wait_task(&task);
     let all = f.daemon.ok("Host.getAllTasksStatuses", Value::Null);
@@ -324,8 +460,14 @@ fn tasks_stay_until_cleared() {
     assert_eq!(info, json!({"id": task, "verb": "Volume.create"}));
     // Finished tasks survive a restart until cleared.
     let daemon = f.daemon.restart();
-    assert_eq!(daemon.ok("Task.getStatus", json!({"taskID": task}))["taskResult"], "success");
-    assert_eq!(daemon.ok("Task.clear", json!({"taskID": task})), json!(true));
+    assert_eq!(
+        daemon.ok("Task.getStatus", json!({"taskID": task}))["taskResult"],
+        "success"
+    );
+    assert_eq!(
+        daemon.ok("Task.clear", json!({"taskID": task})),
+        json!(true)
+    );
     assert_eq!(daemon.err("Task.getStatus", json!({"taskID": task})).0, 401);
     assert_eq!(daemon.err("Task.stop", json!({"taskID": new_id()})).0, 401);
 }
@@ -337,8 +479,16 @@ fn creates_in_different_images_run_in_parallel() {
     let tasks: Vec<String> = volumes
         .iter()
         .map(|(image, volume)| {
-            let params = f.create_params(image, volume, json!({"volFormat": 5, "preallocate": 1, "size": "33554432"}));
-            f.daemon.ok("Volume.create", params).as_str().unwrap().to_owned()
+            let params = f.create_params(
+                image,
+                volume,
+                json!({"volFormat": 5, "preallocate": 1, "size": "33554432"}),
+            );
+            f.daemon
+                .ok("Volume.create", params)
+                .as_str()
+                .unwrap()
+                .to_owned()
         })
         .collect();
     for task in &tasks {
@@ -364,7 +514,10 @@ fn kill_9_at_each_step_of_a_create_leaves_the_domain_consistent() {
             ("RVDSM_TEST_PAUSE_AT", point),
             ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
         ]);
-        let task = f.daemon.ok("Volume.create", f.create_params(&image, &top, json!({"srcVolUUID": base})));
+        let task = f.daemon.ok(
+            "Volume.create",
+            f.create_params(&image, &top, json!({"srcVolUUID": base})),
+        );
         let task = task.as_str().unwrap().to_owned();
         assert!(
             common::wait_until(std::time::Duration::from_secs(60), || marker.exists()),
@@ -378,10 +531,158 @@ fn kill_9_at_each_step_of_a_create_leaves_the_domain_consistent() {
         assert_eq!(status["taskState"], "finished", "{point}: {status}");
         assert_eq!(status["taskResult"], "cleanSuccess", "{point}: {status}");
         assert_eq!(status["code"], 411, "{point}: {status}");
-        assert_eq!(f.files(), before, "{point}: the interrupted create left files");
+        assert_eq!(
+            f.files(),
+            before,
+            "{point}: the interrupted create left files"
+        );
         let parent = f.info(&image, &base);
         assert_eq!(parent["voltype"], "LEAF", "{point}: parent stuck INTERNAL");
         assert_eq!(parent["legality"], "LEGAL");
         assert_eq!(parent["children"], json!([]));
     }
+}
+
+#[test]
+fn delete_and_prepare_follow_the_chain_rules() {
+    let f = Fixture::new();
+    let (image, base, top) = (new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    assert_success(&f.create(&image, &top, json!({"srcVolUUID": base})));
+
+    let prepared = f.daemon.ok(
+        "Image.prepare",
+        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image, "volumeID": top}),
+    );
+    let path = PathBuf::from(prepared["path"].as_str().unwrap());
+    assert!(
+        path.starts_with(f.daemon.repository().join(&f.pool)),
+        "{path:?}"
+    );
+    assert_eq!(
+        std::fs::canonicalize(&path).unwrap(),
+        std::fs::canonicalize(f.image_dir(&image).join(&top)).unwrap()
+    );
+    assert_eq!(
+        f.daemon.ok(
+            "Image.teardown",
+            json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image})
+        ),
+        json!(true)
+    );
+
+    let (code, message) = f.daemon.err("Volume.delete", f.volume_ids(&image, &base));
+    assert_eq!(code, 204, "{message}");
+    let task = f.daemon.ok("Volume.delete", f.volume_ids(&image, &top));
+    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
+    for suffix in ["", ".meta", ".lease"] {
+        assert!(
+            !f.image_dir(&image).join(format!("{top}{suffix}")).exists(),
+            "{suffix}"
+        );
+    }
+    assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
+    assert_eq!(
+        f.daemon.err("Volume.delete", f.volume_ids(&image, &top)).0,
+        201
+    );
+
+    let (illegal_image, illegal) = (new_id(), new_id());
+    assert_success(&f.create(&illegal_image, &illegal, json!({"legal": false})));
+    let prepare = json!({"storagepoolID": f.pool, "storagedomainID": f.domain,
+                         "imageID": illegal_image, "volumeID": illegal});
+    assert_eq!(f.daemon.err("Image.prepare", prepare.clone()).0, 227);
+    let mut allowed = prepare;
+    allowed["allowIllegal"] = json!(true);
+    assert!(f.daemon.ok("Image.prepare", allowed)["path"].is_string());
+
+    let task = f.daemon.ok(
+        "Image.delete",
+        json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain}),
+    );
+    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
+    assert!(!f.image_dir(&image).exists());
+    let unknown = json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain});
+    assert_eq!(f.daemon.err("Image.delete", unknown).0, 268);
+}
+
+#[test]
+fn kill_9_during_a_delete_finishes_it_at_restart() {
+    for point in ["delete:illegal", "delete:data-removed"] {
+        let mut f = Fixture::new();
+        let (image, base, top) = (new_id(), new_id(), new_id());
+        assert_success(&f.create(&image, &base, json!({})));
+        assert_success(&f.create(&image, &top, json!({"srcVolUUID": base})));
+        let marker = f.daemon.dir.path().join("paused");
+        let marker_text = marker.to_str().unwrap().to_owned();
+        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+        f.daemon = daemon.restart_with(&[
+            ("RVDSM_TEST_PAUSE_AT", point),
+            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
+        ]);
+        let task = f.daemon.ok("Volume.delete", f.volume_ids(&image, &top));
+        let task = task.as_str().unwrap().to_owned();
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(60), || marker.exists()),
+            "{point}"
+        );
+        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+        f.daemon = daemon.restart();
+
+        let status = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
+        assert_eq!(
+            (status["taskResult"].as_str(), status["code"].as_i64()),
+            (Some("cleanSuccess"), Some(411)),
+            "{point}: {status}"
+        );
+        for suffix in ["", ".meta", ".lease"] {
+            assert!(
+                !f.image_dir(&image).join(format!("{top}{suffix}")).exists(),
+                "{point}: {suffix} left"
+            );
+        }
+        assert_eq!(f.info(&image, &base)["voltype"], "LEAF", "{point}");
+    }
+}
+
+#[test]
+fn volumes_a_running_guest_uses_are_not_deleted() {
+    let Some(conn) = common::libvirt() else {
+        return;
+    };
+    let f = Fixture::new();
+    let (image, volume) = (new_id(), new_id());
+    assert_success(&f.create(&image, &volume, json!({"size": (64u64 << 20).to_string()})));
+    let data = f.image_dir(&image).join(&volume);
+    let fixture = common::fixture_dir().join("data.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        fixture.to_str().unwrap(),
+        data.to_str().unwrap(),
+    ]);
+    let prepared = f.daemon.ok(
+        "Image.prepare",
+        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image, "volumeID": volume}),
+    );
+    let options = common::GuestOptions {
+        disk: Some(PathBuf::from(prepared["path"].as_str().unwrap())),
+        ..common::GuestOptions::default()
+    };
+    let guest = common::Guest::start(&conn, &options);
+    guest.wait_for_agent(common::guest::AGENT_BOOT_TIMEOUT);
+    let before = f.files();
+
+    let (code, message) = f.daemon.err("Volume.delete", f.volume_ids(&image, &volume));
+    assert_eq!(code, 222, "{message}");
+    let (code, _) = f.daemon.err(
+        "Image.delete",
+        json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain}),
+    );
+    assert_eq!(code, 222);
+    assert_eq!(f.files(), before);
+    let (status, _) = guest.exec("echo still-here > /mnt/data/x && cat /mnt/data/x");
+    assert_eq!(status, 0);
 }

@@ -105,6 +105,14 @@ pub mod names {
     pub const VOLUME_GET_INFO: &str = "Volume.getInfo";
     /// `Volume.getSize`.
     pub const VOLUME_GET_SIZE: &str = "Volume.getSize";
+    /// `Volume.delete`.
+    pub const VOLUME_DELETE: &str = "Volume.delete";
+    /// `Image.delete`.
+    pub const IMAGE_DELETE: &str = "Image.delete";
+    /// `Image.prepare`.
+    pub const IMAGE_PREPARE: &str = "Image.prepare";
+    /// `Image.teardown`.
+    pub const IMAGE_TEARDOWN: &str = "Image.teardown";
     /// `Task.getStatus`.
     pub const TASK_GET_STATUS: &str = "Task.getStatus";
     /// `Task.getInfo`.
@@ -315,6 +323,88 @@ pub static VERBS: &[Verb] = &[
         name: names::VOLUME_GET_SIZE,
         description: "{apparentsize, truesize} of a volume, in bytes (strings).",
         params: &[VOLUME_ID, POOL_ID, DOMAIN_ID, IMAGE_ID],
+    },
+    Verb {
+        name: names::VOLUME_DELETE,
+        description: "Deletes a volume as a storage task (ILLEGAL first, .meta last) and \
+                      returns the task id. Refused for a volume with children or used by a VM.",
+        params: &[
+            VOLUME_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            optional(
+                "postZero",
+                ParamType::Bool,
+                "Accepted; file domains do not zero.",
+            ),
+            optional(
+                "force",
+                ParamType::Bool,
+                "Accepted; the refusals still apply.",
+            ),
+            optional(
+                "discard",
+                ParamType::Bool,
+                "Accepted; file domains do not discard.",
+            ),
+        ],
+    },
+    Verb {
+        name: names::IMAGE_DELETE,
+        description: "Deletes every volume of an image (leaf first) and the image, as a \
+                      storage task; returns the task id. Refused if a VM uses any of them.",
+        params: &[
+            IMAGE_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            optional(
+                "postZero",
+                ParamType::Bool,
+                "Accepted; file domains do not zero.",
+            ),
+            optional(
+                "force",
+                ParamType::Bool,
+                "Accepted; the refusal still applies.",
+            ),
+            optional(
+                "discard",
+                ParamType::Bool,
+                "Accepted; file domains do not discard.",
+            ),
+        ],
+    },
+    Verb {
+        name: names::IMAGE_PREPARE,
+        description: "Checks that every volume of the image is usable and returns {path}, \
+                      the path a VM should use for the volume.",
+        params: &[
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            VOLUME_ID,
+            optional(
+                "allowIllegal",
+                ParamType::Bool,
+                "Prepare despite ILLEGAL volumes.",
+            ),
+        ],
+    },
+    Verb {
+        name: names::IMAGE_TEARDOWN,
+        description: "Releases a prepared image (nothing to release on file domains). \
+                      Returns true.",
+        params: &[
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            optional(
+                "volumeID",
+                ParamType::Uuid,
+                "Accepted for VDSM compatibility.",
+            ),
+        ],
     },
     Verb {
         name: names::TASK_GET_STATUS,

@@ -165,6 +165,85 @@ pub struct CreateVolumeParams {
     pub sequence: Option<u32>,
 }
 
+/// Parameters of `Volume.delete`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeleteVolumeParams {
+    /// The volume.
+    #[serde(flatten)]
+    pub ids: VolumeParams,
+    /// Accepted for VDSM compatibility; file domains do not zero.
+    #[serde(rename = "postZero", default)]
+    pub post_zero: Option<bool>,
+    /// Accepted; a volume with children or in use is refused all the same.
+    #[serde(default)]
+    pub force: Option<bool>,
+    /// Accepted; file domains do not discard.
+    #[serde(default)]
+    pub discard: Option<bool>,
+}
+
+/// Parameters of `Image.delete`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeleteImageParams {
+    /// The image.
+    #[serde(flatten)]
+    pub ids: ImageParams,
+    /// Accepted for VDSM compatibility.
+    #[serde(rename = "postZero", default)]
+    pub post_zero: Option<bool>,
+    /// Accepted; an image in use is refused all the same.
+    #[serde(default)]
+    pub force: Option<bool>,
+    /// Accepted.
+    #[serde(default)]
+    pub discard: Option<bool>,
+}
+
+/// Parameters of `Image.prepare`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PrepareImageParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub domain: Uuid,
+    /// The image.
+    #[serde(rename = "imageID")]
+    pub image: Uuid,
+    /// The volume whose path is returned (the image's leaf, usually).
+    #[serde(rename = "volumeID")]
+    pub volume: Uuid,
+    /// Prepare even if a volume of the image is ILLEGAL.
+    #[serde(rename = "allowIllegal", default)]
+    pub allow_illegal: bool,
+}
+
+/// Parameters of `Image.teardown`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TeardownImageParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub domain: Uuid,
+    /// The image.
+    #[serde(rename = "imageID")]
+    pub image: Uuid,
+    /// Accepted for VDSM compatibility.
+    #[serde(rename = "volumeID", default)]
+    pub volume: Option<Uuid>,
+}
+
+/// `Image.prepare`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreparedImage {
+    /// The path a VM should use for the volume: through the pool's link to the domain,
+    /// `<repository>/<pool>/<domain>/images/<image>/<volume>`, as VDSM's paths are.
+    pub path: String,
+}
+
 /// Parameters of the task verbs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TaskParams {

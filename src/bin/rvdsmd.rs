@@ -55,7 +55,7 @@ fn init_logging(config: &Config) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
-    let storage = open_storage(&config).await?;
+    let storage = open_storage(&config, hypervisor.clone()).await?;
     let services = Services {
         host: HostService::new(hypervisor, storage.pool()),
         storage,
@@ -92,7 +92,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 /// Attaches the storage domains and recovers interrupted tasks, before anything is served.
-async fn open_storage(config: &Config) -> anyhow::Result<StorageService> {
+async fn open_storage(config: &Config, hypervisor: Hypervisor) -> anyhow::Result<StorageService> {
     let pool = config
         .pool_uuid()
         .context("cannot establish the storage pool UUID")?;
@@ -105,6 +105,7 @@ async fn open_storage(config: &Config) -> anyhow::Result<StorageService> {
             pool,
             tasks_dir: &tasks_dir,
             qemu_img_timeout,
+            hypervisor,
         })
     })
     .await

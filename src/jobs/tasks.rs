@@ -63,6 +63,26 @@ pub enum TaskWork {
         /// Which steps were started.
         progress: CreateProgress,
     },
+    /// `Volume.delete`.
+    DeleteVolume {
+        /// The storage domain.
+        domain: Uuid,
+        /// The image.
+        image: Uuid,
+        /// The volume.
+        volume: Uuid,
+        /// The volume was marked ILLEGAL: from here the delete only goes forward.
+        started: bool,
+    },
+    /// `Image.delete`.
+    DeleteImage {
+        /// The storage domain.
+        domain: Uuid,
+        /// The image.
+        image: Uuid,
+        /// The first volume was marked ILLEGAL: from here the delete only goes forward.
+        started: bool,
+    },
 }
 
 /// One task, as persisted.
@@ -364,8 +384,9 @@ mod tests {
         let done = Uuid::new_v4();
         tasks.start(running, "Volume.create", work()).unwrap();
         let mut progressed = work();
-        let TaskWork::CreateVolume { progress, .. } = &mut progressed;
-        progress.data_file = true;
+        if let TaskWork::CreateVolume { progress, .. } = &mut progressed {
+            progress.data_file = true;
+        }
         tasks.update_work(running, progressed.clone()).unwrap();
         tasks.start(done, "Volume.create", work()).unwrap();
         tasks.end(done, Ok(())).unwrap();

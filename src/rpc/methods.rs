@@ -15,8 +15,9 @@ use super::params;
 use crate::api::ApiError;
 use crate::api::schema::{self, names};
 use crate::api::storage_types::{
-    CreateDomainParams, CreateVolumeParams, DomainParams, DomainVolumesParams,
-    GetStorageDomainsParams, ImageParams, TaskParams, VolumeParams,
+    CreateDomainParams, CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DomainParams,
+    DomainVolumesParams, GetStorageDomainsParams, ImageParams, PrepareImageParams, TaskParams,
+    TeardownImageParams, VolumeParams,
 };
 use crate::api::types::{GetVmListParams, NoParams, VmIdParams};
 use crate::services::Services;
@@ -100,6 +101,26 @@ fn register_storage(module: &mut RpcModule<Services>) {
     );
     register(
         module,
+        names::VOLUME_DELETE,
+        |s, p: DeleteVolumeParams| async move { s.storage.delete_volume(p).await },
+    );
+    register(
+        module,
+        names::IMAGE_DELETE,
+        |s, p: DeleteImageParams| async move { s.storage.delete_image(p).await },
+    );
+    register(
+        module,
+        names::IMAGE_PREPARE,
+        |s, p: PrepareImageParams| async move { s.storage.prepare_image(p).await },
+    );
+    register(
+        module,
+        names::IMAGE_TEARDOWN,
+        |s, p: TeardownImageParams| async move { s.storage.teardown_image(p).map(|()| true) },
+    );
+    register(
+        module,
         names::TASK_GET_STATUS,
         |s, p: TaskParams| async move { s.storage.task_status(p) },
     );
@@ -169,6 +190,7 @@ mod tests {
             pool: uuid::Uuid::nil(),
             tasks_dir: &dir.path().join("tasks"),
             qemu_img_timeout: Duration::from_secs(60),
+            hypervisor: hv.clone(),
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let services = Services {

@@ -13,8 +13,9 @@ use uuid::Uuid;
 use crate::api::ApiError;
 use crate::api::schema::names;
 use crate::api::storage_types::{
-    CreateDomainParams, CreateVolumeParams, DomainInfo, DomainParams, DomainStats,
-    DomainVolumesParams, GetStorageDomainsParams, ImageParams, TaskInfo, TaskParams, TaskStatus,
+    CreateDomainParams, CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DomainInfo,
+    DomainParams, DomainStats, DomainVolumesParams, GetStorageDomainsParams, ImageParams,
+    PrepareImageParams, PreparedImage, TaskInfo, TaskParams, TaskStatus, TeardownImageParams,
     VolumeInfo, VolumeParams, VolumeSize,
 };
 use crate::jobs::tasks::{TaskManager, TaskRecord, TaskWork};
@@ -23,6 +24,7 @@ use crate::storage::domain::{Domain, DomainType, NewDomain};
 use crate::storage::layout::Repository;
 use crate::storage::types::{BLANK_UUID, DISK_TYPES, Legality, Preallocation, VolumeFormat};
 use crate::storage::volume::{self, CreateProgress, CreateRequest, SIZE_ALIGNMENT};
+use crate::virt::Hypervisor;
 
 /// The storage side of the host.
 #[derive(Clone)]
@@ -32,6 +34,7 @@ pub struct StorageService {
 
 struct Inner {
     repo: Repository,
+    hypervisor: Hypervisor,
     pool: Uuid,
     // A std lock: held only to look a domain up or insert one, never across I/O.
     domains: RwLock<HashMap<Uuid, Arc<Domain>>>,
@@ -50,6 +53,8 @@ pub struct StorageSettings<'a> {
     pub tasks_dir: &'a Path,
     /// Bound of one qemu-img run.
     pub qemu_img_timeout: Duration,
+    /// The hypervisor, asked whether a VM uses a volume before it is deleted.
+    pub hypervisor: Hypervisor,
 }
 
 impl StorageService {
@@ -68,6 +73,7 @@ impl StorageService {
         let service = Self {
             inner: Arc::new(Inner {
                 repo,
+                hypervisor: settings.hypervisor.clone(),
                 pool: settings.pool,
                 domains: RwLock::new(domains),
                 tasks,
@@ -85,21 +91,43 @@ impl StorageService {
         self.inner.pool
     }
 
-    /// Rolls back a task interrupted by a restart and records it as such.
+    /// Ends a task interrupted by a restart: a create is rolled back; a delete that had begun
+    /// is finished (its volumes were already ILLEGAL), one that had not is dropped untouched.
     fn recover(&self, record: &TaskRecord) {
-        let TaskWork::CreateVolume {
-            domain,
-            request,
-            progress,
-        } = &record.work;
-        let interrupted = StorageError::Interrupted;
-        let clean = match self.domain(*domain) {
-            Ok(domain) => volume::rollback(&domain, request, progress)
-                .inspect_err(|e| tracing::error!(task = %record.id, error = %e, "rollback failed"))
-                .is_ok(),
-            Err(_) => false,
+        let domain = match &record.work {
+            TaskWork::CreateVolume { domain, .. }
+            | TaskWork::DeleteVolume { domain, .. }
+            | TaskWork::DeleteImage { domain, .. } => self.domain(*domain),
         };
-        tracing::warn!(task = %record.id, clean, "task interrupted by a restart rolled back");
+        let result = domain.map_err(|e| e.to_string()).and_then(|domain| {
+            match &record.work {
+                TaskWork::CreateVolume {
+                    request, progress, ..
+                } => volume::rollback(&domain, request, progress),
+                TaskWork::DeleteVolume {
+                    image,
+                    volume,
+                    started: true,
+                    ..
+                } => volume::remove_files(&domain, *image, *volume),
+                TaskWork::DeleteImage {
+                    image,
+                    started: true,
+                    ..
+                } => remove_image(&domain, *image),
+                TaskWork::DeleteVolume { .. } | TaskWork::DeleteImage { .. } => Ok(()),
+            }
+            .map_err(|e| e.to_string())
+        });
+        let clean = match result {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(task = %record.id, error = %err, "recovery of an interrupted task failed");
+                false
+            }
+        };
+        tracing::warn!(task = %record.id, verb = %record.verb, clean, "task interrupted by a restart recovered");
+        let interrupted = StorageError::Interrupted;
         let outcome = Err((interrupted.code(), interrupted.to_string(), clean));
         if let Err(err) = self.inner.tasks.end(record.id, outcome) {
             tracing::error!(task = %record.id, error = %err, "cannot record the recovered task");
@@ -416,6 +444,169 @@ impl StorageService {
         result
     }
 
+    /// `Volume.delete`: checks, then starts the task and returns its id.
+    pub async fn delete_volume(&self, p: DeleteVolumeParams) -> Result<Uuid, ApiError> {
+        let ids = p.ids;
+        let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
+        {
+            let domain = Arc::clone(&domain);
+            blocking(move || volume::check_delete(&domain, ids.image, ids.volume).map(|_| ()))
+                .await?;
+        }
+        self.refuse_if_in_use(&domain, ids.image, &[ids.volume])
+            .await?;
+        let (domain_id, image, volume) = (domain.uuid, ids.image, ids.volume);
+        let work = move |started| TaskWork::DeleteVolume {
+            domain: domain_id,
+            image,
+            volume,
+            started,
+        };
+        let task = Uuid::new_v4();
+        self.inner
+            .tasks
+            .start(task, names::VOLUME_DELETE, work(false))?;
+        tracing::info!(%task, volume = %ids.volume, "Volume.delete task started");
+        let service = self.clone();
+        tokio::spawn(async move {
+            let tasks = service.inner.tasks.clone();
+            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = Arc::clone(&started);
+            let result = blocking(move || {
+                tasks
+                    .update_work(task, work(true))
+                    .map_err(|e| StorageError::Creation(e.to_string()))?;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                volume::mark_illegal(&domain, ids.image, ids.volume)?;
+                volume::remove_files(&domain, ids.image, ids.volume)
+            })
+            .await;
+            service.end_delete(task, result, &started);
+        });
+        Ok(task)
+    }
+
+    /// `Image.delete`: checks, then starts the task and returns its id.
+    pub async fn delete_image(&self, p: DeleteImageParams) -> Result<Uuid, ApiError> {
+        let ids = p.ids;
+        let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
+        let volumes = {
+            let domain = Arc::clone(&domain);
+            blocking(move || Ok(domain.volumes(ids.image)?)).await?
+        };
+        self.refuse_if_in_use(&domain, ids.image, &volumes).await?;
+        let (domain_id, image) = (domain.uuid, ids.image);
+        let work = move |started| TaskWork::DeleteImage {
+            domain: domain_id,
+            image,
+            started,
+        };
+        let task = Uuid::new_v4();
+        self.inner
+            .tasks
+            .start(task, names::IMAGE_DELETE, work(false))?;
+        tracing::info!(%task, image = %ids.image, "Image.delete task started");
+        let service = self.clone();
+        tokio::spawn(async move {
+            let tasks = service.inner.tasks.clone();
+            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flag = Arc::clone(&started);
+            let result = blocking(move || {
+                tasks
+                    .update_work(task, work(true))
+                    .map_err(|e| StorageError::Creation(e.to_string()))?;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                remove_image(&domain, ids.image)
+            })
+            .await;
+            service.end_delete(task, result, &started);
+        });
+        Ok(task)
+    }
+
+    /// Records the end of a delete: a failure before anything changed is clean, one after the
+    /// volume went ILLEGAL is not (the volume stays ILLEGAL, visibly).
+    fn end_delete(
+        &self,
+        task: Uuid,
+        result: Result<(), ApiError>,
+        started: &std::sync::atomic::AtomicBool,
+    ) {
+        let outcome = match result {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::warn!(%task, error = %err, "delete failed");
+                let clean = !started.load(std::sync::atomic::Ordering::SeqCst);
+                Err((err.code(), err.to_string(), clean))
+            }
+        };
+        if let Err(err) = self.inner.tasks.end(task, outcome) {
+            tracing::error!(%task, error = %err, "cannot record the task's end");
+        }
+    }
+
+    /// Refuses (222) when a VM of this host, running or defined, uses one of `volumes` (or has
+    /// it in its backing chain). When libvirt cannot tell, the delete is refused too.
+    async fn refuse_if_in_use(
+        &self,
+        domain: &Domain,
+        image: Uuid,
+        volumes: &[Uuid],
+    ) -> Result<(), ApiError> {
+        let in_use = self.inner.hypervisor.disk_paths_in_use().await?;
+        let in_use: Vec<_> = in_use
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .collect();
+        for volume in volumes {
+            let path = domain.dir.volume(image, *volume);
+            let Ok(path) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            if in_use.contains(&path) {
+                return Err(StorageError::InUse(*volume).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// `Image.prepare`: every volume of the image must be usable; returns the path through the
+    /// pool's link to the domain, as VDSM's paths are.
+    pub async fn prepare_image(&self, p: PrepareImageParams) -> Result<PreparedImage, ApiError> {
+        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        let pool_dir = self.inner.repo.pool_dir(self.inner.pool);
+        blocking(move || {
+            volume::read_meta(&domain, p.image, p.volume)?;
+            for candidate in domain.volumes(p.image)? {
+                let meta = volume::read_meta(&domain, p.image, candidate)?;
+                if meta.legality != Legality::Legal && !p.allow_illegal {
+                    return Err(StorageError::PrepareIllegal(candidate));
+                }
+            }
+            let link = pool_dir.join(domain.uuid.hyphenated().to_string());
+            if std::fs::read_link(&link).ok().as_deref() != Some(domain.dir.root()) {
+                std::fs::create_dir_all(&pool_dir)
+                    .map_err(StorageError::io("create", &pool_dir))?;
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(domain.dir.root(), &link)
+                    .map_err(StorageError::io("link", &link))?;
+            }
+            let path = link
+                .join("images")
+                .join(p.image.hyphenated().to_string())
+                .join(p.volume.hyphenated().to_string());
+            Ok(PreparedImage {
+                path: path.to_string_lossy().into_owned(),
+            })
+        })
+        .await
+    }
+
+    /// `Image.teardown`: nothing to release on a file domain once the ids are checked.
+    pub fn teardown_image(&self, p: TeardownImageParams) -> Result<(), ApiError> {
+        self.image_domain(p.pool, p.domain, p.image).map(|_| ())
+    }
+
     /// `Task.getStatus`.
     pub fn task_status(&self, p: TaskParams) -> Result<TaskStatus, ApiError> {
         Ok(status_of(&self.inner.tasks.get(p.task)?))
@@ -448,6 +639,21 @@ impl StorageService {
             .iter()
             .map(|r| (r.id, status_of(r)))
             .collect()
+    }
+}
+
+/// Deletes every volume of an image, leaf first, then the image directory. Idempotent, so
+/// that recovery can finish an interrupted delete.
+fn remove_image(domain: &Domain, image: Uuid) -> Result<(), StorageError> {
+    for volume in volume::leaf_first(domain, image)? {
+        volume::mark_illegal(domain, image, volume)?;
+        volume::remove_files(domain, image, volume)?;
+    }
+    let dir = domain.dir.image(image);
+    match std::fs::remove_dir(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove image directory", &dir)(e)),
     }
 }
 

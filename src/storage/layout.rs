@@ -24,6 +24,11 @@ impl Repository {
         self.root.join("mnt")
     }
 
+    /// `<repository>/<pool>`, whose links `<sdUUID>` point at the pool's domains.
+    pub fn pool_dir(&self, pool: Uuid) -> PathBuf {
+        self.root.join(pool.hyphenated().to_string())
+    }
+
     /// The mount directory of a remote path or local directory (VDSM's `transformPath`).
     pub fn mount_of(&self, remote: &str) -> PathBuf {
         self.mounts().join(transform_path(remote))

@@ -33,6 +33,14 @@ struct Cached {
     conn: Option<Connect>,
 }
 
+impl std::fmt::Debug for Hypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hypervisor")
+            .field("uri", &self.inner.uri)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Hypervisor {
     /// A hypervisor at `uri`; nothing is opened until the first call.
     pub fn new(uri: impl Into<String>, call_timeout: Duration) -> Self {

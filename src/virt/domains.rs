@@ -69,6 +69,30 @@ impl Hypervisor {
         .await
     }
 
+    /// Every image file a VM of this host uses or would use when started: the disk sources of
+    /// every domain, running or only defined, and the backing chains libvirt reports.
+    pub async fn disk_paths_in_use(&self) -> Result<Vec<String>, VirtError> {
+        self.call("list disks in use", |conn| {
+            let domains = conn
+                .list_all_domains(0)
+                .map_err(|e| VirtError::libvirt("list domains", e))?;
+            let mut paths = Vec::new();
+            for domain in &domains {
+                let text = match domain.xml_desc(0) {
+                    Ok(text) => text,
+                    Err(e) if libvirt_code(&e) == VIR_ERR_NO_DOMAIN => continue,
+                    Err(e) => return Err(VirtError::libvirt("read domain XML", e)),
+                };
+                for disk in xml::parse_disks(&text)? {
+                    paths.extend(disk.path);
+                    paths.extend(disk.backing_chain.into_iter().map(|link| link.path));
+                }
+            }
+            Ok(paths)
+        })
+        .await
+    }
+
     /// The host's identity and versions.
     pub async fn host_info(&self) -> Result<HostInfo, VirtError> {
         self.call("read host capabilities", |conn| {

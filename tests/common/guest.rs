@@ -44,6 +44,9 @@ pub struct GuestOptions {
     /// Make the data disk a qcow2 overlay on a copy of the fixture disk, so the VM starts
     /// with a two-image chain.
     pub with_backing: bool,
+    /// Use this qcow2 file (holding the fixture's data disk) as vda instead of a copy; the
+    /// caller owns it.
+    pub disk: Option<PathBuf>,
 }
 
 impl Default for GuestOptions {
@@ -53,6 +56,7 @@ impl Default for GuestOptions {
             agent_channel: true,
             extra_disks: 0,
             with_backing: false,
+            disk: None,
         }
     }
 }
@@ -83,8 +87,10 @@ impl Guest {
         );
         let fixture = fixture_dir();
         let dir = tempfile::Builder::new().prefix(&name).tempdir().unwrap();
-        let disk = dir.path().join("data.qcow2");
-        if options.with_backing {
+        let mut disk = dir.path().join("data.qcow2");
+        if let Some(given) = &options.disk {
+            disk = given.clone();
+        } else if options.with_backing {
             let base = dir.path().join("base.qcow2");
             std::fs::copy(fixture.join("data.qcow2"), &base).unwrap();
             let backing = path_str(&base);
