@@ -218,7 +218,7 @@ impl StorageService {
     /// `StorageDomain.getStats`.
     pub async fn domain_stats(&self, p: DomainParams) -> Result<DomainStats, ApiError> {
         let domain = self.domain(p.domain)?;
-        let (free, total) = blocking(move || Ok(domain.space()?)).await?;
+        let (free, total) = blocking(move || domain.space()).await?;
         Ok(DomainStats {
             disktotal: total.to_string(),
             diskfree: free.to_string(),
@@ -261,7 +261,7 @@ impl StorageService {
     /// `Image.getVolumes`.
     pub async fn image_volumes(&self, p: ImageParams) -> Result<Vec<Uuid>, ApiError> {
         let domain = self.image_domain(p.pool, p.domain, p.image)?;
-        blocking(move || Ok(domain.volumes(p.image)?)).await
+        blocking(move || domain.volumes(p.image)).await
     }
 
     /// `Volume.getInfo`.
@@ -383,7 +383,7 @@ impl StorageService {
                 let undo = {
                     let (domain, request, progress) =
                         (Arc::clone(&domain), request.clone(), progress.clone());
-                    blocking(move || Ok(volume::rollback(&domain, &request, &progress)?)).await
+                    blocking(move || volume::rollback(&domain, &request, &progress)).await
                 };
                 if let Err(e) = &undo {
                     tracing::error!(%task, error = %e, "rollback failed");
@@ -492,7 +492,7 @@ impl StorageService {
         let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
         let volumes = {
             let domain = Arc::clone(&domain);
-            blocking(move || Ok(domain.volumes(ids.image)?)).await?
+            blocking(move || domain.volumes(ids.image)).await?
         };
         self.refuse_if_in_use(&domain, ids.image, &volumes).await?;
         let (domain_id, image) = (domain.uuid, ids.image);
