@@ -7,14 +7,23 @@ use std::time::Duration;
 
 /// Pauses here forever when the environment asks for `point`.
 pub fn pause_if_requested(point: &str) {
-    if std::env::var("RVDSM_TEST_PAUSE_AT").as_deref() != Ok(point) {
+    if !reached(point) {
         return;
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Whether the environment asks to pause at `point`; if so, announces it (log and marker
+/// file) and the caller pauses in its own way (an async step waits for its stop signal).
+pub fn reached(point: &str) -> bool {
+    if std::env::var("RVDSM_TEST_PAUSE_AT").as_deref() != Ok(point) {
+        return false;
     }
     tracing::warn!(point, "paused at test failpoint");
     if let Ok(marker) = std::env::var("RVDSM_TEST_PAUSE_MARKER") {
         let _ = std::fs::write(marker, point);
     }
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
+    true
 }

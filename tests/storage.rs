@@ -686,3 +686,49 @@ fn volumes_a_running_guest_uses_are_not_deleted() {
     let (status, _) = guest.exec("echo still-here > /mnt/data/x && cat /mnt/data/x");
     assert_eq!(status, 0);
 }
+
+#[test]
+fn task_stop_rolls_a_create_back() {
+    let mut f = Fixture::new();
+    let (image, base, top) = (new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    let before = f.files();
+    let marker = f.daemon.dir.path().join("paused");
+    let marker_text = marker.to_str().unwrap().to_owned();
+    let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+    f.daemon = daemon.restart_with(&[
+        ("RVDSM_TEST_PAUSE_AT", "create:writing"),
+        ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
+    ]);
+    let task = f.daemon.ok(
+        "Volume.create",
+        f.create_params(&image, &top, json!({"srcVolUUID": base})),
+    );
+    let task = task.as_str().unwrap().to_owned();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(60),
+        || marker.exists()
+    ));
+    let running = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
+    assert_eq!(running["taskState"], "running");
+    assert_eq!(running["message"], "running job 1 of 1");
+    assert_eq!(f.daemon.err("Task.clear", json!({"taskID": task})).0, 410);
+    assert_eq!(
+        f.info(&image, &top)["legality"],
+        "ILLEGAL",
+        "unfinished volume must not be usable"
+    );
+
+    assert_eq!(
+        f.daemon.ok("Task.stop", json!({"taskID": task})),
+        json!(true)
+    );
+    let status = f.daemon.wait_task(&task);
+    assert_eq!(
+        (status["taskResult"].as_str(), status["code"].as_i64()),
+        (Some("cleanSuccess"), Some(411)),
+        "{status}"
+    );
+    assert_eq!(f.files(), before);
+    assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
+}

@@ -415,7 +415,7 @@ impl StorageService {
                             progress: p.clone(),
                         },
                     )
-                    .map_err(|e| StorageError::Creation(e.to_string()))
+                    .map_err(|e| StorageError::Persist(e.to_string()))
             }
         };
         let step = |progress: CreateProgress, publish: bool| {
@@ -475,7 +475,7 @@ impl StorageService {
             let result = blocking(move || {
                 tasks
                     .update_work(task, work(true))
-                    .map_err(|e| StorageError::Creation(e.to_string()))?;
+                    .map_err(|e| StorageError::Persist(e.to_string()))?;
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 volume::mark_illegal(&domain, ids.image, ids.volume)?;
                 volume::remove_files(&domain, ids.image, ids.volume)
@@ -514,7 +514,7 @@ impl StorageService {
             let result = blocking(move || {
                 tasks
                     .update_work(task, work(true))
-                    .map_err(|e| StorageError::Creation(e.to_string()))?;
+                    .map_err(|e| StorageError::Persist(e.to_string()))?;
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 remove_image(&domain, ids.image)
             })

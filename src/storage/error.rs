@@ -105,6 +105,9 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The task's progress could not be persisted (407): the step it announced is not taken.
+    #[error("Cannot persist task progress: {0}")]
+    Persist(String),
     /// The operation was stopped by `Task.stop` (411).
     #[error("Task is aborted: stopped by request")]
     Aborted,
@@ -144,6 +147,7 @@ impl StorageError {
             Self::MetadataOverflow(_) => 756,
             Self::DomainMetadata { .. } => 751,
             Self::Io { .. } => 200,
+            Self::Persist(_) => 407,
             Self::Aborted | Self::Interrupted => 411,
         }
     }

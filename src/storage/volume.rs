@@ -214,6 +214,11 @@ pub async fn write_data(
     timeout: Duration,
     stop: &CancellationToken,
 ) -> Result<(), StorageError> {
+    if crate::failpoint::reached("create:writing") {
+        // Test seam for Task.stop: wait here as a long qemu-img run would.
+        stop.cancelled().await;
+        return Err(StorageError::Aborted);
+    }
     let image_dir = domain.dir.image(request.image);
     let name = request.volume.hyphenated().to_string();
     let capacity = request.capacity.to_string();
