@@ -147,6 +147,11 @@ pub struct DaemonConfig {
     /// Log filter, `RUST_LOG` syntax (`info`, `rvdsm=debug,jsonrpsee=info`); the `RUST_LOG`
     /// environment variable overrides it.
     pub log_filter: String,
+    /// Seconds after which a guest frozen by `VM.freeze` is thawed by rvdsmd itself (per call:
+    /// `autoThawSeconds`).
+    pub auto_thaw_secs: u64,
+    /// Snapshots running at once on the host; more wait as `pending` jobs.
+    pub max_parallel_snapshots: u32,
 }
 
 impl Default for DaemonConfig {
@@ -154,6 +159,8 @@ impl Default for DaemonConfig {
         Self {
             state_dir: PathBuf::from("/var/lib/rvdsm"),
             log_filter: "info".into(),
+            auto_thaw_secs: 60,
+            max_parallel_snapshots: 8,
         }
     }
 }
@@ -200,6 +207,11 @@ impl Config {
         }
         if self.libvirt.call_timeout_secs == 0 || self.libvirt.agent_timeout_secs == 0 {
             return invalid("libvirt timeouts must be at least 1 second");
+        }
+        if self.daemon.auto_thaw_secs == 0 || self.daemon.max_parallel_snapshots == 0 {
+            return invalid(
+                "daemon.auto_thaw_secs and daemon.max_parallel_snapshots must be at least 1",
+            );
         }
         if self.storage.qemu_img_timeout_secs == 0 {
             return invalid("storage.qemu_img_timeout_secs must be at least 1 second");

@@ -6,6 +6,7 @@ pub mod error;
 pub mod schema;
 pub mod storage_types;
 pub mod types;
+pub mod vm_types;
 
 pub use error::ApiError;
 pub use schema::{Param, ParamType, VERBS, Verb};

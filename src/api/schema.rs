@@ -15,6 +15,8 @@ pub enum ParamType {
     UInt,
     /// A string.
     String,
+    /// A JSON list.
+    List,
 }
 
 impl ParamType {
@@ -26,6 +28,7 @@ impl ParamType {
             Self::Bool => "boolean",
             Self::UInt => "uint",
             Self::String => "string",
+            Self::List => "list",
         }
     }
 
@@ -37,6 +40,7 @@ impl ParamType {
             Self::Bool => "false",
             Self::UInt => "0",
             Self::String => "\"\"",
+            Self::List => "[]",
         }
     }
 }
@@ -87,6 +91,14 @@ pub mod names {
     pub const HOST_GET_VM_LIST: &str = "Host.getVMList";
     /// `VM.getStats`.
     pub const VM_GET_STATS: &str = "VM.getStats";
+    /// `VM.snapshot`.
+    pub const VM_SNAPSHOT: &str = "VM.snapshot";
+    /// `VM.freeze`.
+    pub const VM_FREEZE: &str = "VM.freeze";
+    /// `VM.thaw`.
+    pub const VM_THAW: &str = "VM.thaw";
+    /// `Host.getJobs`.
+    pub const HOST_GET_JOBS: &str = "Host.getJobs";
     /// `StorageDomain.create`.
     pub const SD_CREATE: &str = "StorageDomain.create";
     /// `StorageDomain.getInfo`.
@@ -206,6 +218,81 @@ pub static VERBS: &[Verb] = &[
         description: "Returns [VmStats]: status, and for each disk its source and the \
                       backing chain libvirt reports.",
         params: &[VM_ID],
+    },
+    Verb {
+        name: names::VM_SNAPSHOT,
+        description: "Switches the VM's listed disks to their pre-created volumes in one atomic \
+                      external disk-only snapshot, quiesced through the guest agent when \
+                      possible. Returns true once the job is scheduled; follow it with \
+                      Host.getJobs (or rvdsm --wait).",
+        params: &[
+            VM_ID,
+            required(
+                "snapDrives",
+                ParamType::List,
+                "[{domainID, imageID, baseVolumeID, volumeID}]: for each disk, the volume it \
+                 uses now and the new volume (its child) to switch to.",
+            ),
+            optional(
+                "snapMemory",
+                ParamType::String,
+                "Refused: memory snapshots are not supported.",
+            ),
+            optional(
+                "frozen",
+                ParamType::Bool,
+                "The caller froze the guest: no freeze, no thaw.",
+            ),
+            optional(
+                "jobUUID",
+                ParamType::Uuid,
+                "The job id (generated when absent).",
+            ),
+            optional(
+                "timeout",
+                ParamType::UInt,
+                "Minutes; must be positive (30).",
+            ),
+            optional(
+                "freeze_timeout",
+                ParamType::UInt,
+                "Minutes after the job's start past which the switch is not attempted (8).",
+            ),
+            optional(
+                "quiesce",
+                ParamType::String,
+                "prefer (default): quiesce if an agent can, else go on and say why; \
+                 require: fail instead; skip: never freeze.",
+            ),
+        ],
+    },
+    Verb {
+        name: names::VM_FREEZE,
+        description: "Freezes the guest's filesystems through its agent, until VM.thaw or the \
+                      auto-thaw deadline. Returns true.",
+        params: &[
+            VM_ID,
+            optional("mountpoints", ParamType::List, "Only these mount points."),
+            optional(
+                "autoThawSeconds",
+                ParamType::UInt,
+                "Auto-thaw deadline (config: 60).",
+            ),
+        ],
+    },
+    Verb {
+        name: names::VM_THAW,
+        description: "Thaws the guest's filesystems (true on a thawed guest too).",
+        params: &[VM_ID],
+    },
+    Verb {
+        name: names::HOST_GET_JOBS,
+        description: "{jobId: {id, status, description, job_type, progress, error?, result?}} \
+                      of the virt jobs; finished jobs stay an hour.",
+        params: &[
+            optional("job_type", ParamType::String, "Only this type (virt)."),
+            optional("job_ids", ParamType::UuidList, "Only these jobs."),
+        ],
     },
     Verb {
         name: names::SD_CREATE,

@@ -336,6 +336,10 @@ pub struct VolumeInfo {
     pub status: String,
     /// Volumes based on this one.
     pub children: Vec<Uuid>,
+    /// How the snapshot that made this volume a backing file was taken (rvdsm's addition):
+    /// `{consistency, reason, time, vmId, volumeID}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<serde_json::Value>,
 }
 
 /// `Volume.getSize`.

@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rvdsm::config::Config;
+use rvdsm::jobs::vm_jobs::JobRegistry;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
-use rvdsm::services::{HostService, Services, StorageService, StorageSettings};
+use rvdsm::services::{
+    FreezeService, HostService, Services, SnapshotService, StorageService, StorageSettings,
+};
 use rvdsm::virt::Hypervisor;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -56,8 +59,23 @@ fn init_logging(config: &Config) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
     let storage = open_storage(&config, hypervisor.clone()).await?;
+    let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
+    let jobs = JobRegistry::new(config.daemon.max_parallel_snapshots as usize);
     let services = Services {
-        host: HostService::new(hypervisor, storage.pool()),
+        host: HostService::new(hypervisor.clone(), storage.pool()),
+        snapshot: SnapshotService::new(
+            hypervisor.clone(),
+            storage.clone(),
+            jobs.clone(),
+            agent_timeout,
+        ),
+        freeze: FreezeService::start(
+            hypervisor,
+            jobs,
+            config.daemon.state_dir.join("freezes"),
+            agent_timeout,
+            Duration::from_secs(config.daemon.auto_thaw_secs),
+        ),
         storage,
     };
     let options = ServerOptions {

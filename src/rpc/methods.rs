@@ -20,6 +20,7 @@ use crate::api::storage_types::{
     TeardownImageParams, VolumeParams,
 };
 use crate::api::types::{GetVmListParams, NoParams, VmIdParams};
+use crate::api::vm_types::{FreezeParams, GetJobsParams, SnapshotParams};
 use crate::services::Services;
 
 /// Builds the registry over `services`.
@@ -48,9 +49,29 @@ pub fn registry(services: Services) -> RpcModule<Services> {
         names::VM_GET_STATS,
         |s, p: VmIdParams| async move { s.host.vm_stats(p).await },
     );
+    register_vm(&mut module);
     register_storage(&mut module);
     debug_assert_eq!(module.method_names().count(), schema::VERBS.len());
     module
+}
+
+fn register_vm(module: &mut RpcModule<Services>) {
+    register(
+        module,
+        names::VM_SNAPSHOT,
+        |s, p: SnapshotParams| async move { s.snapshot.snapshot(p).await.map(|()| true) },
+    );
+    register(module, names::VM_FREEZE, |s, p: FreezeParams| async move {
+        s.freeze.freeze(p).await.map(|()| true)
+    });
+    register(module, names::VM_THAW, |s, p: VmIdParams| async move {
+        s.freeze.thaw(p.vm_id).await.map(|()| true)
+    });
+    register(
+        module,
+        names::HOST_GET_JOBS,
+        |s, p: GetJobsParams| async move { Ok(s.snapshot.jobs(p)) },
+    );
 }
 
 fn register_storage(module: &mut RpcModule<Services>) {
@@ -174,7 +195,10 @@ pub fn error_object(err: ApiError) -> ErrorObjectOwned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::{HostService, StorageService, StorageSettings};
+    use crate::jobs::vm_jobs::JobRegistry;
+    use crate::services::{
+        FreezeService, HostService, SnapshotService, StorageService, StorageSettings,
+    };
     use crate::virt::Hypervisor;
     use std::time::Duration;
 
@@ -193,8 +217,12 @@ mod tests {
             hypervisor: hv.clone(),
         })
         .unwrap_or_else(|e| panic!("{e}"));
+        let jobs = JobRegistry::new(2);
+        let secs = Duration::from_secs(5);
         let services = Services {
-            host: HostService::new(hv, uuid::Uuid::nil()),
+            host: HostService::new(hv.clone(), uuid::Uuid::nil()),
+            snapshot: SnapshotService::new(hv.clone(), storage.clone(), jobs.clone(), secs),
+            freeze: FreezeService::start(hv, jobs, dir.path().join("freezes"), secs, secs),
             storage,
         };
         (services, dir)

@@ -2,10 +2,14 @@
 //! Services take and return the typed values of [`crate::api`]; they never see JSON-RPC, and
 //! they reach libvirt only through [`crate::virt`].
 
+mod freeze;
 mod host;
+pub mod snapshot;
 mod storage;
 
+pub use freeze::FreezeService;
 pub use host::HostService;
+pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};
 
 /// Every service the daemon runs, shared by all transports.
@@ -15,4 +19,8 @@ pub struct Services {
     pub host: HostService,
     /// Storage domains, volumes and tasks.
     pub storage: StorageService,
+    /// `VM.snapshot` and its jobs.
+    pub snapshot: SnapshotService,
+    /// `VM.freeze` and `VM.thaw`.
+    pub freeze: FreezeService,
 }

@@ -297,6 +297,7 @@ impl StorageService {
                 truesize: true_size.to_string(),
                 status: status.to_owned(),
                 children,
+                snapshot: volume::read_snapshot_note(&domain, p.image, p.volume),
             })
         })
         .await
@@ -605,6 +606,79 @@ impl StorageService {
     /// `Image.teardown`: nothing to release on a file domain once the ids are checked.
     pub fn teardown_image(&self, p: TeardownImageParams) -> Result<(), ApiError> {
         self.image_domain(p.pool, p.domain, p.image).map(|_| ())
+    }
+
+    /// The data file of a volume, checked to be a usable snapshot target on top of `base`:
+    /// it exists, is LEGAL, a LEAF, COW, and its parent is `base`.
+    pub async fn snapshot_target(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        base: Uuid,
+        volume: Uuid,
+    ) -> Result<(std::path::PathBuf, std::path::PathBuf), ApiError> {
+        let domain = self.domain(domain)?;
+        if !domain.has_image(image) {
+            return Err(StorageError::ImageDoesNotExist {
+                image,
+                domain: domain.uuid,
+            }
+            .into());
+        }
+        blocking(move || {
+            volume::read_meta(&domain, image, base)?;
+            let meta = volume::read_meta(&domain, image, volume)?;
+            let refuse =
+                |why: &str| StorageError::InvalidParameter(format!("volumeID={volume}: {why}"));
+            if meta.legality != Legality::Legal {
+                return Err(refuse("the new volume is not LEGAL"));
+            }
+            if meta.format != VolumeFormat::Cow {
+                return Err(refuse("the new volume is not COW"));
+            }
+            if meta.role != crate::storage::types::VolumeRole::Leaf {
+                return Err(refuse("the new volume is not a LEAF"));
+            }
+            if meta.parent != base {
+                return Err(refuse(&format!(
+                    "its parent is {}, not the base volume {base}",
+                    meta.parent
+                )));
+            }
+            Ok((
+                domain.dir.volume(image, base),
+                domain.dir.volume(image, volume),
+            ))
+        })
+        .await
+    }
+
+    /// Deletes a new volume a failed snapshot did not switch to; its parent becomes a LEAF
+    /// again. Not a task: it is part of the snapshot job's rollback.
+    pub async fn discard_volume(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<(), ApiError> {
+        let domain = self.domain(domain)?;
+        blocking(move || {
+            volume::mark_illegal(&domain, image, volume)?;
+            volume::remove_files(&domain, image, volume)
+        })
+        .await
+    }
+
+    /// Records how the snapshot on top of `base` was taken.
+    pub async fn note_snapshot(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        base: Uuid,
+        note: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let domain = self.domain(domain)?;
+        blocking(move || volume::write_snapshot_note(&domain, image, base, &note)).await
     }
 
     /// `Task.getStatus`.

@@ -95,6 +95,13 @@ impl DomainDir {
             .join(format!("{}.meta", volume.hyphenated()))
     }
 
+    /// `<vol>.snapshot`: rvdsm's note of how the snapshot that made this volume a backing
+    /// file was taken (its consistency), kept beside VDSM's files without touching them.
+    pub fn snapshot_note(&self, image: Uuid, volume: Uuid) -> PathBuf {
+        self.image(image)
+            .join(format!("{}.snapshot", volume.hyphenated()))
+    }
+
     /// `<vol>.lease`.
     pub fn lease(&self, image: Uuid, volume: Uuid) -> PathBuf {
         self.image(image)

@@ -433,3 +433,21 @@ pub fn leaf_first(domain: &Domain, image: Uuid) -> Result<Vec<Uuid>, StorageErro
     ordered.sort_by_key(|v| std::cmp::Reverse(depth(*v)));
     Ok(ordered)
 }
+
+/// Records durably how the snapshot on top of `volume` was taken; blocks.
+pub fn write_snapshot_note(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+    note: &serde_json::Value,
+) -> Result<(), StorageError> {
+    let path = domain.dir.snapshot_note(image, volume);
+    let bytes = serde_json::to_vec_pretty(note).unwrap_or_default();
+    write_atomic(&path, &bytes, VOLUME_MODE).map_err(StorageError::io("write", &path))
+}
+
+/// The note of [`write_snapshot_note`], if any.
+pub fn read_snapshot_note(domain: &Domain, image: Uuid, volume: Uuid) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(domain.dir.snapshot_note(image, volume)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

@@ -64,15 +64,42 @@ impl Hypervisor {
     /// Runs `f` with the connection on the blocking pool, bounded by the call timeout.
     ///
     /// `f` must be safe to run twice: when it fails because the connection died, it runs again
-    /// once on a fresh connection.
+    /// once on a fresh connection. Calls that change a VM use [`Hypervisor::call_once`].
     pub async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T, VirtError>
     where
         T: Send + 'static,
         F: Fn(&Connect) -> Result<T, VirtError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        let timeout = inner.call_timeout;
-        let task = tokio::task::spawn_blocking(move || inner.call_with_reconnect(f));
+        self.bounded(op, move || inner.call_with_reconnect(f)).await
+    }
+
+    /// Runs `f` once, never again after a failure: for calls whose failure may already have
+    /// changed the VM (a snapshot, a freeze), where the caller must look before retrying.
+    pub async fn call_once<T, F>(&self, op: &'static str, f: F) -> Result<T, VirtError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T, VirtError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        self.bounded(op, move || {
+            let (generation, conn) = inner.connection()?;
+            let result = f(&conn);
+            if result.is_err() && !is_alive(&conn) {
+                inner.forget(generation);
+            }
+            result
+        })
+        .await
+    }
+
+    async fn bounded<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce() -> Result<T, VirtError> + Send + 'static,
+    ) -> Result<T, VirtError> {
+        let timeout = self.inner.call_timeout;
+        let task = tokio::task::spawn_blocking(work);
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(VirtError::Panicked { op }),

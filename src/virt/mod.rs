@@ -10,8 +10,11 @@ pub mod agent;
 mod connection;
 mod domains;
 mod error;
+mod ffi;
+mod snapshot;
 pub mod xml;
 
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::VirtError;
+pub use snapshot::{DiskSwitch, FreezeState, RunState};

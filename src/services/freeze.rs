@@ -1,0 +1,216 @@
+//! `VM.freeze` / `VM.thaw`, for snapshots consistent across several VMs: a manager freezes
+//! them, snapshots each with `frozen=true`, and thaws them.
+//!
+//! Beyond VDSM: every freeze made here carries an auto-thaw deadline, after which rvdsmd thaws
+//! the guest itself, so a manager that dies between freeze and thaw never leaves guests frozen.
+//! Freezes are recorded in `<state_dir>/freezes/<vmId>.json` so a restarted rvdsmd still thaws
+//! on time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::api::error::code;
+use crate::api::vm_types::FreezeParams;
+use crate::jobs::vm_jobs::JobRegistry;
+use crate::storage::fsutil::{remove_if_exists, write_atomic};
+use crate::virt::{FreezeState, Hypervisor, VirtError};
+
+/// A freeze rvdsm made and must undo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FreezeRecord {
+    vm: Uuid,
+    /// Epoch seconds after which rvdsmd thaws the guest.
+    thaw_at: u64,
+    /// Distinguishes this freeze from a later one of the same VM.
+    generation: Uuid,
+}
+
+/// Freezes and thaws guests, and keeps the auto-thaw promise.
+#[derive(Clone)]
+pub struct FreezeService {
+    hypervisor: Hypervisor,
+    jobs: JobRegistry,
+    dir: PathBuf,
+    agent_timeout: Duration,
+    default_auto_thaw: Duration,
+    owned: Arc<Mutex<HashMap<Uuid, FreezeRecord>>>,
+}
+
+impl FreezeService {
+    /// Loads the freezes a previous run recorded and re-arms their deadlines (thawing at once
+    /// those already past). Call inside the runtime.
+    pub fn start(
+        hypervisor: Hypervisor,
+        jobs: JobRegistry,
+        dir: PathBuf,
+        agent_timeout: Duration,
+        default_auto_thaw: Duration,
+    ) -> Self {
+        let _ = std::fs::create_dir_all(&dir);
+        let service = Self {
+            hypervisor,
+            jobs,
+            dir,
+            agent_timeout,
+            default_auto_thaw,
+            owned: Arc::default(),
+        };
+        for entry in std::fs::read_dir(&service.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let record: Option<FreezeRecord> = std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(record) = record {
+                tracing::info!(vm = %record.vm, thaw_at = record.thaw_at, "re-arming auto-thaw of a recorded freeze");
+                service.lock().insert(record.vm, record.clone());
+                service.arm(record);
+            }
+        }
+        service
+    }
+
+    /// `VM.freeze`.
+    pub async fn freeze(&self, p: FreezeParams) -> Result<(), ApiError> {
+        let vm = p.vm_id;
+        self.hypervisor.domain_disks(vm).await?;
+        let _claim = self.jobs.claim_vm(vm).map_err(|e| ApiError::Coded {
+            code: code::GENERAL,
+            message: e.to_string(),
+        })?;
+        self.hypervisor
+            .set_agent_timeout(vm, self.agent_timeout)
+            .await
+            .map_err(|e| freeze_error(&e))?;
+        let mountpoints = p.mountpoints.unwrap_or_default();
+        match self.hypervisor.freeze(vm, mountpoints).await {
+            Ok(count) => tracing::info!(%vm, count, "guest filesystems frozen"),
+            Err(err) => {
+                // A timeout is ambiguous: the freeze may have taken effect. Then it is ours.
+                let took_effect = self.hypervisor.freeze_state(vm, self.agent_timeout).await
+                    == Ok(FreezeState::Frozen);
+                if !took_effect {
+                    return Err(freeze_error(&err));
+                }
+                tracing::warn!(%vm, error = %err, "freeze reported an error but took effect");
+            }
+        }
+        let seconds = p
+            .auto_thaw_seconds
+            .map_or(self.default_auto_thaw, Duration::from_secs);
+        let record = FreezeRecord {
+            vm,
+            thaw_at: now() + seconds.as_secs(),
+            generation: Uuid::new_v4(),
+        };
+        if let Err(err) = self.persist(&record) {
+            tracing::error!(%vm, error = %err, "cannot record the freeze; auto-thaw will not survive a restart");
+        }
+        self.lock().insert(vm, record.clone());
+        self.arm(record);
+        Ok(())
+    }
+
+    /// `VM.thaw`: succeeds on a thawed guest too.
+    pub async fn thaw(&self, vm: Uuid) -> Result<(), ApiError> {
+        self.hypervisor.domain_disks(vm).await?;
+        self.hypervisor
+            .set_agent_timeout(vm, self.agent_timeout)
+            .await
+            .map_err(|e| thaw_error(&e))?;
+        let count = self
+            .hypervisor
+            .thaw(vm, Vec::new())
+            .await
+            .map_err(|e| thaw_error(&e))?;
+        tracing::info!(%vm, count, "guest filesystems thawed");
+        self.forget(vm);
+        Ok(())
+    }
+
+    /// Who froze the VM and until when, if rvdsm did: `(thaw_at epoch seconds)`.
+    pub fn owned_until(&self, vm: Uuid) -> Option<u64> {
+        self.lock().get(&vm).map(|r| r.thaw_at)
+    }
+
+    fn arm(&self, record: FreezeRecord) {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let wait = record.thaw_at.saturating_sub(now());
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let still_ours = service
+                .lock()
+                .get(&record.vm)
+                .is_some_and(|r| r.generation == record.generation);
+            if !still_ours {
+                return;
+            }
+            tracing::warn!(vm = %record.vm, "auto-thaw deadline reached: thawing the guest");
+            match service.thaw(record.vm).await {
+                Ok(()) => {}
+                Err(ApiError::NoSuchVm { .. }) => service.forget(record.vm),
+                Err(err) => tracing::error!(vm = %record.vm, error = %err, "auto-thaw failed"),
+            }
+        });
+    }
+
+    fn forget(&self, vm: Uuid) {
+        self.lock().remove(&vm);
+        let _ = remove_if_exists(&self.path(vm));
+    }
+
+    fn persist(&self, record: &FreezeRecord) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(record).unwrap_or_default();
+        write_atomic(&self.path(record.vm), &bytes, 0o600)
+    }
+
+    fn path(&self, vm: Uuid) -> PathBuf {
+        self.dir.join(format!("{}.json", vm.hyphenated()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, FreezeRecord>> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// VDSM's codes for a failed freeze (§2.1): 19 agent not responding, 75 not supported, 76
+/// other; a missing VM stays 1.
+fn freeze_error(err: &VirtError) -> ApiError {
+    agent_error(err, 76, "Unable to freeze guest filesystems")
+}
+
+/// The same for a thaw, 77 being "Unable to thaw guest filesystems".
+fn thaw_error(err: &VirtError) -> ApiError {
+    agent_error(err, 77, "Unable to thaw guest filesystems")
+}
+
+fn agent_error(err: &VirtError, other: i32, text: &str) -> ApiError {
+    if let VirtError::NoSuchDomain { .. } = err {
+        return ApiError::from(err.clone());
+    }
+    let code = match err.libvirt_code() {
+        Some(86) => code::NON_RESPONSIVE_GUEST_AGENT,
+        Some(3 | 74) => 75,
+        _ => other,
+    };
+    let message = match code {
+        19 => format!("Guest agent non-responsive: {err}"),
+        75 => format!("Operation not supported: {err}"),
+        _ => format!("{text}: {err}"),
+    };
+    ApiError::Coded { code, message }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

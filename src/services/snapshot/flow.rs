@@ -1,0 +1,680 @@
+//! The decision logic of a snapshot, against a small interface to the hypervisor so that every
+//! branch is tested with a recording fake (see the tests below) as well as with real guests.
+//!
+//! The rules (DESIGN.md, "Rules that keep data safe"):
+//! - Quiesce first; when no compatible agent is there (not configured, not connected, not
+//!   responding, VM paused), take the snapshot without it, once, and say why; with
+//!   `require`, fail instead. Any other freeze failure is a failure.
+//! - The frozen window holds only the switch.
+//! - Thaw what this operation froze, always, and only that: a guest frozen before the
+//!   operation is left frozen (and treated as `frozen=true`); after an ambiguous agent
+//!   failure, the freeze status is probed and a freeze that took effect is thawed.
+//! - Never a second switch attempt: a failed switch is reported as it is; the caller reads the
+//!   live domain before any rollback.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::virt::{DiskSwitch, FreezeState, Hypervisor, RunState, VirtError};
+
+/// libvirt codes meaning "no compatible guest agent here".
+const VIR_ERR_NO_SUPPORT: i32 = 3;
+const VIR_ERR_OPERATION_INVALID: i32 = 55;
+const VIR_ERR_ARGUMENT_UNSUPPORTED: i32 = 74;
+const VIR_ERR_AGENT_UNRESPONSIVE: i32 = 86;
+
+/// What the flow needs from the hypervisor.
+pub trait VmOps: Send + Sync {
+    /// The VM's run state.
+    fn run_state(&self, vm: Uuid) -> impl Future<Output = Result<RunState, VirtError>> + Send;
+    /// Bounds agent calls on the VM.
+    fn set_agent_timeout(
+        &self,
+        vm: Uuid,
+        t: Duration,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// The agent's freeze status.
+    fn freeze_state(
+        &self,
+        vm: Uuid,
+        t: Duration,
+    ) -> impl Future<Output = Result<FreezeState, VirtError>> + Send;
+    /// Freezes all guest filesystems.
+    fn freeze(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send;
+    /// Thaws all guest filesystems.
+    fn thaw(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send;
+    /// One atomic external disk-only snapshot.
+    fn external_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// Points a stopped VM's definition at the new volumes: `(old path, new path)`.
+    fn switch_defined_disks(
+        &self,
+        vm: Uuid,
+        switches: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send;
+}
+
+impl VmOps for Hypervisor {
+    fn run_state(&self, vm: Uuid) -> impl Future<Output = Result<RunState, VirtError>> + Send {
+        Hypervisor::run_state(self, vm)
+    }
+    fn set_agent_timeout(
+        &self,
+        vm: Uuid,
+        t: Duration,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send {
+        Hypervisor::set_agent_timeout(self, vm, t)
+    }
+    fn freeze_state(
+        &self,
+        vm: Uuid,
+        t: Duration,
+    ) -> impl Future<Output = Result<FreezeState, VirtError>> + Send {
+        Hypervisor::freeze_state(self, vm, t)
+    }
+    fn freeze(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send {
+        Hypervisor::freeze(self, vm, Vec::new())
+    }
+    fn thaw(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send {
+        Hypervisor::thaw(self, vm, Vec::new())
+    }
+    fn external_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send {
+        Hypervisor::external_snapshot(self, vm, switches, all_targets)
+    }
+    fn switch_defined_disks(
+        &self,
+        vm: Uuid,
+        switches: Vec<(String, String)>,
+    ) -> impl Future<Output = Result<(), VirtError>> + Send {
+        Hypervisor::switch_defined_disks(self, vm, switches)
+    }
+}
+
+/// rvdsm's `quiesce` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quiesce {
+    /// Quiesce when an agent can; else snapshot without, once, and say why.
+    #[default]
+    Prefer,
+    /// Quiesce or fail.
+    Require,
+    /// Never freeze or thaw.
+    Skip,
+}
+
+/// Why a snapshot is not quiesced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The VM has no agent channel, or the agent cannot freeze.
+    NoAgent,
+    /// The agent is not connected or did not answer in time.
+    AgentNotResponding,
+    /// The VM is paused.
+    Paused,
+    /// The VM is not running (an offline snapshot of its definition).
+    NotRunning,
+    /// `quiesce = skip`.
+    Skipped,
+    /// `frozen = true`: the caller froze the guest.
+    FrozenByCaller,
+    /// The guest was already frozen when the operation began (by `VM.freeze` or another tool).
+    AlreadyFrozen,
+}
+
+/// What a snapshot's data is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Filesystems were frozen by this operation for the switch.
+    Quiesced,
+    /// As after a power cut; see the reason.
+    CrashConsistent,
+}
+
+/// How long each phase took, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// The freeze call.
+    pub freeze_ms: f64,
+    /// The switch (libvirt's snapshot call).
+    pub switch_ms: f64,
+    /// The thaw call.
+    pub thaw_ms: f64,
+    /// From the start of the flow to its end.
+    pub total_ms: f64,
+}
+
+/// A switch that happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// Quiesced or not.
+    pub consistency: Consistency,
+    /// Why not, when not.
+    pub reason: Option<Reason>,
+    /// Phase durations.
+    pub timings: Timings,
+    /// A thaw that failed after the switch (the guest may still be frozen: reported, never
+    /// hidden).
+    pub thaw_error: Option<String>,
+}
+
+/// A switch that did not happen (or may have, when `switch_attempted`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// What went wrong.
+    pub message: String,
+    /// libvirt's code, if libvirt failed.
+    pub libvirt_code: Option<i32>,
+    /// Whether libvirt's snapshot call was made (then the live domain must be read).
+    pub switch_attempted: bool,
+}
+
+impl Failure {
+    fn before_switch(message: impl Into<String>, err: Option<&VirtError>) -> Self {
+        Self {
+            message: message.into(),
+            libvirt_code: err.and_then(VirtError::libvirt_code),
+            switch_attempted: false,
+        }
+    }
+}
+
+/// What to switch and how.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The VM.
+    pub vm: Uuid,
+    /// The disks to switch.
+    pub switches: Vec<DiskSwitch>,
+    /// For a stopped VM: `(current path, new path)` of each disk to switch.
+    pub defined_switches: Vec<(String, String)>,
+    /// Every disk target of the VM (the unlisted ones are left alone).
+    pub all_targets: Vec<String>,
+    /// rvdsm's quiesce mode.
+    pub quiesce: Quiesce,
+    /// VDSM's `frozen`: the caller froze the guest.
+    pub frozen_by_caller: bool,
+    /// libvirt's agent response timeout for this VM.
+    pub agent_timeout: Duration,
+}
+
+/// Takes the snapshot described by `plan`.
+pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    let state = ops
+        .run_state(plan.vm)
+        .await
+        .map_err(|e| Failure::before_switch(e.to_string(), Some(&e)))?;
+    let skip_reason = match state {
+        RunState::Stopped => {
+            let t = Instant::now();
+            ops.switch_defined_disks(plan.vm, plan.defined_switches.clone())
+                .await
+                .map_err(|e| Failure {
+                    message: e.to_string(),
+                    libvirt_code: e.libvirt_code(),
+                    switch_attempted: true,
+                })?;
+            timings.switch_ms = millis(t);
+            timings.total_ms = millis(started);
+            return Ok(crash(Reason::NotRunning, timings));
+        }
+        RunState::Paused => Some(Reason::Paused),
+        RunState::Running if plan.frozen_by_caller => Some(Reason::FrozenByCaller),
+        RunState::Running if plan.quiesce == Quiesce::Skip => Some(Reason::Skipped),
+        RunState::Running => None,
+    };
+    let (owned_freeze, reason) = match skip_reason {
+        Some(Reason::Paused) if plan.quiesce == Quiesce::Require => {
+            return Err(Failure::before_switch(
+                "quiesce required but the VM is paused",
+                None,
+            ));
+        }
+        Some(reason) => (false, Some(reason)),
+        None => quiesce(ops, plan, &mut timings).await?,
+    };
+
+    let t = Instant::now();
+    let switched = ops
+        .external_snapshot(plan.vm, plan.switches.clone(), plan.all_targets.clone())
+        .await;
+    timings.switch_ms = millis(t);
+    let thaw_error = if owned_freeze {
+        let t = Instant::now();
+        let error = thaw_owned(ops, plan).await;
+        timings.thaw_ms = millis(t);
+        error
+    } else {
+        None
+    };
+    timings.total_ms = millis(started);
+    match switched {
+        Ok(()) => Ok(Outcome {
+            consistency: if owned_freeze {
+                Consistency::Quiesced
+            } else {
+                Consistency::CrashConsistent
+            },
+            reason,
+            timings,
+            thaw_error,
+        }),
+        Err(e) => Err(Failure {
+            message: e.to_string(),
+            libvirt_code: e.libvirt_code(),
+            switch_attempted: true,
+        }),
+    }
+}
+
+/// Freezes the guest if an agent can; returns whether this operation owns a freeze, or why
+/// the snapshot goes unquiesced.
+async fn quiesce<V: VmOps>(
+    ops: &V,
+    plan: &Plan,
+    timings: &mut Timings,
+) -> Result<(bool, Option<Reason>), Failure> {
+    let unavailable = |reason: Reason| {
+        if plan.quiesce == Quiesce::Require {
+            Err(Failure::before_switch(
+                format!("quiesce required but impossible: {}", reason_text(reason)),
+                None,
+            ))
+        } else {
+            Ok((false, Some(reason)))
+        }
+    };
+    // Without a bounded agent, no agent call is made at all: an unbounded freeze on a hung
+    // agent would block forever and keep the domain's agent lock.
+    if let Err(err) = ops.set_agent_timeout(plan.vm, plan.agent_timeout).await {
+        tracing::warn!(vm = %plan.vm, error = %err, "cannot bound agent calls; not quiescing");
+        return unavailable(Reason::NoAgent);
+    }
+    match ops.freeze_state(plan.vm, plan.agent_timeout).await {
+        Ok(FreezeState::Frozen) => return Ok((false, Some(Reason::AlreadyFrozen))),
+        Ok(FreezeState::Thawed) => {}
+        Err(err) => return unavailable(agent_reason(&err)),
+    }
+    let t = Instant::now();
+    let frozen = ops.freeze(plan.vm).await;
+    timings.freeze_ms = millis(t);
+    match frozen {
+        Ok(_) => Ok((true, None)),
+        Err(err) => {
+            // Ambiguous: the freeze may have taken effect in the guest. Look, and thaw what
+            // this operation froze.
+            if ops.freeze_state(plan.vm, plan.agent_timeout).await == Ok(FreezeState::Frozen) {
+                if let Some(e) = thaw_owned(ops, plan).await {
+                    return Err(Failure::before_switch(
+                        format!("freeze failed ({err}) and the thaw failed too: {e}"),
+                        Some(&err),
+                    ));
+                }
+            }
+            if is_agent_unavailable(&err) {
+                unavailable(agent_reason(&err))
+            } else {
+                Err(Failure::before_switch(
+                    format!("freeze failed: {err}"),
+                    Some(&err),
+                ))
+            }
+        }
+    }
+}
+
+/// Thaws a freeze this operation made; retries once after looking when the first thaw fails.
+/// Returns the error if the guest may still be frozen.
+async fn thaw_owned<V: VmOps>(ops: &V, plan: &Plan) -> Option<String> {
+    let Err(first) = ops.thaw(plan.vm).await else {
+        return None;
+    };
+    tracing::warn!(vm = %plan.vm, error = %first, "thaw failed; checking the guest");
+    match ops.freeze_state(plan.vm, plan.agent_timeout).await {
+        Ok(FreezeState::Thawed) => None,
+        _ => match ops.thaw(plan.vm).await {
+            Ok(_) => None,
+            Err(second) => {
+                tracing::error!(vm = %plan.vm, error = %second, "guest may still be frozen");
+                Some(format!("thaw failed: {first}; again: {second}"))
+            }
+        },
+    }
+}
+
+/// Whether a libvirt error means "no compatible agent" rather than a real failure.
+pub fn is_agent_unavailable(err: &VirtError) -> bool {
+    matches!(err, VirtError::Agent { .. })
+        || matches!(
+            err.libvirt_code(),
+            Some(
+                VIR_ERR_NO_SUPPORT
+                    | VIR_ERR_OPERATION_INVALID
+                    | VIR_ERR_ARGUMENT_UNSUPPORTED
+                    | VIR_ERR_AGENT_UNRESPONSIVE
+            )
+        )
+}
+
+fn agent_reason(err: &VirtError) -> Reason {
+    match err.libvirt_code() {
+        Some(VIR_ERR_AGENT_UNRESPONSIVE) => Reason::AgentNotResponding,
+        Some(VIR_ERR_OPERATION_INVALID) => Reason::Paused,
+        _ => Reason::NoAgent,
+    }
+}
+
+/// A reason in words, for messages.
+pub fn reason_text(reason: Reason) -> &'static str {
+    match reason {
+        Reason::NoAgent => "no guest agent",
+        Reason::AgentNotResponding => "guest agent not responding",
+        Reason::Paused => "VM paused",
+        Reason::NotRunning => "VM not running",
+        Reason::Skipped => "quiesce skipped",
+        Reason::FrozenByCaller => "frozen by caller",
+        Reason::AlreadyFrozen => "guest already frozen",
+    }
+}
+
+fn crash(reason: Reason, timings: Timings) -> Outcome {
+    Outcome {
+        consistency: Consistency::CrashConsistent,
+        reason: Some(reason),
+        timings,
+        thaw_error: None,
+    }
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn libvirt(code: i32) -> VirtError {
+        VirtError::Libvirt {
+            op: "test",
+            code,
+            message: format!("libvirt error {code}"),
+        }
+    }
+
+    /// A scripted hypervisor that records every call.
+    #[derive(Default)]
+    struct Fake {
+        state: Option<RunState>,
+        freeze_states: Mutex<Vec<Result<FreezeState, VirtError>>>,
+        freeze: Option<Result<u32, VirtError>>,
+        thaws: Mutex<Vec<Result<u32, VirtError>>>,
+        snapshot: Option<Result<(), VirtError>>,
+        timeout_fails: bool,
+        calls: Mutex<Vec<&'static str>>,
+    }
+
+    impl Fake {
+        fn running() -> Self {
+            Self {
+                state: Some(RunState::Running),
+                freeze_states: Mutex::new(vec![Ok(FreezeState::Thawed)]),
+                freeze: Some(Ok(1)),
+                thaws: Mutex::new(vec![Ok(1)]),
+                snapshot: Some(Ok(())),
+                ..Self::default()
+            }
+        }
+        fn record(&self, call: &'static str) {
+            self.calls.lock().unwrap().push(call);
+        }
+        fn calls(&self) -> Vec<&'static str> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl VmOps for Fake {
+        async fn run_state(&self, _: Uuid) -> Result<RunState, VirtError> {
+            self.record("state");
+            Ok(self.state.unwrap())
+        }
+        async fn set_agent_timeout(&self, _: Uuid, _: Duration) -> Result<(), VirtError> {
+            self.record("timeout");
+            if self.timeout_fails {
+                Err(libvirt(1))
+            } else {
+                Ok(())
+            }
+        }
+        async fn freeze_state(&self, _: Uuid, _: Duration) -> Result<FreezeState, VirtError> {
+            self.record("status");
+            let mut states = self.freeze_states.lock().unwrap();
+            if states.len() > 1 {
+                states.remove(0)
+            } else {
+                states[0].clone()
+            }
+        }
+        async fn freeze(&self, _: Uuid) -> Result<u32, VirtError> {
+            self.record("freeze");
+            self.freeze.clone().unwrap()
+        }
+        async fn thaw(&self, _: Uuid) -> Result<u32, VirtError> {
+            self.record("thaw");
+            let mut thaws = self.thaws.lock().unwrap();
+            if thaws.len() > 1 {
+                thaws.remove(0)
+            } else {
+                thaws[0].clone()
+            }
+        }
+        async fn external_snapshot(
+            &self,
+            _: Uuid,
+            _: Vec<DiskSwitch>,
+            _: Vec<String>,
+        ) -> Result<(), VirtError> {
+            self.record("snapshot");
+            self.snapshot.clone().unwrap()
+        }
+        async fn switch_defined_disks(
+            &self,
+            _: Uuid,
+            _: Vec<(String, String)>,
+        ) -> Result<(), VirtError> {
+            self.record("redefine");
+            Ok(())
+        }
+    }
+
+    fn plan(quiesce: Quiesce, frozen_by_caller: bool) -> Plan {
+        Plan {
+            vm: Uuid::nil(),
+            switches: vec![DiskSwitch {
+                target: "vda".into(),
+                new_path: "/new".into(),
+            }],
+            defined_switches: vec![("/old".into(), "/new".into())],
+            all_targets: vec!["vda".into()],
+            quiesce,
+            frozen_by_caller,
+            agent_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn go(fake: &Fake, quiesce: Quiesce) -> Result<Outcome, Failure> {
+        run(fake, &plan(quiesce, false)).await
+    }
+
+    #[tokio::test]
+    async fn running_vm_with_agent_is_quiesced_and_thawed() {
+        let fake = Fake::running();
+        let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+        assert_eq!(outcome.consistency, Consistency::Quiesced);
+        assert_eq!(outcome.reason, None);
+        assert_eq!(
+            fake.calls(),
+            ["state", "timeout", "status", "freeze", "snapshot", "thaw"]
+        );
+    }
+
+    #[tokio::test]
+    async fn no_agent_falls_back_once_or_fails_when_required() {
+        for (code, reason) in [(74, Reason::NoAgent), (86, Reason::AgentNotResponding)] {
+            let fake = Fake {
+                freeze_states: Mutex::new(vec![Err(libvirt(code))]),
+                ..Fake::running()
+            };
+            let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+            assert_eq!(
+                (outcome.consistency, outcome.reason),
+                (Consistency::CrashConsistent, Some(reason))
+            );
+            assert_eq!(fake.calls(), ["state", "timeout", "status", "snapshot"]);
+
+            let fake = Fake {
+                freeze_states: Mutex::new(vec![Err(libvirt(code))]),
+                ..Fake::running()
+            };
+            let failure = go(&fake, Quiesce::Require).await.unwrap_err();
+            assert!(!failure.switch_attempted);
+            assert_eq!(
+                fake.calls(),
+                ["state", "timeout", "status"],
+                "nothing switched"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn freeze_timeout_that_took_effect_is_thawed_before_falling_back() {
+        let fake = Fake {
+            freeze_states: Mutex::new(vec![Ok(FreezeState::Thawed), Ok(FreezeState::Frozen)]),
+            freeze: Some(Err(libvirt(86))),
+            ..Fake::running()
+        };
+        let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+        assert_eq!(outcome.reason, Some(Reason::AgentNotResponding));
+        assert_eq!(
+            fake.calls(),
+            [
+                "state", "timeout", "status", "freeze", "status", "thaw", "snapshot"
+            ],
+            "thawed before the switch, no thaw after it"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_freeze_failures_fail_without_switching() {
+        let fake = Fake {
+            freeze_states: Mutex::new(vec![Ok(FreezeState::Thawed), Ok(FreezeState::Thawed)]),
+            freeze: Some(Err(libvirt(1))),
+            ..Fake::running()
+        };
+        let failure = go(&fake, Quiesce::Prefer).await.unwrap_err();
+        assert!(!failure.switch_attempted);
+        assert_eq!(failure.libvirt_code, Some(1));
+        assert!(!fake.calls().contains(&"snapshot"));
+    }
+
+    #[tokio::test]
+    async fn a_guest_frozen_before_is_never_thawed() {
+        let fake = Fake {
+            freeze_states: Mutex::new(vec![Ok(FreezeState::Frozen)]),
+            ..Fake::running()
+        };
+        let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+        assert_eq!(outcome.reason, Some(Reason::AlreadyFrozen));
+        assert_eq!(fake.calls(), ["state", "timeout", "status", "snapshot"]);
+    }
+
+    #[tokio::test]
+    async fn frozen_by_caller_and_skip_make_no_agent_call() {
+        let fake = Fake::running();
+        let outcome = run(&fake, &plan(Quiesce::Prefer, true)).await.unwrap();
+        assert_eq!(outcome.reason, Some(Reason::FrozenByCaller));
+        assert_eq!(fake.calls(), ["state", "snapshot"]);
+        let fake = Fake::running();
+        let outcome = go(&fake, Quiesce::Skip).await.unwrap();
+        assert_eq!(outcome.reason, Some(Reason::Skipped));
+        assert_eq!(fake.calls(), ["state", "snapshot"]);
+    }
+
+    #[tokio::test]
+    async fn failed_switch_still_thaws_and_is_never_retried() {
+        let fake = Fake {
+            snapshot: Some(Err(libvirt(1))),
+            ..Fake::running()
+        };
+        let failure = go(&fake, Quiesce::Prefer).await.unwrap_err();
+        assert!(failure.switch_attempted);
+        assert_eq!(
+            fake.calls(),
+            ["state", "timeout", "status", "freeze", "snapshot", "thaw"]
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_thaw_is_checked_retried_and_reported() {
+        let fake = Fake {
+            freeze_states: Mutex::new(vec![Ok(FreezeState::Thawed), Ok(FreezeState::Frozen)]),
+            thaws: Mutex::new(vec![Err(libvirt(86)), Err(libvirt(86))]),
+            ..Fake::running()
+        };
+        let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+        assert!(outcome.thaw_error.is_some());
+        assert_eq!(fake.calls().iter().filter(|c| **c == "thaw").count(), 2);
+    }
+
+    #[tokio::test]
+    async fn unbounded_agent_is_never_called() {
+        let fake = Fake {
+            timeout_fails: true,
+            ..Fake::running()
+        };
+        let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+        assert_eq!(outcome.reason, Some(Reason::NoAgent));
+        assert_eq!(fake.calls(), ["state", "timeout", "snapshot"]);
+    }
+
+    #[tokio::test]
+    async fn paused_and_stopped_vms() {
+        let fake = Fake {
+            state: Some(RunState::Paused),
+            ..Fake::running()
+        };
+        assert_eq!(
+            go(&fake, Quiesce::Prefer).await.unwrap().reason,
+            Some(Reason::Paused)
+        );
+        assert_eq!(fake.calls(), ["state", "snapshot"]);
+        assert!(go(&fake, Quiesce::Require).await.is_err());
+
+        let fake = Fake {
+            state: Some(RunState::Stopped),
+            ..Fake::running()
+        };
+        assert_eq!(
+            go(&fake, Quiesce::Prefer).await.unwrap().reason,
+            Some(Reason::NotRunning)
+        );
+        assert_eq!(fake.calls(), ["state", "redefine"]);
+    }
+}

@@ -1,0 +1,364 @@
+//! `VM.snapshot`: check the request against the live domain and the storage domain, register a
+//! job, take the snapshot ([`flow`]), and leave nothing behind when it fails: the VM on its old
+//! volumes, thawed, the new volumes deleted unless the live domain shows a disk already uses
+//! one. Also `Host.getJobs`.
+
+pub mod flow;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::api::error::code;
+use crate::api::vm_types::{GetJobsParams, SnapshotParams};
+use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, VmClaim};
+use crate::services::StorageService;
+use crate::virt::{DiskSwitch, Hypervisor};
+
+use flow::Plan;
+
+/// VDSM's SnapshotFailed.
+const SNAPSHOT_FAILED: i32 = 48;
+
+/// One drive of a validated request.
+#[derive(Debug, Clone)]
+struct Drive {
+    domain: Uuid,
+    image: Uuid,
+    base: Uuid,
+    volume: Uuid,
+    target: String,
+    /// The path the VM uses now (as the VM names it).
+    old_path: String,
+    /// The new volume's path, in the same style as the old one.
+    new_path: String,
+}
+
+/// Snapshots and their jobs.
+#[derive(Clone)]
+pub struct SnapshotService {
+    hypervisor: Hypervisor,
+    storage: StorageService,
+    jobs: JobRegistry,
+    agent_timeout: Duration,
+}
+
+impl SnapshotService {
+    /// A service driving `hypervisor` and `storage`, with `jobs` shared with `VM.freeze`.
+    pub fn new(
+        hypervisor: Hypervisor,
+        storage: StorageService,
+        jobs: JobRegistry,
+        agent_timeout: Duration,
+    ) -> Self {
+        Self {
+            hypervisor,
+            storage,
+            jobs,
+            agent_timeout,
+        }
+    }
+
+    /// `VM.snapshot`: validates, registers the job, returns once it is scheduled.
+    pub async fn snapshot(&self, p: SnapshotParams) -> Result<(), ApiError> {
+        let invalid = |message: String| ApiError::Coded {
+            code: code::INVALID_PARAMETER,
+            message: format!("Invalid parameter: {message}"),
+        };
+        for (name, value) in [("timeout", p.timeout), ("freeze_timeout", p.freeze_timeout)] {
+            if value.is_some_and(|v| v <= 0) {
+                return Err(invalid(format!("{name} must be positive")));
+            }
+        }
+        if p.snap_memory.as_deref().is_some_and(|m| !m.is_empty()) {
+            return Err(invalid(
+                "memory snapshots (snapMemory) are not supported".into(),
+            ));
+        }
+        if p.drives.is_empty() {
+            return Err(invalid("snapDrives is empty".into()));
+        }
+        let claim = self.jobs.claim_vm(p.vm_id).map_err(|e| ApiError::Coded {
+            code: code::GENERAL,
+            message: e.to_string(),
+        })?;
+        let (to_switch, skipped) = self.check_drives(&p).await?;
+        let job = p.job.unwrap_or_else(Uuid::new_v4);
+        self.jobs
+            .add(job, p.vm_id, "snapshot_vm")
+            .map_err(|e| ApiError::Coded {
+                code: code::GENERAL,
+                message: e.to_string(),
+            })?;
+        let (_, disks) = self.hypervisor.domain_disks(p.vm_id).await?;
+        let plan = Plan {
+            vm: p.vm_id,
+            switches: to_switch
+                .iter()
+                .map(|d| DiskSwitch {
+                    target: d.target.clone(),
+                    new_path: d.new_path.clone(),
+                })
+                .collect(),
+            defined_switches: to_switch
+                .iter()
+                .map(|d| (d.old_path.clone(), d.new_path.clone()))
+                .collect(),
+            all_targets: disks.iter().map(|d| d.target.clone()).collect(),
+            quiesce: p.quiesce.unwrap_or_default(),
+            frozen_by_caller: p.frozen.unwrap_or(false),
+            agent_timeout: self.agent_timeout,
+        };
+        let deadline = Duration::from_secs(60 * p.freeze_timeout.unwrap_or(8).unsigned_abs());
+        tracing::info!(%job, vm = %p.vm_id, drives = to_switch.len(), skipped = skipped.len(), "VM.snapshot job scheduled");
+        let service = self.clone();
+        tokio::spawn(async move {
+            service
+                .run_job(job, claim, plan, to_switch, skipped, deadline)
+                .await
+        });
+        Ok(())
+    }
+
+    /// Maps each requested drive to the VM's disk using its base volume. A drive whose new
+    /// volume the VM already uses is skipped (an idempotent retry).
+    async fn check_drives(&self, p: &SnapshotParams) -> Result<(Vec<Drive>, Vec<Uuid>), ApiError> {
+        let (_, disks) = self.hypervisor.domain_disks(p.vm_id).await?;
+        let invalid = |message: String| ApiError::Coded {
+            code: code::INVALID_PARAMETER,
+            message: format!("Invalid parameter: {message}"),
+        };
+        let mut switch = Vec::new();
+        let mut skipped = Vec::new();
+        for drive in &p.drives {
+            if drive.guid.is_some() {
+                return Err(invalid("direct LUN disks cannot be snapshotted".into()));
+            }
+            let (Some(domain), Some(image), Some(base), Some(volume)) =
+                (drive.domain, drive.image, drive.base, drive.volume)
+            else {
+                return Err(invalid(
+                    "each drive needs domainID, imageID, baseVolumeID and volumeID".into(),
+                ));
+            };
+            let (base_path, new_path) = self
+                .storage
+                .snapshot_target(domain, image, base, volume)
+                .await?;
+            let (base_real, new_real) = (canonical(&base_path), canonical(&new_path));
+            let uses = |real: &Option<PathBuf>| {
+                disks.iter().find(|d| {
+                    d.path
+                        .as_deref()
+                        .map(|p| canonical(Path::new(p)))
+                        .is_some_and(|p| p.is_some() && &p == real)
+                })
+            };
+            if let Some(disk) = uses(&new_real) {
+                tracing::info!(target = %disk.target, %volume, "drive already uses the new volume; skipped");
+                skipped.push(volume);
+                continue;
+            }
+            let Some(disk) = uses(&base_real) else {
+                return Err(invalid(format!(
+                    "base volume {base} is not used by VM {}",
+                    p.vm_id
+                )));
+            };
+            if disk.shareable || disk.device == "lun" || disk.disk_type != "file" {
+                return Err(invalid(format!(
+                    "disk {} is {}: only unshared file volumes can be snapshotted",
+                    disk.target,
+                    if disk.shareable {
+                        "shareable"
+                    } else {
+                        "not a file volume"
+                    }
+                )));
+            }
+            let old_path = disk.path.clone().unwrap_or_default();
+            let new_in_style = Path::new(&old_path)
+                .with_file_name(volume.hyphenated().to_string())
+                .to_string_lossy()
+                .into_owned();
+            switch.push(Drive {
+                domain,
+                image,
+                base,
+                volume,
+                target: disk.target.clone(),
+                old_path,
+                new_path: new_in_style,
+            });
+        }
+        Ok((switch, skipped))
+    }
+
+    async fn run_job(
+        &self,
+        job: Uuid,
+        claim: VmClaim,
+        plan: Plan,
+        drives: Vec<Drive>,
+        skipped: Vec<Uuid>,
+        deadline: Duration,
+    ) {
+        let started = Instant::now();
+        let _slot = self.jobs.run_slot(job).await;
+        let _claim = claim;
+        if drives.is_empty() {
+            self.jobs
+                .finish(job, Ok(json!({"switched": [], "skipped": skipped})));
+            return;
+        }
+        if started.elapsed() > deadline {
+            let message = format!(
+                "Snapshot failed: freeze_timeout of {} s passed before the switch",
+                deadline.as_secs()
+            );
+            self.fail(job, plan.vm, &drives, false, message).await;
+            return;
+        }
+        self.jobs.progress(job, 10);
+        match flow::run(&self.hypervisor, &plan).await {
+            Ok(outcome) => {
+                let switched: Vec<Uuid> = drives.iter().map(|d| d.volume).collect();
+                let note = json!({
+                    "consistency": outcome.consistency,
+                    "reason": outcome.reason,
+                    "time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    "vmId": plan.vm,
+                });
+                for drive in &drives {
+                    let mut note = note.clone();
+                    note["volumeID"] = json!(drive.volume);
+                    if let Err(err) = self
+                        .storage
+                        .note_snapshot(drive.domain, drive.image, drive.base, note)
+                        .await
+                    {
+                        tracing::warn!(%job, error = %err, "cannot record the snapshot's consistency");
+                    }
+                }
+                let live = self.live_paths(plan.vm).await;
+                let unconfirmed: Vec<&str> = drives
+                    .iter()
+                    .filter(|d| {
+                        live.as_ref().is_some_and(|l| {
+                            l.get(&d.target) != Some(&canonical(Path::new(&d.new_path)))
+                        })
+                    })
+                    .map(|d| d.target.as_str())
+                    .collect();
+                tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
+                self.jobs.finish(
+                    job,
+                    Ok(json!({
+                        "consistency": outcome.consistency,
+                        "reason": outcome.reason,
+                        "timings": outcome.timings,
+                        "thawError": outcome.thaw_error,
+                        "switched": switched,
+                        "skipped": skipped,
+                        "unconfirmedDisks": unconfirmed,
+                    })),
+                );
+            }
+            Err(failure) => {
+                let message = match failure.libvirt_code {
+                    Some(code) => format!(
+                        "Snapshot failed: {} (libvirt error {code})",
+                        failure.message
+                    ),
+                    None => format!("Snapshot failed: {}", failure.message),
+                };
+                self.fail(job, plan.vm, &drives, failure.switch_attempted, message)
+                    .await;
+            }
+        }
+    }
+
+    /// Ends a failed job: reads the live domain (when the switch was attempted), keeps a new
+    /// volume a disk already uses, deletes the others.
+    async fn fail(
+        &self,
+        job: Uuid,
+        vm: Uuid,
+        drives: &[Drive],
+        switch_attempted: bool,
+        message: String,
+    ) {
+        tracing::warn!(%job, %message, "snapshot failed; rolling back");
+        let live = if switch_attempted {
+            self.live_paths(vm).await
+        } else {
+            Some(HashMap::new())
+        };
+        let mut kept = Vec::new();
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for drive in drives {
+            let in_use = match &live {
+                Some(live) => {
+                    live.get(&drive.target) == Some(&canonical(Path::new(&drive.new_path)))
+                }
+                // The domain cannot be read: keep every new volume rather than risk deleting
+                // one the VM writes to.
+                None => true,
+            };
+            if in_use {
+                kept.push(drive.volume);
+            } else {
+                match self
+                    .storage
+                    .discard_volume(drive.domain, drive.image, drive.volume)
+                    .await
+                {
+                    Ok(()) => deleted.push(drive.volume),
+                    Err(err) => errors.push(format!("{}: {err}", drive.volume)),
+                }
+            }
+        }
+        self.jobs.set_result(
+            job,
+            json!({"kept": kept, "deleted": deleted, "cleanupErrors": errors}),
+        );
+        self.jobs.finish(
+            job,
+            Err(JobError {
+                code: SNAPSHOT_FAILED,
+                message,
+            }),
+        );
+    }
+
+    /// The VM's disk targets and the canonical path each uses now; `None` if unreadable.
+    async fn live_paths(&self, vm: Uuid) -> Option<HashMap<String, Option<PathBuf>>> {
+        let (_, disks) = self.hypervisor.domain_disks(vm).await.ok()?;
+        Some(
+            disks
+                .into_iter()
+                .map(|d| {
+                    (
+                        d.target,
+                        d.path.as_deref().and_then(|p| canonical(Path::new(p))),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// `Host.getJobs`.
+    pub fn jobs(&self, p: GetJobsParams) -> HashMap<Uuid, JobInfo> {
+        self.jobs
+            .list(p.job_type.as_deref(), p.job_ids.as_deref().unwrap_or(&[]))
+    }
+}
+
+fn canonical(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
+}

@@ -1,0 +1,205 @@
+//! What a snapshot, a freeze and a thaw need from libvirt: the VM's run state, the guest
+//! agent's response timeout and freeze status, `virDomainFSFreeze`/`virDomainFSThaw`, one
+//! atomic external disk-only snapshot onto pre-created volumes, and, for a stopped VM, its
+//! definition pointed at the new volumes. Mutating calls never retry on their own.
+
+use std::time::Duration;
+
+use qapi::qga::{GuestFsfreezeStatus, guest_fsfreeze_status};
+use uuid::Uuid;
+use virt::domain::DomainState;
+use virt::enumutil::Enum;
+use virt::sys;
+
+use super::connection::Hypervisor;
+use super::domains::lookup;
+use super::error::VirtError;
+use super::{agent, ffi};
+
+/// Whether the VM runs, for the purpose of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Running: a live snapshot, quiesced if possible.
+    Running,
+    /// Paused: a live snapshot, never quiesced (the agent cannot answer).
+    Paused,
+    /// Defined but not running: the definition is changed.
+    Stopped,
+}
+
+/// The guest's filesystems, as its agent reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreezeState {
+    /// Not frozen.
+    Thawed,
+    /// Frozen.
+    Frozen,
+}
+
+/// One disk to switch: its target (`vda`) and the new volume's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSwitch {
+    /// The guest device.
+    pub target: String,
+    /// The pre-created qcow2 volume whose backing file is the current volume.
+    pub new_path: String,
+}
+
+impl Hypervisor {
+    /// The VM's run state.
+    pub async fn run_state(&self, vm: Uuid) -> Result<RunState, VirtError> {
+        self.call("read domain state", move |conn| {
+            let domain = lookup(conn, vm)?;
+            let (state, _) = domain
+                .state()
+                .map_err(|e| VirtError::libvirt("read domain state", e))?;
+            Ok(match state {
+                Enum::Known(DomainState::Paused | DomainState::PMSuspended) => RunState::Paused,
+                Enum::Known(DomainState::Shutoff | DomainState::Crashed) => RunState::Stopped,
+                _ => RunState::Running,
+            })
+        })
+        .await
+    }
+
+    /// Bounds every later agent call on the VM (libvirt's default waits forever).
+    pub async fn set_agent_timeout(&self, vm: Uuid, timeout: Duration) -> Result<(), VirtError> {
+        let seconds = i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        self.call("set agent timeout", move |conn| {
+            ffi::set_agent_timeout(&lookup(conn, vm)?, seconds)
+        })
+        .await
+    }
+
+    /// `guest-fsfreeze-status` through the agent, bounded by `timeout`.
+    pub async fn freeze_state(
+        &self,
+        vm: Uuid,
+        timeout: Duration,
+    ) -> Result<FreezeState, VirtError> {
+        self.call("read freeze status", move |conn| {
+            let status = agent::execute(&lookup(conn, vm)?, guest_fsfreeze_status {}, timeout)?;
+            Ok(match status {
+                GuestFsfreezeStatus::frozen => FreezeState::Frozen,
+                GuestFsfreezeStatus::thawed => FreezeState::Thawed,
+            })
+        })
+        .await
+    }
+
+    /// Freezes the guest's filesystems (all when `mountpoints` is empty); returns how many.
+    pub async fn freeze(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
+        self.call_once("freeze guest filesystems", move |conn| {
+            ffi::fs_freeze(&lookup(conn, vm)?, &mountpoints)
+        })
+        .await
+    }
+
+    /// Thaws the guest's filesystems; returns how many (0 when none was frozen).
+    pub async fn thaw(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
+        self.call_once("thaw guest filesystems", move |conn| {
+            ffi::fs_thaw(&lookup(conn, vm)?, &mountpoints)
+        })
+        .await
+    }
+
+    /// One atomic external disk-only snapshot of a live VM onto pre-created volumes: every
+    /// listed disk switches or none does; every other disk is left alone.
+    pub async fn external_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+    ) -> Result<(), VirtError> {
+        let xml = snapshot_xml(&switches, &all_targets);
+        self.call_once("create external snapshot", move |conn| {
+            let domain = lookup(conn, vm)?;
+            let flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+                | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                | sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+                | sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC;
+            domain
+                .create_snapshot_xml(&xml, flags)
+                .map(|_| ())
+                .map_err(|e| VirtError::libvirt("create external snapshot", e))
+        })
+        .await
+    }
+
+    /// Points a stopped VM's definition at the new volumes (an offline snapshot).
+    pub async fn switch_defined_disks(
+        &self,
+        vm: Uuid,
+        switches: Vec<(String, String)>,
+    ) -> Result<(), VirtError> {
+        self.call_once("redefine domain disks", move |conn| {
+            let domain = lookup(conn, vm)?;
+            let mut xml = domain
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(|e| VirtError::libvirt("read domain XML", e))?;
+            for (old, new) in &switches {
+                let from = format!("file='{}'", escape(old));
+                if !xml.contains(&from) {
+                    return Err(VirtError::Xml {
+                        what: "domain",
+                        message: format!("no disk with source {old}"),
+                    });
+                }
+                xml = xml.replace(&from, &format!("file='{}'", escape(new)));
+            }
+            conn.define_domain_xml(&xml)
+                .map(|_| ())
+                .map_err(|e| VirtError::libvirt("define domain", e))
+        })
+        .await
+    }
+}
+
+/// The `<domainsnapshot>` document: the listed disks external onto their new files (qcow2),
+/// every other disk `snapshot='no'`.
+fn snapshot_xml(switches: &[DiskSwitch], all_targets: &[String]) -> String {
+    let mut xml = String::from("<domainsnapshot><disks>");
+    for target in all_targets {
+        match switches.iter().find(|s| &s.target == target) {
+            Some(switch) => xml.push_str(&format!(
+                "<disk name='{}' snapshot='external' type='file'><driver type='qcow2'/>\
+                 <source file='{}'/></disk>",
+                escape(target),
+                escape(&switch.new_path)
+            )),
+            None => xml.push_str(&format!("<disk name='{}' snapshot='no'/>", escape(target))),
+        }
+    }
+    xml.push_str("</disks></domainsnapshot>");
+    xml
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('\'', "&apos;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlisted_disks_are_left_alone() {
+        let xml = snapshot_xml(
+            &[DiskSwitch {
+                target: "vdb".into(),
+                new_path: "/sd/images/i/new".into(),
+            }],
+            &["vda".into(), "vdb".into()],
+        );
+        assert_eq!(
+            xml,
+            "<domainsnapshot><disks><disk name='vda' snapshot='no'/>\
+             <disk name='vdb' snapshot='external' type='file'><driver type='qcow2'/>\
+             <source file='/sd/images/i/new'/></disk></disks></domainsnapshot>"
+        );
+    }
+}
