@@ -4,122 +4,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::Daemon;
+use common::domain::{Fixture, GIB, assert_success, new_id, qemu_info};
 use common::guest::qemu_img;
 use serde_json::{Value, json};
-use uuid::Uuid;
-
-const GIB: u64 = 1 << 30;
-
-/// A daemon with one LOCALFS domain in a temporary directory.
-struct Fixture {
-    daemon: Daemon,
-    data: tempfile::TempDir,
-    pool: String,
-    domain: String,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let daemon = Daemon::start();
-        let data = tempfile::tempdir().unwrap();
-        let pool = daemon.pool();
-        let domain = Uuid::new_v4().to_string();
-        let created = daemon.ok(
-            "StorageDomain.create",
-            json!({
-                "storagedomainID": domain, "domainType": 4,
-                "typeArgs": data.path().to_str().unwrap(), "name": "test-domain",
-                "domainClass": 1, "version": "5",
-            }),
-        );
-        assert_eq!(created, json!(true));
-        Fixture {
-            daemon,
-            data,
-            pool,
-            domain,
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.data.path().join(&self.domain)
-    }
-
-    fn image_dir(&self, image: &str) -> PathBuf {
-        self.root().join("images").join(image)
-    }
-
-    fn create_params(&self, image: &str, volume: &str, extra: Value) -> Value {
-        let mut params = json!({
-            "volumeID": volume, "storagepoolID": self.pool, "storagedomainID": self.domain,
-            "imageID": image, "size": GIB.to_string(), "volFormat": 4, "preallocate": 2,
-            "diskType": "DATA", "desc": "test volume",
-            "srcImgUUID": "00000000-0000-0000-0000-000000000000",
-            "srcVolUUID": "00000000-0000-0000-0000-000000000000",
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            params[k] = v.clone();
-        }
-        params
-    }
-
-    /// Creates a volume and waits for its task; returns the final task status.
-    fn create(&self, image: &str, volume: &str, extra: Value) -> Value {
-        let task = self
-            .daemon
-            .ok("Volume.create", self.create_params(image, volume, extra));
-        self.daemon.wait_task(task.as_str().unwrap())
-    }
-
-    fn info(&self, image: &str, volume: &str) -> Value {
-        self.daemon
-            .ok("Volume.getInfo", self.volume_ids(image, volume))
-    }
-
-    fn volume_ids(&self, image: &str, volume: &str) -> Value {
-        json!({"volumeID": volume, "storagepoolID": self.pool,
-               "storagedomainID": self.domain, "imageID": image})
-    }
-
-    /// Every file under the domain's images, to prove a refused request changed nothing.
-    fn files(&self) -> BTreeSet<PathBuf> {
-        fn walk(dir: &Path, out: &mut BTreeSet<PathBuf>) {
-            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                out.insert(entry.path());
-                if entry.path().is_dir() {
-                    walk(&entry.path(), out);
-                }
-            }
-        }
-        let mut out = BTreeSet::new();
-        walk(&self.root().join("images"), &mut out);
-        out
-    }
-}
-
-fn new_id() -> String {
-    Uuid::new_v4().to_string()
-}
-
-fn assert_success(status: &Value) {
-    assert_eq!(status["taskResult"], "success", "{status}");
-    assert_eq!(status["code"], 0);
-    assert_eq!(status["message"], "1 jobs completed successfully");
-}
-
-fn qemu_info(path: &Path) -> Value {
-    serde_json::from_str(&qemu_img(&[
-        "info",
-        "-U",
-        "--output=json",
-        path.to_str().unwrap(),
-    ]))
-    .unwrap()
-}
 
 #[test]
 fn domain_is_created_in_vdsm_layout_and_described() {
@@ -651,28 +541,7 @@ fn volumes_a_running_guest_uses_are_not_deleted() {
         return;
     };
     let f = Fixture::new();
-    let (image, volume) = (new_id(), new_id());
-    assert_success(&f.create(&image, &volume, json!({"size": (64u64 << 20).to_string()})));
-    let data = f.image_dir(&image).join(&volume);
-    let fixture = common::fixture_dir().join("data.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-O",
-        "qcow2",
-        fixture.to_str().unwrap(),
-        data.to_str().unwrap(),
-    ]);
-    let prepared = f.daemon.ok(
-        "Image.prepare",
-        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image, "volumeID": volume}),
-    );
-    let options = common::GuestOptions {
-        disk: Some(PathBuf::from(prepared["path"].as_str().unwrap())),
-        ..common::GuestOptions::default()
-    };
-    let guest = common::Guest::start(&conn, &options);
-    guest.wait_for_agent(common::guest::AGENT_BOOT_TIMEOUT);
+    let (image, volume, guest) = f.guest_on_volume(&conn, common::GuestOptions::default());
     let before = f.files();
 
     let (code, message) = f.daemon.err("Volume.delete", f.volume_ids(&image, &volume));

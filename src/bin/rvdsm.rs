@@ -41,6 +41,10 @@ struct Args {
     /// List the verbs and exit.
     #[arg(long)]
     list: bool,
+    /// For verbs that start a job (VM.snapshot): follow it to its end, showing its progress,
+    /// and exit non-zero if it fails.
+    #[arg(long)]
+    wait: bool,
     /// Show help; after `Namespace method`, describe that verb.
     #[arg(short, long)]
     help: bool,
@@ -76,10 +80,17 @@ fn main() -> ExitCode {
             None => usage_error(&format!("unknown verb {name}; see rvdsm --list")),
         };
     }
-    let params = match collect_params(&args) {
+    let mut params = match collect_params(&args) {
         Ok(params) => params,
         Err(err) => return usage_error(&err.to_string()),
     };
+    if args.wait && name == "VM.snapshot" && !params.contains_key("jobUUID") {
+        // A job can only be followed by its id: give it one.
+        params.insert(
+            "jobUUID".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -90,7 +101,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let job = params
+        .get("jobUUID")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     match runtime.block_on(call(&args, &name, params.clone())) {
+        Ok(result) if args.wait => match job {
+            Some(job) => runtime.block_on(follow_job(&args, &job)),
+            None => {
+                println!("{}", pretty(&result));
+                ExitCode::SUCCESS
+            }
+        },
         Ok(result) => {
             println!("{}", pretty(&result));
             ExitCode::SUCCESS
@@ -127,6 +149,50 @@ async fn call(args: &Args, name: &str, params: Map<String, Value>) -> Result<Val
     };
     let client = Client::connect(&endpoint, Duration::from_secs(args.timeout)).await?;
     client.call(name, Value::Object(params)).await
+}
+
+/// Polls `Host.getJobs` until the job ends; prints its progress on stderr and the final job
+/// on stdout. Exit status 1 if it failed.
+async fn follow_job(args: &Args, job: &str) -> ExitCode {
+    let mut last = String::new();
+    loop {
+        let params = serde_json::json!({"job_ids": [job]});
+        let jobs = match call(
+            args,
+            "Host.getJobs",
+            params.as_object().cloned().unwrap_or_default(),
+        )
+        .await
+        {
+            Ok(jobs) => jobs,
+            Err(err) => {
+                eprintln!("rvdsm: following job {job}: {err}");
+                return ExitCode::from(EXIT_CONNECTION);
+            }
+        };
+        let Some(info) = jobs.get(job) else {
+            eprintln!("rvdsm: job {job} is not known to the host");
+            return ExitCode::from(EXIT_SERVER_ERROR);
+        };
+        let status = info["status"].as_str().unwrap_or("unknown").to_owned();
+        let line = format!("job {job}: {status} {}%", info["progress"]);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match status.as_str() {
+            "done" => {
+                println!("{}", pretty(info));
+                return ExitCode::SUCCESS;
+            }
+            "failed" | "aborted" => {
+                println!("{}", pretty(info));
+                eprintln!("rvdsm: job {job} {status}: {}", info["error"]["message"]);
+                return ExitCode::from(EXIT_SERVER_ERROR);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 fn pretty(value: &Value) -> String {

@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)] // Each test binary uses a different part of the harness.
 
 pub mod daemon;
+pub mod domain;
 pub mod guest;
 pub mod libvirtd;
 

@@ -319,13 +319,13 @@ async fn quiesce<V: VmOps>(
         Err(err) => {
             // Ambiguous: the freeze may have taken effect in the guest. Look, and thaw what
             // this operation froze.
-            if ops.freeze_state(plan.vm, plan.agent_timeout).await == Ok(FreezeState::Frozen) {
-                if let Some(e) = thaw_owned(ops, plan).await {
-                    return Err(Failure::before_switch(
-                        format!("freeze failed ({err}) and the thaw failed too: {e}"),
-                        Some(&err),
-                    ));
-                }
+            if ops.freeze_state(plan.vm, plan.agent_timeout).await == Ok(FreezeState::Frozen)
+                && let Some(e) = thaw_owned(ops, plan).await
+            {
+                return Err(Failure::before_switch(
+                    format!("freeze failed ({err}) and the thaw failed too: {e}"),
+                    Some(&err),
+                ));
             }
             if is_agent_unavailable(&err) {
                 unavailable(agent_reason(&err))
