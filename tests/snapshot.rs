@@ -429,3 +429,148 @@ fn bad_requests_are_refused_and_change_nothing() {
     .unwrap_err();
     assert_eq!(err.0, 100, "{}", err.1);
 }
+
+#[test]
+fn hung_agent_bounds_the_snapshot_and_a_second_one_on_the_vm_is_refused() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 3\n");
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    // The agent stops itself for 20 s (SIGSTOP), then comes back.
+    guest.spawn("p=$(pidof qemu-ga); (kill -STOP $p; sleep 20; kill -CONT $p) >/dev/null 2>&1 &");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let top = new_top(&f, &image, &base);
+    let started = std::time::Instant::now();
+    let job = snapshot(&f, &guest.uuid, &image, &base, &top, json!({})).unwrap();
+    let other = new_id();
+    let busy = snapshot(&f, &guest.uuid, &image, &base, &other, json!({})).unwrap_err();
+    assert_eq!(busy.0, 100, "{}", busy.1);
+    assert!(busy.1.contains("busy"), "{}", busy.1);
+    let info = wait_job(&f, &job);
+    let took = started.elapsed();
+    assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["consistency"], "crash-consistent");
+    assert_eq!(info["result"]["reason"], "agent-not-responding");
+    assert!(took < Duration::from_secs(3 + 10), "took {took:?}");
+    assert_eq!(active_path(&f, &guest.uuid), volume_path(&f, &image, &top));
+
+    // Once the agent is back, the guest is not frozen.
+    guest.wait_for_agent(Duration::from_secs(60));
+    assert_eq!(agent_freeze_status(&guest), "thawed");
+}
+
+#[test]
+fn two_disks_switch_together_and_an_unlisted_disk_is_left_alone() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image_b, base_b, path_b) = f.data_volume();
+    let options = GuestOptions {
+        more_disks: vec![path_b],
+        ..GuestOptions::default()
+    };
+    let (image_a, base_a, guest) = f.guest_on_volume(&conn, options);
+    let (top_a, top_b) = (
+        new_top(&f, &image_a, &base_a),
+        new_top(&f, &image_b, &base_b),
+    );
+    let job = new_id();
+    let params = json!({
+        "vmID": guest.uuid, "jobUUID": job,
+        "snapDrives": [
+            {"domainID": f.domain, "imageID": image_a, "baseVolumeID": base_a, "volumeID": top_a},
+            {"domainID": f.domain, "imageID": image_b, "baseVolumeID": base_b, "volumeID": top_b},
+        ],
+    });
+    assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
+    let info = wait_job(&f, &job);
+    assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["consistency"], "quiesced");
+    let paths = |vm: &str| {
+        let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+        ["vda", "vdb"].map(|t| {
+            let p = stats[0]["disks"][t]["path"].as_str().unwrap().to_owned();
+            std::fs::canonicalize(p)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    assert_eq!(
+        paths(&guest.uuid),
+        [
+            volume_path(&f, &image_a, &top_a),
+            volume_path(&f, &image_b, &top_b)
+        ]
+    );
+
+    // Only vdb this time: vda stays on its volume.
+    let top_b2 = new_top(&f, &image_b, &top_b);
+    let job = snapshot(&f, &guest.uuid, &image_b, &top_b, &top_b2, json!({})).unwrap();
+    assert_eq!(wait_job(&f, &job)["status"], "done");
+    assert_eq!(
+        paths(&guest.uuid),
+        [
+            volume_path(&f, &image_a, &top_a),
+            volume_path(&f, &image_b, &top_b2)
+        ]
+    );
+}
+
+#[test]
+fn snapshots_of_two_vms_at_once_both_succeed() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image1, base1, guest1) = f.guest_on_volume(&conn, GuestOptions::default());
+    let (image2, base2, guest2) = f.guest_on_volume(&conn, GuestOptions::default());
+    let (top1, top2) = (new_top(&f, &image1, &base1), new_top(&f, &image2, &base2));
+    let job1 = snapshot(&f, &guest1.uuid, &image1, &base1, &top1, json!({})).unwrap();
+    let job2 = snapshot(&f, &guest2.uuid, &image2, &base2, &top2, json!({})).unwrap();
+    for (job, guest, image, top) in [
+        (job1, &guest1, &image1, &top1),
+        (job2, &guest2, &image2, &top2),
+    ] {
+        let info = wait_job(&f, &job);
+        assert_eq!(info["result"]["consistency"], "quiesced", "{info}");
+        assert_eq!(active_path(&f, &guest.uuid), volume_path(&f, image, top));
+    }
+}
+
+#[test]
+fn a_defined_stopped_vm_gets_its_definition_switched() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image, base, path) = f.data_volume();
+    let name = format!("rvdsm-test-{}-defined", std::process::id());
+    let xml =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/guest-xml"))
+            .args([
+                "--name",
+                &name,
+                "--console",
+                "/dev/null",
+                "--disk",
+                path.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+    let domain = conn
+        .define_domain_xml(&String::from_utf8(xml.stdout).unwrap())
+        .unwrap();
+    struct Undefine(virt::domain::Domain);
+    impl Drop for Undefine {
+        fn drop(&mut self) {
+            let _ = self.0.undefine();
+        }
+    }
+    let domain = Undefine(domain);
+    let vm = domain.0.uuid_string().unwrap();
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+    assert_eq!(stats[0]["status"], "Down");
+
+    let top = new_top(&f, &image, &base);
+    let job = snapshot(&f, &vm, &image, &base, &top, json!({})).unwrap();
+    let info = wait_job(&f, &job);
+    assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["reason"], "not-running");
+    assert_eq!(active_path(&f, &vm), volume_path(&f, &image, &top));
+}

@@ -22,7 +22,12 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let daemon = Daemon::start();
+        Fixture::with_config("")
+    }
+
+    /// A fixture whose daemon has `extra` configuration (e.g. `[libvirt]` settings).
+    pub fn with_config(extra: &str) -> Fixture {
+        let daemon = Daemon::start_with(extra);
         let data = tempfile::tempdir().unwrap();
         let pool = daemon.pool();
         let domain = Uuid::new_v4().to_string();
@@ -120,6 +125,32 @@ pub fn qemu_info(path: &Path) -> Value {
 }
 
 impl Fixture {
+    /// A new base volume holding a copy of the fixture's ext4 data disk, prepared: returns
+    /// `(image, volume, path for the VM)`.
+    pub fn data_volume(&self) -> (String, String, PathBuf) {
+        let (image, volume) = (new_id(), new_id());
+        assert_success(&self.create(&image, &volume, json!({"size": (64u64 << 20).to_string()})));
+        let data = self.image_dir(&image).join(&volume);
+        let fixture = super::fixture_dir().join("data.qcow2");
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-O",
+            "qcow2",
+            fixture.to_str().unwrap(),
+            data.to_str().unwrap(),
+        ]);
+        let prepared = self.daemon.ok(
+            "Image.prepare",
+            json!({"storagepoolID": self.pool, "storagedomainID": self.domain, "imageID": image, "volumeID": volume}),
+        );
+        (
+            image,
+            volume,
+            PathBuf::from(prepared["path"].as_str().unwrap()),
+        )
+    }
+
     /// A base volume holding a copy of the fixture's ext4 data disk, prepared, and a guest
     /// booted from it with `options`; returns `(image, volume, guest)`.
     pub fn guest_on_volume(

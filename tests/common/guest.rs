@@ -47,6 +47,8 @@ pub struct GuestOptions {
     /// Use this qcow2 file (holding the fixture's data disk) as vda instead of a copy; the
     /// caller owns it.
     pub disk: Option<PathBuf>,
+    /// More qcow2 files the caller owns, attached after vda (and after `extra_disks`).
+    pub more_disks: Vec<PathBuf>,
 }
 
 impl Default for GuestOptions {
@@ -57,6 +59,7 @@ impl Default for GuestOptions {
             extra_disks: 0,
             with_backing: false,
             disk: None,
+            more_disks: Vec::new(),
         }
     }
 }
@@ -114,6 +117,7 @@ impl Guest {
             qemu_img(&["create", "-q", "-f", "qcow2", path_str(&extra), "64M"]);
             disks.push(extra);
         }
+        disks.extend(options.more_disks.iter().cloned());
         let xml = domain_xml(&name, dir.path(), &disks, options);
         let domain = conn
             .create_domain_xml(&xml, 0)
@@ -177,6 +181,20 @@ impl Guest {
         let status = status.unwrap();
         let out = String::from_utf8_lossy(&status.out_data.unwrap_or_default()).into_owned();
         (status.exitcode.unwrap_or(-1), out)
+    }
+
+    /// Starts `script` in the guest and returns at once, without waiting for it (for scripts
+    /// that stop the agent itself).
+    pub fn spawn(&self, script: &str) {
+        let command = guest_exec {
+            path: "/bin/sh".into(),
+            arg: Some(vec!["-c".into(), script.into()]),
+            env: None,
+            input_data: None,
+            capture_output: None,
+        };
+        agent::execute(&self.domain, command, AGENT_CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("guest-exec {script:?} in {}: {e}", self.name));
     }
 
     /// The guest's disks as its live XML describes them, with their backing chains.
