@@ -463,28 +463,10 @@ impl StorageService {
             volume,
             started,
         };
-        let task = Uuid::new_v4();
-        self.inner
-            .tasks
-            .start(task, names::VOLUME_DELETE, work(false))?;
-        tracing::info!(%task, volume = %ids.volume, "Volume.delete task started");
-        let service = self.clone();
-        tokio::spawn(async move {
-            let tasks = service.inner.tasks.clone();
-            let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let flag = Arc::clone(&started);
-            let result = blocking(move || {
-                tasks
-                    .update_work(task, work(true))
-                    .map_err(|e| StorageError::Persist(e.to_string()))?;
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                volume::mark_illegal(&domain, ids.image, ids.volume)?;
-                volume::remove_files(&domain, ids.image, ids.volume)
-            })
-            .await;
-            service.end_delete(task, result, &started);
-        });
-        Ok(task)
+        self.start_delete(names::VOLUME_DELETE, work, move || {
+            volume::mark_illegal(&domain, image, volume)?;
+            volume::remove_files(&domain, image, volume)
+        })
     }
 
     /// `Image.delete`: checks, then starts the task and returns its id.
@@ -502,11 +484,22 @@ impl StorageService {
             image,
             started,
         };
+        self.start_delete(names::IMAGE_DELETE, work, move || {
+            remove_image(&domain, image)
+        })
+    }
+
+    /// Starts a delete task: persisted with `work(false)`, then, once `work(true)` is
+    /// persisted (from here a restart finishes it), `remove` runs.
+    fn start_delete(
+        &self,
+        verb: &'static str,
+        work: impl Fn(bool) -> TaskWork + Send + 'static,
+        remove: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
+    ) -> Result<Uuid, ApiError> {
         let task = Uuid::new_v4();
-        self.inner
-            .tasks
-            .start(task, names::IMAGE_DELETE, work(false))?;
-        tracing::info!(%task, image = %ids.image, "Image.delete task started");
+        self.inner.tasks.start(task, verb, work(false))?;
+        tracing::info!(%task, verb, "delete task started");
         let service = self.clone();
         tokio::spawn(async move {
             let tasks = service.inner.tasks.clone();
@@ -517,7 +510,7 @@ impl StorageService {
                     .update_work(task, work(true))
                     .map_err(|e| StorageError::Persist(e.to_string()))?;
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                remove_image(&domain, ids.image)
+                remove()
             })
             .await;
             service.end_delete(task, result, &started);

@@ -157,9 +157,8 @@ pub fn check_create(
 /// Persists a create's progress; must succeed before the step it announces is taken.
 pub type Recorder<'a> = dyn FnMut(&CreateProgress) -> Result<(), StorageError> + Send + 'a;
 
-/// Under the lock: the image directory, an empty data file (O_EXCL), the `.meta` ILLEGAL, and
-/// the parent INTERNAL.
-/// The first step of a create; blocks (lock, fsync).
+/// The first step of a create, under the lock: the image directory, an empty data file
+/// (O_EXCL), the `.meta` ILLEGAL, and the parent INTERNAL. Blocks (lock, fsync).
 pub fn reserve(
     domain: &Domain,
     request: &CreateRequest,

@@ -158,24 +158,9 @@ impl Fixture {
         conn: &virt::connect::Connect,
         options: GuestOptions,
     ) -> (String, String, Guest) {
-        let (image, volume) = (new_id(), new_id());
-        assert_success(&self.create(&image, &volume, json!({"size": (64u64 << 20).to_string()})));
-        let data = self.image_dir(&image).join(&volume);
-        let fixture = super::fixture_dir().join("data.qcow2");
-        qemu_img(&[
-            "convert",
-            "-q",
-            "-O",
-            "qcow2",
-            fixture.to_str().unwrap(),
-            data.to_str().unwrap(),
-        ]);
-        let prepared = self.daemon.ok(
-            "Image.prepare",
-            json!({"storagepoolID": self.pool, "storagedomainID": self.domain, "imageID": image, "volumeID": volume}),
-        );
+        let (image, volume, path) = self.data_volume();
         let options = GuestOptions {
-            disk: Some(PathBuf::from(prepared["path"].as_str().unwrap())),
+            disk: Some(path),
             ..options
         };
         let guest = Guest::start(conn, &options);
