@@ -341,6 +341,31 @@ fn freeze_thaw_and_a_frozen_snapshot_between_them() {
         "auto-thaw never came"
     );
     assert!(f.daemon.log().contains("auto-thaw deadline reached"));
+
+    // A freeze made by another tool is never taken over, and a snapshot leaves it alone.
+    guest
+        .domain()
+        .qemu_agent_command(r#"{"execute":"guest-fsfreeze-freeze"}"#, 5, 0)
+        .unwrap();
+    let (code, message) = f.daemon.err(
+        "VM.freeze",
+        json!({"vmID": guest.uuid, "autoThawSeconds": 1}),
+    );
+    assert_eq!(code, 76, "{message}");
+    let top2 = new_top(&f, &image, &top);
+    let job = snapshot(&f, &guest.uuid, &image, &top, &top2, json!({})).unwrap();
+    assert_eq!(wait_job(&f, &job)["result"]["reason"], "already-frozen");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        freeze_status(),
+        "frozen",
+        "rvdsm thawed a freeze it did not make"
+    );
+    assert_eq!(
+        f.daemon.ok("VM.thaw", json!({"vmID": guest.uuid})),
+        json!(true)
+    );
+    assert_eq!(freeze_status(), "thawed");
 }
 
 /// `guest-fsfreeze-status`, straight from the agent.

@@ -90,18 +90,23 @@ impl FreezeService {
             .set_agent_timeout(vm, self.agent_timeout)
             .await
             .map_err(|e| freeze_error(&e))?;
+        // A guest frozen already is either ours (the deadline is renewed below) or someone
+        // else's, which rvdsm must never take over and thaw.
+        let frozen_before = self.hypervisor.freeze_state(vm, self.agent_timeout).await;
+        let ours = self.lock().contains_key(&vm);
+        if frozen_before == Ok(FreezeState::Frozen) && !ours {
+            return Err(ApiError::Coded {
+                code: 76,
+                message: "Unable to freeze guest filesystems: the guest is already frozen by \
+                          another tool; rvdsm does not take that freeze over"
+                    .into(),
+            });
+        }
         let mountpoints = p.mountpoints.unwrap_or_default();
-        match self.hypervisor.freeze(vm, mountpoints).await {
-            Ok(count) => tracing::info!(%vm, count, "guest filesystems frozen"),
-            Err(err) => {
-                // A timeout is ambiguous: the freeze may have taken effect. Then it is ours.
-                let took_effect = self.hypervisor.freeze_state(vm, self.agent_timeout).await
-                    == Ok(FreezeState::Frozen);
-                if !took_effect {
-                    return Err(freeze_error(&err));
-                }
-                tracing::warn!(%vm, error = %err, "freeze reported an error but took effect");
-            }
+        if frozen_before == Ok(FreezeState::Frozen) {
+            tracing::info!(%vm, "guest already frozen by rvdsm; renewing the auto-thaw deadline");
+        } else {
+            self.freeze_now(vm, mountpoints).await?;
         }
         let seconds = p
             .auto_thaw_seconds
@@ -116,6 +121,23 @@ impl FreezeService {
         }
         self.lock().insert(vm, record.clone());
         self.arm(record);
+        Ok(())
+    }
+
+    /// Freezes; a failure that nonetheless froze the guest (a timeout) counts as a freeze.
+    async fn freeze_now(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<(), ApiError> {
+        match self.hypervisor.freeze(vm, mountpoints).await {
+            Ok(count) => tracing::info!(%vm, count, "guest filesystems frozen"),
+            Err(err) => {
+                // A timeout is ambiguous: the freeze may have taken effect. Then it is ours.
+                let took_effect = self.hypervisor.freeze_state(vm, self.agent_timeout).await
+                    == Ok(FreezeState::Frozen);
+                if !took_effect {
+                    return Err(freeze_error(&err));
+                }
+                tracing::warn!(%vm, error = %err, "freeze reported an error but took effect");
+            }
+        }
         Ok(())
     }
 
