@@ -106,6 +106,19 @@ pub struct VmStats {
     pub status_time: u64,
     /// Disks by target name.
     pub disks: BTreeMap<String, DiskStats>,
+    /// Present while rvdsm holds the guest frozen through `VM.freeze` (rvdsm's addition, as
+    /// KubeVirt shows its freeze status); a snapshot's own freeze lasts only its switch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<FrozenBy>,
+}
+
+/// Who holds a guest frozen, and until when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrozenBy {
+    /// `VM.freeze`.
+    pub by: String,
+    /// Epoch seconds of the auto-thaw deadline.
+    pub until: u64,
 }
 
 /// One package version in `Host.getCapabilities` (VDSM's `packages2` entries).

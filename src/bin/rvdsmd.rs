@@ -61,21 +61,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let storage = open_storage(&config, hypervisor.clone()).await?;
     let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
     let jobs = JobRegistry::new(config.daemon.max_parallel_snapshots as usize);
+    let freeze = FreezeService::start(
+        hypervisor.clone(),
+        jobs.clone(),
+        config.daemon.state_dir.join("freezes"),
+        agent_timeout,
+        Duration::from_secs(config.daemon.auto_thaw_secs),
+    );
     let services = Services {
-        host: HostService::new(hypervisor.clone(), storage.pool()),
-        snapshot: SnapshotService::new(
-            hypervisor.clone(),
-            storage.clone(),
-            jobs.clone(),
-            agent_timeout,
-        ),
-        freeze: FreezeService::start(
-            hypervisor,
-            jobs,
-            config.daemon.state_dir.join("freezes"),
-            agent_timeout,
-            Duration::from_secs(config.daemon.auto_thaw_secs),
-        ),
+        host: HostService::new(hypervisor.clone(), storage.pool(), freeze.clone()),
+        snapshot: SnapshotService::new(hypervisor, storage.clone(), jobs, agent_timeout),
+        freeze,
         storage,
     };
     let options = ServerOptions {

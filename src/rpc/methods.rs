@@ -219,10 +219,17 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let jobs = JobRegistry::new(2);
         let secs = Duration::from_secs(5);
+        let freeze = FreezeService::start(
+            hv.clone(),
+            jobs.clone(),
+            dir.path().join("freezes"),
+            secs,
+            secs,
+        );
         let services = Services {
-            host: HostService::new(hv.clone(), uuid::Uuid::nil()),
-            snapshot: SnapshotService::new(hv.clone(), storage.clone(), jobs.clone(), secs),
-            freeze: FreezeService::start(hv, jobs, dir.path().join("freezes"), secs, secs),
+            host: HostService::new(hv.clone(), uuid::Uuid::nil(), freeze.clone()),
+            snapshot: SnapshotService::new(hv, storage.clone(), jobs, secs),
+            freeze,
             storage,
         };
         (services, dir)

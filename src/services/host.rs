@@ -7,9 +7,11 @@ use nix::time::{ClockId, clock_gettime};
 
 use crate::api::ApiError;
 use crate::api::schema::VERBS;
+use crate::api::types::FrozenBy;
 use crate::api::types::{
     Capabilities, GetVmListParams, PackageVersion, VmIdParams, VmStats, VmSummary,
 };
+use crate::services::FreezeService;
 use crate::virt::Hypervisor;
 
 /// Answers inventory questions about the host and its VMs.
@@ -17,12 +19,18 @@ use crate::virt::Hypervisor;
 pub struct HostService {
     hypervisor: Hypervisor,
     pool: uuid::Uuid,
+    freezes: FreezeService,
 }
 
 impl HostService {
-    /// A service over `hypervisor`, on a host whose storage pool is `pool`.
-    pub fn new(hypervisor: Hypervisor, pool: uuid::Uuid) -> Self {
-        Self { hypervisor, pool }
+    /// A service over `hypervisor`, on a host whose storage pool is `pool`; `freezes` tells
+    /// which guests rvdsm holds frozen.
+    pub fn new(hypervisor: Hypervisor, pool: uuid::Uuid, freezes: FreezeService) -> Self {
+        Self {
+            hypervisor,
+            pool,
+            freezes,
+        }
     }
 
     /// `Host.ping2`: answers without touching libvirt, so a manager can tell "daemon up" from
@@ -73,6 +81,10 @@ impl HostService {
             status: info.status,
             status_time,
             disks: disks.into_iter().map(|d| (d.target.clone(), d)).collect(),
+            frozen: self.freezes.owned_until(info.uuid).map(|until| FrozenBy {
+                by: "VM.freeze".to_owned(),
+                until,
+            }),
         }])
     }
 }
