@@ -39,7 +39,7 @@ fn snapshot(
             Ok(job)
         }
         Err(rvdsm::rpc::client::ClientError::Server { code, message }) => Err((code, message)),
-        Err(other) => panic!("{other}"),
+        Err(other) => panic!("{other}; log:\n{}", f.daemon.log()),
     }
 }
 
@@ -598,4 +598,41 @@ fn a_defined_stopped_vm_gets_its_definition_switched() {
     assert_eq!(info["status"], "done", "{info}");
     assert_eq!(info["result"]["reason"], "not-running");
     assert_eq!(active_path(&f, &vm), volume_path(&f, &image, &top));
+}
+
+#[test]
+fn a_disk_with_a_block_job_is_refused() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let copy = guest.dir.path().join("copy.qcow2");
+    let virsh = |args: &[&str]| {
+        let out = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    virsh(&[
+        "blockcopy",
+        &guest.name,
+        "vda",
+        copy.to_str().unwrap(),
+        "--format",
+        "qcow2",
+    ]);
+    let top = new_top(&f, &image, &base);
+    let before = f.files();
+    let (code, message) = snapshot(&f, &guest.uuid, &image, &base, &top, json!({})).unwrap_err();
+    assert_eq!(code, 91, "{message}");
+    assert!(message.contains("block job"), "{message}");
+    assert_eq!(f.files(), before);
+    virsh(&["blockjob", &guest.name, "vda", "--abort"]);
+    let job = snapshot(&f, &guest.uuid, &image, &base, &top, json!({})).unwrap();
+    assert_eq!(wait_job(&f, &job)["status"], "done");
 }

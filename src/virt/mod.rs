@@ -17,4 +17,4 @@ pub mod xml;
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::VirtError;
-pub use snapshot::{DiskSwitch, FreezeState, RunState};
+pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};

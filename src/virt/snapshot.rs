@@ -45,7 +45,47 @@ pub struct DiskSwitch {
     pub new_path: String,
 }
 
+/// Something on the VM that a snapshot must not run into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conflict {
+    /// The VM is migrating.
+    Migration,
+    /// A block job (copy, commit, mirror, pull) runs on this disk.
+    BlockJob(String),
+}
+
 impl Hypervisor {
+    /// A migration of the VM, or a block job on one of `targets`, if any.
+    pub async fn conflict(
+        &self,
+        vm: Uuid,
+        targets: Vec<String>,
+    ) -> Result<Option<Conflict>, VirtError> {
+        self.call("read domain jobs", move |conn| {
+            let domain = lookup(conn, vm)?;
+            if !domain
+                .is_active()
+                .map_err(|e| VirtError::libvirt("read domain state", e))?
+            {
+                return Ok(None);
+            }
+            let migrating = [
+                sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN as i32,
+                sys::VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT as i32,
+            ];
+            if ffi::active_job_operation(&domain)?.is_some_and(|op| migrating.contains(&op)) {
+                return Ok(Some(Conflict::Migration));
+            }
+            for target in &targets {
+                if ffi::block_job_active(&domain, target)? {
+                    return Ok(Some(Conflict::BlockJob(target.clone())));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     /// The VM's run state.
     pub async fn run_state(&self, vm: Uuid) -> Result<RunState, VirtError> {
         self.call("read domain state", move |conn| {

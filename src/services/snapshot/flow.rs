@@ -210,6 +210,8 @@ pub struct Plan {
     pub frozen_by_caller: bool,
     /// libvirt's agent response timeout for this VM.
     pub agent_timeout: Duration,
+    /// Past this (VDSM's `freeze_timeout` after the job's start), the switch is not attempted.
+    pub switch_deadline: Instant,
 }
 
 /// Takes the snapshot described by `plan`.
@@ -249,6 +251,15 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         Some(reason) => (false, Some(reason)),
         None => quiesce(ops, plan, &mut timings).await?,
     };
+    if Instant::now() > plan.switch_deadline {
+        if owned_freeze && let Some(e) = thaw_owned(ops, plan).await {
+            tracing::error!(vm = %plan.vm, error = %e, "guest may still be frozen");
+        }
+        return Err(Failure::before_switch(
+            "freeze_timeout passed before the switch; nothing was switched",
+            None,
+        ));
+    }
 
     let t = Instant::now();
     let switched = ops
@@ -516,7 +527,21 @@ mod tests {
             quiesce,
             frozen_by_caller,
             agent_timeout: Duration::from_secs(5),
+            switch_deadline: Instant::now() + Duration::from_secs(600),
         }
+    }
+
+    #[tokio::test]
+    async fn a_passed_deadline_thaws_and_switches_nothing() {
+        let fake = Fake::running();
+        let mut late = plan(Quiesce::Prefer, false);
+        late.switch_deadline = Instant::now() - Duration::from_secs(1);
+        let failure = run(&fake, &late).await.unwrap_err();
+        assert!(!failure.switch_attempted);
+        assert_eq!(
+            fake.calls(),
+            ["state", "timeout", "status", "freeze", "thaw"]
+        );
     }
 
     async fn go(fake: &Fake, quiesce: Quiesce) -> Result<Outcome, Failure> {

@@ -17,12 +17,14 @@ use crate::api::error::code;
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, VmClaim};
 use crate::services::StorageService;
-use crate::virt::{DiskSwitch, Hypervisor};
+use crate::virt::{Conflict, DiskSwitch, Hypervisor};
 
 use flow::Plan;
 
 /// VDSM's SnapshotFailed.
 const SNAPSHOT_FAILED: i32 = 48;
+/// VDSM's MigrationInProgress.
+const MIGRATION_IN_PROGRESS: i32 = 51;
 
 /// One drive of a validated request.
 #[derive(Debug, Clone)]
@@ -87,6 +89,21 @@ impl SnapshotService {
             message: e.to_string(),
         })?;
         let (to_switch, skipped) = self.check_drives(&p).await?;
+        let targets = to_switch.iter().map(|d| d.target.clone()).collect();
+        match self.hypervisor.conflict(p.vm_id, targets).await? {
+            None => {}
+            Some(Conflict::Migration) => {
+                return Err(ApiError::Coded {
+                    code: MIGRATION_IN_PROGRESS,
+                    message: "Command not supported during migration".into(),
+                });
+            }
+            Some(Conflict::BlockJob(target)) => {
+                return Err(invalid(format!(
+                    "disk {target} has a block job (copy, commit or mirror) running"
+                )));
+            }
+        }
         let job = p.job.unwrap_or_else(Uuid::new_v4);
         self.jobs
             .add(job, p.vm_id, "snapshot_vm")
@@ -112,15 +129,12 @@ impl SnapshotService {
             quiesce: p.quiesce.unwrap_or_default(),
             frozen_by_caller: p.frozen.unwrap_or(false),
             agent_timeout: self.agent_timeout,
+            switch_deadline: Instant::now()
+                + Duration::from_secs(60 * p.freeze_timeout.unwrap_or(8).unsigned_abs()),
         };
-        let deadline = Duration::from_secs(60 * p.freeze_timeout.unwrap_or(8).unsigned_abs());
         tracing::info!(%job, vm = %p.vm_id, drives = to_switch.len(), skipped = skipped.len(), "VM.snapshot job scheduled");
         let service = self.clone();
-        tokio::spawn(async move {
-            service
-                .run_job(job, claim, plan, to_switch, skipped, deadline)
-                .await
-        });
+        tokio::spawn(async move { service.run_job(job, claim, plan, to_switch, skipped).await });
         Ok(())
     }
 
@@ -205,22 +219,12 @@ impl SnapshotService {
         plan: Plan,
         drives: Vec<Drive>,
         skipped: Vec<Uuid>,
-        deadline: Duration,
     ) {
-        let started = Instant::now();
         let _slot = self.jobs.run_slot(job).await;
         let _claim = claim;
         if drives.is_empty() {
             self.jobs
                 .finish(job, Ok(json!({"switched": [], "skipped": skipped})));
-            return;
-        }
-        if started.elapsed() > deadline {
-            let message = format!(
-                "Snapshot failed: freeze_timeout of {} s passed before the switch",
-                deadline.as_secs()
-            );
-            self.fail(job, plan.vm, &drives, false, message).await;
             return;
         }
         self.jobs.progress(job, 10);
