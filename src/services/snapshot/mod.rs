@@ -306,15 +306,7 @@ impl SnapshotService {
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for drive in drives {
-            let in_use = match &live {
-                Some(live) => {
-                    live.get(&drive.target) == Some(&canonical(Path::new(&drive.new_path)))
-                }
-                // The domain cannot be read: keep every new volume rather than risk deleting
-                // one the VM writes to.
-                None => true,
-            };
-            if in_use {
+            if must_keep(live.as_ref(), &drive.target, &drive.new_path) {
                 kept.push(drive.volume);
             } else {
                 match self
@@ -363,6 +355,59 @@ impl SnapshotService {
     }
 }
 
+/// Whether a failed snapshot must keep the new volume of the disk `target`: when the live
+/// domain shows the disk already uses it, or when the live domain could not be read (never
+/// delete a volume the VM may be writing to).
+fn must_keep(
+    live: Option<&HashMap<String, Option<PathBuf>>>,
+    target: &str,
+    new_path: &str,
+) -> bool {
+    match live {
+        Some(live) => {
+            let new = canonical(Path::new(new_path));
+            new.is_some() && live.get(target) == Some(&new)
+        }
+        None => true,
+    }
+}
+
 fn canonical(path: &Path) -> Option<PathBuf> {
     std::fs::canonicalize(path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollback_keeps_what_the_vm_uses_and_anything_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let new = dir.path().join("new");
+        std::fs::write(&old, b"").unwrap();
+        std::fs::write(&new, b"").unwrap();
+        let new_text = new.to_str().unwrap();
+        let on = |path: &Path| HashMap::from([("vda".to_owned(), canonical(path))]);
+
+        assert!(
+            must_keep(Some(&on(&new)), "vda", new_text),
+            "the VM writes to it"
+        );
+        assert!(
+            !must_keep(Some(&on(&old)), "vda", new_text),
+            "the VM stayed on its volume"
+        );
+        assert!(
+            !must_keep(Some(&HashMap::new()), "vda", new_text),
+            "switch never attempted"
+        );
+        assert!(must_keep(None, "vda", new_text), "live domain unreadable");
+        let missing = dir.path().join("missing");
+        assert!(!must_keep(
+            Some(&on(&missing)),
+            "vda",
+            missing.to_str().unwrap()
+        ));
+    }
 }
