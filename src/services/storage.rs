@@ -548,20 +548,26 @@ impl StorageService {
         volumes: &[Uuid],
     ) -> Result<(), ApiError> {
         let in_use = self.inner.hypervisor.disk_paths_in_use().await?;
-        let in_use: Vec<_> = in_use
+        let ours: Vec<(Uuid, std::path::PathBuf)> = volumes
             .iter()
-            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .map(|v| (*v, domain.dir.volume(image, *v)))
             .collect();
-        for volume in volumes {
-            let path = domain.dir.volume(image, *volume);
-            let Ok(path) = std::fs::canonicalize(&path) else {
-                continue;
-            };
-            if in_use.contains(&path) {
-                return Err(StorageError::InUse(*volume).into());
+        // Resolving paths can block on a slow mount: off the reactor.
+        blocking(move || {
+            let in_use: Vec<_> = in_use
+                .iter()
+                .filter_map(|p| std::fs::canonicalize(p).ok())
+                .collect();
+            for (volume, path) in ours {
+                if let Ok(path) = std::fs::canonicalize(&path)
+                    && in_use.contains(&path)
+                {
+                    return Err(StorageError::InUse(volume));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// `Image.prepare`: every volume of the image must be usable; returns the path through the

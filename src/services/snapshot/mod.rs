@@ -38,6 +38,8 @@ struct Drive {
     old_path: String,
     /// The new volume's path, in the same style as the old one.
     new_path: String,
+    /// The new volume's canonical path, to recognize it in the live domain.
+    new_real: Option<PathBuf>,
 }
 
 /// Snapshots and their jobs.
@@ -88,7 +90,7 @@ impl SnapshotService {
             code: code::GENERAL,
             message: e.to_string(),
         })?;
-        let (to_switch, skipped) = self.check_drives(&p).await?;
+        let (to_switch, skipped, all_targets) = self.check_drives(&p).await?;
         let targets = to_switch.iter().map(|d| d.target.clone()).collect();
         match self.hypervisor.conflict(p.vm_id, targets).await? {
             None => {}
@@ -111,7 +113,6 @@ impl SnapshotService {
                 code: code::GENERAL,
                 message: e.to_string(),
             })?;
-        let (_, disks) = self.hypervisor.domain_disks(p.vm_id).await?;
         let plan = Plan {
             vm: p.vm_id,
             switches: to_switch
@@ -125,7 +126,7 @@ impl SnapshotService {
                 .iter()
                 .map(|d| (d.old_path.clone(), d.new_path.clone()))
                 .collect(),
-            all_targets: disks.iter().map(|d| d.target.clone()).collect(),
+            all_targets,
             quiesce: p.quiesce.unwrap_or_default(),
             frozen_by_caller: p.frozen.unwrap_or(false),
             agent_timeout: self.agent_timeout,
@@ -139,13 +140,22 @@ impl SnapshotService {
     }
 
     /// Maps each requested drive to the VM's disk using its base volume. A drive whose new
-    /// volume the VM already uses is skipped (an idempotent retry).
-    async fn check_drives(&self, p: &SnapshotParams) -> Result<(Vec<Drive>, Vec<Uuid>), ApiError> {
+    /// volume the VM already uses is skipped (an idempotent retry). Returns the drives to
+    /// switch, the skipped volumes, and every disk target of the VM.
+    async fn check_drives(
+        &self,
+        p: &SnapshotParams,
+    ) -> Result<(Vec<Drive>, Vec<Uuid>, Vec<String>), ApiError> {
         let (_, disks) = self.hypervisor.domain_disks(p.vm_id).await?;
         let invalid = |message: String| ApiError::Coded {
             code: code::INVALID_PARAMETER,
             message: format!("Invalid parameter: {message}"),
         };
+        let disk_paths: Vec<PathBuf> = disks
+            .iter()
+            .map(|d| PathBuf::from(d.path.clone().unwrap_or_default()))
+            .collect();
+        let disk_real = canonical_all(disk_paths).await;
         let mut switch = Vec::new();
         let mut skipped = Vec::new();
         for drive in &p.drives {
@@ -163,14 +173,14 @@ impl SnapshotService {
                 .storage
                 .snapshot_target(domain, image, base, volume)
                 .await?;
-            let (base_real, new_real) = (canonical(&base_path), canonical(&new_path));
-            let uses = |real: &Option<PathBuf>| {
-                disks.iter().find(|d| {
-                    d.path
-                        .as_deref()
-                        .map(|p| canonical(Path::new(p)))
-                        .is_some_and(|p| p.is_some() && &p == real)
-                })
+            let real = canonical_all(vec![base_path, new_path]).await;
+            let (base_real, new_real) = (real[0].clone(), real[1].clone());
+            let uses = |wanted: &Option<PathBuf>| {
+                disks
+                    .iter()
+                    .zip(&disk_real)
+                    .find(|(_, real)| real.is_some() && *real == wanted)
+                    .map(|(disk, _)| disk)
             };
             if let Some(disk) = uses(&new_real) {
                 tracing::info!(target = %disk.target, %volume, "drive already uses the new volume; skipped");
@@ -207,9 +217,11 @@ impl SnapshotService {
                 target: disk.target.clone(),
                 old_path,
                 new_path: new_in_style,
+                new_real,
             });
         }
-        Ok((switch, skipped))
+        let all_targets = disks.into_iter().map(|d| d.target).collect();
+        Ok((switch, skipped, all_targets))
     }
 
     async fn run_job(
@@ -252,9 +264,8 @@ impl SnapshotService {
                 let unconfirmed: Vec<&str> = drives
                     .iter()
                     .filter(|d| {
-                        live.as_ref().is_some_and(|l| {
-                            l.get(&d.target) != Some(&canonical(Path::new(&d.new_path)))
-                        })
+                        live.as_ref()
+                            .is_some_and(|l| l.get(&d.target) != Some(&d.new_real))
                     })
                     .map(|d| d.target.as_str())
                     .collect();
@@ -306,7 +317,7 @@ impl SnapshotService {
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for drive in drives {
-            if must_keep(live.as_ref(), &drive.target, &drive.new_path) {
+            if must_keep(live.as_ref(), &drive.target, &drive.new_real) {
                 kept.push(drive.volume);
             } else {
                 match self
@@ -335,17 +346,12 @@ impl SnapshotService {
     /// The VM's disk targets and the canonical path each uses now; `None` if unreadable.
     async fn live_paths(&self, vm: Uuid) -> Option<HashMap<String, Option<PathBuf>>> {
         let (_, disks) = self.hypervisor.domain_disks(vm).await.ok()?;
-        Some(
-            disks
-                .into_iter()
-                .map(|d| {
-                    (
-                        d.target,
-                        d.path.as_deref().and_then(|p| canonical(Path::new(p))),
-                    )
-                })
-                .collect(),
-        )
+        let paths = disks
+            .iter()
+            .map(|d| PathBuf::from(d.path.clone().unwrap_or_default()))
+            .collect();
+        let real = canonical_all(paths).await;
+        Some(disks.into_iter().map(|d| d.target).zip(real).collect())
     }
 
     /// `Host.getJobs`.
@@ -361,19 +367,26 @@ impl SnapshotService {
 fn must_keep(
     live: Option<&HashMap<String, Option<PathBuf>>>,
     target: &str,
-    new_path: &str,
+    new_real: &Option<PathBuf>,
 ) -> bool {
     match live {
-        Some(live) => {
-            let new = canonical(Path::new(new_path));
-            new.is_some() && live.get(target) == Some(&new)
-        }
+        Some(live) => new_real.is_some() && live.get(target) == Some(new_real),
         None => true,
     }
 }
 
-fn canonical(path: &Path) -> Option<PathBuf> {
-    std::fs::canonicalize(path).ok()
+/// The canonical form of each path (`None` for one that does not resolve), computed off the
+/// reactor: resolving a path can block on a slow mount.
+async fn canonical_all(paths: Vec<PathBuf>) -> Vec<Option<PathBuf>> {
+    let count = paths.len();
+    tokio::task::spawn_blocking(move || {
+        paths
+            .iter()
+            .map(|p| std::fs::canonicalize(p).ok())
+            .collect()
+    })
+    .await
+    .unwrap_or_else(|_| vec![None; count])
 }
 
 #[cfg(test)]
@@ -387,27 +400,24 @@ mod tests {
         let new = dir.path().join("new");
         std::fs::write(&old, b"").unwrap();
         std::fs::write(&new, b"").unwrap();
-        let new_text = new.to_str().unwrap();
-        let on = |path: &Path| HashMap::from([("vda".to_owned(), canonical(path))]);
+        let real = |path: &Path| std::fs::canonicalize(path).ok();
+        let on = |path: &Path| HashMap::from([("vda".to_owned(), real(path))]);
+        let new_real = real(&new);
 
         assert!(
-            must_keep(Some(&on(&new)), "vda", new_text),
+            must_keep(Some(&on(&new)), "vda", &new_real),
             "the VM writes to it"
         );
         assert!(
-            !must_keep(Some(&on(&old)), "vda", new_text),
+            !must_keep(Some(&on(&old)), "vda", &new_real),
             "the VM stayed on its volume"
         );
         assert!(
-            !must_keep(Some(&HashMap::new()), "vda", new_text),
+            !must_keep(Some(&HashMap::new()), "vda", &new_real),
             "switch never attempted"
         );
-        assert!(must_keep(None, "vda", new_text), "live domain unreadable");
+        assert!(must_keep(None, "vda", &new_real), "live domain unreadable");
         let missing = dir.path().join("missing");
-        assert!(!must_keep(
-            Some(&on(&missing)),
-            "vda",
-            missing.to_str().unwrap()
-        ));
+        assert!(!must_keep(Some(&on(&missing)), "vda", &real(&missing)));
     }
 }
