@@ -68,9 +68,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         agent_timeout,
         Duration::from_secs(config.daemon.auto_thaw_secs),
     );
+    let (snapshot, interrupted) = SnapshotService::open(
+        hypervisor.clone(),
+        storage.clone(),
+        jobs,
+        &config.daemon.state_dir.join("snapshots"),
+        agent_timeout,
+    )
+    .context("cannot open the snapshot journal")?;
+    // Interrupted snapshots are ended before anything is served, so no request ever sees a
+    // half-recovered VM.
+    snapshot.recover(interrupted).await;
     let services = Services {
-        host: HostService::new(hypervisor.clone(), storage.pool(), freeze.clone()),
-        snapshot: SnapshotService::new(hypervisor, storage.clone(), jobs, agent_timeout),
+        host: HostService::new(hypervisor, storage.pool(), freeze.clone()),
+        snapshot,
         freeze,
         storage,
     };

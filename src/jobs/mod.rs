@@ -1,6 +1,8 @@
 //! Long operations as tracked units of work: [`tasks`] holds VDSM's storage tasks (`Task.*`,
 //! `Host.getAllTasksStatuses`), persisted across restarts; [`vm_jobs`] holds the virt jobs of
-//! `Host.getJobs` (snapshots), the per-VM exclusion and the host-wide limit.
+//! `Host.getJobs` (snapshots), the per-VM exclusion and the host-wide limit; [`journal`] is the
+//! snapshot jobs' journal of intent, read at start to end interrupted jobs truthfully.
 
+pub mod journal;
 pub mod tasks;
 pub mod vm_jobs;

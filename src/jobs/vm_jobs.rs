@@ -14,7 +14,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 /// How long finished jobs stay visible (VDSM's `autodelete_delay`).
-pub const KEEP_FINISHED: Duration = Duration::from_secs(3600);
+pub const KEEP_FINISHED: Duration = Duration::from_secs(JobKeepAlive::SECONDS);
+
+/// The visibility window of finished jobs, in seconds, for records kept on disk.
+pub struct JobKeepAlive;
+
+impl JobKeepAlive {
+    /// One hour, as VDSM.
+    pub const SECONDS: u64 = 3600;
+}
 
 /// A job's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -181,6 +189,13 @@ impl JobRegistry {
                 }
             }
             entry.finished = Some(Instant::now());
+        }
+    }
+
+    /// Shows a job a previous run of rvdsmd ended (or that recovery ended) under its id.
+    pub fn restore(&self, id: Uuid, vm: Uuid, outcome: Result<Value, JobError>) {
+        if self.add(id, vm, "snapshot_vm").is_ok() {
+            self.finish(id, outcome);
         }
     }
 

@@ -228,7 +228,15 @@ mod tests {
         );
         let services = Services {
             host: HostService::new(hv.clone(), uuid::Uuid::nil(), freeze.clone()),
-            snapshot: SnapshotService::new(hv, storage.clone(), jobs, secs),
+            snapshot: SnapshotService::open(
+                hv,
+                storage.clone(),
+                jobs,
+                &dir.path().join("snapshots"),
+                secs,
+            )
+            .unwrap()
+            .0,
             freeze,
             storage,
         };

@@ -251,6 +251,10 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         Some(reason) => (false, Some(reason)),
         None => quiesce(ops, plan, &mut timings).await?,
     };
+    if owned_freeze {
+        // Test seam for kill -9 in the frozen window; blocks this worker thread forever.
+        crate::failpoint::pause_if_requested("snapshot:frozen");
+    }
     if Instant::now() > plan.switch_deadline {
         if owned_freeze && let Some(e) = thaw_owned(ops, plan).await {
             tracing::error!(vm = %plan.vm, error = %e, "guest may still be frozen");
@@ -266,6 +270,9 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         .external_snapshot(plan.vm, plan.switches.clone(), plan.all_targets.clone())
         .await;
     timings.switch_ms = millis(t);
+    if owned_freeze && switched.is_ok() {
+        crate::failpoint::pause_if_requested("snapshot:switched");
+    }
     let thaw_error = if owned_freeze {
         let t = Instant::now();
         let error = thaw_owned(ops, plan).await;

@@ -15,11 +15,12 @@ use uuid::Uuid;
 use crate::api::ApiError;
 use crate::api::error::code;
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
+use crate::jobs::journal::{self, Entry, Journal, JournalDrive, Phase};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, VmClaim};
 use crate::services::StorageService;
-use crate::virt::{Conflict, DiskSwitch, Hypervisor};
+use crate::virt::{Conflict, DiskSwitch, FreezeState, Hypervisor, RunState, VirtError};
 
-use flow::Plan;
+use flow::{Plan, VmOps};
 
 /// VDSM's SnapshotFailed.
 const SNAPSHOT_FAILED: i32 = 48;
@@ -48,22 +49,131 @@ pub struct SnapshotService {
     hypervisor: Hypervisor,
     storage: StorageService,
     jobs: JobRegistry,
+    journal: Journal,
     agent_timeout: Duration,
 }
 
 impl SnapshotService {
-    /// A service driving `hypervisor` and `storage`, with `jobs` shared with `VM.freeze`.
-    pub fn new(
+    /// A service driving `hypervisor` and `storage`, with `jobs` shared with `VM.freeze` and
+    /// its journal of intent in `journal`. Returns the entries a previous run left, for
+    /// [`SnapshotService::recover`].
+    pub fn open(
         hypervisor: Hypervisor,
         storage: StorageService,
         jobs: JobRegistry,
+        journal_dir: &Path,
         agent_timeout: Duration,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<(Self, Vec<Entry>)> {
+        let (journal, entries) = Journal::open(journal_dir)?;
+        let service = Self {
             hypervisor,
             storage,
             jobs,
+            journal,
             agent_timeout,
+        };
+        Ok((service, entries))
+    }
+
+    /// Ends the jobs a previous run of rvdsmd left: a finished one is shown again; an
+    /// interrupted one has its guest thawed if it may have frozen it, and keeps its new
+    /// volumes if the live domain uses them (the job is done, its consistency unknown) or
+    /// loses them if not (the job failed and was rolled back). Run before serving.
+    pub async fn recover(&self, entries: Vec<Entry>) {
+        for entry in entries {
+            let outcome = match entry.phase.clone() {
+                Phase::Finished { outcome, .. } => outcome,
+                Phase::Scheduled | Phase::Freezing => {
+                    let outcome = self.recover_interrupted(&entry).await;
+                    tracing::warn!(job = %entry.job, vm = %entry.vm, ok = outcome.is_ok(), "snapshot job interrupted by a restart recovered");
+                    self.record(
+                        &entry,
+                        Phase::Finished {
+                            at: journal::now(),
+                            outcome: outcome.clone(),
+                        },
+                    )
+                    .await;
+                    outcome
+                }
+            };
+            let outcome = outcome.map_err(|(code, message)| JobError { code, message });
+            self.jobs.restore(entry.job, entry.vm, outcome);
+        }
+    }
+
+    async fn recover_interrupted(&self, entry: &Entry) -> Result<serde_json::Value, (i32, String)> {
+        if entry.phase == Phase::Freezing {
+            self.thaw_if_frozen(entry.vm).await;
+        }
+        let Some(live) = self.live_paths(entry.vm).await else {
+            return Err((
+                SNAPSHOT_FAILED,
+                "Snapshot interrupted by a restart of rvdsmd; the VM cannot be read (gone, or \
+                 libvirt down), so its new volumes are kept"
+                    .into(),
+            ));
+        };
+        let new_real = canonical_all(
+            entry
+                .drives
+                .iter()
+                .map(|d| PathBuf::from(&d.new_path))
+                .collect(),
+        )
+        .await;
+        let mut switched = Vec::new();
+        let mut deleted = Vec::new();
+        for (drive, real) in entry.drives.iter().zip(&new_real) {
+            if must_keep(Some(&live), &drive.target, real) {
+                switched.push(drive.volume);
+            } else if let Err(err) = self
+                .storage
+                .discard_volume(drive.domain, drive.image, drive.volume)
+                .await
+            {
+                tracing::error!(volume = %drive.volume, error = %err, "cannot delete the new volume of an interrupted snapshot");
+            } else {
+                deleted.push(drive.volume);
+            }
+        }
+        if switched.len() == entry.drives.len() {
+            Ok(json!({"consistency": "unknown", "recovered": true, "switched": switched}))
+        } else {
+            Err((
+                SNAPSHOT_FAILED,
+                format!(
+                    "Snapshot failed: interrupted by a restart of rvdsmd; rolled back \
+                     (deleted {deleted:?}, kept {switched:?})"
+                ),
+            ))
+        }
+    }
+
+    /// Thaws a guest that an interrupted job may have frozen, after checking it is frozen.
+    async fn thaw_if_frozen(&self, vm: Uuid) {
+        let _ = self
+            .hypervisor
+            .set_agent_timeout(vm, self.agent_timeout)
+            .await;
+        if self.hypervisor.freeze_state(vm, self.agent_timeout).await == Ok(FreezeState::Frozen) {
+            tracing::warn!(%vm, "thawing a guest an interrupted snapshot froze");
+            if let Err(err) = self.hypervisor.thaw(vm, Vec::new()).await {
+                tracing::error!(%vm, error = %err, "thaw after restart failed");
+            }
+        }
+    }
+
+    /// Journals a phase of a job; a failure is logged (the job goes on, less protected).
+    async fn record(&self, entry: &Entry, phase: Phase) {
+        let journal = self.journal.clone();
+        let entry = Entry {
+            phase,
+            ..entry.clone()
+        };
+        let written = tokio::task::spawn_blocking(move || journal.write(&entry)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::error!(?written, "cannot write the snapshot journal");
         }
     }
 
@@ -113,6 +223,40 @@ impl SnapshotService {
                 code: code::GENERAL,
                 message: e.to_string(),
             })?;
+        let entry = Entry {
+            job,
+            vm: p.vm_id,
+            drives: to_switch
+                .iter()
+                .map(|d| JournalDrive {
+                    domain: d.domain,
+                    image: d.image,
+                    base: d.base,
+                    volume: d.volume,
+                    target: d.target.clone(),
+                    new_path: d.new_path.clone(),
+                })
+                .collect(),
+            phase: Phase::Scheduled,
+        };
+        let journal = self.journal.clone();
+        let first = entry.clone();
+        let written = tokio::task::spawn_blocking(move || journal.write(&first)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            self.jobs.finish(
+                job,
+                Err(JobError {
+                    code: code::GENERAL,
+                    message: "cannot journal the job".into(),
+                }),
+            );
+            return Err(ApiError::Coded {
+                code: code::GENERAL,
+                message: format!(
+                    "General Exception: cannot journal snapshot job {job}: {written:?}"
+                ),
+            });
+        }
         let plan = Plan {
             vm: p.vm_id,
             switches: to_switch
@@ -135,7 +279,11 @@ impl SnapshotService {
         };
         tracing::info!(%job, vm = %p.vm_id, drives = to_switch.len(), skipped = skipped.len(), "VM.snapshot job scheduled");
         let service = self.clone();
-        tokio::spawn(async move { service.run_job(job, claim, plan, to_switch, skipped).await });
+        tokio::spawn(async move {
+            service
+                .run_job(entry, claim, plan, to_switch, skipped)
+                .await
+        });
         Ok(())
     }
 
@@ -226,21 +374,34 @@ impl SnapshotService {
 
     async fn run_job(
         &self,
-        job: Uuid,
+        entry: Entry,
         claim: VmClaim,
         plan: Plan,
         drives: Vec<Drive>,
         skipped: Vec<Uuid>,
     ) {
+        let job = entry.job;
         let _slot = self.jobs.run_slot(job).await;
         let _claim = claim;
         if drives.is_empty() {
-            self.jobs
-                .finish(job, Ok(json!({"switched": [], "skipped": skipped})));
+            let result = json!({"switched": [], "skipped": skipped});
+            self.record(
+                &entry,
+                Phase::Finished {
+                    at: journal::now(),
+                    outcome: Ok(result.clone()),
+                },
+            )
+            .await;
+            self.jobs.finish(job, Ok(result));
             return;
         }
         self.jobs.progress(job, 10);
-        match flow::run(&self.hypervisor, &plan).await {
+        let ops = Journaled {
+            service: self,
+            entry: &entry,
+        };
+        match flow::run(&ops, &plan).await {
             Ok(outcome) => {
                 let switched: Vec<Uuid> = drives.iter().map(|d| d.volume).collect();
                 let note = json!({
@@ -270,18 +431,24 @@ impl SnapshotService {
                     .map(|d| d.target.as_str())
                     .collect();
                 tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
-                self.jobs.finish(
-                    job,
-                    Ok(json!({
-                        "consistency": outcome.consistency,
-                        "reason": outcome.reason,
-                        "timings": outcome.timings,
-                        "thawError": outcome.thaw_error,
-                        "switched": switched,
-                        "skipped": skipped,
-                        "unconfirmedDisks": unconfirmed,
-                    })),
-                );
+                let result = json!({
+                    "consistency": outcome.consistency,
+                    "reason": outcome.reason,
+                    "timings": outcome.timings,
+                    "thawError": outcome.thaw_error,
+                    "switched": switched,
+                    "skipped": skipped,
+                    "unconfirmedDisks": unconfirmed,
+                });
+                self.record(
+                    &entry,
+                    Phase::Finished {
+                        at: journal::now(),
+                        outcome: Ok(result.clone()),
+                    },
+                )
+                .await;
+                self.jobs.finish(job, Ok(result));
             }
             Err(failure) => {
                 let message = match failure.libvirt_code {
@@ -291,7 +458,7 @@ impl SnapshotService {
                     ),
                     None => format!("Snapshot failed: {}", failure.message),
                 };
-                self.fail(job, plan.vm, &drives, failure.switch_attempted, message)
+                self.fail(&entry, &drives, failure.switch_attempted, message)
                     .await;
             }
         }
@@ -299,17 +466,11 @@ impl SnapshotService {
 
     /// Ends a failed job: reads the live domain (when the switch was attempted), keeps a new
     /// volume a disk already uses, deletes the others.
-    async fn fail(
-        &self,
-        job: Uuid,
-        vm: Uuid,
-        drives: &[Drive],
-        switch_attempted: bool,
-        message: String,
-    ) {
+    async fn fail(&self, entry: &Entry, drives: &[Drive], switch_attempted: bool, message: String) {
+        let job = entry.job;
         tracing::warn!(%job, %message, "snapshot failed; rolling back");
         let live = if switch_attempted {
-            self.live_paths(vm).await
+            self.live_paths(entry.vm).await
         } else {
             Some(HashMap::new())
         };
@@ -334,6 +495,15 @@ impl SnapshotService {
             job,
             json!({"kept": kept, "deleted": deleted, "cleanupErrors": errors}),
         );
+        let outcome = Err((SNAPSHOT_FAILED, message.clone()));
+        self.record(
+            entry,
+            Phase::Finished {
+                at: journal::now(),
+                outcome,
+            },
+        )
+        .await;
         self.jobs.finish(
             job,
             Err(JobError {
@@ -358,6 +528,53 @@ impl SnapshotService {
     pub fn jobs(&self, p: GetJobsParams) -> HashMap<Uuid, JobInfo> {
         self.jobs
             .list(p.job_type.as_deref(), p.job_ids.as_deref().unwrap_or(&[]))
+    }
+}
+
+/// The hypervisor, with the journal written before the freeze: from then on, a frozen guest
+/// found after a crash may be this job's doing.
+struct Journaled<'a> {
+    service: &'a SnapshotService,
+    entry: &'a Entry,
+}
+
+impl VmOps for Journaled<'_> {
+    async fn run_state(&self, vm: Uuid) -> Result<RunState, VirtError> {
+        self.service.hypervisor.run_state(vm).await
+    }
+    async fn set_agent_timeout(&self, vm: Uuid, t: Duration) -> Result<(), VirtError> {
+        self.service.hypervisor.set_agent_timeout(vm, t).await
+    }
+    async fn freeze_state(&self, vm: Uuid, t: Duration) -> Result<FreezeState, VirtError> {
+        self.service.hypervisor.freeze_state(vm, t).await
+    }
+    async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
+        self.service.record(self.entry, Phase::Freezing).await;
+        self.service.hypervisor.freeze(vm, Vec::new()).await
+    }
+    async fn thaw(&self, vm: Uuid) -> Result<u32, VirtError> {
+        self.service.hypervisor.thaw(vm, Vec::new()).await
+    }
+    async fn external_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+    ) -> Result<(), VirtError> {
+        self.service
+            .hypervisor
+            .external_snapshot(vm, switches, all_targets)
+            .await
+    }
+    async fn switch_defined_disks(
+        &self,
+        vm: Uuid,
+        switches: Vec<(String, String)>,
+    ) -> Result<(), VirtError> {
+        self.service
+            .hypervisor
+            .switch_defined_disks(vm, switches)
+            .await
     }
 }
 

@@ -1,0 +1,133 @@
+//! kill -9 of rvdsmd in the middle of a live snapshot, then a restart: the guest is thawed,
+//! the VM runs on a consistent chain, no new volume leaks, and the job's outcome is truthful
+//! under its original id.
+
+mod common;
+
+use std::time::Duration;
+
+use common::domain::{Fixture, assert_success, new_id};
+use common::{Daemon, GuestOptions, libvirt, wait_until};
+use serde_json::{Value, json};
+
+fn freeze_status(guest: &common::Guest) -> String {
+    let reply = guest
+        .domain()
+        .qemu_agent_command(r#"{"execute":"guest-fsfreeze-status"}"#, 5, 0)
+        .unwrap();
+    serde_json::from_str::<Value>(&reply).unwrap()["return"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn real(path: &std::path::Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap()
+}
+
+#[test]
+fn kill_9_while_frozen_and_right_after_the_switch() {
+    let Some(conn) = libvirt() else { return };
+    for point in ["snapshot:frozen", "snapshot:switched"] {
+        let mut f = Fixture::new();
+        let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+        let top = new_id();
+        assert_success(&f.create(
+            &image,
+            &top,
+            json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
+        ));
+
+        let marker = f.daemon.dir.path().join("paused");
+        let marker_text = marker.to_str().unwrap().to_owned();
+        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+        f.daemon = daemon.restart_with(&[
+            ("RVDSM_TEST_PAUSE_AT", point),
+            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
+        ]);
+        let job = new_id();
+        let params = json!({
+            "vmID": guest.uuid, "jobUUID": job,
+            "snapDrives": [{"domainID": f.domain, "imageID": image, "baseVolumeID": base, "volumeID": top}],
+        });
+        assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
+        assert!(
+            wait_until(Duration::from_secs(60), || marker.exists()),
+            "{point} never reached"
+        );
+        assert_eq!(
+            freeze_status(&guest),
+            "frozen",
+            "{point}: the guest should be frozen now"
+        );
+
+        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
+        f.daemon = daemon.restart();
+
+        assert_eq!(
+            freeze_status(&guest),
+            "thawed",
+            "{point}: guest left frozen"
+        );
+        let jobs = f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}));
+        let info = &jobs[&job];
+        let stats = f.daemon.ok("VM.getStats", json!({"vmID": guest.uuid}));
+        let active = real(std::path::Path::new(
+            stats[0]["disks"]["vda"]["path"].as_str().unwrap(),
+        ));
+        if point == "snapshot:frozen" {
+            assert_eq!(info["status"], "failed", "{point}: {info}");
+            assert_eq!(info["error"]["code"], 48);
+            assert!(
+                info["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("interrupted"),
+                "{info}"
+            );
+            assert_eq!(active, real(&f.image_dir(&image).join(&base)));
+            assert!(
+                !f.image_dir(&image).join(&top).exists(),
+                "{point}: new volume leaked"
+            );
+            assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
+        } else {
+            assert_eq!(info["status"], "done", "{point}: {info}");
+            assert_eq!(info["result"]["consistency"], "unknown");
+            assert_eq!(active, real(&f.image_dir(&image).join(&top)));
+            assert_eq!(f.info(&image, &base)["voltype"], "INTERNAL");
+        }
+        let (code, out) = guest.exec("echo alive > /mnt/data/alive && sync && cat /mnt/data/alive");
+        assert_eq!((code, out.as_str()), (0, "alive\n"), "{point}");
+    }
+}
+
+#[test]
+fn finished_jobs_stay_visible_across_a_restart() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let top = new_id();
+    assert_success(&f.create(
+        &image,
+        &top,
+        json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
+    ));
+    let job = new_id();
+    let params = json!({
+        "vmID": guest.uuid, "jobUUID": job,
+        "snapDrives": [{"domainID": f.domain, "imageID": image, "baseVolumeID": base, "volumeID": top}],
+    });
+    assert_eq!(f.daemon.ok("VM.snapshot", params.clone()), json!(true));
+    assert!(wait_until(Duration::from_secs(60), || {
+        f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job]["status"] == "done"
+    }));
+    let Fixture { daemon, .. } = f;
+    let daemon = daemon.restart();
+    let info = &daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
+    assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["consistency"], "quiesced");
+    // The same job id is still known: a retry with it is refused rather than run twice.
+    let (code, _) = daemon.err("VM.snapshot", params);
+    assert_eq!(code, 100);
+}
