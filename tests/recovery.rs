@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::domain::{Fixture, assert_success, new_id};
-use common::{Daemon, GuestOptions, libvirt, wait_until};
+use common::{GuestOptions, libvirt, wait_until};
 use serde_json::{Value, json};
 
 fn freeze_status(guest: &common::Guest) -> String {
@@ -38,13 +38,7 @@ fn kill_9_while_frozen_and_right_after_the_switch() {
             json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
         ));
 
-        let marker = f.daemon.dir.path().join("paused");
-        let marker_text = marker.to_str().unwrap().to_owned();
-        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-        f.daemon = daemon.restart_with(&[
-            ("RVDSM_TEST_PAUSE_AT", point),
-            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
-        ]);
+        let marker = f.daemon.restart_paused_at(point);
         let job = new_id();
         let params = json!({
             "vmID": guest.uuid, "jobUUID": job,
@@ -61,8 +55,7 @@ fn kill_9_while_frozen_and_right_after_the_switch() {
             "{point}: the guest should be frozen now"
         );
 
-        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-        f.daemon = daemon.restart();
+        f.daemon.restart_in_place(&[]);
 
         assert_eq!(
             freeze_status(&guest),

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::Daemon;
 use common::domain::{Fixture, GIB, assert_success, new_id, qemu_info};
 use common::guest::qemu_img;
 use serde_json::{Value, json};
@@ -397,13 +396,7 @@ fn kill_9_at_each_step_of_a_create_leaves_the_domain_consistent() {
         assert_success(&f.create(&image, &base, json!({})));
         let before = f.files();
 
-        let marker = f.daemon.dir.path().join("paused");
-        let marker_text = marker.to_str().unwrap().to_owned();
-        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-        f.daemon = daemon.restart_with(&[
-            ("RVDSM_TEST_PAUSE_AT", point),
-            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
-        ]);
+        let marker = f.daemon.restart_paused_at(point);
         let task = f.daemon.ok(
             "Volume.create",
             f.create_params(&image, &top, json!({"srcVolUUID": base})),
@@ -414,8 +407,7 @@ fn kill_9_at_each_step_of_a_create_leaves_the_domain_consistent() {
             "{point} never reached; log:\n{}",
             f.daemon.log()
         );
-        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-        f.daemon = daemon.restart();
+        f.daemon.restart_in_place(&[]);
 
         let status = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
         assert_eq!(status["taskState"], "finished", "{point}: {status}");
@@ -503,21 +495,14 @@ fn kill_9_during_a_delete_finishes_it_at_restart() {
         let (image, base, top) = (new_id(), new_id(), new_id());
         assert_success(&f.create(&image, &base, json!({})));
         assert_success(&f.create(&image, &top, json!({"srcVolUUID": base})));
-        let marker = f.daemon.dir.path().join("paused");
-        let marker_text = marker.to_str().unwrap().to_owned();
-        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-        f.daemon = daemon.restart_with(&[
-            ("RVDSM_TEST_PAUSE_AT", point),
-            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
-        ]);
+        let marker = f.daemon.restart_paused_at(point);
         let task = f.daemon.ok("Volume.delete", f.volume_ids(&image, &top));
         let task = task.as_str().unwrap().to_owned();
         assert!(
             common::wait_until(std::time::Duration::from_secs(60), || marker.exists()),
             "{point}"
         );
-        let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-        f.daemon = daemon.restart();
+        f.daemon.restart_in_place(&[]);
 
         let status = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
         assert_eq!(
@@ -562,13 +547,7 @@ fn task_stop_rolls_a_create_back() {
     let (image, base, top) = (new_id(), new_id(), new_id());
     assert_success(&f.create(&image, &base, json!({})));
     let before = f.files();
-    let marker = f.daemon.dir.path().join("paused");
-    let marker_text = marker.to_str().unwrap().to_owned();
-    let daemon = std::mem::replace(&mut f.daemon, Daemon::start());
-    f.daemon = daemon.restart_with(&[
-        ("RVDSM_TEST_PAUSE_AT", "create:writing"),
-        ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
-    ]);
+    let marker = f.daemon.restart_paused_at("create:writing");
     let task = f.daemon.ok(
         "Volume.create",
         f.create_params(&image, &top, json!({"srcVolUUID": base})),

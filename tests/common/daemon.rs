@@ -65,11 +65,28 @@ impl Daemon {
 
     /// [`Daemon::restart`] with extra environment variables (test failpoints).
     pub fn restart_with(mut self, env: &[(&str, &str)]) -> Daemon {
+        self.restart_in_place(env);
+        self
+    }
+
+    /// Kills the daemon and starts it again on the same directory, in place.
+    pub fn restart_in_place(&mut self, env: &[(&str, &str)]) {
         self.kill9();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let mut daemon = Daemon::spawn(dir, env);
-        daemon.wait_ready();
-        daemon
+        self.child = Some(start_child(self.dir.path(), env));
+        self.wait_ready();
+    }
+
+    /// Restarts the daemon so that it pauses at the test failpoint `point`; returns the
+    /// marker file it creates once there (then kill it with [`Daemon::restart_in_place`]).
+    pub fn restart_paused_at(&mut self, point: &str) -> PathBuf {
+        let marker = self.dir.path().join("paused");
+        let _ = std::fs::remove_file(&marker);
+        let marker_text = marker.to_str().unwrap().to_owned();
+        self.restart_in_place(&[
+            ("RVDSM_TEST_PAUSE_AT", point),
+            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
+        ]);
+        marker
     }
 
     /// Kills the daemon with SIGKILL, as a crash would.
@@ -92,20 +109,7 @@ impl Daemon {
                     .and_then(|p| p.trim().parse().ok())
             })
             .expect("test configuration has a port");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("rvdsmd.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rvdsmd"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = start_child(dir.path(), env);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -244,6 +248,24 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Starts rvdsmd on the configuration in `dir`, logging to `dir/rvdsmd.log`.
+fn start_child(dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("rvdsmd.log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_rvdsmd"))
+        .arg("--config")
+        .arg(dir.join("rvdsm.toml"))
+        .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 /// The test configuration of a daemon whose files live in `dir`.
