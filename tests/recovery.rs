@@ -124,3 +124,44 @@ fn finished_jobs_stay_visible_across_a_restart() {
     let (code, _) = daemon.err("VM.snapshot", params);
     assert_eq!(code, 100);
 }
+
+#[test]
+fn a_freeze_survives_a_kill_9_and_is_still_thawed_on_time() {
+    let Some(conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let (_, _, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let frozen = f.daemon.ok(
+        "VM.freeze",
+        json!({"vmID": guest.uuid, "autoThawSeconds": 10}),
+    );
+    assert_eq!(frozen, json!(true));
+    assert_eq!(freeze_status(&guest), "frozen");
+
+    f.daemon.restart_in_place(&[]);
+    assert!(
+        f.daemon.log().contains("re-arming auto-thaw"),
+        "{}",
+        f.daemon.log()
+    );
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": guest.uuid}));
+    assert_eq!(stats[0]["frozen"]["by"], "VM.freeze", "{stats}");
+    assert_eq!(
+        freeze_status(&guest),
+        "frozen",
+        "thawed before its deadline"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || freeze_status(&guest)
+            == "thawed"),
+        "the restarted daemon never thawed the guest"
+    );
+    assert!(
+        !f.daemon
+            .dir
+            .path()
+            .join("state/freezes")
+            .read_dir()
+            .unwrap()
+            .any(|_| true)
+    );
+}
