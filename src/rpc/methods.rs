@@ -151,10 +151,10 @@ fn register_storage(module: &mut RpcModule<Services>) {
         |s, p: TaskParams| async move { s.storage.task_info(p) },
     );
     register(module, names::TASK_CLEAR, |s, p: TaskParams| async move {
-        s.storage.task_clear(p).map(|()| true)
+        s.storage.task_clear(p).await.map(|()| true)
     });
     register(module, names::TASK_STOP, |s, p: TaskParams| async move {
-        s.storage.task_stop(p).map(|()| true)
+        s.storage.task_stop(p).await.map(|()| true)
     });
     register(
         module,

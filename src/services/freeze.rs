@@ -116,7 +116,7 @@ impl FreezeService {
             thaw_at: now() + seconds.as_secs(),
             generation: Uuid::new_v4(),
         };
-        if let Err(err) = self.persist(&record) {
+        if let Err(err) = self.persist(record.clone()).await {
             tracing::error!(%vm, error = %err, "cannot record the freeze; auto-thaw will not survive a restart");
         }
         self.lock().insert(vm, record.clone());
@@ -154,7 +154,7 @@ impl FreezeService {
             .await
             .map_err(|e| thaw_error(&e))?;
         tracing::info!(%vm, count, "guest filesystems thawed");
-        self.forget(vm);
+        self.forget(vm).await;
         Ok(())
     }
 
@@ -178,20 +178,26 @@ impl FreezeService {
             tracing::warn!(vm = %record.vm, "auto-thaw deadline reached: thawing the guest");
             match service.thaw(record.vm).await {
                 Ok(()) => {}
-                Err(ApiError::NoSuchVm { .. }) => service.forget(record.vm),
+                Err(ApiError::NoSuchVm { .. }) => service.forget(record.vm).await,
                 Err(err) => tracing::error!(vm = %record.vm, error = %err, "auto-thaw failed"),
             }
         });
     }
 
-    fn forget(&self, vm: Uuid) {
+    async fn forget(&self, vm: Uuid) {
         self.lock().remove(&vm);
-        let _ = remove_if_exists(&self.path(vm));
+        let path = self.path(vm);
+        // Off the reactor: file-system calls can block.
+        let _ = tokio::task::spawn_blocking(move || remove_if_exists(&path)).await;
     }
 
-    fn persist(&self, record: &FreezeRecord) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(record).unwrap_or_default();
-        write_atomic(&self.path(record.vm), &bytes, 0o600)
+    async fn persist(&self, record: FreezeRecord) -> std::io::Result<()> {
+        let path = self.path(record.vm);
+        let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        // Off the reactor: an atomic write fsyncs.
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     fn path(&self, vm: Uuid) -> PathBuf {

@@ -354,7 +354,10 @@ impl StorageService {
             request: request.clone(),
             progress: CreateProgress::default(),
         };
-        let stop = self.inner.tasks.start(task, names::VOLUME_CREATE, work)?;
+        let stop = on_tasks(&self.inner.tasks, move |t| {
+            t.start(task, names::VOLUME_CREATE, work)
+        })
+        .await?;
         tracing::info!(%task, volume = %request.volume, image = %request.image, "Volume.create task started");
         let service = self.clone();
         tokio::spawn(async move { service.run_create(task, domain, request, stop).await });
@@ -392,7 +395,7 @@ impl StorageService {
                 Err((code, message, undo.is_ok()))
             }
         };
-        if let Err(err) = self.inner.tasks.end(task, outcome) {
+        if let Err(err) = on_tasks(&self.inner.tasks, move |t| t.end(task, outcome)).await {
             tracing::error!(%task, error = %err, "cannot record the task's end");
         }
     }
@@ -467,6 +470,7 @@ impl StorageService {
             volume::mark_illegal(&domain, image, volume)?;
             volume::remove_files(&domain, image, volume)
         })
+        .await
     }
 
     /// `Image.delete`: checks, then starts the task and returns its id.
@@ -487,18 +491,20 @@ impl StorageService {
         self.start_delete(names::IMAGE_DELETE, work, move || {
             remove_image(&domain, image)
         })
+        .await
     }
 
     /// Starts a delete task: persisted with `work(false)`, then, once `work(true)` is
     /// persisted (from here a restart finishes it), `remove` runs.
-    fn start_delete(
+    async fn start_delete(
         &self,
         verb: &'static str,
         work: impl Fn(bool) -> TaskWork + Send + 'static,
         remove: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
     ) -> Result<Uuid, ApiError> {
         let task = Uuid::new_v4();
-        self.inner.tasks.start(task, verb, work(false))?;
+        let first = work(false);
+        on_tasks(&self.inner.tasks, move |t| t.start(task, verb, first)).await?;
         tracing::info!(%task, verb, "delete task started");
         let service = self.clone();
         tokio::spawn(async move {
@@ -513,14 +519,14 @@ impl StorageService {
                 remove()
             })
             .await;
-            service.end_delete(task, result, &started);
+            service.end_delete(task, result, &started).await;
         });
         Ok(task)
     }
 
     /// Records the end of a delete: a failure before anything changed is clean, one after the
     /// volume went ILLEGAL is not (the volume stays ILLEGAL, visibly).
-    fn end_delete(
+    async fn end_delete(
         &self,
         task: Uuid,
         result: Result<(), ApiError>,
@@ -534,7 +540,7 @@ impl StorageService {
                 Err((err.code(), err.to_string(), clean))
             }
         };
-        if let Err(err) = self.inner.tasks.end(task, outcome) {
+        if let Err(err) = on_tasks(&self.inner.tasks, move |t| t.end(task, outcome)).await {
             tracing::error!(%task, error = %err, "cannot record the task's end");
         }
     }
@@ -695,13 +701,13 @@ impl StorageService {
     }
 
     /// `Task.clear`.
-    pub fn task_clear(&self, p: TaskParams) -> Result<(), ApiError> {
-        Ok(self.inner.tasks.clear(p.task)?)
+    pub async fn task_clear(&self, p: TaskParams) -> Result<(), ApiError> {
+        on_tasks(&self.inner.tasks, move |t| t.clear(p.task)).await
     }
 
     /// `Task.stop`.
-    pub fn task_stop(&self, p: TaskParams) -> Result<(), ApiError> {
-        Ok(self.inner.tasks.stop(p.task)?)
+    pub async fn task_stop(&self, p: TaskParams) -> Result<(), ApiError> {
+        on_tasks(&self.inner.tasks, move |t| t.stop(p.task)).await
     }
 
     /// `Host.getAllTasksStatuses`.
@@ -791,6 +797,20 @@ fn create_request(p: &CreateVolumeParams) -> Result<CreateRequest, StorageError>
         legal: p.legal.unwrap_or(true),
         sequence: p.sequence.unwrap_or(0),
     })
+}
+
+/// Runs a task-manager call off the reactor: it writes and fsyncs the task's file.
+async fn on_tasks<T: Send + 'static>(
+    tasks: &TaskManager,
+    f: impl FnOnce(&TaskManager) -> Result<T, crate::jobs::tasks::TaskError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let tasks = tasks.clone();
+    match tokio::task::spawn_blocking(move || f(&tasks)).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Unexpected(format!(
+            "task bookkeeping panicked: {e}"
+        ))),
+    }
 }
 
 /// Runs blocking storage work off the reactor.
