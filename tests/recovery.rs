@@ -165,3 +165,21 @@ fn a_freeze_survives_a_kill_9_and_is_still_thawed_on_time() {
             .any(|_| true)
     );
 }
+
+#[test]
+fn while_recovering_only_ping_is_served() {
+    let mut f = Fixture::new();
+    let marker = f.daemon.restart_paused_at("recovery");
+    assert!(wait_until(Duration::from_secs(30), || marker.exists()));
+    assert_eq!(f.daemon.ok("Host.ping2", Value::Null), json!(true));
+    for verb in ["Host.getVMList", "Host.getStorageDomains", "Host.getJobs"] {
+        let (code, message) = f.daemon.err(verb, Value::Null);
+        assert_eq!(code, 99, "{verb}: {message}");
+        assert_eq!(message, "Recovering from crash or Initializing");
+    }
+    f.daemon.restart_in_place(&[]);
+    assert_eq!(
+        f.daemon.ok("Host.getStorageDomains", Value::Null),
+        json!([f.domain])
+    );
+}

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use rvdsm::config::Config;
 use rvdsm::jobs::vm_jobs::JobRegistry;
+use rvdsm::rpc::readiness::Readiness;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
 use rvdsm::services::{
     FreezeService, HostService, Services, SnapshotService, StorageService, StorageSettings,
@@ -76,12 +77,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         agent_timeout,
     )
     .context("cannot open the snapshot journal")?;
-    // Interrupted snapshots are ended before anything is served, so no request ever sees a
-    // half-recovered VM.
-    snapshot.recover(interrupted).await;
     let services = Services {
         host: HostService::new(hypervisor, storage.pool(), freeze.clone()),
-        snapshot,
+        snapshot: snapshot.clone(),
         freeze,
         storage,
     };
@@ -98,9 +96,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
-    let server = RunningServer::start(&options, rvdsm::rpc::methods::registry(services).into())
+    // The listeners come up first, answering 99 (VDSM's "Recovering from crash or
+    // Initializing") to all but Host.ping2 while interrupted snapshots are ended, so no request
+    // ever sees a half-recovered VM and a manager can tell "recovering" from "down".
+    let readiness = Readiness::new();
+    let methods = rvdsm::rpc::methods::registry(services).into();
+    let server = RunningServer::start(&options, methods, readiness.clone())
         .await
         .context("cannot start the listeners")?;
+    snapshot.recover(interrupted).await;
+    readiness.set_ready();
     notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(version = rvdsm::VERSION, "rvdsmd ready");
 

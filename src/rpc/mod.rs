@@ -6,6 +6,7 @@
 //! - [`params`]: JSON parameters (by name or by position) into the typed structs of `api`.
 //! - [`logging`]: one tracing span and one log line per request.
 //! - [`http_limits`]: HTTP-level refusals (a POST must declare its length).
+//! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
 //! - [`server`]: the listeners, connection limits and graceful shutdown.
 //! - [`client`]: the client used by the CLI and the tests.
 
@@ -14,4 +15,5 @@ pub mod http_limits;
 pub mod logging;
 pub mod methods;
 pub mod params;
+pub mod readiness;
 pub mod server;

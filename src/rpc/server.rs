@@ -23,6 +23,7 @@ use tower::layer::util::{Identity, Stack};
 
 use super::http_limits::RequireLengthLayer;
 use super::logging::RequestLogLayer;
+use super::readiness::{Readiness, RecoveryGateLayer};
 
 /// What to listen on, and the limits.
 #[derive(Debug, Clone)]
@@ -65,13 +66,18 @@ pub struct RunningServer {
 }
 
 type ServiceBuilder = jsonrpsee::server::TowerServiceBuilder<
-    Stack<RequestLogLayer, Identity>,
+    Stack<RecoveryGateLayer, Stack<RequestLogLayer, Identity>>,
     Stack<RequireLengthLayer, Identity>,
 >;
 
 impl RunningServer {
-    /// Binds the listeners and starts serving `methods`.
-    pub async fn start(options: &ServerOptions, methods: Methods) -> Result<Self, ServerError> {
+    /// Binds the listeners and starts serving `methods`; until `readiness` is set, only
+    /// `Host.ping2` is answered (the others get 99).
+    pub async fn start(
+        options: &ServerOptions,
+        methods: Methods,
+        readiness: Readiness,
+    ) -> Result<Self, ServerError> {
         let (stop, handle) = stop_channel();
         let config = ServerConfig::builder()
             .max_request_body_size(options.max_request_bytes)
@@ -80,7 +86,11 @@ impl RunningServer {
             .build();
         let builder = Server::builder()
             .set_config(config)
-            .set_rpc_middleware(RpcServiceBuilder::new().layer(RequestLogLayer))
+            .set_rpc_middleware(
+                RpcServiceBuilder::new()
+                    .layer(RequestLogLayer)
+                    .layer(RecoveryGateLayer(readiness)),
+            )
             .set_http_middleware(tower::ServiceBuilder::new().layer(RequireLengthLayer))
             .to_service_builder();
         let connections = TaskTracker::new();

@@ -69,7 +69,8 @@ impl Daemon {
         self
     }
 
-    /// Kills the daemon and starts it again on the same directory, in place.
+    /// Kills the daemon and starts it again on the same directory, in place; returns once it
+    /// has recovered and serves every verb.
     pub fn restart_in_place(&mut self, env: &[(&str, &str)]) {
         self.kill9();
         self.child = Some(start_child(self.dir.path(), env));
@@ -82,10 +83,14 @@ impl Daemon {
         let marker = self.dir.path().join("paused");
         let _ = std::fs::remove_file(&marker);
         let marker_text = marker.to_str().unwrap().to_owned();
-        self.restart_in_place(&[
+        self.kill9();
+        let env = [
             ("RVDSM_TEST_PAUSE_AT", point),
-            ("RVDSM_TEST_PAUSE_MARKER", &marker_text),
-        ]);
+            ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
+        ];
+        self.child = Some(start_child(self.dir.path(), &env));
+        // Only "answering": a daemon paused in its recovery serves Host.ping2 alone.
+        self.wait_answering();
         marker
     }
 
@@ -123,12 +128,21 @@ impl Daemon {
         }
     }
 
-    /// Waits (bounded) until the daemon answers `Host.ping2`.
+    /// Waits (bounded) until the daemon answers `Host.ping2` (it may still be recovering).
+    pub fn wait_answering(&mut self) {
+        self.wait_for("Host.ping2");
+    }
+
+    /// Waits (bounded) until the daemon has recovered and serves every verb.
     pub fn wait_ready(&mut self) {
-        let ready = wait_until(Duration::from_secs(15), || {
-            self.has_exited().is_none() && self.call(Via::Unix, "Host.ping2", Value::Null).is_ok()
+        self.wait_for("Host.getStorageDomains");
+    }
+
+    fn wait_for(&mut self, verb: &str) {
+        let ready = wait_until(Duration::from_secs(30), || {
+            self.has_exited().is_none() && self.call(Via::Unix, verb, Value::Null).is_ok()
         });
-        assert!(ready, "rvdsmd did not become ready; log:\n{}", self.log());
+        assert!(ready, "rvdsmd did not serve {verb}; log:\n{}", self.log());
     }
 
     /// The storage repository of this daemon.

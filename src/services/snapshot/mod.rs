@@ -78,8 +78,13 @@ impl SnapshotService {
     /// Ends the jobs a previous run of rvdsmd left: a finished one is shown again; an
     /// interrupted one has its guest thawed if it may have frozen it, and keeps its new
     /// volumes if the live domain uses them (the job is done, its consistency unknown) or
-    /// loses them if not (the job failed and was rolled back). Run before serving.
+    /// loses them if not (the job failed and was rolled back). The daemon answers 99 to all
+    /// but `Host.ping2` until this returns.
     pub async fn recover(&self, entries: Vec<Entry>) {
+        if crate::failpoint::reached("recovery") {
+            // Test seam: stay in recovery (the gate answers 99) until killed.
+            std::future::pending::<()>().await;
+        }
         for entry in entries {
             let outcome = match entry.phase.clone() {
                 Phase::Finished { outcome, .. } => outcome,
