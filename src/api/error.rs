@@ -4,6 +4,7 @@
 //! message follows VDSM's `"<text>: {<details>}"` form where VDSM has one.
 
 use crate::jobs::tasks::TaskError;
+use crate::jobs::vm_jobs::JobRefusal;
 use crate::storage::StorageError;
 use crate::virt::VirtError;
 
@@ -60,6 +61,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// VDSM's 91 "Invalid parameter", with what is wrong.
+    pub fn invalid_parameter(message: impl std::fmt::Display) -> Self {
+        Self::Coded {
+            code: code::INVALID_PARAMETER,
+            message: format!("Invalid parameter: {message}"),
+        }
+    }
+
     /// VDSM's numeric code for this error.
     pub fn code(&self) -> i32 {
         match self {
@@ -87,6 +96,15 @@ impl From<TaskError> for ApiError {
     fn from(err: TaskError) -> Self {
         Self::Coded {
             code: err.code(),
+            message: err.to_string(),
+        }
+    }
+}
+
+impl From<JobRefusal> for ApiError {
+    fn from(err: JobRefusal) -> Self {
+        Self::Coded {
+            code: code::GENERAL,
             message: err.to_string(),
         }
     }

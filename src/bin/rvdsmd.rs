@@ -62,21 +62,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let storage = open_storage(&config, hypervisor.clone()).await?;
     let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
     let jobs = JobRegistry::new(config.daemon.max_parallel_snapshots as usize);
-    let freeze = FreezeService::start(
-        hypervisor.clone(),
-        jobs.clone(),
-        config.daemon.state_dir.join("freezes"),
-        agent_timeout,
-        Duration::from_secs(config.daemon.auto_thaw_secs),
-    );
-    let (snapshot, interrupted) = SnapshotService::open(
-        hypervisor.clone(),
-        storage.clone(),
-        jobs,
-        &config.daemon.state_dir.join("snapshots"),
-        agent_timeout,
-    )
-    .context("cannot open the snapshot journal")?;
+    // Reading the freeze records and the snapshot journal is file I/O: off the reactor, as
+    // every start-up step that touches the state directory.
+    let state_dir = config.daemon.state_dir.clone();
+    let auto_thaw = Duration::from_secs(config.daemon.auto_thaw_secs);
+    let (freeze, opened) = {
+        let (hypervisor, storage) = (hypervisor.clone(), storage.clone());
+        tokio::task::spawn_blocking(move || {
+            let freeze = FreezeService::start(
+                hypervisor.clone(),
+                jobs.clone(),
+                state_dir.join("freezes"),
+                agent_timeout,
+                auto_thaw,
+            );
+            let opened = SnapshotService::open(
+                hypervisor,
+                storage,
+                jobs,
+                &state_dir.join("snapshots"),
+                agent_timeout,
+            );
+            (freeze, opened)
+        })
+        .await
+        .context("start-up panicked")?
+    };
+    let (snapshot, interrupted) = opened.context("cannot open the snapshot journal")?;
     let services = Services {
         host: HostService::new(hypervisor, storage.pool(), freeze.clone()),
         snapshot: snapshot.clone(),
@@ -123,9 +135,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Attaches the storage domains and recovers interrupted tasks, before anything is served.
 async fn open_storage(config: &Config, hypervisor: Hypervisor) -> anyhow::Result<StorageService> {
-    let pool = config
-        .pool_uuid()
-        .context("cannot establish the storage pool UUID")?;
+    let pool = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || config.pool_uuid())
+            .await
+            .context("start-up panicked")?
+            .context("cannot establish the storage pool UUID")?
+    };
     let repository = config.storage.repository.clone();
     let tasks_dir = config.daemon.state_dir.join("tasks");
     let qemu_img_timeout = Duration::from_secs(config.storage.qemu_img_timeout_secs);

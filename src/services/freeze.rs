@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::api::ApiError;
 use crate::api::error::code;
 use crate::api::vm_types::FreezeParams;
+use crate::jobs::journal::now;
 use crate::jobs::vm_jobs::JobRegistry;
 use crate::storage::fsutil::{remove_if_exists, write_atomic};
 use crate::virt::{FreezeState, Hypervisor, VirtError};
@@ -82,10 +83,7 @@ impl FreezeService {
     pub async fn freeze(&self, p: FreezeParams) -> Result<(), ApiError> {
         let vm = p.vm_id;
         self.hypervisor.domain_disks(vm).await?;
-        let _claim = self.jobs.claim_vm(vm).map_err(|e| ApiError::Coded {
-            code: code::GENERAL,
-            message: e.to_string(),
-        })?;
+        let _claim = self.jobs.claim_vm(vm)?;
         self.hypervisor
             .set_agent_timeout(vm, self.agent_timeout)
             .await
@@ -235,10 +233,4 @@ fn agent_error(err: &VirtError, other: i32, text: &str) -> ApiError {
         _ => format!("{text}: {err}"),
     };
     ApiError::Coded { code, message }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -152,6 +152,11 @@ impl StorageService {
 
     fn image_domain(&self, pool: Uuid, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
         self.check_pool(pool)?;
+        self.domain_with_image(domain, image)
+    }
+
+    /// The domain, which must hold `image` (268 otherwise).
+    fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
         let domain = self.domain(domain)?;
         if !domain.has_image(image) {
             return Err(StorageError::ImageDoesNotExist {
@@ -622,14 +627,7 @@ impl StorageService {
         base: Uuid,
         volume: Uuid,
     ) -> Result<(std::path::PathBuf, std::path::PathBuf), ApiError> {
-        let domain = self.domain(domain)?;
-        if !domain.has_image(image) {
-            return Err(StorageError::ImageDoesNotExist {
-                image,
-                domain: domain.uuid,
-            }
-            .into());
-        }
+        let domain = self.domain_with_image(domain, image)?;
         blocking(move || {
             volume::read_meta(&domain, image, base)?;
             let meta = volume::read_meta(&domain, image, volume)?;

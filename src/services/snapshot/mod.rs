@@ -7,7 +7,7 @@ pub mod flow;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uuid::Uuid;
@@ -171,40 +171,58 @@ impl SnapshotService {
 
     /// Journals a phase of a job; a failure is logged (the job goes on, less protected).
     async fn record(&self, entry: &Entry, phase: Phase) {
-        let journal = self.journal.clone();
         let entry = Entry {
             phase,
             ..entry.clone()
         };
-        let written = tokio::task::spawn_blocking(move || journal.write(&entry)).await;
-        if !matches!(written, Ok(Ok(()))) {
-            tracing::error!(?written, "cannot write the snapshot journal");
+        if let Err(err) = self.write_journal(entry).await {
+            tracing::error!(error = %err, "cannot write the snapshot journal");
         }
+    }
+
+    /// Writes a journal entry durably, off the reactor (it fsyncs).
+    async fn write_journal(&self, entry: Entry) -> Result<(), String> {
+        let journal = self.journal.clone();
+        match tokio::task::spawn_blocking(move || journal.write(&entry)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// Ends a job: journaled as finished, then shown as such by `Host.getJobs`.
+    async fn finish_job(&self, entry: &Entry, outcome: Result<serde_json::Value, (i32, String)>) {
+        let at = journal::now();
+        self.record(
+            entry,
+            Phase::Finished {
+                at,
+                outcome: outcome.clone(),
+            },
+        )
+        .await;
+        let outcome = outcome.map_err(|(code, message)| JobError { code, message });
+        self.jobs.finish(entry.job, outcome);
     }
 
     /// `VM.snapshot`: validates, registers the job, returns once it is scheduled.
     pub async fn snapshot(&self, p: SnapshotParams) -> Result<(), ApiError> {
-        let invalid = |message: String| ApiError::Coded {
-            code: code::INVALID_PARAMETER,
-            message: format!("Invalid parameter: {message}"),
-        };
         for (name, value) in [("timeout", p.timeout), ("freeze_timeout", p.freeze_timeout)] {
             if value.is_some_and(|v| v <= 0) {
-                return Err(invalid(format!("{name} must be positive")));
+                return Err(ApiError::invalid_parameter(format!(
+                    "{name} must be positive"
+                )));
             }
         }
         if p.snap_memory.as_deref().is_some_and(|m| !m.is_empty()) {
-            return Err(invalid(
-                "memory snapshots (snapMemory) are not supported".into(),
+            return Err(ApiError::invalid_parameter(
+                "memory snapshots (snapMemory) are not supported",
             ));
         }
         if p.drives.is_empty() {
-            return Err(invalid("snapDrives is empty".into()));
+            return Err(ApiError::invalid_parameter("snapDrives is empty"));
         }
-        let claim = self.jobs.claim_vm(p.vm_id).map_err(|e| ApiError::Coded {
-            code: code::GENERAL,
-            message: e.to_string(),
-        })?;
+        let claim = self.jobs.claim_vm(p.vm_id)?;
         let (to_switch, skipped, all_targets) = self.check_drives(&p).await?;
         let targets = to_switch.iter().map(|d| d.target.clone()).collect();
         match self.hypervisor.conflict(p.vm_id, targets).await? {
@@ -216,18 +234,13 @@ impl SnapshotService {
                 });
             }
             Some(Conflict::BlockJob(target)) => {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid_parameter(format!(
                     "disk {target} has a block job (copy, commit or mirror) running"
                 )));
             }
         }
         let job = p.job.unwrap_or_else(Uuid::new_v4);
-        self.jobs
-            .add(job, p.vm_id, "snapshot_vm")
-            .map_err(|e| ApiError::Coded {
-                code: code::GENERAL,
-                message: e.to_string(),
-            })?;
+        self.jobs.add(job, p.vm_id, "snapshot_vm")?;
         let entry = Entry {
             job,
             vm: p.vm_id,
@@ -244,10 +257,7 @@ impl SnapshotService {
                 .collect(),
             phase: Phase::Scheduled,
         };
-        let journal = self.journal.clone();
-        let first = entry.clone();
-        let written = tokio::task::spawn_blocking(move || journal.write(&first)).await;
-        if !matches!(written, Ok(Ok(()))) {
+        if let Err(err) = self.write_journal(entry.clone()).await {
             self.jobs.finish(
                 job,
                 Err(JobError {
@@ -257,9 +267,7 @@ impl SnapshotService {
             );
             return Err(ApiError::Coded {
                 code: code::GENERAL,
-                message: format!(
-                    "General Exception: cannot journal snapshot job {job}: {written:?}"
-                ),
+                message: format!("General Exception: cannot journal snapshot job {job}: {err}"),
             });
         }
         let plan = Plan {
@@ -300,10 +308,6 @@ impl SnapshotService {
         p: &SnapshotParams,
     ) -> Result<(Vec<Drive>, Vec<Uuid>, Vec<String>), ApiError> {
         let (_, disks) = self.hypervisor.domain_disks(p.vm_id).await?;
-        let invalid = |message: String| ApiError::Coded {
-            code: code::INVALID_PARAMETER,
-            message: format!("Invalid parameter: {message}"),
-        };
         let disk_paths: Vec<PathBuf> = disks
             .iter()
             .map(|d| PathBuf::from(d.path.clone().unwrap_or_default()))
@@ -313,13 +317,15 @@ impl SnapshotService {
         let mut skipped = Vec::new();
         for drive in &p.drives {
             if drive.guid.is_some() {
-                return Err(invalid("direct LUN disks cannot be snapshotted".into()));
+                return Err(ApiError::invalid_parameter(
+                    "direct LUN disks cannot be snapshotted",
+                ));
             }
             let (Some(domain), Some(image), Some(base), Some(volume)) =
                 (drive.domain, drive.image, drive.base, drive.volume)
             else {
-                return Err(invalid(
-                    "each drive needs domainID, imageID, baseVolumeID and volumeID".into(),
+                return Err(ApiError::invalid_parameter(
+                    "each drive needs domainID, imageID, baseVolumeID and volumeID",
                 ));
             };
             let (base_path, new_path) = self
@@ -341,13 +347,13 @@ impl SnapshotService {
                 continue;
             }
             let Some(disk) = uses(&base_real) else {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid_parameter(format!(
                     "base volume {base} is not used by VM {}",
                     p.vm_id
                 )));
             };
             if disk.shareable || disk.device == "lun" || disk.disk_type != "file" {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid_parameter(format!(
                     "disk {} is {}: only unshared file volumes can be snapshotted",
                     disk.target,
                     if disk.shareable {
@@ -390,15 +396,7 @@ impl SnapshotService {
         let _claim = claim;
         if drives.is_empty() {
             let result = json!({"switched": [], "skipped": skipped});
-            self.record(
-                &entry,
-                Phase::Finished {
-                    at: journal::now(),
-                    outcome: Ok(result.clone()),
-                },
-            )
-            .await;
-            self.jobs.finish(job, Ok(result));
+            self.finish_job(&entry, Ok(result)).await;
             return;
         }
         self.jobs.progress(job, 10);
@@ -412,7 +410,7 @@ impl SnapshotService {
                 let note = json!({
                     "consistency": outcome.consistency,
                     "reason": outcome.reason,
-                    "time": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    "time": journal::now(),
                     "vmId": plan.vm,
                 });
                 for drive in &drives {
@@ -445,15 +443,7 @@ impl SnapshotService {
                     "skipped": skipped,
                     "unconfirmedDisks": unconfirmed,
                 });
-                self.record(
-                    &entry,
-                    Phase::Finished {
-                        at: journal::now(),
-                        outcome: Ok(result.clone()),
-                    },
-                )
-                .await;
-                self.jobs.finish(job, Ok(result));
+                self.finish_job(&entry, Ok(result)).await;
             }
             Err(failure) => {
                 let message = match failure.libvirt_code {
@@ -500,22 +490,8 @@ impl SnapshotService {
             job,
             json!({"kept": kept, "deleted": deleted, "cleanupErrors": errors}),
         );
-        let outcome = Err((SNAPSHOT_FAILED, message.clone()));
-        self.record(
-            entry,
-            Phase::Finished {
-                at: journal::now(),
-                outcome,
-            },
-        )
-        .await;
-        self.jobs.finish(
-            job,
-            Err(JobError {
-                code: SNAPSHOT_FAILED,
-                message,
-            }),
-        );
+        self.finish_job(entry, Err((SNAPSHOT_FAILED, message)))
+            .await;
     }
 
     /// The VM's disk targets and the canonical path each uses now; `None` if unreadable.
