@@ -2,7 +2,7 @@
 //! field has a default that serves a single host out of the box. Unknown fields are refused,
 //! naming the field, so that a typo never silently falls back to a default.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -54,11 +54,12 @@ pub struct Config {
     pub daemon: DaemonConfig,
 }
 
-/// The management listeners: JSON-RPC over HTTP and WebSocket on TCP and on a Unix socket.
+/// The management listeners: JSON-RPC over STOMP, HTTP and WebSocket on one TCP port (mutual
+/// TLS) and on a Unix socket.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    /// Address of the TCP listener. Loopback until the management port has mutual TLS.
+    /// Address of the TCP listener; `::` (all, IPv6 and IPv4) as VDSM's `management_ip`.
     pub address: IpAddr,
     /// Port of the TCP listener (VDSM's 54321); 0 picks a free port (tests).
     pub port: u16,
@@ -72,21 +73,59 @@ pub struct ServerConfig {
     pub max_response_bytes: u32,
     /// Most connections served at once on each listener.
     pub max_connections: u32,
+    /// Requests of one STOMP connection running at once; past it the connection is not read
+    /// until one ends.
+    pub max_pending_requests: u32,
     /// How long in-flight requests may run after SIGTERM before the daemon exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// TLS on the TCP listener.
+    pub tls: TlsConfig,
+}
+
+/// Mutual TLS on the management port (VDSM's `[vars] ssl` and `/etc/pki/vdsm`). The files
+/// are read again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `false` serves plain TCP (VDSM's `ssl = false`), for isolated labs and tests only; the
+    /// daemon warns at start.
+    pub enabled: bool,
+    /// The host certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA that client certificates must chain to (PEM).
+    pub ca: PathBuf,
+}
+
+/// Where `rvdsm pki init` and the defaults put the host's certificates.
+pub const DEFAULT_PKI_DIR: &str = "/etc/pki/rvdsm";
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        let dir = Path::new(DEFAULT_PKI_DIR);
+        Self {
+            enabled: true,
+            cert: dir.join("certs/vdsmcert.pem"),
+            key: dir.join("keys/vdsmkey.pem"),
+            ca: dir.join("certs/cacert.pem"),
+        }
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            address: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             port: DEFAULT_PORT,
             tcp_enabled: true,
             unix_socket: PathBuf::from(DEFAULT_UNIX_SOCKET),
             max_request_bytes: 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             max_connections: 256,
+            max_pending_requests: 64,
             shutdown_timeout_secs: 30,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -202,8 +241,10 @@ impl Config {
         if self.server.max_request_bytes < 1024 {
             return invalid("server.max_request_bytes must be at least 1024");
         }
-        if self.server.max_connections == 0 {
-            return invalid("server.max_connections must be at least 1");
+        if self.server.max_connections == 0 || self.server.max_pending_requests == 0 {
+            return invalid(
+                "server.max_connections and server.max_pending_requests must be at least 1",
+            );
         }
         if self.libvirt.call_timeout_secs == 0 || self.libvirt.agent_timeout_secs == 0 {
             return invalid("libvirt timeouts must be at least 1 second");

@@ -8,18 +8,23 @@
 //! - [`config`]: the TOML configuration file and its defaults.
 //! - [`api`]: the typed schema shared by the server and the CLI: verbs, parameters, results and
 //!   VDSM's error codes.
-//! - [`rpc`]: transports only (JSON-RPC 2.0 over HTTP and WebSocket, on TCP and a Unix socket),
-//!   translating requests into typed service calls and errors into JSON-RPC errors.
+//! - [`rpc`]: transports only (JSON-RPC 2.0 over STOMP, HTTP and WebSocket, on one mutual-TLS
+//!   TCP port and a Unix socket), translating requests into typed service calls and errors into
+//!   JSON-RPC errors.
+//! - [`events`]: job and VM status events, for the transports to deliver.
 //! - [`services`]: what each verb does, in terms of the hypervisor; never sees JSON-RPC.
 //! - [`virt`]: the only module that talks to libvirt: the shared reconnecting connection, VM
 //!   lookup and state, domain XML, and the guest agent.
 //! - [`cli`]: argument handling for the `rvdsm` command-line client.
+//! - [`pki`]: a lab certificate authority (`rvdsm pki init`).
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod failpoint;
 pub mod jobs;
+pub mod pki;
 pub mod rpc;
 pub mod services;
 pub mod storage;

@@ -1,5 +1,6 @@
 //! `rvdsm`: the command-line client of rvdsmd, in the style of vdsm-client:
-//! `rvdsm [connection options] Namespace method [name=value ...]`.
+//! `rvdsm [connection options] Namespace method [name=value ...]`, `rvdsm --events` to follow
+//! the daemon's events, and `rvdsm pki init DIR` to make a lab CA and certificates.
 //!
 //! Exit status: 0 success; 1 the daemon answered with an error (code and message on stderr);
 //! 2 bad usage; 3 the daemon could not be reached or the connection failed.
@@ -11,8 +12,9 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use rvdsm::api::schema;
 use rvdsm::cli::{self, UsageError};
-use rvdsm::config::{DEFAULT_PORT, DEFAULT_UNIX_SOCKET};
+use rvdsm::config::{DEFAULT_PORT, DEFAULT_UNIX_SOCKET, TlsConfig};
 use rvdsm::rpc::client::{Client, ClientError, Endpoint};
+use rvdsm::rpc::tls::TlsFiles;
 use serde_json::{Map, Value};
 
 const EXIT_SERVER_ERROR: u8 = 1;
@@ -32,6 +34,25 @@ struct Args {
     /// TCP port (with --host).
     #[arg(short, long, default_value_t = DEFAULT_PORT)]
     port: u16,
+    /// With --host: plain TCP, no TLS (a daemon with `server.tls.enabled = false`).
+    #[arg(long)]
+    insecure: bool,
+    /// With --host: the client certificate presented to the daemon [default: the host's, as
+    /// vdsm-client does].
+    #[arg(long, value_name = "PEM")]
+    cert: Option<PathBuf>,
+    /// With --host: the client certificate's private key.
+    #[arg(long, value_name = "PEM")]
+    key: Option<PathBuf>,
+    /// With --host: the CA the daemon's certificate must chain to.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// Follow the daemon's events (job ends, VM status changes), one JSON line each.
+    #[arg(long)]
+    events: bool,
+    /// With --events: exit after this many events.
+    #[arg(long, value_name = "N")]
+    max_events: Option<u64>,
     /// Seconds to wait for the connection and for the answer.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -61,6 +82,12 @@ fn main() -> ExitCode {
     if args.list {
         print!("{}", cli::list_verbs());
         return ExitCode::SUCCESS;
+    }
+    if args.events {
+        return run(follow_events(&args));
+    }
+    if args.namespace.as_deref() == Some("pki") {
+        return pki(&args);
     }
     let (Some(namespace), Some(method)) = (&args.namespace, &args.method) else {
         let _ = Args::command().print_help();
@@ -139,16 +166,92 @@ fn collect_params(args: &Args) -> Result<Map<String, Value>, UsageError> {
     }
 }
 
-async fn call(args: &Args, name: &str, params: Map<String, Value>) -> Result<Value, ClientError> {
-    let endpoint = match &args.host {
-        Some(host) => Endpoint::Tcp {
-            host: host.clone(),
-            port: args.port,
-        },
-        None => Endpoint::Unix(args.socket.clone()),
+fn endpoint(args: &Args) -> Endpoint {
+    let Some(host) = &args.host else {
+        return Endpoint::Unix(args.socket.clone());
     };
-    let client = Client::connect(&endpoint, Duration::from_secs(args.timeout)).await?;
+    let defaults = TlsConfig::default();
+    let tls = (!args.insecure).then(|| TlsFiles {
+        cert: args.cert.clone().unwrap_or(defaults.cert),
+        key: args.key.clone().unwrap_or(defaults.key),
+        ca: args.ca.clone().unwrap_or(defaults.ca),
+    });
+    Endpoint::Tcp {
+        host: host.clone(),
+        port: args.port,
+        tls,
+    }
+}
+
+async fn call(args: &Args, name: &str, params: Map<String, Value>) -> Result<Value, ClientError> {
+    let client = Client::connect(&endpoint(args), Duration::from_secs(args.timeout)).await?;
     client.call(name, Value::Object(params)).await
+}
+
+/// Runs `work` on a small runtime.
+fn run(work: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(err) => {
+            eprintln!("rvdsm: cannot start: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--events`: prints each event as one JSON line until the daemon goes away.
+async fn follow_events(args: &Args) -> ExitCode {
+    let subscribed = async {
+        let client = Client::connect(&endpoint(args), Duration::from_secs(args.timeout)).await?;
+        let events = client.events().await?;
+        Ok::<_, ClientError>((client, events))
+    };
+    let (_client, mut events) = match subscribed.await {
+        Ok(subscribed) => subscribed,
+        Err(err) => {
+            eprintln!("rvdsm: {err}");
+            return ExitCode::from(EXIT_CONNECTION);
+        }
+    };
+    let mut seen = 0;
+    while args.max_events.is_none_or(|max| seen < max) {
+        match events.next().await {
+            Some(Ok(event)) => {
+                println!("{event}");
+                seen += 1;
+            }
+            Some(Err(err)) => eprintln!("rvdsm: unreadable event: {err}"),
+            None => {
+                eprintln!("rvdsm: the daemon closed the event stream");
+                return ExitCode::from(EXIT_CONNECTION);
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `rvdsm pki init DIR [NAME...]`: a lab CA, host and client certificates.
+fn pki(args: &Args) -> ExitCode {
+    let (Some("init"), Some(dir)) = (args.method.as_deref(), args.params.first()) else {
+        return usage_error("usage: rvdsm pki init DIR [HOSTNAME...]");
+    };
+    match rvdsm::pki::init(std::path::Path::new(dir), &args.params[1..]) {
+        Ok(files) => {
+            println!("CA certificate:     {}", files.server.ca.display());
+            println!("host certificate:   {}", files.server.cert.display());
+            println!("host key:           {}", files.server.key.display());
+            println!("client certificate: {}", files.client.cert.display());
+            println!("client key:         {}", files.client.key.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("rvdsm: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Polls `Host.getJobs` until the job ends; prints its progress on stderr and the final job

@@ -1,8 +1,10 @@
-//! `rvdsmd`: the rvdsm daemon. Reads its configuration, serves JSON-RPC on TCP and a Unix
-//! socket, tells systemd when it is ready, and shuts down cleanly on SIGTERM or SIGINT.
+//! `rvdsmd`: the rvdsm daemon. Reads its configuration, serves JSON-RPC (STOMP, HTTP,
+//! WebSocket) on a mutual-TLS TCP port and a Unix socket, tells systemd when it is ready,
+//! reloads its certificates on SIGHUP, and shuts down cleanly on SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,7 +12,10 @@ use clap::Parser;
 use rvdsm::config::Config;
 use rvdsm::jobs::vm_jobs::JobRegistry;
 use rvdsm::rpc::readiness::Readiness;
+use rvdsm::events::EventBus;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
+use rvdsm::rpc::subscriptions::register_events;
+use rvdsm::rpc::tls::{ServerTls, TlsFiles};
 use rvdsm::services::{
     FreezeService, HostService, Services, SnapshotService, StorageService, StorageSettings,
 };
@@ -61,7 +66,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
     let storage = open_storage(&config, hypervisor.clone()).await?;
     let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
-    let jobs = JobRegistry::new(config.daemon.max_parallel_snapshots as usize);
+    let events = EventBus::default();
+    let jobs =
+        JobRegistry::new(config.daemon.max_parallel_snapshots as usize).with_events(events.clone());
     // Reading the freeze records and the snapshot journal is file I/O: off the reactor, as
     // every start-up step that touches the state directory.
     let state_dir = config.daemon.state_dir.clone();
@@ -95,6 +102,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         freeze,
         storage,
     };
+    let tls = load_tls(&config)?;
     let options = ServerOptions {
         tcp: config
             .server
@@ -104,16 +112,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_request_bytes: config.server.max_request_bytes,
         max_response_bytes: config.server.max_response_bytes,
         max_connections: config.server.max_connections,
+        max_pending_requests: config.server.max_pending_requests,
+        tls: tls.clone(),
     };
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
 
     // The listeners come up first, answering 99 (VDSM's "Recovering from crash or
     // Initializing") to all but Host.ping2 while interrupted snapshots are ended, so no request
     // ever sees a half-recovered VM and a manager can tell "recovering" from "down".
     let readiness = Readiness::new();
-    let methods = rvdsm::rpc::methods::registry(services).into();
-    let server = RunningServer::start(&options, methods, readiness.clone())
+    let mut module = rvdsm::rpc::methods::registry(services);
+    register_events(&mut module, events.clone());
+    let server = RunningServer::start(&options, module.into(), readiness.clone(), &events)
         .await
         .context("cannot start the listeners")?;
     snapshot.recover(interrupted).await;
@@ -121,9 +133,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(version = rvdsm::VERSION, "rvdsmd ready");
 
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received; shutting down"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM received; shutting down");
+                break;
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT received; shutting down");
+                break;
+            }
+            _ = hangup.recv() => reload_tls(tls.as_deref()).await,
+        }
     }
     notify_systemd(sd_notify::NotifyState::Stopping);
     server
@@ -131,6 +152,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
     tracing::info!("rvdsmd stopped");
     Ok(())
+}
+
+/// Reads the certificates, or warns that TCP is plain.
+fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let tls = &config.server.tls;
+    if !config.server.tcp_enabled {
+        return Ok(None);
+    }
+    if !tls.enabled {
+        tracing::warn!(
+            "TLS is disabled: the TCP management port accepts unauthenticated plain-text \
+             clients; use this only on an isolated network"
+        );
+        return Ok(None);
+    }
+    let files = TlsFiles {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        ca: tls.ca.clone(),
+    };
+    let loaded = ServerTls::load(files).context(
+        "cannot load the TLS certificates (make lab ones with `rvdsm pki init DIR`, or set \
+         server.tls.enabled = false for plain TCP)",
+    )?;
+    Ok(Some(Arc::new(loaded)))
+}
+
+/// SIGHUP: the certificate files are read again; open connections are not touched.
+async fn reload_tls(tls: Option<&ServerTls>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP received; TLS is disabled, nothing to reload");
+        return;
+    };
+    match tokio::task::block_in_place(|| tls.reload()) {
+        Ok(()) => tracing::info!("SIGHUP received; TLS certificates reloaded"),
+        Err(err) => tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use"),
+    }
 }
 
 /// Attaches the storage domains and recovers interrupted tasks, before anything is served.

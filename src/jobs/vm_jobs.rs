@@ -13,6 +13,8 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::events::{self, EventBus};
+
 /// How long finished jobs stay visible (VDSM's `autodelete_delay`).
 pub const KEEP_FINISHED: Duration = Duration::from_secs(JobKeepAlive::SECONDS);
 
@@ -93,6 +95,7 @@ pub struct JobRegistry {
     jobs: Arc<Mutex<HashMap<Uuid, Entry>>>,
     busy: Arc<Mutex<HashSet<Uuid>>>,
     limit: Arc<Semaphore>,
+    events: EventBus,
 }
 
 /// Marks a VM busy while alive; frees it when dropped, however the job ends.
@@ -117,7 +120,15 @@ impl JobRegistry {
             jobs: Arc::default(),
             busy: Arc::default(),
             limit: Arc::new(Semaphore::new(parallel.max(1))),
+            events: EventBus::default(),
         }
+    }
+
+    /// Announces every terminal transition on `events` (`|jobs|status|<id>`).
+    #[must_use]
+    pub fn with_events(mut self, events: EventBus) -> Self {
+        self.events = events;
+        self
     }
 
     /// Claims a VM for one operation; refused while another runs on it.
@@ -173,10 +184,10 @@ impl JobRegistry {
         self.update(id, |info| info.progress = progress.min(100));
     }
 
-    /// Ends a job.
+    /// Ends a job, and announces it.
     pub fn finish(&self, id: Uuid, outcome: Result<Value, JobError>) {
         let mut jobs = self.lock();
-        if let Some(entry) = jobs.get_mut(&id) {
+        let ended = jobs.get_mut(&id).map(|entry| {
             match outcome {
                 Ok(result) => {
                     entry.info.status = JobStatus::Done;
@@ -189,7 +200,22 @@ impl JobRegistry {
                 }
             }
             entry.finished = Some(Instant::now());
+            entry.info.clone()
+        });
+        drop(jobs);
+        if let Some(info) = ended {
+            self.announce(&info);
         }
+    }
+
+    /// VDSM's `|jobs|status|<id>` carries `{<id>: info}`.
+    fn announce(&self, info: &JobInfo) {
+        let mut params = serde_json::Map::new();
+        params.insert(
+            info.id.to_string(),
+            serde_json::to_value(info).unwrap_or(Value::Null),
+        );
+        self.events.publish(events::job_status(info.id), params);
     }
 
     /// Shows a job a previous run of rvdsmd ended (or that recovery ended) under its id.

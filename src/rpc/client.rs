@@ -1,15 +1,19 @@
-//! A JSON-RPC client for rvdsmd over its Unix socket or TCP, speaking WebSocket on the given
-//! stream (jsonrpsee's client), used by the `rvdsm` CLI and the tests.
+//! A JSON-RPC client for rvdsmd over its Unix socket or TCP (mutual TLS, or plain when the
+//! daemon is configured so), speaking WebSocket on the stream (jsonrpsee's client), used by the
+//! `rvdsm` CLI and the tests. It can also follow the daemon's events.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use jsonrpsee::core::client::{ClientT, Error as RpcError};
+use jsonrpsee::core::client::{ClientT, Error as RpcError, Subscription, SubscriptionClientT};
 use jsonrpsee::core::middleware::RpcServiceBuilder;
 use jsonrpsee::core::params::{ArrayParams, ObjectParams};
 use jsonrpsee::ws_client::{RpcService, WsClient, WsClientBuilder};
 use serde_json::Value;
 use tokio::net::{TcpStream, UnixStream};
+
+use super::subscriptions::{SUBSCRIBE_EVENTS, UNSUBSCRIBE_EVENTS};
+use super::tls::{self, TlsFiles};
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +26,8 @@ pub enum Endpoint {
         host: String,
         /// Port.
         port: u16,
+        /// The client's certificate, key and the CA to trust; `None` speaks plain TCP.
+        tls: Option<TlsFiles>,
     },
 }
 
@@ -29,7 +35,7 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
-            Self::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Self::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
         }
     }
 }
@@ -85,14 +91,26 @@ impl Client {
                         .await
                         .map_err(|e| connect_error(e.to_string()))
                 }
-                Endpoint::Tcp { host, port } => {
+                Endpoint::Tcp { host, port, tls } => {
                     let stream = TcpStream::connect((host.as_str(), *port))
                         .await
                         .map_err(|e| connect_error(e.to_string()))?;
-                    builder
-                        .build_with_stream(format!("ws://{host}:{port}"), stream)
-                        .await
-                        .map_err(|e| connect_error(e.to_string()))
+                    let url = format!("ws://{host}:{port}");
+                    match tls {
+                        None => builder.build_with_stream(url, stream).await,
+                        Some(files) => {
+                            let connector = tls::client_connector(files)
+                                .map_err(|e| connect_error(e.to_string()))?;
+                            let name =
+                                tls::server_name(host).map_err(|e| connect_error(e.to_string()))?;
+                            let stream = connector
+                                .connect(name, stream)
+                                .await
+                                .map_err(|e| connect_error(format!("TLS: {e}")))?;
+                            builder.build_with_stream(url, stream).await
+                        }
+                    }
+                    .map_err(|e| connect_error(e.to_string()))
                 }
             }
         };
@@ -100,6 +118,15 @@ impl Client {
             .await
             .map_err(|_| connect_error(format!("no answer within {} s", timeout.as_secs())))??;
         Ok(Self { inner })
+    }
+
+    /// Follows the daemon's events (`Events.subscribe`): each item is a JSON-RPC notification
+    /// as VDSM sends it on `jms.queue.events`.
+    pub async fn events(&self) -> Result<Subscription<Value>, ClientError> {
+        self.inner
+            .subscribe(SUBSCRIBE_EVENTS, ArrayParams::new(), UNSUBSCRIBE_EVENTS)
+            .await
+            .map_err(from_rpc_error)
     }
 
     /// Calls `method` with parameters by name (an object) or by position (a list); any other
@@ -123,12 +150,16 @@ impl Client {
             }
             _ => self.inner.request(method, ObjectParams::new()).await,
         };
-        result.map_err(|err| match err {
-            RpcError::Call(e) => ClientError::Server {
-                code: e.code(),
-                message: e.message().to_owned(),
-            },
-            other => ClientError::Transport(other.to_string()),
-        })
+        result.map_err(from_rpc_error)
+    }
+}
+
+fn from_rpc_error(err: RpcError) -> ClientError {
+    match err {
+        RpcError::Call(e) => ClientError::Server {
+            code: e.code(),
+            message: e.message().to_owned(),
+        },
+        other => ClientError::Transport(other.to_string()),
     }
 }

@@ -1,5 +1,6 @@
-//! One tracing span per request, carrying the method and the request id, and one log line
-//! with the outcome and duration. Applies to every transport that serves the registry.
+//! One tracing span per request, carrying the method, the request id and the manager's flow id
+//! (STOMP's `ovirtCorrelationId`), and one log line with the outcome and duration. Applies to
+//! every transport that serves the registry.
 
 use std::time::Instant;
 
@@ -7,6 +8,11 @@ use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
 use jsonrpsee::server::MethodResponse;
 use jsonrpsee::types::Request;
 use tracing::Instrument;
+
+/// The manager's flow id for a request (`ovirtCorrelationId`), put in the request's extensions
+/// by the transport that received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorrelationId(pub String);
 
 /// The tower layer that adds [`RequestLog`] around the RPC service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -42,6 +48,10 @@ where
             "request",
             method = %request.method_name(),
             id = %request.id(),
+            flow = request
+                .extensions()
+                .get::<CorrelationId>()
+                .map(|flow| flow.0.as_str()),
         );
         let service = self.service.clone();
         async move {

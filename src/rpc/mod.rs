@@ -1,5 +1,5 @@
-//! Transports only: JSON-RPC 2.0 over HTTP and WebSocket (jsonrpsee), on TCP and on a Unix
-//! socket. This module turns a request into a typed call on a service and a service error into
+//! Transports only: JSON-RPC 2.0 over STOMP 1.2 (VDSM's wire), HTTP and WebSocket (jsonrpsee),
+//! on one TCP port (mutual TLS) and on a Unix socket. This module turns a request into a typed call on a service and a service error into
 //! a JSON-RPC error with VDSM's code; it holds no business logic.
 //!
 //! - [`methods`]: the one registry of verbs ([`jsonrpsee::RpcModule`]) every transport serves.
@@ -7,13 +7,23 @@
 //! - [`logging`]: one tracing span and one log line per request.
 //! - [`http_limits`]: HTTP-level refusals (a POST must declare its length).
 //! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
+//! - [`dispatch`]: JSON-RPC texts from non-HTTP transports into the same registry.
+//! - [`detect`]: which protocol a connection speaks, from its first bytes.
+//! - [`stomp`]: STOMP framing, the subscription broker, STOMP connections and client.
+//! - [`tls`]: mutual TLS, reloadable certificates.
+//! - [`subscriptions`]: events to STOMP and WebSocket subscribers.
 //! - [`server`]: the listeners, connection limits and graceful shutdown.
 //! - [`client`]: the client used by the CLI and the tests.
 
 pub mod client;
+pub mod detect;
+pub mod dispatch;
 pub mod http_limits;
 pub mod logging;
 pub mod methods;
 pub mod params;
 pub mod readiness;
 pub mod server;
+pub mod stomp;
+pub mod subscriptions;
+pub mod tls;

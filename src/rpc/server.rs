@@ -1,6 +1,9 @@
-//! The listeners: JSON-RPC over HTTP and WebSocket (jsonrpsee's tower service, which upgrades a
-//! connection to WebSocket when asked) on TCP and on a Unix socket, with a connection limit
-//! per listener, a request size limit, and graceful shutdown.
+//! The listeners: TCP (mutual TLS unless the configuration says plain) and a Unix socket.
+//! Every connection first has its protocol detected from its first bytes ([`super::detect`]):
+//! STOMP frames go to [`StompService`], HTTP to jsonrpsee's tower service (JSON-RPC over HTTP,
+//! and WebSocket when asked), both over the same method registry and middleware. Also: a
+//! connection limit per listener, the TLS handshake and detection deadlines, events forwarded
+//! to STOMP subscribers, and graceful shutdown.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonrpsee::Methods;
-use jsonrpsee::core::middleware::RpcServiceBuilder;
 use jsonrpsee::server::{
     Server, ServerConfig, ServerHandle, StopHandle, serve_with_graceful_shutdown, stop_channel,
 };
@@ -21,23 +23,37 @@ use tokio_util::task::TaskTracker;
 
 use tower::layer::util::{Identity, Stack};
 
+use super::detect::{Protocol, detect};
+use super::dispatch::{Dispatcher, RpcLayers, rpc_middleware};
 use super::http_limits::RequireLengthLayer;
-use super::logging::RequestLogLayer;
-use super::readiness::{Readiness, RecoveryGateLayer};
+use super::readiness::Readiness;
+use super::stomp::frame::FrameLimits;
+use super::stomp::{Broker, StompOptions, StompService};
+use super::subscriptions::forward_events_to_stomp;
+use super::tls::ServerTls;
+use crate::events::EventBus;
+
+/// How long a client has to finish the TLS handshake, and then to send its first bytes
+/// (VDSM's 10 s for each).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to listen on, and the limits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerOptions {
     /// TCP address, if the TCP listener is enabled.
     pub tcp: Option<SocketAddr>,
+    /// Mutual TLS on TCP; `None` serves plain TCP.
+    pub tls: Option<Arc<ServerTls>>,
     /// Unix socket path, if the Unix listener is enabled.
     pub unix: Option<PathBuf>,
-    /// Largest request body accepted.
+    /// Largest request body accepted (HTTP body or STOMP frame body).
     pub max_request_bytes: u32,
     /// Largest response body sent.
     pub max_response_bytes: u32,
     /// Most connections at once per listener; more are closed at once.
     pub max_connections: u32,
+    /// Requests of one STOMP connection running at once.
+    pub max_pending_requests: u32,
 }
 
 /// Errors while starting the listeners.
@@ -65,18 +81,18 @@ pub struct RunningServer {
     connections: TaskTracker,
 }
 
-type ServiceBuilder = jsonrpsee::server::TowerServiceBuilder<
-    Stack<RecoveryGateLayer, Stack<RequestLogLayer, Identity>>,
-    Stack<RequireLengthLayer, Identity>,
->;
+type ServiceBuilder =
+    jsonrpsee::server::TowerServiceBuilder<RpcLayers, Stack<RequireLengthLayer, Identity>>;
 
 impl RunningServer {
     /// Binds the listeners and starts serving `methods`; until `readiness` is set, only
-    /// `Host.ping2` is answered (the others get 99).
+    /// `Host.ping2` is answered (the others get 99). Events on `events` reach STOMP clients
+    /// subscribed to `jms.queue.events`.
     pub async fn start(
         options: &ServerOptions,
         methods: Methods,
         readiness: Readiness,
+        events: &EventBus,
     ) -> Result<Self, ServerError> {
         let (stop, handle) = stop_channel();
         let config = ServerConfig::builder()
@@ -85,43 +101,61 @@ impl RunningServer {
             .max_connections(options.max_connections)
             .build();
         let builder = Server::builder()
-            .set_config(config)
-            .set_rpc_middleware(
-                RpcServiceBuilder::new()
-                    .layer(RequestLogLayer)
-                    .layer(RecoveryGateLayer(readiness)),
-            )
+            .set_config(config.clone())
+            .set_rpc_middleware(rpc_middleware(readiness.clone()))
             .set_http_middleware(tower::ServiceBuilder::new().layer(RequireLengthLayer))
             .to_service_builder();
         let connections = TaskTracker::new();
+        let broker = Arc::new(Broker::default());
+        tokio::spawn(forward_events_to_stomp(
+            events.subscribe(),
+            Arc::clone(&broker),
+            stop.clone(),
+        ));
+        let stomp = Arc::new(StompService::new(
+            broker,
+            Dispatcher::new(methods.clone(), config, readiness, stop.clone()),
+            StompOptions {
+                limits: FrameLimits {
+                    max_body_bytes: options.max_request_bytes as usize,
+                    ..FrameLimits::default()
+                },
+                max_pending_requests: options.max_pending_requests as usize,
+                ..StompOptions::default()
+            },
+            connections.clone(),
+        ));
         let served = Served {
             builder,
             methods,
             stop,
             connections: connections.clone(),
-            limit: Arc::new(Semaphore::new(options.max_connections as usize)),
+            stomp,
+            tls: options.tls.clone(),
         };
 
         let mut tcp_addr = None;
         if let Some(addr) = options.tcp {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    what: addr.to_string(),
-                    source,
-                })?;
+            let listener = bind_tcp(addr).await?;
             let local = listener.local_addr().map_err(|source| ServerError::Bind {
                 what: addr.to_string(),
                 source,
             })?;
-            tracing::info!(address = %local, "listening on TCP");
+            let security = if options.tls.is_some() {
+                "mutual TLS"
+            } else {
+                "plain"
+            };
+            tracing::info!(address = %local, security, "listening on TCP");
             tcp_addr = Some(local);
-            tokio::spawn(served.clone().accept_tcp(listener));
+            let limit = Arc::new(Semaphore::new(options.max_connections as usize));
+            tokio::spawn(served.clone().accept_tcp(listener, limit));
         }
         if let Some(path) = &options.unix {
             let listener = bind_unix(path)?;
             tracing::info!(path = %path.display(), "listening on Unix socket");
-            tokio::spawn(served.clone().accept_unix(listener));
+            let limit = Arc::new(Semaphore::new(options.max_connections as usize));
+            tokio::spawn(served.clone().accept_unix(listener, limit));
         }
         Ok(Self {
             tcp_addr,
@@ -155,6 +189,25 @@ impl RunningServer {
     }
 }
 
+/// Binds TCP; an IPv6 wildcard on a host without IPv6 falls back to IPv4's, as VDSM does.
+async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let bind_error = |source| ServerError::Bind {
+        what: addr.to_string(),
+        source,
+    };
+    match TcpListener::bind(addr).await {
+        Err(err)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && err.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+        {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            tracing::warn!("no IPv6 on this host; listening on {v4}");
+            TcpListener::bind(v4).await.map_err(bind_error)
+        }
+        other => other.map_err(bind_error),
+    }
+}
+
 /// What every accepted connection is served with.
 #[derive(Clone)]
 struct Served {
@@ -162,18 +215,38 @@ struct Served {
     methods: Methods,
     stop: StopHandle,
     connections: TaskTracker,
-    limit: Arc<Semaphore>,
+    stomp: Arc<StompService>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Served {
-    async fn accept_tcp(self, listener: TcpListener) {
+    async fn accept_tcp(self, listener: TcpListener, limit: Arc<Semaphore>) {
         loop {
             tokio::select! {
                 () = self.stop.clone().shutdown() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        self.serve(stream);
+                        let Some(permit) = admit(&limit) else { continue };
+                        let served = self.clone();
+                        self.connections.spawn(async move {
+                            match &served.tls {
+                                None => served.serve(stream).await,
+                                Some(tls) => match tokio::time::timeout(
+                                    HANDSHAKE_TIMEOUT,
+                                    tls.acceptor().accept(stream),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(stream)) => served.serve(stream).await,
+                                    Ok(Err(err)) => {
+                                        tracing::info!(%peer, error = %err, "TLS handshake failed");
+                                    }
+                                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                                },
+                            }
+                            drop(permit);
+                        });
                     }
                     Err(err) => accept_failed(&err).await,
                 },
@@ -181,38 +254,59 @@ impl Served {
         }
     }
 
-    async fn accept_unix(self, listener: UnixListener) {
+    async fn accept_unix(self, listener: UnixListener, limit: Arc<Semaphore>) {
         loop {
             tokio::select! {
                 () = self.stop.clone().shutdown() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => self.serve(stream),
+                    Ok((stream, _)) => {
+                        let Some(permit) = admit(&limit) else { continue };
+                        let served = self.clone();
+                        self.connections.spawn(async move {
+                            served.serve(stream).await;
+                            drop(permit);
+                        });
+                    }
                     Err(err) => accept_failed(&err).await,
                 },
             }
         }
     }
 
-    fn serve<S>(&self, stream: S)
+    /// Detects the protocol and serves the connection with it until it ends.
+    async fn serve<S>(&self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let Ok(permit) = Arc::clone(&self.limit).try_acquire_owned() else {
-            tracing::warn!("connection limit reached; connection closed");
-            return;
-        };
-        let service = self
-            .builder
-            .clone()
-            .build(self.methods.clone(), self.stop.clone());
-        let stopped = self.stop.clone().shutdown();
-        self.connections.spawn(async move {
-            if let Err(err) = serve_with_graceful_shutdown(stream, service, stopped).await {
-                tracing::debug!(error = %err, "connection ended");
+        let (protocol, stream) = match detect(stream, HANDSHAKE_TIMEOUT).await {
+            Ok(detected) => detected,
+            Err(err) => {
+                tracing::info!(error = %err, "connection closed");
+                return;
             }
-            drop(permit);
-        });
+        };
+        let stopped = self.stop.clone().shutdown();
+        match protocol {
+            Protocol::Stomp => Arc::clone(&self.stomp).serve(stream, stopped).await,
+            Protocol::Http => {
+                let service = self
+                    .builder
+                    .clone()
+                    .build(self.methods.clone(), self.stop.clone());
+                if let Err(err) = serve_with_graceful_shutdown(stream, service, stopped).await {
+                    tracing::debug!(error = %err, "connection ended");
+                }
+            }
+        }
     }
+}
+
+fn admit(limit: &Arc<Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let permit = Arc::clone(limit).try_acquire_owned().ok();
+    if permit.is_none() {
+        tracing::warn!("connection limit reached; connection closed");
+    }
+    permit
 }
 
 /// Out of descriptors and similar: log, and back off instead of spinning.

@@ -180,6 +180,7 @@ impl Daemon {
             Via::Tcp => Endpoint::Tcp {
                 host: "127.0.0.1".into(),
                 port: self.port,
+                tls: None,
             },
         };
         self.runtime.block_on(async {
@@ -284,8 +285,27 @@ fn start_child(dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
 
 /// The test configuration of a daemon whose files live in `dir`.
 pub fn test_config(dir: &std::path::Path, extra: &str) -> String {
+    test_config_tls(dir, extra, None)
+}
+
+/// [`test_config`] with mutual TLS on TCP with the daemon's side of `tls`; plain TCP without.
+pub fn test_config_tls(
+    dir: &std::path::Path,
+    extra: &str,
+    tls: Option<&rvdsm::rpc::tls::TlsFiles>,
+) -> String {
+    let tls = match tls {
+        None => "enabled = false\n".to_owned(),
+        Some(files) => format!(
+            "enabled = true\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            files.cert.display(),
+            files.key.display(),
+            files.ca.display()
+        ),
+    };
     format!(
-        "[server]\nport = {}\nunix_socket = \"{}\"\nmax_request_bytes = 65536\n\
+        "[server]\naddress = \"127.0.0.1\"\nport = {}\nunix_socket = \"{}\"\n\
+         max_request_bytes = 65536\n[server.tls]\n{tls}\
          [storage]\nrepository = \"{}\"\n[daemon]\nstate_dir = \"{}\"\n{extra}",
         free_port(),
         dir.join("rvdsm.sock").display(),

@@ -1,0 +1,130 @@
+//! Hands a JSON-RPC text that arrived on a non-HTTP transport (a STOMP SEND body) to the same
+//! method registry and the same middleware (request log, recovery gate) that serve HTTP and
+//! WebSocket, through jsonrpsee's own request handling, so batches, notifications, size limits
+//! and error objects behave the same on every transport.
+
+use http_body_util::BodyExt;
+use jsonrpsee::Methods;
+use jsonrpsee::core::middleware::RpcServiceBuilder;
+use jsonrpsee::server::{ConnectionState, HttpBody, ServerConfig, StopHandle};
+use tower::layer::util::{Identity, Stack};
+
+use super::logging::{CorrelationId, RequestLogLayer};
+use super::readiness::{Readiness, RecoveryGateLayer};
+
+/// The RPC middleware every transport applies, outermost first.
+pub type RpcLayers = Stack<RecoveryGateLayer, Stack<RequestLogLayer, Identity>>;
+
+/// The middleware stack: one log span per request, then the recovery gate.
+pub fn rpc_middleware(readiness: Readiness) -> RpcServiceBuilder<RpcLayers> {
+    RpcServiceBuilder::new()
+        .layer(RequestLogLayer)
+        .layer(RecoveryGateLayer(readiness))
+}
+
+/// Runs JSON-RPC texts against the registry.
+#[derive(Clone)]
+pub struct Dispatcher {
+    methods: Methods,
+    config: ServerConfig,
+    middleware: RpcServiceBuilder<RpcLayers>,
+    stop: StopHandle,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `methods` with the server's limits and middleware.
+    pub fn new(
+        methods: Methods,
+        config: ServerConfig,
+        readiness: Readiness,
+        stop: StopHandle,
+    ) -> Self {
+        Self {
+            methods,
+            config,
+            middleware: rpc_middleware(readiness),
+            stop,
+        }
+    }
+
+    /// The state one connection's calls share (its id, and a permit that lives as long as it).
+    pub fn connection(&self, id: u32) -> ConnectionState {
+        let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a fresh semaphore has a permit");
+        ConnectionState::new(self.stop.clone(), id, permit)
+    }
+
+    /// Handles one JSON-RPC text (a request, a notification or a batch) and returns the reply
+    /// text, or `None` when there is nothing to send back (notifications only). As VDSM does,
+    /// a batch whose reply has exactly one member is answered with that bare object.
+    pub async fn handle(
+        &self,
+        connection: &ConnectionState,
+        body: Vec<u8>,
+        correlation: Option<String>,
+    ) -> Option<Vec<u8>> {
+        let mut request = http::Request::post("/")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(HttpBody::from(body))
+            .expect("a request built from valid parts");
+        if let Some(id) = correlation {
+            request.extensions_mut().insert(CorrelationId(id));
+        }
+        let response = jsonrpsee::server::http::call_with_service_builder(
+            request,
+            self.config.clone(),
+            connection.clone(),
+            self.methods.clone(),
+            self.middleware.clone(),
+        )
+        .await;
+        let bytes = match response.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) => {
+                tracing::warn!(error = %err, "reading a JSON-RPC reply failed");
+                return None;
+            }
+        };
+        if bytes.is_empty() {
+            return None;
+        }
+        Some(unwrap_single_batch(bytes.to_vec()))
+    }
+}
+
+/// `[x]` becomes `x`; anything else is returned as is.
+fn unwrap_single_batch(reply: Vec<u8>) -> Vec<u8> {
+    if reply.first() != Some(&b'[') {
+        return reply;
+    }
+    match serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&reply) {
+        Ok(mut items) if items.len() == 1 => items.pop().map_or(reply, |one| {
+            one.get().as_bytes().to_vec()
+        }),
+        _ => reply,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_of_one_reply_becomes_a_bare_object() {
+        let reply = br#"[{"jsonrpc":"2.0","id":1,"result":true}]"#.to_vec();
+        assert_eq!(
+            unwrap_single_batch(reply),
+            br#"{"jsonrpc":"2.0","id":1,"result":true}"#
+        );
+    }
+
+    #[test]
+    fn other_replies_are_kept() {
+        let two = br#"[{"id":1},{"id":2}]"#.to_vec();
+        assert_eq!(unwrap_single_batch(two.clone()), two);
+        let single = br#"{"id":1}"#.to_vec();
+        assert_eq!(unwrap_single_batch(single.clone()), single);
+    }
+}

@@ -1,0 +1,14 @@
+//! JSON-RPC over STOMP 1.2, as VDSM's managers speak it (VDSM's `lib/yajsonrpc/stomp*.py`).
+//!
+//! - [`frame`]: the codec (frames, escaping, heart-beats, size bounds).
+//! - [`broker`]: the server-wide subscription map and message fan-out.
+//! - [`connection`]: one client connection: CONNECT, SUBSCRIBE, SEND routing, heart-beats.
+//! - [`client`]: a client as `vdsm.client` behaves, for the CLI, tests and benchmarks.
+
+pub mod broker;
+pub mod client;
+pub mod connection;
+pub mod frame;
+
+pub use broker::Broker;
+pub use connection::{StompOptions, StompService};
