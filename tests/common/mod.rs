@@ -8,12 +8,14 @@
 //!   files when dropped, panics included. At most `RVDSM_TEST_MAX_GUESTS` (default 2) guests
 //!   run at once per test binary, so a 2-core machine is not overloaded.
 //! - [`Daemon`] runs `rvdsmd` on a free port and a temporary socket and calls it.
+//! - [`stomp`] STOMP clients (rvdsm's own, over TCP, TLS or Unix; and a raw socket).
 #![allow(dead_code, unused_imports)] // Each test binary uses a different part of the harness.
 
 pub mod daemon;
 pub mod domain;
 pub mod guest;
 pub mod libvirtd;
+pub mod stomp;
 
 pub use daemon::Daemon;
 pub use guest::{Agent, Guest, GuestOptions};

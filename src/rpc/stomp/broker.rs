@@ -5,7 +5,8 @@
 //! that stops reading never stalls the others.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -29,6 +30,8 @@ struct Subscriber {
     connection: ConnectionId,
     id: String,
     queue: mpsc::Sender<Outgoing>,
+    /// Messages dropped because the queue was full; logged at powers of two, not each.
+    dropped: Arc<AtomicU64>,
 }
 
 /// Why a subscription was refused.
@@ -74,6 +77,7 @@ impl Broker {
                 connection,
                 id: id.to_owned(),
                 queue: queue.clone(),
+                dropped: Arc::default(),
             });
         Ok(())
     }
@@ -117,11 +121,17 @@ impl Broker {
                 .with_body(body);
             match subscriber.queue.try_send(Outgoing::Frame(frame.to_bytes())) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => tracing::warn!(
-                    destination,
-                    subscription = %subscriber.id,
-                    "client is not reading; message dropped"
-                ),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let dropped = subscriber.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(
+                            destination,
+                            subscription = %subscriber.id,
+                            dropped,
+                            "client is not reading; messages dropped"
+                        );
+                    }
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
