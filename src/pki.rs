@@ -227,11 +227,11 @@ mod tests {
         ServerTls::load(files.server.clone()).unwrap();
         client_connector(&files.client).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&files.server.key).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&files.server.key)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(matches!(
-            init(dir.path(), &[]),
-            Err(PkiError::Exists(_))
-        ));
+        assert!(matches!(init(dir.path(), &[]), Err(PkiError::Exists(_))));
     }
 }

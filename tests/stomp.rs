@@ -43,7 +43,10 @@ fn verbs_answer_over_stomp_as_vdsm_shapes_them() {
         {
             Err(ClientError::Server { code, message }) => {
                 assert_eq!(code, 1);
-                assert!(message.starts_with("Virtual machine does not exist"), "{message}");
+                assert!(
+                    message.starts_with("Virtual machine does not exist"),
+                    "{message}"
+                );
             }
             other => panic!("expected NoSuchVM, got {other:?}"),
         }
@@ -110,8 +113,12 @@ fn batches_notifications_and_child_queues() {
     let daemon = Daemon::start();
     let mut raw = Raw::connect(daemon.port);
     connected(&mut raw);
-    raw.send(&frame("SUBSCRIBE", &[("destination", "r"), ("id", "s")], ""))
-        .unwrap();
+    raw.send(&frame(
+        "SUBSCRIBE",
+        &[("destination", "r"), ("id", "s")],
+        "",
+    ))
+    .unwrap();
     let send = |body: &str, destination: &str| {
         frame(
             "SEND",
@@ -179,17 +186,31 @@ fn bad_frames_get_vdsm_errors_and_the_connection_stays_when_vdsm_keeps_it() {
             "expected ERROR {error:?}, got {answer:?}"
         );
     }
-    raw.send(&frame("SUBSCRIBE", &[("destination", "x"), ("id", "1")], ""))
-        .unwrap();
-    raw.send(&frame("SUBSCRIBE", &[("destination", "y"), ("id", "1")], ""))
-        .unwrap();
+    raw.send(&frame(
+        "SUBSCRIBE",
+        &[("destination", "x"), ("id", "1")],
+        "",
+    ))
+    .unwrap();
+    raw.send(&frame(
+        "SUBSCRIBE",
+        &[("destination", "y"), ("id", "1")],
+        "",
+    ))
+    .unwrap();
     let answer = raw.read_until("\0", Duration::from_secs(5));
-    assert!(answer.contains("Subscription id already exists"), "{answer}");
+    assert!(
+        answer.contains("Subscription id already exists"),
+        "{answer}"
+    );
     // DISCONNECT with a receipt: RECEIPT, then the server closes.
     raw.send(&frame("DISCONNECT", &[("receipt", "bye")], ""))
         .unwrap();
     let (answer, closed) = raw.read_for(Duration::from_secs(3));
-    assert!(answer.starts_with("RECEIPT\nreceipt-id:bye\n"), "{answer:?}");
+    assert!(
+        answer.starts_with("RECEIPT\nreceipt-id:bye\n"),
+        "{answer:?}"
+    );
     assert!(closed);
 }
 
@@ -198,7 +219,11 @@ fn malformed_input_closes_only_that_connection() {
     let daemon = Daemon::start();
     let huge_header = format!("SEND\nk:{}\n\n\0", "v".repeat(70 * 1024));
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
-        ("header without colon", b"SEND\nnocolon\n\n\0".to_vec(), true),
+        (
+            "header without colon",
+            b"SEND\nnocolon\n\n\0".to_vec(),
+            true,
+        ),
         ("invalid escape", b"SEND\nk:a\\tb\n\n\0".to_vec(), true),
         (
             "wrong content-length",
@@ -216,9 +241,17 @@ fn malformed_input_closes_only_that_connection() {
             b"CONNECT\naccept-version:1.2\n\n\0ACK\nid:1\n\n\0".to_vec(),
             false,
         ),
-        ("not a protocol", b"\x16\x03\x01\x00\xa5\x01\x00\x00".to_vec(), false),
+        (
+            "not a protocol",
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00".to_vec(),
+            false,
+        ),
         ("lower-case command", b"connect\n\n\0".to_vec(), false),
-        ("HTTP method it does not serve", b"DELETE / HTTP/1.1\r\n\r\n".to_vec(), false),
+        (
+            "HTTP method it does not serve",
+            b"DELETE / HTTP/1.1\r\n\r\n".to_vec(),
+            false,
+        ),
     ];
     for (what, bytes, error_frame) in cases {
         let mut raw = Raw::connect(daemon.port);
@@ -226,7 +259,10 @@ fn malformed_input_closes_only_that_connection() {
         let (answer, closed) = raw.read_for(Duration::from_secs(3));
         assert!(closed, "{what}: connection left open; got {answer:?}");
         if error_frame {
-            assert!(answer.contains("ERROR\n"), "{what}: no ERROR frame: {answer:?}");
+            assert!(
+                answer.contains("ERROR\n"),
+                "{what}: no ERROR frame: {answer:?}"
+            );
         } else {
             assert!(!answer.contains("ERROR"), "{what}: {answer:?}");
         }
@@ -298,7 +334,10 @@ fn heart_beats_are_negotiated_sent_and_enforced() {
     // Stop beating: the server closes within two promised intervals (plus slack).
     let started = Instant::now();
     let (_, closed) = raw.read_for(Duration::from_secs(5));
-    assert!(closed, "connection kept although the client stopped beating");
+    assert!(
+        closed,
+        "connection kept although the client stopped beating"
+    );
     assert!(started.elapsed() < Duration::from_secs(4));
 }
 
@@ -307,13 +346,20 @@ fn a_client_that_stops_reading_does_not_stall_others() {
     let daemon = Daemon::start();
     let mut hog = Raw::connect(daemon.port);
     connected(&mut hog);
-    hog.send(&frame("SUBSCRIBE", &[("destination", "r"), ("id", "s")], ""))
-        .unwrap();
+    hog.send(&frame(
+        "SUBSCRIBE",
+        &[("destination", "r"), ("id", "s")],
+        "",
+    ))
+    .unwrap();
     // Thousands of requests whose replies the hog never reads: its socket buffers fill, its
     // queue fills, its replies are dropped and its reading paused; nobody else notices.
     let request = frame(
         "SEND",
-        &[("destination", "jms.topic.vdsm_requests"), ("reply-to", "r")],
+        &[
+            ("destination", "jms.topic.vdsm_requests"),
+            ("reply-to", "r"),
+        ],
         r#"{"jsonrpc":"2.0","method":"Host.ping2","id":1}"#,
     );
     let flood: Vec<u8> = request.repeat(20_000);
@@ -347,7 +393,10 @@ fn a_client_that_stops_reading_does_not_stall_others() {
 
 #[test]
 fn connections_over_the_limit_are_closed_at_once() {
-    let dir = tempfile::Builder::new().prefix("rvdsmd-test").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("rvdsmd-test")
+        .tempdir()
+        .unwrap();
     let config = common::daemon::test_config(dir.path(), "")
         .replace("[server]\n", "[server]\nmax_connections = 8\n");
     std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();

@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use rvdsm::config::Config;
+use rvdsm::events::EventBus;
 use rvdsm::jobs::vm_jobs::JobRegistry;
 use rvdsm::rpc::readiness::Readiness;
-use rvdsm::events::EventBus;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
 use rvdsm::rpc::subscriptions::register_events;
 use rvdsm::rpc::tls::{ServerTls, TlsFiles};
@@ -187,7 +187,9 @@ async fn reload_tls(tls: Option<&ServerTls>) {
     };
     match tokio::task::block_in_place(|| tls.reload()) {
         Ok(()) => tracing::info!("SIGHUP received; TLS certificates reloaded"),
-        Err(err) => tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use"),
+        Err(err) => {
+            tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use")
+        }
     }
 }
 

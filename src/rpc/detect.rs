@@ -55,7 +55,11 @@ fn classify(seen: &[u8]) -> Option<Result<Protocol, ()>> {
     let candidates = STOMP_COMMANDS
         .iter()
         .map(|c| (c, Protocol::Stomp, [b'\n', b'\r']))
-        .chain(HTTP_METHODS.iter().map(|m| (m, Protocol::Http, [b' ', b' '])));
+        .chain(
+            HTTP_METHODS
+                .iter()
+                .map(|m| (m, Protocol::Http, [b' ', b' '])),
+        );
     let mut still_possible = false;
     for (token, protocol, ends) in candidates {
         let token = token.as_bytes();
@@ -181,7 +185,9 @@ mod tests {
 
     #[tokio::test]
     async fn stomp_and_http_are_recognized_and_replayed() {
-        let (protocol, replay) = detect_bytes(b"CONNECT\naccept-version:1.2\n\n\0").await.unwrap();
+        let (protocol, replay) = detect_bytes(b"CONNECT\naccept-version:1.2\n\n\0")
+            .await
+            .unwrap();
         assert_eq!(protocol, Protocol::Stomp);
         assert_eq!(replay, b"CONNECT\naccept-version:1.2\n\n\0");
         let (protocol, _) = detect_bytes(b"SEND\r\n").await.unwrap();

@@ -100,9 +100,9 @@ fn unwrap_single_batch(reply: Vec<u8>) -> Vec<u8> {
         return reply;
     }
     match serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&reply) {
-        Ok(mut items) if items.len() == 1 => items.pop().map_or(reply, |one| {
-            one.get().as_bytes().to_vec()
-        }),
+        Ok(mut items) if items.len() == 1 => items
+            .pop()
+            .map_or(reply, |one| one.get().as_bytes().to_vec()),
         _ => reply,
     }
 }

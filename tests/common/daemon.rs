@@ -227,6 +227,12 @@ impl Daemon {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("daemon stopped");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("daemon already stopped");

@@ -187,7 +187,11 @@ impl Connection {
                 return Next::Close;
             }
             other => {
-                tracing::warn!(connection = self.id, command = other, "unknown STOMP command");
+                tracing::warn!(
+                    connection = self.id,
+                    command = other,
+                    "unknown STOMP command"
+                );
                 return Next::Close;
             }
         }
@@ -302,9 +306,10 @@ fn parse_heart_beat(header: Option<&str>) -> Option<(Option<Duration>, Option<Du
     };
     let (sends, wants) = header.split_once(',')?;
     let parse = |text: &str| {
-        text.trim().parse::<u64>().ok().map(|ms| {
-            (ms > 0).then(|| Duration::from_millis(ms))
-        })
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
     };
     Some((parse(sends)?, parse(wants)?))
 }
