@@ -59,6 +59,18 @@ impl EventBus {
     }
 }
 
+impl EventBus {
+    /// `|virt|VM_status|<vmId>` with `{<vmId>: {"status": ..., "vmId": ...}}`, as VDSM sends.
+    pub fn publish_vm_status(&self, vm: uuid::Uuid, status: crate::api::types::VmStatus) {
+        let mut params = Map::new();
+        params.insert(
+            vm.to_string(),
+            serde_json::json!({ "status": status, "vmId": vm }),
+        );
+        self.publish(vm_status(vm), params);
+    }
+}
+
 /// VDSM's `notify_time`: monotonic clock in milliseconds.
 fn notify_time() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {

@@ -63,10 +63,13 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let events = EventBus::default();
+    // Before any libvirt connection opens: libvirt sends events only to connections opened
+    // after its event loop is registered.
+    watch_vm_status(&config, events.clone())?;
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
     let storage = open_storage(&config, hypervisor.clone()).await?;
     let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
-    let events = EventBus::default();
     let jobs =
         JobRegistry::new(config.daemon.max_parallel_snapshots as usize).with_events(events.clone());
     // Reading the freeze records and the snapshot journal is file I/O: off the reactor, as
@@ -152,6 +155,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await;
     tracing::info!("rvdsmd stopped");
     Ok(())
+}
+
+/// Publishes `|virt|VM_status|<vmId>` on each VM state change.
+fn watch_vm_status(config: &Config, events: EventBus) -> anyhow::Result<()> {
+    rvdsm::virt::watch_lifecycle(config.libvirt.uri.clone(), move |vm, status| {
+        events.publish_vm_status(vm, status);
+    })
+    .context("cannot start the libvirt event thread")
 }
 
 /// Reads the certificates, or warns that TCP is plain.

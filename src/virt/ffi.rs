@@ -2,11 +2,13 @@
 //! only module with `unsafe`: each block calls one libvirt function on a live handle and reads
 //! libvirt's thread-local error on the same thread right after, as libvirt requires.
 //!
+//! `virt` 0.5 has no domain event registration; [`register_lifecycle`] adds the lifecycle one.
+//!
 //! `virt` 0.5's `Domain::job_stats` builds a `Vec` from libvirt's null parameter list when no
 //! job runs, which aborts the process; [`active_job_operation`] replaces it.
 
 use std::ffi::CString;
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_int, c_void};
 
 use virt::domain::Domain;
 use virt::sys;
@@ -113,6 +115,105 @@ fn with_mountpoints(
     let rc = call(points, count);
     drop(owned);
     check(op, rc)
+}
+
+/// Called with (domain UUID, `virDomainEventType`, its detail) for each lifecycle event.
+pub type LifecycleHandler = Box<dyn FnMut(uuid::Uuid, i32, i32) + Send>;
+
+/// `virConnectDomainEventRegisterAny(VIR_DOMAIN_EVENT_ID_LIFECYCLE)` for every domain of
+/// `conn`; returns the callback id. The handler runs on the thread that runs libvirt's event
+/// loop and is freed by libvirt when the callback is deregistered or the connection closes.
+pub fn register_lifecycle(
+    conn: &virt::connect::Connect,
+    handler: LifecycleHandler,
+) -> Result<i32, VirtError> {
+    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+    let opaque = Box::into_raw(Box::new(handler)).cast::<c_void>();
+    // SAFETY: libvirt calls a lifecycle callback with the five arguments of
+    // `virConnectDomainEventCallback`, whatever type the registration takes; its own
+    // VIR_DOMAIN_EVENT_CALLBACK macro casts function pointers exactly this way.
+    let callback = unsafe {
+        std::mem::transmute::<
+            unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                c_int,
+                c_int,
+                *mut c_void,
+            ) -> c_int,
+            Generic,
+        >(lifecycle_trampoline)
+    };
+    // SAFETY: `conn` is live for the call; `opaque` is a leaked box that libvirt hands back to
+    // the callback and frees once through `free_lifecycle_handler`.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            Some(callback),
+            opaque,
+            Some(free_lifecycle_handler),
+        )
+    };
+    if id < 0 {
+        let err = VirtError::libvirt(
+            "register for domain events",
+            virt::error::Error::last_error(),
+        );
+        // SAFETY: registration failed, so libvirt did not keep `opaque`; it is freed once, here.
+        drop(unsafe { Box::from_raw(opaque.cast::<LifecycleHandler>()) });
+        return Err(err);
+    }
+    Ok(id)
+}
+
+/// Undoes [`register_lifecycle`].
+pub fn deregister_lifecycle(conn: &virt::connect::Connect, id: i32) -> Result<(), VirtError> {
+    // SAFETY: `conn` is live; an unknown id is reported by libvirt as an error, not UB.
+    let rc = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
+    check("deregister domain events", rc).map(|_| ())
+}
+
+unsafe extern "C" fn lifecycle_trampoline(
+    _conn: sys::virConnectPtr,
+    domain: sys::virDomainPtr,
+    event: c_int,
+    detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `domain` is valid for the duration of the callback; `buf` has the
+    // VIR_UUID_STRING_BUFLEN bytes libvirt writes.
+    if unsafe { sys::virDomainGetUUIDString(domain, buf.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: libvirt NUL-terminated the string it wrote into `buf`.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    let Some(uuid) = text
+        .to_str()
+        .ok()
+        .and_then(|t| uuid::Uuid::parse_str(t).ok())
+    else {
+        return 0;
+    };
+    // SAFETY: `opaque` is the handler registered with this callback; libvirt frees it only
+    // after the callback can no longer run, and calls it from one thread at a time.
+    let handler = unsafe { &mut *opaque.cast::<LifecycleHandler>() };
+    // A panic must not unwind into libvirt's C frames.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler(uuid, event, detail)
+    }))
+    .is_err()
+    {
+        tracing::error!("domain event handler panicked");
+    }
+    0
+}
+
+unsafe extern "C" fn free_lifecycle_handler(opaque: *mut c_void) {
+    // SAFETY: libvirt calls this once, with the pointer `register_lifecycle` leaked.
+    drop(unsafe { Box::from_raw(opaque.cast::<LifecycleHandler>()) });
 }
 
 /// A libvirt return code: non-negative is success; else libvirt's last error on this thread.

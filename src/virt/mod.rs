@@ -1,7 +1,7 @@
 //! The only module that talks to libvirt: one shared connection that is re-opened when
 //! libvirtd restarts, VM lookup and state, the domain XML (disks and their backing chains),
 //! and the QEMU guest agent (typed QGA messages from the `qapi` crate, sent through libvirt's
-//! agent channel).
+//! agent channel), and the domain lifecycle events behind VM status events.
 //!
 //! Every libvirt call blocks, so each runs on tokio's blocking pool under a deadline
 //! ([`Hypervisor::call`]); the async reactor never waits on libvirt.
@@ -11,10 +11,12 @@ mod connection;
 mod domains;
 mod error;
 mod ffi;
+mod lifecycle;
 mod snapshot;
 pub mod xml;
 
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::VirtError;
+pub use lifecycle::watch_lifecycle;
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};

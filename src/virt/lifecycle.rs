@@ -1,0 +1,121 @@
+//! VM state changes from libvirt's domain lifecycle events, for `|virt|VM_status|` events.
+//!
+//! libvirt delivers events only to connections opened after an event loop is registered, and
+//! only while some thread runs that loop. [`watch_lifecycle`] registers libvirt's default loop,
+//! then one dedicated thread opens its own connection, registers for lifecycle events and runs
+//! the loop; when libvirtd goes away (the connection's keepalive or EOF tells the loop), the
+//! thread opens a new connection and registers again. No async task ever waits on it.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+use virt::connect::Connect;
+
+use super::ffi;
+use crate::api::types::VmStatus;
+
+/// How long to wait before connecting again after libvirtd went away.
+const RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// Calls `on_change(vm, status)` for every lifecycle event that changes what `Host.getVMList`
+/// would report, from a dedicated thread, for as long as the process runs.
+pub fn watch_lifecycle(
+    uri: String,
+    on_change: impl Fn(Uuid, VmStatus) + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    if let Err(err) = virt::event::event_register_default_impl() {
+        tracing::error!(error = %err, "cannot start libvirt's event loop; no VM status events");
+        return Ok(());
+    }
+    let on_change = std::sync::Arc::new(on_change);
+    std::thread::Builder::new()
+        .name("rvdsm-libvirt-events".into())
+        .spawn(move || {
+            loop {
+                match subscribe(&uri, std::sync::Arc::clone(&on_change)) {
+                    Ok((conn, id)) => {
+                        run_until_closed(&conn);
+                        let _ = ffi::deregister_lifecycle(&conn, id);
+                        tracing::warn!("libvirt event connection lost; reconnecting");
+                    }
+                    Err(err) => tracing::debug!(error = %err, "cannot watch domain events yet"),
+                }
+                std::thread::sleep(RECONNECT_DELAY);
+            }
+        })
+        .map(|_| ())
+}
+
+fn subscribe(
+    uri: &str,
+    on_change: std::sync::Arc<impl Fn(Uuid, VmStatus) + Send + Sync + 'static>,
+) -> Result<(Connect, i32), String> {
+    let conn = Connect::open(Some(uri)).map_err(|e| e.to_string())?;
+    // Keepalive wakes the loop every few seconds and closes the connection when libvirtd stops
+    // answering, so a dead libvirtd is noticed even without traffic.
+    if let Err(err) = conn.set_keep_alive(5, 3) {
+        tracing::debug!(error = %err, "libvirt keepalive not available");
+    }
+    let handler: ffi::LifecycleHandler = Box::new(move |vm, event, detail| {
+        if let Some(status) = status_after(event, detail) {
+            on_change(vm, status);
+        }
+    });
+    let id = ffi::register_lifecycle(&conn, handler).map_err(|e| e.to_string())?;
+    tracing::info!("watching libvirt domain events");
+    Ok((conn, id))
+}
+
+fn run_until_closed(conn: &Connect) {
+    while conn.is_alive().unwrap_or(false) {
+        if let Err(err) = virt::event::event_run_default_impl() {
+            tracing::warn!(error = %err, "libvirt event loop failed");
+            std::thread::sleep(RECONNECT_DELAY);
+        }
+    }
+}
+
+/// The VDSM status a lifecycle event leads to; `None` for events that change none.
+fn status_after(event: i32, _detail: i32) -> Option<VmStatus> {
+    let event = u32::try_from(event).ok()?;
+    match event {
+        virt::sys::VIR_DOMAIN_EVENT_STARTED | virt::sys::VIR_DOMAIN_EVENT_RESUMED => {
+            Some(VmStatus::Up)
+        }
+        virt::sys::VIR_DOMAIN_EVENT_SUSPENDED => Some(VmStatus::Paused),
+        virt::sys::VIR_DOMAIN_EVENT_SHUTDOWN => Some(VmStatus::PoweringDown),
+        virt::sys::VIR_DOMAIN_EVENT_STOPPED | virt::sys::VIR_DOMAIN_EVENT_CRASHED => {
+            Some(VmStatus::Down)
+        }
+        virt::sys::VIR_DOMAIN_EVENT_PMSUSPENDED => Some(VmStatus::Suspended),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_events_map_to_vdsm_statuses() {
+        let status = |e: u32| status_after(e as i32, 0);
+        assert_eq!(
+            status(virt::sys::VIR_DOMAIN_EVENT_STARTED),
+            Some(VmStatus::Up)
+        );
+        assert_eq!(
+            status(virt::sys::VIR_DOMAIN_EVENT_RESUMED),
+            Some(VmStatus::Up)
+        );
+        assert_eq!(
+            status(virt::sys::VIR_DOMAIN_EVENT_SUSPENDED),
+            Some(VmStatus::Paused)
+        );
+        assert_eq!(
+            status(virt::sys::VIR_DOMAIN_EVENT_STOPPED),
+            Some(VmStatus::Down)
+        );
+        assert_eq!(status(virt::sys::VIR_DOMAIN_EVENT_DEFINED), None);
+        assert_eq!(status_after(-1, 0), None);
+    }
+}
