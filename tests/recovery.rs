@@ -177,6 +177,42 @@ fn while_recovering_only_ping_is_served() {
         assert_eq!(code, 99, "{verb}: {message}");
         assert_eq!(message, "Recovering from crash or Initializing");
     }
+    // VDSM's managers send batches over STOMP: every call in one is gated too.
+    let mut raw = common::stomp::Raw::connect(f.daemon.port);
+    let batch = r#"[{"jsonrpc":"2.0","method":"Host.getVMList","id":1},{"jsonrpc":"2.0","method":"Host.ping2","id":2}]"#;
+    let _ = raw.send(&common::stomp::frame(
+        "CONNECT",
+        &[("accept-version", "1.2")],
+        "",
+    ));
+    let _ = raw.send(&common::stomp::frame(
+        "SUBSCRIBE",
+        &[("destination", "r"), ("id", "s")],
+        "",
+    ));
+    let _ = raw.send(&common::stomp::frame(
+        "SEND",
+        &[
+            ("destination", "jms.topic.vdsm_requests"),
+            ("reply-to", "r"),
+        ],
+        batch,
+    ));
+    let reply = raw.read_until("MESSAGE", Duration::from_secs(10));
+    let reply = reply + &raw.read_until("\0", Duration::from_secs(5));
+    let body = reply.rsplit("\n\n").next().unwrap().trim_end_matches('\0');
+    let replies: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    let by_id = |id: i64| {
+        replies
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id(1)["error"]["code"], 99, "{replies}");
+    assert_eq!(by_id(2)["result"], true, "{replies}");
     f.daemon.restart_in_place(&[]);
     assert_eq!(
         f.daemon.ok("Host.getStorageDomains", Value::Null),

@@ -15,10 +15,16 @@ use super::readiness::{Readiness, RecoveryGateLayer};
 /// The RPC middleware every transport applies, outermost first.
 pub type RpcLayers = Stack<RecoveryGateLayer, Stack<RequestLogLayer, Identity>>;
 
-/// The middleware stack: one log span per request, then the recovery gate.
-pub fn rpc_middleware(readiness: Readiness) -> RpcServiceBuilder<RpcLayers> {
+/// The middleware stack: one log span per request (batches taken apart), then the recovery
+/// gate. `max_response_bytes` bounds a batch's reply.
+pub fn rpc_middleware(
+    readiness: Readiness,
+    max_response_bytes: u32,
+) -> RpcServiceBuilder<RpcLayers> {
     RpcServiceBuilder::new()
-        .layer(RequestLogLayer)
+        .layer(RequestLogLayer {
+            max_response_bytes: max_response_bytes as usize,
+        })
         .layer(RecoveryGateLayer(readiness))
 }
 
@@ -36,13 +42,13 @@ impl Dispatcher {
     pub fn new(
         methods: Methods,
         config: ServerConfig,
-        readiness: Readiness,
+        middleware: RpcServiceBuilder<RpcLayers>,
         stop: StopHandle,
     ) -> Self {
         Self {
             methods,
             config,
-            middleware: rpc_middleware(readiness),
+            middleware,
             stop,
         }
     }

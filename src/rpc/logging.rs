@@ -1,11 +1,16 @@
 //! One tracing span per request, carrying the method, the request id and the manager's flow id
 //! (STOMP's `ovirtCorrelationId`), and one log line with the outcome and duration. Applies to
 //! every transport that serves the registry.
+//!
+//! This is the outermost layer, and it also takes batches apart: jsonrpsee hands a batch to a
+//! middleware's `batch` and then runs its calls only through the innermost service, so every
+//! layer's `call` (this log line, the recovery gate) would be skipped for batches, which are
+//! what VDSM's clients send. Here each call of a batch goes through the whole stack.
 
 use std::time::Instant;
 
-use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
-use jsonrpsee::server::MethodResponse;
+use jsonrpsee::core::middleware::{Batch, BatchEntry, Notification, RpcServiceT};
+use jsonrpsee::server::{BatchResponseBuilder, MethodResponse};
 use jsonrpsee::types::Request;
 use tracing::Instrument;
 
@@ -15,14 +20,20 @@ use tracing::Instrument;
 pub struct CorrelationId(pub String);
 
 /// The tower layer that adds [`RequestLog`] around the RPC service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestLogLayer;
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLogLayer {
+    /// The largest batch reply, in bytes (the server's response limit).
+    pub max_response_bytes: usize,
+}
 
 impl<S> tower::Layer<S> for RequestLogLayer {
     type Service = RequestLog<S>;
 
     fn layer(&self, service: S) -> Self::Service {
-        RequestLog { service }
+        RequestLog {
+            service,
+            max_response_bytes: self.max_response_bytes,
+        }
     }
 }
 
@@ -30,11 +41,19 @@ impl<S> tower::Layer<S> for RequestLogLayer {
 #[derive(Debug, Clone)]
 pub struct RequestLog<S> {
     service: S,
+    max_response_bytes: usize,
 }
 
 impl<S> RpcServiceT for RequestLog<S>
 where
-    S: RpcServiceT<MethodResponse = MethodResponse> + Send + Sync + Clone + 'static,
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+        > + Send
+        + Sync
+        + Clone
+        + 'static,
 {
     type MethodResponse = S::MethodResponse;
     type NotificationResponse = S::NotificationResponse;
@@ -68,8 +87,33 @@ where
     }
 
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = Self::BatchResponse> + Send + 'a {
-        let span = tracing::info_span!("batch", len = batch.len());
-        self.service.batch(batch).instrument(span)
+        let this = self.clone();
+        async move {
+            let mut replies = BatchResponseBuilder::new_with_limit(this.max_response_bytes);
+            let mut notified = false;
+            for entry in batch {
+                let reply = match entry {
+                    Ok(BatchEntry::Call(request)) => this.call(request).await,
+                    Ok(BatchEntry::Notification(n)) => {
+                        notified = true;
+                        this.notification(n).await;
+                        continue;
+                    }
+                    Err(invalid) => {
+                        let (error, id) = invalid.into_parts();
+                        MethodResponse::error(id, error)
+                    }
+                };
+                if let Err(too_large) = replies.append(reply) {
+                    return too_large;
+                }
+            }
+            if replies.is_empty() && notified {
+                MethodResponse::notification()
+            } else {
+                MethodResponse::from_batch(replies.finish())
+            }
+        }
     }
 
     fn notification<'a>(

@@ -100,9 +100,10 @@ impl RunningServer {
             .max_response_body_size(options.max_response_bytes)
             .max_connections(options.max_connections)
             .build();
+        let middleware = rpc_middleware(readiness, options.max_response_bytes);
         let builder = Server::builder()
             .set_config(config.clone())
-            .set_rpc_middleware(rpc_middleware(readiness.clone()))
+            .set_rpc_middleware(middleware.clone())
             .set_http_middleware(tower::ServiceBuilder::new().layer(RequireLengthLayer))
             .to_service_builder();
         let connections = TaskTracker::new();
@@ -114,7 +115,7 @@ impl RunningServer {
         ));
         let stomp = Arc::new(StompService::new(
             broker,
-            Dispatcher::new(methods.clone(), config, readiness, stop.clone()),
+            Dispatcher::new(methods.clone(), config, middleware, stop.clone()),
             StompOptions {
                 limits: FrameLimits {
                     max_body_bytes: options.max_request_bytes as usize,
