@@ -1,6 +1,9 @@
-//! Events from a real rvdsmd and a real guest: `|virt|VM_status|<vmId>` when the VM is paused
-//! and resumed, and `|jobs|status|<jobId>` when a snapshot job ends, each received by a STOMP
-//! subscriber of `jms.queue.events`, a WebSocket subscriber and the CLI's `--events`.
+//! A manager's whole session as VDSM's managers hold it, against a real rvdsmd and a real
+//! guest: STOMP over mutual TLS with a client certificate, driving `Host.ping2`,
+//! `Host.getVMList`, `Volume.create` and its task, `VM.snapshot` with `Host.getJobs`, and
+//! `VM.freeze` / `VM.thaw`; and the events: `|virt|VM_status|<vmId>` when the VM is paused and
+//! resumed, `|jobs|status|<jobId>` when the snapshot job ends, received by a STOMP subscriber
+//! of `jms.queue.events`, a WebSocket subscriber and the CLI's `--events`.
 
 mod common;
 
@@ -9,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::domain::{Fixture, assert_success, new_id};
 use common::stomp;
-use common::{GuestOptions, libvirt};
-use rvdsm::rpc::client::{Client, Endpoint};
+use common::{Daemon, GuestOptions, libvirt};
+use rvdsm::rpc::client::{Client, ClientError, Endpoint};
+use rvdsm::rpc::stomp::client::StompClient;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -44,15 +48,38 @@ fn is_status(event: &Value, vm: &str, status: &str) -> bool {
         && event["params"]["notify_time"].as_u64().is_some()
 }
 
+/// The result of a call that must succeed.
+async fn ok<S>(client: &StompClient<S>, method: &str, params: Value) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    client
+        .call(method, params, Some("test-flow"))
+        .await
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
 #[test]
-fn vm_status_and_job_events_reach_every_kind_of_subscriber() {
+fn a_manager_session_over_stomp_and_tls_with_events() {
     let Some(conn) = libvirt() else { return };
-    let f = Fixture::new();
+    let pki = tempfile::tempdir().unwrap();
+    let lab = rvdsm::pki::init(pki.path(), &[]).unwrap();
+    let f = Fixture::on(Daemon::start_tls(&lab.server));
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
     let vm = guest.uuid.clone();
     let rt = stomp::runtime();
-    let stomp_client = rt.block_on(stomp::over_tcp(f.daemon.port, false));
-    let mut stomp_subscriber = rt.block_on(stomp::over_tcp(f.daemon.port, true));
+    let manager = rt.block_on(async {
+        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
+        StompClient::connect(stream, stomp::CALL_TIMEOUT, false)
+            .await
+            .unwrap()
+    });
+    let mut stomp_subscriber = rt.block_on(async {
+        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
+        StompClient::connect(stream, stomp::CALL_TIMEOUT, true)
+            .await
+            .unwrap()
+    });
     let (tx, mut stomp_events) = mpsc::channel(1024);
     rt.spawn(async move {
         while let Some(event) = stomp_subscriber.next_event().await {
@@ -102,23 +129,49 @@ fn vm_status_and_job_events_reach_every_kind_of_subscriber() {
     assert!(is_status(&lines[0], &vm, "Paused"), "{lines:?}");
     assert!(is_status(&lines[1], &vm, "Up"), "{lines:?}");
 
+    assert_eq!(
+        rt.block_on(ok(&manager, "Host.ping2", json!({}))),
+        json!(true)
+    );
+    let vms = rt.block_on(ok(&manager, "Host.getVMList", json!({})));
+    assert!(
+        vms.as_array().unwrap().iter().any(|v| v["vmId"] == vm),
+        "{vms}"
+    );
+
+    // Volume.create as a storage task, polled as the engine polls it.
     let top = new_id();
-    assert_success(&f.create(
+    let params = f.create_params(
         &image,
         &top,
-        json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
-    ));
+        json!({"srcImgUUID": image, "srcVolUUID": base, "size": (64u64 << 20).to_string()}),
+    );
+    let task = rt.block_on(ok(&manager, "Volume.create", params));
+    let task = task.as_str().unwrap().to_owned();
+    let mut status = Value::Null;
+    let finished = common::wait_until(Duration::from_secs(60), || {
+        status = rt.block_on(ok(&manager, "Task.getStatus", json!({"taskID": task})));
+        status["taskState"] == "finished"
+    });
+    assert!(finished, "{status}");
+    assert_success(&status);
+    assert_eq!(
+        rt.block_on(ok(&manager, "Task.clear", json!({"taskID": task}))),
+        json!(true)
+    );
+
+    // VM.snapshot, its event, and Host.getJobs.
     let job = new_id();
-    let started = rt.block_on(stomp_client.call(
+    let started = rt.block_on(ok(
+        &manager,
         "VM.snapshot",
         json!({
             "vmID": vm,
             "snapDrives": [{"domainID": f.domain, "imageID": image, "baseVolumeID": base, "volumeID": top}],
             "jobUUID": job,
         }),
-        None,
     ));
-    assert_eq!(started.unwrap(), Value::Bool(true));
+    assert_eq!(started, Value::Bool(true));
     let ended = rt.block_on(wait_for("job status", &mut stomp_events, |e| {
         e["method"] == format!("|jobs|status|{job}")
     }));
@@ -129,4 +182,27 @@ fn vm_status_and_job_events_reach_every_kind_of_subscriber() {
         e["method"] == format!("|jobs|status|{job}")
     }));
     assert_eq!(via_ws["params"][&job]["status"], "done");
+    let jobs = rt.block_on(ok(&manager, "Host.getJobs", json!({"job_ids": [job]})));
+    assert_eq!(jobs[&job]["status"], "done", "{jobs}");
+    assert_eq!(jobs[&job]["result"]["consistency"], "quiesced", "{jobs}");
+
+    // VM.freeze / VM.thaw, and VDSM's code for an unknown VM.
+    assert_eq!(
+        rt.block_on(ok(&manager, "VM.freeze", json!({"vmID": vm}))),
+        json!(true)
+    );
+    assert_eq!(
+        rt.block_on(ok(&manager, "VM.thaw", json!({"vmID": vm}))),
+        json!(true)
+    );
+    let unknown = rt.block_on(manager.call(
+        "VM.freeze",
+        json!({"vmID": "11111111-2222-3333-4444-555555555555"}),
+        None,
+    ));
+    assert!(
+        matches!(unknown, Err(ClientError::Server { code: 1, .. })),
+        "{unknown:?}"
+    );
+    assert!(f.daemon.log().contains("test-flow"));
 }

@@ -46,15 +46,7 @@ fn in_ten_years() -> OffsetDateTime {
 /// A daemon with mutual TLS, its server files issued by `ca`.
 fn tls_daemon(pki: &Path, ca: &Authority) -> Daemon {
     let server = issue(pki, ca, Role::Server, in_ten_years(), "server");
-    let dir = tempfile::Builder::new()
-        .prefix("rvdsmd-test")
-        .tempdir()
-        .unwrap();
-    let config = common::daemon::test_config_tls(dir.path(), "", Some(&server));
-    std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
-    let mut daemon = Daemon::spawn(dir, &[]);
-    daemon.wait_ready();
-    daemon
+    Daemon::start_tls(&server)
 }
 
 #[test]
@@ -241,14 +233,7 @@ fn cli_speaks_tls_and_pki_init_makes_working_certificates() {
     assert!(!again.status.success(), "pki init overwrote its files");
     let files = rvdsm::pki::LabFiles::in_dir(&lab);
 
-    let dir = tempfile::Builder::new()
-        .prefix("rvdsmd-test")
-        .tempdir()
-        .unwrap();
-    let config = common::daemon::test_config_tls(dir.path(), "", Some(&files.server));
-    std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
-    let mut daemon = Daemon::spawn(dir, &[]);
-    daemon.wait_ready();
+    let daemon = Daemon::start_tls(&files.server);
     let port = daemon.port.to_string();
     let run = |extra: &[&str]| {
         Command::new(rvdsm)

@@ -57,6 +57,22 @@ impl Daemon {
         daemon
     }
 
+    /// Starts rvdsmd with mutual TLS on TCP, with the daemon's side of `tls`.
+    pub fn start_tls(tls: &rvdsm::rpc::tls::TlsFiles) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("rvdsmd-test")
+            .tempdir()
+            .unwrap();
+        std::fs::write(
+            dir.path().join("rvdsm.toml"),
+            test_config_tls(dir.path(), "", Some(tls)),
+        )
+        .unwrap();
+        let mut daemon = Daemon::spawn(dir, &[]);
+        daemon.wait_ready();
+        daemon
+    }
+
     /// Starts rvdsmd again on the directory of this daemon (its state, storage, socket and
     /// port), after killing it if it still runs, as systemd would restart it.
     pub fn restart(self) -> Daemon {

@@ -27,7 +27,11 @@ impl Fixture {
 
     /// A fixture whose daemon has `extra` configuration (e.g. `[libvirt]` settings).
     pub fn with_config(extra: &str) -> Fixture {
-        let daemon = Daemon::start_with(extra);
+        Fixture::on(Daemon::start_with(extra))
+    }
+
+    /// A fixture on a daemon started by the caller.
+    pub fn on(daemon: Daemon) -> Fixture {
         let data = tempfile::tempdir().unwrap();
         let pool = daemon.pool();
         let domain = Uuid::new_v4().to_string();
