@@ -418,3 +418,43 @@ fn connections_over_the_limit_are_closed_at_once() {
         Value::Bool(true)
     );
 }
+
+#[test]
+fn ten_thousand_idle_connections_are_bounded_by_the_limit() {
+    let daemon = Daemon::start();
+    let baseline = daemon.open_fds();
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        match std::net::TcpStream::connect(("127.0.0.1", daemon.port)) {
+            Ok(stream) => idle.push(stream),
+            Err(err) => panic!("connect failed after {} connections: {err}", idle.len()),
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let open = daemon.open_fds();
+    assert!(
+        open <= baseline + 256 + 16,
+        "{open} descriptors open with 10000 idle clients (baseline {baseline}, limit 256)"
+    );
+    // The Unix socket has its own limit and still serves.
+    let rt = stomp::runtime();
+    rt.block_on(async {
+        let client = stomp::over_unix(&daemon.socket).await;
+        assert_eq!(
+            client.call("Host.ping2", json!({}), None).await.unwrap(),
+            Value::Bool(true)
+        );
+    });
+    // Idle connections are dropped after the detection deadline; then TCP serves again.
+    let drained = common::wait_until(Duration::from_secs(20), || {
+        daemon.open_fds() <= baseline + 16
+    });
+    assert!(drained, "{} descriptors still open", daemon.open_fds());
+    drop(idle);
+    assert_eq!(
+        daemon
+            .call(common::daemon::Via::Tcp, "Host.ping2", json!({}))
+            .unwrap(),
+        Value::Bool(true)
+    );
+}

@@ -302,10 +302,16 @@ impl Served {
     }
 }
 
+/// A place under the listener's connection limit, or `None` (the connection is then closed).
+/// Refusals are logged at powers of two, so a flood of connections cannot flood the log.
 fn admit(limit: &Arc<Semaphore>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let permit = Arc::clone(limit).try_acquire_owned().ok();
     if permit.is_none() {
-        tracing::warn!("connection limit reached; connection closed");
+        let refused = REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            tracing::warn!(refused, "connection limit reached; connection closed");
+        }
     }
     permit
 }

@@ -243,6 +243,18 @@ impl Daemon {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon stopped").id()
+    }
+
+    /// How many file descriptors the daemon has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
     /// Sends `signal` to the daemon.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let child = self.child.as_ref().expect("daemon stopped");
