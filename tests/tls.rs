@@ -267,3 +267,44 @@ fn cli_speaks_tls_and_pki_init_makes_working_certificates() {
     let plain = run(&["--insecure"]);
     assert_eq!(plain.status.code(), Some(3), "{plain:?}");
 }
+
+#[test]
+fn an_independent_stomp_client_drives_the_daemon_over_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    let lab = rvdsm::pki::init(pki.path(), &[]).unwrap();
+    let daemon = Daemon::start_tls(&lab.server);
+    let client = &lab.client;
+    let output = Command::new("/usr/bin/python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/stomp_py_client.py"
+        ))
+        .arg(daemon.port.to_string())
+        .args([&client.cert, &client.key, &client.ca])
+        .args(["Host.ping2", "{}"])
+        .args(["Host.getStorageDomains", "{}"])
+        .args([
+            "VM.thaw",
+            r#"{"vmID": "11111111-2222-3333-4444-555555555555"}"#,
+        ])
+        .output()
+        .expect("python3 with python3-stomp (scripts/test installs it)");
+    assert!(
+        output.status.success(),
+        "stomp.py client failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+    let replies: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert_eq!(replies[0]["result"], json!(true));
+    assert!(replies[1]["result"].is_array(), "{}", replies[1]);
+    assert_eq!(replies[2]["error"]["code"], 1, "{}", replies[2]);
+    assert!(
+        daemon.log().contains("stomp.py"),
+        "the flow id was not logged"
+    );
+}
