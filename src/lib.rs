@@ -16,6 +16,7 @@
 //! - [`virt`]: the only module that talks to libvirt: the shared reconnecting connection, VM
 //!   lookup and state, domain XML, and the guest agent.
 //! - [`cli`]: argument handling for the `rvdsm` command-line client.
+//! - [`metrics`]: Prometheus metrics for operators.
 //! - [`pki`]: a lab certificate authority (`rvdsm pki init`).
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod events;
 pub mod failpoint;
 pub mod jobs;
+pub mod metrics;
 pub mod pki;
 pub mod rpc;
 pub mod services;

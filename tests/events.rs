@@ -205,4 +205,24 @@ fn a_manager_session_over_stomp_and_tls_with_events() {
         "{unknown:?}"
     );
     assert!(f.daemon.log().contains("test-flow"));
+
+    // What an operator's Prometheus scrapes.
+    let metrics = f.daemon.metrics();
+    for expected in [
+        r#"rvdsm_snapshots_total{outcome="done",consistency="quiesced"} 1"#,
+        r#"rvdsm_snapshot_duration_seconds_count{outcome="done",consistency="quiesced"} 1"#,
+        "rvdsm_frozen_window_seconds_count 1",
+        r#"rvdsm_rpc_requests_total{method="VM.snapshot",code="0"} 1"#,
+        r#"rvdsm_rpc_requests_total{method="VM.freeze",code="1"} 1"#,
+        "rvdsm_volumes_created_total 2",
+        r#"rvdsm_jobs{state="done"} 1"#,
+        r#"rvdsm_open_connections{transport="tcp"} 2"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+    // VM.freeze's freeze call was measured too.
+    assert!(
+        metrics.contains("rvdsm_freeze_duration_seconds_count 2"),
+        "{metrics}"
+    );
 }

@@ -76,6 +76,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // every start-up step that touches the state directory.
     let state_dir = config.daemon.state_dir.clone();
     let auto_thaw = Duration::from_secs(config.daemon.auto_thaw_secs);
+    let jobs_view = jobs.clone();
     let (freeze, opened) = {
         let (hypervisor, storage) = (hypervisor.clone(), storage.clone());
         tokio::task::spawn_blocking(move || {
@@ -99,6 +100,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("start-up panicked")?
     };
     let (snapshot, interrupted) = opened.context("cannot open the snapshot journal")?;
+    count_states_at_scrape(jobs_view, storage.clone());
     let services = Services {
         host: HostService::new(hypervisor, storage.pool(), freeze.clone()),
         snapshot: snapshot.clone(),
@@ -163,6 +165,32 @@ fn watch_vm_status(config: &Config, events: EventBus) -> anyhow::Result<()> {
         events.publish_vm_status(vm, status);
     })
     .context("cannot start the libvirt event thread")
+}
+
+/// Tasks and jobs by state, read from the services each time `/metrics` is scraped.
+fn count_states_at_scrape(jobs: JobRegistry, storage: StorageService) {
+    rvdsm::metrics::global().on_scrape(move |metrics| {
+        let mut by_status: std::collections::BTreeMap<String, i64> = Default::default();
+        for info in jobs.list(None, &[]).values() {
+            let status = serde_json::to_value(info.status).unwrap_or_default();
+            *by_status
+                .entry(status.as_str().unwrap_or("unknown").to_owned())
+                .or_default() += 1;
+        }
+        let counts: Vec<(&str, i64)> = by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        rvdsm::metrics::Metrics::set_states(&metrics.jobs, &counts);
+        let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();
+        for status in storage.all_task_statuses().values() {
+            let state = if status.task_result.is_empty() {
+                status.task_state.clone()
+            } else {
+                format!("{}/{}", status.task_state, status.task_result)
+            };
+            *by_state.entry(state).or_default() += 1;
+        }
+        let counts: Vec<(&str, i64)> = by_state.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        rvdsm::metrics::Metrics::set_states(&metrics.tasks, &counts);
+    });
 }
 
 /// Reads the certificates, or warns that TCP is plain.

@@ -73,14 +73,24 @@ where
                 .map(|flow| flow.0.as_str()),
         );
         let service = self.service.clone();
+        let method = request.method_name().to_owned();
         async move {
             let started = Instant::now();
             let response = service.call(request).await;
             let millis = started.elapsed().as_secs_f64() * 1000.0;
-            match response.as_error_code() {
+            let code = response.as_error_code();
+            match code {
                 None => tracing::info!(millis, "done"),
                 Some(code) => tracing::info!(millis, code, "failed"),
             }
+            // Only known verbs get their own label: a client must not be able to grow the
+            // metric without bound by inventing method names.
+            let label = if crate::api::schema::find(&method).is_some() {
+                method.as_str()
+            } else {
+                "other"
+            };
+            crate::metrics::global().rpc(label, code);
             response
         }
         .instrument(span)

@@ -6,6 +6,7 @@
 //! - [`params`]: JSON parameters (by name or by position) into the typed structs of `api`.
 //! - [`logging`]: one tracing span and one log line per request.
 //! - [`http_limits`]: HTTP-level refusals (a POST must declare its length).
+//! - [`metrics_http`]: `GET /metrics` for Prometheus.
 //! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
 //! - [`dispatch`]: JSON-RPC texts from non-HTTP transports into the same registry.
 //! - [`detect`]: which protocol a connection speaks, from its first bytes.
@@ -21,6 +22,7 @@ pub mod dispatch;
 pub mod http_limits;
 pub mod logging;
 pub mod methods;
+pub mod metrics_http;
 pub mod params;
 pub mod readiness;
 pub mod server;

@@ -26,6 +26,7 @@ use tower::layer::util::{Identity, Stack};
 use super::detect::{Protocol, detect};
 use super::dispatch::{Dispatcher, RpcLayers, rpc_middleware};
 use super::http_limits::RequireLengthLayer;
+use super::metrics_http::MetricsEndpointLayer;
 use super::readiness::Readiness;
 use super::stomp::frame::FrameLimits;
 use super::stomp::{Broker, StompOptions, StompService};
@@ -81,8 +82,10 @@ pub struct RunningServer {
     connections: TaskTracker,
 }
 
-type ServiceBuilder =
-    jsonrpsee::server::TowerServiceBuilder<RpcLayers, Stack<RequireLengthLayer, Identity>>;
+type ServiceBuilder = jsonrpsee::server::TowerServiceBuilder<
+    RpcLayers,
+    Stack<RequireLengthLayer, Stack<MetricsEndpointLayer, Identity>>,
+>;
 
 impl RunningServer {
     /// Binds the listeners and starts serving `methods`; until `readiness` is set, only
@@ -104,7 +107,11 @@ impl RunningServer {
         let builder = Server::builder()
             .set_config(config.clone())
             .set_rpc_middleware(middleware.clone())
-            .set_http_middleware(tower::ServiceBuilder::new().layer(RequireLengthLayer))
+            .set_http_middleware(
+                tower::ServiceBuilder::new()
+                    .layer(MetricsEndpointLayer)
+                    .layer(RequireLengthLayer),
+            )
             .to_service_builder();
         let connections = TaskTracker::new();
         let broker = Arc::new(Broker::default());
@@ -231,6 +238,7 @@ impl Served {
                         let Some(permit) = admit(&limit) else { continue };
                         let served = self.clone();
                         self.connections.spawn(async move {
+                            let _open = crate::metrics::global().connection("tcp");
                             match &served.tls {
                                 None => served.serve(stream).await,
                                 Some(tls) => match tokio::time::timeout(
@@ -264,6 +272,7 @@ impl Served {
                         let Some(permit) = admit(&limit) else { continue };
                         let served = self.clone();
                         self.connections.spawn(async move {
+                            let _open = crate::metrics::global().connection("unix");
                             served.serve(stream).await;
                             drop(permit);
                         });

@@ -124,14 +124,23 @@ impl FreezeService {
 
     /// Freezes; a failure that nonetheless froze the guest (a timeout) counts as a freeze.
     async fn freeze_now(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<(), ApiError> {
-        match self.hypervisor.freeze(vm, mountpoints).await {
+        let started = std::time::Instant::now();
+        let frozen = self.hypervisor.freeze(vm, mountpoints).await;
+        crate::metrics::global()
+            .freeze_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match frozen {
             Ok(count) => tracing::info!(%vm, count, "guest filesystems frozen"),
             Err(err) => {
                 // A timeout is ambiguous: the freeze may have taken effect. Then it is ours.
                 let took_effect = self.hypervisor.freeze_state(vm, self.agent_timeout).await
                     == Ok(FreezeState::Frozen);
                 if !took_effect {
-                    return Err(freeze_error(&err));
+                    let error = freeze_error(&err);
+                    if matches!(error, ApiError::Coded { code: 19, .. }) {
+                        crate::metrics::global().agent_timeouts.inc();
+                    }
+                    return Err(error);
                 }
                 tracing::warn!(%vm, error = %err, "freeze reported an error but took effect");
             }
@@ -174,6 +183,7 @@ impl FreezeService {
                 return;
             }
             tracing::warn!(vm = %record.vm, "auto-thaw deadline reached: thawing the guest");
+            crate::metrics::global().auto_thaws.inc();
             match service.thaw(record.vm).await {
                 Ok(()) => {}
                 Err(ApiError::NoSuchVm { .. }) => service.forget(record.vm).await,

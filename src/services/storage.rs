@@ -383,6 +383,7 @@ impl StorageService {
         let outcome = match result {
             Ok(()) => {
                 tracing::info!(%task, volume = %request.volume, "volume created");
+                crate::metrics::global().volumes_created.inc();
                 Ok(())
             }
             Err(err) => {

@@ -154,6 +154,9 @@ pub struct Timings {
     pub switch_ms: f64,
     /// The thaw call.
     pub thaw_ms: f64,
+    /// From the freeze call's return to the thaw call's return: how long the guest stayed
+    /// frozen for this snapshot (0 when it was not frozen by it).
+    pub frozen_ms: f64,
     /// From the start of the flow to its end.
     pub total_ms: f64,
 }
@@ -251,6 +254,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         Some(reason) => (false, Some(reason)),
         None => quiesce(ops, plan, &mut timings).await?,
     };
+    let frozen_since = Instant::now();
     if owned_freeze {
         // Test seam for kill -9 in the frozen window; blocks this worker thread forever.
         crate::failpoint::pause_if_requested("snapshot:frozen");
@@ -277,6 +281,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         let t = Instant::now();
         let error = thaw_owned(ops, plan).await;
         timings.thaw_ms = millis(t);
+        timings.frozen_ms = millis(frozen_since);
         error
     } else {
         None

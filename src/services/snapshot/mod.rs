@@ -394,6 +394,7 @@ impl SnapshotService {
         let job = entry.job;
         let _slot = self.jobs.run_slot(job).await;
         let _claim = claim;
+        let started = std::time::Instant::now();
         if drives.is_empty() {
             let result = json!({"switched": [], "skipped": skipped});
             self.finish_job(&entry, Ok(result)).await;
@@ -434,6 +435,7 @@ impl SnapshotService {
                     .map(|d| d.target.as_str())
                     .collect();
                 tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
+                record_outcome(&outcome, started.elapsed());
                 let result = json!({
                     "consistency": outcome.consistency,
                     "reason": outcome.reason,
@@ -446,6 +448,7 @@ impl SnapshotService {
                 self.finish_job(&entry, Ok(result)).await;
             }
             Err(failure) => {
+                record_failure(started.elapsed());
                 let message = match failure.libvirt_code {
                     Some(code) => format!(
                         "Snapshot failed: {} (libvirt error {code})",
@@ -485,6 +488,9 @@ impl SnapshotService {
                     Err(err) => errors.push(format!("{}: {err}", drive.volume)),
                 }
             }
+        }
+        if !deleted.is_empty() {
+            crate::metrics::global().rollbacks.inc();
         }
         self.jobs.set_result(
             job,
@@ -585,6 +591,62 @@ async fn canonical_all(paths: Vec<PathBuf>) -> Vec<Option<PathBuf>> {
     })
     .await
     .unwrap_or_else(|_| vec![None; count])
+}
+
+/// Adds a switched snapshot to the operators' metrics.
+fn record_outcome(outcome: &flow::Outcome, took: std::time::Duration) {
+    let metrics = crate::metrics::global();
+    let labels = crate::metrics::SnapshotLabels {
+        outcome: "done".into(),
+        consistency: wire_name(&outcome.consistency),
+    };
+    metrics.snapshots.get_or_create(&labels).inc();
+    metrics
+        .snapshot_seconds
+        .get_or_create(&labels)
+        .observe(took.as_secs_f64());
+    if outcome.timings.freeze_ms > 0.0 {
+        metrics
+            .freeze_seconds
+            .observe(outcome.timings.freeze_ms / 1000.0);
+    }
+    if outcome.timings.frozen_ms > 0.0 {
+        metrics
+            .frozen_window_seconds
+            .observe(outcome.timings.frozen_ms / 1000.0);
+    }
+    if let Some(reason) = &outcome.reason {
+        let reason = wire_name(reason);
+        if reason == "agent-not-responding" {
+            metrics.agent_timeouts.inc();
+        }
+        metrics
+            .fallbacks
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// The name serde gives a unit variant (`quiesced`, `agent-not-responding`, ...).
+fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Adds a failed snapshot to the operators' metrics.
+fn record_failure(took: std::time::Duration) {
+    let metrics = crate::metrics::global();
+    let labels = crate::metrics::SnapshotLabels {
+        outcome: "failed".into(),
+        consistency: "none".into(),
+    };
+    metrics.snapshots.get_or_create(&labels).inc();
+    metrics
+        .snapshot_seconds
+        .get_or_create(&labels)
+        .observe(took.as_secs_f64());
 }
 
 #[cfg(test)]
