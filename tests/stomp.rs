@@ -97,7 +97,8 @@ fn vdsm_client_frames_get_vdsm_replies() {
     ))
     .unwrap();
     let reply = raw.read_until("\0", Duration::from_secs(5));
-    let expected_body = r#"{"jsonrpc":"2.0","id":"req-1","result":true}"#;
+    // VDSM's text, as vdsm-client received it (Python's separators).
+    let expected_body = r#"{"jsonrpc": "2.0", "id": "req-1", "result": true}"#;
     assert_eq!(
         reply,
         format!(
@@ -145,7 +146,7 @@ fn batches_notifications_and_child_queues() {
     ))
     .unwrap();
     let reply = raw.read_until("\0", Duration::from_secs(5));
-    assert!(reply.contains(r#""id":"x""#), "{reply}");
+    assert!(reply.contains(r#""id": "x""#), "{reply}");
     let (more, _) = raw.read_for(Duration::from_millis(300));
     assert!(more.is_empty(), "unexpected frame: {more:?}");
     // Broken JSON gets JSON-RPC's parse error.

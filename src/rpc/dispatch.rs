@@ -9,6 +9,7 @@ use jsonrpsee::core::middleware::RpcServiceBuilder;
 use jsonrpsee::server::{ConnectionState, HttpBody, ServerConfig, StopHandle};
 use tower::layer::util::{Identity, Stack};
 
+use super::json_style::python_separators;
 use super::logging::{CorrelationId, RequestLogLayer};
 use super::readiness::{Readiness, RecoveryGateLayer};
 
@@ -63,7 +64,8 @@ impl Dispatcher {
 
     /// Handles one JSON-RPC text (a request, a notification or a batch) and returns the reply
     /// text, or `None` when there is nothing to send back (notifications only). As VDSM does,
-    /// a batch whose reply has exactly one member is answered with that bare object.
+    /// a batch whose reply has exactly one member is answered with that bare object, and the
+    /// text has Python's separators.
     pub async fn handle(
         &self,
         connection: &ConnectionState,
@@ -96,7 +98,7 @@ impl Dispatcher {
         if bytes.is_empty() {
             return None;
         }
-        Some(unwrap_single_batch(bytes.to_vec()))
+        Some(python_separators(&unwrap_single_batch(bytes.to_vec())))
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
 //! - [`dispatch`]: JSON-RPC texts from non-HTTP transports into the same registry.
 //! - [`detect`]: which protocol a connection speaks, from its first bytes.
+//! - [`json_style`]: VDSM's JSON text style (Python's separators) on its wire.
 //! - [`stomp`]: STOMP framing, the subscription broker, STOMP connections and client.
 //! - [`tls`]: mutual TLS, reloadable certificates.
 //! - [`subscriptions`]: events to STOMP and WebSocket subscribers.
@@ -20,6 +21,7 @@ pub mod client;
 pub mod detect;
 pub mod dispatch;
 pub mod http_limits;
+pub mod json_style;
 pub mod logging;
 pub mod methods;
 pub mod metrics_http;

@@ -10,6 +10,7 @@ use jsonrpsee::core::SubscriptionResult;
 use jsonrpsee::server::{PendingSubscriptionSink, StopHandle};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::json_style::python_separators;
 use super::stomp::Broker;
 use super::stomp::client::EVENT_QUEUE;
 use crate::events::{Event, EventBus};
@@ -35,8 +36,8 @@ pub async fn forward_events_to_stomp(
         };
         match event {
             Ok(event) => {
-                let body = event.to_notification().to_string();
-                broker.publish(EVENT_QUEUE, &headers, body.as_bytes());
+                let body = python_separators(event.to_notification().to_string().as_bytes());
+                broker.publish(EVENT_QUEUE, &headers, &body);
             }
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "event forwarding fell behind; events dropped");

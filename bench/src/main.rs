@@ -1,0 +1,272 @@
+//! `bench/run`: rvdsm's benchmark suite against real fixture guests. Each rvdsm figure stands
+//! next to its floor measured in the same run on the same kind of guest: snapshot latency and
+//! the whole flow against direct libvirt (and `qemu-img`), the stall a writing guest sees,
+//! parallel snapshots, RPC throughput and latency per transport (and with VDSM's own load
+//! client), `Host.ping2` while snapshots run, and rvdsmd's footprint. Prints a table and writes
+//! `results.json` and `REPORT.md`.
+
+mod host;
+mod report;
+mod rpc;
+mod snap;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use host::Host;
+use rpc::Transport;
+use stats::Summary;
+
+/// Runs the benchmark suite.
+#[derive(Parser)]
+struct Args {
+    /// A small run that checks the suite works (CI), not its timings.
+    #[arg(long)]
+    smoke: bool,
+    /// Repetitions of each snapshot measurement.
+    #[arg(long, default_value_t = 9)]
+    reps: usize,
+    /// Seconds of each RPC load run.
+    #[arg(long, default_value_t = 5.0)]
+    rpc_seconds: f64,
+    /// Seconds of each stomp-load run.
+    #[arg(long, default_value_t = 10.0)]
+    stomp_load_seconds: f64,
+    /// Most guests booted for the parallel measurement.
+    #[arg(long, default_value_t = 8)]
+    max_guests: usize,
+    /// Where results.json and REPORT.md go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.reps = 1;
+        args.rpc_seconds = 0.3;
+        args.stomp_load_seconds = 1.0;
+        args.max_guests = 2;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench/ has a parent")?
+        .to_owned();
+    virt::error::clear_error_callback();
+    let conn = virt::connect::Connect::open(Some("qemu:///system")).context("libvirt")?;
+    let mut results = serde_json::Map::new();
+    results.insert("machine".into(), report::machine(&repo));
+    results.insert("smoke".into(), json!(args.smoke));
+
+    let host = Host::start(&repo).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = host.rss_kib();
+    eprintln!(
+        "rvdsmd ready in {:?}, {} KiB resident",
+        host.startup, idle_rss
+    );
+    let jobs = snap::JobWatcher::start(&host).await?;
+
+    eprintln!("booting the two latency guests");
+    let mut guests = vec![
+        host.boot_guest(&conn, 0).await?,
+        host.boot_guest(&conn, 1).await?,
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    eprintln!("snapshot latency ({} runs each)", args.reps);
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for n in 0..args.reps {
+        ours.push(snap::rvdsm_snapshot(&host, &jobs, &mut guests[0]).await?);
+        floor.push(snap::floor_snapshot(&host, &mut guests[1], n).await?);
+    }
+    let latency = (Summary::of(&ours), Summary::of(&floor));
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for n in 0..args.reps {
+        ours.push(snap::rvdsm_flow(&host, &jobs, &mut guests[0]).await?);
+        floor.push(snap::floor_flow(&host, &mut guests[1], 1000 + n).await?);
+    }
+    let flow = (Summary::of(&ours), Summary::of(&floor));
+
+    let stall_reps = args.reps.clamp(1, 5);
+    eprintln!("guest-visible stall ({stall_reps} runs each)");
+    let (mut ours, mut floor, mut base_gap) = (Vec::new(), Vec::new(), Vec::new());
+    for n in 0..stall_reps {
+        snap::start_writer(&guests[0]).await?;
+        snap::rvdsm_snapshot(&host, &jobs, &mut guests[0]).await?;
+        let (stall, gap) = snap::read_stall(&guests[0]).await?;
+        ours.push(stall);
+        base_gap.push(gap);
+        snap::start_writer(&guests[1]).await?;
+        snap::floor_snapshot(&host, &mut guests[1], 2000 + n).await?;
+        let (stall, gap) = snap::read_stall(&guests[1]).await?;
+        floor.push(stall);
+        base_gap.push(gap);
+    }
+    let stall = (
+        Summary::of(&ours),
+        Summary::of(&floor),
+        Summary::of(&base_gap),
+    );
+
+    eprintln!("RPC load");
+    let mut rpc_rows = Vec::new();
+    let stats_params = json!({"vmID": guests[0].uuid});
+    let mut rss_under_load = 0;
+    for transport in [
+        Transport::Http,
+        Transport::WebSocket,
+        Transport::Stomp,
+        Transport::Unix,
+    ] {
+        for (method, params) in [
+            ("Host.ping2", json!({})),
+            ("VM.getStats", stats_params.clone()),
+        ] {
+            for conns in [1, 8, 64] {
+                let load = rpc::load(
+                    &host,
+                    transport,
+                    method,
+                    params.clone(),
+                    conns,
+                    Duration::from_secs_f64(args.rpc_seconds),
+                )
+                .await
+                .with_context(|| format!("{} {method} x{conns}", transport.name()))?;
+                rss_under_load = rss_under_load.max(host.rss_kib());
+                eprintln!(
+                    "  {:<16} {method:<12} {conns:>3} conns: {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms",
+                    transport.name(),
+                    load.rps,
+                    load.p50,
+                    load.p99
+                );
+                rpc_rows.push(json!({"transport": transport.name(), "method": method,
+                    "conns": conns, "rps": load.rps, "p50_ms": load.p50, "p99_ms": load.p99}));
+            }
+        }
+    }
+    let mut stomp_load_rows = Vec::new();
+    match rpc::build_stomp_load(&repo)? {
+        None => eprintln!("stomp-load not found (../shared/tools/stomp-load); skipped"),
+        Some(binary) => {
+            for pinned in [true, false] {
+                for conns in [1, 8, 64] {
+                    let row =
+                        rpc::stomp_load(&binary, &host, conns, args.stomp_load_seconds, pinned)?;
+                    eprintln!(
+                        "  stomp-load {} {conns:>3} conns: {} req/s p50 {} p99 {} ms",
+                        if pinned { "pinned  " } else { "unpinned" },
+                        row["rps"],
+                        row["p50_ms"],
+                        row["p99_ms"]
+                    );
+                    stomp_load_rows.push(json!({"pinned": pinned, "conns": conns, "result": row}));
+                }
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after_load = host.rss_kib();
+
+    eprintln!(
+        "booting guests for the parallel runs (up to {})",
+        args.max_guests
+    );
+    while guests.len() < args.max_guests {
+        let index = guests.len();
+        guests.push(host.boot_guest(&conn, index).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut parallel_rows = Vec::new();
+    let mut ping_p99 = f64::NAN;
+    let counts: Vec<usize> = [1, 2, 4, 8, 16]
+        .into_iter()
+        .filter(|n| *n <= guests.len())
+        .collect();
+    let parallel_reps = args.reps.clamp(1, 3);
+    for &n in &counts {
+        let (mut par, mut seq) = (Vec::new(), Vec::new());
+        for _ in 0..parallel_reps {
+            let measure_ping = n == *counts.last().unwrap_or(&1) && par.is_empty();
+            let stop = Arc::new(Notify::new());
+            let pinger = measure_ping.then(|| {
+                let stop = Arc::clone(&stop);
+                let host = &host;
+                async move { snap::ping_during(host, stop).await }
+            });
+            let wall = match pinger {
+                Some(pinger) => {
+                    let (wall, pings) = tokio::join!(
+                        async {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let wall = snap::many(&host, &jobs, &mut guests[..n], true).await;
+                            stop.notify_waiters();
+                            wall
+                        },
+                        pinger
+                    );
+                    let mut pings = pings?;
+                    pings.sort_by(f64::total_cmp);
+                    ping_p99 = stats::percentile(&pings, 99.0);
+                    eprintln!(
+                        "  Host.ping2 during {n} snapshots: {} pings, p99 {ping_p99:.3} ms",
+                        pings.len()
+                    );
+                    wall?
+                }
+                None => snap::many(&host, &jobs, &mut guests[..n], true).await?,
+            };
+            par.push(wall);
+            seq.push(snap::many(&host, &jobs, &mut guests[..n], false).await?);
+        }
+        let (par, seq) = (Summary::of(&par), Summary::of(&seq));
+        eprintln!(
+            "  {n} guests: parallel {} ms, sequential {} ms",
+            par.show(),
+            seq.show()
+        );
+        parallel_rows.push((n, par, seq));
+    }
+    let rss_with_vms = host.rss_kib();
+
+    let footprint = json!({
+        "startup_ms": host.startup.as_secs_f64() * 1000.0,
+        "rss_idle_kib": idle_rss,
+        "rss_rpc_load_max_kib": rss_under_load,
+        "rss_after_rpc_load_kib": rss_after_load,
+        "rss_with_vms_kib": rss_with_vms,
+        "vms": guests.len(),
+    });
+    let bench = report::Bench {
+        latency,
+        flow,
+        stall,
+        rpc: rpc_rows,
+        stomp_load: stomp_load_rows,
+        parallel: parallel_rows,
+        ping_p99_during: ping_p99,
+        footprint,
+    };
+    let (json_results, markdown) = bench.render(results);
+    println!("{markdown}");
+    std::fs::create_dir_all(&args.out)?;
+    let name = if args.smoke { "smoke" } else { "results" };
+    std::fs::write(
+        args.out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&Value::Object(json_results))?,
+    )?;
+    if !args.smoke {
+        std::fs::write(args.out.join("REPORT.md"), markdown)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The report: a Markdown table of every figure beside its floor and target, and the same
+//! numbers as JSON.
+
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+
+use crate::host::output;
+use crate::stats::{Summary, ratio};
+
+/// VDSM's server under the same STOMP client (from the Performance issue): req/s and p99 ms at
+/// 1, 8 and 64 connections, pinned to one CPU.
+const VDSM: [(usize, f64, f64); 3] = [(1, 4530.0, 0.32), (8, 9210.0, 1.53), (64, 12529.0, 8.32)];
+
+/// What the machine is.
+pub fn machine(repo: &Path) -> Value {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = read("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let commit = output(std::process::Command::new("git").arg("-C").arg(repo).args([
+        "rev-parse",
+        "--short",
+        "HEAD",
+    ]))
+    .unwrap_or_default();
+    let date = output(
+        &mut std::process::Command::new("date")
+            .arg("-u")
+            .arg("+%Y-%m-%d %H:%M UTC"),
+    )
+    .unwrap_or_default();
+    let kernel = output(std::process::Command::new("uname").arg("-r")).unwrap_or_default();
+    json!({"cpu": cpu, "cpus": cpus, "memory": memory, "kernel": kernel.trim(),
+           "commit": commit.trim(), "date": date.trim(),
+           "guests": "fixture guests under TCG (no KVM on this machine)"})
+}
+
+/// Everything measured.
+pub struct Bench {
+    /// rvdsm vs floor snapshot latency, ms.
+    pub latency: (Summary, Summary),
+    /// rvdsm vs floor whole flow, ms.
+    pub flow: (Summary, Summary),
+    /// rvdsm stall, floor stall, typical gap between guest writes, ms.
+    pub stall: (Summary, Summary, Summary),
+    /// RPC load rows.
+    pub rpc: Vec<Value>,
+    /// stomp-load rows.
+    pub stomp_load: Vec<Value>,
+    /// (guests, parallel wall, sequential wall), ms.
+    pub parallel: Vec<(usize, Summary, Summary)>,
+    /// `Host.ping2` p99 while the largest parallel run ran, ms.
+    pub ping_p99_during: f64,
+    /// Start-up and memory.
+    pub footprint: Value,
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+impl Bench {
+    /// JSON results and the Markdown report.
+    pub fn render(&self, mut results: Map<String, Value>) -> (Map<String, Value>, String) {
+        let m = &results["machine"];
+        let mut md = format!(
+            "# rvdsm benchmark report\n\n{} · commit {} · {} CPUs ({}) · {} · kernel {} · {}\n\n\
+             Each figure: median (min-max) over the runs; every rvdsm figure beside its floor \
+             measured in the same run.\n\n",
+            m["date"].as_str().unwrap_or(""),
+            m["commit"].as_str().unwrap_or(""),
+            m["cpus"],
+            m["cpu"].as_str().unwrap_or(""),
+            m["memory"]
+                .as_str()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            m["kernel"].as_str().unwrap_or(""),
+            m["guests"].as_str().unwrap_or(""),
+        );
+        let (ours, floor) = self.latency;
+        let latency_ratio = ratio(ours.median, floor.median);
+        let (f_ours, f_floor) = self.flow;
+        let flow_ratio = ratio(f_ours.median, f_floor.median);
+        let (s_ours, s_floor, gap) = self.stall;
+        md +=
+            "## Snapshots\n\n| measure | rvdsm | floor | ratio | target |\n|---|---|---|---|---|\n";
+        md += &format!(
+            "| quiesced snapshot, request to job done (ms) | {} | {} | {:.2} | ≤ 1.10: {} |\n",
+            ours.show(),
+            floor.show(),
+            latency_ratio,
+            verdict(latency_ratio <= 1.10)
+        );
+        md += &format!(
+            "| whole flow: Volume.create + VM.snapshot (ms) | {} | {} | {:.2} | ≤ 1.15: {} |\n",
+            f_ours.show(),
+            f_floor.show(),
+            flow_ratio,
+            verdict(flow_ratio <= 1.15)
+        );
+        md += &format!(
+            "| longest gap between a guest's fsync'd writes (ms) | {} | {} | +{:.1} ms | ≤ floor + 5 ms: {} |\n",
+            s_ours.show(),
+            s_floor.show(),
+            s_ours.median - s_floor.median,
+            verdict(s_ours.median <= s_floor.median + 5.0)
+        );
+        md += &format!(
+            "\nFloor: the same external disk-only snapshot (REUSE_EXT, NO_METADATA, DISK_ONLY, \
+             ATOMIC) issued directly through the `virt` crate with libvirt's QUIESCE flag (libvirt \
+             freezes and thaws around the switch in the same call); for the flow, `qemu-img create` \
+             of the overlay first. rvdsm's latency is from the `VM.snapshot` request to the job's \
+             `|jobs|status|` event. Typical gap between the guest's writes outside a snapshot: {} ms.\n\n",
+            gap.show()
+        );
+        md += "## Parallel snapshots\n\n| guests | all at once (ms) | one after another (ms) | at once vs one guest |\n|---|---|---|---|\n";
+        let one = self.parallel.first().map_or(f64::NAN, |p| p.1.median);
+        for (n, par, seq) in &self.parallel {
+            md += &format!(
+                "| {n} | {} | {} | {:.2}x |\n",
+                par.show(),
+                seq.show(),
+                ratio(par.median, one)
+            );
+        }
+        if let Some((n, par, _)) = self.parallel.last() {
+            let r = ratio(par.median, one);
+            md += &format!(
+                "\nTarget: {n} at once in no more than 2x the wall time of one: {:.2}x, {}.\n\
+                 `Host.ping2` p99 while {n} snapshots ran: {:.3} ms (target < 5 ms: {}).\n\n",
+                r,
+                verdict(r <= 2.0),
+                self.ping_p99_during,
+                verdict(self.ping_p99_during < 5.0)
+            );
+        }
+        md += "## RPC (closed loop, one request in flight per connection)\n\n| transport | verb | connections | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n";
+        for row in &self.rpc {
+            md += &format!(
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} |\n",
+                row["transport"].as_str().unwrap_or(""),
+                row["method"].as_str().unwrap_or(""),
+                row["conns"],
+                row["rps"].as_f64().unwrap_or(f64::NAN),
+                row["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                row["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        if !self.stomp_load.is_empty() {
+            md += "\n## VDSM's load client (`stomp-load`, Host.ping2 over STOMP)\n\n| rvdsmd | connections | req/s | vs VDSM | p50 / p99 ms | VDSM p99 | rvdsmd RSS under load |\n|---|---|---|---|---|---|---|\n";
+            for row in &self.stomp_load {
+                let conns = row["conns"].as_u64().unwrap_or(0) as usize;
+                let r = &row["result"];
+                let rps = r["rps"].as_f64().unwrap_or(f64::NAN);
+                let (_, vdsm_rps, vdsm_p99) = VDSM
+                    .iter()
+                    .copied()
+                    .find(|v| v.0 == conns)
+                    .unwrap_or((0, f64::NAN, f64::NAN));
+                md += &format!(
+                    "| {} | {conns} | {rps:.0} | {:.1}x | {:.3} / {:.3} | {vdsm_p99} | {} KiB |\n",
+                    if row["pinned"] == true {
+                        "pinned to 1 CPU"
+                    } else {
+                        "unpinned"
+                    },
+                    rps / vdsm_rps,
+                    r["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                    r["p99_ms"].as_f64().unwrap_or(f64::NAN),
+                    r["rss_load_max_kb"]
+                );
+            }
+            let pinned = |conns: u64| {
+                self.stomp_load
+                    .iter()
+                    .find(|r| r["pinned"] == true && r["conns"] == conns)
+                    .map(|r| {
+                        (
+                            r["result"]["rps"].as_f64().unwrap_or(0.0),
+                            r["result"]["p99_ms"].as_f64().unwrap_or(f64::MAX),
+                        )
+                    })
+            };
+            if let (Some((rps64, p99_64)), Some((rps1, _))) = (pinned(64), pinned(1)) {
+                md += &format!(
+                    "\nTargets (pinned, as VDSM was): 64 connections ≥ 5x VDSM's req/s ({:.1}x: {}) with p99 ≤ a quarter of VDSM's 8.32 ms ({:.3} ms: {}); 1 connection ≥ 3x ({:.1}x: {}).\n",
+                    rps64 / 12529.0,
+                    verdict(rps64 >= 5.0 * 12529.0),
+                    p99_64,
+                    verdict(p99_64 <= 8.32 / 4.0),
+                    rps1 / 4530.0,
+                    verdict(rps1 >= 3.0 * 4530.0)
+                );
+            }
+        }
+        let fp = &self.footprint;
+        let idle = fp["rss_idle_kib"].as_f64().unwrap_or(f64::NAN);
+        md += &format!(
+            "\n## Footprint\n\n| measure | value | target |\n|---|---|---|\n\
+             | start-up to ready (all verbs served) | {:.0} ms | |\n\
+             | resident memory, idle | {:.1} MiB | < 14 MiB: {} |\n\
+             | resident memory, peak under RPC load | {:.1} MiB | |\n\
+             | resident memory, 2 s after RPC load | {:.1} MiB | returned |\n\
+             | resident memory with {} VMs | {:.1} MiB | |\n",
+            fp["startup_ms"].as_f64().unwrap_or(f64::NAN),
+            idle / 1024.0,
+            verdict(idle < 14.0 * 1024.0),
+            fp["rss_rpc_load_max_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+            fp["rss_after_rpc_load_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+            fp["vms"],
+            fp["rss_with_vms_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+        );
+        results.insert(
+            "snapshot_latency_ms".into(),
+            json!({"rvdsm": ours.json(), "floor": floor.json(), "ratio": latency_ratio}),
+        );
+        results.insert(
+            "flow_ms".into(),
+            json!({"rvdsm": f_ours.json(), "floor": f_floor.json(), "ratio": flow_ratio}),
+        );
+        results.insert(
+            "stall_ms".into(),
+            json!({"rvdsm": s_ours.json(), "floor": s_floor.json(), "typical_gap": gap.json()}),
+        );
+        results.insert(
+            "parallel_ms".into(),
+            Value::Array(self.parallel.iter().map(|(n, p, s)| json!({"guests": n, "parallel": p.json(), "sequential": s.json()})).collect()),
+        );
+        results.insert(
+            "ping_p99_during_snapshots_ms".into(),
+            json!(self.ping_p99_during),
+        );
+        results.insert("rpc".into(), Value::Array(self.rpc.clone()));
+        results.insert("stomp_load".into(), Value::Array(self.stomp_load.clone()));
+        results.insert("footprint".into(), self.footprint.clone());
+        (results, md)
+    }
+}

@@ -1,0 +1,283 @@
+//! Snapshot measurements: rvdsm's `VM.snapshot` (request to the job's end, seen as its
+//! `|jobs|status|` event) against the floor (the same external snapshot issued directly to
+//! libvirt, with libvirt's own QUIESCE doing freeze and thaw); the whole flow with volume
+//! creation against `qemu-img create` plus the direct call; the stall a writing guest sees;
+//! parallel snapshots of several guests; and `Host.ping2` latency while they run.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rvdsm::rpc::client::{Client, Endpoint};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use crate::host::{Guest, Host, run};
+
+/// Job ends seen on the event stream, by job id.
+#[derive(Clone, Default)]
+pub struct JobWatcher {
+    ended: Arc<Mutex<HashMap<String, Value>>>,
+    notify: Arc<Notify>,
+}
+
+impl JobWatcher {
+    /// Follows the daemon's events (WebSocket subscription over the Unix socket).
+    pub async fn start(host: &Host) -> Result<JobWatcher> {
+        let client = Client::connect(
+            &Endpoint::Unix(host.socket.clone()),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let mut events = client.events().await?;
+        let watcher = JobWatcher::default();
+        let sink = watcher.clone();
+        tokio::spawn(async move {
+            let _client = client;
+            while let Some(Ok(event)) = events.next().await {
+                let Some(job) = event["method"]
+                    .as_str()
+                    .and_then(|m| m.strip_prefix("|jobs|status|"))
+                else {
+                    continue;
+                };
+                let info = event["params"][job].clone();
+                sink.ended.lock().unwrap().insert(job.to_owned(), info);
+                sink.notify.notify_waiters();
+            }
+        });
+        Ok(watcher)
+    }
+
+    /// Waits for the end of `job`; fails if it failed.
+    pub async fn wait(&self, job: &str) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let notified = self.notify.notified();
+            if let Some(info) = self.ended.lock().unwrap().remove(job) {
+                if info["status"] != "done" {
+                    bail!("snapshot job {job} failed: {info}");
+                }
+                return Ok(info);
+            }
+            if tokio::time::timeout_at(deadline.into(), notified)
+                .await
+                .is_err()
+            {
+                bail!("snapshot job {job} never ended");
+            }
+        }
+    }
+}
+
+/// Asks rvdsm for a snapshot of `guest` onto `top` (already created); returns the job id.
+pub async fn request_snapshot(host: &Host, guest: &Guest, top: &str) -> Result<String> {
+    let job = uuid::Uuid::new_v4().to_string();
+    host.client
+        .call(
+            "VM.snapshot",
+            json!({"vmID": guest.uuid, "jobUUID": job,
+                   "snapDrives": [{"domainID": host.domain, "imageID": guest.image,
+                                   "baseVolumeID": guest.volume, "volumeID": top}]}),
+        )
+        .await?;
+    Ok(job)
+}
+
+/// rvdsm: `VM.snapshot` onto a volume created beforehand; milliseconds to the job's end.
+pub async fn rvdsm_snapshot(host: &Host, jobs: &JobWatcher, guest: &mut Guest) -> Result<f64> {
+    let top = host
+        .create_volume(&guest.image, Some(&guest.volume))
+        .await?;
+    let started = Instant::now();
+    let job = request_snapshot(host, guest, &top).await?;
+    let info = jobs.wait(&job).await?;
+    let took = millis(started);
+    if info["result"]["consistency"] != "quiesced" {
+        bail!("rvdsm snapshot not quiesced: {info}");
+    }
+    switched(host, guest, top);
+    Ok(took)
+}
+
+/// rvdsm: `Volume.create` (to its task's end) then `VM.snapshot` (to the job's end).
+pub async fn rvdsm_flow(host: &Host, jobs: &JobWatcher, guest: &mut Guest) -> Result<f64> {
+    let started = Instant::now();
+    let top = host
+        .create_volume(&guest.image, Some(&guest.volume))
+        .await?;
+    let job = request_snapshot(host, guest, &top).await?;
+    jobs.wait(&job).await?;
+    let took = millis(started);
+    switched(host, guest, top);
+    Ok(took)
+}
+
+fn switched(host: &Host, guest: &mut Guest, top: String) {
+    guest.path = host.image_dir(&guest.image).join(&top);
+    guest.volume = top;
+}
+
+/// The floor's overlay: `qemu-img create` on top of what the guest writes to now.
+fn floor_overlay(host: &Host, guest: &Guest, n: usize) -> Result<std::path::PathBuf> {
+    let overlay = host
+        .image_dir(&guest.image)
+        .join(format!("floor-{n}.qcow2"));
+    run(Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=1.1",
+            "-F",
+            "qcow2",
+            "-u",
+            "-b",
+        ])
+        .arg(&guest.path)
+        .arg(&overlay)
+        .arg((64u64 << 20).to_string()))?;
+    Ok(overlay)
+}
+
+/// The floor's switch: one libvirt call, REUSE_EXT | NO_METADATA | DISK_ONLY | ATOMIC |
+/// QUIESCE (libvirt freezes and thaws around it), straight through the `virt` crate.
+async fn floor_switch(guest: &Guest, overlay: &std::path::Path) -> Result<()> {
+    let xml = format!(
+        "<domainsnapshot><disks><disk name='vda' snapshot='external' type='file'>\
+         <driver type='qcow2'/><source file='{}'/></disk></disks></domainsnapshot>",
+        overlay.display()
+    );
+    let domain = guest.domain.clone();
+    tokio::task::spawn_blocking(move || {
+        let flags = virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
+            | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+            | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+            | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+            | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_QUIESCE;
+        domain
+            .create_snapshot_xml(&xml, flags)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("floor snapshot: {e}"))
+    })
+    .await?
+}
+
+/// Floor: the direct call onto an overlay made beforehand; milliseconds.
+pub async fn floor_snapshot(host: &Host, guest: &mut Guest, n: usize) -> Result<f64> {
+    let overlay = floor_overlay(host, guest, n)?;
+    let started = Instant::now();
+    floor_switch(guest, &overlay).await?;
+    let took = millis(started);
+    guest.path = overlay;
+    Ok(took)
+}
+
+/// Floor of the whole flow: `qemu-img create` then the direct call; milliseconds.
+pub async fn floor_flow(host: &Host, guest: &mut Guest, n: usize) -> Result<f64> {
+    let started = Instant::now();
+    let overlay = floor_overlay(host, guest, n)?;
+    floor_switch(guest, &overlay).await?;
+    let took = millis(started);
+    guest.path = overlay;
+    Ok(took)
+}
+
+/// Starts the stall probe in the guest (`rvdsm-writeprobe`, from the fixture): records
+/// appended and fdatasync'd back to back for three seconds. The snapshot goes a second in.
+pub async fn start_writer(guest: &Guest) -> Result<()> {
+    guest
+        .exec(
+            "rm -f /mnt/data/probe /tmp/probe.out; \
+             (rvdsm-writeprobe write /mnt/data/probe 3 > /tmp/probe.out.tmp && \
+              mv /tmp/probe.out.tmp /tmp/probe.out) >/dev/null 2>&1 &",
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// Waits for the probe's end; returns the longest gap between two durable writes (the stall)
+/// and the median gap, in milliseconds.
+pub async fn read_stall(guest: &Guest) -> Result<(f64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = guest.exec("cat /tmp/probe.out 2>/dev/null").await?;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        if let ["records", _, "max_gap_us", max, "median_gap_us", median] = words.as_slice() {
+            let us = |s: &str| s.parse::<f64>().map(|v| v / 1000.0);
+            return Ok((us(max)?, us(median)?));
+        }
+        if Instant::now() > deadline {
+            bail!("the guest's write probe did not finish: {out:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Snapshots `guests` through rvdsm all at once (or one after another); wall milliseconds.
+pub async fn many(
+    host: &Host,
+    jobs: &JobWatcher,
+    guests: &mut [Guest],
+    parallel: bool,
+) -> Result<f64> {
+    let mut tops = Vec::new();
+    for guest in guests.iter() {
+        tops.push(
+            host.create_volume(&guest.image, Some(&guest.volume))
+                .await?,
+        );
+    }
+    let started = Instant::now();
+    if parallel {
+        let mut ids = Vec::new();
+        for (guest, top) in guests.iter().zip(&tops) {
+            ids.push(request_snapshot(host, guest, top).await?);
+        }
+        for id in &ids {
+            jobs.wait(id).await?;
+        }
+    } else {
+        for (guest, top) in guests.iter().zip(&tops) {
+            let id = request_snapshot(host, guest, top).await?;
+            jobs.wait(&id).await?;
+        }
+    }
+    let took = millis(started);
+    for (guest, top) in guests.iter_mut().zip(tops) {
+        switched(host, guest, top);
+    }
+    Ok(took)
+}
+
+/// `Host.ping2` latencies (ms) over STOMP, back to back, until `stop` is notified.
+pub async fn ping_during(host: &Host, stop: Arc<Notify>) -> Result<Vec<f64>> {
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", host.port)).await?;
+    let client =
+        rvdsm::rpc::stomp::client::StompClient::connect(stream, Duration::from_secs(30), false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut latencies = Vec::new();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    loop {
+        let started = Instant::now();
+        tokio::select! {
+            () = &mut stopped => break,
+            reply = client.call("Host.ping2", json!({}), None) => {
+                reply.map_err(|e| anyhow::anyhow!("{e}")).context("ping during snapshots")?;
+                latencies.push(millis(started));
+            }
+        }
+    }
+    Ok(latencies)
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
