@@ -40,13 +40,13 @@ pub struct StateLabel {
     pub state: String,
 }
 
-/// RPC labels.
+/// RPC labels (no allocation per request: verb names are static).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    /// The verb.
-    pub method: String,
+    /// The verb, or `other`.
+    pub method: &'static str,
     /// `0` on success, else the error code.
-    pub code: String,
+    pub code: i32,
 }
 
 /// A `transport` label.
@@ -212,11 +212,11 @@ impl Metrics {
     }
 
     /// Counts one RPC request.
-    pub fn rpc(&self, method: &str, code: Option<i32>) {
+    pub fn rpc(&self, method: &'static str, code: Option<i32>) {
         self.rpc_requests
             .get_or_create(&RpcLabels {
-                method: method.to_owned(),
-                code: code.unwrap_or(0).to_string(),
+                method,
+                code: code.unwrap_or(0),
             })
             .inc();
     }

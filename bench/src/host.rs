@@ -58,8 +58,9 @@ fn free_port() -> Result<u16> {
 
 impl Host {
     /// Starts the release rvdsmd on a plain loopback port (as VDSM's server was measured) and
-    /// creates a storage domain.
-    pub async fn start(repo: &Path) -> Result<Host> {
+    /// creates a storage domain. With `cpus`, rvdsmd starts pinned to them (`taskset`, which
+    /// execs it: the same process), as vdsmd pins itself at start.
+    pub async fn start(repo: &Path, cpus: Option<&str>) -> Result<Host> {
         let dir = tempfile::Builder::new()
             .prefix("rvdsm-bench")
             .tempdir_in("/var/tmp")?;
@@ -76,7 +77,16 @@ impl Host {
         std::fs::write(dir.path().join("rvdsm.toml"), config)?;
         let log = std::fs::File::create(dir.path().join("rvdsmd.log"))?;
         let started = Instant::now();
-        let daemon = Command::new(repo.join("target/release/rvdsmd"))
+        let binary = repo.join("target/release/rvdsmd");
+        let mut command = match cpus {
+            Some(cpus) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", cpus]).arg(&binary);
+                taskset
+            }
+            None => Command::new(&binary),
+        };
+        let daemon = command
             .arg("--config")
             .arg(dir.path().join("rvdsm.toml"))
             .stderr(log)
@@ -268,14 +278,39 @@ impl Guest {
 
 /// Resident memory of a process, KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `RssAnon:`, `RssFile:`).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The memory floor of any libvirt client on this host: `virsh` connected to
+/// `qemu:///system` and idle (waiting for events); (resident, anonymous, file-backed) KiB.
+pub async fn libvirt_client_floor() -> Result<(u64, u64, u64)> {
+    let mut virsh = tokio::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "event", "--all", "--loop"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = virsh.id().context("virsh exited")?;
+    let floor = (
+        rss_kib(pid),
+        status_kib(pid, "RssAnon:"),
+        status_kib(pid, "RssFile:"),
+    );
+    virsh.kill().await?;
+    Ok(floor)
 }
 
 /// Runs a command; fails with its stderr.

@@ -66,9 +66,15 @@ async fn main() -> Result<()> {
     results.insert("machine".into(), report::machine(&repo));
     results.insert("smoke".into(), json!(args.smoke));
 
-    let host = Host::start(&repo).await?;
+    let host = Host::start(&repo, None).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = host.rss_kib();
+    let pid = host.daemon.id();
+    let idle_split = (
+        host::status_kib(pid, "RssAnon:"),
+        host::status_kib(pid, "RssFile:"),
+    );
+    let libvirt_floor = host::libvirt_client_floor().await?;
     eprintln!(
         "rvdsmd ready in {:?}, {} KiB resident",
         host.startup, idle_rss
@@ -159,10 +165,14 @@ async fn main() -> Result<()> {
     match rpc::build_stomp_load(&repo)? {
         None => eprintln!("stomp-load not found (../shared/tools/stomp-load); skipped"),
         Some(binary) => {
+            // As VDSM was measured: a daemon started on one CPU (as vdsmd pins itself), the
+            // client on the other; then the daemon as it runs by default.
+            let pinned_host = Host::start(&repo, Some("0")).await?;
             for pinned in [true, false] {
                 for conns in [1, 8, 64] {
+                    let target = if pinned { &pinned_host } else { &host };
                     let row =
-                        rpc::stomp_load(&binary, &host, conns, args.stomp_load_seconds, pinned)?;
+                        rpc::stomp_load(&binary, target, conns, args.stomp_load_seconds, pinned)?;
                     eprintln!(
                         "  stomp-load {} {conns:>3} conns: {} req/s p50 {} p99 {} ms",
                         if pinned { "pinned  " } else { "unpinned" },
@@ -178,6 +188,8 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after_load = host.rss_kib();
 
+    // The floor's guest now writes to files rvdsm does not manage: it leaves.
+    drop(guests.remove(1));
     eprintln!(
         "booting guests for the parallel runs (up to {})",
         args.max_guests
@@ -242,6 +254,9 @@ async fn main() -> Result<()> {
     let footprint = json!({
         "startup_ms": host.startup.as_secs_f64() * 1000.0,
         "rss_idle_kib": idle_rss,
+        "rss_idle_anon_kib": idle_split.0,
+        "rss_idle_file_kib": idle_split.1,
+        "libvirt_client_floor_kib": {"rss": libvirt_floor.0, "anon": libvirt_floor.1, "file": libvirt_floor.2},
         "rss_rpc_load_max_kib": rss_under_load,
         "rss_after_rpc_load_kib": rss_after_load,
         "rss_with_vms_kib": rss_with_vms,

@@ -34,12 +34,8 @@ pub fn machine(repo: &Path) -> Value {
         "HEAD",
     ]))
     .unwrap_or_default();
-    let date = output(
-        &mut std::process::Command::new("date")
-            .arg("-u")
-            .arg("+%Y-%m-%d %H:%M UTC"),
-    )
-    .unwrap_or_default();
+    let date = output(std::process::Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))
+        .unwrap_or_default();
     let kernel = output(std::process::Command::new("uname").arg("-r")).unwrap_or_default();
     json!({"cpu": cpu, "cpus": cpus, "memory": memory, "kernel": kernel.trim(),
            "commit": commit.trim(), "date": date.trim(),
@@ -212,13 +208,28 @@ impl Bench {
         md += &format!(
             "\n## Footprint\n\n| measure | value | target |\n|---|---|---|\n\
              | start-up to ready (all verbs served) | {:.0} ms | |\n\
-             | resident memory, idle | {:.1} MiB | < 14 MiB: {} |\n\
+             | resident memory, idle | {:.1} MiB ({:.1} anonymous, {:.1} file-backed code) | < 14 MiB: {} |\n\
+             | floor: `virsh` connected to qemu:///system, idle | {:.1} MiB ({:.1} anonymous, {:.1} file-backed code) | |\n\
              | resident memory, peak under RPC load | {:.1} MiB | |\n\
              | resident memory, 2 s after RPC load | {:.1} MiB | returned |\n\
              | resident memory with {} VMs | {:.1} MiB | |\n",
             fp["startup_ms"].as_f64().unwrap_or(f64::NAN),
             idle / 1024.0,
+            fp["rss_idle_anon_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
+            fp["rss_idle_file_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             verdict(idle < 14.0 * 1024.0),
+            fp["libvirt_client_floor_kib"]["rss"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1024.0,
+            fp["libvirt_client_floor_kib"]["anon"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1024.0,
+            fp["libvirt_client_floor_kib"]["file"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1024.0,
             fp["rss_rpc_load_max_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             fp["rss_after_rpc_load_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             fp["vms"],

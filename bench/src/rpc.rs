@@ -214,6 +214,19 @@ pub fn build_stomp_load(repo: &Path) -> Result<Option<std::path::PathBuf>> {
     Ok(Some(target.join("release/stomp-load")))
 }
 
+/// Sets the CPUs of every thread of `pid`. Threads that end while `taskset` walks them make it
+/// fail; it is tried again (new threads inherit their creator's CPUs).
+fn set_affinity(pid: &str, cpus: &str) -> Result<()> {
+    let mut last = None;
+    for _ in 0..5 {
+        match output(Command::new("taskset").args(["-a", "-p", "-c", cpus, pid])) {
+            Ok(_) => return Ok(()),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
 /// One `stomp-load` run; with `pinned`, rvdsmd runs on CPU 0 and the client on CPU 1.
 pub fn stomp_load(
     binary: &Path,
@@ -224,7 +237,7 @@ pub fn stomp_load(
 ) -> Result<Value> {
     let pid = host.daemon.id().to_string();
     let cpus = if pinned { "0" } else { "0-1" };
-    output(Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid]))?;
+    set_affinity(&pid, cpus)?;
     let mut command = if pinned {
         let mut c = Command::new("taskset");
         c.args(["-c", "1"]).arg(binary);
@@ -238,7 +251,7 @@ pub fn stomp_load(
         .args(["--duration", &seconds.to_string()])
         .args(["--server-pid", &pid]);
     let text = output(&mut command);
-    output(Command::new("taskset").args(["-a", "-p", "-c", "0-1", &pid]))?;
+    set_affinity(&pid, "0-1")?;
     let text = text?;
     let line = text.lines().last().context("stomp-load printed nothing")?;
     Ok(serde_json::from_str(line)?)

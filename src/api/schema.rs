@@ -79,6 +79,11 @@ impl Verb {
     pub fn method(&self) -> &'static str {
         self.name.split_once('.').map_or("", |(_, m)| m)
     }
+
+    /// Whether the verb only reads (`get*`, `ping2`): managers poll these.
+    pub fn is_read_only(&self) -> bool {
+        self.method().starts_with("get") || self.name == names::HOST_PING2
+    }
 }
 
 /// The method names, so that code never spells a verb twice.

@@ -23,6 +23,11 @@ use rvdsm::virt::Hypervisor;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc returns freed memory to the system within milliseconds; glibc's malloc keeps it in
+// per-thread arenas, so rvdsmd's resident memory would stay at its peak after a burst of load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The rvdsm host agent daemon.
 #[derive(Parser)]
 #[command(version, about)]

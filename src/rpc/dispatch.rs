@@ -9,7 +9,7 @@ use jsonrpsee::core::middleware::RpcServiceBuilder;
 use jsonrpsee::server::{ConnectionState, HttpBody, ServerConfig, StopHandle};
 use tower::layer::util::{Identity, Stack};
 
-use super::json_style::python_separators;
+use super::json_style::vdsm_reply;
 use super::logging::{CorrelationId, RequestLogLayer};
 use super::readiness::{Readiness, RecoveryGateLayer};
 
@@ -98,41 +98,6 @@ impl Dispatcher {
         if bytes.is_empty() {
             return None;
         }
-        Some(python_separators(&unwrap_single_batch(bytes.to_vec())))
-    }
-}
-
-/// `[x]` becomes `x`; anything else is returned as is.
-fn unwrap_single_batch(reply: Vec<u8>) -> Vec<u8> {
-    if reply.first() != Some(&b'[') {
-        return reply;
-    }
-    match serde_json::from_slice::<Vec<Box<serde_json::value::RawValue>>>(&reply) {
-        Ok(mut items) if items.len() == 1 => items
-            .pop()
-            .map_or(reply, |one| one.get().as_bytes().to_vec()),
-        _ => reply,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_of_one_reply_becomes_a_bare_object() {
-        let reply = br#"[{"jsonrpc":"2.0","id":1,"result":true}]"#.to_vec();
-        assert_eq!(
-            unwrap_single_batch(reply),
-            br#"{"jsonrpc":"2.0","id":1,"result":true}"#
-        );
-    }
-
-    #[test]
-    fn other_replies_are_kept() {
-        let two = br#"[{"id":1},{"id":2}]"#.to_vec();
-        assert_eq!(unwrap_single_batch(two.clone()), two);
-        let single = br#"{"id":1}"#.to_vec();
-        assert_eq!(unwrap_single_batch(single.clone()), single);
+        Some(vdsm_reply(&bytes))
     }
 }

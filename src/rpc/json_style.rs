@@ -1,7 +1,42 @@
 //! VDSM's JSON text style on its own wire: VDSM serializes with Python's `json.dumps`, which
 //! writes `", "` and `": "` between items, and clients written against it have been seen to
 //! match reply text byte for byte (`"result": true`). STOMP replies and events are rewritten
-//! in that style in one pass over the bytes, without parsing; strings are left untouched.
+//! in that style in one pass over the bytes, without parsing; strings are left untouched. A
+//! batch reply with a single member is unwrapped, as VDSM answers.
+
+/// A JSON-RPC reply as VDSM sends it: a batch reply with one member becomes that bare object
+/// (found by looking for a top-level comma, not by parsing), in Python's separators.
+pub fn vdsm_reply(json: &[u8]) -> Vec<u8> {
+    let single = match json {
+        [b'[', inner @ .., b']'] if !inner.is_empty() && !has_top_level_comma(inner) => inner,
+        _ => json,
+    };
+    python_separators(single)
+}
+
+/// Whether a comma separates items of the outermost array or object in `json`.
+fn has_top_level_comma(json: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => return true,
+            _ => {}
+        }
+    }
+    false
+}
 
 /// `{"a":1,"b":[2,3]}` becomes `{"a": 1, "b": [2, 3]}`.
 pub fn python_separators(json: &[u8]) -> Vec<u8> {
@@ -39,6 +74,23 @@ mod tests {
             String::from_utf8(python_separators(text)).unwrap(),
             r#"{"jsonrpc": "2.0", "id": "a,b:c", "result": [1, {"k": "q\"x,y"}]}"#
         );
+    }
+
+    #[test]
+    fn a_batch_of_one_reply_becomes_a_bare_object() {
+        let one = br#"[{"jsonrpc":"2.0","id":"a,]","result":[1,2]}]"#;
+        assert_eq!(
+            String::from_utf8(vdsm_reply(one)).unwrap(),
+            r#"{"jsonrpc": "2.0", "id": "a,]", "result": [1, 2]}"#
+        );
+        let two = br#"[{"id":1},{"id":2}]"#;
+        assert_eq!(
+            String::from_utf8(vdsm_reply(two)).unwrap(),
+            r#"[{"id": 1}, {"id": 2}]"#
+        );
+        let bare = br#"{"id":1}"#;
+        assert_eq!(String::from_utf8(vdsm_reply(bare)).unwrap(), r#"{"id": 1}"#);
+        assert_eq!(vdsm_reply(b"[]"), b"[]");
     }
 
     #[test]

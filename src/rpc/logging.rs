@@ -63,33 +63,33 @@ where
         &self,
         request: Request<'a>,
     ) -> impl Future<Output = Self::MethodResponse> + Send + 'a {
-        let span = tracing::info_span!(
-            "request",
-            method = %request.method_name(),
-            id = %request.id(),
-            flow = request
-                .extensions()
-                .get::<CorrelationId>()
-                .map(|flow| flow.0.as_str()),
-        );
+        // Only known verbs get their own metric label: a client must not be able to grow the
+        // metric without bound by inventing method names.
+        let verb = crate::api::schema::find(request.method_name());
+        let label = verb.map_or("other", |v| v.name);
+        // Managers poll read-only verbs many times a second: their successes are logged at
+        // debug level, so that the log shows what changed the host.
+        let quiet = verb.is_some_and(crate::api::schema::Verb::is_read_only);
+        let flow = request
+            .extensions()
+            .get::<CorrelationId>()
+            .map(|flow| flow.0.as_str());
+        let span = if quiet {
+            tracing::debug_span!("request", method = %request.method_name(), id = %request.id(), flow)
+        } else {
+            tracing::info_span!("request", method = %request.method_name(), id = %request.id(), flow)
+        };
         let service = self.service.clone();
-        let method = request.method_name().to_owned();
         async move {
             let started = Instant::now();
             let response = service.call(request).await;
             let millis = started.elapsed().as_secs_f64() * 1000.0;
             let code = response.as_error_code();
             match code {
+                None if quiet => tracing::debug!(millis, "done"),
                 None => tracing::info!(millis, "done"),
                 Some(code) => tracing::info!(millis, code, "failed"),
             }
-            // Only known verbs get their own label: a client must not be able to grow the
-            // metric without bound by inventing method names.
-            let label = if crate::api::schema::find(&method).is_some() {
-                method.as_str()
-            } else {
-                "other"
-            };
             crate::metrics::global().rpc(label, code);
             response
         }

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use super::frame::Frame;
+use super::frame::encode_frame;
 
 /// A connection's identity in the broker.
 pub type ConnectionId = u64;
@@ -107,49 +107,24 @@ impl Broker {
 
     /// Sends a MESSAGE to every subscriber of `destination` or of a dot-prefix of it, with the
     /// given headers plus `destination` (unless given), `subscription` and `content-length`.
-    /// Returns how many subscribers it was queued for.
+    /// Returns how many subscribers it was queued for. Nothing here blocks: a full queue drops
+    /// the message, so the lock is held only while frames are encoded and queued.
     pub fn publish(&self, destination: &str, headers: &[(String, String)], body: &[u8]) -> usize {
-        let targets = self.subscribers_of(destination);
-        for subscriber in &targets {
-            let mut frame = Frame::new("MESSAGE");
-            if !headers.iter().any(|(name, _)| name == "destination") {
-                frame = frame.with_header("destination", destination);
-            }
-            frame.headers.extend(headers.iter().cloned());
-            frame = frame
-                .with_header("subscription", &subscriber.id)
-                .with_body(body);
-            match subscriber.queue.try_send(Outgoing::Frame(frame.to_bytes())) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let dropped = subscriber.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(
-                            destination,
-                            subscription = %subscriber.id,
-                            dropped,
-                            "client is not reading; messages dropped"
-                        );
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+        let subs = self.lock();
+        let mut count = 0;
+        for name in destination_and_parents(destination) {
+            for subscriber in subs.by_destination.get(name).into_iter().flatten() {
+                count += 1;
+                subscriber.deliver(destination, headers, body);
             }
         }
-        targets.len()
+        count
     }
 
     /// Whether anyone subscribed to `destination` or to a prefix of it.
     pub fn has_subscribers(&self, destination: &str) -> bool {
-        !self.subscribers_of(destination).is_empty()
-    }
-
-    fn subscribers_of(&self, destination: &str) -> Vec<Subscriber> {
         let subs = self.lock();
-        destination_and_parents(destination)
-            .filter_map(|name| subs.by_destination.get(name))
-            .flatten()
-            .cloned()
-            .collect()
+        destination_and_parents(destination).any(|name| subs.by_destination.contains_key(name))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
@@ -157,6 +132,35 @@ impl Broker {
         self.subscriptions
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Subscriber {
+    fn deliver(&self, destination: &str, headers: &[(String, String)], body: &[u8]) {
+        let given = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        let implicit = (!headers.iter().any(|(name, _)| name == "destination"))
+            .then_some(("destination", destination));
+        let all = implicit
+            .into_iter()
+            .chain(given)
+            .chain(std::iter::once(("subscription", self.id.as_str())));
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, "MESSAGE", all, body);
+        match self.queue.try_send(Outgoing::Frame(out.freeze())) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(
+                        destination,
+                        subscription = %self.id,
+                        dropped,
+                        "client is not reading; messages dropped"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 }
 

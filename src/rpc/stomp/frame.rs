@@ -53,26 +53,8 @@ impl Frame {
 
     /// Writes the frame; with a body, `content-length` is (re)written to its real length.
     pub fn encode_into(&self, out: &mut BytesMut) {
-        out.reserve(self.command.len() + 64 + self.body.len());
-        out.put_slice(self.command.as_bytes());
-        out.put_u8(b'\n');
-        for (name, value) in &self.headers {
-            if !self.body.is_empty() && name == "content-length" {
-                continue;
-            }
-            escape_into(name, out);
-            out.put_u8(b':');
-            escape_into(value, out);
-            out.put_u8(b'\n');
-        }
-        if !self.body.is_empty() {
-            out.put_slice(b"content-length:");
-            out.put_slice(self.body.len().to_string().as_bytes());
-            out.put_u8(b'\n');
-        }
-        out.put_u8(b'\n');
-        out.put_slice(&self.body);
-        out.put_u8(0);
+        let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+        encode_frame(out, &self.command, headers, &self.body);
     }
 
     /// The frame as bytes.
@@ -81,6 +63,36 @@ impl Frame {
         self.encode_into(&mut out);
         out.freeze()
     }
+}
+
+/// Writes a frame from its parts, as [`Frame::encode_into`] does, without building a
+/// [`Frame`] (the broker's hot path).
+pub fn encode_frame<'h>(
+    out: &mut BytesMut,
+    command: &str,
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    body: &[u8],
+) {
+    out.reserve(command.len() + 128 + body.len());
+    out.put_slice(command.as_bytes());
+    out.put_u8(b'\n');
+    for (name, value) in headers {
+        if !body.is_empty() && name == "content-length" {
+            continue;
+        }
+        escape_into(name, out);
+        out.put_u8(b':');
+        escape_into(value, out);
+        out.put_u8(b'\n');
+    }
+    if !body.is_empty() {
+        out.put_slice(b"content-length:");
+        out.put_slice(body.len().to_string().as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.put_slice(body);
+    out.put_u8(0);
 }
 
 /// What the decoder yields.
