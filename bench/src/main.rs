@@ -90,11 +90,20 @@ async fn main() -> Result<()> {
 
     eprintln!("snapshot latency ({} runs each)", args.reps);
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    let mut phases: [Vec<f64>; 4] = Default::default();
     for n in 0..args.reps {
-        ours.push(snap::rvdsm_snapshot(&host, &jobs, &mut guests[0]).await?);
+        let (took, timings) = snap::rvdsm_snapshot(&host, &jobs, &mut guests[0]).await?;
+        ours.push(took);
+        for (i, phase) in ["freeze_ms", "switch_ms", "thaw_ms", "total_ms"]
+            .iter()
+            .enumerate()
+        {
+            phases[i].push(timings[phase].as_f64().unwrap_or(f64::NAN));
+        }
         floor.push(snap::floor_snapshot(&host, &mut guests[1], n).await?);
     }
     let latency = (Summary::of(&ours), Summary::of(&floor));
+    let phases = phases.map(|p| Summary::of(&p));
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
     for n in 0..args.reps {
         ours.push(snap::rvdsm_flow(&host, &jobs, &mut guests[0]).await?);
@@ -185,7 +194,8 @@ async fn main() -> Result<()> {
             }
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Past tokio's 10 s keep-alive of idle blocking threads (libvirt calls ran on up to 64).
+    tokio::time::sleep(Duration::from_secs(15)).await;
     let rss_after_load = host.rss_kib();
 
     // The floor's guest now writes to files rvdsm does not manage: it leaves.
@@ -250,6 +260,16 @@ async fn main() -> Result<()> {
         parallel_rows.push((n, par, seq));
     }
     let rss_with_vms = host.rss_kib();
+    // Last, as it leaves the guests on files rvdsm does not manage: the floor of the parallel
+    // runs, the direct libvirt call for every guest at once.
+    let mut floor_parallel = Vec::new();
+    for &n in &counts {
+        let mut walls = Vec::new();
+        for round in 0..parallel_reps {
+            walls.push(snap::floor_many(&host, &mut guests[..n], round * 100 + n).await?);
+        }
+        floor_parallel.push((n, Summary::of(&walls)));
+    }
 
     let footprint = json!({
         "startup_ms": host.startup.as_secs_f64() * 1000.0,
@@ -269,6 +289,8 @@ async fn main() -> Result<()> {
         rpc: rpc_rows,
         stomp_load: stomp_load_rows,
         parallel: parallel_rows,
+        floor_parallel,
+        phases,
         ping_p99_during: ping_p99,
         footprint,
     };

@@ -86,8 +86,13 @@ pub async fn request_snapshot(host: &Host, guest: &Guest, top: &str) -> Result<S
     Ok(job)
 }
 
-/// rvdsm: `VM.snapshot` onto a volume created beforehand; milliseconds to the job's end.
-pub async fn rvdsm_snapshot(host: &Host, jobs: &JobWatcher, guest: &mut Guest) -> Result<f64> {
+/// rvdsm: `VM.snapshot` onto a volume created beforehand; milliseconds to the job's end, and
+/// the job's own phase timings (`freeze_ms`, `switch_ms`, `thaw_ms`, `total_ms`).
+pub async fn rvdsm_snapshot(
+    host: &Host,
+    jobs: &JobWatcher,
+    guest: &mut Guest,
+) -> Result<(f64, Value)> {
     let top = host
         .create_volume(&guest.image, Some(&guest.volume))
         .await?;
@@ -99,7 +104,7 @@ pub async fn rvdsm_snapshot(host: &Host, jobs: &JobWatcher, guest: &mut Guest) -
         bail!("rvdsm snapshot not quiesced: {info}");
     }
     switched(host, guest, top);
-    Ok(took)
+    Ok((took, info["result"]["timings"].clone()))
 }
 
 /// rvdsm: `Volume.create` (to its task's end) then `VM.snapshot` (to the job's end).
@@ -251,6 +256,28 @@ pub async fn many(
     let took = millis(started);
     for (guest, top) in guests.iter_mut().zip(tops) {
         switched(host, guest, top);
+    }
+    Ok(took)
+}
+
+/// The floor of `many`: the direct libvirt call for each guest, all at once (the guests then
+/// write to files rvdsm does not manage); wall milliseconds.
+pub async fn floor_many(host: &Host, guests: &mut [Guest], round: usize) -> Result<f64> {
+    let mut overlays = Vec::new();
+    for (i, guest) in guests.iter().enumerate() {
+        overlays.push(floor_overlay(host, guest, 10_000 * (round + 1) + i)?);
+    }
+    let started = Instant::now();
+    let switches = guests
+        .iter()
+        .zip(&overlays)
+        .map(|(guest, overlay)| floor_switch(guest, overlay));
+    for result in futures_util::future::join_all(switches).await {
+        result?;
+    }
+    let took = millis(started);
+    for (guest, overlay) in guests.iter_mut().zip(overlays) {
+        guest.path = overlay;
     }
     Ok(took)
 }
