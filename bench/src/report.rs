@@ -189,7 +189,7 @@ impl Bench {
                 md += &format!(
                     "| {} | {conns} | {rps:.0} | {:.1}x | {:.3} / {:.3} | {vdsm_p99} | {} KiB |\n",
                     if row["pinned"] == true {
-                        "pinned to 1 CPU"
+                        "started on 1 CPU"
                     } else {
                         "unpinned"
                     },
