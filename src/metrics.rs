@@ -107,7 +107,7 @@ impl Metrics {
             Family::new_with_constructor(snapshot_buckets);
         registry.register(
             "snapshot_duration_seconds",
-            "Snapshot duration from the start of the flow to its end",
+            "Snapshot job duration, from its start (past the host-wide limit) to its end",
             snapshot_seconds.clone(),
         );
         let freeze_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
@@ -195,7 +195,7 @@ impl Metrics {
             .push(Box::new(refresh));
     }
 
-    /// The exposition text (`text/plain; version=0.0.4` compatible OpenMetrics).
+    /// The exposition text (OpenMetrics).
     pub fn render(&self) -> String {
         for refresh in self
             .refreshers

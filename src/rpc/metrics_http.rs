@@ -48,7 +48,11 @@ where
             let mut response = HttpResponse::new(HttpBody::from(text));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                // What prometheus-client writes: OpenMetrics text (counters end in `_total`,
+                // the exposition ends with `# EOF`).
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             return Box::pin(std::future::ready(Ok(response)));
         }
