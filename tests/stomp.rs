@@ -302,12 +302,7 @@ fn silent_clients_are_dropped_and_http_shares_the_port() {
         .as_bytes(),
     );
     assert!(answer.contains(r#""result":true"#), "{answer}");
-    assert_eq!(
-        daemon
-            .call(common::daemon::Via::Tcp, "Host.ping2", json!({}))
-            .unwrap(),
-        Value::Bool(true)
-    );
+    daemon.assert_pings_over_tcp();
 }
 
 #[test]
@@ -394,15 +389,10 @@ fn a_client_that_stops_reading_does_not_stall_others() {
 
 #[test]
 fn connections_over_the_limit_are_closed_at_once() {
-    let dir = tempfile::Builder::new()
-        .prefix("rvdsmd-test")
-        .tempdir()
-        .unwrap();
-    let config = common::daemon::test_config(dir.path(), "")
-        .replace("[server]\n", "[server]\nmax_connections = 8\n");
-    std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
-    let mut daemon = Daemon::spawn(dir, &[]);
-    daemon.wait_ready();
+    let daemon = Daemon::start_configured(|dir| {
+        common::daemon::test_config(dir, "")
+            .replace("[server]\n", "[server]\nmax_connections = 8\n")
+    });
     let mut idle: Vec<Raw> = (0..8).map(|_| Raw::connect(daemon.port)).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut extra = Raw::connect(daemon.port);
@@ -412,12 +402,7 @@ fn connections_over_the_limit_are_closed_at_once() {
     assert_eq!(daemon.ok("Host.ping2", json!({})), Value::Bool(true));
     idle.clear();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        daemon
-            .call(common::daemon::Via::Tcp, "Host.ping2", json!({}))
-            .unwrap(),
-        Value::Bool(true)
-    );
+    daemon.assert_pings_over_tcp();
 }
 
 #[test]
@@ -452,10 +437,5 @@ fn ten_thousand_idle_connections_are_bounded_by_the_limit() {
     });
     assert!(drained, "{} descriptors still open", daemon.open_fds());
     drop(idle);
-    assert_eq!(
-        daemon
-            .call(common::daemon::Via::Tcp, "Host.ping2", json!({}))
-            .unwrap(),
-        Value::Bool(true)
-    );
+    daemon.assert_pings_over_tcp();
 }

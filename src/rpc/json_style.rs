@@ -16,19 +16,13 @@ pub fn vdsm_reply(json: &[u8]) -> Vec<u8> {
 
 /// Whether a comma separates items of the outermost array or object in `json`.
 fn has_top_level_comma(json: &[u8]) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut scanner = Scanner::default();
+    let mut depth = 0usize;
     for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
+        if scanner.in_string_after(byte) {
             continue;
         }
         match byte {
-            b'"' => in_string = true,
             b'[' | b'{' => depth += 1,
             b']' | b'}' => depth = depth.saturating_sub(1),
             b',' if depth == 0 => return true,
@@ -41,26 +35,41 @@ fn has_top_level_comma(json: &[u8]) -> bool {
 /// `{"a":1,"b":[2,3]}` becomes `{"a": 1, "b": [2, 3]}`.
 pub fn python_separators(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() + json.len() / 8);
-    let mut in_string = false;
-    let mut escaped = false;
+    let mut scanner = Scanner::default();
     for &byte in json {
         out.push(byte);
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else {
-            match byte {
-                b'"' => in_string = true,
-                b',' | b':' => out.push(b' '),
-                _ => {}
-            }
+        if !scanner.in_string_after(byte) && matches!(byte, b',' | b':') {
+            out.push(b' ');
         }
     }
     out
+}
+
+/// Tells string bytes (quotes included) from structure, byte by byte.
+#[derive(Default)]
+struct Scanner {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Scanner {
+    /// Feeds one byte; whether it belongs to a string (its quotes included).
+    fn in_string_after(&mut self, byte: u8) -> bool {
+        if self.in_string {
+            match byte {
+                _ if self.escaped => self.escaped = false,
+                b'\\' => self.escaped = true,
+                b'"' => self.in_string = false,
+                _ => {}
+            }
+            return true;
+        }
+        if byte == b'"' {
+            self.in_string = true;
+            return true;
+        }
+        false
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,7 @@
 //! - [`methods`]: the one registry of verbs ([`jsonrpsee::RpcModule`]) every transport serves.
 //! - [`params`]: JSON parameters (by name or by position) into the typed structs of `api`.
 //! - [`logging`]: one tracing span and one log line per request.
-//! - [`http_limits`]: HTTP-level refusals (a POST must declare its length).
-//! - [`metrics_http`]: `GET /metrics` for Prometheus.
+//! - [`http_front`]: what HTTP answers before JSON-RPC: `GET /metrics`, 411 without a length.
 //! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
 //! - [`dispatch`]: JSON-RPC texts from non-HTTP transports into the same registry.
 //! - [`detect`]: which protocol a connection speaks, from its first bytes.
@@ -20,11 +19,10 @@
 pub mod client;
 pub mod detect;
 pub mod dispatch;
-pub mod http_limits;
+pub mod http_front;
 pub mod json_style;
 pub mod logging;
 pub mod methods;
-pub mod metrics_http;
 pub mod params;
 pub mod readiness;
 pub mod server;

@@ -25,8 +25,7 @@ use tower::layer::util::{Identity, Stack};
 
 use super::detect::{Protocol, detect};
 use super::dispatch::{Dispatcher, RpcLayers, rpc_middleware};
-use super::http_limits::RequireLengthLayer;
-use super::metrics_http::MetricsEndpointLayer;
+use super::http_front::HttpFrontLayer;
 use super::readiness::Readiness;
 use super::stomp::frame::FrameLimits;
 use super::stomp::{Broker, StompOptions, StompService};
@@ -82,10 +81,8 @@ pub struct RunningServer {
     connections: TaskTracker,
 }
 
-type ServiceBuilder = jsonrpsee::server::TowerServiceBuilder<
-    RpcLayers,
-    Stack<RequireLengthLayer, Stack<MetricsEndpointLayer, Identity>>,
->;
+type ServiceBuilder =
+    jsonrpsee::server::TowerServiceBuilder<RpcLayers, Stack<HttpFrontLayer, Identity>>;
 
 impl RunningServer {
     /// Binds the listeners and starts serving `methods`; until `readiness` is set, only
@@ -107,11 +104,7 @@ impl RunningServer {
         let builder = Server::builder()
             .set_config(config.clone())
             .set_rpc_middleware(middleware.clone())
-            .set_http_middleware(
-                tower::ServiceBuilder::new()
-                    .layer(MetricsEndpointLayer)
-                    .layer(RequireLengthLayer),
-            )
+            .set_http_middleware(tower::ServiceBuilder::new().layer(HttpFrontLayer))
             .to_service_builder();
         let connections = TaskTracker::new();
         let broker = Arc::new(Broker::default());

@@ -43,34 +43,34 @@ impl Daemon {
     /// the base configuration, such as `[libvirt]`). Its storage repository and state
     /// directory are in its temporary directory.
     pub fn start_with(extra: &str) -> Daemon {
+        Daemon::start_configured(|dir| test_config(dir, extra))
+    }
+
+    /// Starts rvdsmd with mutual TLS on TCP, with the daemon's side of `tls`.
+    pub fn start_tls(tls: &rvdsm::rpc::tls::TlsFiles) -> Daemon {
+        Daemon::start_configured(|dir| test_config_tls(dir, "", Some(tls)))
+    }
+
+    /// Starts rvdsmd on the configuration `config` writes for its temporary directory, and
+    /// waits until it serves every verb.
+    pub fn start_configured(config: impl FnOnce(&std::path::Path) -> String) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("rvdsmd-test")
             .tempdir()
             .unwrap();
-        std::fs::write(
-            dir.path().join("rvdsm.toml"),
-            test_config(dir.path(), extra),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("rvdsm.toml"), config(dir.path())).unwrap();
         let mut daemon = Daemon::spawn(dir, &[]);
         daemon.wait_ready();
         daemon
     }
 
-    /// Starts rvdsmd with mutual TLS on TCP, with the daemon's side of `tls`.
-    pub fn start_tls(tls: &rvdsm::rpc::tls::TlsFiles) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("rvdsmd-test")
-            .tempdir()
-            .unwrap();
-        std::fs::write(
-            dir.path().join("rvdsm.toml"),
-            test_config_tls(dir.path(), "", Some(tls)),
-        )
-        .unwrap();
-        let mut daemon = Daemon::spawn(dir, &[]);
-        daemon.wait_ready();
-        daemon
+    /// Asserts that `Host.ping2` answers `true` over TCP.
+    pub fn assert_pings_over_tcp(&self) {
+        assert_eq!(
+            self.call(Via::Tcp, "Host.ping2", serde_json::json!({}))
+                .unwrap(),
+            Value::Bool(true)
+        );
     }
 
     /// Starts rvdsmd again on the directory of this daemon (its state, storage, socket and
