@@ -272,4 +272,145 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("hypervisor unavailable"), "{text}");
     }
+
+    /// Every file under `dir` with its length: what a refused call must leave as it was.
+    fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+        let mut files = std::collections::BTreeMap::new();
+        let mut pending = vec![dir.to_owned()];
+        while let Some(next) = pending.pop() {
+            for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+                let path = entry.path();
+                match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => pending.push(path),
+                    Ok(meta) => {
+                        files.insert(path, meta.len());
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        files
+    }
+
+    /// Parameter values a manager, a fuzzer or an attacker might send: every JSON type, ids,
+    /// paths that try to leave the storage domains, and huge numbers.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            Just(Value::from("00000000-0000-0000-0000-000000000000")),
+            Just(Value::from("11111111-2222-3333-4444-555555555555")),
+            Just(Value::from("../../../../etc/passwd")),
+            Just(Value::from("/etc/shadow")),
+            Just(Value::from("18446744073709551616")),
+            "[ -~]{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-zA-Z]{1,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Random parameter objects for every verb, built on the verb's own parameter names so that
+    /// they reach its logic: each call answers a result or a JSON-RPC error object (never a
+    /// panic, never a hang), and a call that is refused leaves every file as it was.
+    #[test]
+    fn random_parameters_for_every_verb_are_answered_and_refusals_change_nothing() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (services, dir) = runtime.block_on(async { offline_services() });
+        let module = registry(services);
+        // A real domain under one of the ids the strategy sends (the pool is the nil UUID, the
+        // other one), so that random calls reach the storage logic, not only its lookups.
+        let domain_dir = dir.path().join("domain");
+        std::fs::create_dir_all(&domain_dir).unwrap();
+        let create = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": names::SD_CREATE,
+            "params": {"storagedomainID": "11111111-2222-3333-4444-555555555555", "domainType": 4,
+                       "typeArgs": domain_dir, "name": "props", "domainClass": 1, "version": "5"}});
+        let (created, _) = runtime
+            .block_on(module.raw_json_request(&create.to_string(), 1))
+            .unwrap();
+        assert!(
+            created.get().contains(r#""result":true"#),
+            "{}",
+            created.get()
+        );
+        let strategy = (0..schema::VERBS.len()).prop_flat_map(|index| {
+            let verb = &schema::VERBS[index];
+            let mut names: Vec<&'static str> = verb.params.iter().map(|p| p.name).collect();
+            if names.is_empty() {
+                names.push("unknown");
+            }
+            let named =
+                proptest::collection::vec((proptest::sample::select(names), any_value()), 0..6)
+                    .prop_map(|pairs| {
+                        Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+                    });
+            let positional = proptest::collection::vec(any_value(), 0..5).prop_map(Value::from);
+            (
+                Just(verb.name),
+                prop_oneof![3 => named, 1 => positional, 1 => any_value()],
+            )
+        });
+        let answered = std::cell::Cell::new((0u32, 0u32));
+        let mut runner = TestRunner::new(Config {
+            cases: 400,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&strategy, |(method, params)| {
+                let before = tree(dir.path());
+                let request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+                let reply = runtime.block_on(async {
+                    tokio::time::timeout(
+                        std::time::Duration::from_secs(30),
+                        module.raw_json_request(&request.to_string(), 1),
+                    )
+                    .await
+                });
+                let reply = reply.map_err(|_| TestCaseError::fail(format!("{method} hung")))?;
+                let Ok((reply, _)) = reply else {
+                    // jsonrpsee refused the request itself (params not an object or list).
+                    return Ok(());
+                };
+                let reply: Value = serde_json::from_str(reply.get()).unwrap();
+                let refused = match (&reply.get("result"), &reply.get("error")) {
+                    (Some(_), None) => false,
+                    (None, Some(error)) => {
+                        prop_assert!(error["code"].is_i64(), "{reply}");
+                        prop_assert!(error["message"].is_string(), "{reply}");
+                        true
+                    }
+                    _ => return Err(TestCaseError::fail(format!("not a JSON-RPC reply: {reply}"))),
+                };
+                let (results, errors) = answered.get();
+                if refused {
+                    answered.set((results, errors + 1));
+                    prop_assert_eq!(before, tree(dir.path()), "{} {} changed files: {}", method, params, reply);
+                } else {
+                    answered.set((results + 1, errors));
+                }
+                Ok(())
+            })
+            .unwrap();
+        // Both kinds of answers were exercised, so the property above could fail.
+        let (results, errors) = answered.get();
+        assert!(
+            results > 0 && errors > 100,
+            "{results} results, {errors} errors"
+        );
+    }
 }
