@@ -580,3 +580,73 @@ fn task_stop_rolls_a_create_back() {
     assert_eq!(f.files(), before);
     assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
 }
+
+#[test]
+fn identifiers_never_lead_outside_the_domain_through_symlinks() {
+    let f = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    // An image directory that is a symlink out of the domain.
+    let image = new_id();
+    std::os::unix::fs::symlink(outside.path(), f.root().join("images").join(&image)).unwrap();
+    let volume = new_id();
+    let (code, message) = f
+        .daemon
+        .err("Volume.create", f.create_params(&image, &volume, json!({})));
+    assert_eq!(code, 254, "{message}");
+    let ids = json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image});
+    let with_volume = {
+        let mut ids = ids.clone();
+        ids["volumeID"] = json!(volume);
+        ids
+    };
+    for (verb, params) in [
+        ("Image.prepare", &with_volume),
+        ("Volume.getInfo", &with_volume),
+        ("Volume.delete", &with_volume),
+        ("Image.getVolumes", &ids),
+        ("Image.delete", &ids),
+    ] {
+        let (code, message) = f.daemon.err(verb, params.clone());
+        assert_eq!(code, 254, "{verb}: {message}");
+    }
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "a file was written outside the domain"
+    );
+    assert!(
+        std::fs::symlink_metadata(f.root().join("images").join(&image))
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link itself was touched"
+    );
+
+    // A volume id whose data file is a symlink planted in a real image: never written through.
+    let real_image = new_id();
+    let base = new_id();
+    assert_success(&f.create(&real_image, &base, json!({})));
+    let target = outside.path().join("target");
+    let planted = new_id();
+    std::os::unix::fs::symlink(&target, f.image_dir(&real_image).join(&planted)).unwrap();
+    let task = f.daemon.ok(
+        "Volume.create",
+        f.create_params(
+            &real_image,
+            &planted,
+            json!({"srcImgUUID": real_image, "srcVolUUID": base, "volFormat": 4}),
+        ),
+    );
+    // The data file is created with O_EXCL, which never follows a link: the task fails.
+    let status = f.daemon.wait_task(task.as_str().unwrap());
+    assert_eq!(status["code"], 212, "{status}");
+    assert_ne!(status["taskResult"], "success", "{status}");
+    assert!(
+        !target.exists(),
+        "a volume was written through a planted symlink"
+    );
+    assert!(
+        std::fs::symlink_metadata(f.image_dir(&real_image).join(&planted)).is_ok(),
+        "the planted link, not rvdsm's, was removed by the rollback"
+    );
+}

@@ -158,6 +158,7 @@ impl StorageService {
     /// The domain, which must hold `image` (268 otherwise).
     fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
         let domain = self.domain(domain)?;
+        domain.check_image_dir(image)?;
         if !domain.has_image(image) {
             return Err(StorageError::ImageDoesNotExist {
                 image,
@@ -331,6 +332,7 @@ impl StorageService {
             let domain = Arc::clone(&domain);
             let request = request.clone();
             blocking(move || {
+                domain.check_image_dir(request.image)?;
                 if request.parent.is_some() && !domain.has_image(request.image) {
                     return Err(StorageError::ImageDoesNotExist {
                         image: request.image,

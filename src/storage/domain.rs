@@ -220,6 +220,17 @@ impl Domain {
     pub fn has_image(&self, image: Uuid) -> bool {
         self.dir.image(image).is_dir()
     }
+
+    /// Refuses an image directory that exists but is not a plain directory of this domain (a
+    /// symlink, even to a directory, or a file): identifiers must never lead rvdsm to read,
+    /// write or delete outside its storage domains.
+    pub fn check_image_dir(&self, image: Uuid) -> Result<(), StorageError> {
+        let path = self.dir.image(image);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if !meta.file_type().is_dir() => Err(StorageError::ImagePath(path)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Where a new domain goes: for LOCALFS a link `mnt/<transformed path>` to the directory (as

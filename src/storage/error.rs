@@ -27,6 +27,10 @@ pub enum StorageError {
         /// The domain.
         domain: Uuid,
     },
+    /// The image's directory is not a plain directory inside the domain (a symlink, a file):
+    /// rvdsm never follows it out of its storage domain (254).
+    #[error("Image path does not exist or cannot be accessed/created: ('{0}',)")]
+    ImagePath(std::path::PathBuf),
     /// No such volume (201).
     #[error("Volume does not exist: ('{0}',)")]
     VolumeDoesNotExist(Uuid),
@@ -130,6 +134,7 @@ impl StorageError {
             Self::DomainDoesNotExist(_) => 358,
             Self::DomainExists(_) => 365,
             Self::ImageDoesNotExist { .. } => 268,
+            Self::ImagePath(_) => 254,
             Self::VolumeDoesNotExist(_) => 201,
             Self::VolumeAlreadyExists(_) => 212,
             Self::IncorrectFormat(_) => 202,

@@ -166,6 +166,7 @@ pub fn reserve(
     record: &mut Recorder,
 ) -> Result<(), StorageError> {
     let lock = domain.lock().acquire()?;
+    domain.check_image_dir(request.image)?;
     let parent = check_create(domain, request)?;
     let image_dir = domain.dir.image(request.image);
     if !image_dir.exists() {
