@@ -158,8 +158,7 @@ impl StorageService {
     /// The domain, which must hold `image` (268 otherwise).
     fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
         let domain = self.domain(domain)?;
-        domain.check_image_dir(image)?;
-        if !domain.has_image(image) {
+        if !domain.has_image(image)? {
             return Err(StorageError::ImageDoesNotExist {
                 image,
                 domain: domain.uuid,
@@ -332,8 +331,8 @@ impl StorageService {
             let domain = Arc::clone(&domain);
             let request = request.clone();
             blocking(move || {
-                domain.check_image_dir(request.image)?;
-                if request.parent.is_some() && !domain.has_image(request.image) {
+                let has_image = domain.has_image(request.image)?;
+                if request.parent.is_some() && !has_image {
                     return Err(StorageError::ImageDoesNotExist {
                         image: request.image,
                         domain: domain.uuid,

@@ -216,19 +216,16 @@ impl Domain {
         })
     }
 
-    /// Whether the image directory exists.
-    pub fn has_image(&self, image: Uuid) -> bool {
-        self.dir.image(image).is_dir()
-    }
-
-    /// Refuses an image directory that exists but is not a plain directory of this domain (a
-    /// symlink, even to a directory, or a file): identifiers must never lead rvdsm to read,
-    /// write or delete outside its storage domains.
-    pub fn check_image_dir(&self, image: Uuid) -> Result<(), StorageError> {
+    /// Whether the domain holds `image`, with one look at its directory. A path that exists but
+    /// is not a plain directory of this domain (a symlink, even to a directory, or a file) is
+    /// refused: identifiers must never lead rvdsm to read, write or delete outside its storage
+    /// domains.
+    pub fn has_image(&self, image: Uuid) -> Result<bool, StorageError> {
         let path = self.dir.image(image);
         match std::fs::symlink_metadata(&path) {
-            Ok(meta) if !meta.file_type().is_dir() => Err(StorageError::ImagePath(path)),
-            _ => Ok(()),
+            Ok(meta) if meta.file_type().is_dir() => Ok(true),
+            Ok(_) => Err(StorageError::ImagePath(path)),
+            Err(_) => Ok(false),
         }
     }
 }

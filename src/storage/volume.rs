@@ -166,7 +166,8 @@ pub fn reserve(
     record: &mut Recorder,
 ) -> Result<(), StorageError> {
     let lock = domain.lock().acquire()?;
-    domain.check_image_dir(request.image)?;
+    // Refuses an image path that would lead out of the domain, under the lock.
+    domain.has_image(request.image)?;
     let parent = check_create(domain, request)?;
     let image_dir = domain.dir.image(request.image);
     if !image_dir.exists() {
