@@ -68,6 +68,14 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Certificates first: a daemon that cannot serve must not recover tasks or touch VMs. The
+    // files are read off the reactor, as every start-up read.
+    let tls = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || load_tls(&config))
+            .await
+            .context("start-up panicked")??
+    };
     let events = EventBus::default();
     // Before any libvirt connection opens: libvirt sends events only to connections opened
     // after its event loop is registered.
@@ -112,7 +120,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         freeze,
         storage,
     };
-    let tls = load_tls(&config)?;
     let options = ServerOptions {
         tcp: config
             .server
