@@ -104,6 +104,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 hypervisor,
                 storage,
                 jobs,
+                freeze.clone(),
                 &state_dir.join("snapshots"),
                 agent_timeout,
             );

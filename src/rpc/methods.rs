@@ -232,6 +232,7 @@ mod tests {
                 hv,
                 storage.clone(),
                 jobs,
+                freeze.clone(),
                 &dir.path().join("snapshots"),
                 secs,
             )

@@ -4,7 +4,11 @@
 //! Beyond VDSM: every freeze made here carries an auto-thaw deadline, after which rvdsmd thaws
 //! the guest itself, so a manager that dies between freeze and thaw never leaves guests frozen.
 //! Freezes are recorded in `<state_dir>/freezes/<vmId>.json` so a restarted rvdsmd still thaws
-//! on time.
+//! on time. A thaw that fails (libvirtd down, the agent hung or gone) is retried, with backoff,
+//! until the guest is thawed or the VM is gone: the promise is kept, late rather than never.
+//!
+//! The same record guards the freezes a snapshot could not undo ([`FreezeService::guard`]):
+//! a failed thaw, or a freeze that timed out and may still take effect when a hung agent wakes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,7 +24,7 @@ use crate::api::vm_types::FreezeParams;
 use crate::jobs::journal::now;
 use crate::jobs::vm_jobs::JobRegistry;
 use crate::storage::fsutil::{remove_if_exists, write_atomic};
-use crate::virt::{FreezeState, Hypervisor, VirtError};
+use crate::virt::{FreezeState, Hypervisor, RunState, VirtError};
 
 /// A freeze rvdsm made and must undo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,7 +34,19 @@ struct FreezeRecord {
     thaw_at: u64,
     /// Distinguishes this freeze from a later one of the same VM.
     generation: Uuid,
+    /// The verb whose freeze this is: `VM.freeze`, or `VM.snapshot` for a guarded one.
+    #[serde(default = "freeze_verb")]
+    by: String,
 }
+
+fn freeze_verb() -> String {
+    "VM.freeze".to_owned()
+}
+
+/// The first wait before a failed thaw is tried again; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two thaw attempts.
+const RETRY_MAX: Duration = Duration::from_secs(15);
 
 /// Freezes and thaws guests, and keeps the auto-thaw promise.
 #[derive(Clone)]
@@ -113,6 +129,7 @@ impl FreezeService {
             vm,
             thaw_at: now() + seconds.as_secs(),
             generation: Uuid::new_v4(),
+            by: freeze_verb(),
         };
         if let Err(err) = self.persist(record.clone()).await {
             tracing::error!(%vm, error = %err, "cannot record the freeze; auto-thaw will not survive a restart");
@@ -165,29 +182,67 @@ impl FreezeService {
         Ok(())
     }
 
-    /// Who froze the VM and until when, if rvdsm did: `(thaw_at epoch seconds)`.
-    pub fn owned_until(&self, vm: Uuid) -> Option<u64> {
-        self.lock().get(&vm).map(|r| r.thaw_at)
+    /// Takes over a freeze a snapshot may have left behind: the guest is thawed as soon as the
+    /// agent answers, retried until then, across restarts. A guest frozen by `VM.freeze` keeps
+    /// that freeze's deadline.
+    pub async fn guard(&self, vm: Uuid) {
+        if self.lock().contains_key(&vm) {
+            return;
+        }
+        let record = FreezeRecord {
+            vm,
+            thaw_at: now(),
+            generation: Uuid::new_v4(),
+            by: "VM.snapshot".to_owned(),
+        };
+        tracing::warn!(%vm, "the guest may still be frozen; thawing it until the agent answers");
+        if let Err(err) = self.persist(record.clone()).await {
+            tracing::error!(%vm, error = %err, "cannot record the pending thaw; it will not survive a restart");
+        }
+        self.lock().insert(vm, record.clone());
+        self.arm(record);
     }
 
+    /// Who froze the VM and until when, if rvdsm did: `(verb, thaw_at epoch seconds)`.
+    pub fn owned_until(&self, vm: Uuid) -> Option<(String, u64)> {
+        self.lock().get(&vm).map(|r| (r.by.clone(), r.thaw_at))
+    }
+
+    /// Thaws the guest at the record's deadline; a failed thaw is retried (backoff up to
+    /// [`RETRY_MAX`]) for as long as the record is the VM's current one.
     fn arm(&self, record: FreezeRecord) {
         let service = self.clone();
         tokio::spawn(async move {
             let wait = record.thaw_at.saturating_sub(now());
             tokio::time::sleep(Duration::from_secs(wait)).await;
-            let still_ours = service
-                .lock()
-                .get(&record.vm)
-                .is_some_and(|r| r.generation == record.generation);
-            if !still_ours {
-                return;
-            }
-            tracing::warn!(vm = %record.vm, "auto-thaw deadline reached: thawing the guest");
-            crate::metrics::global().auto_thaws.inc();
-            match service.thaw(record.vm).await {
-                Ok(()) => {}
-                Err(ApiError::NoSuchVm { .. }) => service.forget(record.vm).await,
-                Err(err) => tracing::error!(vm = %record.vm, error = %err, "auto-thaw failed"),
+            let mut retry = RETRY_FIRST;
+            for attempt in 1u64.. {
+                let still_ours = service
+                    .lock()
+                    .get(&record.vm)
+                    .is_some_and(|r| r.generation == record.generation);
+                if !still_ours {
+                    return;
+                }
+                if attempt == 1 && record.by == "VM.freeze" {
+                    tracing::warn!(vm = %record.vm, "auto-thaw deadline reached: thawing the guest");
+                    crate::metrics::global().auto_thaws.inc();
+                }
+                match service.thaw(record.vm).await {
+                    Ok(()) => return,
+                    Err(ApiError::NoSuchVm { .. }) => return service.forget(record.vm).await,
+                    // A VM that stopped has nothing frozen any more.
+                    Err(_) if service.hypervisor.run_state(record.vm).await == Ok(RunState::Stopped) => {
+                        return service.forget(record.vm).await;
+                    }
+                    // Logged at powers of two: an agent gone for hours must not flood the log.
+                    Err(err) if attempt.is_power_of_two() => {
+                        tracing::error!(vm = %record.vm, error = %err, attempt, "thaw failed; retrying")
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
             }
         });
     }

@@ -81,10 +81,10 @@ impl HostService {
             status: info.status,
             status_time,
             disks: disks.into_iter().map(|d| (d.target.clone(), d)).collect(),
-            frozen: self.freezes.owned_until(info.uuid).map(|until| FrozenBy {
-                by: "VM.freeze".to_owned(),
-                until,
-            }),
+            frozen: self
+                .freezes
+                .owned_until(info.uuid)
+                .map(|(by, until)| FrozenBy { by, until }),
         }])
     }
 }

@@ -650,28 +650,69 @@ impl StorageService {
                     meta.parent
                 )));
             }
-            Ok((
-                domain.dir.volume(image, base),
-                domain.dir.volume(image, volume),
-            ))
+            let data = domain.dir.volume(image, volume);
+            // A volume whose data file went missing is refused here, before any job or
+            // freeze, rather than by the switch.
+            match std::fs::symlink_metadata(&data) {
+                Ok(m) if m.file_type().is_file() => {}
+                _ => return Err(refuse("its data file is missing (or not a regular file)")),
+            }
+            Ok((domain.dir.volume(image, base), data))
         })
         .await
     }
 
-    /// Deletes a new volume a failed snapshot did not switch to; its parent becomes a LEAF
-    /// again. Not a task: it is part of the snapshot job's rollback.
+    /// Deletes a new volume a failed snapshot did not switch to; its parent (`parent`) becomes
+    /// a LEAF again. Not a task: it is part of the snapshot job's rollback. Idempotent, so that
+    /// a rollback interrupted by a crash is finished by recovery.
     pub async fn discard_volume(
         &self,
         domain: Uuid,
         image: Uuid,
         volume: Uuid,
+        parent: Uuid,
     ) -> Result<(), ApiError> {
         let domain = self.domain(domain)?;
         blocking(move || {
-            volume::mark_illegal(&domain, image, volume)?;
-            volume::remove_files(&domain, image, volume)
+            match volume::mark_illegal(&domain, image, volume) {
+                Ok(_) => volume::remove_files(&domain, image, volume)?,
+                // Gone already: a rollback interrupted after the `.meta` went.
+                Err(StorageError::VolumeDoesNotExist(_)) => {}
+                Err(err) => return Err(err),
+            }
+            // Again, in case an interrupted rollback removed the volume but not this step.
+            let _lock = domain.lock().acquire()?;
+            volume::recheck_leaf(&domain, image, parent)
         })
         .await
+    }
+
+    /// Whether the guest may have written to `volume`: its own layer holds data (read with
+    /// `qemu-img map`, sharing the image with a writer that may exist). A new volume a VM never
+    /// switched to holds none.
+    pub async fn volume_has_data(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<bool, ApiError> {
+        let domain = self.domain(domain)?;
+        let dir = domain.dir.image(image);
+        let name = volume.hyphenated().to_string();
+        let args = ["map", "-U", "-f", "qcow2", "--output=json", name.as_str()];
+        let out = crate::storage::qemu_img::run(
+            &args,
+            &dir,
+            self.inner.qemu_img_timeout,
+            &CancellationToken::new(),
+        )
+        .await
+        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+        let extents: Vec<serde_json::Value> = serde_json::from_str(&out)
+            .map_err(|e| ApiError::Unexpected(format!("qemu-img map output: {e}")))?;
+        Ok(extents
+            .iter()
+            .any(|e| e["depth"] == 0 && e["data"] == true))
     }
 
     /// Records how the snapshot on top of `base` was taken.

@@ -184,6 +184,8 @@ pub struct Failure {
     pub libvirt_code: Option<i32>,
     /// Whether libvirt's snapshot call was made (then the live domain must be read).
     pub switch_attempted: bool,
+    /// A thaw that failed after a freeze this operation made: the guest may still be frozen.
+    pub thaw_error: Option<String>,
 }
 
 impl Failure {
@@ -192,6 +194,7 @@ impl Failure {
             message: message.into(),
             libvirt_code: err.and_then(VirtError::libvirt_code),
             switch_attempted: false,
+            thaw_error: None,
         }
     }
 }
@@ -234,6 +237,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
                     message: e.to_string(),
                     libvirt_code: e.libvirt_code(),
                     switch_attempted: true,
+                    thaw_error: None,
                 })?;
             timings.switch_ms = millis(t);
             timings.total_ms = millis(started);
@@ -256,17 +260,22 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
     };
     let frozen_since = Instant::now();
     if owned_freeze {
-        // Test seam for kill -9 in the frozen window; blocks this worker thread forever.
-        crate::failpoint::pause_if_requested("snapshot:frozen");
+        // Test seam for faults in the frozen window (kill -9, libvirtd or QEMU killed).
+        crate::failpoint::pause("snapshot:frozen").await;
     }
     if Instant::now() > plan.switch_deadline {
-        if owned_freeze && let Some(e) = thaw_owned(ops, plan).await {
-            tracing::error!(vm = %plan.vm, error = %e, "guest may still be frozen");
-        }
-        return Err(Failure::before_switch(
-            "freeze_timeout passed before the switch; nothing was switched",
-            None,
-        ));
+        let thaw_error = if owned_freeze {
+            thaw_owned(ops, plan).await
+        } else {
+            None
+        };
+        return Err(Failure {
+            thaw_error,
+            ..Failure::before_switch(
+                "freeze_timeout passed before the switch; nothing was switched",
+                None,
+            )
+        });
     }
 
     let t = Instant::now();
@@ -275,7 +284,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         .await;
     timings.switch_ms = millis(t);
     if owned_freeze && switched.is_ok() {
-        crate::failpoint::pause_if_requested("snapshot:switched");
+        crate::failpoint::pause("snapshot:switched").await;
     }
     let thaw_error = if owned_freeze {
         let t = Instant::now();
@@ -302,6 +311,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
             message: e.to_string(),
             libvirt_code: e.libvirt_code(),
             switch_attempted: true,
+            thaw_error,
         }),
     }
 }
@@ -345,10 +355,13 @@ async fn quiesce<V: VmOps>(
             if ops.freeze_state(plan.vm, plan.agent_timeout).await == Ok(FreezeState::Frozen)
                 && let Some(e) = thaw_owned(ops, plan).await
             {
-                return Err(Failure::before_switch(
-                    format!("freeze failed ({err}) and the thaw failed too: {e}"),
-                    Some(&err),
-                ));
+                return Err(Failure {
+                    thaw_error: Some(e.clone()),
+                    ..Failure::before_switch(
+                        format!("freeze failed ({err}) and the thaw failed too: {e}"),
+                        Some(&err),
+                    )
+                });
             }
             if is_agent_unavailable(&err) {
                 unavailable(agent_reason(&err))

@@ -7,6 +7,7 @@ pub mod flow;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -17,7 +18,7 @@ use crate::api::error::code;
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::journal::{self, Entry, Journal, JournalDrive, Phase};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, VmClaim};
-use crate::services::StorageService;
+use crate::services::{FreezeService, StorageService};
 use crate::virt::{Conflict, DiskSwitch, FreezeState, Hypervisor, RunState, VirtError};
 
 use flow::{Plan, VmOps};
@@ -50,17 +51,29 @@ pub struct SnapshotService {
     storage: StorageService,
     jobs: JobRegistry,
     journal: Journal,
+    freezes: FreezeService,
     agent_timeout: Duration,
+}
+
+/// What the live domain shows of a VM's disks, after a switch that may have happened.
+enum Live {
+    /// Each disk target and the canonical path it uses now.
+    Disks(HashMap<String, Option<PathBuf>>),
+    /// libvirt answers, and the VM no longer exists: nothing runs on any of its volumes.
+    Gone,
+    /// libvirt does not answer: nothing can be decided yet.
+    Unreadable,
 }
 
 impl SnapshotService {
     /// A service driving `hypervisor` and `storage`, with `jobs` shared with `VM.freeze` and
-    /// its journal of intent in `journal`. Returns the entries a previous run left, for
-    /// [`SnapshotService::recover`].
+    /// its journal of intent in `journal`; `freezes` takes over the freezes it cannot undo.
+    /// Returns the entries a previous run left, for [`SnapshotService::recover`].
     pub fn open(
         hypervisor: Hypervisor,
         storage: StorageService,
         jobs: JobRegistry,
+        freezes: FreezeService,
         journal_dir: &Path,
         agent_timeout: Duration,
     ) -> std::io::Result<(Self, Vec<Entry>)> {
@@ -70,6 +83,7 @@ impl SnapshotService {
             storage,
             jobs,
             journal,
+            freezes,
             agent_timeout,
         };
         Ok((service, entries))
@@ -78,8 +92,9 @@ impl SnapshotService {
     /// Ends the jobs a previous run of rvdsmd left: a finished one is shown again; an
     /// interrupted one has its guest thawed if it may have frozen it, and keeps its new
     /// volumes if the live domain uses them (the job is done, its consistency unknown) or
-    /// loses them if not (the job failed and was rolled back). The daemon answers 99 to all
-    /// but `Host.ping2` until this returns.
+    /// loses them if not (the job failed and was rolled back). When libvirt does not answer,
+    /// such a job stays running and is ended once it does. The daemon answers 99 to all but
+    /// `Host.ping2` until this returns.
     pub async fn recover(&self, entries: Vec<Entry>) {
         if crate::failpoint::reached("recovery") {
             // Test seam: stay in recovery (the gate answers 99) until killed.
@@ -89,17 +104,16 @@ impl SnapshotService {
             let outcome = match entry.phase.clone() {
                 Phase::Finished { outcome, .. } => outcome,
                 Phase::Scheduled | Phase::Freezing => {
-                    let outcome = self.recover_interrupted(&entry).await;
-                    tracing::warn!(job = %entry.job, vm = %entry.vm, ok = outcome.is_ok(), "snapshot job interrupted by a restart recovered");
-                    self.record(
-                        &entry,
-                        Phase::Finished {
-                            at: journal::now(),
-                            outcome: outcome.clone(),
-                        },
-                    )
-                    .await;
-                    outcome
+                    if entry.phase == Phase::Freezing {
+                        self.thaw_if_frozen(entry.vm).await;
+                    }
+                    match self.read_live(entry.vm).await {
+                        Live::Unreadable => {
+                            self.resume_later(entry);
+                            continue;
+                        }
+                        live => self.end_interrupted(&entry, &live).await,
+                    }
                 }
             };
             let outcome = outcome.map_err(|(code, message)| JobError { code, message });
@@ -107,18 +121,79 @@ impl SnapshotService {
         }
     }
 
-    async fn recover_interrupted(&self, entry: &Entry) -> Result<serde_json::Value, (i32, String)> {
-        if entry.phase == Phase::Freezing {
-            self.thaw_if_frozen(entry.vm).await;
+    /// Shows an interrupted job as running, and ends it once libvirt answers again.
+    fn resume_later(&self, entry: Entry) {
+        tracing::warn!(job = %entry.job, vm = %entry.vm, "interrupted snapshot: libvirt does not answer; the job is ended once it does");
+        let claim = self.jobs.claim_vm(entry.vm).ok();
+        if self.jobs.add(entry.job, entry.vm, "snapshot_vm").is_err() {
+            return;
         }
-        let Some(live) = self.live_paths(entry.vm).await else {
-            return Err((
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _claim = claim;
+            let _slot = service.jobs.run_slot(entry.job).await;
+            let live = service.wait_live(entry.vm).await;
+            let outcome = service.end_interrupted(&entry, &live).await;
+            service.finish_job(&entry, outcome).await;
+        });
+    }
+
+    /// Ends an interrupted job by what `live` shows, and journals the outcome.
+    async fn end_interrupted(
+        &self,
+        entry: &Entry,
+        live: &Live,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        let rollback = self.roll_back(entry, live).await;
+        let outcome = if rollback.kept.len() == entry.drives.len() && matches!(live, Live::Disks(_))
+        {
+            Ok(json!({"consistency": "unknown", "recovered": true, "switched": rollback.kept}))
+        } else {
+            Err((
                 SNAPSHOT_FAILED,
-                "Snapshot interrupted by a restart of rvdsmd; the VM cannot be read (gone, or \
-                 libvirt down), so its new volumes are kept"
-                    .into(),
-            ));
+                format!(
+                    "Snapshot failed: interrupted by a restart of rvdsmd; rolled back \
+                     (deleted {:?}, kept {:?}{})",
+                    rollback.deleted,
+                    rollback.kept,
+                    rollback.why_kept(live)
+                ),
+            ))
         };
+        tracing::warn!(job = %entry.job, vm = %entry.vm, ok = outcome.is_ok(), "snapshot job interrupted by a restart recovered");
+        self.record(
+            entry,
+            Phase::Finished {
+                at: journal::now(),
+                outcome: outcome.clone(),
+            },
+        )
+        .await;
+        outcome
+    }
+
+    /// Thaws a guest that an interrupted job may have frozen, after checking it is frozen;
+    /// when that cannot be done now, the freeze service keeps trying.
+    async fn thaw_if_frozen(&self, vm: Uuid) {
+        let _ = self
+            .hypervisor
+            .set_agent_timeout(vm, self.agent_timeout)
+            .await;
+        match self.hypervisor.freeze_state(vm, self.agent_timeout).await {
+            Ok(FreezeState::Thawed) | Err(VirtError::NoSuchDomain { .. }) => {}
+            Ok(FreezeState::Frozen) => {
+                tracing::warn!(%vm, "thawing a guest an interrupted snapshot froze");
+                if let Err(err) = self.hypervisor.thaw(vm, Vec::new()).await {
+                    tracing::error!(%vm, error = %err, "thaw after restart failed");
+                    self.freezes.guard(vm).await;
+                }
+            }
+            Err(_) => self.freezes.guard(vm).await,
+        }
+    }
+
+    /// Deletes the new volumes no disk uses (as `live` shows), keeps the others.
+    async fn roll_back(&self, entry: &Entry, live: &Live) -> Rollback {
         let new_real = canonical_all(
             entry
                 .drives
@@ -127,46 +202,38 @@ impl SnapshotService {
                 .collect(),
         )
         .await;
-        let mut switched = Vec::new();
-        let mut deleted = Vec::new();
+        let mut rollback = Rollback::default();
         for (drive, real) in entry.drives.iter().zip(&new_real) {
-            if must_keep(Some(&live), &drive.target, real) {
-                switched.push(drive.volume);
-            } else if let Err(err) = self
+            let keep = match live {
+                Live::Disks(disks) => must_keep(Some(disks), &drive.target, real),
+                Live::Unreadable => true,
+                // No VM runs on it any more: it matters only if the guest wrote to it.
+                Live::Gone => self
+                    .storage
+                    .volume_has_data(drive.domain, drive.image, drive.volume)
+                    .await
+                    .unwrap_or(real.is_some()),
+            };
+            if keep {
+                rollback.kept.push(drive.volume);
+                continue;
+            }
+            match self
                 .storage
-                .discard_volume(drive.domain, drive.image, drive.volume)
+                .discard_volume(drive.domain, drive.image, drive.volume, drive.base)
                 .await
             {
-                tracing::error!(volume = %drive.volume, error = %err, "cannot delete the new volume of an interrupted snapshot");
-            } else {
-                deleted.push(drive.volume);
+                Ok(()) => rollback.deleted.push(drive.volume),
+                Err(err) => {
+                    tracing::error!(volume = %drive.volume, error = %err, "cannot delete the new volume of a failed snapshot");
+                    rollback.errors.push(format!("{}: {err}", drive.volume));
+                }
             }
         }
-        if switched.len() == entry.drives.len() {
-            Ok(json!({"consistency": "unknown", "recovered": true, "switched": switched}))
-        } else {
-            Err((
-                SNAPSHOT_FAILED,
-                format!(
-                    "Snapshot failed: interrupted by a restart of rvdsmd; rolled back \
-                     (deleted {deleted:?}, kept {switched:?})"
-                ),
-            ))
+        if !rollback.deleted.is_empty() {
+            crate::metrics::global().rollbacks.inc();
         }
-    }
-
-    /// Thaws a guest that an interrupted job may have frozen, after checking it is frozen.
-    async fn thaw_if_frozen(&self, vm: Uuid) {
-        let _ = self
-            .hypervisor
-            .set_agent_timeout(vm, self.agent_timeout)
-            .await;
-        if self.hypervisor.freeze_state(vm, self.agent_timeout).await == Ok(FreezeState::Frozen) {
-            tracing::warn!(%vm, "thawing a guest an interrupted snapshot froze");
-            if let Err(err) = self.hypervisor.thaw(vm, Vec::new()).await {
-                tracing::error!(%vm, error = %err, "thaw after restart failed");
-            }
-        }
+        rollback
     }
 
     /// Journals a phase of a job; a failure is logged (the job goes on, less protected).
@@ -404,8 +471,13 @@ impl SnapshotService {
         let ops = Journaled {
             service: self,
             entry: &entry,
+            unsettled: AtomicBool::new(false),
         };
-        match flow::run(&ops, &plan).await {
+        let result = flow::run(&ops, &plan).await;
+        if ops.unsettled.load(Ordering::SeqCst) {
+            self.freezes.guard(plan.vm).await;
+        }
+        match result {
             Ok(outcome) => {
                 let switched: Vec<Uuid> = drives.iter().map(|d| d.volume).collect();
                 let note = json!({
@@ -425,12 +497,12 @@ impl SnapshotService {
                         tracing::warn!(%job, error = %err, "cannot record the snapshot's consistency");
                     }
                 }
-                let live = self.live_paths(plan.vm).await;
+                let live = self.read_live(plan.vm).await;
                 let unconfirmed: Vec<&str> = drives
                     .iter()
-                    .filter(|d| {
-                        live.as_ref()
-                            .is_some_and(|l| l.get(&d.target) != Some(&d.new_real))
+                    .filter(|d| match &live {
+                        Live::Disks(disks) => disks.get(&d.target) != Some(&d.new_real),
+                        Live::Gone | Live::Unreadable => false,
                     })
                     .map(|d| d.target.as_str())
                     .collect();
@@ -456,59 +528,63 @@ impl SnapshotService {
                     ),
                     None => format!("Snapshot failed: {}", failure.message),
                 };
-                self.fail(&entry, &drives, failure.switch_attempted, message)
-                    .await;
+                self.fail(&entry, failure.switch_attempted, message).await;
             }
         }
     }
 
-    /// Ends a failed job: reads the live domain (when the switch was attempted), keeps a new
-    /// volume a disk already uses, deletes the others.
-    async fn fail(&self, entry: &Entry, drives: &[Drive], switch_attempted: bool, message: String) {
-        let job = entry.job;
-        tracing::warn!(%job, %message, "snapshot failed; rolling back");
+    /// Ends a failed job: reads the live domain (when the switch was attempted, waiting for
+    /// libvirt if it does not answer: the outcome must be exact), keeps a new volume a disk
+    /// already uses, deletes the others.
+    async fn fail(&self, entry: &Entry, switch_attempted: bool, message: String) {
+        tracing::warn!(job = %entry.job, %message, "snapshot failed; rolling back");
         let live = if switch_attempted {
-            self.live_paths(entry.vm).await
+            self.wait_live(entry.vm).await
         } else {
-            Some(HashMap::new())
+            Live::Disks(HashMap::new())
         };
-        let mut kept = Vec::new();
-        let mut deleted = Vec::new();
-        let mut errors = Vec::new();
-        for drive in drives {
-            if must_keep(live.as_ref(), &drive.target, &drive.new_real) {
-                kept.push(drive.volume);
-            } else {
-                match self
-                    .storage
-                    .discard_volume(drive.domain, drive.image, drive.volume)
-                    .await
-                {
-                    Ok(()) => deleted.push(drive.volume),
-                    Err(err) => errors.push(format!("{}: {err}", drive.volume)),
-                }
-            }
-        }
-        if !deleted.is_empty() {
-            crate::metrics::global().rollbacks.inc();
-        }
+        crate::failpoint::pause("snapshot:rolling-back").await;
+        let rollback = self.roll_back(entry, &live).await;
         self.jobs.set_result(
-            job,
-            json!({"kept": kept, "deleted": deleted, "cleanupErrors": errors}),
+            entry.job,
+            json!({"kept": rollback.kept, "deleted": rollback.deleted, "cleanupErrors": rollback.errors}),
         );
+        let message = format!("{message}{}", rollback.why_kept(&live));
         self.finish_job(entry, Err((SNAPSHOT_FAILED, message)))
             .await;
     }
 
-    /// The VM's disk targets and the canonical path each uses now; `None` if unreadable.
-    async fn live_paths(&self, vm: Uuid) -> Option<HashMap<String, Option<PathBuf>>> {
-        let (_, disks) = self.hypervisor.domain_disks(vm).await.ok()?;
-        let paths = disks
-            .iter()
-            .map(|d| PathBuf::from(d.path.clone().unwrap_or_default()))
-            .collect();
-        let real = canonical_all(paths).await;
-        Some(disks.into_iter().map(|d| d.target).zip(real).collect())
+    /// The VM's disks as the live domain shows them now.
+    async fn read_live(&self, vm: Uuid) -> Live {
+        match self.hypervisor.domain_disks(vm).await {
+            Ok((_, disks)) => {
+                let paths = disks
+                    .iter()
+                    .map(|d| PathBuf::from(d.path.clone().unwrap_or_default()))
+                    .collect();
+                let real = canonical_all(paths).await;
+                Live::Disks(disks.into_iter().map(|d| d.target).zip(real).collect())
+            }
+            Err(VirtError::NoSuchDomain { .. }) => Live::Gone,
+            Err(err) => {
+                tracing::warn!(%vm, error = %err, "cannot read the VM's disks");
+                Live::Unreadable
+            }
+        }
+    }
+
+    /// The VM's disks, waiting (with backoff) while libvirt does not answer.
+    async fn wait_live(&self, vm: Uuid) -> Live {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            match self.read_live(vm).await {
+                Live::Unreadable => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                live => return live,
+            }
+        }
     }
 
     /// `Host.getJobs`.
@@ -523,6 +599,10 @@ impl SnapshotService {
 struct Journaled<'a> {
     service: &'a SnapshotService,
     entry: &'a Entry,
+    /// Set when a freeze or thaw failed and the guest may be frozen (now, or later when a
+    /// hung agent wakes and runs the freeze it was sent); cleared by a thaw or a "thawed"
+    /// status. Set at the end: the freeze service guards the guest.
+    unsettled: AtomicBool,
 }
 
 impl VmOps for Journaled<'_> {
@@ -533,14 +613,25 @@ impl VmOps for Journaled<'_> {
         self.service.hypervisor.set_agent_timeout(vm, t).await
     }
     async fn freeze_state(&self, vm: Uuid, t: Duration) -> Result<FreezeState, VirtError> {
-        self.service.hypervisor.freeze_state(vm, t).await
+        let state = self.service.hypervisor.freeze_state(vm, t).await;
+        if state == Ok(FreezeState::Thawed) {
+            self.unsettled.store(false, Ordering::SeqCst);
+        }
+        state
     }
     async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
         self.service.record(self.entry, Phase::Freezing).await;
-        self.service.hypervisor.freeze(vm, Vec::new()).await
+        crate::failpoint::pause("snapshot:before-freeze").await;
+        let frozen = self.service.hypervisor.freeze(vm, Vec::new()).await;
+        if frozen.is_err() {
+            self.unsettled.store(true, Ordering::SeqCst);
+        }
+        frozen
     }
     async fn thaw(&self, vm: Uuid) -> Result<u32, VirtError> {
-        self.service.hypervisor.thaw(vm, Vec::new()).await
+        let thawed = self.service.hypervisor.thaw(vm, Vec::new()).await;
+        self.unsettled.store(thawed.is_err(), Ordering::SeqCst);
+        thawed
     }
     async fn external_snapshot(
         &self,
@@ -562,6 +653,28 @@ impl VmOps for Journaled<'_> {
             .hypervisor
             .switch_defined_disks(vm, switches)
             .await
+    }
+}
+
+/// What a rollback did.
+#[derive(Debug, Default)]
+struct Rollback {
+    kept: Vec<Uuid>,
+    deleted: Vec<Uuid>,
+    errors: Vec<String>,
+}
+
+impl Rollback {
+    /// Why volumes were kept, for the job's message ("" when none was).
+    fn why_kept(&self, live: &Live) -> &'static str {
+        if self.kept.is_empty() {
+            return "";
+        }
+        match live {
+            Live::Disks(_) => "; the VM uses the kept volumes",
+            Live::Gone => "; the VM is gone and the kept volumes hold its writes",
+            Live::Unreadable => "; the VM cannot be read, so its volumes are kept",
+        }
     }
 }
 
