@@ -169,6 +169,16 @@ impl JobRegistry {
         Ok(())
     }
 
+    /// Refuses an id that a job has (running, or ended and still visible).
+    pub fn check_new(&self, id: Uuid) -> Result<(), JobRefusal> {
+        let mut jobs = self.lock();
+        purge(&mut jobs);
+        if jobs.contains_key(&id) {
+            return Err(JobRefusal::Exists(id));
+        }
+        Ok(())
+    }
+
     /// Waits for a place under the host-wide limit, then marks the job running.
     pub async fn run_slot(&self, id: Uuid) -> OwnedSemaphorePermit {
         let permit = Arc::clone(&self.limit)

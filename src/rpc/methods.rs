@@ -177,9 +177,18 @@ where
             let handler = handler.clone();
             async move {
                 let typed: P = params::parse(verb, &raw).map_err(error_object)?;
-                let result = handler((*services).clone(), typed)
-                    .await
-                    .map_err(error_object)?;
+                let call = handler((*services).clone(), typed);
+                let result = if verb.is_read_only() {
+                    call.await
+                } else {
+                    // A verb that changes state runs to its end on its own task: a client that
+                    // hangs up mid-call drops this future, and must not cut a freeze from its
+                    // auto-thaw record or a job from its journal entry.
+                    tokio::spawn(call).await.unwrap_or_else(|e| {
+                        Err(ApiError::Unexpected(format!("{name} panicked: {e}")))
+                    })
+                }
+                .map_err(error_object)?;
                 serde_json::to_value(result)
                     .map_err(|e| error_object(ApiError::Unexpected(e.to_string())))
             }

@@ -150,8 +150,13 @@ impl FreezeService {
             Ok(count) => tracing::info!(%vm, count, "guest filesystems frozen"),
             Err(err) => {
                 // A timeout is ambiguous: the freeze may have taken effect. Then it is ours.
-                let took_effect = self.hypervisor.freeze_state(vm, self.agent_timeout).await
-                    == Ok(FreezeState::Frozen);
+                let state = self.hypervisor.freeze_state(vm, self.agent_timeout).await;
+                if state.is_err() {
+                    // Nobody can tell: a hung agent may run the freeze when it wakes. The
+                    // caller is told it failed, so rvdsm thaws the guest once the agent answers.
+                    self.guard(vm).await;
+                }
+                let took_effect = state == Ok(FreezeState::Frozen);
                 if !took_effect {
                     let error = freeze_error(&err);
                     if matches!(error, ApiError::Coded { code: 19, .. }) {
@@ -232,7 +237,10 @@ impl FreezeService {
                     Ok(()) => return,
                     Err(ApiError::NoSuchVm { .. }) => return service.forget(record.vm).await,
                     // A VM that stopped has nothing frozen any more.
-                    Err(_) if service.hypervisor.run_state(record.vm).await == Ok(RunState::Stopped) => {
+                    Err(_)
+                        if service.hypervisor.run_state(record.vm).await
+                            == Ok(RunState::Stopped) =>
+                    {
                         return service.forget(record.vm).await;
                     }
                     // Logged at powers of two: an agent gone for hours must not flood the log.

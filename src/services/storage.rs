@@ -710,9 +710,7 @@ impl StorageService {
         .map_err(|e| ApiError::Unexpected(e.to_string()))?;
         let extents: Vec<serde_json::Value> = serde_json::from_str(&out)
             .map_err(|e| ApiError::Unexpected(format!("qemu-img map output: {e}")))?;
-        Ok(extents
-            .iter()
-            .any(|e| e["depth"] == 0 && e["data"] == true))
+        Ok(extents.iter().any(|e| e["depth"] == 0 && e["data"] == true))
     }
 
     /// Records how the snapshot on top of `base` was taken.

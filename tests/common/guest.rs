@@ -166,12 +166,13 @@ impl Guest {
             input_data: None,
             capture_output: Some(GuestExecCaptureOutput::flag(true)),
         };
-        let pid = agent::execute(&self.domain, command, AGENT_CALL_TIMEOUT)
+        let domain = self.domain_now();
+        let pid = agent::execute(&domain, command, AGENT_CALL_TIMEOUT)
             .unwrap_or_else(|e| panic!("guest-exec {script:?} in {}: {e}", self.name))
             .pid;
         let mut status = None;
         let finished = wait_until(Duration::from_secs(30), || {
-            let s = agent::execute(&self.domain, guest_exec_status { pid }, AGENT_CALL_TIMEOUT)
+            let s = agent::execute(&domain, guest_exec_status { pid }, AGENT_CALL_TIMEOUT)
                 .unwrap_or_else(|e| panic!("guest-exec-status in {}: {e}", self.name));
             let exited = s.exited;
             status = Some(s);
@@ -193,7 +194,7 @@ impl Guest {
             input_data: None,
             capture_output: None,
         };
-        agent::execute(&self.domain, command, AGENT_CALL_TIMEOUT)
+        agent::execute(&self.domain_now(), command, AGENT_CALL_TIMEOUT)
             .unwrap_or_else(|e| panic!("guest-exec {script:?} in {}: {e}", self.name));
     }
 
@@ -205,6 +206,17 @@ impl Guest {
     /// The serial console log (for failure messages).
     pub fn console(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+
+    /// The domain on a live connection: the one it was started on, or a new one when a test
+    /// restarted libvirtd since.
+    fn domain_now(&self) -> Domain {
+        if self.domain.is_active().is_ok() {
+            return self.domain.clone();
+        }
+        Connect::open(Some("qemu:///system"))
+            .and_then(|conn| conn.lookup_domain_by_name(&self.name))
+            .unwrap_or_else(|_| self.domain.clone())
     }
 
     /// The libvirt domain, for tests that need a call the harness lacks.

@@ -15,12 +15,30 @@ pub struct Stopped {
 /// Stops libvirtd (systemctl on a systemd host, else SIGTERM to the pid in its pid file) and
 /// waits until it is gone. Running guests keep running.
 pub fn stop() -> Stopped {
+    end(nix::sys::signal::Signal::SIGTERM)
+}
+
+/// Kills libvirtd with SIGKILL, as a crash would, and waits until it is gone. Running guests
+/// keep running.
+pub fn kill9() -> Stopped {
+    end(nix::sys::signal::Signal::SIGKILL)
+}
+
+fn end(signal: nix::sys::signal::Signal) -> Stopped {
     if Path::new("/run/systemd/system").exists() {
         let status = Command::new("systemctl")
-            .args(["stop", "libvirtd"])
+            .args(["kill", "--signal", signal.as_str(), "libvirtd"])
             .status()
             .unwrap();
-        assert!(status.success(), "systemctl stop libvirtd failed");
+        assert!(status.success(), "systemctl kill libvirtd failed");
+        let gone = wait_until(Duration::from_secs(30), || {
+            !Command::new("systemctl")
+                .args(["is-active", "--quiet", "libvirtd"])
+                .status()
+                .unwrap()
+                .success()
+        });
+        assert!(gone, "libvirtd did not stop on {signal}");
     } else {
         let pid: i32 = std::fs::read_to_string("/run/libvirtd.pid")
             .expect("libvirtd pid file")
@@ -28,11 +46,13 @@ pub fn stop() -> Stopped {
             .parse()
             .unwrap();
         let pid = nix::unistd::Pid::from_raw(pid);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(pid, signal).unwrap();
         let gone = wait_until(Duration::from_secs(30), || {
             nix::sys::signal::kill(pid, None).is_err()
         });
-        assert!(gone, "libvirtd did not exit on SIGTERM");
+        assert!(gone, "libvirtd did not exit on {signal}");
+        // A killed libvirtd leaves its pid file behind; the next start must not trip on it.
+        let _ = std::fs::remove_file("/run/libvirtd.pid");
     }
     Stopped { started: false }
 }

@@ -11,6 +11,7 @@
 //! - [`stomp`] STOMP clients (rvdsm's own, over TCP, TLS or Unix; and a raw socket).
 #![allow(dead_code, unused_imports)] // Each test binary uses a different part of the harness.
 
+pub mod chain;
 pub mod daemon;
 pub mod domain;
 pub mod guest;

@@ -289,6 +289,11 @@ impl SnapshotService {
         if p.drives.is_empty() {
             return Err(ApiError::invalid_parameter("snapDrives is empty"));
         }
+        // A retried job id is answered first: a retry after a crash must not run the job
+        // twice, and "job exists" tells the manager where to look (Host.getJobs).
+        if let Some(job) = p.job {
+            self.jobs.check_new(job)?;
+        }
         let claim = self.jobs.claim_vm(p.vm_id)?;
         let (to_switch, skipped, all_targets) = self.check_drives(&p).await?;
         let targets = to_switch.iter().map(|d| d.target.clone()).collect();

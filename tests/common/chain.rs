@@ -1,0 +1,168 @@
+//! What every fault test and the soak check after a fault: the guest is not frozen, the VM
+//! runs on a consistent chain of the domain, no volume of the image is outside that chain
+//! (leaked), every volume is LEGAL with the right role, and qemu-img finds every image sound.
+//! Also the snapshot calls and job waits they share.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use virt::connect::Connect;
+
+use super::domain::{Fixture, assert_success, new_id};
+use super::{Guest, wait_until};
+
+/// The agent's freeze status (`frozen` / `thawed`), through a fresh libvirt connection (the
+/// test's may be dead after a libvirtd restart); `None` when the agent does not answer.
+pub fn freeze_status(guest: &Guest) -> Option<String> {
+    let conn = Connect::open(Some("qemu:///system")).ok()?;
+    let domain = conn.lookup_domain_by_name(&guest.name).ok()?;
+    let reply = domain
+        .qemu_agent_command(r#"{"execute":"guest-fsfreeze-status"}"#, 5, 0)
+        .ok()?;
+    let value: Value = serde_json::from_str(&reply).ok()?;
+    value["return"].as_str().map(str::to_owned)
+}
+
+/// Waits (bounded) until the guest's agent says it is thawed.
+pub fn wait_thawed(guest: &Guest, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        freeze_status(guest).as_deref() == Some("thawed")
+    })
+}
+
+/// Creates a new volume on top of `base` and waits for its task.
+pub fn new_top(f: &Fixture, image: &str, base: &str) -> String {
+    let top = new_id();
+    assert_success(&f.create(
+        image,
+        &top,
+        json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
+    ));
+    top
+}
+
+/// `VM.snapshot` parameters switching the VM's disk from `base` to `top` under `job`.
+pub fn snapshot_params(
+    f: &Fixture,
+    vm: &str,
+    image: &str,
+    base: &str,
+    top: &str,
+    job: &str,
+) -> Value {
+    json!({
+        "vmID": vm, "jobUUID": job,
+        "snapDrives": [{"domainID": f.domain, "imageID": image, "baseVolumeID": base, "volumeID": top}],
+    })
+}
+
+/// Waits (bounded) until `job` ends; returns its `Host.getJobs` entry.
+pub fn wait_job(f: &Fixture, job: &str, timeout: Duration) -> Value {
+    let mut info = Value::Null;
+    let ended = wait_until(timeout, || {
+        if let Ok(jobs) = f.daemon.call(
+            super::daemon::Via::Unix,
+            "Host.getJobs",
+            json!({"job_ids": [job]}),
+        ) {
+            info = jobs[job].clone();
+        }
+        info["status"] == "done" || info["status"] == "failed"
+    });
+    assert!(
+        ended,
+        "job {job} never ended: {info}; log:\n{}",
+        f.daemon.log()
+    );
+    info
+}
+
+/// The canonical path of the volume the VM's `vda` uses now.
+pub fn active_volume(f: &Fixture, vm: &str) -> PathBuf {
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+    let path = stats[0]["disks"]["vda"]["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{stats}"));
+    std::fs::canonicalize(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The volume id a path names (its file name).
+pub fn volume_of(path: &Path) -> String {
+    path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Every problem with `image` as the chain ending at `leaf`: volumes outside the chain,
+/// wrong roles, ILLEGAL volumes, missing files, qemu-img check failures. Empty when sound.
+pub fn chain_problems(f: &Fixture, image: &str, leaf: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut chain = Vec::new();
+    let mut volume = leaf.to_owned();
+    while volume != "00000000-0000-0000-0000-000000000000" && chain.len() < 1000 {
+        let info = f.info(image, &volume);
+        let role = if volume == leaf { "LEAF" } else { "INTERNAL" };
+        if info["voltype"] != role {
+            problems.push(format!("{volume}: {} (expected {role})", info["voltype"]));
+        }
+        if info["legality"] != "LEGAL" {
+            problems.push(format!("{volume}: {}", info["legality"]));
+        }
+        chain.push(volume.clone());
+        volume = info["parent"].as_str().unwrap_or_default().to_owned();
+    }
+    let listed = f.daemon.ok(
+        "StorageDomain.getVolumes",
+        json!({"storagedomainID": f.domain, "storagepoolID": f.pool, "imageID": image}),
+    );
+    for v in listed.as_array().into_iter().flatten() {
+        let v = v.as_str().unwrap_or_default();
+        if !chain.iter().any(|c| c == v) {
+            problems.push(format!("{v}: outside the VM's chain (leaked)"));
+        }
+    }
+    let dir = f.image_dir(image);
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-U", "-q", "-f", "qcow2"])
+        .arg(dir.join(leaf))
+        .output()
+        .unwrap();
+    if !check.status.success() {
+        problems.push(format!(
+            "qemu-img check {leaf}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        ));
+    }
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let id = name.split('.').next().unwrap_or_default().to_owned();
+        if !chain.contains(&id) {
+            problems.push(format!("{name}: a file outside the chain"));
+        }
+    }
+    problems
+}
+
+/// Asserts what every fault must leave: the guest thawed and writing, the VM on the chain of
+/// `image` ending at `expected_leaf`, and that chain sound with nothing leaked.
+pub fn assert_intact(f: &Fixture, image: &str, guest: &Guest, expected_leaf: &str, what: &str) {
+    assert!(
+        wait_thawed(guest, Duration::from_secs(30)),
+        "{what}: guest left frozen ({:?}); log:\n{}",
+        freeze_status(guest),
+        f.daemon.log()
+    );
+    let active = active_volume(f, &guest.uuid);
+    assert_eq!(
+        volume_of(&active),
+        expected_leaf,
+        "{what}: VM on the wrong volume"
+    );
+    let problems = chain_problems(f, image, expected_leaf);
+    assert!(problems.is_empty(), "{what}: {problems:#?}");
+    let (code, out) = guest.exec("echo alive > /mnt/data/alive && sync && cat /mnt/data/alive");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "alive\n"),
+        "{what}: guest not writing"
+    );
+}

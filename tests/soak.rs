@@ -1,0 +1,461 @@
+//! The soak: guests write a numbered, checksummed, fdatasync'd stream to their data disks
+//! (`rvdsm-writeprobe`) while cycles of `Volume.create` + `VM.snapshot`, and `VM.freeze` /
+//! `VM.thaw`, run across them with faults from the matrix injected at random: rvdsmd killed at
+//! each phase, libvirtd killed, a corrupted new volume, a hung agent, a manager that hangs up,
+//! a freeze left to its auto-thaw. After every cycle the job's outcome must match what the VM
+//! uses; at the end every stream must verify with no record lost (read back through the final
+//! chain), no guest frozen, no volume outside a VM's chain, and rvdsmd's descriptors and memory
+//! near their baseline. The summary is the last lines of its output.
+//!
+//! Bounded by count and time: `RVDSM_SOAK_CYCLES` (default 16, the CI run) and
+//! `RVDSM_SOAK_MINUTES` (no bound by default); `RVDSM_SOAK_GUESTS` (default 2) and
+//! `RVDSM_SOAK_SEED` (default: the clock). `scripts/soak` runs the long version.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::chain::{
+    active_volume, chain_problems, freeze_status, new_top, snapshot_params, volume_of, wait_job,
+    wait_thawed,
+};
+use common::domain::{Fixture, new_id};
+use common::{Guest, GuestOptions, libvirt, libvirtd, wait_until};
+use serde_json::{Value, json};
+
+/// The stream each guest writes, on its data disk.
+const STREAM: &str = "/mnt/data/stream";
+/// Milliseconds between two records of the stream.
+const INTERVAL_MS: u32 = 20;
+
+/// What a cycle does to one guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// A plain snapshot.
+    None,
+    /// VM.freeze, VM.snapshot with frozen=true, VM.thaw: the multi-VM sequence.
+    FrozenSet,
+    /// rvdsmd killed at a snapshot failpoint, then restarted.
+    Kill9(&'static str),
+    /// A corrupted new volume: the switch fails and the job rolls back.
+    Corrupt,
+    /// A corrupted new volume, and rvdsmd killed while rolling back.
+    Kill9Rollback,
+    /// The guest agent hangs for a few seconds as the snapshot starts.
+    AgentHang,
+    /// VM.freeze never thawed by the manager: the auto-thaw must do it.
+    AutoThaw,
+    /// VM.freeze, then rvdsmd killed: the restarted one thaws on time.
+    Kill9Frozen,
+    /// The manager sends VM.snapshot and hangs up without reading the answer.
+    HangUp,
+    /// libvirtd killed in the frozen window, started again 2 s later.
+    LibvirtdKill,
+}
+
+const SNAPSHOT_POINTS: [&str; 3] = [
+    "snapshot:before-freeze",
+    "snapshot:frozen",
+    "snapshot:switched",
+];
+
+/// A small deterministic generator (xorshift64*): a failing seed can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn fault(&mut self) -> Fault {
+        match self.below(20) {
+            0..=5 => Fault::None,
+            6 | 7 => Fault::FrozenSet,
+            8..=10 => Fault::Kill9(SNAPSHOT_POINTS[self.below(3) as usize]),
+            11 => Fault::Corrupt,
+            12 => Fault::Kill9Rollback,
+            13 | 14 => Fault::AgentHang,
+            15 => Fault::AutoThaw,
+            16 => Fault::Kill9Frozen,
+            17 | 18 => Fault::HangUp,
+            _ => Fault::LibvirtdKill,
+        }
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One guest of the soak and the chain it is on.
+struct Writer {
+    guest: Guest,
+    image: String,
+    leaf: String,
+}
+
+/// What the soak counted.
+#[derive(Default)]
+struct Tally {
+    cycles: u64,
+    faults: BTreeMap<String, u64>,
+    failures: Vec<String>,
+    snapshots_done: u64,
+    snapshots_failed: u64,
+}
+
+impl Tally {
+    fn fail(&mut self, cycle: u64, what: String) {
+        let _ = writeln!(std::io::stderr(), "soak: cycle {cycle}: FAILURE: {what}");
+        self.failures.push(format!("cycle {cycle}: {what}"));
+    }
+}
+
+/// rvdsmd's open descriptors, resident memory (KiB) and threads.
+fn footprint(f: &Fixture) -> (usize, u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", f.daemon.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (f.daemon.open_fds(), field("VmRSS:"), field("Threads:"))
+}
+
+#[test]
+fn soak() {
+    let Some(conn) = libvirt() else { return };
+    let cycles = env_number("RVDSM_SOAK_CYCLES", 16);
+    let minutes = env_number("RVDSM_SOAK_MINUTES", 0);
+    let guests = env_number("RVDSM_SOAK_GUESTS", 2).max(1);
+    let seed = env_number(
+        "RVDSM_SOAK_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let say = |line: String| {
+        let _ = writeln!(std::io::stderr(), "{line}");
+    };
+    say(format!(
+        "soak: seed {seed}, up to {cycles} cycles{}, {guests} guests",
+        if minutes > 0 {
+            format!(" or {minutes} minutes")
+        } else {
+            String::new()
+        }
+    ));
+    let started = Instant::now();
+    let mut rng = Rng(seed | 1);
+    let mut f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
+    let mut writers: Vec<Writer> = (0..guests)
+        .map(|_| {
+            let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+            guest.spawn(&format!(
+                "( rvdsm-writeprobe write {STREAM} 1000000 {INTERVAL_MS} > /tmp/probe.out 2>&1 ) \
+                 </dev/null >/dev/null 2>&1 &"
+            ));
+            Writer {
+                guest,
+                image,
+                leaf: base,
+            }
+        })
+        .collect();
+    // The baseline: the daemon serving every guest once.
+    for w in &writers {
+        f.daemon.ok("VM.getStats", json!({"vmID": w.guest.uuid}));
+    }
+    let baseline = footprint(&f);
+    let mut tally = Tally::default();
+
+    let deadline = (minutes > 0).then(|| started + Duration::from_secs(minutes * 60));
+    for cycle in 0..cycles {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            break;
+        }
+        let fault = rng.fault();
+        let w = &mut writers[(cycle % guests) as usize];
+        let name = format!("{fault:?}");
+        *tally.faults.entry(name.clone()).or_default() += 1;
+        tally.cycles += 1;
+        let ended = run_cycle(&mut f, w, fault);
+        match ended {
+            Ok(Some(done)) => {
+                if done {
+                    tally.snapshots_done += 1;
+                } else {
+                    tally.snapshots_failed += 1;
+                }
+            }
+            Ok(None) => {}
+            Err(what) => tally.fail(cycle, format!("{name}: {what}")),
+        }
+        if !wait_thawed(&w.guest, Duration::from_secs(60)) {
+            tally.fail(cycle, format!("{name}: guest left frozen"));
+        }
+        if cycle % 10 == 9 {
+            say(format!(
+                "soak: {} cycles in {:.1} min, {} failures",
+                cycle + 1,
+                started.elapsed().as_secs_f64() / 60.0,
+                tally.failures.len()
+            ));
+        }
+    }
+
+    // Hygiene: thousands of calls on the last daemon, then its footprint.
+    for i in 0..2000 {
+        let w = &writers[i % writers.len()];
+        let (method, params) = match i % 4 {
+            0 => ("VM.getStats", json!({"vmID": w.guest.uuid})),
+            1 => ("Host.getJobs", Value::Null),
+            2 => ("Host.getVMList", Value::Null),
+            _ => ("Volume.getInfo", f.volume_ids(&w.image, &w.leaf)),
+        };
+        f.daemon.ok(method, params);
+    }
+    std::thread::sleep(Duration::from_secs(12)); // idle blocking threads end after 10 s
+    let end = footprint(&f);
+
+    // The streams, through the final chains.
+    let mut losses = 0u64;
+    let mut records = 0u64;
+    for w in &writers {
+        match verify_stream(w) {
+            Ok(n) => records += n,
+            Err(what) => {
+                losses += 1;
+                tally.fail(tally.cycles, format!("{}: {what}", w.guest.name));
+            }
+        }
+    }
+    let mut leaks = 0u64;
+    let mut frozen = 0u64;
+    for w in &writers {
+        if freeze_status(&w.guest).as_deref() != Some("thawed") {
+            frozen += 1;
+        }
+        for problem in chain_problems(&f, &w.image, &w.leaf) {
+            leaks += 1;
+            tally.fail(tally.cycles, format!("{}: {problem}", w.image));
+        }
+    }
+    let images: Vec<&str> = writers.iter().map(|w| w.image.as_str()).collect();
+    for entry in std::fs::read_dir(f.root().join("images"))
+        .unwrap()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !images.contains(&name.as_str()) {
+            leaks += 1;
+            tally.fail(tally.cycles, format!("image {name} belongs to no VM"));
+        }
+    }
+    let fd_growth = end.0.saturating_sub(baseline.0);
+    let rss_growth_mib = end.1.saturating_sub(baseline.1) / 1024;
+    let resources_ok = fd_growth <= 8 && rss_growth_mib <= 24;
+    if !resources_ok {
+        tally.fail(tally.cycles, format!("footprint {baseline:?} -> {end:?}"));
+    }
+
+    let faults: Vec<String> = tally
+        .faults
+        .iter()
+        .filter(|(k, _)| k.as_str() != "None")
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    let injected: u64 = tally
+        .faults
+        .iter()
+        .filter(|(k, _)| k.as_str() != "None")
+        .map(|(_, v)| v)
+        .sum();
+    say(format!("soak: failures: {:#?}", tally.failures));
+    say(format!(
+        "soak summary: seed {seed}, {} cycles in {:.1} min on {guests} guests; faults {injected} ({}); \
+         snapshots done {}, failed and rolled back {}",
+        tally.cycles,
+        started.elapsed().as_secs_f64() / 60.0,
+        faults.join(", "),
+        tally.snapshots_done,
+        tally.snapshots_failed,
+    ));
+    say(format!(
+        "soak summary: records verified {records}, losses {losses}, leaks {leaks}, frozen {frozen}; \
+         rvdsmd fds {} -> {}, rss {:.1} -> {:.1} MiB, threads {} -> {}",
+        baseline.0,
+        end.0,
+        baseline.1 as f64 / 1024.0,
+        end.1 as f64 / 1024.0,
+        baseline.2,
+        end.2
+    ));
+    say(format!("soak summary: failures {}", tally.failures.len()));
+    assert!(tally.failures.is_empty(), "{:#?}", tally.failures);
+}
+
+/// Runs one cycle on `w`; returns whether a snapshot job was done (`Some(true)`), failed and
+/// rolled back (`Some(false)`), or none ran; `Err` when rvdsm broke a promise.
+fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<Option<bool>, String> {
+    let vm = w.guest.uuid.clone();
+    match fault {
+        Fault::AutoThaw | Fault::Kill9Frozen => {
+            let frozen = f
+                .daemon
+                .ok("VM.freeze", json!({"vmID": vm, "autoThawSeconds": 2}));
+            if frozen != json!(true) {
+                return Err(format!("VM.freeze: {frozen}"));
+            }
+            if fault == Fault::Kill9Frozen {
+                f.daemon.restart_in_place(&[]);
+            }
+            if !wait_thawed(&w.guest, Duration::from_secs(30)) {
+                return Err("auto-thaw never happened".into());
+            }
+            return Ok(None);
+        }
+        _ => {}
+    }
+    let top = new_top(f, &w.image, &w.leaf);
+    let job = new_id();
+    let mut params = snapshot_params(f, &vm, &w.image, &w.leaf, &top, &job);
+    let corrupt = matches!(fault, Fault::Corrupt | Fault::Kill9Rollback);
+    if corrupt {
+        std::fs::write(f.image_dir(&w.image).join(&top), vec![0xa5u8; 1 << 20]).unwrap();
+    }
+    let pause = match fault {
+        Fault::Kill9(point) => Some(point),
+        Fault::Kill9Rollback => Some("snapshot:rolling-back"),
+        Fault::LibvirtdKill => Some("snapshot:frozen"),
+        _ => None,
+    };
+    let marker = pause.map(|point| f.daemon.restart_paused_at(point));
+    match fault {
+        Fault::FrozenSet => {
+            f.daemon
+                .ok("VM.freeze", json!({"vmID": vm, "autoThawSeconds": 60}));
+            params["frozen"] = json!(true);
+        }
+        Fault::AgentHang => w.guest.spawn(
+            "( kill -STOP $(pidof qemu-ga); sleep 4; kill -CONT $(pidof qemu-ga) ) \
+             </dev/null >/dev/null 2>&1 &",
+        ),
+        _ => {}
+    }
+    if fault == Fault::HangUp {
+        hang_up_after_sending(
+            f,
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "VM.snapshot", "params": params}),
+        );
+    } else if let Err(e) = f
+        .daemon
+        .call(common::daemon::Via::Unix, "VM.snapshot", params)
+    {
+        return Err(format!("VM.snapshot refused: {e}"));
+    }
+    if let (Some(point), Some(marker)) = (pause, marker) {
+        if !wait_until(Duration::from_secs(60), || marker.exists()) {
+            return Err(format!("{point} never reached"));
+        }
+        if fault == Fault::LibvirtdKill {
+            let killed = libvirtd::kill9();
+            std::fs::remove_file(&marker).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+            killed.start();
+        } else {
+            f.daemon.restart_in_place(&[]);
+        }
+    }
+    let info = wait_job(f, &job, Duration::from_secs(120));
+    if fault == Fault::FrozenSet {
+        f.daemon.ok("VM.thaw", json!({"vmID": vm}));
+    }
+    check_truth(f, w, &top, &info)
+}
+
+/// The job's outcome must be what the VM shows: done on the new volume, failed on the old one
+/// with the new one deleted. Moves the writer's leaf along.
+fn check_truth(
+    f: &Fixture,
+    w: &mut Writer,
+    top: &str,
+    info: &Value,
+) -> Result<Option<bool>, String> {
+    let active = volume_of(&active_volume(f, &w.guest.uuid));
+    let top_file = f.image_dir(&w.image).join(top);
+    match info["status"].as_str() {
+        Some("done") if active == top => {
+            w.leaf = top.to_owned();
+            Ok(Some(true))
+        }
+        Some("failed") if active == w.leaf && !top_file.exists() => Ok(Some(false)),
+        _ => Err(format!(
+            "job says {info} but the VM uses {active} (old {}, new {top}, new file exists: {})",
+            w.leaf,
+            top_file.exists()
+        )),
+    }
+}
+
+/// Posts `request` over HTTP and hangs up without reading the answer.
+fn hang_up_after_sending(f: &Fixture, request: &Value) {
+    let body = request.to_string();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", f.daemon.port)).unwrap();
+    let _ = write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Stops the guest's writer and verifies its stream through the final chain: every record the
+/// writer made durable is there, in order, whole. Returns the number of records.
+fn verify_stream(w: &Writer) -> Result<u64, String> {
+    w.guest.exec(&format!("touch {STREAM}.stop"));
+    let mut written = String::new();
+    let stopped = wait_until(Duration::from_secs(30), || {
+        written = w.guest.exec("cat /tmp/probe.out").1;
+        written.starts_with("records")
+    });
+    if !stopped {
+        return Err(format!("the writer did not stop: {written:?}"));
+    }
+    let durable: u64 = field(&written, "records").ok_or(format!("writer said {written:?}"))?;
+    let (code, verified) = w.guest.exec(&format!(
+        "sync; echo 3 > /proc/sys/vm/drop_caches; rvdsm-writeprobe verify {STREAM}"
+    ));
+    let found = field(&verified, "records");
+    if code != 0 || found != Some(durable) || !verified.contains(" ok") {
+        return Err(format!(
+            "stream: writer made {durable} records durable, verify says {verified:?} (exit {code})"
+        ));
+    }
+    Ok(durable)
+}
+
+/// The number after `name` in a writeprobe line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == name {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
