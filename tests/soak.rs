@@ -102,6 +102,50 @@ struct Writer {
     guest: Guest,
     image: String,
     leaf: String,
+    /// Volumes in its chain.
+    depth: u64,
+}
+
+/// Past this chain depth a guest is retired (its stream verified, the VM destroyed, its image
+/// deleted) and a new one takes its place: rvdsm does not merge chains, and a long soak must
+/// not grow them without bound.
+const MAX_DEPTH: u64 = 24;
+
+/// Boots a guest on a new base volume and starts its writer.
+fn new_writer(f: &Fixture, conn: &virt::connect::Connect) -> Writer {
+    let (image, base, guest) = f.guest_on_volume(conn, GuestOptions::default());
+    guest.spawn(&format!(
+        "( rvdsm-writeprobe write {STREAM} 1000000 {INTERVAL_MS} > /tmp/probe.out 2>&1 ) \
+         </dev/null >/dev/null 2>&1 &"
+    ));
+    Writer {
+        guest,
+        image,
+        leaf: base,
+        depth: 1,
+    }
+}
+
+/// Verifies a writer's stream and chain, destroys its VM and deletes its image; returns the
+/// records verified, or what was wrong.
+fn retire(f: &Fixture, w: Writer) -> Result<u64, String> {
+    let records = verify_stream(&w)?;
+    let problems = chain_problems(f, &w.image, &w.leaf);
+    if !problems.is_empty() {
+        return Err(format!("{}: {problems:?}", w.image));
+    }
+    let Writer { guest, image, .. } = w;
+    drop(guest);
+    let task = f.daemon.ok(
+        "Image.delete",
+        json!({"storagedomainID": f.domain, "storagepoolID": f.pool, "imageID": image,
+               "postZero": false, "force": false}),
+    );
+    let status = f.daemon.wait_task(task.as_str().unwrap_or_default());
+    if status["taskResult"] != "success" || f.image_dir(&image).exists() {
+        return Err(format!("Image.delete {image}: {status}"));
+    }
+    Ok(records)
 }
 
 /// What the soak counted.
@@ -162,26 +206,16 @@ fn soak() {
     let started = Instant::now();
     let mut rng = Rng(seed | 1);
     let mut f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
-    let mut writers: Vec<Writer> = (0..guests)
-        .map(|_| {
-            let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
-            guest.spawn(&format!(
-                "( rvdsm-writeprobe write {STREAM} 1000000 {INTERVAL_MS} > /tmp/probe.out 2>&1 ) \
-                 </dev/null >/dev/null 2>&1 &"
-            ));
-            Writer {
-                guest,
-                image,
-                leaf: base,
-            }
-        })
-        .collect();
+    let mut writers: Vec<Writer> = (0..guests).map(|_| new_writer(&f, &conn)).collect();
     // The baseline: the daemon serving every guest once.
     for w in &writers {
         f.daemon.ok("VM.getStats", json!({"vmID": w.guest.uuid}));
     }
     let baseline = footprint(&f);
     let mut tally = Tally::default();
+    let mut records = 0u64;
+    let mut losses = 0u64;
+    let mut retired = 0u64;
 
     let deadline = (minutes > 0).then(|| started + Duration::from_secs(minutes * 60));
     for cycle in 0..cycles {
@@ -189,7 +223,21 @@ fn soak() {
             break;
         }
         let fault = rng.fault();
-        let w = &mut writers[(cycle % guests) as usize];
+        let slot = (cycle % guests) as usize;
+        if writers[slot].depth >= MAX_DEPTH {
+            // Retired first: the harness runs a bounded number of guests at once.
+            let old = writers.remove(slot);
+            retired += 1;
+            match retire(&f, old) {
+                Ok(n) => records += n,
+                Err(what) => {
+                    losses += 1;
+                    tally.fail(cycle, format!("retiring a guest: {what}"));
+                }
+            }
+            writers.insert(slot, new_writer(&f, &conn));
+        }
+        let w = &mut writers[slot];
         let name = format!("{fault:?}");
         *tally.faults.entry(name.clone()).or_default() += 1;
         tally.cycles += 1;
@@ -233,8 +281,6 @@ fn soak() {
     let end = footprint(&f);
 
     // The streams, through the final chains.
-    let mut losses = 0u64;
-    let mut records = 0u64;
     for w in &writers {
         match verify_stream(w) {
             Ok(n) => records += n,
@@ -288,7 +334,7 @@ fn soak() {
     say(format!("soak: failures: {:#?}", tally.failures));
     say(format!(
         "soak summary: seed {seed}, {} cycles in {:.1} min on {guests} guests; faults {injected} ({}); \
-         snapshots done {}, failed and rolled back {}",
+         snapshots done {}, failed and rolled back {}; guests retired and replaced {retired}",
         tally.cycles,
         started.elapsed().as_secs_f64() / 60.0,
         faults.join(", "),
@@ -401,6 +447,7 @@ fn check_truth(
     match info["status"].as_str() {
         Some("done") if active == top => {
             w.leaf = top.to_owned();
+            w.depth += 1;
             Ok(Some(true))
         }
         Some("failed") if active == w.leaf && !top_file.exists() => Ok(Some(false)),

@@ -196,6 +196,48 @@ where
         .unwrap_or_else(|e| panic!("cannot register {name}: {e}"));
 }
 
+/// Converts the parameters of a call to `method` into the verb's typed parameters, as its
+/// registry entry does, without running it; `None` for a method that is not a verb. For the
+/// request fuzzer (`fuzz/fuzz_targets/jsonrpc_request.rs`): it must never panic.
+pub fn convert_params(
+    method: &str,
+    raw: &jsonrpsee::types::Params,
+) -> Option<Result<(), ApiError>> {
+    fn check<P: DeserializeOwned>(
+        verb: &crate::api::Verb,
+        raw: &jsonrpsee::types::Params,
+    ) -> Result<(), ApiError> {
+        params::parse::<P>(verb, raw).map(drop)
+    }
+    let verb = schema::find(method)?;
+    let check = match verb.name {
+        names::HOST_PING2 | names::HOST_GET_CAPABILITIES | names::HOST_GET_ALL_TASKS_STATUSES => {
+            check::<NoParams>
+        }
+        names::HOST_GET_VM_LIST => check::<GetVmListParams>,
+        names::VM_GET_STATS | names::VM_THAW => check::<VmIdParams>,
+        names::VM_SNAPSHOT => check::<SnapshotParams>,
+        names::VM_FREEZE => check::<FreezeParams>,
+        names::HOST_GET_JOBS => check::<GetJobsParams>,
+        names::SD_CREATE => check::<CreateDomainParams>,
+        names::SD_GET_INFO | names::SD_GET_STATS => check::<DomainParams>,
+        names::SD_GET_VOLUMES => check::<DomainVolumesParams>,
+        names::HOST_GET_STORAGE_DOMAINS => check::<GetStorageDomainsParams>,
+        names::IMAGE_GET_VOLUMES => check::<ImageParams>,
+        names::VOLUME_CREATE => check::<CreateVolumeParams>,
+        names::VOLUME_GET_INFO | names::VOLUME_GET_SIZE => check::<VolumeParams>,
+        names::VOLUME_DELETE => check::<DeleteVolumeParams>,
+        names::IMAGE_DELETE => check::<DeleteImageParams>,
+        names::IMAGE_PREPARE => check::<PrepareImageParams>,
+        names::IMAGE_TEARDOWN => check::<TeardownImageParams>,
+        names::TASK_GET_STATUS | names::TASK_GET_INFO | names::TASK_CLEAR | names::TASK_STOP => {
+            check::<TaskParams>
+        }
+        _ => return None,
+    };
+    Some(check(verb, raw))
+}
+
 /// A service error as a JSON-RPC error: VDSM's code and message, no `data` (as VDSM).
 pub fn error_object(err: ApiError) -> ErrorObjectOwned {
     ErrorObjectOwned::owned::<Value>(err.code(), err.to_string(), None)
@@ -406,6 +448,16 @@ mod tests {
                     }
                     _ => return Err(TestCaseError::fail(format!("not a JSON-RPC reply: {reply}"))),
                 };
+                // The fuzzer's conversion agrees with the registry's: what it refuses, the
+                // verb refuses with the same words.
+                let raw = params.to_string();
+                let converted = convert_params(method, &jsonrpsee::types::Params::new(Some(&raw)));
+                prop_assert!(converted.is_some(), "{method} has no conversion");
+                if let Some(Err(err)) = converted {
+                    prop_assert!(refused, "{method} {params}: conversion refused ({err}), the verb ran");
+                    let words = err.to_string();
+                    prop_assert_eq!(reply["error"]["message"].as_str(), Some(words.as_str()));
+                }
                 let (results, errors) = answered.get();
                 if refused {
                     answered.set((results, errors + 1));
