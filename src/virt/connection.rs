@@ -4,9 +4,11 @@
 //! call fails; the connection is then dropped and opened again, and a read-only call is retried
 //! once, so a libvirtd restart costs a manager at most one failed request (none, usually).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use uuid::Uuid;
 use virt::connect::Connect;
 
 use super::error::VirtError;
@@ -23,6 +25,10 @@ struct Inner {
     // A std mutex: it only guards taking a clone of the handle, never a libvirt call, so it is
     // never held across anything that can block.
     conn: Mutex<Cached>,
+    /// Calls that changed (or may still change) a VM and outlived their timeout: libvirt is
+    /// still running them on a blocking thread. Waited for by [`Hypervisor::settled`] before
+    /// anyone reads the VM to decide what happened.
+    in_flight: Mutex<HashMap<Uuid, Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// The open connection, if any, and a generation number that tells a dead connection from the
@@ -52,6 +58,7 @@ impl Hypervisor {
                 uri: uri.into(),
                 call_timeout,
                 conn: Mutex::new(Cached::default()),
+                in_flight: Mutex::default(),
             }),
         }
     }
@@ -91,6 +98,62 @@ impl Hypervisor {
             result
         })
         .await
+    }
+
+    /// [`Hypervisor::call_once`] for a call that changes `vm`. When it outlives its timeout,
+    /// the caller gets the timeout error at once, but libvirt goes on with it on its blocking
+    /// thread (one thread, and only this VM, held): [`Hypervisor::settled`] waits for it.
+    pub async fn call_once_on<T, F>(&self, vm: Uuid, op: &'static str, f: F) -> Result<T, VirtError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T, VirtError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        let mut task = tokio::task::spawn_blocking(move || {
+            let (generation, conn) = inner.connection()?;
+            let result = f(&conn);
+            if result.is_err() && !is_alive(&conn) {
+                inner.forget(generation);
+            }
+            result
+        });
+        let timeout = self.inner.call_timeout;
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(VirtError::Panicked { op }),
+            Err(_) => {
+                tracing::error!(%vm, op, secs = timeout.as_secs(), "libvirt call still running past its timeout; the VM stays busy until it returns");
+                let waiter = tokio::spawn(async move {
+                    let _ = task.await;
+                });
+                self.inner
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(vm)
+                    .or_default()
+                    .push(waiter);
+                Err(VirtError::Timeout {
+                    op,
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Waits until no call that timed out on `vm` is still running in libvirt: only then does
+    /// the live domain tell what such a call did.
+    pub async fn settled(&self, vm: Uuid) {
+        let waiters = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vm)
+            .unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.await;
+        }
     }
 
     async fn bounded<T: Send + 'static>(

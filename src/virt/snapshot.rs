@@ -152,7 +152,7 @@ impl Hypervisor {
         all_targets: Vec<String>,
     ) -> Result<(), VirtError> {
         let xml = snapshot_xml(&switches, &all_targets);
-        self.call_once("create external snapshot", move |conn| {
+        self.call_once_on(vm, "create external snapshot", move |conn| {
             let domain = lookup(conn, vm)?;
             let flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
                 | sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
@@ -172,7 +172,7 @@ impl Hypervisor {
         vm: Uuid,
         switches: Vec<(String, String)>,
     ) -> Result<(), VirtError> {
-        self.call_once("redefine domain disks", move |conn| {
+        self.call_once_on(vm, "redefine domain disks", move |conn| {
             let domain = lookup(conn, vm)?;
             let mut xml = domain
                 .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)

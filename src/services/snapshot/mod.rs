@@ -544,10 +544,24 @@ impl SnapshotService {
     async fn fail(&self, entry: &Entry, switch_attempted: bool, message: String) {
         tracing::warn!(job = %entry.job, %message, "snapshot failed; rolling back");
         let live = if switch_attempted {
+            // A switch that timed out may still happen: wait until libvirt returns from it.
+            self.hypervisor.settled(entry.vm).await;
             self.wait_live(entry.vm).await
         } else {
             Live::Disks(HashMap::new())
         };
+        if let Live::Disks(disks) = &live
+            && switched_all(entry, disks).await
+        {
+            // The switch happened after all (it outlived its timeout): the job is done, with
+            // no claim on consistency, since the freeze, if any, ended before it.
+            tracing::warn!(job = %entry.job, "the switch completed after its error; the job is done");
+            let switched: Vec<Uuid> = entry.drives.iter().map(|d| d.volume).collect();
+            let result =
+                json!({"consistency": "unknown", "switched": switched, "lateSwitch": message});
+            self.finish_job(entry, Ok(result)).await;
+            return;
+        }
         crate::failpoint::pause("snapshot:rolling-back").await;
         let rollback = self.roll_back(entry, &live).await;
         self.jobs.set_result(
@@ -659,6 +673,23 @@ impl VmOps for Journaled<'_> {
             .switch_defined_disks(vm, switches)
             .await
     }
+}
+
+/// Whether every drive of `entry` uses its new volume in `disks`.
+async fn switched_all(entry: &Entry, disks: &HashMap<String, Option<PathBuf>>) -> bool {
+    let new_real = canonical_all(
+        entry
+            .drives
+            .iter()
+            .map(|d| PathBuf::from(&d.new_path))
+            .collect(),
+    )
+    .await;
+    entry
+        .drives
+        .iter()
+        .zip(&new_real)
+        .all(|(d, real)| real.is_some() && disks.get(&d.target) == Some(real))
 }
 
 /// What a rollback did.
