@@ -370,4 +370,97 @@ fn a_manager_that_hangs_up_mid_call_leaves_nothing_half_done() {
         volume_of(&common::chain::active_volume(&f, &guest.uuid)),
         top
     );
+
+    // Once the VM is gone its image goes whole, snapshot notes included (the soak found
+    // `.snapshot` notes left behind, and Image.delete failing on the non-empty directory).
+    drop(guest);
+    assert!(
+        f.image_dir(&image)
+            .join(format!("{base}.snapshot"))
+            .exists()
+    );
+    let task = f.daemon.ok(
+        "Image.delete",
+        json!({"storagedomainID": f.domain, "storagepoolID": f.pool, "imageID": image,
+               "postZero": false, "force": false}),
+    );
+    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
+    assert!(!f.image_dir(&image).exists(), "{:?}", f.files());
+}
+
+/// Sends SIGCONT to a stopped process when dropped, so a failing test never leaves a guest's
+/// QEMU stopped.
+struct Stopped(nix::unistd::Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undone() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let (_, _, other) = f.guest_on_volume(&conn, GuestOptions::default());
+    let top = new_top(&f, &image, &base);
+    let job = new_id();
+    let mut params = snapshot_params(&f, &guest.uuid, &image, &base, &top, &job);
+    params["quiesce"] = json!("skip");
+
+    // QEMU stopped: libvirt's snapshot call waits on its monitor, past rvdsm's 3 s bound.
+    let qemu = qemu_pid(&guest);
+    nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(qemu);
+    assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
+    assert!(
+        wait_until(Duration::from_secs(20), || f
+            .daemon
+            .log()
+            .contains("still running past its timeout")),
+        "{}",
+        f.daemon.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
+    assert_eq!(
+        info["status"], "running",
+        "decided while libvirt still runs the switch: {info}"
+    );
+    assert!(
+        f.image_dir(&image).join(&top).exists(),
+        "the new volume was deleted under a pending switch"
+    );
+
+    // Only that VM is held: the other VM and the host answer at once.
+    let started = std::time::Instant::now();
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": other.uuid}));
+    assert_eq!(stats[0]["status"], "Up");
+    assert_eq!(
+        f.daemon.ok("VM.freeze", json!({"vmID": other.uuid})),
+        json!(true)
+    );
+    assert_eq!(
+        f.daemon.ok("VM.thaw", json!({"vmID": other.uuid})),
+        json!(true)
+    );
+    assert_eq!(f.daemon.ok("Host.ping2", Value::Null), json!(true));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let again = snapshot_params(&f, &guest.uuid, &image, &base, &top, &new_id());
+    let (code, message) = f.daemon.err("VM.snapshot", again);
+    assert_eq!(code, 100, "{message}");
+    assert!(message.contains("busy"), "{message}");
+
+    // QEMU wakes, libvirt finishes the switch: the job says so, and the volume stays.
+    drop(stopped);
+    let info = wait_job(&f, &job, Duration::from_secs(60));
+    assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["consistency"], "unknown", "{info}");
+    assert!(info["result"]["lateSwitch"].is_string(), "{info}");
+    assert_intact(&f, &image, &guest, &top, "hung QEMU");
 }

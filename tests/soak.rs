@@ -111,9 +111,11 @@ struct Writer {
 /// not grow them without bound.
 const MAX_DEPTH: u64 = 24;
 
-/// Boots a guest on a new base volume and starts its writer.
-fn new_writer(f: &Fixture, conn: &virt::connect::Connect) -> Writer {
-    let (image, base, guest) = f.guest_on_volume(conn, GuestOptions::default());
+/// Boots a guest on a new base volume and starts its writer. Through a new libvirt
+/// connection: a libvirtd fault kills the old ones.
+fn new_writer(f: &Fixture) -> Writer {
+    let conn = virt::connect::Connect::open(Some("qemu:///system")).expect("libvirt");
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
     guest.spawn(&format!(
         "( rvdsm-writeprobe write {STREAM} 1000000 {INTERVAL_MS} > /tmp/probe.out 2>&1 ) \
          </dev/null >/dev/null 2>&1 &"
@@ -181,7 +183,9 @@ fn footprint(f: &Fixture) -> (usize, u64, u64) {
 
 #[test]
 fn soak() {
-    let Some(conn) = libvirt() else { return };
+    if libvirt().is_none() {
+        return;
+    }
     let cycles = env_number("RVDSM_SOAK_CYCLES", 16);
     let minutes = env_number("RVDSM_SOAK_MINUTES", 0);
     let guests = env_number("RVDSM_SOAK_GUESTS", 2).max(1);
@@ -206,7 +210,7 @@ fn soak() {
     let started = Instant::now();
     let mut rng = Rng(seed | 1);
     let mut f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
-    let mut writers: Vec<Writer> = (0..guests).map(|_| new_writer(&f, &conn)).collect();
+    let mut writers: Vec<Writer> = (0..guests).map(|_| new_writer(&f)).collect();
     // The baseline: the daemon serving every guest once.
     for w in &writers {
         f.daemon.ok("VM.getStats", json!({"vmID": w.guest.uuid}));
@@ -235,13 +239,16 @@ fn soak() {
                     tally.fail(cycle, format!("retiring a guest: {what}"));
                 }
             }
-            writers.insert(slot, new_writer(&f, &conn));
+            writers.insert(slot, new_writer(&f));
         }
         let w = &mut writers[slot];
         let name = format!("{fault:?}");
         *tally.faults.entry(name.clone()).or_default() += 1;
         tally.cycles += 1;
         let ended = run_cycle(&mut f, w, fault);
+        say(format!(
+            "soak: cycle {cycle} on guest {slot}: {name} -> {ended:?}"
+        ));
         match ended {
             Ok(Some(done)) => {
                 if done {

@@ -384,7 +384,7 @@ pub fn mark_illegal(
     Ok(meta)
 }
 
-/// Removes an ILLEGAL volume's files: data and `.lease`, then `.meta` last; then its parent
+/// Removes an ILLEGAL volume's files: data, `.lease` and `.snapshot` note, then `.meta` last; then its parent
 /// becomes a LEAF again if it has no other child. Idempotent, so that recovery after a crash
 /// can finish it; blocks.
 pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), StorageError> {
@@ -394,21 +394,34 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
         Err(err) => return Err(err),
     };
     pause_if_requested("delete:illegal");
+    let note = domain.dir.snapshot_note(image, volume);
     for path in [
         domain.dir.volume(image, volume),
         domain.dir.lease(image, volume),
+        note.clone(),
+        with_suffix(&note, ".new"),
     ] {
         remove_if_exists(&path).map_err(StorageError::io("remove", &path))?;
     }
     pause_if_requested("delete:data-removed");
     let _lock = domain.lock().acquire()?;
     let meta = domain.dir.meta(image, volume);
+    // A `.meta.new` a crash left mid-write goes too, before the `.meta` that names the volume.
+    let meta_new = with_suffix(&meta, ".new");
+    remove_if_exists(&meta_new).map_err(StorageError::io("remove", &meta_new))?;
     remove_if_exists(&meta).map_err(StorageError::io("remove", &meta))?;
     super::fsutil::sync_parent(&meta).map_err(StorageError::io("sync", &meta))?;
     if let Some(parent) = parent {
         recheck_leaf(domain, image, parent)?;
     }
     Ok(())
+}
+
+/// `path` with `suffix` appended to its file name (the temporary name of an atomic write).
+fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// The volumes of an image ordered leaf first, so that deleting in this order never leaves a

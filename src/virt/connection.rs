@@ -100,22 +100,24 @@ impl Hypervisor {
         .await
     }
 
-    /// [`Hypervisor::call_once`] for a call that changes `vm`. When it outlives its timeout,
-    /// the caller gets the timeout error at once, but libvirt goes on with it on its blocking
-    /// thread (one thread, and only this VM, held): [`Hypervisor::settled`] waits for it.
+    /// [`Hypervisor::call_once`] for a call that changes `vm` and may hang with its QEMU, on a
+    /// connection of its own: measured, a snapshot call stuck on a stopped QEMU also stalled
+    /// every other call on its connection, for every VM. When it outlives its timeout, the
+    /// caller gets the timeout error at once, but libvirt goes on with it on its blocking
+    /// thread (one thread, one connection, and only this VM held): [`Hypervisor::settled`]
+    /// waits for it.
     pub async fn call_once_on<T, F>(&self, vm: Uuid, op: &'static str, f: F) -> Result<T, VirtError>
     where
         T: Send + 'static,
         F: FnOnce(&Connect) -> Result<T, VirtError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
+        let uri = self.inner.uri.clone();
         let mut task = tokio::task::spawn_blocking(move || {
-            let (generation, conn) = inner.connection()?;
-            let result = f(&conn);
-            if result.is_err() && !is_alive(&conn) {
-                inner.forget(generation);
-            }
-            result
+            let conn = Connect::open(Some(&uri)).map_err(|e| VirtError::Connect {
+                uri: uri.clone(),
+                message: e.message().to_owned(),
+            })?;
+            f(&conn)
         });
         let timeout = self.inner.call_timeout;
         match tokio::time::timeout(timeout, &mut task).await {
