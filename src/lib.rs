@@ -24,6 +24,8 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jobs;
 pub mod metrics;
 pub mod pki;

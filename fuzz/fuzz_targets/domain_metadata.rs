@@ -1,15 +1,8 @@
 //! Fuzzes the `dom_md/metadata` parser: no input may panic it, and what it accepts must
 //! round-trip through the writer.
+//! The property lives in `rvdsm::fuzzing`, where `tests/fuzz_corpus.rs` replays the corpus.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rvdsm::storage::domain_md;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(keys) = domain_md::parse(text) {
-        assert_eq!(domain_md::parse(&domain_md::format(&keys)).as_ref(), Ok(&keys));
-    }
-});
+fuzz_target!(|data: &[u8]| rvdsm::fuzzing::domain_metadata(data));
