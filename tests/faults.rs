@@ -12,7 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::chain::{
-    assert_intact, freeze_status, new_top, snapshot_params, volume_of, wait_job, wait_thawed,
+    assert_intact, freeze_status, new_top, snapshot_params, snapshot_paused_at, volume_of,
+    wait_job, wait_thawed,
 };
 use common::domain::{Fixture, assert_success, new_id};
 use common::{GuestOptions, libvirt, wait_until};
@@ -84,31 +85,25 @@ fn qemu_pid(guest: &common::Guest) -> nix::unistd::Pid {
 fn qemu_killed_in_the_frozen_window_rolls_back_and_keeps_the_old_volume_sound() {
     let Some(conn) = libvirt() else { return };
     let mut f = Fixture::new();
-    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
-    let top = new_top(&f, &image, &base);
-    let marker = f.daemon.restart_paused_at("snapshot:frozen");
-    let job = new_id();
-    let params = snapshot_params(&f, &guest.uuid, &image, &base, &top, &job);
-    assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
-    reach(&f, &marker, "snapshot:frozen");
-    nix::sys::signal::kill(qemu_pid(&guest), nix::sys::signal::Signal::SIGKILL).unwrap();
-    release(&marker);
+    let p = snapshot_paused_at(&mut f, &conn, "snapshot:frozen");
+    nix::sys::signal::kill(qemu_pid(&p.guest), nix::sys::signal::Signal::SIGKILL).unwrap();
+    release(&p.marker);
 
-    let info = wait_job(&f, &job, Duration::from_secs(60));
+    let info = wait_job(&f, &p.job, Duration::from_secs(60));
     assert_eq!(info["status"], "failed", "{info}");
     assert_eq!(info["error"]["code"], 48);
     // The VM is gone and never wrote to the new volume: it is deleted, the old one is whole.
-    assert_eq!(info["result"]["deleted"], json!([top]), "{info}");
-    assert!(!f.image_dir(&image).join(&top).exists());
-    assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
-    assert_eq!(f.info(&image, &base)["legality"], "LEGAL");
+    assert_eq!(info["result"]["deleted"], json!([p.top]), "{info}");
+    assert!(!f.image_dir(&p.image).join(&p.top).exists());
+    assert_eq!(f.info(&p.image, &p.base)["voltype"], "LEAF");
+    assert_eq!(f.info(&p.image, &p.base)["legality"], "LEGAL");
     let check = common::guest::qemu_img(&[
         "check",
         "-q",
-        f.image_dir(&image).join(&base).to_str().unwrap(),
+        f.image_dir(&p.image).join(&p.base).to_str().unwrap(),
     ]);
     assert_eq!(check, "");
-    let (code, _) = f.daemon.err("VM.getStats", json!({"vmID": guest.uuid}));
+    let (code, _) = f.daemon.err("VM.getStats", json!({"vmID": p.guest.uuid}));
     assert_eq!(code, 1, "the VM is gone");
     assert_eq!(f.daemon.ok("Host.ping2", Value::Null), json!(true));
 }

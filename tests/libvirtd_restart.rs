@@ -10,7 +10,9 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::chain::{assert_intact, new_top, snapshot_params, wait_job, wait_thawed};
+use common::chain::{
+    assert_intact, new_top, snapshot_params, snapshot_paused_at, wait_job, wait_thawed,
+};
 use common::domain::{Fixture, new_id};
 use common::{Daemon, Guest, GuestOptions, libvirt, libvirtd, wait_until};
 use rvdsm::rpc::client::ClientError;
@@ -125,4 +127,40 @@ fn libvirtd_killed_during_a_freeze_the_auto_thaw_still_happens() {
         f.daemon.log()
     );
     assert_intact(&f, &image, &guest, &base, "freeze");
+}
+
+#[test]
+fn rvdsmd_restarted_while_libvirtd_is_down_ends_the_job_once_libvirtd_is_back() {
+    let _turn = LIBVIRTD.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let p = snapshot_paused_at(&mut f, &conn, "snapshot:frozen");
+
+    // Both crash while the guest is frozen; rvdsmd comes back first.
+    let killed = libvirtd::kill9();
+    f.daemon.restart_in_place(&[]);
+    // Recovery could not read the VM: the gate is open, the job is shown running, not guessed.
+    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [p.job]}))[&p.job];
+    assert!(
+        info["status"] == "running" || info["status"] == "pending",
+        "{info}"
+    );
+    assert!(f.image_dir(&p.image).join(&p.top).exists());
+    killed.start();
+
+    let info = wait_job(&f, &p.job, Duration::from_secs(60));
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(info["error"]["code"], 48);
+    assert!(
+        wait_thawed(&p.guest, Duration::from_secs(60)),
+        "guest left frozen; log:\n{}",
+        f.daemon.log()
+    );
+    assert_intact(
+        &f,
+        &p.image,
+        &p.guest,
+        &p.base,
+        "rvdsmd and libvirtd killed",
+    );
 }

@@ -166,3 +166,38 @@ pub fn assert_intact(f: &Fixture, image: &str, guest: &Guest, expected_leaf: &st
         "{what}: guest not writing"
     );
 }
+
+/// A guest on a new volume, and a snapshot of it to a new top volume stopped at the test
+/// failpoint `point` (the daemon is restarted to arm it).
+pub struct PausedSnapshot {
+    pub guest: Guest,
+    pub image: String,
+    pub base: String,
+    pub top: String,
+    pub job: String,
+    /// Remove it to let the daemon go on.
+    pub marker: PathBuf,
+}
+
+/// Boots a guest on a new volume and starts a snapshot that stops at `point`.
+pub fn snapshot_paused_at(f: &mut Fixture, conn: &Connect, point: &str) -> PausedSnapshot {
+    let (image, base, guest) = f.guest_on_volume(conn, super::GuestOptions::default());
+    let top = new_top(f, &image, &base);
+    let marker = f.daemon.restart_paused_at(point);
+    let job = new_id();
+    let params = snapshot_params(f, &guest.uuid, &image, &base, &top, &job);
+    assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
+    assert!(
+        wait_until(Duration::from_secs(60), || marker.exists()),
+        "{point} never reached; log:\n{}",
+        f.daemon.log()
+    );
+    PausedSnapshot {
+        guest,
+        image,
+        base,
+        top,
+        job,
+        marker,
+    }
+}
