@@ -236,6 +236,10 @@ impl FreezeService {
                 match service.thaw(record.vm).await {
                     Ok(()) => return,
                     Err(ApiError::NoSuchVm { .. }) => return service.forget(record.vm).await,
+                    // No agent channel at all (75: not supported): nothing can be frozen.
+                    Err(ApiError::Coded { code: 75, .. }) => {
+                        return service.forget(record.vm).await;
+                    }
                     // A VM that stopped has nothing frozen any more.
                     Err(_)
                         if service.hypervisor.run_state(record.vm).await
