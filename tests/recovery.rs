@@ -219,3 +219,26 @@ fn while_recovering_only_ping_is_served() {
         json!([f.domain])
     );
 }
+
+#[test]
+fn a_vm_destroyed_while_rvdsmd_was_down_is_recovered_by_what_its_volume_holds() {
+    let Some(conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let p = common::chain::snapshot_paused_at(&mut f, &conn, "snapshot:frozen");
+    f.daemon.kill9();
+    p.guest.domain().destroy().unwrap();
+    f.daemon.restart_in_place(&[]);
+
+    // The VM is gone and never wrote to the new volume: deleted, and the job says why.
+    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [p.job]}))[&p.job];
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(info["error"]["code"], 48);
+    assert!(!f.image_dir(&p.image).join(&p.top).exists(), "{info}");
+    let base = f.info(&p.image, &p.base);
+    assert_eq!(
+        (&base["voltype"], &base["legality"]),
+        (&json!("LEAF"), &json!("LEGAL"))
+    );
+    let problems = common::chain::chain_problems(&f, &p.image, &p.base);
+    assert!(problems.is_empty(), "{problems:?}");
+}

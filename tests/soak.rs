@@ -18,8 +18,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::chain::{
-    active_volume, chain_problems, freeze_status, new_top, snapshot_params, volume_of, wait_job,
-    wait_thawed,
+    active_volume, chain_problems, freeze_status, new_top, snapshot_params, try_wait_job,
+    volume_of, wait_thawed,
 };
 use common::domain::{Fixture, new_id};
 use common::{Guest, GuestOptions, libvirt, libvirtd, wait_until};
@@ -128,13 +128,21 @@ fn new_writer(f: &Fixture) -> Writer {
     }
 }
 
+/// What retiring a guest found wrong.
+enum Broken {
+    /// Its stream lost, tore or reordered records.
+    Loss(String),
+    /// Its chain or image was not sound, or did not go away.
+    Leak(String),
+}
+
 /// Verifies a writer's stream and chain, destroys its VM and deletes its image; returns the
 /// records verified, or what was wrong.
-fn retire(f: &Fixture, w: Writer) -> Result<u64, String> {
-    let records = verify_stream(&w)?;
+fn retire(f: &Fixture, w: Writer) -> Result<u64, Broken> {
+    let records = verify_stream(&w).map_err(Broken::Loss)?;
     let problems = chain_problems(f, &w.image, &w.leaf);
     if !problems.is_empty() {
-        return Err(format!("{}: {problems:?}", w.image));
+        return Err(Broken::Leak(format!("{}: {problems:?}", w.image)));
     }
     let Writer { guest, image, .. } = w;
     drop(guest);
@@ -145,7 +153,7 @@ fn retire(f: &Fixture, w: Writer) -> Result<u64, String> {
     );
     let status = f.daemon.wait_task(task.as_str().unwrap_or_default());
     if status["taskResult"] != "success" || f.image_dir(&image).exists() {
-        return Err(format!("Image.delete {image}: {status}"));
+        return Err(Broken::Leak(format!("Image.delete {image}: {status}")));
     }
     Ok(records)
 }
@@ -219,6 +227,7 @@ fn soak() {
     let mut tally = Tally::default();
     let mut records = 0u64;
     let mut losses = 0u64;
+    let mut leaks = 0u64;
     let mut retired = 0u64;
 
     let deadline = (minutes > 0).then(|| started + Duration::from_secs(minutes * 60));
@@ -234,8 +243,12 @@ fn soak() {
             retired += 1;
             match retire(&f, old) {
                 Ok(n) => records += n,
-                Err(what) => {
+                Err(Broken::Loss(what)) => {
                     losses += 1;
+                    tally.fail(cycle, format!("retiring a guest: {what}"));
+                }
+                Err(Broken::Leak(what)) => {
+                    leaks += 1;
                     tally.fail(cycle, format!("retiring a guest: {what}"));
                 }
             }
@@ -297,7 +310,6 @@ fn soak() {
             }
         }
     }
-    let mut leaks = 0u64;
     let mut frozen = 0u64;
     for w in &writers {
         if freeze_status(&w.guest).as_deref() != Some("thawed") {
@@ -419,6 +431,10 @@ fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<Option<boo
         .daemon
         .call(common::daemon::Via::Unix, "VM.snapshot", params)
     {
+        if pause.is_some() {
+            // Disarm the failpoint, or the next cycle stops there.
+            f.daemon.restart_in_place(&[]);
+        }
         return Err(format!("VM.snapshot refused: {e}"));
     }
     if let (Some(point), Some(marker)) = (pause, marker) {
@@ -434,7 +450,14 @@ fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<Option<boo
             f.daemon.restart_in_place(&[]);
         }
     }
-    let info = wait_job(f, &job, Duration::from_secs(120));
+    let info = match try_wait_job(f, &job, Duration::from_secs(120)) {
+        Ok(info) => info,
+        Err(info) => {
+            // Counted, and the daemon restarted so that the next cycles are not stuck behind it.
+            f.daemon.restart_in_place(&[]);
+            return Err(format!("job {job} never ended: {info}"));
+        }
+    };
     if fault == Fault::FrozenSet {
         f.daemon.ok("VM.thaw", json!({"vmID": vm}));
     }

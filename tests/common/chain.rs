@@ -59,6 +59,12 @@ pub fn snapshot_params(
 
 /// Waits (bounded) until `job` ends; returns its `Host.getJobs` entry.
 pub fn wait_job(f: &Fixture, job: &str, timeout: Duration) -> Value {
+    try_wait_job(f, job, timeout)
+        .unwrap_or_else(|info| panic!("job {job} never ended: {info}; log:\n{}", f.daemon.log()))
+}
+
+/// [`wait_job`], returning the last entry seen as the error when the job does not end.
+pub fn try_wait_job(f: &Fixture, job: &str, timeout: Duration) -> Result<Value, Value> {
     let mut info = Value::Null;
     let ended = wait_until(timeout, || {
         if let Ok(jobs) = f.daemon.call(
@@ -70,12 +76,7 @@ pub fn wait_job(f: &Fixture, job: &str, timeout: Duration) -> Value {
         }
         info["status"] == "done" || info["status"] == "failed"
     });
-    assert!(
-        ended,
-        "job {job} never ended: {info}; log:\n{}",
-        f.daemon.log()
-    );
-    info
+    if ended { Ok(info) } else { Err(info) }
 }
 
 /// The canonical path of the volume the VM's `vda` uses now.
@@ -126,7 +127,10 @@ pub fn chain_problems(f: &Fixture, image: &str, leaf: &str) -> Vec<String> {
         .arg(dir.join(leaf))
         .output()
         .unwrap();
-    if !check.status.success() {
+    // Exit 3 is "leaked clusters" only: on an image a running QEMU writes, clusters it has
+    // allocated but not yet linked on disk read as leaked. Harmless (space, not data); any
+    // other failure is a problem.
+    if !check.status.success() && check.status.code() != Some(3) {
         problems.push(format!(
             "qemu-img check {leaf}: {}",
             String::from_utf8_lossy(&check.stderr)

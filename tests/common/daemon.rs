@@ -105,8 +105,12 @@ impl Daemon {
             ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
         ];
         self.child = Some(start_child(self.dir.path(), &env));
-        // Only "answering": a daemon paused in its recovery serves Host.ping2 alone.
-        self.wait_answering();
+        if point == "recovery" {
+            // Paused in its recovery, it serves Host.ping2 alone.
+            self.wait_answering();
+        } else {
+            self.wait_ready();
+        }
         marker
     }
 
