@@ -4,6 +4,8 @@
 //! VDSM's does) or the error into `{code, message}` with VDSM's code.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jsonrpsee::RpcModule;
 use jsonrpsee::types::ErrorObjectOwned;
@@ -181,12 +183,7 @@ where
                 let result = if verb.is_read_only() {
                     call.await
                 } else {
-                    // A verb that changes state runs to its end on its own task: a client that
-                    // hangs up mid-call drops this future, and must not cut a freeze from its
-                    // auto-thaw record or a job from its journal entry.
-                    tokio::spawn(call).await.unwrap_or_else(|e| {
-                        Err(ApiError::Unexpected(format!("{name} panicked: {e}")))
-                    })
+                    run_to_end(name, call).await
                 }
                 .map_err(error_object)?;
                 serde_json::to_value(result)
@@ -194,6 +191,49 @@ where
             }
         })
         .unwrap_or_else(|e| panic!("cannot register {name}: {e}"));
+}
+
+/// Runs a state-changing call on its own task, to its end: a client that hangs up mid-call
+/// drops the future awaiting it, and must not cut a freeze from its auto-thaw record or a job
+/// from its journal entry. What such a call did is logged, since no reply carries it.
+async fn run_to_end<R: Send + 'static>(
+    name: &'static str,
+    call: impl Future<Output = Result<R, ApiError>> + Send + 'static,
+) -> Result<R, ApiError> {
+    let mut hung_up = HungUp::default();
+    let gone = Arc::clone(&hung_up.flag);
+    let task = tokio::spawn(async move {
+        let result = call.await;
+        if gone.load(Ordering::SeqCst) {
+            match &result {
+                Ok(_) => tracing::warn!(method = name, "call done after its client hung up"),
+                Err(err) => {
+                    tracing::warn!(method = name, code = err.code(), error = %err, "call failed after its client hung up")
+                }
+            }
+        }
+        result
+    });
+    let result = task
+        .await
+        .unwrap_or_else(|e| Err(ApiError::Unexpected(format!("{name} panicked: {e}"))));
+    hung_up.answered = true;
+    result
+}
+
+/// Raises its flag when dropped before the call was answered: the client's future went away.
+#[derive(Default)]
+struct HungUp {
+    flag: Arc<AtomicBool>,
+    answered: bool,
+}
+
+impl Drop for HungUp {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Converts the parameters of a call to `method` into the verb's typed parameters, as its
