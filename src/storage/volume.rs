@@ -384,9 +384,9 @@ pub fn mark_illegal(
     Ok(meta)
 }
 
-/// Removes an ILLEGAL volume's files: data, `.lease` and `.snapshot` note, then `.meta` last; then its parent
-/// becomes a LEAF again if it has no other child. Idempotent, so that recovery after a crash
-/// can finish it; blocks.
+/// Removes an ILLEGAL volume's files: data, `.lease` and `.snapshot` note, then `.meta` last;
+/// then its parent becomes a LEAF again if it has no other child. Idempotent, so that recovery
+/// after a crash can finish it; blocks.
 pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), StorageError> {
     let parent = match read_meta(domain, image, volume) {
         Ok(meta) => Some(meta.parent).filter(|p| *p != BLANK_UUID),
