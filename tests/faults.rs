@@ -306,20 +306,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Sends `request` as an HTTP POST and hangs up `after` without reading the answer.
-fn post_and_hang_up(f: &Fixture, request: &Value, after: Duration) {
-    let body = request.to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", f.daemon.port)).unwrap();
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    std::thread::sleep(after);
-    drop(stream);
-}
-
 #[test]
 fn a_manager_that_hangs_up_mid_call_leaves_nothing_half_done() {
     let Some(conn) = libvirt() else { return };
@@ -337,7 +323,8 @@ fn a_manager_that_hangs_up_mid_call_leaves_nothing_half_done() {
     std::thread::sleep(Duration::from_millis(500));
     let freeze = json!({"jsonrpc": "2.0", "id": 1, "method": "VM.freeze",
                         "params": {"vmID": guest.uuid}});
-    post_and_hang_up(&f, &freeze, Duration::from_millis(500));
+    f.daemon
+        .post_and_hang_up(&freeze, Duration::from_millis(500));
     assert!(
         wait_until(Duration::from_secs(30), || f
             .daemon
@@ -355,7 +342,8 @@ fn a_manager_that_hangs_up_mid_call_leaves_nothing_half_done() {
     let job = new_id();
     let request = json!({"jsonrpc": "2.0", "id": 2, "method": "VM.snapshot",
                          "params": snapshot_params(&f, &guest.uuid, &image, &base, &top, &job)});
-    post_and_hang_up(&f, &request, Duration::from_millis(300));
+    f.daemon
+        .post_and_hang_up(&request, Duration::from_millis(300));
     let info = wait_job(&f, &job, Duration::from_secs(60));
     assert_eq!(info["status"], "done", "{info}");
     assert_eq!(info["result"]["consistency"], "quiesced");

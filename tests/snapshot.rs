@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::chain::new_top;
 use common::domain::{Fixture, assert_success, new_id};
 use common::guest::qemu_img;
 use common::{Agent, GuestOptions, libvirt, wait_until};
@@ -41,16 +42,6 @@ fn snapshot(
         Err(rvdsm::rpc::client::ClientError::Server { code, message }) => Err((code, message)),
         Err(other) => panic!("{other}; log:\n{}", f.daemon.log()),
     }
-}
-
-fn new_top(f: &Fixture, image: &str, base: &str) -> String {
-    let top = new_id();
-    assert_success(&f.create(
-        image,
-        &top,
-        json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
-    ));
-    top
 }
 
 fn wait_job(f: &Fixture, job: &str) -> Value {

@@ -423,9 +423,9 @@ fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<Option<boo
         _ => {}
     }
     if fault == Fault::HangUp {
-        hang_up_after_sending(
-            f,
+        f.daemon.post_and_hang_up(
             &json!({"jsonrpc": "2.0", "id": 1, "method": "VM.snapshot", "params": params}),
+            Duration::from_millis(300),
         );
     } else if let Err(e) = f
         .daemon
@@ -487,18 +487,6 @@ fn check_truth(
             top_file.exists()
         )),
     }
-}
-
-/// Posts `request` over HTTP and hangs up without reading the answer.
-fn hang_up_after_sending(f: &Fixture, request: &Value) {
-    let body = request.to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", f.daemon.port)).unwrap();
-    let _ = write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// Stops the guest's writer and verifies its stream through the final chain: every record the

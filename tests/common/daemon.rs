@@ -247,6 +247,21 @@ impl Daemon {
         String::from_utf8_lossy(&answer).into_owned()
     }
 
+    /// Sends `request` as a plain HTTP POST on TCP and hangs up `after` this long, without
+    /// reading the answer: a manager that goes away mid-call.
+    pub fn post_and_hang_up(&self, request: &Value, after: Duration) {
+        use std::io::Write;
+        let body = request.to_string();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(after);
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("daemon stopped").id()

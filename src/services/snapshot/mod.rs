@@ -194,14 +194,7 @@ impl SnapshotService {
 
     /// Deletes the new volumes no disk uses (as `live` shows), keeps the others.
     async fn roll_back(&self, entry: &Entry, live: &Live) -> Rollback {
-        let new_real = canonical_all(
-            entry
-                .drives
-                .iter()
-                .map(|d| PathBuf::from(&d.new_path))
-                .collect(),
-        )
-        .await;
+        let new_real = new_volumes_real(entry).await;
         let mut rollback = Rollback::default();
         for (drive, real) in entry.drives.iter().zip(&new_real) {
             let keep = match live {
@@ -677,14 +670,7 @@ impl VmOps for Journaled<'_> {
 
 /// Whether every drive of `entry` uses its new volume in `disks`.
 async fn switched_all(entry: &Entry, disks: &HashMap<String, Option<PathBuf>>) -> bool {
-    let new_real = canonical_all(
-        entry
-            .drives
-            .iter()
-            .map(|d| PathBuf::from(&d.new_path))
-            .collect(),
-    )
-    .await;
+    let new_real = new_volumes_real(entry).await;
     entry
         .drives
         .iter()
@@ -726,6 +712,18 @@ fn must_keep(
         Some(live) => new_real.is_some() && live.get(target) == Some(new_real),
         None => true,
     }
+}
+
+/// The canonical path of each new volume of `entry` (`None` for one that is gone).
+async fn new_volumes_real(entry: &Entry) -> Vec<Option<PathBuf>> {
+    canonical_all(
+        entry
+            .drives
+            .iter()
+            .map(|d| PathBuf::from(&d.new_path))
+            .collect(),
+    )
+    .await
 }
 
 /// The canonical form of each path (`None` for one that does not resolve), computed off the
