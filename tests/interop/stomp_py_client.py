@@ -28,16 +28,31 @@ class Replies(stomp.ConnectionListener):
         self.errors.put(frame.body)
 
 
+def connect(port, cert, key, ca, listener):
+    """A connected stomp.py client. stomp.py (8.1 here) now and then presents no client
+    certificate on its first TLS attempt (rvdsmd refuses it: "peer sent no certificates") and
+    then waits out its own connect timeout; a fresh client on a new connection is tried, up
+    to three times. rvdsmd's refusal is right each time; the flake is the client's."""
+    host = [("localhost", port)]
+    for attempt in range(3):
+        conn = stomp.Connection12(host, heartbeats=(0, 0), try_loopback_connect=False, timeout=5)
+        conn.set_ssl(for_hosts=host, key_file=key, cert_file=cert, ca_certs=ca)
+        conn.set_listener("replies", listener)
+        try:
+            # VDSM's detector knows CONNECT, not STOMP (stomp.py's default for 1.2).
+            conn.connect(wait=True, with_connect_command=True)
+            return conn
+        except stomp.exception.ConnectFailedException:
+            conn.disconnect()
+            if attempt == 2:
+                raise
+
+
 def main():
     port, cert, key, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     calls = list(zip(sys.argv[5::2], sys.argv[6::2]))
-    host = [("localhost", port)]
-    conn = stomp.Connection12(host, heartbeats=(0, 0), try_loopback_connect=False)
-    conn.set_ssl(for_hosts=host, key_file=key, cert_file=cert, ca_certs=ca)
     listener = Replies()
-    conn.set_listener("replies", listener)
-    # VDSM's detector knows CONNECT, not STOMP (stomp.py's default for 1.2).
-    conn.connect(wait=True, with_connect_command=True)
+    conn = connect(port, cert, key, ca, listener)
     reply_to = str(uuid.uuid4())
     conn.subscribe(destination=reply_to, id="replies", ack="auto")
     for method, params in calls:
