@@ -31,6 +31,16 @@ pub fn wait_thawed(guest: &Guest, timeout: Duration) -> bool {
     })
 }
 
+/// Waits (bounded) until rvdsm holds no freeze record for the guest (`frozen` is null in
+/// `VM.getStats`). A woken agent runs the thaws queued while it was stopped, so the guest can
+/// be thawed before rvdsm's next retry (backoff up to 15 s) learns it and drops its record.
+pub fn wait_unowned(f: &Fixture, guest: &Guest, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let stats = f.daemon.ok("VM.getStats", json!({"vmID": guest.uuid}));
+        stats[0]["frozen"].is_null()
+    })
+}
+
 /// Creates a new volume on top of `base` and waits for its task.
 pub fn new_top(f: &Fixture, image: &str, base: &str) -> String {
     let top = new_id();
@@ -153,6 +163,11 @@ pub fn assert_intact(f: &Fixture, image: &str, guest: &Guest, expected_leaf: &st
         wait_thawed(guest, Duration::from_secs(30)),
         "{what}: guest left frozen ({:?}); log:\n{}",
         freeze_status(guest),
+        f.daemon.log()
+    );
+    assert!(
+        wait_unowned(f, guest, Duration::from_secs(30)),
+        "{what}: rvdsm still reports the guest frozen; log:\n{}",
         f.daemon.log()
     );
     let active = active_volume(f, &guest.uuid);
