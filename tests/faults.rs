@@ -1,7 +1,7 @@
 //! The fault matrix, with real guests: rvdsmd killed before the freeze and during a rollback,
 //! QEMU killed mid-snapshot, the guest agent hung, killed and restarted mid-freeze, a new
 //! volume missing or on a full filesystem, the manager gone mid-call, a job id retried after a
-//! crash. After each: the guest is thawed, the VM runs on a sound chain, nothing leaked, and
+//! crash, rvdsmd killed while a stopped QEMU holds the switch. After each: the guest is thawed, the VM runs on a sound chain, nothing leaked, and
 //! the job says what happened. (kill -9 in the frozen window and right after the switch: see
 //! `recovery.rs`; libvirtd killed: see `libvirtd_restart.rs`.)
 
@@ -445,5 +445,67 @@ fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undo
     assert_eq!(info["status"], "done", "{info}");
     assert_eq!(info["result"]["consistency"], "unknown", "{info}");
     assert!(info["result"]["lateSwitch"].is_string(), "{info}");
+    assert_eq!(f.info(&image, &base)["snapshot"]["reason"], "late-switch");
     assert_intact(&f, &image, &guest, &top, "hung QEMU");
+}
+
+#[test]
+fn rvdsmd_killed_while_a_hung_qemu_holds_the_switch_waits_for_libvirt_before_judging() {
+    let Some(conn) = libvirt() else { return };
+    let mut f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let top = new_top(&f, &image, &base);
+    let job = new_id();
+    let mut params = snapshot_params(&f, &guest.uuid, &image, &base, &top, &job);
+    params["quiesce"] = json!("skip");
+
+    // The switch hangs in libvirtd on a stopped QEMU; rvdsmd dies meanwhile. libvirtd goes on
+    // with the switch when QEMU wakes, whoever asked for it.
+    let qemu = qemu_pid(&guest);
+    nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(qemu);
+    assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
+    assert!(
+        wait_until(Duration::from_secs(20), || f
+            .daemon
+            .log()
+            .contains("still running past its timeout")),
+        "{}",
+        f.daemon.log()
+    );
+    f.daemon.restart_in_place(&[]);
+
+    // Recovery sees libvirt's snapshot job: it decides nothing yet.
+    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
+    assert_eq!(
+        info["status"], "running",
+        "judged while libvirt still runs the switch: {info}"
+    );
+    assert!(
+        f.image_dir(&image).join(&top).exists(),
+        "the new volume was deleted under a pending switch; log:\n{}",
+        f.daemon.log()
+    );
+    assert!(
+        f.daemon.log().contains("still runs a snapshot on the VM"),
+        "{}",
+        f.daemon.log()
+    );
+
+    // QEMU wakes, libvirt finishes the switch: the recovered job is done, the volume kept.
+    drop(stopped);
+    let info = wait_job(&f, &job, Duration::from_secs(60));
+    assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["consistency"], "unknown", "{info}");
+    assert_eq!(info["result"]["recovered"], true, "{info}");
+    let note = &f.info(&image, &base)["snapshot"];
+    assert_eq!(note["consistency"], "unknown", "{note}");
+    assert_eq!(note["reason"], "recovered", "{note}");
+    assert_intact(
+        &f,
+        &image,
+        &guest,
+        &top,
+        "rvdsmd killed under a hung switch",
+    );
 }

@@ -5,7 +5,8 @@
 //! `virt` 0.5 has no domain event registration; [`register_lifecycle`] adds the lifecycle one.
 //!
 //! `virt` 0.5's `Domain::job_stats` builds a `Vec` from libvirt's null parameter list when no
-//! job runs, which aborts the process; [`active_job_operation`] replaces it.
+//! job runs, which aborts the process; [`active_job_operation`] replaces it. `virt` 0.5 has no
+//! `virDomainGetControlInfo`; [`monitor_held`] adds it.
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
@@ -87,6 +88,21 @@ pub fn active_job_operation(domain: &Domain) -> Result<Option<i32>, VirtError> {
         return Ok(None);
     }
     Ok(Some(if found == 1 { operation } else { -1 }))
+}
+
+/// `virDomainGetControlInfo`: whether a job holds the domain's monitor now
+/// (`VIR_DOMAIN_CONTROL_JOB` or `_OCCUPIED`). Unlike the job calls it takes no job lock, so
+/// it answers while a call on a stopped QEMU holds the domain.
+pub fn monitor_held(domain: &Domain) -> Result<bool, VirtError> {
+    let mut info = sys::virDomainControlInfo {
+        state: 0,
+        details: 0,
+        stateTime: 0,
+    };
+    // SAFETY: `domain` is live and `info` a valid, writable struct outliving the call.
+    let rc = unsafe { sys::virDomainGetControlInfo(domain.as_ptr(), &mut info, 0) };
+    check("read domain control state", rc)?;
+    Ok(info.state == sys::VIR_DOMAIN_CONTROL_JOB || info.state == sys::VIR_DOMAIN_CONTROL_OCCUPIED)
 }
 
 fn with_mountpoints(

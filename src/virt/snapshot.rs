@@ -86,6 +86,29 @@ impl Hypervisor {
         .await
     }
 
+    /// Whether libvirt may be running a snapshot on the VM now: one a killed rvdsmd started
+    /// may still be under way in libvirtd, for a QEMU that does not answer, and switch the VM
+    /// when QEMU wakes. A job holding the monitor (measured: a snapshot call on a stopped QEMU
+    /// does, and the job calls then wait for it) or one libvirt does not name counts as one.
+    /// The probe has a connection of its own, in case libvirt holds it all the same.
+    pub async fn snapshot_running(&self, vm: Uuid) -> Result<bool, VirtError> {
+        self.call_once_on(vm, "read domain job", move |conn| {
+            let domain = lookup(conn, vm)?;
+            if !domain
+                .is_active()
+                .map_err(|e| VirtError::libvirt("read domain state", e))?
+            {
+                return Ok(false);
+            }
+            if ffi::monitor_held(&domain)? {
+                return Ok(true);
+            }
+            let snapshot = sys::VIR_DOMAIN_JOB_OPERATION_SNAPSHOT as i32;
+            Ok(ffi::active_job_operation(&domain)?.is_some_and(|op| op == snapshot || op == -1))
+        })
+        .await
+    }
+
     /// The VM's run state.
     pub async fn run_state(&self, vm: Uuid) -> Result<RunState, VirtError> {
         self.call("read domain state", move |conn| {

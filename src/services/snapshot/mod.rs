@@ -61,8 +61,9 @@ enum Live {
     Disks(HashMap<String, Option<PathBuf>>),
     /// libvirt answers, and the VM no longer exists: nothing runs on any of its volumes.
     Gone,
-    /// libvirt does not answer: nothing can be decided yet.
-    Unreadable,
+    /// libvirt does not answer, or still runs a snapshot on the VM (why): nothing can be
+    /// decided yet.
+    Unreadable(String),
 }
 
 impl SnapshotService {
@@ -93,7 +94,8 @@ impl SnapshotService {
     /// interrupted one has its guest thawed if it may have frozen it, and keeps its new
     /// volumes if the live domain uses them (the job is done, its consistency unknown) or
     /// loses them if not (the job failed and was rolled back). When libvirt does not answer,
-    /// such a job stays running and is ended once it does. The daemon answers 99 to all but
+    /// or still runs a snapshot on the VM, such a job stays running and is ended once that is
+    /// over. The daemon answers 99 to all but
     /// `Host.ping2` until this returns.
     pub async fn recover(&self, entries: Vec<Entry>) {
         if crate::failpoint::reached("recovery") {
@@ -107,8 +109,9 @@ impl SnapshotService {
                     if entry.phase == Phase::Freezing {
                         self.thaw_if_frozen(entry.vm).await;
                     }
-                    match self.read_live(entry.vm).await {
-                        Live::Unreadable => {
+                    match self.settled_live(entry.vm).await {
+                        Live::Unreadable(why) => {
+                            tracing::warn!(job = %entry.job, vm = %entry.vm, %why, "interrupted snapshot not settled yet: the job is ended once it is");
                             self.resume_later(entry);
                             continue;
                         }
@@ -121,9 +124,9 @@ impl SnapshotService {
         }
     }
 
-    /// Shows an interrupted job as running, and ends it once libvirt answers again.
+    /// Shows an interrupted job as running, and ends it once libvirt answers again and runs
+    /// no snapshot on the VM.
     fn resume_later(&self, entry: Entry) {
-        tracing::warn!(job = %entry.job, vm = %entry.vm, "interrupted snapshot: libvirt does not answer; the job is ended once it does");
         let claim = self.jobs.claim_vm(entry.vm).ok();
         if self.jobs.add(entry.job, entry.vm, "snapshot_vm").is_err() {
             return;
@@ -147,6 +150,8 @@ impl SnapshotService {
         let rollback = self.roll_back(entry, live).await;
         let outcome = if rollback.kept.len() == entry.drives.len() && matches!(live, Live::Disks(_))
         {
+            self.note_consistency(entry, json!("unknown"), json!("recovered"))
+                .await;
             Ok(json!({"consistency": "unknown", "recovered": true, "switched": rollback.kept}))
         } else {
             Err((
@@ -199,7 +204,7 @@ impl SnapshotService {
         for (drive, real) in entry.drives.iter().zip(&new_real) {
             let keep = match live {
                 Live::Disks(disks) => must_keep(Some(disks), &drive.target, real),
-                Live::Unreadable => true,
+                Live::Unreadable(_) => true,
                 // No VM runs on it any more: it matters only if the guest wrote to it.
                 Live::Gone => self
                     .storage
@@ -227,6 +232,32 @@ impl SnapshotService {
             crate::metrics::global().rollbacks.inc();
         }
         rollback
+    }
+
+    /// Writes beside each base volume how the snapshot on top of it was taken (shown by
+    /// `Volume.getInfo`); a failure is logged (the snapshot stands).
+    async fn note_consistency(
+        &self,
+        entry: &Entry,
+        consistency: serde_json::Value,
+        reason: serde_json::Value,
+    ) {
+        for drive in &entry.drives {
+            let note = json!({
+                "consistency": consistency,
+                "reason": reason,
+                "time": journal::now(),
+                "vmId": entry.vm,
+                "volumeID": drive.volume,
+            });
+            if let Err(err) = self
+                .storage
+                .note_snapshot(drive.domain, drive.image, drive.base, note)
+                .await
+            {
+                tracing::warn!(job = %entry.job, error = %err, "cannot record the snapshot's consistency");
+            }
+        }
     }
 
     /// Journals a phase of a job; a failure is logged (the job goes on, less protected).
@@ -478,29 +509,14 @@ impl SnapshotService {
         match result {
             Ok(outcome) => {
                 let switched: Vec<Uuid> = drives.iter().map(|d| d.volume).collect();
-                let note = json!({
-                    "consistency": outcome.consistency,
-                    "reason": outcome.reason,
-                    "time": journal::now(),
-                    "vmId": plan.vm,
-                });
-                for drive in &drives {
-                    let mut note = note.clone();
-                    note["volumeID"] = json!(drive.volume);
-                    if let Err(err) = self
-                        .storage
-                        .note_snapshot(drive.domain, drive.image, drive.base, note)
-                        .await
-                    {
-                        tracing::warn!(%job, error = %err, "cannot record the snapshot's consistency");
-                    }
-                }
+                self.note_consistency(&entry, json!(outcome.consistency), json!(outcome.reason))
+                    .await;
                 let live = self.read_live(plan.vm).await;
                 let unconfirmed: Vec<&str> = drives
                     .iter()
                     .filter(|d| match &live {
                         Live::Disks(disks) => disks.get(&d.target) != Some(&d.new_real),
-                        Live::Gone | Live::Unreadable => false,
+                        Live::Gone | Live::Unreadable(_) => false,
                     })
                     .map(|d| d.target.as_str())
                     .collect();
@@ -552,6 +568,8 @@ impl SnapshotService {
             let switched: Vec<Uuid> = entry.drives.iter().map(|d| d.volume).collect();
             let result =
                 json!({"consistency": "unknown", "switched": switched, "lateSwitch": message});
+            self.note_consistency(entry, json!("unknown"), json!("late-switch"))
+                .await;
             self.finish_job(entry, Ok(result)).await;
             return;
         }
@@ -578,19 +596,36 @@ impl SnapshotService {
                 Live::Disks(disks.into_iter().map(|d| d.target).zip(real).collect())
             }
             Err(VirtError::NoSuchDomain { .. }) => Live::Gone,
-            Err(err) => {
-                tracing::warn!(%vm, error = %err, "cannot read the VM's disks");
-                Live::Unreadable
-            }
+            Err(err) => Live::Unreadable(format!("cannot read the VM's disks: {err}")),
         }
     }
 
-    /// The VM's disks, waiting (with backoff) while libvirt does not answer.
+    /// The VM's disks once no snapshot runs on it in libvirt. A switch a killed rvdsmd
+    /// started goes on in libvirtd while its QEMU does not answer: judged before it ends, the
+    /// VM would be seen on its old volumes and the new one deleted under the switch.
+    async fn settled_live(&self, vm: Uuid) -> Live {
+        // A probe that timed out before is waited for: one blocked thread per VM at most.
+        self.hypervisor.settled(vm).await;
+        match self.hypervisor.snapshot_running(vm).await {
+            Ok(false) | Err(VirtError::NoSuchDomain { .. }) => self.read_live(vm).await,
+            Ok(true) => Live::Unreadable("libvirt still runs a snapshot on the VM".to_owned()),
+            Err(err) => Live::Unreadable(format!("cannot read the VM's libvirt job: {err}")),
+        }
+    }
+
+    /// The VM's disks, waiting (with backoff) while libvirt does not answer or still runs a
+    /// snapshot on the VM.
     async fn wait_live(&self, vm: Uuid) -> Live {
         let mut wait = Duration::from_millis(500);
+        let mut attempt = 0u64;
         loop {
-            match self.read_live(vm).await {
-                Live::Unreadable => {
+            attempt += 1;
+            match self.settled_live(vm).await {
+                Live::Unreadable(why) => {
+                    // Logged at powers of two: libvirtd may stay away for hours.
+                    if attempt.is_power_of_two() {
+                        tracing::warn!(%vm, %why, attempt, "waiting until the VM can be judged");
+                    }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
@@ -695,7 +730,7 @@ impl Rollback {
         match live {
             Live::Disks(_) => "; the VM uses the kept volumes",
             Live::Gone => "; the VM is gone and the kept volumes hold its writes",
-            Live::Unreadable => "; the VM cannot be read, so its volumes are kept",
+            Live::Unreadable(_) => "; the VM cannot be read, so its volumes are kept",
         }
     }
 }
