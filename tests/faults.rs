@@ -2,8 +2,9 @@
 //! QEMU killed mid-snapshot, the guest agent hung, killed and restarted mid-freeze, a new
 //! volume missing or on a full filesystem, the manager gone mid-call, a job id retried after a
 //! crash, QEMU stopped under the switch (and rvdsmd killed meanwhile). After each: the guest
-//! is thawed, the VM runs on a sound chain, nothing leaked, and the job says what happened. (kill -9 in the frozen window and right after the switch: see
-//! `recovery.rs`; libvirtd killed: see `libvirtd_restart.rs`.)
+//! is thawed, the VM runs on a sound chain, nothing leaked, and the job says what happened.
+//! (kill -9 in the frozen window and right after the switch: see `recovery.rs`; libvirtd
+//! killed: see `libvirtd_restart.rs`.)
 
 mod common;
 
