@@ -23,10 +23,13 @@ use rvdsm::virt::Hypervisor;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
-// mimalloc returns freed memory to the system within milliseconds; glibc's malloc keeps it in
-// per-thread arenas, so rvdsmd's resident memory would stay at its peak after a burst of load.
+// mimalloc returns freed memory to the system; glibc's malloc keeps it in per-thread arenas,
+// so rvdsmd's resident memory would stay at its peak after a burst of load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's option for how long freed pages wait before they go back to the system.
+const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
 
 /// The rvdsm host agent daemon.
 #[derive(Parser)]
@@ -41,6 +44,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    let purge_reexec_error = purge_freed_memory_at_once();
     let args = Args::parse();
     if args.print_default_config {
         print!("{}", Config::example_toml());
@@ -48,12 +52,37 @@ fn main() -> anyhow::Result<()> {
     }
     let config = Config::load_or_default(args.config.as_deref())?;
     init_logging(&config);
+    if let Some(err) = purge_reexec_error {
+        tracing::warn!(error = %err, "cannot restart with {PURGE_DELAY_ENV}=0; memory freed after load may stay resident");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rvdsmd")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(config))
+}
+
+/// Makes mimalloc return freed pages to the system at once. By default it waits a second and
+/// then purges only when a thread next allocates, which an idle daemon hardly does: measured
+/// after 64 concurrent `VM.getStats` callers, anonymous memory stayed at 15.8 MiB (3.7 idle);
+/// with a delay of 0 it went back to 8.8 MiB. mimalloc reads the option from the environment
+/// before `main`, so the daemon starts itself again (same process, `exec`) with it set, unless
+/// the operator set it. Returns why that failed, if it did (the daemon goes on as it is).
+fn purge_freed_memory_at_once() -> Option<std::io::Error> {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(PURGE_DELAY_ENV).is_some() {
+        return None;
+    }
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "rvdsmd".into());
+    // /proc/self/exe: this very binary, even if a package upgrade replaced its path meanwhile.
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env(PURGE_DELAY_ENV, "0")
+        .exec();
+    Some(error)
 }
 
 fn init_logging(config: &Config) {
