@@ -95,8 +95,7 @@ impl SnapshotService {
     /// volumes if the live domain uses them (the job is done, its consistency unknown) or
     /// loses them if not (the job failed and was rolled back). When libvirt does not answer,
     /// or still runs a snapshot on the VM, such a job stays running and is ended once that is
-    /// over. The daemon answers 99 to all but
-    /// `Host.ping2` until this returns.
+    /// over. The daemon answers 99 to all but `Host.ping2` until this returns.
     pub async fn recover(&self, entries: Vec<Entry>) {
         if crate::failpoint::reached("recovery") {
             // Test seam: stay in recovery (the gate answers 99) until killed.
