@@ -382,19 +382,20 @@ impl Drop for Stopped {
     }
 }
 
-#[test]
-fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undone() {
-    let Some(conn) = libvirt() else { return };
-    let f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
-    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
-    let (_, _, other) = f.guest_on_volume(&conn, GuestOptions::default());
-    let top = new_top(&f, &image, &base);
+/// Stops the guest's QEMU and starts an unquiesced snapshot onto a new volume: libvirt's
+/// snapshot call waits on the monitor, past rvdsm's 3 s bound. Returns the job, the new volume
+/// and the stop, undone when dropped.
+fn hang_the_switch(
+    f: &Fixture,
+    image: &str,
+    base: &str,
+    guest: &common::Guest,
+) -> (String, String, Stopped) {
+    let top = new_top(f, image, base);
     let job = new_id();
-    let mut params = snapshot_params(&f, &guest.uuid, &image, &base, &top, &job);
+    let mut params = snapshot_params(f, &guest.uuid, image, base, &top, &job);
     params["quiesce"] = json!("skip");
-
-    // QEMU stopped: libvirt's snapshot call waits on its monitor, past rvdsm's 3 s bound.
-    let qemu = qemu_pid(&guest);
+    let qemu = qemu_pid(guest);
     nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let stopped = Stopped(qemu);
     assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
@@ -406,6 +407,16 @@ fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undo
         "{}",
         f.daemon.log()
     );
+    (job, top, stopped)
+}
+
+#[test]
+fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undone() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let (_, _, other) = f.guest_on_volume(&conn, GuestOptions::default());
+    let (job, top, stopped) = hang_the_switch(&f, &image, &base, &guest);
     std::thread::sleep(Duration::from_secs(1));
     let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
     assert_eq!(
@@ -455,25 +466,9 @@ fn rvdsmd_killed_while_a_hung_qemu_holds_the_switch_waits_for_libvirt_before_jud
     let Some(conn) = libvirt() else { return };
     let mut f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
-    let top = new_top(&f, &image, &base);
-    let job = new_id();
-    let mut params = snapshot_params(&f, &guest.uuid, &image, &base, &top, &job);
-    params["quiesce"] = json!("skip");
-
-    // The switch hangs in libvirtd on a stopped QEMU; rvdsmd dies meanwhile. libvirtd goes on
-    // with the switch when QEMU wakes, whoever asked for it.
-    let qemu = qemu_pid(&guest);
-    nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let stopped = Stopped(qemu);
-    assert_eq!(f.daemon.ok("VM.snapshot", params), json!(true));
-    assert!(
-        wait_until(Duration::from_secs(20), || f
-            .daemon
-            .log()
-            .contains("still running past its timeout")),
-        "{}",
-        f.daemon.log()
-    );
+    // rvdsmd dies while the switch hangs; libvirtd goes on with it when QEMU wakes, whoever
+    // asked for it.
+    let (job, top, stopped) = hang_the_switch(&f, &image, &base, &guest);
     f.daemon.restart_in_place(&[]);
 
     // Recovery sees libvirt's snapshot job: it decides nothing yet.
