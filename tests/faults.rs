@@ -410,6 +410,20 @@ fn hang_the_switch(
     (job, top, stopped)
 }
 
+/// The job of a switch libvirt still runs is not decided: it is running, its volume is there.
+fn assert_undecided(f: &Fixture, job: &str, image: &str, top: &str) {
+    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[job];
+    assert_eq!(
+        info["status"], "running",
+        "decided while libvirt still runs the switch: {info}"
+    );
+    assert!(
+        f.image_dir(image).join(top).exists(),
+        "the new volume was deleted under a pending switch; log:\n{}",
+        f.daemon.log()
+    );
+}
+
 #[test]
 fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undone() {
     let Some(conn) = libvirt() else { return };
@@ -418,15 +432,7 @@ fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undo
     let (_, _, other) = f.guest_on_volume(&conn, GuestOptions::default());
     let (job, top, stopped) = hang_the_switch(&f, &image, &base, &guest);
     std::thread::sleep(Duration::from_secs(1));
-    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
-    assert_eq!(
-        info["status"], "running",
-        "decided while libvirt still runs the switch: {info}"
-    );
-    assert!(
-        f.image_dir(&image).join(&top).exists(),
-        "the new volume was deleted under a pending switch"
-    );
+    assert_undecided(&f, &job, &image, &top);
 
     // Only that VM is held: the other VM and the host answer at once.
     let started = std::time::Instant::now();
@@ -472,16 +478,7 @@ fn rvdsmd_killed_while_a_hung_qemu_holds_the_switch_waits_for_libvirt_before_jud
     f.daemon.restart_in_place(&[]);
 
     // Recovery sees libvirt's snapshot job: it decides nothing yet.
-    let info = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
-    assert_eq!(
-        info["status"], "running",
-        "judged while libvirt still runs the switch: {info}"
-    );
-    assert!(
-        f.image_dir(&image).join(&top).exists(),
-        "the new volume was deleted under a pending switch; log:\n{}",
-        f.daemon.log()
-    );
+    assert_undecided(&f, &job, &image, &top);
     assert!(
         f.daemon.log().contains("still runs a snapshot on the VM"),
         "{}",
