@@ -552,8 +552,8 @@ impl SnapshotService {
     async fn fail(&self, entry: &Entry, switch_attempted: bool, message: String) {
         tracing::warn!(job = %entry.job, %message, "snapshot failed; rolling back");
         let live = if switch_attempted {
-            // A switch that timed out may still happen: wait until libvirt returns from it.
-            self.hypervisor.settled(entry.vm).await;
+            // A switch that timed out may still happen: `wait_live` first waits until libvirt
+            // returns from it.
             self.wait_live(entry.vm).await
         } else {
             Live::Disks(HashMap::new())
@@ -603,7 +603,8 @@ impl SnapshotService {
     /// started goes on in libvirtd while its QEMU does not answer: judged before it ends, the
     /// VM would be seen on its old volumes and the new one deleted under the switch.
     async fn settled_live(&self, vm: Uuid) -> Live {
-        // A probe that timed out before is waited for: one blocked thread per VM at most.
+        // Our own calls that timed out on the VM (a switch, an earlier probe) are waited for
+        // first: one blocked thread per VM at most.
         self.hypervisor.settled(vm).await;
         match self.hypervisor.snapshot_running(vm).await {
             Ok(false) | Err(VirtError::NoSuchDomain { .. }) => self.read_live(vm).await,
