@@ -287,7 +287,7 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let pool = uuid::Uuid::new_v4();
                 std::fs::create_dir_all(&self.daemon.state_dir).map_err(read_error)?;
-                crate::storage::fsutil::write_atomic(&path, format!("{pool}\n").as_bytes(), 0o644)
+                crate::fsutil::write_atomic(&path, format!("{pool}\n").as_bytes(), 0o644)
                     .map_err(read_error)?;
                 Ok(pool)
             }

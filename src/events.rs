@@ -46,7 +46,10 @@ impl Default for EventBus {
 impl EventBus {
     /// Announces `name` with `params` plus `notify_time`. Nobody listening is fine.
     pub fn publish(&self, name: String, mut params: Map<String, Value>) {
-        params.insert("notify_time".to_owned(), Value::from(notify_time()));
+        params.insert(
+            "notify_time".to_owned(),
+            Value::from(crate::clock::monotonic_millis()),
+        );
         let _ = self.sender.send(Arc::new(Event {
             name,
             params: Value::Object(params),
@@ -67,26 +70,8 @@ impl EventBus {
             vm.to_string(),
             serde_json::json!({ "status": status, "vmId": vm }),
         );
-        self.publish(vm_status(vm), params);
+        self.publish(crate::api::events::vm_status(vm), params);
     }
-}
-
-/// VDSM's `notify_time`: monotonic clock in milliseconds.
-fn notify_time() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
-            + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
-    })
-}
-
-/// The event name for a job.
-pub fn job_status(job: uuid::Uuid) -> String {
-    format!("|jobs|status|{job}")
-}
-
-/// The event name for a VM's status.
-pub fn vm_status(vm: uuid::Uuid) -> String {
-    format!("|virt|VM_status|{vm}")
 }
 
 #[cfg(test)]

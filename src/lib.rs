@@ -21,9 +21,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
+pub mod clock;
 pub mod config;
 pub mod events;
 pub mod failpoint;
+pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jobs;

@@ -5,7 +5,7 @@ mod common;
 
 use common::daemon::{Via, cli};
 use common::{Daemon, Guest, GuestOptions, libvirt};
-use rvdsm::rpc::client::ClientError;
+use rvdsm::client::ClientError;
 use serde_json::{Value, json};
 
 const UNKNOWN_VM: &str = "0b5fd8f4-5c5e-4a5e-9d55-9cb1c0b5e1a7";

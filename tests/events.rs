@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::domain::{Fixture, assert_success, new_id};
 use common::stomp;
 use common::{Daemon, GuestOptions, libvirt};
-use rvdsm::rpc::client::{Client, ClientError, Endpoint};
-use rvdsm::rpc::stomp::client::StompClient;
+use rvdsm::client::StompClient;
+use rvdsm::client::{Client, ClientError, Endpoint};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

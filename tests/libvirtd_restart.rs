@@ -15,7 +15,7 @@ use common::chain::{
 };
 use common::domain::{Fixture, new_id};
 use common::{Daemon, Guest, GuestOptions, libvirt, libvirtd, wait_until};
-use rvdsm::rpc::client::ClientError;
+use rvdsm::client::ClientError;
 use serde_json::{Value, json};
 
 /// One libvirtd for the host: these tests take turns.

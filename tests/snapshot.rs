@@ -39,7 +39,7 @@ fn snapshot(
             assert_eq!(result, json!(true));
             Ok(job)
         }
-        Err(rvdsm::rpc::client::ClientError::Server { code, message }) => Err((code, message)),
+        Err(rvdsm::client::ClientError::Server { code, message }) => Err((code, message)),
         Err(other) => panic!("{other}; log:\n{}", f.daemon.log()),
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::Daemon;
 use common::stomp::{self, Raw, frame};
-use rvdsm::rpc::client::ClientError;
+use rvdsm::client::ClientError;
 use serde_json::{Value, json};
 
 const UNKNOWN_VM: &str = "11111111-2222-3333-4444-555555555555";

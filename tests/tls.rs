@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::Daemon;
 use common::stomp::{self, Raw};
+use rvdsm::client::{Client, Endpoint};
 use rvdsm::pki::{Authority, Role, write_new};
-use rvdsm::rpc::client::{Client, Endpoint};
 use rvdsm::rpc::tls::TlsFiles;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -124,12 +124,8 @@ fn only_clients_with_a_trusted_valid_certificate_reach_the_api() {
             .connect(rvdsm::rpc::tls::server_name("localhost").unwrap(), stream)
             .await;
         if let Ok(stream) = connected {
-            let result = rvdsm::rpc::stomp::client::StompClient::connect(
-                stream,
-                Duration::from_secs(5),
-                false,
-            )
-            .await;
+            let result =
+                rvdsm::client::StompClient::connect(stream, Duration::from_secs(5), false).await;
             assert!(result.is_err(), "a client without a certificate was served");
         }
     });

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use rvdsm::rpc::client::{Client, Endpoint};
+use rvdsm::client::{Client, Endpoint};
 use serde_json::{Value, json};
 use virt::connect::Connect;
 use virt::domain::Domain;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rvdsm::rpc::client::{Client, Endpoint};
-use rvdsm::rpc::stomp::client::StompClient;
+use rvdsm::client::StompClient;
+use rvdsm::client::{Client, Endpoint};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;

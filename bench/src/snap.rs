@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rvdsm::rpc::client::{Client, Endpoint};
+use rvdsm::client::{Client, Endpoint};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -285,10 +285,9 @@ pub async fn floor_many(host: &Host, guests: &mut [Guest], round: usize) -> Resu
 /// `Host.ping2` latencies (ms) over STOMP, back to back, until `stop` is notified.
 pub async fn ping_during(host: &Host, stop: Arc<Notify>) -> Result<Vec<f64>> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", host.port)).await?;
-    let client =
-        rvdsm::rpc::stomp::client::StompClient::connect(stream, Duration::from_secs(30), false)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = rvdsm::client::StompClient::connect(stream, Duration::from_secs(30), false)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut latencies = Vec::new();
     let stopped = stop.notified();
     tokio::pin!(stopped);

@@ -3,6 +3,7 @@
 //! the tests. Nothing here knows about a transport.
 
 pub mod error;
+pub mod events;
 pub mod schema;
 pub mod storage_types;
 pub mod types;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use rvdsm::api::schema;
 use rvdsm::cli::{self, UsageError};
+use rvdsm::client::{Client, ClientError, Endpoint};
 use rvdsm::config::{DEFAULT_PORT, DEFAULT_UNIX_SOCKET, TlsConfig};
-use rvdsm::rpc::client::{Client, ClientError, Endpoint};
 use rvdsm::rpc::tls::TlsFiles;
 use serde_json::{Map, Value};
 

@@ -9,14 +9,14 @@
 //! being undefined.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::vm_jobs::JobKeepAlive;
-use crate::storage::fsutil::{remove_if_exists, write_atomic};
+use crate::clock::epoch_secs;
+use crate::fsutil::{remove_if_exists, write_atomic};
 
 /// One drive of a journaled snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +95,7 @@ impl Journal {
                     phase: Phase::Finished { at, .. },
                     job,
                     ..
-                }) if now().saturating_sub(at) > JobKeepAlive::SECONDS => {
+                }) if epoch_secs().saturating_sub(at) > JobKeepAlive::SECONDS => {
                     let _ = journal.remove(job);
                 }
                 Some(entry) => entries.push(entry),
@@ -121,13 +121,6 @@ impl Journal {
     fn path(&self, job: Uuid) -> PathBuf {
         self.dir.join(format!("{}.json", job.hyphenated()))
     }
-}
-
-/// Seconds since the epoch.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -158,7 +151,7 @@ mod tests {
         assert!(found.is_empty());
         let running = entry(Phase::Freezing);
         let recent = entry(Phase::Finished {
-            at: now(),
+            at: epoch_secs(),
             outcome: Ok(json!({"consistency": "quiesced"})),
         });
         let old = entry(Phase::Finished {

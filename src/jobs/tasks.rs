@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::storage::fsutil::{remove_if_exists, write_atomic};
+use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::storage::volume::{CreateProgress, CreateRequest};
 
 /// A task's internal state (VDSM's names, the subset rvdsm goes through).

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::events::{self, EventBus};
+use crate::events::EventBus;
 
 /// How long finished jobs stay visible (VDSM's `autodelete_delay`).
 pub const KEEP_FINISHED: Duration = Duration::from_secs(JobKeepAlive::SECONDS);
@@ -225,7 +225,8 @@ impl JobRegistry {
             info.id.to_string(),
             serde_json::to_value(info).unwrap_or(Value::Null),
         );
-        self.events.publish(events::job_status(info.id), params);
+        self.events
+            .publish(crate::api::events::job_status(info.id), params);
     }
 
     /// Shows a job a previous run of rvdsmd ended (or that recovery ended) under its id.

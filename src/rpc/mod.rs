@@ -10,13 +10,11 @@
 //! - [`dispatch`]: JSON-RPC texts from non-HTTP transports into the same registry.
 //! - [`detect`]: which protocol a connection speaks, from its first bytes.
 //! - [`json_style`]: VDSM's JSON text style (Python's separators) on its wire.
-//! - [`stomp`]: STOMP framing, the subscription broker, STOMP connections and client.
+//! - [`stomp`]: STOMP framing, the subscription broker and STOMP connections.
 //! - [`tls`]: mutual TLS, reloadable certificates.
 //! - [`subscriptions`]: events to STOMP and WebSocket subscribers.
 //! - [`server`]: the listeners, connection limits and graceful shutdown.
-//! - [`client`]: the client used by the CLI and the tests.
 
-pub mod client;
 pub mod detect;
 pub mod dispatch;
 pub mod http_front;

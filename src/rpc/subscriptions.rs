@@ -12,15 +12,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::json_style::python_separators;
 use super::stomp::Broker;
-use super::stomp::client::EVENT_QUEUE;
+use crate::api::events::{EVENT_NOTIFICATION, EVENT_QUEUE, SUBSCRIBE_EVENTS, UNSUBSCRIBE_EVENTS};
 use crate::events::{Event, EventBus};
-
-/// The WebSocket subscription's methods and the notification it sends.
-pub const SUBSCRIBE_EVENTS: &str = "Events.subscribe";
-/// Ends a subscription.
-pub const UNSUBSCRIBE_EVENTS: &str = "Events.unsubscribe";
-/// The method name of the notifications a subscription sends.
-pub const EVENT_NOTIFICATION: &str = "Events.event";
 
 /// Publishes every event to the STOMP event queue until the server stops.
 pub async fn forward_events_to_stomp(

@@ -21,9 +21,9 @@ use uuid::Uuid;
 use crate::api::ApiError;
 use crate::api::error::code;
 use crate::api::vm_types::FreezeParams;
-use crate::jobs::journal::now;
+use crate::clock::epoch_secs;
+use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::jobs::vm_jobs::JobRegistry;
-use crate::storage::fsutil::{remove_if_exists, write_atomic};
 use crate::virt::{FreezeState, Hypervisor, RunState, VirtError};
 
 /// A freeze rvdsm made and must undo.
@@ -127,7 +127,7 @@ impl FreezeService {
             .map_or(self.default_auto_thaw, Duration::from_secs);
         let record = FreezeRecord {
             vm,
-            thaw_at: now() + seconds.as_secs(),
+            thaw_at: epoch_secs() + seconds.as_secs(),
             generation: Uuid::new_v4(),
             by: freeze_verb(),
         };
@@ -196,7 +196,7 @@ impl FreezeService {
         }
         let record = FreezeRecord {
             vm,
-            thaw_at: now(),
+            thaw_at: epoch_secs(),
             generation: Uuid::new_v4(),
             by: "VM.snapshot".to_owned(),
         };
@@ -218,7 +218,7 @@ impl FreezeService {
     fn arm(&self, record: FreezeRecord) {
         let service = self.clone();
         tokio::spawn(async move {
-            let wait = record.thaw_at.saturating_sub(now());
+            let wait = record.thaw_at.saturating_sub(epoch_secs());
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let mut retry = RETRY_FIRST;
             for attempt in 1u64.. {

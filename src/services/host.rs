@@ -3,14 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use nix::time::{ClockId, clock_gettime};
-
 use crate::api::ApiError;
 use crate::api::schema::VERBS;
 use crate::api::types::FrozenBy;
 use crate::api::types::{
     Capabilities, GetVmListParams, PackageVersion, VmIdParams, VmStats, VmSummary,
 };
+use crate::clock::monotonic_millis;
 use crate::services::FreezeService;
 use crate::virt::Hypervisor;
 
@@ -96,12 +95,4 @@ fn package(name: &str, version: &str) -> (String, PackageVersion) {
             version: version.to_owned(),
         },
     )
-}
-
-/// The monotonic clock in milliseconds, the time base of VDSM's `statusTime`.
-fn monotonic_millis() -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
-            + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000
-    })
 }

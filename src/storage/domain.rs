@@ -9,9 +9,9 @@ use uuid::Uuid;
 
 use super::domain_md;
 use super::error::StorageError;
-use super::fsutil::write_atomic;
 use super::layout::{DomainDir, Repository};
 use super::lock::{FileLock, MetadataLock};
+use crate::fsutil::write_atomic;
 
 /// The only domain version rvdsm creates (VDSM 4.3+ semantics: `CAP`, 4 KiB alignment).
 pub const DOMAIN_VERSION: u32 = 5;
@@ -129,7 +129,7 @@ impl Domain {
             let _ = std::fs::remove_dir_all(&staging);
         }
         result?;
-        super::fsutil::sync_parent(dir.root()).map_err(StorageError::io("sync", dir.root()))?;
+        crate::fsutil::sync_parent(dir.root()).map_err(StorageError::io("sync", dir.root()))?;
         Domain::load(dir)
     }
 
@@ -305,7 +305,7 @@ fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageE
     let path = dom_md.join("metadata");
     write_atomic(&path, domain_md::format(&keys).as_bytes(), 0o644)
         .map_err(StorageError::io("write", &path))?;
-    super::fsutil::sync_parent(&dom_md).map_err(StorageError::io("sync", &dom_md))
+    crate::fsutil::sync_parent(&dom_md).map_err(StorageError::io("sync", &dom_md))
 }
 
 fn uuid_entries(

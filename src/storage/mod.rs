@@ -5,7 +5,6 @@
 //! - [`types`]: formats, allocation, roles, legality, with VDSM's numbers and names.
 //! - [`meta`], [`domain_md`]: the two metadata file formats.
 //! - [`layout`]: every path, built only from UUIDs.
-//! - [`fsutil`]: atomic replacement and exclusive creation.
 //! - [`lock`]: the per-domain metadata lock behind a small trait.
 //! - [`domain`]: creating, discovering and describing domains.
 //! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
@@ -14,7 +13,6 @@
 pub mod domain;
 pub mod domain_md;
 mod error;
-pub mod fsutil;
 pub mod layout;
 pub mod lock;
 pub mod meta;

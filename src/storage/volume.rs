@@ -8,7 +8,7 @@
 //! so the same rollback serves a failed task and the recovery after a crash.
 
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -16,11 +16,11 @@ use uuid::Uuid;
 
 use super::domain::Domain;
 use super::error::StorageError;
-use super::fsutil::{create_exclusive, remove_if_exists, write_atomic};
 use super::meta::VolumeMeta;
 use super::qemu_img::{self, QemuImgError};
 use super::types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
 use crate::failpoint::pause_if_requested;
+use crate::fsutil::{create_exclusive, remove_if_exists, write_atomic};
 
 /// Volume files are readable and writable by owner and group (qemu's group on real hosts).
 const VOLUME_MODE: u32 = 0o660;
@@ -174,7 +174,7 @@ pub fn reserve(
         progress.image_dir = true;
         record(progress)?;
         std::fs::create_dir_all(&image_dir).map_err(StorageError::io("create", &image_dir))?;
-        super::fsutil::sync_parent(&image_dir).map_err(StorageError::io("sync", &image_dir))?;
+        crate::fsutil::sync_parent(&image_dir).map_err(StorageError::io("sync", &image_dir))?;
     }
     progress.data_file = true;
     record(progress)?;
@@ -288,9 +288,7 @@ pub fn publish(
 fn new_meta(domain: &Domain, request: &CreateRequest, legality: Legality) -> VolumeMeta {
     VolumeMeta {
         capacity: request.capacity,
-        ctime: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        ctime: crate::clock::epoch_secs(),
         description: request.description.clone(),
         disk_type: request.disk_type.clone(),
         domain: domain.uuid,
@@ -410,7 +408,7 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
     let meta_new = with_suffix(&meta, ".new");
     remove_if_exists(&meta_new).map_err(StorageError::io("remove", &meta_new))?;
     remove_if_exists(&meta).map_err(StorageError::io("remove", &meta))?;
-    super::fsutil::sync_parent(&meta).map_err(StorageError::io("sync", &meta))?;
+    crate::fsutil::sync_parent(&meta).map_err(StorageError::io("sync", &meta))?;
     if let Some(parent) = parent {
         recheck_leaf(domain, image, parent)?;
     }

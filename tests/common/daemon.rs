@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use rvdsm::rpc::client::{Client, ClientError, Endpoint};
+use rvdsm::client::{Client, ClientError, Endpoint};
 use serde_json::Value;
 use tempfile::TempDir;
 

@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
 use std::time::{Duration, Instant};
 
-use rvdsm::rpc::client::ClientError;
-use rvdsm::rpc::stomp::client::StompClient;
+use rvdsm::client::ClientError;
+use rvdsm::client::StompClient;
 use rvdsm::rpc::tls::{TlsFiles, client_connector, server_name};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;

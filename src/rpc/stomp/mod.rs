@@ -3,10 +3,8 @@
 //! - [`frame`]: the codec (frames, escaping, heart-beats, size bounds).
 //! - [`broker`]: the server-wide subscription map and message fan-out.
 //! - [`connection`]: one client connection: CONNECT, SUBSCRIBE, SEND routing, heart-beats.
-//! - [`client`]: a client as `vdsm.client` behaves, for the CLI, tests and benchmarks.
 
 pub mod broker;
-pub mod client;
 pub mod connection;
 pub mod frame;
 

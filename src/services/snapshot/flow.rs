@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::virt::{DiskSwitch, FreezeState, Hypervisor, RunState, VirtError};
+use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError};
 
 /// libvirt codes meaning "no compatible guest agent here".
 const VIR_ERR_NO_SUPPORT: i32 = 3;
@@ -59,47 +59,6 @@ pub trait VmOps: Send + Sync {
         vm: Uuid,
         switches: Vec<(String, String)>,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
-}
-
-impl VmOps for Hypervisor {
-    fn run_state(&self, vm: Uuid) -> impl Future<Output = Result<RunState, VirtError>> + Send {
-        Hypervisor::run_state(self, vm)
-    }
-    fn set_agent_timeout(
-        &self,
-        vm: Uuid,
-        t: Duration,
-    ) -> impl Future<Output = Result<(), VirtError>> + Send {
-        Hypervisor::set_agent_timeout(self, vm, t)
-    }
-    fn freeze_state(
-        &self,
-        vm: Uuid,
-        t: Duration,
-    ) -> impl Future<Output = Result<FreezeState, VirtError>> + Send {
-        Hypervisor::freeze_state(self, vm, t)
-    }
-    fn freeze(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send {
-        Hypervisor::freeze(self, vm, Vec::new())
-    }
-    fn thaw(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send {
-        Hypervisor::thaw(self, vm, Vec::new())
-    }
-    fn external_snapshot(
-        &self,
-        vm: Uuid,
-        switches: Vec<DiskSwitch>,
-        all_targets: Vec<String>,
-    ) -> impl Future<Output = Result<(), VirtError>> + Send {
-        Hypervisor::external_snapshot(self, vm, switches, all_targets)
-    }
-    fn switch_defined_disks(
-        &self,
-        vm: Uuid,
-        switches: Vec<(String, String)>,
-    ) -> impl Future<Output = Result<(), VirtError>> + Send {
-        Hypervisor::switch_defined_disks(self, vm, switches)
-    }
 }
 
 /// rvdsm's `quiesce` parameter.

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::api::ApiError;
 use crate::api::error::code;
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
-use crate::jobs::journal::{self, Entry, Journal, JournalDrive, Phase};
+use crate::jobs::journal::{Entry, Journal, JournalDrive, Phase};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, VmClaim};
 use crate::services::{FreezeService, StorageService};
 use crate::virt::{Conflict, DiskSwitch, FreezeState, Hypervisor, RunState, VirtError};
@@ -168,7 +168,7 @@ impl SnapshotService {
         self.record(
             entry,
             Phase::Finished {
-                at: journal::now(),
+                at: crate::clock::epoch_secs(),
                 outcome: outcome.clone(),
             },
         )
@@ -245,7 +245,7 @@ impl SnapshotService {
             let note = json!({
                 "consistency": consistency,
                 "reason": reason,
-                "time": journal::now(),
+                "time": crate::clock::epoch_secs(),
                 "vmId": entry.vm,
                 "volumeID": drive.volume,
             });
@@ -282,7 +282,7 @@ impl SnapshotService {
 
     /// Ends a job: journaled as finished, then shown as such by `Host.getJobs`.
     async fn finish_job(&self, entry: &Entry, outcome: Result<serde_json::Value, (i32, String)>) {
-        let at = journal::now();
+        let at = crate::clock::epoch_secs();
         self.record(
             entry,
             Phase::Finished {

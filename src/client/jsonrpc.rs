@@ -12,8 +12,8 @@ use jsonrpsee::ws_client::{RpcService, WsClient, WsClientBuilder};
 use serde_json::Value;
 use tokio::net::{TcpStream, UnixStream};
 
-use super::subscriptions::{SUBSCRIBE_EVENTS, UNSUBSCRIBE_EVENTS};
-use super::tls::{self, TlsFiles};
+use crate::api::events::{SUBSCRIBE_EVENTS, UNSUBSCRIBE_EVENTS};
+use crate::rpc::tls::{self, TlsFiles};
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]

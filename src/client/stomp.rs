@@ -13,13 +13,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
-use super::frame::{Frame, Incoming, StompCodec};
-use crate::rpc::client::ClientError;
+use super::ClientError;
+use crate::api::events::EVENT_QUEUE;
+use crate::rpc::stomp::frame::{Frame, Incoming, StompCodec};
 
 /// The request destination VDSM's clients use.
 pub const REQUEST_QUEUE: &str = "jms.topic.vdsm_requests";
-/// The event destination.
-pub const EVENT_QUEUE: &str = "jms.queue.events";
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 
