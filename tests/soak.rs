@@ -78,7 +78,9 @@ impl Rng {
         match self.below(20) {
             0..=5 => Fault::None,
             6 | 7 => Fault::FrozenSet,
-            8..=10 => Fault::Kill9(SNAPSHOT_POINTS[self.below(3) as usize]),
+            8..=10 => {
+                Fault::Kill9(SNAPSHOT_POINTS[usize::try_from(self.below(3)).expect("below 3")])
+            }
             11 => Fault::Corrupt,
             12 => Fault::Kill9Rollback,
             13 | 14 => Fault::AgentHang,
@@ -236,7 +238,7 @@ fn soak() {
             break;
         }
         let fault = rng.fault();
-        let slot = (cycle % guests) as usize;
+        let slot = usize::try_from(cycle % guests).expect("a guest's slot");
         if writers[slot].depth >= MAX_DEPTH {
             // Retired first: the harness runs a bounded number of guests at once.
             let old = writers.remove(slot);

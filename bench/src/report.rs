@@ -178,7 +178,10 @@ impl Bench {
         if !self.stomp_load.is_empty() {
             md += "\n## VDSM's load client (`stomp-load`, Host.ping2 over STOMP)\n\n| rvdsmd | connections | req/s | vs VDSM | p50 / p99 ms | VDSM p99 | rvdsmd RSS under load |\n|---|---|---|---|---|---|---|\n";
             for row in &self.stomp_load {
-                let conns = row["conns"].as_u64().unwrap_or(0) as usize;
+                let conns = row["conns"]
+                    .as_u64()
+                    .and_then(|c| usize::try_from(c).ok())
+                    .unwrap_or(0);
                 let r = &row["result"];
                 let rps = r["rps"].as_f64().unwrap_or(f64::NAN);
                 let (_, vdsm_rps, vdsm_p99) = VDSM
