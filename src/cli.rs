@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn help_lists_parameters_and_template() {
-        let text = describe_verb(crate::api::schema::find("VM.getStats").unwrap());
+        let text = describe_verb(crate::api::find("VM.getStats").unwrap());
         assert!(text.contains("vmID (UUID, required)"), "{text}");
         assert!(text.contains("\"vmID\": \"00000000"), "{text}");
         assert!(list_verbs().contains("Host.getVMList"));

@@ -87,7 +87,7 @@ pub fn stomp_frame(data: &[u8]) {
 /// by the first byte, so every verb is reached without guessing names) with the rest as its
 /// parameters; a refusal must say something.
 pub fn jsonrpc_request(data: &[u8]) {
-    use crate::api::schema::VERBS;
+    use crate::api::VERBS;
     use crate::rpc::methods::convert_params;
     use jsonrpsee::types::{Params, Request};
 

@@ -2,12 +2,16 @@
 //! and VDSM's error codes. One source of truth for the server, the CLI's `--list`/`--help`, and
 //! the tests. Nothing here knows about a transport.
 
+pub mod codes;
 pub mod error;
 pub mod events;
+pub mod params;
 pub mod schema;
 pub mod storage_types;
 pub mod types;
+pub mod verbs;
 pub mod vm_types;
 
 pub use error::ApiError;
-pub use schema::{Param, ParamType, VERBS, Verb};
+pub use schema::{Param, ParamType, Verb};
+pub use verbs::{Call, VERBS, find, names};

@@ -169,8 +169,17 @@ pub struct CreateVolumeParams {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeleteVolumeParams {
     /// The volume.
-    #[serde(flatten)]
-    pub ids: VolumeParams,
+    #[serde(rename = "volumeID")]
+    pub volume: Uuid,
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub domain: Uuid,
+    /// The image.
+    #[serde(rename = "imageID")]
+    pub image: Uuid,
     /// Accepted for VDSM compatibility; file domains do not zero.
     #[serde(rename = "postZero", default)]
     pub post_zero: Option<bool>,
@@ -182,12 +191,30 @@ pub struct DeleteVolumeParams {
     pub discard: Option<bool>,
 }
 
+impl DeleteVolumeParams {
+    /// The volume's ids.
+    pub fn ids(&self) -> VolumeParams {
+        VolumeParams {
+            volume: self.volume,
+            pool: self.pool,
+            domain: self.domain,
+            image: self.image,
+        }
+    }
+}
+
 /// Parameters of `Image.delete`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeleteImageParams {
     /// The image.
-    #[serde(flatten)]
-    pub ids: ImageParams,
+    #[serde(rename = "imageID")]
+    pub image: Uuid,
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub domain: Uuid,
     /// Accepted for VDSM compatibility.
     #[serde(rename = "postZero", default)]
     pub post_zero: Option<bool>,
@@ -197,6 +224,17 @@ pub struct DeleteImageParams {
     /// Accepted.
     #[serde(default)]
     pub discard: Option<bool>,
+}
+
+impl DeleteImageParams {
+    /// The image's ids.
+    pub fn ids(&self) -> ImageParams {
+        ImageParams {
+            image: self.image,
+            pool: self.pool,
+            domain: self.domain,
+        }
+    }
 }
 
 /// Parameters of `Image.prepare`.

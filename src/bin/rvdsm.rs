@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use rvdsm::api::schema;
+use rvdsm::api;
 use rvdsm::cli::{self, UsageError};
 use rvdsm::client::{Client, ClientError, Endpoint};
 use rvdsm::config::{DEFAULT_PORT, DEFAULT_UNIX_SOCKET, TlsConfig};
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
     };
     let name = format!("{namespace}.{method}");
     if args.help {
-        return match schema::find(&name) {
+        return match api::find(&name) {
             Some(verb) => {
                 print!("{}", cli::describe_verb(verb));
                 ExitCode::SUCCESS

@@ -65,7 +65,7 @@ where
     ) -> impl Future<Output = Self::MethodResponse> + Send + 'a {
         // Only known verbs get their own metric label: a client must not be able to grow the
         // metric without bound by inventing method names.
-        let verb = crate::api::schema::find(request.method_name());
+        let verb = crate::api::find(request.method_name());
         let label = verb.map_or("other", |v| v.name);
         // Managers poll read-only verbs many times a second: their successes are logged at
         // debug level, so that the log shows what changed the host.

@@ -1,7 +1,7 @@
 //! The registry of verbs: one [`RpcModule`] holding every verb of [`crate::api::VERBS`], served
-//! as it is by every transport. Each entry parses its parameters into the verb's typed struct,
-//! calls the service, and turns the result into JSON (a verb with no value answers `true`, as
-//! VDSM's does) or the error into `{code, message}` with VDSM's code.
+//! as it is by every transport. Each entry parses its parameters into a typed [`Call`],
+//! [`dispatch`]es it to its service, and turns the result into JSON (a verb with no value
+//! answers `true`, as VDSM's does) or the error into `{code, message}` with VDSM's code.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,185 +10,83 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use jsonrpsee::RpcModule;
 use jsonrpsee::types::ErrorObjectOwned;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::params;
-use crate::api::ApiError;
-use crate::api::schema::{self, names};
-use crate::api::storage_types::{
-    CreateDomainParams, CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DomainParams,
-    DomainVolumesParams, GetStorageDomainsParams, ImageParams, PrepareImageParams, TaskParams,
-    TeardownImageParams, VolumeParams,
-};
-use crate::api::types::{GetVmListParams, NoParams, VmIdParams};
-use crate::api::vm_types::{FreezeParams, GetJobsParams, SnapshotParams};
+use crate::api::{ApiError, Call, VERBS, Verb};
 use crate::services::Services;
 
-/// Builds the registry over `services`.
+/// Builds the registry over `services`: every verb of the table, none other.
 pub fn registry(services: Services) -> RpcModule<Services> {
     let mut module = RpcModule::new(services);
-    register(
-        &mut module,
-        names::HOST_PING2,
-        |s, _: NoParams| async move {
+    for verb in VERBS {
+        register(&mut module, verb);
+    }
+    module
+}
+
+/// Runs a call on the service that owns its verb. The match is exhaustive: a verb added to
+/// the table without a handler here does not compile.
+pub async fn dispatch(s: Services, call: Call) -> Result<Value, ApiError> {
+    match call {
+        Call::HostPing2(_) => {
             s.host.ping();
-            Ok(true)
-        },
-    );
-    register(
-        &mut module,
-        names::HOST_GET_CAPABILITIES,
-        |s, _: NoParams| async move { s.host.capabilities().await },
-    );
-    register(
-        &mut module,
-        names::HOST_GET_VM_LIST,
-        |s, p: GetVmListParams| async move { s.host.vm_list(p).await },
-    );
-    register(
-        &mut module,
-        names::VM_GET_STATS,
-        |s, p: VmIdParams| async move { s.host.vm_stats(p).await },
-    );
-    register_vm(&mut module);
-    register_storage(&mut module);
-    debug_assert_eq!(module.method_names().count(), schema::VERBS.len());
+            answer(Ok::<_, ApiError>(true))
+        }
+        Call::HostGetCapabilities(_) => answer(s.host.capabilities().await),
+        Call::HostGetVmList(p) => answer(s.host.vm_list(p).await),
+        Call::VmGetStats(p) => answer(s.host.vm_stats(p).await),
+        Call::VmSnapshot(p) => done(s.snapshot.snapshot(p).await),
+        Call::VmFreeze(p) => done(s.freeze.freeze(p).await),
+        Call::VmThaw(p) => done(s.freeze.thaw(p.vm_id).await),
+        Call::HostGetJobs(p) => answer(Ok::<_, ApiError>(s.snapshot.jobs(p))),
+        Call::StorageDomainCreate(p) => done(s.storage.create_domain(p).await),
+        Call::StorageDomainGetInfo(p) => answer(s.storage.domain_info(p)),
+        Call::StorageDomainGetStats(p) => answer(s.storage.domain_stats(p).await),
+        Call::StorageDomainGetVolumes(p) => answer(s.storage.domain_volumes(p).await),
+        Call::HostGetStorageDomains(p) => answer(Ok::<_, ApiError>(s.storage.storage_domains(p))),
+        Call::ImageGetVolumes(p) => answer(s.storage.image_volumes(p).await),
+        Call::VolumeCreate(p) => answer(s.storage.create_volume(p).await),
+        Call::VolumeGetInfo(p) => answer(s.storage.volume_info(p).await),
+        Call::VolumeGetSize(p) => answer(s.storage.volume_size(p).await),
+        Call::VolumeDelete(p) => answer(s.storage.delete_volume(p).await),
+        Call::ImageDelete(p) => answer(s.storage.delete_image(p).await),
+        Call::ImagePrepare(p) => answer(s.storage.prepare_image(p).await),
+        Call::ImageTeardown(p) => done(s.storage.teardown_image(p)),
+        Call::TaskGetStatus(p) => answer(s.storage.task_status(p)),
+        Call::TaskGetInfo(p) => answer(s.storage.task_info(p)),
+        Call::TaskClear(p) => done(s.storage.task_clear(p).await),
+        Call::TaskStop(p) => done(s.storage.task_stop(p).await),
+        Call::HostGetAllTasksStatuses(_) => {
+            answer(Ok::<_, ApiError>(s.storage.all_task_statuses()))
+        }
+    }
+}
+
+/// A verb's result as JSON.
+fn answer<R: Serialize, E: Into<ApiError>>(result: Result<R, E>) -> Result<Value, ApiError> {
+    let value = result.map_err(Into::into)?;
+    serde_json::to_value(value).map_err(|e| ApiError::Unexpected(e.to_string()))
+}
+
+/// A verb with no value answers `true`, as VDSM's do.
+fn done<E: Into<ApiError>>(result: Result<(), E>) -> Result<Value, ApiError> {
+    result.map(|()| Value::Bool(true)).map_err(Into::into)
+}
+
+/// Registers `verb`: parse, dispatch (to its end for a verb that changes state), answer.
+fn register(module: &mut RpcModule<Services>, verb: &'static Verb) {
+    let name = verb.name;
     module
-}
-
-fn register_vm(module: &mut RpcModule<Services>) {
-    register(
-        module,
-        names::VM_SNAPSHOT,
-        |s, p: SnapshotParams| async move { s.snapshot.snapshot(p).await.map(|()| true) },
-    );
-    register(module, names::VM_FREEZE, |s, p: FreezeParams| async move {
-        s.freeze.freeze(p).await.map(|()| true)
-    });
-    register(module, names::VM_THAW, |s, p: VmIdParams| async move {
-        s.freeze.thaw(p.vm_id).await.map(|()| true)
-    });
-    register(
-        module,
-        names::HOST_GET_JOBS,
-        |s, p: GetJobsParams| async move { Ok(s.snapshot.jobs(p)) },
-    );
-}
-
-fn register_storage(module: &mut RpcModule<Services>) {
-    register(
-        module,
-        names::SD_CREATE,
-        |s, p: CreateDomainParams| async move { s.storage.create_domain(p).await.map(|()| true) },
-    );
-    register(
-        module,
-        names::SD_GET_INFO,
-        |s, p: DomainParams| async move { s.storage.domain_info(p) },
-    );
-    register(
-        module,
-        names::SD_GET_STATS,
-        |s, p: DomainParams| async move { s.storage.domain_stats(p).await },
-    );
-    register(
-        module,
-        names::SD_GET_VOLUMES,
-        |s, p: DomainVolumesParams| async move { s.storage.domain_volumes(p).await },
-    );
-    register(
-        module,
-        names::HOST_GET_STORAGE_DOMAINS,
-        |s, p: GetStorageDomainsParams| async move { Ok(s.storage.storage_domains(p)) },
-    );
-    register(
-        module,
-        names::IMAGE_GET_VOLUMES,
-        |s, p: ImageParams| async move { s.storage.image_volumes(p).await },
-    );
-    register(
-        module,
-        names::VOLUME_CREATE,
-        |s, p: CreateVolumeParams| async move { s.storage.create_volume(p).await },
-    );
-    register(
-        module,
-        names::VOLUME_GET_INFO,
-        |s, p: VolumeParams| async move { s.storage.volume_info(p).await },
-    );
-    register(
-        module,
-        names::VOLUME_GET_SIZE,
-        |s, p: VolumeParams| async move { s.storage.volume_size(p).await },
-    );
-    register(
-        module,
-        names::VOLUME_DELETE,
-        |s, p: DeleteVolumeParams| async move { s.storage.delete_volume(p).await },
-    );
-    register(
-        module,
-        names::IMAGE_DELETE,
-        |s, p: DeleteImageParams| async move { s.storage.delete_image(p).await },
-    );
-    register(
-        module,
-        names::IMAGE_PREPARE,
-        |s, p: PrepareImageParams| async move { s.storage.prepare_image(p).await },
-    );
-    register(
-        module,
-        names::IMAGE_TEARDOWN,
-        |s, p: TeardownImageParams| async move { s.storage.teardown_image(p).map(|()| true) },
-    );
-    register(
-        module,
-        names::TASK_GET_STATUS,
-        |s, p: TaskParams| async move { s.storage.task_status(p) },
-    );
-    register(
-        module,
-        names::TASK_GET_INFO,
-        |s, p: TaskParams| async move { s.storage.task_info(p) },
-    );
-    register(module, names::TASK_CLEAR, |s, p: TaskParams| async move {
-        s.storage.task_clear(p).await.map(|()| true)
-    });
-    register(module, names::TASK_STOP, |s, p: TaskParams| async move {
-        s.storage.task_stop(p).await.map(|()| true)
-    });
-    register(
-        module,
-        names::HOST_GET_ALL_TASKS_STATUSES,
-        |s, _: NoParams| async move { Ok(s.storage.all_task_statuses()) },
-    );
-}
-
-/// Registers `handler` under `name`, which must be in the schema.
-fn register<P, R, F, Fut>(module: &mut RpcModule<Services>, name: &'static str, handler: F)
-where
-    P: DeserializeOwned + Send + 'static,
-    R: Serialize + Send + 'static,
-    F: Fn(Services, P) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R, ApiError>> + Send + 'static,
-{
-    let verb = schema::find(name).unwrap_or_else(|| panic!("{name} is not in the schema"));
-    module
-        .register_async_method(name, move |raw, services, _| {
-            let handler = handler.clone();
-            async move {
-                let typed: P = params::parse(verb, &raw).map_err(error_object)?;
-                let call = handler((*services).clone(), typed);
-                let result = if verb.is_read_only() {
-                    call.await
-                } else {
-                    run_to_end(name, call).await
-                }
-                .map_err(error_object)?;
-                serde_json::to_value(result)
-                    .map_err(|e| error_object(ApiError::Unexpected(e.to_string())))
+        .register_async_method(name, move |raw, services, _| async move {
+            let call = params::parse(verb, &raw).map_err(error_object)?;
+            let services = (*services).clone();
+            if verb.is_read_only() {
+                dispatch(services, call).await
+            } else {
+                run_to_end(name, dispatch(services, call)).await
             }
+            .map_err(error_object)
         })
         .unwrap_or_else(|e| panic!("cannot register {name}: {e}"));
 }
@@ -243,39 +141,8 @@ pub fn convert_params(
     method: &str,
     raw: &jsonrpsee::types::Params,
 ) -> Option<Result<(), ApiError>> {
-    fn check<P: DeserializeOwned>(
-        verb: &crate::api::Verb,
-        raw: &jsonrpsee::types::Params,
-    ) -> Result<(), ApiError> {
-        params::parse::<P>(verb, raw).map(drop)
-    }
-    let verb = schema::find(method)?;
-    let check = match verb.name {
-        names::HOST_PING2 | names::HOST_GET_CAPABILITIES | names::HOST_GET_ALL_TASKS_STATUSES => {
-            check::<NoParams>
-        }
-        names::HOST_GET_VM_LIST => check::<GetVmListParams>,
-        names::VM_GET_STATS | names::VM_THAW => check::<VmIdParams>,
-        names::VM_SNAPSHOT => check::<SnapshotParams>,
-        names::VM_FREEZE => check::<FreezeParams>,
-        names::HOST_GET_JOBS => check::<GetJobsParams>,
-        names::SD_CREATE => check::<CreateDomainParams>,
-        names::SD_GET_INFO | names::SD_GET_STATS => check::<DomainParams>,
-        names::SD_GET_VOLUMES => check::<DomainVolumesParams>,
-        names::HOST_GET_STORAGE_DOMAINS => check::<GetStorageDomainsParams>,
-        names::IMAGE_GET_VOLUMES => check::<ImageParams>,
-        names::VOLUME_CREATE => check::<CreateVolumeParams>,
-        names::VOLUME_GET_INFO | names::VOLUME_GET_SIZE => check::<VolumeParams>,
-        names::VOLUME_DELETE => check::<DeleteVolumeParams>,
-        names::IMAGE_DELETE => check::<DeleteImageParams>,
-        names::IMAGE_PREPARE => check::<PrepareImageParams>,
-        names::IMAGE_TEARDOWN => check::<TeardownImageParams>,
-        names::TASK_GET_STATUS | names::TASK_GET_INFO | names::TASK_CLEAR | names::TASK_STOP => {
-            check::<TaskParams>
-        }
-        _ => return None,
-    };
-    Some(check(verb, raw))
+    let verb = crate::api::find(method)?;
+    Some(params::parse(verb, raw).map(drop))
 }
 
 /// A service error as a JSON-RPC error: VDSM's code and message, no `data` (as VDSM).
@@ -286,6 +153,7 @@ pub fn error_object(err: ApiError) -> ErrorObjectOwned {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::names;
     use crate::jobs::vm_jobs::JobRegistry;
     use crate::services::{
         FreezeService, HostService, SnapshotService, StorageService, StorageSettings,
@@ -340,7 +208,7 @@ mod tests {
         let (services, _dir) = offline_services();
         let module = registry(services);
         let names: Vec<_> = module.method_names().collect();
-        for verb in schema::VERBS {
+        for verb in VERBS {
             assert!(names.contains(&verb.name), "{} missing", verb.name);
         }
     }
@@ -439,8 +307,8 @@ mod tests {
             "{}",
             created.get()
         );
-        let strategy = (0..schema::VERBS.len()).prop_flat_map(|index| {
-            let verb = &schema::VERBS[index];
+        let strategy = (0..VERBS.len()).prop_flat_map(|index| {
+            let verb = &VERBS[index];
             let mut names: Vec<&'static str> = verb.params.iter().map(|p| p.name).collect();
             if names.is_empty() {
                 names.push("unknown");

@@ -1,35 +1,19 @@
-//! Request parameters into typed values. VDSM accepts parameters by name (an object) or by
-//! position (a list, mapped to names in schema order); both are accepted here. A missing or
-//! mistyped parameter is refused with a message that names it. Unknown names are logged and
-//! ignored, as VDSM does in production (managers send parameters older hosts don't know).
+//! Request parameters into a typed [`Call`]. VDSM accepts parameters by name (an object) or by
+//! position (a list, mapped to names in schema order); both are accepted here. The verb table
+//! ([`crate::api::verbs`]) then parses the named parameters: a missing or mistyped one is
+//! refused with a message that names it, unknown ones are logged and ignored.
 
 use jsonrpsee::types::Params;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::api::{ApiError, Verb};
+use crate::api::{ApiError, Call, Verb};
 
 /// Parses the parameters of a call to `verb`.
-pub fn parse<T: DeserializeOwned>(verb: &Verb, params: &Params) -> Result<T, ApiError> {
+pub fn parse(verb: &Verb, params: &Params) -> Result<Call, ApiError> {
     let raw = params.as_str().unwrap_or("{}");
     let value: Value = serde_json::from_str(raw)
         .map_err(|e| ApiError::InvalidParams(format!("parameters are not JSON: {e}")))?;
-    let object = by_name(verb, value)?;
-    let mut ignored = Vec::new();
-    let mut record = |path: serde_ignored::Path| ignored.push(path.to_string());
-    let deserializer = serde_ignored::Deserializer::new(Value::Object(object), &mut record);
-    let parsed = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            ApiError::InvalidParams(e.inner().to_string())
-        } else {
-            ApiError::InvalidParams(format!("parameter '{path}': {}", e.inner()))
-        }
-    })?;
-    if !ignored.is_empty() {
-        tracing::warn!(verb = verb.name, ?ignored, "unknown parameters ignored");
-    }
-    Ok(parsed)
+    (verb.parse)(by_name(verb, value)?)
 }
 
 /// The parameters as an object: positional lists are mapped to names in schema order.
@@ -58,14 +42,37 @@ fn by_name(verb: &Verb, value: Value) -> Result<Map<String, Value>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::schema::find;
+    use crate::api::find;
     use crate::api::types::{GetVmListParams, VmIdParams};
 
     const VM: &str = "4d8b1f6e-2f1b-4c4e-9a59-3e0d6c3a1d10";
 
-    fn parse_json<T: DeserializeOwned>(verb: &str, json: &str) -> Result<T, ApiError> {
+    /// The typed parameters of a call to `verb`, when they are of type `T`.
+    fn parse_json<T: TypedParams>(verb: &str, json: &str) -> Result<T, ApiError> {
         let params = Params::new(Some(json));
-        parse(find(verb).unwrap(), &params)
+        parse(find(verb).unwrap(), &params).map(|call| T::of(call).expect("the verb's type"))
+    }
+
+    trait TypedParams: Sized {
+        fn of(call: Call) -> Option<Self>;
+    }
+
+    impl TypedParams for VmIdParams {
+        fn of(call: Call) -> Option<Self> {
+            match call {
+                Call::VmGetStats(p) | Call::VmThaw(p) => Some(p),
+                _ => None,
+            }
+        }
+    }
+
+    impl TypedParams for GetVmListParams {
+        fn of(call: Call) -> Option<Self> {
+            match call {
+                Call::HostGetVmList(p) => Some(p),
+                _ => None,
+            }
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use jsonrpsee::core::middleware::{Batch, Notification, RpcServiceT};
 use jsonrpsee::server::MethodResponse;
 use jsonrpsee::types::{ErrorObjectOwned, Request};
 
-use crate::api::error::code;
-use crate::api::schema::names;
+use crate::api::codes;
+use crate::api::names;
 
 /// Whether the daemon serves every verb yet.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +74,7 @@ where
                 service.call(request).await
             } else {
                 let error = ErrorObjectOwned::owned::<()>(
-                    code::RECOVERY_IN_PROGRESS,
+                    codes::RECOVERY_IN_PROGRESS,
                     "Recovering from crash or Initializing",
                     None,
                 );

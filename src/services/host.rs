@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::ApiError;
-use crate::api::schema::VERBS;
+use crate::api::VERBS;
 use crate::api::types::FrozenBy;
 use crate::api::types::{
     Capabilities, GetVmListParams, PackageVersion, VmIdParams, VmStats, VmSummary,

@@ -2,6 +2,7 @@
 //! Services take and return the typed values of [`crate::api`]; they never see JSON-RPC, and
 //! they reach libvirt only through [`crate::virt`].
 
+pub mod errors;
 mod freeze;
 mod host;
 pub mod snapshot;

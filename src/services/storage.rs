@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::api::ApiError;
-use crate::api::schema::names;
+use crate::api::names;
 use crate::api::storage_types::{
     CreateDomainParams, CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DomainInfo,
     DomainParams, DomainStats, DomainVolumesParams, GetStorageDomainsParams, ImageParams,
@@ -128,7 +128,11 @@ impl StorageService {
         };
         tracing::warn!(task = %record.id, verb = %record.verb, clean, "task interrupted by a restart recovered");
         let interrupted = StorageError::Interrupted;
-        let outcome = Err((interrupted.code(), interrupted.to_string(), clean));
+        let outcome = Err((
+            crate::services::errors::storage_code(&interrupted),
+            interrupted.to_string(),
+            clean,
+        ));
         if let Err(err) = self.inner.tasks.end(record.id, outcome) {
             tracing::error!(task = %record.id, error = %err, "cannot record the recovered task");
         }
@@ -388,7 +392,7 @@ impl StorageService {
                 Ok(())
             }
             Err(err) => {
-                let code = err.code();
+                let code = crate::services::errors::storage_code(&err);
                 let message = err.to_string();
                 tracing::warn!(%task, error = %message, "Volume.create failed; rolling back");
                 let undo = {
@@ -457,7 +461,7 @@ impl StorageService {
 
     /// `Volume.delete`: checks, then starts the task and returns its id.
     pub async fn delete_volume(&self, p: DeleteVolumeParams) -> Result<Uuid, ApiError> {
-        let ids = p.ids;
+        let ids = p.ids();
         let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
         {
             let domain = Arc::clone(&domain);
@@ -482,7 +486,7 @@ impl StorageService {
 
     /// `Image.delete`: checks, then starts the task and returns its id.
     pub async fn delete_image(&self, p: DeleteImageParams) -> Result<Uuid, ApiError> {
-        let ids = p.ids;
+        let ids = p.ids();
         let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
         let volumes = {
             let domain = Arc::clone(&domain);

@@ -1,4 +1,5 @@
-//! Errors of the storage module, each with the VDSM storage error it becomes on the wire.
+//! Errors of the storage module. Each variant is one VDSM storage error (its code, in the
+//! doc comment, is given where the layers meet: `services::errors`).
 
 use std::path::PathBuf;
 
@@ -125,35 +126,5 @@ impl StorageError {
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { op, path, source }
-    }
-
-    /// VDSM's storage error code.
-    pub fn code(&self) -> i32 {
-        match self {
-            Self::PoolUnknown(_) => 309,
-            Self::DomainDoesNotExist(_) => 358,
-            Self::DomainExists(_) => 365,
-            Self::ImageDoesNotExist { .. } => 268,
-            Self::ImagePath(_) => 254,
-            Self::VolumeDoesNotExist(_) => 201,
-            Self::VolumeAlreadyExists(_) => 212,
-            Self::IncorrectFormat(_) => 202,
-            Self::IncorrectType(_) => 231,
-            Self::IllegalParent(_) => 226,
-            Self::PrepareIllegal(_) => 227,
-            Self::Size(_) => 229,
-            Self::NoSpace { .. } => 397,
-            Self::HasChildren(_) => 204,
-            Self::InUse(_) => 222,
-            Self::InvalidParameter(_) => 1000,
-            Self::Creation(_) => 205,
-            Self::Clone(_) => 217,
-            Self::MetadataRead { .. } => 207,
-            Self::MetadataOverflow(_) => 756,
-            Self::DomainMetadata { .. } => 751,
-            Self::Io { .. } => 200,
-            Self::Persist(_) => 407,
-            Self::Aborted | Self::Interrupted => 411,
-        }
     }
 }

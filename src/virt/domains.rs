@@ -6,7 +6,7 @@ use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 
 use super::connection::Hypervisor;
-use super::error::{VIR_ERR_NO_DOMAIN, VirtError, libvirt_code};
+use super::error::{VirtError, code::NO_DOMAIN as VIR_ERR_NO_DOMAIN, libvirt_code};
 use super::xml;
 use crate::api::types::{DiskStats, VmStatus};
 

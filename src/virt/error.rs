@@ -1,8 +1,43 @@
 //! Errors of the `virt` module. A libvirt error keeps libvirt's own numeric code, so that the
 //! layers above (and the manager, through the message) can tell why a call failed.
 
-/// libvirt's `VIR_ERR_NO_DOMAIN`.
-pub(crate) const VIR_ERR_NO_DOMAIN: i32 = 42;
+/// libvirt's `virErrorNumber` values that change what rvdsm does (HOST-NOTES).
+pub(crate) mod code {
+    /// `VIR_ERR_NO_SUPPORT`: the hypervisor does not support the call (no agent channel).
+    pub const NO_SUPPORT: i32 = 3;
+    /// `VIR_ERR_NO_DOMAIN`.
+    pub const NO_DOMAIN: i32 = 42;
+    /// `VIR_ERR_OPERATION_INVALID`: not in this state (a paused VM's agent).
+    pub const OPERATION_INVALID: i32 = 55;
+    /// `VIR_ERR_ARGUMENT_UNSUPPORTED`: the agent is not configured or not connected.
+    pub const ARGUMENT_UNSUPPORTED: i32 = 74;
+    /// `VIR_ERR_AGENT_UNRESPONSIVE`.
+    pub const AGENT_UNRESPONSIVE: i32 = 86;
+}
+
+/// What kind of failure a [`VirtError`] is: what callers match on, so that no layer above
+/// this one reads libvirt's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VirtErrorKind {
+    /// libvirtd cannot be reached.
+    Unavailable,
+    /// No such VM.
+    NoSuchDomain,
+    /// No guest agent can serve the call: none configured, not connected, or the hypervisor
+    /// does not support it (libvirt 3, 74).
+    AgentUnsupported,
+    /// The guest agent did not answer in time (libvirt 86).
+    AgentUnresponsive,
+    /// Not possible in the VM's state, such as an agent call on a paused VM (libvirt 55).
+    InvalidState,
+    /// The guest agent answered with an error or with something that is not QGA.
+    AgentFailed,
+    /// A libvirt call did not return within its deadline.
+    Timeout,
+    /// Any other failure.
+    Other,
+}
 
 /// An error while talking to libvirt.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +108,37 @@ impl VirtError {
         }
     }
 
-    /// libvirt's numeric code, if this error came from libvirt.
+    /// The kind of failure.
+    pub fn kind(&self) -> VirtErrorKind {
+        match self {
+            Self::Connect { .. } => VirtErrorKind::Unavailable,
+            Self::NoSuchDomain { .. } => VirtErrorKind::NoSuchDomain,
+            Self::Libvirt { code, .. } => match *code {
+                code::NO_SUPPORT | code::ARGUMENT_UNSUPPORTED => VirtErrorKind::AgentUnsupported,
+                code::AGENT_UNRESPONSIVE => VirtErrorKind::AgentUnresponsive,
+                code::OPERATION_INVALID => VirtErrorKind::InvalidState,
+                code::NO_DOMAIN => VirtErrorKind::NoSuchDomain,
+                _ => VirtErrorKind::Other,
+            },
+            Self::Agent { .. } => VirtErrorKind::AgentFailed,
+            Self::Timeout { .. } => VirtErrorKind::Timeout,
+            Self::Xml { .. } | Self::Panicked { .. } => VirtErrorKind::Other,
+        }
+    }
+
+    /// Whether the failure means "no compatible guest agent here" (none, not answering, or
+    /// the VM paused) rather than a failure of the agent's work.
+    pub fn is_agent_unavailable(&self) -> bool {
+        matches!(
+            self.kind(),
+            VirtErrorKind::AgentUnsupported
+                | VirtErrorKind::AgentUnresponsive
+                | VirtErrorKind::InvalidState
+                | VirtErrorKind::AgentFailed
+        )
+    }
+
+    /// libvirt's numeric code, if this error came from libvirt (for messages).
     pub fn libvirt_code(&self) -> Option<i32> {
         match self {
             Self::Libvirt { code, .. } => Some(*code),
@@ -85,4 +150,37 @@ impl VirtError {
 /// libvirt's `virErrorNumber` of an error.
 pub(crate) fn libvirt_code(err: &virt::error::Error) -> i32 {
     i32::try_from(err.code().to_raw()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libvirt(code: i32) -> VirtError {
+        VirtError::Libvirt {
+            op: "test",
+            code,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn libvirt_numbers_are_classified_here() {
+        assert_eq!(libvirt(3).kind(), VirtErrorKind::AgentUnsupported);
+        assert_eq!(libvirt(74).kind(), VirtErrorKind::AgentUnsupported);
+        assert_eq!(libvirt(86).kind(), VirtErrorKind::AgentUnresponsive);
+        assert_eq!(libvirt(55).kind(), VirtErrorKind::InvalidState);
+        assert_eq!(libvirt(42).kind(), VirtErrorKind::NoSuchDomain);
+        assert_eq!(libvirt(1).kind(), VirtErrorKind::Other);
+        assert!(libvirt(86).is_agent_unavailable());
+        assert!(!libvirt(1).is_agent_unavailable());
+        let timeout = VirtError::Timeout {
+            op: "freeze",
+            secs: 5,
+        };
+        assert!(
+            !timeout.is_agent_unavailable(),
+            "a timed-out freeze may have frozen"
+        );
+    }
 }

@@ -17,6 +17,6 @@ pub mod xml;
 
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
-pub use error::VirtError;
+pub use error::{VirtError, VirtErrorKind};
 pub use lifecycle::watch_lifecycle;
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};

@@ -18,13 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError};
-
-/// libvirt codes meaning "no compatible guest agent here".
-const VIR_ERR_NO_SUPPORT: i32 = 3;
-const VIR_ERR_OPERATION_INVALID: i32 = 55;
-const VIR_ERR_ARGUMENT_UNSUPPORTED: i32 = 74;
-const VIR_ERR_AGENT_UNRESPONSIVE: i32 = 86;
+use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
 
 /// What the flow needs from the hypervisor.
 pub trait VmOps: Send + Sync {
@@ -322,7 +316,7 @@ async fn quiesce<V: VmOps>(
                     )
                 });
             }
-            if is_agent_unavailable(&err) {
+            if err.is_agent_unavailable() {
                 unavailable(agent_reason(&err))
             } else {
                 Err(Failure::before_switch(
@@ -353,24 +347,10 @@ async fn thaw_owned<V: VmOps>(ops: &V, plan: &Plan) -> Option<String> {
     }
 }
 
-/// Whether a libvirt error means "no compatible agent" rather than a real failure.
-pub fn is_agent_unavailable(err: &VirtError) -> bool {
-    matches!(err, VirtError::Agent { .. })
-        || matches!(
-            err.libvirt_code(),
-            Some(
-                VIR_ERR_NO_SUPPORT
-                    | VIR_ERR_OPERATION_INVALID
-                    | VIR_ERR_ARGUMENT_UNSUPPORTED
-                    | VIR_ERR_AGENT_UNRESPONSIVE
-            )
-        )
-}
-
 fn agent_reason(err: &VirtError) -> Reason {
-    match err.libvirt_code() {
-        Some(VIR_ERR_AGENT_UNRESPONSIVE) => Reason::AgentNotResponding,
-        Some(VIR_ERR_OPERATION_INVALID) => Reason::Paused,
+    match err.kind() {
+        VirtErrorKind::AgentUnresponsive => Reason::AgentNotResponding,
+        VirtErrorKind::InvalidState => Reason::Paused,
         _ => Reason::NoAgent,
     }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::api::ApiError;
-use crate::api::error::code;
+use crate::api::codes;
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::journal::{Entry, Journal, JournalDrive, Phase};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, VmClaim};
@@ -24,9 +24,9 @@ use crate::virt::{Conflict, DiskSwitch, FreezeState, Hypervisor, RunState, VirtE
 use flow::{Plan, VmOps};
 
 /// VDSM's SnapshotFailed.
-const SNAPSHOT_FAILED: i32 = 48;
+const SNAPSHOT_FAILED: i32 = codes::SNAPSHOT_FAILED;
 /// VDSM's MigrationInProgress.
-const MIGRATION_IN_PROGRESS: i32 = 51;
+const MIGRATION_IN_PROGRESS: i32 = codes::MIGRATION_IN_PROGRESS;
 
 /// One drive of a validated request.
 #[derive(Debug, Clone)]
@@ -356,12 +356,12 @@ impl SnapshotService {
             self.jobs.finish(
                 job,
                 Err(JobError {
-                    code: code::GENERAL,
+                    code: codes::GENERAL,
                     message: "cannot journal the job".into(),
                 }),
             );
             return Err(ApiError::Coded {
-                code: code::GENERAL,
+                code: codes::GENERAL,
                 message: format!("General Exception: cannot journal snapshot job {job}: {err}"),
             });
         }

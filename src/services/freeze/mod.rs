@@ -18,13 +18,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::ApiError;
-use crate::api::error::code;
 use crate::api::vm_types::FreezeParams;
 use crate::clock::epoch_secs;
 use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::jobs::vm_jobs::JobRegistry;
-use crate::virt::{FreezeState, Hypervisor, RunState, VirtError};
+use crate::virt::{FreezeState, Hypervisor, RunState};
+
+mod error;
+
+pub use error::{AgentOp, FreezeError, FreezeErrorKind};
 
 /// A freeze rvdsm made and must undo.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,25 +98,20 @@ impl FreezeService {
     }
 
     /// `VM.freeze`.
-    pub async fn freeze(&self, p: FreezeParams) -> Result<(), ApiError> {
+    pub async fn freeze(&self, p: FreezeParams) -> Result<(), FreezeError> {
         let vm = p.vm_id;
         self.hypervisor.domain_disks(vm).await?;
         let _claim = self.jobs.claim_vm(vm)?;
         self.hypervisor
             .set_agent_timeout(vm, self.agent_timeout)
             .await
-            .map_err(|e| freeze_error(&e))?;
+            .map_err(FreezeError::agent(AgentOp::Freeze))?;
         // A guest frozen already is either ours (the deadline is renewed below) or someone
         // else's, which rvdsm must never take over and thaw.
         let frozen_before = self.hypervisor.freeze_state(vm, self.agent_timeout).await;
         let ours = self.lock().contains_key(&vm);
         if frozen_before == Ok(FreezeState::Frozen) && !ours {
-            return Err(ApiError::Coded {
-                code: 76,
-                message: "Unable to freeze guest filesystems: the guest is already frozen by \
-                          another tool; rvdsm does not take that freeze over"
-                    .into(),
-            });
+            return Err(FreezeError::ForeignFreeze);
         }
         let mountpoints = p.mountpoints.unwrap_or_default();
         if frozen_before == Ok(FreezeState::Frozen) {
@@ -140,7 +137,7 @@ impl FreezeService {
     }
 
     /// Freezes; a failure that nonetheless froze the guest (a timeout) counts as a freeze.
-    async fn freeze_now(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<(), ApiError> {
+    async fn freeze_now(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<(), FreezeError> {
         let started = std::time::Instant::now();
         let frozen = self.hypervisor.freeze(vm, mountpoints).await;
         crate::metrics::global()
@@ -158,8 +155,8 @@ impl FreezeService {
                 }
                 let took_effect = state == Ok(FreezeState::Frozen);
                 if !took_effect {
-                    let error = freeze_error(&err);
-                    if matches!(error, ApiError::Coded { code: 19, .. }) {
+                    let error = FreezeError::agent(AgentOp::Freeze)(err);
+                    if error.kind() == FreezeErrorKind::AgentUnresponsive {
                         crate::metrics::global().agent_timeouts.inc();
                     }
                     return Err(error);
@@ -171,17 +168,17 @@ impl FreezeService {
     }
 
     /// `VM.thaw`: succeeds on a thawed guest too.
-    pub async fn thaw(&self, vm: Uuid) -> Result<(), ApiError> {
+    pub async fn thaw(&self, vm: Uuid) -> Result<(), FreezeError> {
         self.hypervisor.domain_disks(vm).await?;
         self.hypervisor
             .set_agent_timeout(vm, self.agent_timeout)
             .await
-            .map_err(|e| thaw_error(&e))?;
+            .map_err(FreezeError::agent(AgentOp::Thaw))?;
         let count = self
             .hypervisor
             .thaw(vm, Vec::new())
             .await
-            .map_err(|e| thaw_error(&e))?;
+            .map_err(FreezeError::agent(AgentOp::Thaw))?;
         tracing::info!(%vm, count, "guest filesystems thawed");
         self.forget(vm).await;
         Ok(())
@@ -235,9 +232,11 @@ impl FreezeService {
                 }
                 match service.thaw(record.vm).await {
                     Ok(()) => return,
-                    Err(ApiError::NoSuchVm { .. }) => return service.forget(record.vm).await,
-                    // No agent channel at all (75: not supported): nothing can be frozen.
-                    Err(ApiError::Coded { code: 75, .. }) => {
+                    Err(err) if err.kind() == FreezeErrorKind::NoSuchVm => {
+                        return service.forget(record.vm).await;
+                    }
+                    // No agent channel at all: nothing can be frozen.
+                    Err(err) if err.kind() == FreezeErrorKind::Unsupported => {
                         return service.forget(record.vm).await;
                     }
                     // A VM that stopped has nothing frozen any more.
@@ -282,32 +281,4 @@ impl FreezeService {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, FreezeRecord>> {
         self.owned.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// VDSM's codes for a failed freeze (§2.1): 19 agent not responding, 75 not supported, 76
-/// other; a missing VM stays 1.
-fn freeze_error(err: &VirtError) -> ApiError {
-    agent_error(err, 76, "Unable to freeze guest filesystems")
-}
-
-/// The same for a thaw, 77 being "Unable to thaw guest filesystems".
-fn thaw_error(err: &VirtError) -> ApiError {
-    agent_error(err, 77, "Unable to thaw guest filesystems")
-}
-
-fn agent_error(err: &VirtError, other: i32, text: &str) -> ApiError {
-    if let VirtError::NoSuchDomain { .. } = err {
-        return ApiError::from(err.clone());
-    }
-    let code = match err.libvirt_code() {
-        Some(86) => code::NON_RESPONSIVE_GUEST_AGENT,
-        Some(3 | 74) => 75,
-        _ => other,
-    };
-    let message = match code {
-        19 => format!("Guest agent non-responsive: {err}"),
-        75 => format!("Operation not supported: {err}"),
-        _ => format!("{text}: {err}"),
-    };
-    ApiError::Coded { code, message }
 }

@@ -1,0 +1,143 @@
+//! VDSM's numeric error codes (VDSM-REFERENCE §1.5), each with one name. A manager branches on
+//! these numbers, so they are the wire contract: every error rvdsm answers carries one of
+//! them, and no other file spells a code as a number.
+
+// Virt and general codes (`lib/vdsm/common/define.py`).
+/// Virtual machine does not exist.
+pub const NO_SUCH_VM: i32 = 1;
+/// Unexpected exception.
+pub const UNEXPECTED: i32 = 16;
+/// Guest agent non-responsive.
+pub const NON_RESPONSIVE_GUEST_AGENT: i32 = 19;
+/// Snapshot failed.
+pub const SNAPSHOT_FAILED: i32 = 48;
+/// Command not supported during migration.
+pub const MIGRATION_IN_PROGRESS: i32 = 51;
+/// Operation not supported (freeze/thaw without an agent channel).
+pub const UNSUPPORTED_OPERATION: i32 = 75;
+/// Unable to freeze guest filesystems.
+pub const FREEZE_GUEST_FS_FAILED: i32 = 76;
+/// Unable to thaw guest filesystems.
+pub const THAW_GUEST_FS_FAILED: i32 = 77;
+/// Invalid parameter (virt verbs).
+pub const INVALID_PARAMETER: i32 = 91;
+/// Recovering from crash or Initializing.
+pub const RECOVERY_IN_PROGRESS: i32 = 99;
+/// General Exception.
+pub const GENERAL: i32 = 100;
+
+// Storage codes (`lib/vdsm/storage/exception.py`).
+/// General storage exception (a filesystem call failed).
+pub const STORAGE_EXCEPTION: i32 = 200;
+/// Volume does not exist.
+pub const VOLUME_DOES_NOT_EXIST: i32 = 201;
+/// Incorrect format.
+pub const INCORRECT_FORMAT: i32 = 202;
+/// Volume or image has children.
+pub const VOLUME_IMAGE_HAS_CHILDREN: i32 = 204;
+/// Volume creation error.
+pub const VOLUME_CREATION_ERROR: i32 = 205;
+/// Error while processing volume metadata.
+pub const VOLUME_METADATA_READ_ERROR: i32 = 207;
+/// Volume already exists.
+pub const VOLUME_ALREADY_EXISTS: i32 = 212;
+/// Cannot clone volume.
+pub const CANNOT_CLONE_VOLUME: i32 = 217;
+/// Cannot delete volume (in use).
+pub const CANNOT_DELETE_VOLUME: i32 = 222;
+/// Cannot create a volume on an illegal parent.
+pub const CREATE_ILLEGAL_VOLUME_SNAPSHOT: i32 = 226;
+/// Cannot prepare an illegal volume.
+pub const PREPARE_ILLEGAL_VOLUME: i32 = 227;
+/// Error creating a volume with the requested size.
+pub const CREATE_VOLUME_SIZE_ERROR: i32 = 229;
+/// Incorrect type (preallocation).
+pub const INCORRECT_TYPE: i32 = 231;
+/// Image path does not exist or cannot be accessed.
+pub const IMAGE_PATH_ERROR: i32 = 254;
+/// Image does not exist in the domain.
+pub const IMAGE_DOES_NOT_EXIST_IN_SD: i32 = 268;
+/// Unknown pool id.
+pub const STORAGE_POOL_UNKNOWN: i32 = 309;
+/// Storage domain does not exist.
+pub const STORAGE_DOMAIN_DOES_NOT_EXIST: i32 = 358;
+/// Storage domain already exists.
+pub const STORAGE_DOMAIN_ALREADY_EXISTS: i32 = 365;
+/// No space left on the domain.
+pub const NO_SPACE_LEFT_ON_DOMAIN: i32 = 397;
+
+// Task codes.
+/// Task id unknown.
+pub const UNKNOWN_TASK: i32 = 401;
+/// Cannot persist a task.
+pub const TASK_PERSIST_ERROR: i32 = 407;
+/// Operation not allowed in the task's state.
+pub const TASK_STATE_ERROR: i32 = 410;
+/// Task aborted (stopped, or interrupted by a restart).
+pub const TASK_ABORTED: i32 = 411;
+
+// Metadata codes.
+/// Invalid domain metadata.
+pub const INVALID_METADATA: i32 = 751;
+/// Metadata overflow.
+pub const METADATA_OVERFLOW: i32 = 756;
+
+/// Invalid parameter (storage verbs).
+pub const INVALID_PARAMETER_EXCEPTION: i32 = 1000;
+
+/// JSON-RPC 2.0: invalid method parameters (missing, mistyped).
+pub const INVALID_PARAMS: i32 = -32602;
+
+/// Every code above, for the test that no two names share a number.
+#[cfg(test)]
+const ALL: &[i32] = &[
+    NO_SUCH_VM,
+    UNEXPECTED,
+    NON_RESPONSIVE_GUEST_AGENT,
+    SNAPSHOT_FAILED,
+    MIGRATION_IN_PROGRESS,
+    UNSUPPORTED_OPERATION,
+    FREEZE_GUEST_FS_FAILED,
+    THAW_GUEST_FS_FAILED,
+    INVALID_PARAMETER,
+    RECOVERY_IN_PROGRESS,
+    GENERAL,
+    STORAGE_EXCEPTION,
+    VOLUME_DOES_NOT_EXIST,
+    INCORRECT_FORMAT,
+    VOLUME_IMAGE_HAS_CHILDREN,
+    VOLUME_CREATION_ERROR,
+    VOLUME_METADATA_READ_ERROR,
+    VOLUME_ALREADY_EXISTS,
+    CANNOT_CLONE_VOLUME,
+    CANNOT_DELETE_VOLUME,
+    CREATE_ILLEGAL_VOLUME_SNAPSHOT,
+    PREPARE_ILLEGAL_VOLUME,
+    CREATE_VOLUME_SIZE_ERROR,
+    INCORRECT_TYPE,
+    IMAGE_PATH_ERROR,
+    IMAGE_DOES_NOT_EXIST_IN_SD,
+    STORAGE_POOL_UNKNOWN,
+    STORAGE_DOMAIN_DOES_NOT_EXIST,
+    STORAGE_DOMAIN_ALREADY_EXISTS,
+    NO_SPACE_LEFT_ON_DOMAIN,
+    UNKNOWN_TASK,
+    TASK_PERSIST_ERROR,
+    TASK_STATE_ERROR,
+    TASK_ABORTED,
+    INVALID_METADATA,
+    METADATA_OVERFLOW,
+    INVALID_PARAMETER_EXCEPTION,
+    INVALID_PARAMS,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_code_has_one_name() {
+        let mut seen = std::collections::HashSet::new();
+        for code in super::ALL {
+            assert!(seen.insert(code), "{code} has two names");
+        }
+    }
+}

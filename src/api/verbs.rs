@@ -1,0 +1,361 @@
+//! The verb table: every verb rvdsm serves, defined once. Each entry gives the verb's
+//! [`Call`] variant, its name constant (in [`names`]) and wire name, its parameter struct, what
+//! it does, and its parameters in VDSM's schema order (the order positional parameters are
+//! mapped in). From it come the name constants, the [`Call`] enum every transport dispatches on
+//! (a verb without a handler does not compile), the parsing of its parameters, the schema the
+//! CLI prints, and the test that the schema's names are exactly the struct's serde fields.
+
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use super::params::{from_object, serde_fields};
+use super::schema::{Param, ParamType, Verb, optional, required};
+use super::storage_types::{
+    CreateDomainParams, CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DomainParams,
+    DomainVolumesParams, GetStorageDomainsParams, ImageParams, PrepareImageParams, TaskParams,
+    TeardownImageParams, VolumeParams,
+};
+use super::types::{GetVmListParams, NoParams, VmIdParams};
+use super::vm_types::{FreezeParams, GetJobsParams, SnapshotParams};
+
+/// Declares every verb: see the module's documentation.
+macro_rules! verbs {
+    ($(
+        $variant:ident $constant:ident $wire:literal ($params:ty)
+            $description:literal
+            [$($param:expr),* $(,)?];
+    )*) => {
+        /// The method names, so that code never spells a verb twice.
+        pub mod names {
+            $(
+                #[doc = concat!("`", $wire, "`.")]
+                pub const $constant: &str = $wire;
+            )*
+        }
+
+        /// A call to one verb, with its typed parameters.
+        #[derive(Debug, Clone)]
+        pub enum Call {
+            $(
+                #[doc = concat!("`", $wire, "`.")]
+                $variant($params),
+            )*
+        }
+
+        /// Every verb rvdsm serves.
+        pub static VERBS: &[Verb] = &[
+            $(
+                Verb {
+                    name: names::$constant,
+                    description: $description,
+                    params: &[$($param),*],
+                    parse: |object: Map<String, Value>| -> Result<Call, ApiError> {
+                        from_object::<$params>($wire, object).map(Call::$variant)
+                    },
+                    fields: serde_fields::<$params>,
+                },
+            )*
+        ];
+    };
+}
+
+const VOLUME_ID: Param = required("volumeID", ParamType::Uuid, "The volume.");
+const POOL_ID: Param = required(
+    "storagepoolID",
+    ParamType::Uuid,
+    "The host's storage pool (Host.getCapabilities shows it).",
+);
+const DOMAIN_ID: Param = required("storagedomainID", ParamType::Uuid, "The storage domain.");
+const IMAGE_ID: Param = required(
+    "imageID",
+    ParamType::Uuid,
+    "The image (a disk and its chain).",
+);
+const TASK_ID: Param = required("taskID", ParamType::Uuid, "The task.");
+const VM_ID: Param = required(
+    "vmID",
+    ParamType::Uuid,
+    "The VM's UUID (the libvirt domain UUID).",
+);
+
+verbs! {
+    HostPing2 HOST_PING2 "Host.ping2" (NoParams)
+        "Checks that the daemon answers. Returns true."
+        [];
+    HostGetCapabilities HOST_GET_CAPABILITIES "Host.getCapabilities" (NoParams)
+        "Describes the host: rvdsm, libvirt and QEMU versions, host UUID, \
+        liveSnapshot, and the verbs served."
+        [];
+    HostGetVmList HOST_GET_VM_LIST "Host.getVMList" (GetVmListParams)
+        "Lists the host's VMs as [{vmId, status, statusTime}]."
+        [
+            optional("fullStatus", ParamType::Bool,
+                "Accepted for VDSM compatibility; the list has the same shape."),
+            optional("vmList", ParamType::UuidList, "Only these VMs (all when empty)."),
+            optional("onlyUUID", ParamType::Bool,
+                "Accepted for VDSM compatibility; the list has the same shape."),
+        ];
+    VmGetStats VM_GET_STATS "VM.getStats" (VmIdParams)
+        "Returns [VmStats]: status, and for each disk its source and the \
+        backing chain libvirt reports."
+        [
+            VM_ID,
+        ];
+    VmSnapshot VM_SNAPSHOT "VM.snapshot" (SnapshotParams)
+        "Switches the VM's listed disks to their pre-created volumes in one atomic \
+        external disk-only snapshot, quiesced through the guest agent when \
+        possible. Returns true once the job is scheduled; follow it with \
+        Host.getJobs (or rvdsm --wait)."
+        [
+            VM_ID,
+            required("snapDrives", ParamType::List,
+                "[{domainID, imageID, baseVolumeID, volumeID}]: for each disk, the volume it \
+                uses now and the new volume (its child) to switch to."),
+            optional("snapMemory", ParamType::String,
+                "Refused: memory snapshots are not supported."),
+            optional("frozen", ParamType::Bool, "The caller froze the guest: no freeze, no thaw."),
+            optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
+            optional("timeout", ParamType::UInt, "Minutes; must be positive (30)."),
+            optional("freeze_timeout", ParamType::UInt,
+                "Minutes after the job's start past which the switch is not attempted (8)."),
+            optional("quiesce", ParamType::String,
+                "prefer (default): quiesce if an agent can, else go on and say why; \
+                require: fail instead; skip: never freeze."),
+        ];
+    VmFreeze VM_FREEZE "VM.freeze" (FreezeParams)
+        "Freezes the guest's filesystems through its agent, until VM.thaw or the \
+        auto-thaw deadline. Returns true."
+        [
+            VM_ID,
+            optional("mountpoints", ParamType::List, "Only these mount points."),
+            optional("autoThawSeconds", ParamType::UInt, "Auto-thaw deadline (config: 60)."),
+        ];
+    VmThaw VM_THAW "VM.thaw" (VmIdParams)
+        "Thaws the guest's filesystems (true on a thawed guest too)."
+        [
+            VM_ID,
+        ];
+    HostGetJobs HOST_GET_JOBS "Host.getJobs" (GetJobsParams)
+        "{jobId: {id, status, description, job_type, progress, error?, result?}} \
+        of the virt jobs; finished jobs stay an hour."
+        [
+            optional("job_type", ParamType::String, "Only this type (virt)."),
+            optional("job_ids", ParamType::UuidList, "Only these jobs."),
+        ];
+    StorageDomainCreate SD_CREATE "StorageDomain.create" (CreateDomainParams)
+        "Creates a file storage domain in VDSM's layout in a directory (LOCALFS) \
+        or a mounted export (NFS, POSIXFS), attached to the host's pool. \
+        Returns true."
+        [
+            DOMAIN_ID,
+            required("domainType", ParamType::UInt, "1 NFS, 4 LOCALFS, 6 POSIXFS."),
+            required("typeArgs", ParamType::String,
+                "The directory or remote path (or {\"remotePath\": ...})."),
+            required("name", ParamType::String, "The domain's name."),
+            required("domainClass", ParamType::UInt, "1 (DATA)."),
+            required("version", ParamType::UInt, "5."),
+            optional("blockSize", ParamType::UInt, "512 (default) or 4096."),
+            optional("maxHosts", ParamType::UInt, "Most hosts sharing it (250)."),
+        ];
+    StorageDomainGetInfo SD_GET_INFO "StorageDomain.getInfo" (DomainParams)
+        "Describes a storage domain: uuid, type, class, name, role, pool, \
+        version, block_size, alignment, remotePath."
+        [
+            DOMAIN_ID,
+        ];
+    StorageDomainGetStats SD_GET_STATS "StorageDomain.getStats" (DomainParams)
+        "Space of a storage domain: {disktotal, diskfree} in bytes (strings)."
+        [
+            DOMAIN_ID,
+        ];
+    StorageDomainGetVolumes SD_GET_VOLUMES "StorageDomain.getVolumes" (DomainVolumesParams)
+        "The volumes of a domain, or of one image of it: [volumeID]."
+        [
+            DOMAIN_ID,
+            POOL_ID,
+            optional("imageID", ParamType::Uuid, "Only this image (BLANK: all)."),
+        ];
+    HostGetStorageDomains HOST_GET_STORAGE_DOMAINS "Host.getStorageDomains"
+        (GetStorageDomainsParams)
+        "The storage domains attached to this host: [storagedomainID]."
+        [
+            optional("storagepoolID", ParamType::Uuid, "Only the domains of this pool."),
+        ];
+    ImageGetVolumes IMAGE_GET_VOLUMES "Image.getVolumes" (ImageParams)
+        "The volumes of an image: [volumeID]."
+        [
+            IMAGE_ID,
+            POOL_ID,
+            DOMAIN_ID,
+        ];
+    VolumeCreate VOLUME_CREATE "Volume.create" (CreateVolumeParams)
+        "Creates a volume as a storage task and returns the task id at once. \
+        With srcVolUUID, a qcow2 snapshot volume on top of that parent."
+        [
+            VOLUME_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            required("size", ParamType::String, "Capacity in bytes (decimal string)."),
+            required("volFormat", ParamType::UInt, "4 COW (qcow2) or 5 RAW."),
+            required("preallocate", ParamType::UInt, "1 PREALLOCATED or 2 SPARSE."),
+            required("diskType", ParamType::String, "DATA (or ISOF, MEMD, MEMM, OVFS...)."),
+            optional("desc", ParamType::String, "Description (210 bytes at most)."),
+            optional("srcImgUUID", ParamType::Uuid, "The parent's image (BLANK: same)."),
+            optional("srcVolUUID", ParamType::Uuid, "The parent (BLANK: a base volume)."),
+            optional("initialSize", ParamType::String, "RAW preallocated only; ignored."),
+            optional("legal", ParamType::Bool, "Whether it ends LEGAL (true)."),
+            optional("sequence", ParamType::UInt, "SEQ (0)."),
+        ];
+    VolumeGetInfo VOLUME_GET_INFO "Volume.getInfo" (VolumeParams)
+        "Describes a volume as VDSM does, plus its children."
+        [
+            VOLUME_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+        ];
+    VolumeGetSize VOLUME_GET_SIZE "Volume.getSize" (VolumeParams)
+        "{apparentsize, truesize} of a volume, in bytes (strings)."
+        [
+            VOLUME_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+        ];
+    VolumeDelete VOLUME_DELETE "Volume.delete" (DeleteVolumeParams)
+        "Deletes a volume as a storage task (ILLEGAL first, .meta last) and \
+        returns the task id. Refused for a volume with children or used by a VM."
+        [
+            VOLUME_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            optional("postZero", ParamType::Bool, "Accepted; file domains do not zero."),
+            optional("force", ParamType::Bool, "Accepted; the refusals still apply."),
+            optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
+        ];
+    ImageDelete IMAGE_DELETE "Image.delete" (DeleteImageParams)
+        "Deletes every volume of an image (leaf first) and the image, as a \
+        storage task; returns the task id. Refused if a VM uses any of them."
+        [
+            IMAGE_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            optional("postZero", ParamType::Bool, "Accepted; file domains do not zero."),
+            optional("force", ParamType::Bool, "Accepted; the refusal still applies."),
+            optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
+        ];
+    ImagePrepare IMAGE_PREPARE "Image.prepare" (PrepareImageParams)
+        "Checks that every volume of the image is usable and returns {path}, \
+        the path a VM should use for the volume."
+        [
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            VOLUME_ID,
+            optional("allowIllegal", ParamType::Bool, "Prepare despite ILLEGAL volumes."),
+        ];
+    ImageTeardown IMAGE_TEARDOWN "Image.teardown" (TeardownImageParams)
+        "Releases a prepared image (nothing to release on file domains). \
+        Returns true."
+        [
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            optional("volumeID", ParamType::Uuid, "Accepted for VDSM compatibility."),
+        ];
+    TaskGetStatus TASK_GET_STATUS "Task.getStatus" (TaskParams)
+        "{taskID, taskState, taskResult, code, message} of a task."
+        [
+            TASK_ID,
+        ];
+    TaskGetInfo TASK_GET_INFO "Task.getInfo" (TaskParams)
+        "{id, verb} of a task."
+        [
+            TASK_ID,
+        ];
+    TaskClear TASK_CLEAR "Task.clear" (TaskParams)
+        "Forgets a finished task. Returns true."
+        [
+            TASK_ID,
+        ];
+    TaskStop TASK_STOP "Task.stop" (TaskParams)
+        "Stops a running task (its work is rolled back). Returns true."
+        [
+            TASK_ID,
+        ];
+    HostGetAllTasksStatuses HOST_GET_ALL_TASKS_STATUSES "Host.getAllTasksStatuses" (NoParams)
+        "{taskID: status} of every task."
+        [];
+}
+
+/// The verb called `name`, if rvdsm serves it.
+pub fn find(name: &str) -> Option<&'static Verb> {
+    VERBS.iter().find(|v| v.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_namespaced() {
+        let mut seen = HashSet::new();
+        for verb in VERBS {
+            assert!(seen.insert(verb.name), "{} twice", verb.name);
+            assert!(!verb.namespace().is_empty() && !verb.method().is_empty());
+        }
+    }
+
+    #[test]
+    fn find_knows_only_served_verbs() {
+        assert_eq!(find("VM.getStats").unwrap().params[0].name, "vmID");
+        assert!(find("VM.nope").is_none());
+    }
+
+    /// The schema a manager and the CLI see names exactly the parameters the verb's struct
+    /// takes: none missing (a parameter the server would ignore), none extra (one the CLI
+    /// would never offer), and the required ones are those the struct cannot do without.
+    #[test]
+    fn every_verb_schema_names_exactly_its_struct_fields() {
+        for verb in VERBS {
+            let mut schema: Vec<&str> = verb.params.iter().map(|p| p.name).collect();
+            let mut fields = (verb.fields)().to_vec();
+            schema.sort_unstable();
+            fields.sort_unstable();
+            assert_eq!(schema, fields, "{}: schema vs serde fields", verb.name);
+            // A call with only the required parameters (as placeholders of their type)
+            // reaches the struct: no required field is missing from the schema's list.
+            let object: Map<String, Value> = verb
+                .params
+                .iter()
+                .filter(|p| p.required)
+                .map(|p| (p.name.to_owned(), placeholder(p.ty)))
+                .collect();
+            if let Err(err) = (verb.parse)(object.clone()) {
+                assert!(
+                    !err.to_string().contains("missing field"),
+                    "{}: a field the schema calls optional is required: {err}",
+                    verb.name
+                );
+            }
+            // Without one required parameter, the call is refused.
+            for param in verb.params.iter().filter(|p| p.required) {
+                let mut without = object.clone();
+                without.remove(param.name);
+                assert!(
+                    (verb.parse)(without).is_err(),
+                    "{}: {} is required by the schema but not by the struct",
+                    verb.name,
+                    param.name
+                );
+            }
+        }
+    }
+
+    fn placeholder(ty: ParamType) -> Value {
+        serde_json::from_str(ty.template()).unwrap()
+    }
+}
