@@ -7,10 +7,12 @@ pub mod error;
 pub mod events;
 pub mod params;
 pub mod schema;
+pub mod snapshot_types;
 pub mod storage_types;
 pub mod types;
 pub mod verbs;
 pub mod vm_types;
+pub mod volume_types;
 
 pub use error::ApiError;
 pub use schema::{Param, ParamType, Verb};

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
-use crate::storage::types::{Preallocation, VolumeFormat};
+use super::volume_types::{Preallocation, VolumeFormat};
 
 /// `typeArgs` of `StorageDomain.create`: the path as the oVirt engine sends it, or the schema's
 /// `{remotePath}`.
@@ -377,7 +377,7 @@ pub struct VolumeInfo {
     /// How the snapshot that made this volume a backing file was taken (rvdsm's addition):
     /// `{consistency, reason, time, vmId, volumeID}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub snapshot: Option<serde_json::Value>,
+    pub snapshot: Option<super::snapshot_types::SnapshotNote>,
 }
 
 /// `Volume.getSize`.

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::services::snapshot::flow::Quiesce;
+use super::snapshot_types::Quiesce;
 
 /// One entry of `snapDrives`. The engine's form is `{domainID, imageID, baseVolumeID,
 /// volumeID}`; the direct-LUN form `{baseGUID, GUID}` is recognized so it can be refused.

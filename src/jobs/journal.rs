@@ -11,10 +11,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::vm_jobs::JobKeepAlive;
+use crate::api::snapshot_types::SnapshotResult;
 use crate::clock::epoch_secs;
 use crate::fsutil::{remove_if_exists, write_atomic};
 
@@ -36,7 +36,7 @@ pub struct JournalDrive {
 }
 
 /// How far a snapshot got.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "phase")]
 pub enum Phase {
     /// Checked and scheduled; nothing touched yet.
@@ -49,12 +49,12 @@ pub enum Phase {
         /// Seconds since the epoch.
         at: u64,
         /// `Ok(result)` or `Err((code, message))`.
-        outcome: Result<Value, (i32, String)>,
+        outcome: Result<SnapshotResult, (i32, String)>,
     },
 }
 
 /// A journaled snapshot job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// The job.
     pub job: Uuid,
@@ -126,7 +126,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::api::snapshot_types::Consistency;
 
     fn entry(phase: Phase) -> Entry {
         Entry {
@@ -152,7 +152,11 @@ mod tests {
         let running = entry(Phase::Freezing);
         let recent = entry(Phase::Finished {
             at: epoch_secs(),
-            outcome: Ok(json!({"consistency": "quiesced"})),
+            outcome: Ok(SnapshotResult::Recovered {
+                consistency: Consistency::Unknown,
+                recovered: true,
+                switched: vec![Uuid::nil()],
+            }),
         });
         let old = entry(Phase::Finished {
             at: 1,
@@ -171,5 +175,29 @@ mod tests {
             2,
             "old entry removed"
         );
+    }
+
+    /// An entry a previous release wrote (its result then an untyped JSON object) still
+    /// reads as the typed result, so an upgrade does not forget finished jobs.
+    #[test]
+    fn entries_of_the_untyped_format_read_as_typed_results() {
+        let text = r#"{"job": "00000000-0000-0000-0000-000000000001",
+            "vm": "00000000-0000-0000-0000-000000000002", "drives": [],
+            "phase": "finished", "at": 1700000000, "outcome": {"Ok": {
+                "consistency": "quiesced", "reason": null, "thawError": null,
+                "timings": {"freeze_ms": 1.0, "switch_ms": 2.0, "thaw_ms": 1.0,
+                            "frozen_ms": 3.0, "total_ms": 5.0},
+                "switched": ["00000000-0000-0000-0000-000000000003"], "skipped": [],
+                "unconfirmedDisks": []}}}"#;
+        let entry: Entry = serde_json::from_str(text).unwrap();
+        let Phase::Finished {
+            outcome: Ok(SnapshotResult::Switched(switched)),
+            ..
+        } = entry.phase
+        else {
+            panic!("{:?}", entry.phase)
+        };
+        assert_eq!(switched.consistency, Consistency::Quiesced);
+        assert_eq!(switched.timings.total_ms, 5.0);
     }
 }

@@ -321,7 +321,7 @@ impl TaskManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::types::{Preallocation, VolumeFormat};
+    use crate::api::volume_types::{Preallocation, VolumeFormat};
 
     fn work() -> TaskWork {
         TaskWork::CreateVolume {

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
+use crate::api::snapshot_types::JobResult;
 use crate::events::EventBus;
 
 /// How long finished jobs stay visible (VDSM's `autodelete_delay`).
@@ -67,7 +68,7 @@ pub struct JobInfo {
     pub error: Option<JobError>,
     /// What it did (consistency, timings, volumes).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<JobResult>,
     /// The VM it works on.
     pub vm_id: Uuid,
 }
@@ -195,7 +196,7 @@ impl JobRegistry {
     }
 
     /// Ends a job, and announces it.
-    pub fn finish(&self, id: Uuid, outcome: Result<Value, JobError>) {
+    pub fn finish(&self, id: Uuid, outcome: Result<JobResult, JobError>) {
         let mut jobs = self.lock();
         let ended = jobs.get_mut(&id).map(|entry| {
             match outcome {
@@ -230,14 +231,14 @@ impl JobRegistry {
     }
 
     /// Shows a job a previous run of rvdsmd ended (or that recovery ended) under its id.
-    pub fn restore(&self, id: Uuid, vm: Uuid, outcome: Result<Value, JobError>) {
+    pub fn restore(&self, id: Uuid, vm: Uuid, outcome: Result<JobResult, JobError>) {
         if self.add(id, vm, "snapshot_vm").is_ok() {
             self.finish(id, outcome);
         }
     }
 
     /// Attaches a result to a failed job too (what was kept or deleted).
-    pub fn set_result(&self, id: Uuid, result: Value) {
+    pub fn set_result(&self, id: Uuid, result: JobResult) {
         self.update(id, |info| info.result = Some(result));
     }
 

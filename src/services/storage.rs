@@ -18,11 +18,11 @@ use crate::api::storage_types::{
     PrepareImageParams, PreparedImage, TaskInfo, TaskParams, TaskStatus, TeardownImageParams,
     VolumeInfo, VolumeParams, VolumeSize,
 };
+use crate::api::volume_types::{BLANK_UUID, DISK_TYPES, Legality, Preallocation, VolumeFormat};
 use crate::jobs::tasks::{TaskManager, TaskRecord, TaskWork};
 use crate::storage::StorageError;
 use crate::storage::domain::{Domain, DomainType, NewDomain};
 use crate::storage::layout::Repository;
-use crate::storage::types::{BLANK_UUID, DISK_TYPES, Legality, Preallocation, VolumeFormat};
 use crate::storage::volume::{self, CreateProgress, CreateRequest, SIZE_ALIGNMENT};
 use crate::virt::Hypervisor;
 
@@ -645,7 +645,7 @@ impl StorageService {
             if meta.format != VolumeFormat::Cow {
                 return Err(refuse("the new volume is not COW"));
             }
-            if meta.role != crate::storage::types::VolumeRole::Leaf {
+            if meta.role != crate::api::volume_types::VolumeRole::Leaf {
                 return Err(refuse("the new volume is not a LEAF"));
             }
             if meta.parent != base {
@@ -723,7 +723,7 @@ impl StorageService {
         domain: Uuid,
         image: Uuid,
         base: Uuid,
-        note: serde_json::Value,
+        note: crate::api::snapshot_types::SnapshotNote,
     ) -> Result<(), ApiError> {
         let domain = self.domain(domain)?;
         blocking(move || volume::write_snapshot_note(&domain, image, base, &note)).await

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-use super::types::{Legality, Preallocation, VolumeFormat, VolumeRole};
+use crate::api::volume_types::{Legality, Preallocation, VolumeFormat, VolumeRole};
 
 /// The most bytes a `.meta` file may hold.
 pub const METADATA_SIZE: usize = 512;

@@ -2,7 +2,6 @@
 //! (VDSM-REFERENCE §4): layout, metadata (`.meta`, `dom_md/metadata`), legality, chains,
 //! locking and qemu-img. Knows nothing of libvirt.
 //!
-//! - [`types`]: formats, allocation, roles, legality, with VDSM's numbers and names.
 //! - [`meta`], [`domain_md`]: the two metadata file formats.
 //! - [`layout`]: every path, built only from UUIDs.
 //! - [`lock`]: the per-domain metadata lock behind a small trait.
@@ -17,7 +16,6 @@ pub mod layout;
 pub mod lock;
 pub mod meta;
 pub mod qemu_img;
-pub mod types;
 pub mod volume;
 
 pub use error::StorageError;

@@ -18,7 +18,8 @@ use super::domain::Domain;
 use super::error::StorageError;
 use super::meta::VolumeMeta;
 use super::qemu_img::{self, QemuImgError};
-use super::types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
+use crate::api::snapshot_types::SnapshotNote;
+use crate::api::volume_types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
 use crate::failpoint::pause_if_requested;
 use crate::fsutil::{create_exclusive, remove_if_exists, write_atomic};
 
@@ -451,7 +452,7 @@ pub fn write_snapshot_note(
     domain: &Domain,
     image: Uuid,
     volume: Uuid,
-    note: &serde_json::Value,
+    note: &SnapshotNote,
 ) -> Result<(), StorageError> {
     let path = domain.dir.snapshot_note(image, volume);
     let bytes = serde_json::to_vec_pretty(note).unwrap_or_default();
@@ -459,7 +460,7 @@ pub fn write_snapshot_note(
 }
 
 /// The note of [`write_snapshot_note`], if any.
-pub fn read_snapshot_note(domain: &Domain, image: Uuid, volume: Uuid) -> Option<serde_json::Value> {
+pub fn read_snapshot_note(domain: &Domain, image: Uuid, volume: Uuid) -> Option<SnapshotNote> {
     let bytes = std::fs::read(domain.dir.snapshot_note(image, volume)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }

@@ -15,9 +15,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use uuid::Uuid;
 
+use crate::api::snapshot_types::{Consistency, Quiesce, Reason, Timings};
 use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
 
 /// What the flow needs from the hypervisor.
@@ -55,67 +55,8 @@ pub trait VmOps: Send + Sync {
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
 }
 
-/// rvdsm's `quiesce` parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quiesce {
-    /// Quiesce when an agent can; else snapshot without, once, and say why.
-    #[default]
-    Prefer,
-    /// Quiesce or fail.
-    Require,
-    /// Never freeze or thaw.
-    Skip,
-}
-
-/// Why a snapshot is not quiesced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    /// The VM has no agent channel, or the agent cannot freeze.
-    NoAgent,
-    /// The agent is not connected or did not answer in time.
-    AgentNotResponding,
-    /// The VM is paused.
-    Paused,
-    /// The VM is not running (an offline snapshot of its definition).
-    NotRunning,
-    /// `quiesce = skip`.
-    Skipped,
-    /// `frozen = true`: the caller froze the guest.
-    FrozenByCaller,
-    /// The guest was already frozen when the operation began (by `VM.freeze` or another tool).
-    AlreadyFrozen,
-}
-
-/// What a snapshot's data is worth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Consistency {
-    /// Filesystems were frozen by this operation for the switch.
-    Quiesced,
-    /// As after a power cut; see the reason.
-    CrashConsistent,
-}
-
-/// How long each phase took, in milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Timings {
-    /// The freeze call.
-    pub freeze_ms: f64,
-    /// The switch (libvirt's snapshot call).
-    pub switch_ms: f64,
-    /// The thaw call.
-    pub thaw_ms: f64,
-    /// From the freeze call's return to the thaw call's return: how long the guest stayed
-    /// frozen for this snapshot (0 when it was not frozen by it).
-    pub frozen_ms: f64,
-    /// From the start of the flow to its end.
-    pub total_ms: f64,
-}
-
 /// A switch that happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     /// Quiesced or not.
     pub consistency: Consistency,

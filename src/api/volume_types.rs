@@ -1,4 +1,4 @@
-//! The storage vocabulary shared by metadata, volumes and the API: formats, allocation,
+//! The storage vocabulary shared by the API, volume metadata and volumes: formats, allocation,
 //! volume roles, legality and disk content types, with VDSM's wire numbers and names.
 
 use std::fmt;

@@ -1,0 +1,222 @@
+//! The snapshot's wire vocabulary: the `quiesce` mode, why a snapshot is not quiesced, what
+//! its data is worth, how long each phase took, and the typed results a snapshot job shows in
+//! `Host.getJobs` (and keeps in its journal), the note kept beside a snapshot's base volume
+//! (`Volume.getInfo`'s `snapshot`), and the report of a failed snapshot's rollback.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// rvdsm's `quiesce` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quiesce {
+    /// Quiesce when an agent can; else snapshot without, once, and say why.
+    #[default]
+    Prefer,
+    /// Quiesce or fail.
+    Require,
+    /// Never freeze or thaw.
+    Skip,
+}
+
+/// Why a snapshot is not quiesced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The VM has no agent channel, or the agent cannot freeze.
+    NoAgent,
+    /// The agent is not connected or did not answer in time.
+    AgentNotResponding,
+    /// The VM is paused.
+    Paused,
+    /// The VM is not running (an offline snapshot of its definition).
+    NotRunning,
+    /// `quiesce = skip`.
+    Skipped,
+    /// `frozen = true`: the caller froze the guest.
+    FrozenByCaller,
+    /// The guest was already frozen when the operation began (by `VM.freeze` or another tool).
+    AlreadyFrozen,
+}
+
+/// What a snapshot's data is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Consistency {
+    /// Filesystems were frozen by this operation for the switch.
+    Quiesced,
+    /// As after a power cut; see the reason.
+    CrashConsistent,
+    /// Not known: the switch was found done after a restart of rvdsmd, or after its error.
+    Unknown,
+}
+
+/// How long each phase took, in milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// The freeze call.
+    pub freeze_ms: f64,
+    /// The switch (libvirt's snapshot call).
+    pub switch_ms: f64,
+    /// The thaw call.
+    pub thaw_ms: f64,
+    /// From the freeze call's return to the thaw call's return: how long the guest stayed
+    /// frozen for this snapshot (0 when it was not frozen by it).
+    pub frozen_ms: f64,
+    /// From the start of the flow to its end.
+    pub total_ms: f64,
+}
+
+/// What a done snapshot job did: its `result` in `Host.getJobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SnapshotResult {
+    /// Interrupted by a restart of rvdsmd, and found switched by the recovery.
+    Recovered {
+        /// Always [`Consistency::Unknown`].
+        consistency: Consistency,
+        /// Always `true`.
+        recovered: bool,
+        /// The new volumes the VM uses.
+        switched: Vec<Uuid>,
+    },
+    /// The switch reported an error (it outlived its timeout) yet happened.
+    LateSwitch {
+        /// Always [`Consistency::Unknown`]: any freeze ended before the switch.
+        consistency: Consistency,
+        /// The new volumes the VM uses.
+        switched: Vec<Uuid>,
+        /// The switch's error.
+        #[serde(rename = "lateSwitch")]
+        late_switch: String,
+    },
+    /// The switch happened.
+    Switched(Switched),
+    /// Every drive already used its new volume: nothing to switch.
+    NothingToSwitch {
+        /// Empty.
+        switched: Vec<Uuid>,
+        /// The drives whose new volume the VM already used.
+        skipped: Vec<Uuid>,
+    },
+}
+
+/// A snapshot that switched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Switched {
+    /// Quiesced or crash-consistent.
+    pub consistency: Consistency,
+    /// Why not quiesced (null when it was).
+    pub reason: Option<Reason>,
+    /// Phase durations.
+    pub timings: Timings,
+    /// A thaw that failed after the switch: the guest may still be frozen (null when none).
+    pub thaw_error: Option<String>,
+    /// The new volumes switched to.
+    pub switched: Vec<Uuid>,
+    /// The drives skipped (their new volume already in use).
+    pub skipped: Vec<Uuid>,
+    /// Disks the live domain did not show on their new volume right after the switch.
+    pub unconfirmed_disks: Vec<String>,
+}
+
+/// What a failed snapshot's rollback did: its `result` in `Host.getJobs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackReport {
+    /// New volumes kept (the VM uses them, or may).
+    pub kept: Vec<Uuid>,
+    /// New volumes deleted.
+    pub deleted: Vec<Uuid>,
+    /// Volumes that could not be deleted, and why.
+    pub cleanup_errors: Vec<String>,
+}
+
+/// A job's `result` in `Host.getJobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum JobResult {
+    /// A done snapshot.
+    Snapshot(SnapshotResult),
+    /// A failed snapshot's rollback.
+    Rollback(RollbackReport),
+}
+
+impl From<SnapshotResult> for JobResult {
+    fn from(result: SnapshotResult) -> Self {
+        Self::Snapshot(result)
+    }
+}
+
+impl From<RollbackReport> for JobResult {
+    fn from(report: RollbackReport) -> Self {
+        Self::Rollback(report)
+    }
+}
+
+/// How the snapshot on top of a volume was taken, kept beside it (`Volume.getInfo`'s
+/// `snapshot`): before a revert, what the guest will see.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotNote {
+    /// What the data is worth.
+    pub consistency: Consistency,
+    /// Why not quiesced ([`Reason`]'s wire name), or `recovered`, `late-switch`.
+    pub reason: Option<String>,
+    /// Epoch seconds.
+    pub time: u64,
+    /// The VM.
+    #[serde(rename = "vmId")]
+    pub vm_id: Uuid,
+    /// The volume the VM switched to.
+    #[serde(rename = "volumeID")]
+    pub volume: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn results_have_the_documented_shapes_and_read_back() {
+        let id = Uuid::nil();
+        let recovered = SnapshotResult::Recovered {
+            consistency: Consistency::Unknown,
+            recovered: true,
+            switched: vec![id],
+        };
+        let switched = SnapshotResult::Switched(Switched {
+            consistency: Consistency::CrashConsistent,
+            reason: Some(Reason::AgentNotResponding),
+            timings: Timings::default(),
+            thaw_error: None,
+            switched: vec![id],
+            skipped: vec![],
+            unconfirmed_disks: vec![],
+        });
+        let nothing = SnapshotResult::NothingToSwitch {
+            switched: vec![],
+            skipped: vec![id],
+        };
+        let late = SnapshotResult::LateSwitch {
+            consistency: Consistency::Unknown,
+            switched: vec![id],
+            late_switch: "timed out".into(),
+        };
+        let wire = serde_json::to_value(&switched).unwrap();
+        assert_eq!(wire["consistency"], "crash-consistent");
+        assert_eq!(wire["reason"], "agent-not-responding");
+        assert_eq!(wire["thawError"], json!(null));
+        assert_eq!(wire["unconfirmedDisks"], json!([]));
+        assert_eq!(
+            serde_json::to_value(&recovered).unwrap()["consistency"],
+            "unknown"
+        );
+        for result in [recovered, switched, nothing, late] {
+            let text = serde_json::to_string(&result).unwrap();
+            let back: SnapshotResult = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, result, "{text}");
+        }
+    }
+}

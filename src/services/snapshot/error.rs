@@ -1,0 +1,72 @@
+//! Why `VM.snapshot` refuses a request (before any job exists), with VDSM's code for each.
+
+use crate::api::{ApiError, codes};
+use crate::jobs::vm_jobs::JobRefusal;
+use crate::virt::VirtError;
+
+/// A refused `VM.snapshot`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SnapshotError {
+    /// A parameter is invalid, or the VM's disks cannot take this snapshot (91).
+    #[error("Invalid parameter: {0}")]
+    InvalidParameter(String),
+    /// The VM is migrating (51).
+    #[error("Command not supported during migration")]
+    MigrationInProgress,
+    /// The job id is known, or another operation holds the VM (100).
+    #[error(transparent)]
+    Busy(#[from] JobRefusal),
+    /// libvirt could not read the VM.
+    #[error(transparent)]
+    Virt(#[from] VirtError),
+    /// The storage refused a volume (with its storage code).
+    #[error(transparent)]
+    Storage(#[from] ApiError),
+    /// The job could not be journaled, so it was not started (100).
+    #[error("General Exception: cannot journal snapshot job {job}: {message}")]
+    Journal {
+        /// The job.
+        job: uuid::Uuid,
+        /// Why.
+        message: String,
+    },
+}
+
+impl SnapshotError {
+    /// An invalid parameter, said in words.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidParameter(message.into())
+    }
+}
+
+impl From<SnapshotError> for ApiError {
+    fn from(err: SnapshotError) -> Self {
+        let code = match err {
+            SnapshotError::Busy(err) => return err.into(),
+            SnapshotError::Virt(err) => return err.into(),
+            SnapshotError::Storage(err) => return err,
+            SnapshotError::InvalidParameter(_) => codes::INVALID_PARAMETER,
+            SnapshotError::MigrationInProgress => codes::MIGRATION_IN_PROGRESS,
+            SnapshotError::Journal { .. } => codes::GENERAL,
+        };
+        Self::Coded {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_vdsm_codes_and_words() {
+        let err = ApiError::from(SnapshotError::invalid("snapDrives is empty"));
+        assert_eq!(err.code(), 91);
+        assert_eq!(err.to_string(), "Invalid parameter: snapDrives is empty");
+        let err = ApiError::from(SnapshotError::MigrationInProgress);
+        assert_eq!(err.code(), 51);
+        assert_eq!(err.to_string(), "Command not supported during migration");
+    }
+}

@@ -1,0 +1,120 @@
+//! Crash recovery: the jobs a previous run of rvdsmd left in the journal are ended truthfully.
+//! A finished one is shown again; an interrupted one has its guest thawed if it may have frozen
+//! it, and keeps its new volumes if the live domain uses them (done, consistency unknown) or
+//! loses them if not (failed, rolled back). While libvirt does not answer, or still runs a
+//! snapshot on the VM, such a job stays running and is ended once that is over.
+
+use uuid::Uuid;
+
+use super::SnapshotService;
+use super::rollback::{Live, why_kept};
+use super::runner::JobOutcome;
+use crate::api::codes;
+use crate::api::snapshot_types::{Consistency, SnapshotResult};
+use crate::clock::epoch_secs;
+use crate::jobs::journal::{Entry, Phase};
+use crate::jobs::vm_jobs::JobError;
+use crate::virt::{FreezeState, VirtError};
+
+impl SnapshotService {
+    /// Ends the jobs a previous run of rvdsmd left (see the module's documentation). The
+    /// daemon answers 99 to all but `Host.ping2` until this returns.
+    pub async fn recover(&self, entries: Vec<Entry>) {
+        if crate::failpoint::reached("recovery") {
+            // Test seam: stay in recovery (the gate answers 99) until killed.
+            std::future::pending::<()>().await;
+        }
+        for entry in entries {
+            let outcome = match entry.phase.clone() {
+                Phase::Finished { outcome, .. } => outcome,
+                Phase::Scheduled | Phase::Freezing => {
+                    if entry.phase == Phase::Freezing {
+                        self.thaw_if_frozen(entry.vm).await;
+                    }
+                    match self.settled_live(entry.vm).await {
+                        Live::Unreadable(why) => {
+                            tracing::warn!(job = %entry.job, vm = %entry.vm, %why, "interrupted snapshot not settled yet: the job is ended once it is");
+                            self.resume_later(entry);
+                            continue;
+                        }
+                        live => self.end_interrupted(&entry, &live).await,
+                    }
+                }
+            };
+            let outcome = outcome
+                .map(Into::into)
+                .map_err(|(code, message)| JobError { code, message });
+            self.jobs.restore(entry.job, entry.vm, outcome);
+        }
+    }
+
+    /// Shows an interrupted job as running, and ends it once libvirt answers again and runs
+    /// no snapshot on the VM.
+    fn resume_later(&self, entry: Entry) {
+        let claim = self.jobs.claim_vm(entry.vm).ok();
+        if self.jobs.add(entry.job, entry.vm, "snapshot_vm").is_err() {
+            return;
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            let _claim = claim;
+            let _slot = service.jobs.run_slot(entry.job).await;
+            let live = service.wait_live(entry.vm).await;
+            let outcome = service.end_interrupted(&entry, &live).await;
+            service.finish_job(&entry, outcome).await;
+        });
+    }
+
+    /// Ends an interrupted job by what `live` shows, and journals the outcome.
+    async fn end_interrupted(&self, entry: &Entry, live: &Live) -> JobOutcome {
+        let rollback = self.roll_back(entry, live).await;
+        let all_kept = rollback.kept.len() == entry.drives.len();
+        let outcome = if all_kept && matches!(live, Live::Disks(_)) {
+            self.note_consistency(entry, Consistency::Unknown, Some("recovered".into()))
+                .await;
+            Ok(SnapshotResult::Recovered {
+                consistency: Consistency::Unknown,
+                recovered: true,
+                switched: rollback.kept,
+            })
+        } else {
+            Err((
+                codes::SNAPSHOT_FAILED,
+                format!(
+                    "Snapshot failed: interrupted by a restart of rvdsmd; rolled back \
+                     (deleted {:?}, kept {:?}{})",
+                    rollback.deleted,
+                    rollback.kept,
+                    why_kept(&rollback, live)
+                ),
+            ))
+        };
+        tracing::warn!(job = %entry.job, vm = %entry.vm, ok = outcome.is_ok(), "snapshot job interrupted by a restart recovered");
+        let phase = Phase::Finished {
+            at: epoch_secs(),
+            outcome: outcome.clone(),
+        };
+        self.record(entry, phase).await;
+        outcome
+    }
+
+    /// Thaws a guest that an interrupted job may have frozen, after checking it is frozen;
+    /// when that cannot be done now, the freeze service keeps trying.
+    async fn thaw_if_frozen(&self, vm: Uuid) {
+        let _ = self
+            .hypervisor
+            .set_agent_timeout(vm, self.agent_timeout)
+            .await;
+        match self.hypervisor.freeze_state(vm, self.agent_timeout).await {
+            Ok(FreezeState::Thawed) | Err(VirtError::NoSuchDomain { .. }) => {}
+            Ok(FreezeState::Frozen) => {
+                tracing::warn!(%vm, "thawing a guest an interrupted snapshot froze");
+                if let Err(err) = self.hypervisor.thaw(vm, Vec::new()).await {
+                    tracing::error!(%vm, error = %err, "thaw after restart failed");
+                    self.freezes.guard(vm).await;
+                }
+            }
+            Err(_) => self.freezes.guard(vm).await,
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! A snapshot job from its start to its end: it waits for a place under the host-wide limit,
+//! runs the decision logic ([`super::flow`]) against the hypervisor with each phase journaled
+//! first, records how the snapshot was taken beside each base volume, and ends the job in the
+//! journal, then in `Host.getJobs`, and in the operators' metrics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::SnapshotService;
+use super::flow::{self, Plan, VmOps};
+use super::rollback::Live;
+use super::validate::Drive;
+use crate::api::snapshot_types::{Consistency, SnapshotNote, SnapshotResult, Switched};
+use crate::clock::epoch_secs;
+use crate::jobs::journal::{Entry, Phase};
+use crate::jobs::vm_jobs::{JobError, VmClaim};
+use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError};
+
+/// How a job ended: its result, or VDSM's code and message.
+pub(super) type JobOutcome = Result<SnapshotResult, (i32, String)>;
+
+impl SnapshotService {
+    /// Runs a scheduled job to its end.
+    pub(super) async fn run_job(
+        &self,
+        entry: Entry,
+        claim: VmClaim,
+        plan: Plan,
+        drives: Vec<Drive>,
+        skipped: Vec<Uuid>,
+    ) {
+        let job = entry.job;
+        let _slot = self.jobs.run_slot(job).await;
+        let _claim = claim;
+        let started = Instant::now();
+        if drives.is_empty() {
+            let result = SnapshotResult::NothingToSwitch {
+                switched: Vec::new(),
+                skipped,
+            };
+            self.finish_job(&entry, Ok(result)).await;
+            return;
+        }
+        self.jobs.progress(job, 10);
+        let ops = Journaled {
+            service: self,
+            entry: &entry,
+            unsettled: AtomicBool::new(false),
+        };
+        let result = flow::run(&ops, &plan).await;
+        if ops.unsettled.load(Ordering::SeqCst) {
+            self.freezes.guard(plan.vm).await;
+        }
+        match result {
+            Ok(outcome) => {
+                let reason = outcome.reason.map(|r| wire_name(&r));
+                self.note_consistency(&entry, outcome.consistency, reason)
+                    .await;
+                let unconfirmed_disks = self.unconfirmed(plan.vm, &drives).await;
+                tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
+                record_outcome(&outcome, started.elapsed());
+                let result = SnapshotResult::Switched(Switched {
+                    consistency: outcome.consistency,
+                    reason: outcome.reason,
+                    timings: outcome.timings,
+                    thaw_error: outcome.thaw_error,
+                    switched: drives.iter().map(|d| d.volume).collect(),
+                    skipped,
+                    unconfirmed_disks,
+                });
+                self.finish_job(&entry, Ok(result)).await;
+            }
+            Err(failure) => {
+                record_failure(started.elapsed());
+                let message = match failure.libvirt_code {
+                    Some(code) => format!(
+                        "Snapshot failed: {} (libvirt error {code})",
+                        failure.message
+                    ),
+                    None => format!("Snapshot failed: {}", failure.message),
+                };
+                self.fail(&entry, failure.switch_attempted, message).await;
+            }
+        }
+    }
+
+    /// The targets the live domain does not show on their new volume right after a switch
+    /// libvirt reported done (none when the domain cannot be read: the switch stands).
+    async fn unconfirmed(&self, vm: Uuid, drives: &[Drive]) -> Vec<String> {
+        let live = self.read_live(vm).await;
+        drives
+            .iter()
+            .filter(|d| match &live {
+                Live::Disks(disks) => disks.get(&d.target) != Some(&d.new_real),
+                Live::Gone | Live::Unreadable(_) => false,
+            })
+            .map(|d| d.target.clone())
+            .collect()
+    }
+
+    /// Writes beside each base volume how the snapshot on top of it was taken (shown by
+    /// `Volume.getInfo`); a failure is logged (the snapshot stands).
+    pub(super) async fn note_consistency(
+        &self,
+        entry: &Entry,
+        consistency: Consistency,
+        reason: Option<String>,
+    ) {
+        for drive in &entry.drives {
+            let note = SnapshotNote {
+                consistency,
+                reason: reason.clone(),
+                time: epoch_secs(),
+                vm_id: entry.vm,
+                volume: drive.volume,
+            };
+            if let Err(err) = self
+                .storage
+                .note_snapshot(drive.domain, drive.image, drive.base, note)
+                .await
+            {
+                tracing::warn!(job = %entry.job, error = %err, "cannot record the snapshot's consistency");
+            }
+        }
+    }
+
+    /// Journals a phase of a job; a failure is logged (the job goes on, less protected).
+    pub(super) async fn record(&self, entry: &Entry, phase: Phase) {
+        let entry = Entry {
+            phase,
+            ..entry.clone()
+        };
+        if let Err(err) = self.write_journal(entry).await {
+            tracing::error!(error = %err, "cannot write the snapshot journal");
+        }
+    }
+
+    /// Writes a journal entry durably, off the reactor (it fsyncs).
+    pub(super) async fn write_journal(&self, entry: Entry) -> Result<(), String> {
+        let journal = self.journal.clone();
+        match tokio::task::spawn_blocking(move || journal.write(&entry)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
+    /// Ends a job: journaled as finished, then shown as such by `Host.getJobs`.
+    pub(super) async fn finish_job(&self, entry: &Entry, outcome: JobOutcome) {
+        let phase = Phase::Finished {
+            at: epoch_secs(),
+            outcome: outcome.clone(),
+        };
+        self.record(entry, phase).await;
+        let outcome = outcome
+            .map(Into::into)
+            .map_err(|(code, message)| JobError { code, message });
+        self.jobs.finish(entry.job, outcome);
+    }
+}
+
+/// The hypervisor, with the journal written before the freeze: from then on, a frozen guest
+/// found after a crash may be this job's doing.
+struct Journaled<'a> {
+    service: &'a SnapshotService,
+    entry: &'a Entry,
+    /// Set when a freeze or thaw failed and the guest may be frozen (now, or later when a
+    /// hung agent wakes and runs the freeze it was sent); cleared by a thaw or a "thawed"
+    /// status. Set at the end: the freeze service guards the guest.
+    unsettled: AtomicBool,
+}
+
+impl VmOps for Journaled<'_> {
+    async fn run_state(&self, vm: Uuid) -> Result<RunState, VirtError> {
+        self.service.hypervisor.run_state(vm).await
+    }
+    async fn set_agent_timeout(&self, vm: Uuid, t: Duration) -> Result<(), VirtError> {
+        self.service.hypervisor.set_agent_timeout(vm, t).await
+    }
+    async fn freeze_state(&self, vm: Uuid, t: Duration) -> Result<FreezeState, VirtError> {
+        let state = self.service.hypervisor.freeze_state(vm, t).await;
+        if state == Ok(FreezeState::Thawed) {
+            self.unsettled.store(false, Ordering::SeqCst);
+        }
+        state
+    }
+    async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
+        self.service.record(self.entry, Phase::Freezing).await;
+        crate::failpoint::pause("snapshot:before-freeze").await;
+        let frozen = self.service.hypervisor.freeze(vm, Vec::new()).await;
+        if frozen.is_err() {
+            self.unsettled.store(true, Ordering::SeqCst);
+        }
+        frozen
+    }
+    async fn thaw(&self, vm: Uuid) -> Result<u32, VirtError> {
+        let thawed = self.service.hypervisor.thaw(vm, Vec::new()).await;
+        self.unsettled.store(thawed.is_err(), Ordering::SeqCst);
+        thawed
+    }
+    async fn external_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+    ) -> Result<(), VirtError> {
+        self.service
+            .hypervisor
+            .external_snapshot(vm, switches, all_targets)
+            .await
+    }
+    async fn switch_defined_disks(
+        &self,
+        vm: Uuid,
+        switches: Vec<(String, String)>,
+    ) -> Result<(), VirtError> {
+        self.service
+            .hypervisor
+            .switch_defined_disks(vm, switches)
+            .await
+    }
+}
+
+/// Adds a switched snapshot to the operators' metrics.
+fn record_outcome(outcome: &flow::Outcome, took: Duration) {
+    let metrics = crate::metrics::global();
+    let labels = crate::metrics::SnapshotLabels {
+        outcome: "done".into(),
+        consistency: wire_name(&outcome.consistency),
+    };
+    metrics.snapshots.get_or_create(&labels).inc();
+    metrics
+        .snapshot_seconds
+        .get_or_create(&labels)
+        .observe(took.as_secs_f64());
+    if outcome.timings.freeze_ms > 0.0 {
+        metrics
+            .freeze_seconds
+            .observe(outcome.timings.freeze_ms / 1000.0);
+    }
+    if outcome.timings.frozen_ms > 0.0 {
+        metrics
+            .frozen_window_seconds
+            .observe(outcome.timings.frozen_ms / 1000.0);
+    }
+    if let Some(reason) = &outcome.reason {
+        let reason = wire_name(reason);
+        if reason == "agent-not-responding" {
+            metrics.agent_timeouts.inc();
+        }
+        metrics
+            .fallbacks
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+    }
+}
+
+/// Adds a failed snapshot to the operators' metrics.
+fn record_failure(took: Duration) {
+    let metrics = crate::metrics::global();
+    let labels = crate::metrics::SnapshotLabels {
+        outcome: "failed".into(),
+        consistency: "none".into(),
+    };
+    metrics.snapshots.get_or_create(&labels).inc();
+    metrics
+        .snapshot_seconds
+        .get_or_create(&labels)
+        .observe(took.as_secs_f64());
+}
+
+/// The name serde gives a unit variant (`quiesced`, `agent-not-responding`, ...).
+fn wire_name<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
