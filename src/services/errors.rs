@@ -34,7 +34,7 @@ pub fn storage_code(err: &StorageError) -> i32 {
         E::MetadataRead { .. } => codes::VOLUME_METADATA_READ_ERROR,
         E::MetadataOverflow(_) => codes::METADATA_OVERFLOW,
         E::DomainMetadata { .. } => codes::INVALID_METADATA,
-        E::Io { .. } => codes::STORAGE_EXCEPTION,
+        E::Io { .. } | E::Inspect { .. } => codes::STORAGE_EXCEPTION,
         E::Persist(_) => codes::TASK_PERSIST_ERROR,
         E::Aborted | E::Interrupted => codes::TASK_ABORTED,
     }

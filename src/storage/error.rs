@@ -110,6 +110,14 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// qemu-img could not read a volume (200).
+    #[error("Cannot inspect volume {volume}: {message}")]
+    Inspect {
+        /// The volume.
+        volume: Uuid,
+        /// Why.
+        message: String,
+    },
     /// The task's progress could not be persisted (407): the step it announced is not taken.
     #[error("Cannot persist task progress: {0}")]
     Persist(String),

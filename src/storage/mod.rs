@@ -7,15 +7,19 @@
 //! - [`lock`]: the per-domain metadata lock behind a small trait.
 //! - [`domain`]: creating, discovering and describing domains.
 //! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
+//! - [`image`]: deleting and preparing images, and telling whether a VM uses their volumes.
+//! - [`snapshot_volume`]: what a live snapshot needs of its volumes.
 //! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
 
 pub mod domain;
 pub mod domain_md;
 mod error;
+pub mod image;
 pub mod layout;
 pub mod lock;
 pub mod meta;
 pub mod qemu_img;
+pub mod snapshot_volume;
 pub mod volume;
 
 pub use error::StorageError;

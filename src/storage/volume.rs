@@ -18,13 +18,12 @@ use super::domain::Domain;
 use super::error::StorageError;
 use super::meta::VolumeMeta;
 use super::qemu_img::{self, QemuImgError};
-use crate::api::snapshot_types::SnapshotNote;
 use crate::api::volume_types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
 use crate::failpoint::pause_if_requested;
 use crate::fsutil::{create_exclusive, remove_if_exists, write_atomic};
 
 /// Volume files are readable and writable by owner and group (qemu's group on real hosts).
-const VOLUME_MODE: u32 = 0o660;
+pub(super) const VOLUME_MODE: u32 = 0o660;
 /// Sizes are rounded up to this.
 pub const SIZE_ALIGNMENT: u64 = 4096;
 
@@ -445,22 +444,4 @@ pub fn leaf_first(domain: &Domain, image: Uuid) -> Result<Vec<Uuid>, StorageErro
     let mut ordered = volumes.clone();
     ordered.sort_by_key(|v| std::cmp::Reverse(depth(*v)));
     Ok(ordered)
-}
-
-/// Records durably how the snapshot on top of `volume` was taken; blocks.
-pub fn write_snapshot_note(
-    domain: &Domain,
-    image: Uuid,
-    volume: Uuid,
-    note: &SnapshotNote,
-) -> Result<(), StorageError> {
-    let path = domain.dir.snapshot_note(image, volume);
-    let bytes = serde_json::to_vec_pretty(note).unwrap_or_default();
-    write_atomic(&path, &bytes, VOLUME_MODE).map_err(StorageError::io("write", &path))
-}
-
-/// The note of [`write_snapshot_note`], if any.
-pub fn read_snapshot_note(domain: &Domain, image: Uuid, volume: Uuid) -> Option<SnapshotNote> {
-    let bytes = std::fs::read(domain.dir.snapshot_note(image, volume)).ok()?;
-    serde_json::from_slice(&bytes).ok()
 }

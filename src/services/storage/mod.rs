@@ -1,0 +1,200 @@
+//! Storage verbs: domains, images, volumes and their tasks. Every request is checked before
+//! anything changes; `Volume.create` runs as a persisted task whose failure, stop or
+//! interruption rolls it back; the tasks a previous run left unfinished are ended when the
+//! daemon starts. The file and qemu-img work is the storage module's; this one decides and
+//! renders VDSM's shapes.
+//!
+//! - this file: the service, its lookups and the recovery of interrupted tasks;
+//! - [`validate`]: requests into what the storage module takes (pure, unit-tested);
+//! - [`domains`]: domain and image verbs (`StorageDomain.*`, `Image.prepare`...);
+//! - [`volumes`]: `Volume.create` and the deletes, as tasks, and `Volume.getInfo`;
+//! - [`snapshot_support`]: what `VM.snapshot` asks of the storage;
+//! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
+
+mod domains;
+mod snapshot_support;
+mod tasks;
+mod validate;
+mod volumes;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::jobs::tasks::{TaskError, TaskManager, TaskRecord, TaskWork};
+use crate::services::errors::storage_code;
+use crate::storage::domain::Domain;
+use crate::storage::layout::Repository;
+use crate::storage::{StorageError, image, volume};
+use crate::virt::Hypervisor;
+
+/// The storage side of the host.
+#[derive(Clone)]
+pub struct StorageService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: Repository,
+    hypervisor: Hypervisor,
+    pool: Uuid,
+    // A std lock: held only to look a domain up or insert one, never across I/O.
+    domains: RwLock<HashMap<Uuid, Arc<Domain>>>,
+    tasks: TaskManager,
+    qemu_img_timeout: Duration,
+}
+
+/// Settings of the storage service.
+#[derive(Debug, Clone)]
+pub struct StorageSettings<'a> {
+    /// The storage repository.
+    pub repository: &'a Path,
+    /// The host's pool.
+    pub pool: Uuid,
+    /// Where tasks are persisted.
+    pub tasks_dir: &'a Path,
+    /// Bound of one qemu-img run.
+    pub qemu_img_timeout: Duration,
+    /// The hypervisor, asked whether a VM uses a volume before it is deleted.
+    pub hypervisor: Hypervisor,
+}
+
+impl StorageService {
+    /// Attaches the domains found under the repository and rolls back the tasks a previous
+    /// run left unfinished. Blocks (file I/O): call it before serving, off the reactor.
+    pub fn open(settings: &StorageSettings) -> Result<Self, ApiError> {
+        let repo = Repository::new(settings.repository);
+        let domains: HashMap<Uuid, Arc<Domain>> = Domain::discover(&repo)
+            .into_iter()
+            .map(|d| (d.uuid, Arc::new(d)))
+            .collect();
+        for domain in domains.values() {
+            tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain attached");
+        }
+        let (tasks, unfinished) = TaskManager::open(settings.tasks_dir)?;
+        let service = Self {
+            inner: Arc::new(Inner {
+                repo,
+                hypervisor: settings.hypervisor.clone(),
+                pool: settings.pool,
+                domains: RwLock::new(domains),
+                tasks,
+                qemu_img_timeout: settings.qemu_img_timeout,
+            }),
+        };
+        for record in unfinished {
+            service.recover(&record);
+        }
+        Ok(service)
+    }
+
+    /// The host's pool.
+    pub fn pool(&self) -> Uuid {
+        self.inner.pool
+    }
+
+    /// Ends a task interrupted by a restart: a create is rolled back; a delete that had begun
+    /// is finished (its volumes were already ILLEGAL), one that had not is dropped untouched.
+    fn recover(&self, record: &TaskRecord) {
+        let domain = match &record.work {
+            TaskWork::CreateVolume { domain, .. }
+            | TaskWork::DeleteVolume { domain, .. }
+            | TaskWork::DeleteImage { domain, .. } => self.domain(*domain),
+        };
+        let result = domain.map_err(|e| e.to_string()).and_then(|domain| {
+            match &record.work {
+                TaskWork::CreateVolume {
+                    request, progress, ..
+                } => volume::rollback(&domain, request, progress),
+                TaskWork::DeleteVolume {
+                    image,
+                    volume,
+                    started: true,
+                    ..
+                } => volume::remove_files(&domain, *image, *volume),
+                TaskWork::DeleteImage {
+                    image,
+                    started: true,
+                    ..
+                } => image::remove(&domain, *image),
+                TaskWork::DeleteVolume { .. } | TaskWork::DeleteImage { .. } => Ok(()),
+            }
+            .map_err(|e| e.to_string())
+        });
+        let clean = match result {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(task = %record.id, error = %err, "recovery of an interrupted task failed");
+                false
+            }
+        };
+        tracing::warn!(task = %record.id, verb = %record.verb, clean, "task interrupted by a restart recovered");
+        let interrupted = StorageError::Interrupted;
+        let outcome = Err((storage_code(&interrupted), interrupted.to_string(), clean));
+        if let Err(err) = self.inner.tasks.end(record.id, outcome) {
+            tracing::error!(task = %record.id, error = %err, "cannot record the recovered task");
+        }
+    }
+
+    fn domain(&self, id: Uuid) -> Result<Arc<Domain>, ApiError> {
+        let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+        domains
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| StorageError::DomainDoesNotExist(id).into())
+    }
+
+    fn check_pool(&self, pool: Uuid) -> Result<(), ApiError> {
+        if pool == self.inner.pool {
+            Ok(())
+        } else {
+            Err(StorageError::PoolUnknown(pool).into())
+        }
+    }
+
+    fn image_domain(&self, pool: Uuid, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
+        self.check_pool(pool)?;
+        self.domain_with_image(domain, image)
+    }
+
+    /// The domain, which must hold `image` (268 otherwise).
+    fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
+        let domain = self.domain(domain)?;
+        if !domain.has_image(image)? {
+            return Err(StorageError::ImageDoesNotExist {
+                image,
+                domain: domain.uuid,
+            }
+            .into());
+        }
+        Ok(domain)
+    }
+}
+
+/// Runs a task-manager call off the reactor: it writes and fsyncs the task's file.
+async fn on_tasks<T: Send + 'static>(
+    tasks: &TaskManager,
+    f: impl FnOnce(&TaskManager) -> Result<T, TaskError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let tasks = tasks.clone();
+    match tokio::task::spawn_blocking(move || f(&tasks)).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Unexpected(format!(
+            "task bookkeeping panicked: {e}"
+        ))),
+    }
+}
+
+/// Runs blocking storage work off the reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::Unexpected(format!("storage task panicked: {e}"))),
+    }
+}

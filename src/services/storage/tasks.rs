@@ -1,0 +1,58 @@
+//! `Task.getStatus`, `Task.getInfo`, `Task.clear`, `Task.stop` and
+//! `Host.getAllTasksStatuses`, in VDSM's shapes.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::{StorageService, on_tasks};
+use crate::api::ApiError;
+use crate::api::storage_types::{TaskInfo, TaskParams, TaskStatus};
+use crate::jobs::tasks::TaskRecord;
+
+impl StorageService {
+    /// `Task.getStatus`.
+    pub fn task_status(&self, p: TaskParams) -> Result<TaskStatus, ApiError> {
+        Ok(status_of(&self.inner.tasks.get(p.task)?))
+    }
+
+    /// `Task.getInfo`.
+    pub fn task_info(&self, p: TaskParams) -> Result<TaskInfo, ApiError> {
+        let record = self.inner.tasks.get(p.task)?;
+        Ok(TaskInfo {
+            id: record.id,
+            verb: record.verb,
+        })
+    }
+
+    /// `Task.clear`.
+    pub async fn task_clear(&self, p: TaskParams) -> Result<(), ApiError> {
+        on_tasks(&self.inner.tasks, move |t| t.clear(p.task)).await
+    }
+
+    /// `Task.stop`.
+    pub async fn task_stop(&self, p: TaskParams) -> Result<(), ApiError> {
+        on_tasks(&self.inner.tasks, move |t| t.stop(p.task)).await
+    }
+
+    /// `Host.getAllTasksStatuses`.
+    pub fn all_task_statuses(&self) -> BTreeMap<Uuid, TaskStatus> {
+        self.inner
+            .tasks
+            .all()
+            .iter()
+            .map(|r| (r.id, status_of(r)))
+            .collect()
+    }
+}
+
+fn status_of(record: &TaskRecord) -> TaskStatus {
+    let (state, result) = record.state.wire();
+    TaskStatus {
+        task_id: record.id,
+        task_state: state.to_owned(),
+        task_result: result.to_owned(),
+        code: record.code,
+        message: record.message(),
+    }
+}
