@@ -87,6 +87,8 @@ impl Host {
             None => Command::new(&binary),
         };
         let daemon = command
+            // As the systemd unit starts it: memory freed after load goes back at once.
+            .env("MIMALLOC_PURGE_DELAY", "0")
             .arg("--config")
             .arg(dir.path().join("rvdsm.toml"))
             .stderr(log)

@@ -28,7 +28,12 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's option for how long freed pages wait before they go back to the system.
+/// mimalloc's option for how long freed pages wait before they go back to the system. Its
+/// default (a short delay, after which pages go back only when a thread next allocates, which
+/// an idle daemon hardly does) left 12 MiB resident after 64 concurrent `VM.getStats` callers;
+/// 0 gave 5.6 MiB, flat over ten such bursts. mimalloc reads it from the environment before
+/// `main`, so it is set where rvdsmd is started: the systemd unit's `Environment=` line (and
+/// the demo, tests and benchmarks). rvdsmd only says at start when it is not set.
 const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
 
 /// The rvdsm host agent daemon.
@@ -44,7 +49,6 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let purge_reexec_error = purge_freed_memory_at_once();
     let args = Args::parse();
     if args.print_default_config {
         print!("{}", Config::example_toml());
@@ -52,8 +56,11 @@ fn main() -> anyhow::Result<()> {
     }
     let config = Config::load_or_default(args.config.as_deref())?;
     init_logging(&config);
-    if let Some(err) = purge_reexec_error {
-        tracing::warn!(error = %err, "cannot restart with {PURGE_DELAY_ENV}=0; memory freed after load may stay resident");
+    if std::env::var_os(PURGE_DELAY_ENV).is_none() {
+        tracing::info!(
+            "{PURGE_DELAY_ENV} is not set: memory freed after a load returns to the system \
+             lazily (the systemd unit sets it to 0)"
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -61,30 +68,6 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(config))
-}
-
-/// Makes mimalloc return freed pages to the system at once. By default it waits a second and
-/// then purges only when a thread next allocates, which an idle daemon hardly does: measured
-/// after 64 concurrent `VM.getStats` callers, anonymous memory stayed at 15.8 MiB (3.7 idle);
-/// with a delay of 0 it went back to 8.8 MiB, and stayed within 9.7 over ten such bursts
-/// (what stays is fragmentation, and glibc's arenas for libvirt's threads). mimalloc reads
-/// the option from the environment before `main`, so the daemon starts itself again (same
-/// process, `exec`) with it set, unless the operator set it. Returns why that failed, if it
-/// did (the daemon goes on as it is).
-fn purge_freed_memory_at_once() -> Option<std::io::Error> {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os(PURGE_DELAY_ENV).is_some() {
-        return None;
-    }
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| "rvdsmd".into());
-    // /proc/self/exe: this very binary, even if a package upgrade replaced its path meanwhile.
-    let error = std::process::Command::new("/proc/self/exe")
-        .arg0(arg0)
-        .args(args)
-        .env(PURGE_DELAY_ENV, "0")
-        .exec();
-    Some(error)
 }
 
 fn init_logging(config: &Config) {

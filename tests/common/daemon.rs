@@ -344,6 +344,8 @@ fn start_child(dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
         .arg("--config")
         .arg(dir.join("rvdsm.toml"))
         .env("RUST_LOG", "debug")
+        // As the systemd unit starts it.
+        .env("MIMALLOC_PURGE_DELAY", "0")
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
