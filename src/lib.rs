@@ -4,19 +4,36 @@
 //! the `rvdsmd` daemon, which drives libvirt, QEMU and the QEMU guest agent on its host.
 //!
 //! # Layout
-//! Data flows one way: [`rpc`] → [`api`] types → [`services`] → [`virt`] → libvirt.
-//! - [`config`]: the TOML configuration file and its defaults.
-//! - [`api`]: the typed schema shared by the server and the CLI: verbs, parameters, results and
-//!   VDSM's error codes.
+//! Data flows one way: [`rpc`] → [`services`] → [`storage`], [`virt`], [`jobs`] → libvirt,
+//! qemu-img, files. Each layer imports only the layers below it; [`api`] is the vocabulary
+//! every layer shares and imports nothing of the crate.
+//!
+//! Transports and clients:
 //! - [`rpc`]: transports only (JSON-RPC 2.0 over STOMP, HTTP and WebSocket, on one mutual-TLS
-//!   TCP port and a Unix socket), translating requests into typed service calls and errors into
-//!   JSON-RPC errors.
-//! - [`events`]: job and VM status events, for the transports to deliver.
-//! - [`services`]: what each verb does, in terms of the hypervisor; never sees JSON-RPC.
-//! - [`virt`]: the only module that talks to libvirt: the shared reconnecting connection, VM
-//!   lookup and state, domain XML, and the guest agent.
+//!   TCP port and a Unix socket): a request into a typed [`api::Call`], dispatched to
+//!   [`services`]; an error into `{code, message}`.
+//! - [`client`]: the JSON-RPC and STOMP clients of the CLI, the tests and the benchmarks.
 //! - [`cli`]: argument handling for the `rvdsm` command-line client.
+//!
+//! What each verb does:
+//! - [`services`]: one service per area (host, storage, snapshot, freeze), on typed values;
+//!   never sees JSON-RPC. [`services::errors`] is where the lower layers' errors get VDSM's
+//!   codes.
+//!
+//! Resources:
+//! - [`storage`]: file storage domains in VDSM's layout: metadata, volumes, images,
+//!   qemu-img. Knows nothing of libvirt.
+//! - [`virt`]: the only module that talks to libvirt: the reconnecting connection, VMs, domain
+//!   XML, snapshots, the guest agent, lifecycle events.
+//! - [`jobs`]: storage tasks, virt jobs and the snapshot journal of intent.
+//!
+//! Shared below everything:
+//! - [`api`]: verbs (one table), parameter and result types, VDSM's error codes, event names.
+//! - [`events`]: the event bus (job ends, VM status changes) the transports deliver.
+//! - [`config`]: the TOML configuration file and its defaults.
 //! - [`metrics`]: Prometheus metrics for operators.
+//! - [`clock`], [`fsutil`]: the crate's clocks; atomic, durable file writes.
+//! - [`failpoint`]: test-only pauses where fault tests act.
 //! - [`pki`]: a lab certificate authority (`rvdsm pki init`).
 
 pub mod api;

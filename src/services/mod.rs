@@ -1,6 +1,12 @@
-//! What each verb does, in terms of the hypervisor (and, in later issues, storage and jobs).
-//! Services take and return the typed values of [`crate::api`]; they never see JSON-RPC, and
-//! they reach libvirt only through [`crate::virt`].
+//! What each verb does, in terms of the hypervisor, the storage domains and the jobs. Services
+//! take and return the typed values of [`crate::api`]; they never see JSON-RPC, and they reach
+//! libvirt only through [`crate::virt`], files only through [`crate::storage`].
+//!
+//! - [`host`](HostService): host and VM inventory, `Host.ping2`, `Host.getCapabilities`.
+//! - [`storage`](StorageService): domains, images, volumes and their tasks.
+//! - [`snapshot`]: `VM.snapshot` and its jobs.
+//! - [`freeze`](FreezeService): `VM.freeze` and `VM.thaw`, with the auto-thaw promise.
+//! - [`errors`]: the lower layers' errors with VDSM's codes.
 
 pub mod errors;
 mod freeze;
@@ -8,7 +14,7 @@ mod host;
 pub mod snapshot;
 mod storage;
 
-pub use freeze::FreezeService;
+pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};
 pub use host::HostService;
 pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};

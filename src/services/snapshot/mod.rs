@@ -4,13 +4,16 @@
 //! unless the live domain shows a disk already uses one. One room per phase:
 //!
 //! - this file: the service and its entry point (checks, scheduling);
-//! - [`validate`]: the request's parameters and drives, before anything changes;
-//! - [`runner`]: the job from its start to its end, each phase journaled first;
-//! - [`flow`]: the decision logic (quiesce, switch, thaw), against a small hypervisor trait;
-//! - [`rollback`]: reading the live domain after a failure, and deciding what to keep;
-//! - [`recovery`]: ending the jobs a crash of rvdsmd interrupted.
+//! - `validate.rs`: the request's parameters and drives, before anything changes;
+//! - `runner.rs`: the job from its start to its end, each phase journaled first;
+//! - [`flow`]: the decision logic (quiesce, switch, thaw), against a small hypervisor trait,
+//!   unit-tested with a recording fake (`fake.rs`);
+//! - `rollback.rs`: reading the live domain after a failure, and deciding what to keep;
+//! - `recovery.rs`: ending the jobs a crash of rvdsmd interrupted.
 
 mod error;
+#[cfg(test)]
+mod fake;
 pub mod flow;
 mod recovery;
 mod rollback;
