@@ -165,7 +165,9 @@ pub struct CreateVolumeParams {
     pub sequence: Option<u32>,
 }
 
-/// Parameters of `Volume.delete`.
+/// Parameters of `Volume.delete`. The ids repeat [`VolumeParams`]' rather than flatten it: a
+/// flattened struct hides its field names from what serde's derive tells, which the verb
+/// table's agreement test reads.
 #[derive(Debug, Clone, Deserialize)]
 pub struct DeleteVolumeParams {
     /// The volume.

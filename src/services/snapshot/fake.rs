@@ -102,4 +102,3 @@ impl VmOps for Fake {
         Ok(())
     }
 }
-

@@ -98,14 +98,19 @@ mod tests {
     const VOLUME: &str = "44444444-4444-4444-4444-444444444444";
     const PARENT: &str = "55555555-5555-5555-5555-555555555555";
 
+    /// `base` with `changes` applied, as the verb's parameters.
+    fn with<T: serde::de::DeserializeOwned>(mut base: Value, changes: Value) -> T {
+        for (k, v) in changes.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
     fn volume(changes: Value) -> CreateVolumeParams {
-        let mut p = json!({"volumeID": VOLUME, "storagepoolID": Uuid::nil(),
+        let base = json!({"volumeID": VOLUME, "storagepoolID": Uuid::nil(),
             "storagedomainID": Uuid::nil(), "imageID": IMAGE, "size": "1000",
             "volFormat": 4, "preallocate": 2, "diskType": "DATA", "srcVolUUID": PARENT});
-        for (k, v) in changes.as_object().unwrap() {
-            p[k] = v.clone();
-        }
-        serde_json::from_value(p).unwrap()
+        with(base, changes)
     }
 
     #[test]
@@ -157,12 +162,9 @@ mod tests {
     }
 
     fn domain(changes: Value) -> CreateDomainParams {
-        let mut p = json!({"storagedomainID": Uuid::nil(), "domainType": 4,
+        let base = json!({"storagedomainID": Uuid::nil(), "domainType": 4,
             "typeArgs": "/srv/d", "name": "d", "domainClass": 1, "version": 5});
-        for (k, v) in changes.as_object().unwrap() {
-            p[k] = v.clone();
-        }
-        serde_json::from_value(p).unwrap()
+        with(base, changes)
     }
 
     #[test]
