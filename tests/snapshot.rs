@@ -403,6 +403,19 @@ fn bad_requests_are_refused_and_change_nothing() {
         ("unknown VM", json!({"vmID": new_id()}), 1),
         ("timeout zero", json!({"timeout": 0}), 91),
         ("freeze_timeout negative", json!({"freeze_timeout": -1}), 91),
+        // Issue 13, item 7: numbers no clock can take are refused before anything is
+        // recorded (this one was journaled, then failed with 16 and left the job pending).
+        (
+            "freeze_timeout beyond any clock",
+            json!({"freeze_timeout": 200_000_000_000_000_000i64}),
+            91,
+        ),
+        ("timeout beyond any clock", json!({"timeout": i64::MAX}), 91),
+        (
+            "freeze_timeout not an integer",
+            json!({"freeze_timeout": 1e300}),
+            -32602,
+        ),
         ("memory snapshot", json!({"snapMemory": "a,b,c,d,e,f"}), 91),
         ("no drives", json!({"snapDrives": []}), 91),
         (
@@ -427,6 +440,21 @@ fn bad_requests_are_refused_and_change_nothing() {
             volume_path(&f, &image, &base),
             "{what}"
         );
+        let jobs = f.daemon.ok("Host.getJobs", json!({}));
+        assert_eq!(jobs, json!({}), "{what} registered a job");
+    }
+    // An auto-thaw deadline no clock can take is refused before the guest is frozen (it
+    // panicked after the freeze in a debug build, and thawed at once in a release one).
+    for seconds in [json!(1u64 << 63), json!(u64::MAX)] {
+        let params = json!({"vmID": guest.uuid, "autoThawSeconds": seconds});
+        match f
+            .daemon
+            .call(common::daemon::Via::Unix, "VM.freeze", params)
+        {
+            Err(rvdsm::client::ClientError::Server { code, .. }) => assert_eq!(code, 91),
+            other => panic!("VM.freeze autoThawSeconds={seconds}: {other:?}"),
+        }
+        assert_eq!(agent_freeze_status(&guest), "thawed");
     }
     // The new volume's parent must be the base.
     let err = snapshot(&f, &guest.uuid, &image, &base, &other_top, json!({})).unwrap_err();
@@ -553,34 +581,47 @@ fn snapshots_of_two_vms_at_once_both_succeed() {
     }
 }
 
+/// A stopped VM on a RAW base volume (issue 13, item 1): the offline snapshot points its
+/// definition at the qcow2 overlay with a qcow2 driver (a raw driver would show the guest the
+/// qcow2 container as its disk, and its writes would corrupt the overlay); the VM then boots
+/// from the overlay, the guest's filesystem mounts and takes writes, and the overlay checks
+/// clean with the guest's data in it.
 #[test]
-fn a_defined_stopped_vm_gets_its_definition_switched() {
+fn a_defined_stopped_vm_on_a_raw_base_gets_its_definition_switched_and_boots() {
     let Some(conn) = libvirt() else { return };
     let f = Fixture::new();
-    let (image, base, path) = f.data_volume();
+    let (image, base) = (new_id(), new_id());
+    let raw = json!({"volFormat": 5, "size": (64u64 << 20).to_string()});
+    assert_success(&f.create(&image, &base, raw));
+    let base_file = f.image_dir(&image).join(&base);
+    let fixture = common::fixture_dir().join("data.qcow2");
+    let (from, to) = (fixture.to_str().unwrap(), base_file.to_str().unwrap());
+    qemu_img(&["convert", "-q", "-n", "-O", "raw", from, to]);
+    let prepared = f.daemon.ok(
+        "Image.prepare",
+        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image, "volumeID": base}),
+    );
+    let path = prepared["path"].as_str().unwrap().to_owned();
     let name = format!("rvdsm-test-{}-defined", std::process::id());
     let xml =
         std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/guest-xml"))
-            .args([
-                "--name",
-                &name,
-                "--console",
-                "/dev/null",
-                "--disk",
-                path.to_str().unwrap(),
-            ])
+            .args(["--name", &name, "--console", "/dev/null", "--disk", &path])
             .output()
             .unwrap();
-    let domain = conn
-        .define_domain_xml(&String::from_utf8(xml.stdout).unwrap())
-        .unwrap();
+    let xml = String::from_utf8(xml.stdout).unwrap().replace(
+        "<driver name='qemu' type='qcow2'/>",
+        "<driver name='qemu' type='raw'/>",
+    );
+    assert!(xml.contains("type='raw'"), "{xml}");
+    /// Destroys and undefines the VM, even when the test fails.
     struct Undefine(virt::domain::Domain);
     impl Drop for Undefine {
         fn drop(&mut self) {
+            let _ = self.0.destroy();
             let _ = self.0.undefine();
         }
     }
-    let domain = Undefine(domain);
+    let domain = Undefine(conn.define_domain_xml(&xml).unwrap());
     let vm = domain.0.uuid_string().unwrap();
     let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
     assert_eq!(stats[0]["status"], "Down");
@@ -591,6 +632,35 @@ fn a_defined_stopped_vm_gets_its_definition_switched() {
     assert_eq!(info["status"], "done", "{info}");
     assert_eq!(info["result"]["reason"], "not-running");
     assert_eq!(active_path(&f, &vm), volume_path(&f, &image, &top));
+    let defined = rvdsm::virt::xml::parse_disks(
+        &domain
+            .0
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(defined[0].format.as_deref(), Some("qcow2"), "{defined:?}");
+
+    let _slot = common::guest::GuestSlot::acquire();
+    domain.0.create().unwrap();
+    let agent_up = wait_until(common::guest::AGENT_BOOT_TIMEOUT, || {
+        rvdsm::virt::agent::execute(&domain.0, qapi::qga::guest_ping {}, Duration::from_secs(5))
+            .is_ok()
+    });
+    assert!(agent_up, "the VM did not boot from its overlay");
+    let (code, out) = common::guest::exec_in(
+        &domain.0,
+        &name,
+        "grep -q ' /mnt/data ' /proc/mounts && echo written > /mnt/data/after-snapshot \
+         && sync && cat /mnt/data/after-snapshot",
+    );
+    assert_eq!((code, out.trim()), (0, "written"), "the guest's filesystem");
+    domain.0.destroy().unwrap();
+    let top_file = f.image_dir(&image).join(&top);
+    qemu_img(&["check", "-q", top_file.to_str().unwrap()]);
+    let info = common::domain::qemu_info(&top_file);
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["backing-filename-format"], "raw", "{info}");
 }
 
 #[test]

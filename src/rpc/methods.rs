@@ -159,6 +159,7 @@ mod tests {
         FreezeService, HostService, SnapshotService, StorageService, StorageSettings,
     };
     use crate::virt::Hypervisor;
+    use serde_json::json;
     use std::time::Duration;
 
     fn offline_services() -> (Services, tempfile::TempDir) {
@@ -276,6 +277,72 @@ mod tests {
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// Issue 13, item 7: every numeric parameter of every verb, sent extreme values (with the
+    /// verb's other required parameters present), is answered with a result or a clean error
+    /// object: never a panic, never a hang, and a refusal changes no file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn extreme_numbers_for_every_numeric_parameter_are_answered_cleanly() {
+        use crate::api::ParamType;
+        let (services, dir) = offline_services();
+        let module = registry(services);
+        let extremes = [
+            json!(0),
+            json!(-1),
+            json!(1u64 << 63),
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1e300),
+            json!(-1e300),
+            json!("18446744073709551616"),
+            json!("-1"),
+            json!("x"),
+        ];
+        let mut answered = 0;
+        for verb in VERBS {
+            for param in verb.params.iter().filter(|p| p.ty == ParamType::UInt) {
+                for value in &extremes {
+                    let mut params: serde_json::Map<String, Value> = verb
+                        .params
+                        .iter()
+                        .filter(|p| p.required)
+                        .map(|p| {
+                            (
+                                p.name.to_owned(),
+                                serde_json::from_str(p.ty.template()).unwrap(),
+                            )
+                        })
+                        .collect();
+                    params.insert(param.name.to_owned(), value.clone());
+                    let request =
+                        json!({"jsonrpc": "2.0", "id": 1, "method": verb.name, "params": params});
+                    let before = tree(dir.path());
+                    let reply = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        module.raw_json_request(&request.to_string(), 1),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("{request} hung"))
+                    .unwrap();
+                    let reply: Value = serde_json::from_str(reply.0.get()).unwrap();
+                    if let Some(error) = reply.get("error") {
+                        assert!(
+                            error["code"].is_i64() && error["message"].is_string(),
+                            "{reply}"
+                        );
+                        assert_eq!(before, tree(dir.path()), "{request} changed files");
+                    } else {
+                        assert!(reply.get("result").is_some(), "{request}: {reply}");
+                    }
+                    answered += 1;
+                }
+            }
+        }
+        assert!(
+            answered >= 10 * 8,
+            "{answered} calls: the numeric parameters were reached"
+        );
     }
 
     /// Random parameter objects for every verb, built on the verb's own parameter names so that

@@ -235,7 +235,11 @@ impl Domain {
 fn mount_dir(repo: &Repository, new: &NewDomain) -> Result<PathBuf, StorageError> {
     let remote = new.remote_path.as_str();
     let bad = || StorageError::InvalidParameter(format!("typeArgs={remote}"));
-    if remote.is_empty() || remote.contains('\0') {
+    // The mount directory is one name under `mnt/` (`/` becomes `_`): a remote path that is
+    // `.` or `..`, or names one of them, would put the domain elsewhere, where the next start
+    // would not find it.
+    let escapes = remote.split('/').any(|part| part == "." || part == "..");
+    if remote.is_empty() || remote.contains('\0') || escapes {
         return Err(bad());
     }
     let mount = repo.mount_of(remote);
@@ -386,5 +390,28 @@ mod tests {
             );
         }
         assert!(!repo.mounts().exists() || std::fs::read_dir(repo.mounts()).unwrap().count() == 0);
+    }
+
+    /// Issue 13, item 9: a remote path of `..` made the domain `<repository>/mnt/..`.
+    #[test]
+    fn remote_paths_that_leave_the_mounts_are_refused() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let repo = Repository::new(repo_dir.path());
+        std::fs::create_dir_all(repo.mounts()).unwrap();
+        for path in ["..", ".", "srv:/export/..", "srv:/./export", "../x"] {
+            let mut new = new_local(Path::new("/"));
+            new.kind = DomainType::PosixFs;
+            new.remote_path = path.to_owned();
+            let err = Domain::create(&repo, &new, Uuid::nil()).unwrap_err();
+            assert!(
+                matches!(err, StorageError::InvalidParameter(_)),
+                "{path}: {err}"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(repo_dir.path())
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(left.len(), 1, "only mnt/: {left:?}");
     }
 }

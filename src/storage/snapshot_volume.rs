@@ -91,7 +91,17 @@ pub async fn has_data(
         .map_err(|e| inspect(e.to_string()))?;
     let extents: Vec<serde_json::Value> =
         serde_json::from_str(&out).map_err(|e| inspect(format!("qemu-img map output: {e}")))?;
-    Ok(extents.iter().any(|e| e["depth"] == 0 && e["data"] == true))
+    Ok(extents.iter().any(allocated_in_top_layer))
+}
+
+/// Whether a `qemu-img map` extent is allocated in the image's own layer (depth 0). Zeroes the
+/// guest wrote, and ranges it discarded, are allocated as zero clusters (`present`, `zero`,
+/// not `data`): they hide the backing file's data, so they are the guest's writes too.
+fn allocated_in_top_layer(extent: &serde_json::Value) -> bool {
+    extent["depth"] == 0
+        && (extent["present"] == true
+            // Before `present` existed (qemu < 6.1), only data extents were told apart.
+            || (extent.get("present").is_none() && extent["data"] == true))
 }
 
 /// Records durably how the snapshot on top of `volume` was taken.
@@ -110,4 +120,64 @@ pub fn write_note(
 pub fn read_note(domain: &Domain, image: Uuid, volume: Uuid) -> Option<SnapshotNote> {
     let bytes = std::fs::read(domain.dir.snapshot_note(image, volume)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn zero_clusters_of_the_top_layer_are_the_guests_writes() {
+        let zeroed = json!({"depth": 0, "present": true, "zero": true, "data": false});
+        let written = json!({"depth": 0, "present": true, "zero": false, "data": true});
+        let backing = json!({"depth": 1, "present": true, "zero": false, "data": true});
+        let hole = json!({"depth": 0, "present": false, "zero": true, "data": false});
+        let old_qemu = json!({"depth": 0, "zero": false, "data": true});
+        assert!(allocated_in_top_layer(&zeroed));
+        assert!(allocated_in_top_layer(&written));
+        assert!(allocated_in_top_layer(&old_qemu));
+        assert!(!allocated_in_top_layer(&backing));
+        assert!(!allocated_in_top_layer(&hole));
+    }
+
+    /// With the real qemu-img and qemu-io: a new overlay holds nothing of its own; zeroes
+    /// written, or a range discarded, make it hold the guest's writes.
+    #[tokio::test]
+    async fn written_zeroes_and_discards_count_as_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |program: &str, args: &[&str]| {
+            let out = std::process::Command::new(program)
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        };
+        run("qemu-img", &["create", "-q", "-f", "qcow2", "base", "1M"]);
+        run("qemu-io", &["-c", "write -P 7 0 1M", "base"]);
+        for (name, writes) in [
+            ("new", None),
+            ("zeroed", Some("write -z 0 64k")),
+            ("discarded", Some("discard 64k 64k")),
+        ] {
+            run(
+                "qemu-img",
+                &[
+                    "create", "-q", "-f", "qcow2", "-b", "base", "-F", "qcow2", name,
+                ],
+            );
+            if let Some(command) = writes {
+                run("qemu-io", &["-c", command, name]);
+            }
+            let args = ["map", "-U", "-f", "qcow2", "--output=json", name];
+            let timeout = Duration::from_secs(30);
+            let out = qemu_img::run(&args, dir.path(), timeout, &CancellationToken::new())
+                .await
+                .unwrap();
+            let extents: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+            let has_data = extents.iter().any(allocated_in_top_layer);
+            assert_eq!(has_data, writes.is_some(), "{name}: {out}");
+        }
+    }
 }

@@ -14,9 +14,11 @@ mod ffi;
 mod lifecycle;
 mod snapshot;
 pub mod xml;
+mod xml_edit;
 
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::{VirtError, VirtErrorKind};
 pub use lifecycle::watch_lifecycle;
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};
+pub use xml_edit::DefinedSwitch;

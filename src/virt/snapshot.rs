@@ -14,6 +14,7 @@ use virt::sys;
 use super::connection::Hypervisor;
 use super::domains::lookup;
 use super::error::VirtError;
+use super::xml_edit::{DefinedSwitch, escape, switch_disk_sources};
 use super::{agent, ffi};
 
 /// Whether the VM runs, for the purpose of a snapshot.
@@ -189,27 +190,19 @@ impl Hypervisor {
         .await
     }
 
-    /// Points a stopped VM's definition at the new volumes (an offline snapshot).
+    /// Points a stopped VM's definition at the new volumes (an offline snapshot): each disk,
+    /// by its target, gets its new volume and a qcow2 driver ([`super::xml_edit`]).
     pub async fn switch_defined_disks(
         &self,
         vm: Uuid,
-        switches: Vec<(String, String)>,
+        switches: Vec<DefinedSwitch>,
     ) -> Result<(), VirtError> {
         self.call_once_on(vm, "redefine domain disks", move |conn| {
             let domain = lookup(conn, vm)?;
-            let mut xml = domain
+            let xml = domain
                 .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
                 .map_err(|e| VirtError::libvirt("read domain XML", e))?;
-            for (old, new) in &switches {
-                let from = format!("file='{}'", escape(old));
-                if !xml.contains(&from) {
-                    return Err(VirtError::Xml {
-                        what: "domain",
-                        message: format!("no disk with source {old}"),
-                    });
-                }
-                xml = xml.replace(&from, &format!("file='{}'", escape(new)));
-            }
+            let xml = switch_disk_sources(&xml, &switches)?;
             conn.define_domain_xml(&xml)
                 .map(|_| ())
                 .map_err(|e| VirtError::libvirt("define domain", e))
@@ -235,14 +228,6 @@ fn snapshot_xml(switches: &[DiskSwitch], all_targets: &[String]) -> String {
     }
     xml.push_str("</disks></domainsnapshot>");
     xml
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('\'', "&apos;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

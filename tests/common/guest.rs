@@ -159,29 +159,7 @@ impl Guest {
     /// Runs `script` with the guest's `/bin/sh -c` through `guest-exec`, waits (bounded) for it
     /// to end, and returns its exit code and standard output.
     pub fn exec(&self, script: &str) -> (i64, String) {
-        let command = guest_exec {
-            path: "/bin/sh".into(),
-            arg: Some(vec!["-c".into(), script.into()]),
-            env: None,
-            input_data: None,
-            capture_output: Some(GuestExecCaptureOutput::flag(true)),
-        };
-        let domain = self.domain_now();
-        let pid = agent::execute(&domain, command, AGENT_CALL_TIMEOUT)
-            .unwrap_or_else(|e| panic!("guest-exec {script:?} in {}: {e}", self.name))
-            .pid;
-        let mut status = None;
-        let finished = wait_until(Duration::from_secs(30), || {
-            let s = agent::execute(&domain, guest_exec_status { pid }, AGENT_CALL_TIMEOUT)
-                .unwrap_or_else(|e| panic!("guest-exec-status in {}: {e}", self.name));
-            let exited = s.exited;
-            status = Some(s);
-            exited
-        });
-        assert!(finished, "{script:?} did not finish in {}", self.name);
-        let status = status.unwrap();
-        let out = String::from_utf8_lossy(&status.out_data.unwrap_or_default()).into_owned();
-        (status.exitcode.unwrap_or(-1), out)
+        exec_in(&self.domain_now(), &self.name, script)
     }
 
     /// Starts `script` in the guest and returns at once, without waiting for it (for scripts
@@ -197,7 +175,6 @@ impl Guest {
         agent::execute(&self.domain_now(), command, AGENT_CALL_TIMEOUT)
             .unwrap_or_else(|e| panic!("guest-exec {script:?} in {}: {e}", self.name));
     }
-
     /// The guest's disks as its live XML describes them, with their backing chains.
     pub fn disks(&self) -> Vec<DiskStats> {
         xml::parse_disks(&self.domain.xml_desc(0).unwrap()).unwrap()
@@ -307,12 +284,12 @@ pub fn remove_leftovers(conn: &Connect) {
 }
 
 /// A place among the guests allowed to run at once in this test binary.
-struct GuestSlot;
+pub struct GuestSlot;
 
 static RUNNING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 
 impl GuestSlot {
-    fn acquire() -> GuestSlot {
+    pub fn acquire() -> GuestSlot {
         let limit = std::env::var("RVDSM_TEST_MAX_GUESTS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -333,4 +310,32 @@ impl Drop for GuestSlot {
         *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
         freed.notify_one();
     }
+}
+
+/// Runs `script` with `/bin/sh -c` in the guest of `domain` (called `name` in messages)
+/// through `guest-exec`, waits (bounded) for it to end, and returns its exit code and standard
+/// output.
+pub fn exec_in(domain: &Domain, name: &str, script: &str) -> (i64, String) {
+    let command = guest_exec {
+        path: "/bin/sh".into(),
+        arg: Some(vec!["-c".into(), script.into()]),
+        env: None,
+        input_data: None,
+        capture_output: Some(GuestExecCaptureOutput::flag(true)),
+    };
+    let pid = agent::execute(domain, command, AGENT_CALL_TIMEOUT)
+        .unwrap_or_else(|e| panic!("guest-exec {script:?} in {name}: {e}"))
+        .pid;
+    let mut status = None;
+    let finished = wait_until(Duration::from_secs(30), || {
+        let s = agent::execute(domain, guest_exec_status { pid }, AGENT_CALL_TIMEOUT)
+            .unwrap_or_else(|e| panic!("guest-exec-status in {name}: {e}"));
+        let exited = s.exited;
+        status = Some(s);
+        exited
+    });
+    assert!(finished, "{script:?} did not finish in {name}");
+    let status = status.unwrap();
+    let out = String::from_utf8_lossy(&status.out_data.unwrap_or_default()).into_owned();
+    (status.exitcode.unwrap_or(-1), out)
 }

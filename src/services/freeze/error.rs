@@ -24,6 +24,9 @@ pub enum FreezeError {
     /// Another operation holds the VM.
     #[error(transparent)]
     Busy(#[from] JobRefusal),
+    /// A parameter is out of range (91).
+    #[error("Invalid parameter: {0}")]
+    InvalidParameter(String),
     /// The guest is frozen by another tool; rvdsm never takes such a freeze over.
     #[error(
         "Unable to freeze guest filesystems: the guest is already frozen by another tool; \
@@ -63,7 +66,9 @@ impl FreezeError {
     pub fn kind(&self) -> FreezeErrorKind {
         let virt = match self {
             Self::Virt(err) | Self::Agent { source: err, .. } => err.kind(),
-            Self::Busy(_) | Self::ForeignFreeze => return FreezeErrorKind::Failed,
+            Self::Busy(_) | Self::ForeignFreeze | Self::InvalidParameter(_) => {
+                return FreezeErrorKind::Failed;
+            }
         };
         match virt {
             VirtErrorKind::NoSuchDomain => FreezeErrorKind::NoSuchVm,
@@ -99,6 +104,7 @@ impl From<FreezeError> for ApiError {
             FreezeError::Virt(err) => return err.into(),
             FreezeError::Busy(err) => return err.into(),
             FreezeError::ForeignFreeze => codes::FREEZE_GUEST_FS_FAILED,
+            FreezeError::InvalidParameter(_) => codes::INVALID_PARAMETER,
             FreezeError::Agent { op, ref source } => match (source.kind(), op) {
                 (VirtErrorKind::AgentUnresponsive, _) => codes::NON_RESPONSIVE_GUEST_AGENT,
                 (VirtErrorKind::AgentUnsupported, _) => codes::UNSUPPORTED_OPERATION,

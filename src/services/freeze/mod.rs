@@ -47,6 +47,9 @@ fn freeze_verb() -> String {
 
 /// The first wait before a failed thaw is tried again; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest auto-thaw deadline taken (a day): a guest is never left frozen longer on
+/// rvdsm's word, and a client's number never meets the clock unchecked.
+const MAX_AUTO_THAW_SECONDS: u64 = 24 * 3600;
 /// The longest wait between two thaw attempts.
 const RETRY_MAX: Duration = Duration::from_secs(15);
 
@@ -99,6 +102,13 @@ impl FreezeService {
 
     /// `VM.freeze`.
     pub async fn freeze(&self, p: FreezeParams) -> Result<(), FreezeError> {
+        if p.auto_thaw_seconds
+            .is_some_and(|s| s > MAX_AUTO_THAW_SECONDS)
+        {
+            return Err(FreezeError::InvalidParameter(format!(
+                "autoThawSeconds must be at most {MAX_AUTO_THAW_SECONDS}"
+            )));
+        }
         let vm = p.vm_id;
         self.hypervisor.domain_disks(vm).await?;
         let _claim = self.jobs.claim_vm(vm)?;
@@ -124,7 +134,7 @@ impl FreezeService {
             .map_or(self.default_auto_thaw, Duration::from_secs);
         let record = FreezeRecord {
             vm,
-            thaw_at: epoch_secs() + seconds.as_secs(),
+            thaw_at: epoch_secs().saturating_add(seconds.as_secs()),
             generation: Uuid::new_v4(),
             by: freeze_verb(),
         };

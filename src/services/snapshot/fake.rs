@@ -7,7 +7,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::flow::VmOps;
-use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError};
+use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError};
 
 /// A libvirt error with `code`.
 pub fn libvirt(code: i32) -> VirtError {
@@ -93,11 +93,7 @@ impl VmOps for Fake {
         self.record("snapshot");
         self.snapshot.clone().unwrap()
     }
-    async fn switch_defined_disks(
-        &self,
-        _: Uuid,
-        _: Vec<(String, String)>,
-    ) -> Result<(), VirtError> {
+    async fn switch_defined_disks(&self, _: Uuid, _: Vec<DefinedSwitch>) -> Result<(), VirtError> {
         self.record("redefine");
         Ok(())
     }

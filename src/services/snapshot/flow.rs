@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::api::snapshot_types::{Consistency, Quiesce, Reason, Timings};
-use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
+use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
 
 /// What the flow needs from the hypervisor.
 pub trait VmOps: Send + Sync {
@@ -47,11 +47,11 @@ pub trait VmOps: Send + Sync {
         switches: Vec<DiskSwitch>,
         all_targets: Vec<String>,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
-    /// Points a stopped VM's definition at the new volumes: `(old path, new path)`.
+    /// Points a stopped VM's definition at the new volumes.
     fn switch_defined_disks(
         &self,
         vm: Uuid,
-        switches: Vec<(String, String)>,
+        switches: Vec<DefinedSwitch>,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
 }
 
@@ -100,8 +100,8 @@ pub struct Plan {
     pub vm: Uuid,
     /// The disks to switch.
     pub switches: Vec<DiskSwitch>,
-    /// For a stopped VM: `(current path, new path)` of each disk to switch.
-    pub defined_switches: Vec<(String, String)>,
+    /// For a stopped VM: each disk to switch, with its current and new paths.
+    pub defined_switches: Vec<DefinedSwitch>,
     /// Every disk target of the VM (the unlisted ones are left alone).
     pub all_targets: Vec<String>,
     /// rvdsm's quiesce mode.
@@ -335,7 +335,11 @@ mod tests {
                 target: "vda".into(),
                 new_path: "/new".into(),
             }],
-            defined_switches: vec![("/old".into(), "/new".into())],
+            defined_switches: vec![DefinedSwitch {
+                target: "vda".into(),
+                old_path: "/old".into(),
+                new_path: "/new".into(),
+            }],
             all_targets: vec!["vda".into()],
             quiesce,
             frozen_by_caller,

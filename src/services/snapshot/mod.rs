@@ -30,7 +30,7 @@ use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::journal::{Entry, Journal, JournalDrive, Phase};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry};
 use crate::services::{FreezeService, StorageService};
-use crate::virt::{Conflict, DiskSwitch, Hypervisor};
+use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, Hypervisor};
 
 pub use error::SnapshotError;
 use flow::Plan;
@@ -117,9 +117,11 @@ impl SnapshotService {
 
     /// What the job switches, and how.
     fn plan(&self, p: &SnapshotParams, checked: &Checked) -> Plan {
+        // Bounded by `validate::check_params`: the arithmetic below cannot overflow.
         let freeze_minutes = p
             .freeze_timeout
-            .map_or(DEFAULT_FREEZE_TIMEOUT_MINUTES, i64::unsigned_abs);
+            .map_or(DEFAULT_FREEZE_TIMEOUT_MINUTES, i64::unsigned_abs)
+            .min(validate::MAX_TIMEOUT_MINUTES.unsigned_abs());
         Plan {
             vm: p.vm_id,
             switches: checked
@@ -133,7 +135,11 @@ impl SnapshotService {
             defined_switches: checked
                 .drives
                 .iter()
-                .map(|d| (d.old_path.clone(), d.new_path.clone()))
+                .map(|d| DefinedSwitch {
+                    target: d.target.clone(),
+                    old_path: d.old_path.clone(),
+                    new_path: d.new_path.clone(),
+                })
                 .collect(),
             all_targets: checked.all_targets.clone(),
             quiesce: p.quiesce.unwrap_or_default(),

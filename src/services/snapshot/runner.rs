@@ -16,7 +16,7 @@ use crate::api::snapshot_types::{Consistency, SnapshotNote, SnapshotResult, Swit
 use crate::clock::epoch_secs;
 use crate::jobs::journal::{Entry, Phase};
 use crate::jobs::vm_jobs::{JobError, VmClaim};
-use crate::virt::{DiskSwitch, FreezeState, RunState, VirtError};
+use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError};
 
 /// How a job ended: its result, or VDSM's code and message.
 pub(super) type JobOutcome = Result<SnapshotResult, (i32, String)>;
@@ -214,7 +214,7 @@ impl VmOps for Journaled<'_> {
     async fn switch_defined_disks(
         &self,
         vm: Uuid,
-        switches: Vec<(String, String)>,
+        switches: Vec<DefinedSwitch>,
     ) -> Result<(), VirtError> {
         self.service
             .hypervisor

@@ -39,11 +39,20 @@ pub(super) struct Checked {
     pub all_targets: Vec<String>,
 }
 
+/// The longest `timeout` or `freeze_timeout` taken, in minutes (a week): a client's number
+/// never meets a clock unchecked.
+pub(super) const MAX_TIMEOUT_MINUTES: i64 = 7 * 24 * 60;
+
 /// The checks that need nothing but the parameters.
 pub(super) fn check_params(p: &SnapshotParams) -> Result<(), SnapshotError> {
     for (name, value) in [("timeout", p.timeout), ("freeze_timeout", p.freeze_timeout)] {
         if value.is_some_and(|v| v <= 0) {
             return Err(SnapshotError::invalid(format!("{name} must be positive")));
+        }
+        if value.is_some_and(|v| v > MAX_TIMEOUT_MINUTES) {
+            return Err(SnapshotError::invalid(format!(
+                "{name} must be at most {MAX_TIMEOUT_MINUTES} minutes"
+            )));
         }
     }
     if p.snap_memory.as_deref().is_some_and(|m| !m.is_empty()) {
@@ -181,6 +190,14 @@ mod tests {
         let mut p = params(serde_json::json!([drive()]));
         p.timeout = Some(0);
         assert!(refused(p).contains("timeout must be positive"));
+        for huge in [MAX_TIMEOUT_MINUTES + 1, 200_000_000_000_000_000, i64::MAX] {
+            let mut p = params(serde_json::json!([drive()]));
+            p.freeze_timeout = Some(huge);
+            assert!(refused(p).contains("freeze_timeout must be at most"));
+            let mut p = params(serde_json::json!([drive()]));
+            p.timeout = Some(huge);
+            assert!(refused(p).contains("timeout must be at most"));
+        }
         let mut p = params(serde_json::json!([drive()]));
         p.snap_memory = Some("x".into());
         assert!(refused(p).contains("snapMemory"));
