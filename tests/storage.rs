@@ -541,6 +541,45 @@ fn volumes_a_running_guest_uses_are_not_deleted() {
     assert_eq!(status, 0);
 }
 
+/// Issue 13, item 3: a delete sent while a create runs on the same image waits for it (one
+/// exclusive lock per image for the whole of each task) and checks again under the lock.
+/// Before, the delete ran inside the create: it reported success, then the create published a
+/// LEGAL `.meta` with no data file, and its parent was a LEAF with a child.
+#[test]
+fn a_delete_waits_for_the_create_on_its_image_and_checks_again() {
+    let mut f = Fixture::new();
+    let (image, base, top) = (new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    let before = f.files();
+    let marker = f.daemon.restart_paused_at("create:reserved");
+    let create = f.daemon.ok(
+        "Volume.create",
+        f.create_params(&image, &top, json!({"srcVolUUID": base})),
+    );
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(60),
+        || marker.exists()
+    ));
+    let delete = f.daemon.ok("Volume.delete", f.volume_ids(&image, &top));
+    let delete = delete.as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let waiting = f.daemon.ok("Task.getStatus", json!({"taskID": delete}));
+    assert_eq!(waiting["taskState"], "running", "{waiting}");
+    assert_ne!(
+        f.files(),
+        before,
+        "the delete waits: the create's files are there"
+    );
+
+    std::fs::remove_file(&marker).unwrap();
+    assert_success(&f.daemon.wait_task(create.as_str().unwrap()));
+    assert_success(&f.daemon.wait_task(&delete));
+    assert_eq!(f.files(), before, "the created volume, then deleted whole");
+    assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
+    let ids = f.volume_ids(&image, &top);
+    assert_eq!(f.daemon.err("Volume.getInfo", ids).0, 201);
+}
+
 #[test]
 fn task_stop_rolls_a_create_back() {
     let mut f = Fixture::new();

@@ -45,9 +45,19 @@ pub(super) const MAX_TIMEOUT_MINUTES: i64 = 7 * 24 * 60;
 
 /// The checks that need nothing but the parameters.
 pub(super) fn check_params(p: &SnapshotParams) -> Result<(), SnapshotError> {
-    for (name, value) in [("timeout", p.timeout), ("freeze_timeout", p.freeze_timeout)] {
-        if value.is_some_and(|v| v <= 0) {
-            return Err(SnapshotError::invalid(format!("{name} must be positive")));
+    // VDSM accepts a freeze_timeout of 0 (its schema says uint) and the job then fails, the
+    // deadline being past before the switch; so does rvdsm. A timeout must be positive.
+    for (name, value, least, rule) in [
+        ("timeout", p.timeout, 1, "must be positive"),
+        (
+            "freeze_timeout",
+            p.freeze_timeout,
+            0,
+            "must not be negative",
+        ),
+    ] {
+        if value.is_some_and(|v| v < least) {
+            return Err(SnapshotError::invalid(format!("{name} {rule}")));
         }
         if value.is_some_and(|v| v > MAX_TIMEOUT_MINUTES) {
             return Err(SnapshotError::invalid(format!(
@@ -190,6 +200,12 @@ mod tests {
         let mut p = params(serde_json::json!([drive()]));
         p.timeout = Some(0);
         assert!(refused(p).contains("timeout must be positive"));
+        let mut p = params(serde_json::json!([drive()]));
+        p.freeze_timeout = Some(-1);
+        assert!(refused(p).contains("freeze_timeout must not be negative"));
+        let mut p = params(serde_json::json!([drive()]));
+        p.freeze_timeout = Some(0);
+        assert!(check_params(&p).is_ok(), "VDSM takes 0 and fails the job");
         for huge in [MAX_TIMEOUT_MINUTES + 1, 200_000_000_000_000_000, i64::MAX] {
             let mut p = params(serde_json::json!([drive()]));
             p.freeze_timeout = Some(huge);

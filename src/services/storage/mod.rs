@@ -32,6 +32,9 @@ use crate::storage::layout::Repository;
 use crate::storage::{StorageError, image, volume};
 use crate::virt::Hypervisor;
 
+/// An image: `(domain, image)`.
+type ImageKey = (Uuid, Uuid);
+
 /// The storage side of the host.
 #[derive(Clone)]
 pub struct StorageService {
@@ -46,6 +49,10 @@ struct Inner {
     domains: RwLock<HashMap<Uuid, Arc<Domain>>>,
     tasks: TaskManager,
     qemu_img_timeout: Duration,
+    /// One exclusive lock per image, held by every task that changes the image for its whole
+    /// run (as VDSM's image resource): a delete never runs inside a create, nor a create on a
+    /// parent a delete is removing. A std lock guards the map only.
+    image_locks: std::sync::Mutex<HashMap<ImageKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Settings of the storage service.
@@ -84,6 +91,7 @@ impl StorageService {
                 domains: RwLock::new(domains),
                 tasks,
                 qemu_img_timeout: settings.qemu_img_timeout,
+                image_locks: std::sync::Mutex::default(),
             }),
         };
         for record in unfinished {
@@ -138,6 +146,23 @@ impl StorageService {
         if let Err(err) = self.inner.tasks.end(record.id, outcome) {
             tracing::error!(task = %record.id, error = %err, "cannot record the recovered task");
         }
+    }
+
+    /// Waits for the image's exclusive lock (see `Inner::image_locks`). Held across a
+    /// task's qemu-img run, which is bounded by its timeout; it blocks only this image.
+    async fn lock_image(&self, domain: Uuid, image: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .inner
+                .image_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Forget the locks nobody holds or waits for, so the map stays as small as the
+            // set of images being changed.
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            Arc::clone(locks.entry((domain, image)).or_default())
+        };
+        lock.lock_owned().await
     }
 
     fn domain(&self, id: Uuid) -> Result<Arc<Domain>, ApiError> {

@@ -36,6 +36,7 @@ impl StorageService {
         parent: Uuid,
     ) -> Result<(), ApiError> {
         let domain = self.domain(domain)?;
+        let _image = self.lock_image(domain.uuid, image).await;
         blocking(move || snapshot_volume::discard(&domain, image, volume, parent)).await
     }
 

@@ -53,13 +53,7 @@ pub(super) fn create_request(p: &CreateVolumeParams) -> Result<CreateRequest, St
     if !DISK_TYPES.contains(&p.disk_type.as_str()) {
         return Err(invalid(format!("diskType={}", p.disk_type)));
     }
-    if p.initial_size.as_ref().is_some_and(|v| !v.is_null())
-        && !(p.format == VolumeFormat::Raw && p.preallocate == Preallocation::Preallocated)
-    {
-        return Err(invalid(
-            "initialSize is only for RAW preallocated volumes on file domains".into(),
-        ));
-    }
+    check_initial_size(p, size)?;
     let parent = p.src_volume.filter(|v| *v != BLANK_UUID);
     if let Some(src_image) = p.src_image.filter(|i| *i != BLANK_UUID && *i != p.image) {
         return Err(invalid(format!(
@@ -86,6 +80,36 @@ pub(super) fn create_request(p: &CreateVolumeParams) -> Result<CreateRequest, St
         legal: p.legal.unwrap_or(true),
         sequence: p.sequence.unwrap_or(0),
     })
+}
+
+/// VDSM's rules for `initialSize` on a file domain: an integer (a number or a decimal
+/// string); 0 or absent means none (VDSM tests `if initial_size:`); any other value only for
+/// a RAW preallocated volume, and then within `0..=size`. Accepted values are not used: a
+/// file volume's allocation follows from its format and preallocation.
+fn check_initial_size(p: &CreateVolumeParams, size: u64) -> Result<(), StorageError> {
+    let invalid = |why: &str| StorageError::InvalidParameter(format!("initialSize: {why}"));
+    let value: i128 = match &p.initial_size {
+        None | Some(serde_json::Value::Null) => return Ok(()),
+        Some(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+            .ok_or_else(|| invalid("not an integer"))?,
+        Some(serde_json::Value::String(text)) => {
+            text.trim().parse().map_err(|_| invalid("not an integer"))?
+        }
+        Some(_) => return Err(invalid("not an integer")),
+    };
+    if value == 0 {
+        return Ok(());
+    }
+    if !(p.format == VolumeFormat::Raw && p.preallocate == Preallocation::Preallocated) {
+        return Err(invalid("only for RAW preallocated volumes on file domains"));
+    }
+    if value < 0 || value > i128::from(size) {
+        return Err(invalid("must be between 0 and size"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -121,6 +145,16 @@ mod tests {
         assert!(request.legal);
         let base = create_request(&volume(json!({"srcVolUUID": BLANK_UUID}))).unwrap();
         assert_eq!(base.parent, None, "BLANK is no parent");
+        // VDSM ignores a zero initialSize on any volume (`if initial_size:`).
+        for zero in [json!("0"), json!(0), Value::Null] {
+            assert!(create_request(&volume(json!({"initialSize": zero}))).is_ok());
+        }
+        let raw = json!({"volFormat": 5, "preallocate": 1, "srcVolUUID": BLANK_UUID,
+                         "initialSize": "1000"});
+        assert!(
+            create_request(&volume(raw)).is_ok(),
+            "within size, RAW preallocated"
+        );
     }
 
     #[test]
@@ -147,6 +181,21 @@ mod tests {
             refused(json!({"initialSize": "10"})),
             StorageError::InvalidParameter(_)
         ));
+        let raw_prealloc = json!({"volFormat": 5, "preallocate": 1, "srcVolUUID": BLANK_UUID});
+        let raw = |extra: Value| {
+            let mut changes = raw_prealloc.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                changes[k] = v.clone();
+            }
+            changes
+        };
+        for bad in [json!(-1), json!("1001"), json!(1.5), json!("x"), json!([1])] {
+            let err = refused(raw(json!({"initialSize": bad.clone()})));
+            assert!(
+                matches!(err, StorageError::InvalidParameter(_)),
+                "{bad}: {err}"
+            );
+        }
         assert!(matches!(
             refused(json!({"srcImgUUID": PARENT})),
             StorageError::InvalidParameter(_)

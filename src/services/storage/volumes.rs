@@ -81,32 +81,10 @@ impl StorageService {
         self.check_pool(p.pool)?;
         let domain = self.domain(p.domain)?;
         let request = validate::create_request(&p)?;
-        let check = {
-            let domain = Arc::clone(&domain);
-            let request = request.clone();
-            blocking(move || {
-                let has_image = domain.has_image(request.image)?;
-                if request.parent.is_some() && !has_image {
-                    return Err(StorageError::ImageDoesNotExist {
-                        image: request.image,
-                        domain: domain.uuid,
-                    });
-                }
-                volume::check_create(&domain, &request)?;
-                if request.allocation == Preallocation::Preallocated {
-                    let (free, _) = domain.space()?;
-                    if request.capacity > free {
-                        return Err(StorageError::NoSpace {
-                            domain: domain.uuid,
-                            requested: request.capacity,
-                            free,
-                        });
-                    }
-                }
-                Ok(())
-            })
-        };
-        check.await?;
+        {
+            let (domain, request) = (Arc::clone(&domain), request.clone());
+            blocking(move || check_create(&domain, &request)).await?;
+        }
 
         let task = Uuid::new_v4();
         let work = TaskWork::CreateVolume {
@@ -131,6 +109,7 @@ impl StorageService {
         request: CreateRequest,
         stop: CancellationToken,
     ) {
+        let _image = self.lock_image(domain.uuid, request.image).await;
         let mut progress = CreateProgress::default();
         let result = self
             .create_steps(task, &domain, &request, &mut progress, &stop)
@@ -197,6 +176,14 @@ impl StorageService {
                 (progress, result)
             })
         };
+        // Under the image's lock, the checks made at request time again: a delete or another
+        // create may have changed the image since.
+        {
+            let (domain, request) = (Arc::clone(domain), request.clone());
+            tokio::task::spawn_blocking(move || check_create(&domain, &request))
+                .await
+                .map_err(join_error)??;
+        }
         let (after, result) = step(progress.clone(), false).await.map_err(join_error)?;
         *progress = after;
         result?;
@@ -213,54 +200,91 @@ impl StorageService {
     pub async fn delete_volume(&self, p: DeleteVolumeParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
         let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
-        {
-            let domain = Arc::clone(&domain);
-            blocking(move || volume::check_delete(&domain, ids.image, ids.volume).map(|_| ()))
-                .await?;
-        }
-        self.refuse_if_in_use(&domain, ids.image, &[ids.volume])
-            .await?;
-        let (domain_id, image, volume) = (domain.uuid, ids.image, ids.volume);
+        let (image, volume) = (ids.image, ids.volume);
+        self.check_volume_delete(&domain, image, volume).await?;
+        let domain_id = domain.uuid;
         let work = move |started| TaskWork::DeleteVolume {
             domain: domain_id,
             image,
             volume,
             started,
         };
-        self.start_delete(names::VOLUME_DELETE, work, move || {
-            volume::mark_illegal(&domain, image, volume)?;
-            volume::remove_files(&domain, image, volume)
-        })
+        let recheck = {
+            let (service, domain) = (self.clone(), Arc::clone(&domain));
+            async move { service.check_volume_delete(&domain, image, volume).await }
+        };
+        self.start_delete(
+            names::VOLUME_DELETE,
+            (domain_id, image),
+            work,
+            recheck,
+            move || {
+                volume::mark_illegal(&domain, image, volume)?;
+                volume::remove_files(&domain, image, volume)
+            },
+        )
         .await
+    }
+
+    /// Refuses to delete a volume with children, or one a VM uses.
+    async fn check_volume_delete(
+        &self,
+        domain: &Arc<Domain>,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<(), ApiError> {
+        {
+            let domain = Arc::clone(domain);
+            blocking(move || volume::check_delete(&domain, image, volume).map(|_| ())).await?;
+        }
+        self.refuse_if_in_use(domain, image, &[volume]).await
     }
 
     /// `Image.delete`: checks, then starts the task and returns its id.
     pub async fn delete_image(&self, p: DeleteImageParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
         let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
-        let volumes = {
-            let domain = Arc::clone(&domain);
-            blocking(move || domain.volumes(ids.image)).await?
-        };
-        self.refuse_if_in_use(&domain, ids.image, &volumes).await?;
-        let (domain_id, image) = (domain.uuid, ids.image);
+        let image = ids.image;
+        self.check_image_delete(&domain, image).await?;
+        let domain_id = domain.uuid;
         let work = move |started| TaskWork::DeleteImage {
             domain: domain_id,
             image,
             started,
         };
-        self.start_delete(names::IMAGE_DELETE, work, move || {
-            image::remove(&domain, image)
-        })
+        let recheck = {
+            let (service, domain) = (self.clone(), Arc::clone(&domain));
+            async move { service.check_image_delete(&domain, image).await }
+        };
+        self.start_delete(
+            names::IMAGE_DELETE,
+            (domain_id, image),
+            work,
+            recheck,
+            move || image::remove(&domain, image),
+        )
         .await
     }
 
-    /// Starts a delete task: persisted with `work(false)`, then, once `work(true)` is
-    /// persisted (from here a restart finishes it), `remove` runs.
+    /// Refuses to delete an image a VM uses any volume of.
+    async fn check_image_delete(&self, domain: &Arc<Domain>, image: Uuid) -> Result<(), ApiError> {
+        let volumes = {
+            let domain = Arc::clone(domain);
+            blocking(move || domain.volumes(image)).await?
+        };
+        self.refuse_if_in_use(domain, image, &volumes).await
+    }
+
+    /// Starts a delete task on the image `(domain, image)`: persisted with `work(false)`; then,
+    /// under the image's lock, `recheck` (the request's checks again: a create or another
+    /// delete may have changed the image meanwhile) and, once `work(true)` is persisted (from
+    /// here a restart finishes it), `remove`.
     async fn start_delete(
         &self,
         verb: &'static str,
+        (domain, image): (Uuid, Uuid),
         work: impl Fn(bool) -> TaskWork + Send + 'static,
+        recheck: impl std::future::Future<Output = Result<(), ApiError>> + Send + 'static,
         remove: impl FnOnce() -> Result<(), StorageError> + Send + 'static,
     ) -> Result<Uuid, ApiError> {
         let task = Uuid::new_v4();
@@ -269,17 +293,23 @@ impl StorageService {
         tracing::info!(%task, verb, "delete task started");
         let service = self.clone();
         tokio::spawn(async move {
-            let tasks = service.inner.tasks.clone();
+            let _image = service.lock_image(domain, image).await;
             let started = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&started);
-            let result = blocking(move || {
-                tasks
-                    .update_work(task, work(true))
-                    .map_err(|e| StorageError::Persist(e.to_string()))?;
-                flag.store(true, Ordering::SeqCst);
-                remove()
-            })
-            .await;
+            let result = match recheck.await {
+                Ok(()) => {
+                    let tasks = service.inner.tasks.clone();
+                    let flag = Arc::clone(&started);
+                    blocking(move || {
+                        tasks
+                            .update_work(task, work(true))
+                            .map_err(|e| StorageError::Persist(e.to_string()))?;
+                        flag.store(true, Ordering::SeqCst);
+                        remove()
+                    })
+                    .await
+                }
+                Err(err) => Err(err),
+            };
             service.end_delete(task, result, &started).await;
         });
         Ok(task)
@@ -325,4 +355,27 @@ impl StorageService {
 
 fn join_error(e: tokio::task::JoinError) -> StorageError {
     StorageError::Creation(format!("storage step panicked: {e}"))
+}
+
+/// The checks of a create, made at request time and again under the image's lock.
+fn check_create(domain: &Domain, request: &CreateRequest) -> Result<(), StorageError> {
+    let has_image = domain.has_image(request.image)?;
+    if request.parent.is_some() && !has_image {
+        return Err(StorageError::ImageDoesNotExist {
+            image: request.image,
+            domain: domain.uuid,
+        });
+    }
+    volume::check_create(domain, request)?;
+    if request.allocation == Preallocation::Preallocated {
+        let (free, _) = domain.space()?;
+        if request.capacity > free {
+            return Err(StorageError::NoSpace {
+                domain: domain.uuid,
+                requested: request.capacity,
+                free,
+            });
+        }
+    }
+    Ok(())
 }
