@@ -81,8 +81,16 @@ impl Journal {
         let journal = Self {
             dir: dir.to_owned(),
         };
+        let entries = journal.prune()?;
+        Ok((journal, entries))
+    }
+
+    /// Removes the finished entries older than the jobs' visibility window (`Host.getJobs`
+    /// no longer shows them), and returns the others. Run at start and after each job, so
+    /// that a long-running daemon keeps one file per recent job, not one per job ever.
+    pub fn prune(&self) -> std::io::Result<Vec<Entry>> {
         let mut entries = Vec::new();
-        for item in std::fs::read_dir(dir)?.flatten() {
+        for item in std::fs::read_dir(&self.dir)?.flatten() {
             let path = item.path();
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
@@ -96,7 +104,7 @@ impl Journal {
                     job,
                     ..
                 }) if epoch_secs().saturating_sub(at) > JobKeepAlive::SECONDS => {
-                    let _ = journal.remove(job);
+                    let _ = self.remove(job);
                 }
                 Some(entry) => entries.push(entry),
                 None => {
@@ -104,7 +112,7 @@ impl Journal {
                 }
             }
         }
-        Ok((journal, entries))
+        Ok(entries)
     }
 
     /// Records `entry` durably.
@@ -175,6 +183,23 @@ mod tests {
             2,
             "old entry removed"
         );
+    }
+
+    /// A long-running daemon forgets finished jobs past their hour, not only at start.
+    #[test]
+    fn pruning_while_running_drops_only_old_finished_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let old = entry(Phase::Finished {
+            at: epoch_secs() - JobKeepAlive::SECONDS - 1,
+            outcome: Err((48, "Snapshot failed".into())),
+        });
+        let running = entry(Phase::Scheduled);
+        journal.write(&old).unwrap();
+        journal.write(&running).unwrap();
+        let kept = journal.prune().unwrap();
+        assert_eq!(kept, [running]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     /// An entry a previous release wrote (its result then an untyped JSON object) still

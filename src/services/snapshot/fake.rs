@@ -27,6 +27,7 @@ pub struct Fake {
     pub thaws: Mutex<Vec<Result<u32, VirtError>>>,
     pub snapshot: Option<Result<(), VirtError>>,
     pub timeout_fails: bool,
+    pub journal_fails: bool,
     pub calls: Mutex<Vec<&'static str>>,
 }
 
@@ -69,6 +70,15 @@ impl VmOps for Fake {
             states.remove(0)
         } else {
             states[0].clone()
+        }
+    }
+    async fn record_freeze_intent(&self, _: Uuid) -> Result<(), String> {
+        // Recorded only when it fails: the other tests' call lists stay about the hypervisor.
+        if self.journal_fails {
+            self.record("journal");
+            Err("disk full".into())
+        } else {
+            Ok(())
         }
     }
     async fn freeze(&self, _: Uuid) -> Result<u32, VirtError> {

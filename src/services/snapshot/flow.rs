@@ -36,6 +36,9 @@ pub trait VmOps: Send + Sync {
         vm: Uuid,
         t: Duration,
     ) -> impl Future<Output = Result<FreezeState, VirtError>> + Send;
+    /// Records durably, before a freeze, that a guest frozen from now on may be this
+    /// operation's to thaw (after a crash too). No freeze is made when this fails.
+    fn record_freeze_intent(&self, vm: Uuid) -> impl Future<Output = Result<(), String>> + Send;
     /// Freezes all guest filesystems.
     fn freeze(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send;
     /// Thaws all guest filesystems.
@@ -238,6 +241,12 @@ async fn quiesce<V: VmOps>(
         Ok(FreezeState::Thawed) => {}
         Err(err) => return unavailable(agent_reason(&err)),
     }
+    if let Err(why) = ops.record_freeze_intent(plan.vm).await {
+        return Err(Failure::before_switch(
+            format!("cannot record the freeze durably, so the guest is not frozen: {why}"),
+            None,
+        ));
+    }
     let t = Instant::now();
     let frozen = ops.freeze(plan.vm).await;
     timings.freeze_ms = millis(t);
@@ -363,6 +372,24 @@ mod tests {
 
     async fn go(fake: &Fake, quiesce: Quiesce) -> Result<Outcome, Failure> {
         run(fake, &plan(quiesce, false)).await
+    }
+
+    /// No freeze without a durable intent to thaw: when the journal cannot be written, the
+    /// guest is not frozen and nothing is switched.
+    #[tokio::test]
+    async fn no_freeze_without_a_recorded_intent() {
+        let fake = Fake {
+            journal_fails: true,
+            ..Fake::running()
+        };
+        let failure = go(&fake, Quiesce::Prefer).await.unwrap_err();
+        assert!(!failure.switch_attempted);
+        assert!(
+            failure.message.contains("not frozen"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(fake.calls(), ["state", "timeout", "status", "journal"]);
     }
 
     #[tokio::test]

@@ -158,6 +158,10 @@ impl SnapshotService {
             .map(Into::into)
             .map_err(|(code, message)| JobError { code, message });
         self.jobs.finish(entry.job, outcome);
+        let journal = self.journal.clone();
+        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || journal.prune()).await {
+            tracing::warn!(error = %err, "cannot prune the snapshot journal");
+        }
     }
 }
 
@@ -186,8 +190,14 @@ impl VmOps for Journaled<'_> {
         }
         state
     }
+    async fn record_freeze_intent(&self, _: Uuid) -> Result<(), String> {
+        let entry = Entry {
+            phase: Phase::Freezing,
+            ..self.entry.clone()
+        };
+        self.service.write_journal(entry).await
+    }
     async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
-        self.service.record(self.entry, Phase::Freezing).await;
         crate::failpoint::pause("snapshot:before-freeze").await;
         let frozen = self.service.hypervisor.freeze(vm, Vec::new()).await;
         if frozen.is_err() {
