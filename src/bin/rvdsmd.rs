@@ -155,7 +155,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Initializing") to all but Host.ping2 while interrupted snapshots are ended, so no request
     // ever sees a half-recovered VM and a manager can tell "recovering" from "down".
     let readiness = Readiness::new();
-    let mut module = rvdsm::rpc::methods::registry(services);
+    let mut module = rvdsm::rpc::methods::registry(services.clone());
     register_events(&mut module, events.clone());
     let server = RunningServer::start(&options, module.into(), readiness.clone(), &events)
         .await
@@ -179,8 +179,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     notify_systemd(sd_notify::NotifyState::Stopping);
-    server
-        .shutdown(Duration::from_secs(config.server.shutdown_timeout_secs))
+    // One grace for both: the listeners (in-flight requests), then the work behind them.
+    let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
+    let stopping = std::time::Instant::now();
+    server.shutdown(grace).await;
+    services
+        .stop(grace.saturating_sub(stopping.elapsed()))
         .await;
     tracing::info!("rvdsmd stopped");
     Ok(())

@@ -284,6 +284,26 @@ impl TaskManager {
         Ok(())
     }
 
+    /// Asks every running task to stop (as `Task.stop`), when the daemon stops: each is rolled
+    /// back now rather than at the next start. Returns the tasks asked.
+    pub fn stop_all(&self) -> Vec<Uuid> {
+        let running: Vec<Uuid> = self
+            .lock()
+            .values()
+            .filter(|e| e.record.state == TaskState::Running)
+            .map(|e| e.record.id)
+            .collect();
+        running
+            .into_iter()
+            .filter(|id| self.stop(*id).is_ok())
+            .collect()
+    }
+
+    /// Whether any task is still at work (running or aborting).
+    pub fn any_at_work(&self) -> bool {
+        self.lock().values().any(|e| !e.record.state.is_done())
+    }
+
     /// Asks a running task to stop (`Task.stop`); a finished one is left as it is.
     pub fn stop(&self, id: Uuid) -> Result<(), TaskError> {
         let mut tasks = self.lock();

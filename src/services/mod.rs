@@ -19,6 +19,19 @@ pub use host::HostService;
 pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};
 
+impl Services {
+    /// Brings in-flight work to a safe point when the daemon stops, within `grace`: storage
+    /// tasks are stopped and rolled back; snapshot jobs not begun fail untouched and running
+    /// ones get the grace to end; then every guest rvdsm froze is thawed (a stopped daemon
+    /// keeps no auto-thaw deadline). What cannot end in time is journaled, and ended at the
+    /// next start.
+    pub async fn stop(&self, grace: std::time::Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        tokio::join!(self.storage.stop(deadline), self.snapshot.stop(deadline));
+        self.freeze.stop().await;
+    }
+}
+
 /// Every service the daemon runs, shared by all transports.
 #[derive(Clone)]
 pub struct Services {

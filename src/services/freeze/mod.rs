@@ -215,6 +215,20 @@ impl FreezeService {
         self.arm(record);
     }
 
+    /// When the daemon stops: every guest rvdsm holds frozen (by `VM.freeze`, or guarded
+    /// after a snapshot) is thawed now, since a stopped daemon keeps no deadline. A thaw that
+    /// fails keeps its record on disk: the next start thaws the guest.
+    pub async fn stop(&self) {
+        let owned: Vec<Uuid> = self.lock().keys().copied().collect();
+        let thaws = owned.into_iter().map(|vm| async move {
+            tracing::warn!(%vm, "rvdsmd is stopping: thawing a guest it froze");
+            if let Err(err) = self.thaw(vm).await {
+                tracing::error!(%vm, error = %err, "cannot thaw the guest before stopping; the next start will");
+            }
+        });
+        futures_util::future::join_all(thaws).await;
+    }
+
     /// Who froze the VM and until when, if rvdsm did: `(verb, thaw_at epoch seconds)`.
     pub fn owned_until(&self, vm: Uuid) -> Option<(String, u64)> {
         self.lock().get(&vm).map(|r| (r.by.clone(), r.thaw_at))

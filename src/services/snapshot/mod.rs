@@ -20,15 +20,17 @@ mod rollback;
 mod runner;
 mod validate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::journal::{Entry, Journal, JournalDrive, Phase};
-use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry};
+use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, JobStatus};
 use crate::services::{FreezeService, StorageService};
 use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, Hypervisor};
 
@@ -48,6 +50,11 @@ pub struct SnapshotService {
     journal: Journal,
     freezes: FreezeService,
     agent_timeout: Duration,
+    /// Set when the daemon stops: a job that has not begun fails without touching the VM.
+    stopping: Arc<AtomicBool>,
+    /// The VMs a job may hold frozen now (from just before its freeze until its thaw), so
+    /// that a stopping daemon thaws them even when their job cannot end in time.
+    frozen: Arc<Mutex<HashSet<Uuid>>>,
 }
 
 impl SnapshotService {
@@ -70,6 +77,8 @@ impl SnapshotService {
             journal,
             freezes,
             agent_timeout,
+            stopping: Arc::default(),
+            frozen: Arc::default(),
         };
         Ok((service, entries))
     }
@@ -147,6 +156,34 @@ impl SnapshotService {
             agent_timeout: self.agent_timeout,
             switch_deadline: Instant::now() + Duration::from_secs(60 * freeze_minutes),
         }
+    }
+
+    /// When the daemon stops: jobs not begun yet fail without touching their VM, running
+    /// ones get until `deadline` to end, and any guest a job may still hold frozen is thawed
+    /// (its job, journaled, is ended at the next start).
+    pub async fn stop(&self, deadline: Instant) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let busy = || {
+            self.jobs
+                .list(None, &[])
+                .values()
+                .any(|j| matches!(j.status, JobStatus::Pending | JobStatus::Running))
+        };
+        while busy() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let frozen: Vec<Uuid> = self.held_frozen().iter().copied().collect();
+        let thaws = frozen.into_iter().map(|vm| async move {
+            tracing::warn!(%vm, "rvdsmd is stopping with a snapshot in its frozen window: thawing the guest");
+            if let Err(err) = self.hypervisor.thaw(vm, Vec::new()).await {
+                tracing::error!(%vm, error = %err, "cannot thaw the guest before stopping; the next start will");
+            }
+        });
+        futures_util::future::join_all(thaws).await;
+    }
+
+    fn held_frozen(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.frozen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `Host.getJobs`.

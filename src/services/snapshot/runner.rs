@@ -35,6 +35,11 @@ impl SnapshotService {
         let _slot = self.jobs.run_slot(job).await;
         let _claim = claim;
         let started = Instant::now();
+        if self.stopping.load(Ordering::SeqCst) {
+            let message = "Snapshot failed: rvdsmd is stopping; nothing was switched";
+            self.fail(&entry, false, message.to_owned()).await;
+            return;
+        }
         if drives.is_empty() {
             let result = SnapshotResult::NothingToSwitch {
                 switched: Vec::new(),
@@ -53,6 +58,8 @@ impl SnapshotService {
         if ops.unsettled.load(Ordering::SeqCst) {
             self.freezes.guard(plan.vm).await;
         }
+        // Settled, or the freeze service took the guest over.
+        self.held_frozen().remove(&plan.vm);
         match result {
             Ok(outcome) => {
                 let reason = outcome.reason.map(|r| wire_name(&r));
@@ -187,6 +194,7 @@ impl VmOps for Journaled<'_> {
         let state = self.service.hypervisor.freeze_state(vm, t).await;
         if state == Ok(FreezeState::Thawed) {
             self.unsettled.store(false, Ordering::SeqCst);
+            self.service.held_frozen().remove(&vm);
         }
         state
     }
@@ -199,6 +207,8 @@ impl VmOps for Journaled<'_> {
     }
     async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
         crate::failpoint::pause("snapshot:before-freeze").await;
+        // Before the call: a freeze that reports an error may still take effect.
+        self.service.held_frozen().insert(vm);
         let frozen = self.service.hypervisor.freeze(vm, Vec::new()).await;
         if frozen.is_err() {
             self.unsettled.store(true, Ordering::SeqCst);
@@ -208,6 +218,9 @@ impl VmOps for Journaled<'_> {
     async fn thaw(&self, vm: Uuid) -> Result<u32, VirtError> {
         let thawed = self.service.hypervisor.thaw(vm, Vec::new()).await;
         self.unsettled.store(thawed.is_err(), Ordering::SeqCst);
+        if thawed.is_ok() {
+            self.service.held_frozen().remove(&vm);
+        }
         thawed
     }
     async fn external_snapshot(

@@ -35,6 +35,18 @@ impl StorageService {
         on_tasks(&self.inner.tasks, move |t| t.stop(p.task)).await
     }
 
+    /// When the daemon stops: every running task is stopped (rolled back now rather than at
+    /// the next start) and given until `deadline` to end.
+    pub async fn stop(&self, deadline: std::time::Instant) {
+        let stopped = self.inner.tasks.stop_all();
+        if !stopped.is_empty() {
+            tracing::warn!(tasks = ?stopped, "rvdsmd is stopping: running tasks stopped");
+        }
+        while self.inner.tasks.any_at_work() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// `Host.getAllTasksStatuses`.
     pub fn all_task_statuses(&self) -> BTreeMap<Uuid, TaskStatus> {
         self.inner
