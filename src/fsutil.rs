@@ -1,5 +1,7 @@
-//! File operations with the durability rvdsm promises: atomic replacement (temporary file,
-//! fsync, rename, fsync of the directory) and exclusive creation.
+//! File operations with the durability rvdsm promises, in its own state directory: atomic
+//! replacement (temporary file, fsync, rename, fsync of the directory) and exclusive creation.
+//! No link is followed at the names written. (Inside storage domains, which other hosts can
+//! write to, every path component is checked: `storage::domain_fs`.)
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -12,11 +14,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".new");
     let temporary = Path::new(&temporary);
+    // Whatever a crash (or anyone) left at the temporary name goes first; the temporary is
+    // then created afresh, never through a link.
+    remove_if_exists(temporary)?;
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .mode(mode)
             .open(temporary)?;
         file.write_all(bytes)?;
@@ -35,6 +40,7 @@ pub fn create_exclusive(path: &Path, mode: u32) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .mode(mode)
         .open(path)?;
     sync_parent(path)?;

@@ -33,7 +33,11 @@ fn sigterm_thaws_a_guest_frozen_by_vm_freeze() {
     assert_eq!(freeze_status(&guest).as_deref(), Some("frozen"));
 
     let status = f.daemon.terminate();
-    assert!(status.success(), "exit {status:?}; log:\n{}", f.daemon.log());
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        f.daemon.log()
+    );
     assert_eq!(
         freeze_status(&guest).as_deref(),
         Some("thawed"),
@@ -56,7 +60,11 @@ fn sigterm_in_a_snapshots_frozen_window_thaws_the_guest_and_the_next_start_ends_
 
     let stopping = Instant::now();
     let status = f.daemon.terminate();
-    assert!(status.success(), "exit {status:?}; log:\n{}", f.daemon.log());
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        f.daemon.log()
+    );
     assert!(
         stopping.elapsed() < Duration::from_secs(20),
         "{:?}",
@@ -92,7 +100,11 @@ fn sigterm_stops_and_rolls_back_a_running_create() {
 
     let stopping = Instant::now();
     let status = f.daemon.terminate();
-    assert!(status.success(), "exit {status:?}; log:\n{}", f.daemon.log());
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        f.daemon.log()
+    );
     assert!(
         stopping.elapsed() < Duration::from_secs(20),
         "{:?}",
@@ -112,6 +124,9 @@ fn sigterm_stops_and_rolls_back_a_running_create() {
         "{status}"
     );
     let message = status["message"].as_str().unwrap();
-    assert!(!message.contains("interrupted"), "ended before the exit: {message}");
+    assert!(
+        !message.contains("interrupted"),
+        "ended before the exit: {message}"
+    );
     assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
 }

@@ -620,6 +620,93 @@ fn task_stop_rolls_a_create_back() {
     assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
 }
 
+/// Issue 13, item 2: a link planted at any name rvdsm reads or writes in a domain (another
+/// host on the same export could plant one) is never followed by rvdsmd, which runs as root:
+/// the file the links point at keeps its content and mode, and no reply shows its content.
+#[test]
+fn links_planted_at_every_name_in_a_domain_are_never_followed() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let f = Fixture::new();
+    let outside_dir = tempfile::tempdir().unwrap();
+    let outside = outside_dir.path().join("precious");
+    // Valid as a snapshot note, so that a followed read would show in Volume.getInfo.
+    let content = json!({"consistency": "quiesced", "reason": null, "time": 1,
+        "vmId": new_id(), "volumeID": new_id()})
+    .to_string();
+    std::fs::write(&outside, &content).unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let untouched = |what: &str| {
+        assert_eq!(
+            std::fs::read_to_string(&outside).unwrap(),
+            content,
+            "{what}"
+        );
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{what}");
+    };
+    let plant = |at: &std::path::Path| symlink(&outside, at).unwrap();
+    let (image, base) = (new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    let dir = f.image_dir(&image);
+
+    // The new volume's data file: someone else's name, refused (212), the link left alone.
+    let top = new_id();
+    plant(&dir.join(&top));
+    let params = f.create_params(&image, &top, json!({"srcVolUUID": base}));
+    let (code, message) = f.daemon.err("Volume.create", params);
+    assert_eq!(code, 212, "{message}");
+    untouched("data file");
+    std::fs::remove_file(dir.join(&top)).unwrap();
+
+    // The `.meta`'s temporary: replaced by a fresh file, the create works.
+    plant(&dir.join(format!("{top}.meta.new")));
+    assert_success(&f.create(&image, &top, json!({"srcVolUUID": base})));
+    untouched(".meta.new on create");
+
+    // A `.lease` (even one whose target is gone) holds the name: refused (212).
+    let other = new_id();
+    plant(&dir.join(format!("{other}.lease")));
+    let params = f.create_params(&image, &other, json!({"srcVolUUID": top}));
+    let (code, message) = f.daemon.err("Volume.create", params);
+    assert_eq!(code, 212, "{message}");
+    untouched(".lease");
+    std::fs::remove_file(dir.join(format!("{other}.lease"))).unwrap();
+
+    // The snapshot note: never read through a link.
+    plant(&dir.join(format!("{base}.snapshot")));
+    assert!(
+        f.info(&image, &base)["snapshot"].is_null(),
+        "the note came from the link"
+    );
+    std::fs::remove_file(dir.join(format!("{base}.snapshot"))).unwrap();
+
+    // A `.meta` that is a link: refused, its target never shown.
+    let linked = new_id();
+    plant(&dir.join(format!("{linked}.meta")));
+    let (code, message) = f
+        .daemon
+        .err("Volume.getInfo", f.volume_ids(&image, &linked));
+    assert!(!message.contains("quiesced"), "{code}: {message}");
+    std::fs::remove_file(dir.join(format!("{linked}.meta"))).unwrap();
+
+    // The audit's case: `<vol>.meta.new` linked out, then Volume.delete writes the `.meta`.
+    plant(&dir.join(format!("{top}.meta.new")));
+    let task = f.daemon.ok("Volume.delete", f.volume_ids(&image, &top));
+    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
+    untouched(".meta.new on delete");
+
+    // The domain's lock file: a metadata change refuses to open it through a link.
+    let lock = f.root().join("dom_md").join("rvdsm.lock");
+    let _ = std::fs::remove_file(&lock);
+    plant(&lock);
+    let status = f.create(&image, &new_id(), json!({"srcVolUUID": base}));
+    assert_ne!(status["taskResult"], "success", "{status}");
+    untouched("lock file");
+    std::fs::remove_file(&lock).unwrap();
+    assert_success(&f.create(&image, &new_id(), json!({"srcVolUUID": base})));
+    untouched("at the end");
+}
+
 #[test]
 fn identifiers_never_lead_outside_the_domain_through_symlinks() {
     let f = Fixture::new();
@@ -668,7 +755,9 @@ fn identifiers_never_lead_outside_the_domain_through_symlinks() {
     let target = outside.path().join("target");
     let planted = new_id();
     std::os::unix::fs::symlink(&target, f.image_dir(&real_image).join(&planted)).unwrap();
-    let task = f.daemon.ok(
+    // A link at the name holds it, dangling or not: refused before any task (the data file
+    // would be created with O_EXCL, which never follows a link, anyway).
+    let (code, message) = f.daemon.err(
         "Volume.create",
         f.create_params(
             &real_image,
@@ -676,10 +765,7 @@ fn identifiers_never_lead_outside_the_domain_through_symlinks() {
             json!({"srcImgUUID": real_image, "srcVolUUID": base, "volFormat": 4}),
         ),
     );
-    // The data file is created with O_EXCL, which never follows a link: the task fails.
-    let status = f.daemon.wait_task(task.as_str().unwrap());
-    assert_eq!(status["code"], 212, "{status}");
-    assert_ne!(status["taskResult"], "success", "{status}");
+    assert_eq!(code, 212, "{message}");
     assert!(
         !target.exists(),
         "a volume was written through a planted symlink"

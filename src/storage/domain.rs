@@ -136,7 +136,9 @@ impl Domain {
     /// Reads the domain in `dir`.
     pub fn load(dir: DomainDir) -> Result<Domain, StorageError> {
         let path = dir.metadata();
-        let text = std::fs::read_to_string(&path).map_err(StorageError::io("read", &path))?;
+        let text = dir
+            .read_to_string(&path)
+            .map_err(StorageError::io("read", &path))?;
         let keys = domain_md::parse(&text).map_err(|source| StorageError::DomainMetadata {
             path: path.clone(),
             source,
@@ -158,7 +160,7 @@ impl Domain {
             version: get("VERSION").parse().map_err(|_| invalid("VERSION"))?,
             block_size: get("BLOCK_SIZE").parse().unwrap_or(512),
             pool: Uuid::parse_str(get("POOL_UUID")).unwrap_or(Uuid::nil()),
-            lock: Arc::new(FileLock::new(dir.lock_file())),
+            lock: Arc::new(FileLock::new(dir.clone())),
             dir,
         })
     }
@@ -205,12 +207,12 @@ impl Domain {
 
     /// The images of the domain.
     pub fn images(&self) -> Result<Vec<Uuid>, StorageError> {
-        uuid_entries(&self.dir.images(), |name| Uuid::parse_str(name).ok())
+        self.uuid_entries(&self.dir.images(), |name| Uuid::parse_str(name).ok())
     }
 
     /// The volumes of an image: those with a `.meta` file.
     pub fn volumes(&self, image: Uuid) -> Result<Vec<Uuid>, StorageError> {
-        uuid_entries(&self.dir.image(image), |name| {
+        self.uuid_entries(&self.dir.image(image), |name| {
             name.strip_suffix(".meta")
                 .and_then(|n| Uuid::parse_str(n).ok())
         })
@@ -222,11 +224,29 @@ impl Domain {
     /// domains.
     pub fn has_image(&self, image: Uuid) -> Result<bool, StorageError> {
         let path = self.dir.image(image);
-        match std::fs::symlink_metadata(&path) {
+        match self.dir.stat(&path) {
             Ok(meta) if meta.file_type().is_dir() => Ok(true),
-            Ok(_) => Err(StorageError::ImagePath(path)),
-            Err(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            // A file, a link on the way, or an error reading it (EIO, ESTALE): refused, never
+            // taken for "no such image".
+            Ok(_) | Err(_) => Err(StorageError::ImagePath(path)),
         }
+    }
+
+    /// The UUIDs `parse` finds among the names in `dir` (none when it does not exist).
+    fn uuid_entries(
+        &self,
+        dir: &Path,
+        parse: impl Fn(&str) -> Option<Uuid>,
+    ) -> Result<Vec<Uuid>, StorageError> {
+        let names = self
+            .dir
+            .list(dir)
+            .map_err(StorageError::io("list", dir))?
+            .unwrap_or_default();
+        let mut ids: Vec<Uuid> = names.iter().filter_map(|n| parse(n)).collect();
+        ids.sort();
+        Ok(ids)
     }
 }
 
@@ -278,12 +298,17 @@ fn mount_dir(repo: &Repository, new: &NewDomain) -> Result<PathBuf, StorageError
 
 fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageError> {
     let dom_md = root.join("dom_md");
-    for dir in [&dom_md, &root.join("images")] {
-        std::fs::create_dir_all(dir).map_err(StorageError::io("create", dir))?;
+    // A fresh directory, then fresh entries in it: nothing planted there is followed.
+    for dir in [root, &dom_md, &root.join("images")] {
+        std::fs::create_dir(dir).map_err(StorageError::io("create", dir))?;
     }
     for file in DOM_MD_FILES {
         let path = dom_md.join(file);
-        std::fs::File::create(&path).map_err(StorageError::io("create", &path))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StorageError::io("create", &path))?;
     }
     let keys: BTreeMap<String, String> = [
         ("ALIGNMENT", "1048576".to_owned()),
@@ -310,23 +335,6 @@ fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageE
     write_atomic(&path, domain_md::format(&keys).as_bytes(), 0o644)
         .map_err(StorageError::io("write", &path))?;
     crate::fsutil::sync_parent(&dom_md).map_err(StorageError::io("sync", &dom_md))
-}
-
-fn uuid_entries(
-    dir: &Path,
-    parse: impl Fn(&str) -> Option<Uuid>,
-) -> Result<Vec<Uuid>, StorageError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StorageError::io("list", dir)(e)),
-    };
-    let mut ids: Vec<Uuid> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(&parse))
-        .collect();
-    ids.sort();
-    Ok(ids)
 }
 
 #[cfg(test)]

@@ -19,11 +19,10 @@ pub fn remove(domain: &Domain, image: Uuid) -> Result<(), StorageError> {
         volume::remove_files(domain, image, volume)?;
     }
     let dir = domain.dir.image(image);
-    match std::fs::remove_dir(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StorageError::io("remove image directory", &dir)(e)),
-    }
+    domain
+        .dir
+        .remove_dir(&dir)
+        .map_err(StorageError::io("remove image directory", &dir))
 }
 
 /// Checks that `volume` exists and that every volume of the image is LEGAL (unless

@@ -6,13 +6,13 @@
 //! changes. Holders keep it only for metadata steps, never across a qemu-img run. Taking it
 //! blocks: call it off the async reactor.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::PathBuf;
 
 use nix::fcntl::{Flock, FlockArg};
 
 use super::error::StorageError;
+use super::layout::DomainDir;
 
 /// Held while metadata of a domain is changed; released when dropped.
 pub trait LockGuard: Send {}
@@ -23,16 +23,20 @@ pub trait MetadataLock: Send + Sync {
     fn acquire(&self) -> Result<Box<dyn LockGuard>, StorageError>;
 }
 
-/// An exclusive `flock` on a file in the domain.
+/// An exclusive `flock` on a file in the domain (opened without following a link).
 #[derive(Debug, Clone)]
 pub struct FileLock {
+    dir: DomainDir,
     path: PathBuf,
 }
 
 impl FileLock {
-    /// A lock on `path` (created on first use).
-    pub fn new(path: PathBuf) -> Self {
-        Self { path }
+    /// The lock on the domain `dir` (its file created on first use).
+    pub fn new(dir: DomainDir) -> Self {
+        Self {
+            path: dir.lock_file(),
+            dir,
+        }
     }
 }
 
@@ -42,12 +46,9 @@ impl LockGuard for FlockGuard {}
 
 impl MetadataLock for FileLock {
     fn acquire(&self) -> Result<Box<dyn LockGuard>, StorageError> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&self.path)
+        let file = self
+            .dir
+            .open_or_create(&self.path, 0o600)
             .map_err(StorageError::io("open lock file", &self.path))?;
         let locked = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, errno)| StorageError::io("lock", &self.path)(errno.into()))?;
@@ -64,7 +65,9 @@ mod tests {
     #[test]
     fn second_holder_waits_for_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = FileLock::new(dir.path().join("rvdsm.lock"));
+        let domain = DomainDir::new(dir.path(), uuid::Uuid::nil());
+        std::fs::create_dir_all(domain.dom_md()).unwrap();
+        let lock = FileLock::new(domain);
         let first = lock.acquire().unwrap();
         let (tx, rx) = mpsc::channel();
         let other = lock.clone();

@@ -12,6 +12,7 @@
 //! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
 
 pub mod domain;
+mod domain_fs;
 pub mod domain_md;
 mod error;
 pub mod image;

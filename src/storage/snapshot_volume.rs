@@ -15,7 +15,6 @@ use super::qemu_img;
 use super::volume::{self, VOLUME_MODE};
 use crate::api::snapshot_types::SnapshotNote;
 use crate::api::volume_types::{Legality, VolumeFormat, VolumeRole};
-use crate::fsutil::write_atomic;
 
 /// The data files of `base` and of `volume`, once `volume` is checked to be a usable snapshot
 /// target on top of `base`: it exists as a regular file, is LEGAL, a LEAF, COW, and its
@@ -47,7 +46,7 @@ pub fn check_target(
     let data = domain.dir.volume(image, volume);
     // A volume whose data file went missing is refused here, before any job or freeze,
     // rather than by the switch.
-    match std::fs::symlink_metadata(&data) {
+    match domain.dir.stat(&data) {
         Ok(m) if m.file_type().is_file() => {}
         _ => return Err(refuse("its data file is missing (or not a regular file)")),
     }
@@ -113,12 +112,18 @@ pub fn write_note(
 ) -> Result<(), StorageError> {
     let path = domain.dir.snapshot_note(image, volume);
     let bytes = serde_json::to_vec_pretty(note).unwrap_or_default();
-    write_atomic(&path, &bytes, VOLUME_MODE).map_err(StorageError::io("write", &path))
+    domain
+        .dir
+        .write_atomic(&path, &bytes, VOLUME_MODE)
+        .map_err(StorageError::io("write", &path))
 }
 
 /// The note of [`write_note`], if any.
 pub fn read_note(domain: &Domain, image: Uuid, volume: Uuid) -> Option<SnapshotNote> {
-    let bytes = std::fs::read(domain.dir.snapshot_note(image, volume)).ok()?;
+    let bytes = domain
+        .dir
+        .read(&domain.dir.snapshot_note(image, volume))
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 

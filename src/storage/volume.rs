@@ -20,17 +20,18 @@ use super::meta::VolumeMeta;
 use super::qemu_img::{self, QemuImgError};
 use crate::api::volume_types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
 use crate::failpoint::pause_if_requested;
-use crate::fsutil::{create_exclusive, remove_if_exists, write_atomic};
 
 /// Volume files are readable and writable by owner and group (qemu's group on real hosts).
 pub(super) const VOLUME_MODE: u32 = 0o660;
+/// Image directories, as VDSM makes them.
+const IMAGE_DIR_MODE: u32 = 0o755;
 /// Sizes are rounded up to this.
 pub const SIZE_ALIGNMENT: u64 = 4096;
 
 /// Reads a volume's metadata; a missing `.meta` means the volume does not exist.
 pub fn read_meta(domain: &Domain, image: Uuid, volume: Uuid) -> Result<VolumeMeta, StorageError> {
     let path = domain.dir.meta(image, volume);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match domain.dir.read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(StorageError::VolumeDoesNotExist(volume));
@@ -49,7 +50,10 @@ pub fn write_meta(
 ) -> Result<(), StorageError> {
     let text = meta.to_text().map_err(StorageError::MetadataOverflow)?;
     let path = domain.dir.meta(image, volume);
-    write_atomic(&path, text.as_bytes(), VOLUME_MODE).map_err(StorageError::io("write", &path))
+    domain
+        .dir
+        .write_atomic(&path, text.as_bytes(), VOLUME_MODE)
+        .map_err(StorageError::io("write", &path))
 }
 
 /// The volumes of `image` whose parent is `volume`.
@@ -70,7 +74,7 @@ pub fn children(domain: &Domain, image: Uuid, volume: Uuid) -> Result<Vec<Uuid>,
 /// `{apparentsize, truesize}` of a data file, in bytes.
 pub fn size(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(u64, u64), StorageError> {
     let path = domain.dir.volume(image, volume);
-    let stat = std::fs::metadata(&path).map_err(|e| {
+    let stat = domain.dir.stat(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             StorageError::VolumeDoesNotExist(volume)
         } else {
@@ -125,9 +129,15 @@ pub fn check_create(
     domain: &Domain,
     request: &CreateRequest,
 ) -> Result<Option<VolumeMeta>, StorageError> {
-    let data = domain.dir.volume(request.image, request.volume);
-    let meta = domain.dir.meta(request.image, request.volume);
-    if data.exists() || meta.exists() || domain.dir.lease(request.image, request.volume).exists() {
+    let (image, volume) = (request.image, request.volume);
+    let names = [
+        domain.dir.volume(image, volume),
+        domain.dir.meta(image, volume),
+        domain.dir.lease(image, volume),
+    ];
+    // Anything at one of the volume's names (a link too, even a dangling one) holds it.
+    let taken = |path: &std::path::Path| !matches!(domain.dir.stat(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if names.iter().any(|name| taken(name)) {
         return Err(StorageError::VolumeAlreadyExists(request.volume));
     }
     let Some(parent_id) = request.parent else {
@@ -170,16 +180,18 @@ pub fn reserve(
     domain.has_image(request.image)?;
     let parent = check_create(domain, request)?;
     let image_dir = domain.dir.image(request.image);
-    if !image_dir.exists() {
+    if !domain.has_image(request.image)? {
         progress.image_dir = true;
         record(progress)?;
-        std::fs::create_dir_all(&image_dir).map_err(StorageError::io("create", &image_dir))?;
-        crate::fsutil::sync_parent(&image_dir).map_err(StorageError::io("sync", &image_dir))?;
+        domain
+            .dir
+            .ensure_dir(&image_dir, IMAGE_DIR_MODE)
+            .map_err(StorageError::io("create", &image_dir))?;
     }
     progress.data_file = true;
     record(progress)?;
     let data = domain.dir.volume(request.image, request.volume);
-    if let Err(e) = create_exclusive(&data, VOLUME_MODE) {
+    if let Err(e) = domain.dir.create_exclusive(&data, VOLUME_MODE) {
         // Someone else's file: never ours to delete.
         progress.data_file = false;
         record(progress)?;
@@ -250,13 +262,11 @@ pub async fn write_data(
             other => StorageError::Creation(other.to_string()),
         })?;
     let data = domain.dir.volume(request.image, request.volume);
-    std::fs::File::open(&data)
-        .and_then(|f| f.sync_all())
-        .map_err(StorageError::io("sync", &data))?;
-    // qemu-img may recreate the file with its own mode.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(VOLUME_MODE))
-        .map_err(StorageError::io("chmod", &data))?;
+    // qemu-img may recreate the file with its own mode; a link found there now is refused.
+    domain
+        .dir
+        .chmod_and_sync(&data, VOLUME_MODE)
+        .map_err(StorageError::io("chmod and sync", &data))?;
     pause_if_requested("create:data-written");
     Ok(())
 }
@@ -272,7 +282,10 @@ pub fn publish(
     progress.lease = true;
     record(progress)?;
     let lease = domain.dir.lease(request.image, request.volume);
-    create_exclusive(&lease, VOLUME_MODE).map_err(StorageError::io("create", &lease))?;
+    domain
+        .dir
+        .create_exclusive(&lease, VOLUME_MODE)
+        .map_err(StorageError::io("create", &lease))?;
     let legality = if request.legal {
         Legality::Legal
     } else {
@@ -315,15 +328,24 @@ pub fn rollback(
     let (image, volume) = (request.image, request.volume);
     if progress.lease {
         let lease = domain.dir.lease(image, volume);
-        remove_if_exists(&lease).map_err(StorageError::io("remove", &lease))?;
+        domain
+            .dir
+            .remove(&lease)
+            .map_err(StorageError::io("remove", &lease))?;
     }
     if progress.data_file {
         let data = domain.dir.volume(image, volume);
-        remove_if_exists(&data).map_err(StorageError::io("remove", &data))?;
+        domain
+            .dir
+            .remove(&data)
+            .map_err(StorageError::io("remove", &data))?;
     }
     if progress.meta {
         let meta = domain.dir.meta(image, volume);
-        remove_if_exists(&meta).map_err(StorageError::io("remove", &meta))?;
+        domain
+            .dir
+            .remove(&meta)
+            .map_err(StorageError::io("remove", &meta))?;
     }
     if let Some(parent_id) = request.parent.filter(|_| progress.parent_internal) {
         recheck_leaf(domain, image, parent_id)?;
@@ -331,7 +353,7 @@ pub fn rollback(
     if progress.image_dir {
         let dir = domain.dir.image(image);
         // Fails harmlessly when something else is in it.
-        let _ = std::fs::remove_dir(&dir);
+        let _ = domain.dir.remove_dir(&dir);
     }
     Ok(())
 }
@@ -399,16 +421,29 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
         note.clone(),
         with_suffix(&note, ".new"),
     ] {
-        remove_if_exists(&path).map_err(StorageError::io("remove", &path))?;
+        domain
+            .dir
+            .remove(&path)
+            .map_err(StorageError::io("remove", &path))?;
     }
     pause_if_requested("delete:data-removed");
     let _lock = domain.lock().acquire()?;
     let meta = domain.dir.meta(image, volume);
     // A `.meta.new` a crash left mid-write goes too, before the `.meta` that names the volume.
     let meta_new = with_suffix(&meta, ".new");
-    remove_if_exists(&meta_new).map_err(StorageError::io("remove", &meta_new))?;
-    remove_if_exists(&meta).map_err(StorageError::io("remove", &meta))?;
-    crate::fsutil::sync_parent(&meta).map_err(StorageError::io("sync", &meta))?;
+    domain
+        .dir
+        .remove(&meta_new)
+        .map_err(StorageError::io("remove", &meta_new))?;
+    domain
+        .dir
+        .remove(&meta)
+        .map_err(StorageError::io("remove", &meta))?;
+    let image_dir = domain.dir.image(image);
+    domain
+        .dir
+        .sync_dir(&image_dir)
+        .map_err(StorageError::io("sync", &image_dir))?;
     if let Some(parent) = parent {
         recheck_leaf(domain, image, parent)?;
     }
