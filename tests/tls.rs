@@ -304,3 +304,50 @@ fn an_independent_stomp_client_drives_the_daemon_over_tls() {
         "the flow id was not logged"
     );
 }
+
+/// Issue 13, item 5: unauthenticated peers never take an authenticated client's place. With
+/// `max_connections = 8`, more idle TCP sockets than the handshake budget (64) sit on the
+/// port; a client with a valid certificate still gets in, at once, and so does a second one.
+#[test]
+fn idle_unauthenticated_sockets_never_keep_a_valid_client_out() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Authority::new("test CA").unwrap();
+    let mut daemon = tls_daemon(pki.path(), &ca);
+    let config = daemon.dir.path().join("rvdsm.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = "max_request_bytes = 65536\n";
+    assert!(text.contains(line));
+    std::fs::write(
+        &config,
+        text.replace(line, &format!("{line}max_connections = 8\n")),
+    )
+    .unwrap();
+    daemon.restart_in_place(&[]);
+    let good = issue(pki.path(), &ca, Role::Client, in_ten_years(), "good");
+
+    let idle: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", daemon.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let rt = stomp::runtime();
+    rt.block_on(async {
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let client =
+                tokio::time::timeout(Duration::from_secs(5), stomp::over_tls(daemon.port, &good))
+                    .await
+                    .expect("the valid client waited behind idle sockets")
+                    .unwrap();
+            assert_eq!(
+                client.call("Host.ping2", json!({}), None).await.unwrap(),
+                Value::Bool(true)
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+    });
+    drop(idle);
+}

@@ -7,6 +7,7 @@
 //! - [`logging`]: one tracing span and one log line per request.
 //! - [`http_front`]: what HTTP answers before JSON-RPC: `GET /metrics`, 411 without a length.
 //! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
+//! - [`handshakes`]: TLS handshakes of unauthenticated peers, in a budget of their own.
 //! - [`dispatch`]: JSON-RPC texts from non-HTTP transports into the same registry.
 //! - [`detect`]: which protocol a connection speaks, from its first bytes.
 //! - [`json_style`]: VDSM's JSON text style (Python's separators) on its wire.
@@ -17,6 +18,7 @@
 
 pub mod detect;
 pub mod dispatch;
+pub mod handshakes;
 pub mod http_front;
 pub mod json_style;
 pub mod logging;

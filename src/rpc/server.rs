@@ -25,6 +25,7 @@ use tower::layer::util::{Identity, Stack};
 
 use super::detect::{Protocol, detect};
 use super::dispatch::{Dispatcher, RpcLayers, rpc_middleware};
+use super::handshakes::{Handshakes, MAX_PENDING_HANDSHAKES, TLS_HANDSHAKE_TIMEOUT};
 use super::http_front::HttpFrontLayer;
 use super::readiness::Readiness;
 use super::stomp::frame::FrameLimits;
@@ -33,8 +34,8 @@ use super::subscriptions::forward_events_to_stomp;
 use super::tls::ServerTls;
 use crate::events::EventBus;
 
-/// How long a client has to finish the TLS handshake, and then to send its first bytes
-/// (VDSM's 10 s for each).
+/// How long a client has to send its first bytes (VDSM's 10 s), once connected (and, on TLS,
+/// authenticated: see [`super::handshakes`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to listen on, and the limits.
@@ -222,31 +223,53 @@ struct Served {
 
 impl Served {
     async fn accept_tcp(self, listener: TcpListener, limit: Arc<Semaphore>) {
+        let handshakes = Handshakes::new(MAX_PENDING_HANDSHAKES);
         loop {
             tokio::select! {
                 () = self.stop.clone().shutdown() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
-                        let Some(permit) = admit(&limit) else { continue };
                         let served = self.clone();
+                        let Some(tls) = self.tls.clone() else {
+                            // Plain TCP: nobody is authenticated, a slot is taken at once.
+                            let Some(permit) = admit(&limit) else { continue };
+                            self.connections.spawn(async move {
+                                let _open = crate::metrics::global().connection("tcp");
+                                served.serve(stream).await;
+                                drop(permit);
+                            });
+                            continue;
+                        };
+                        let slot = handshakes.admit();
+                        let limit = Arc::clone(&limit);
                         self.connections.spawn(async move {
-                            let _open = crate::metrics::global().connection("tcp");
-                            match &served.tls {
-                                None => served.serve(stream).await,
-                                Some(tls) => match tokio::time::timeout(
-                                    HANDSHAKE_TIMEOUT,
-                                    tls.acceptor().accept(stream),
-                                )
-                                .await
-                                {
-                                    Ok(Ok(stream)) => served.serve(stream).await,
+                            let handshake = tokio::time::timeout(
+                                TLS_HANDSHAKE_TIMEOUT,
+                                tls.acceptor().accept(stream),
+                            );
+                            let stream = tokio::select! {
+                                () = slot.evicted() => {
+                                    tracing::debug!(%peer, "TLS handshake closed to make room");
+                                    return;
+                                }
+                                done = handshake => match done {
+                                    Ok(Ok(stream)) => stream,
                                     Ok(Err(err)) => {
                                         tracing::info!(%peer, error = %err, "TLS handshake failed");
+                                        return;
                                     }
-                                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                                    Err(_) => {
+                                        tracing::info!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
                                 },
-                            }
+                            };
+                            drop(slot);
+                            // Authenticated: now it may take a connection slot.
+                            let Some(permit) = admit(&limit) else { return };
+                            let _open = crate::metrics::global().connection("tcp");
+                            served.serve(stream).await;
                             drop(permit);
                         });
                     }
