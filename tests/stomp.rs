@@ -440,3 +440,91 @@ fn ten_thousand_idle_connections_are_bounded_by_the_limit() {
     drop(idle);
     daemon.assert_pings_over_tcp();
 }
+
+/// rvdsmd's resident memory, in MiB.
+fn rss_mib(daemon: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Issue 13, item 6: an authenticated STOMP client cannot grow rvdsmd without bound. Before,
+/// 400 frames of 1 MiB sent to a destination the client subscribed to but never read took
+/// rvdsmd from 26 to 439 MB, and 10,000 SUBSCRIBEs with 8 KB destinations to 191 MB. Now a
+/// connection's queue holds at most 32 MiB (messages beyond are dropped), a connection holds
+/// at most 64 subscriptions, and destinations are at most 256 bytes.
+#[test]
+fn a_client_that_never_reads_or_subscribes_without_end_keeps_rvdsmd_bounded() {
+    let mut daemon = Daemon::start();
+    let config = daemon.dir.path().join("rvdsm.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = "max_request_bytes = 65536\n";
+    std::fs::write(&config, text.replace(line, "max_request_bytes = 2097152\n")).unwrap();
+    daemon.restart_in_place(&[]);
+    let baseline = rss_mib(&daemon);
+
+    let mut raw = Raw::connect(daemon.port);
+    connected(&mut raw);
+    raw.send(&frame(
+        "SUBSCRIBE",
+        &[("destination", "x"), ("id", "1")],
+        "",
+    ))
+    .unwrap();
+    let body = "m".repeat(1 << 20);
+    let message = frame("SEND", &[("destination", "x")], &body);
+    for _ in 0..400 {
+        raw.send(&message).unwrap();
+    }
+    // Every frame was read (the broker never waits on a reader): the daemon still answers.
+    let rt = stomp::runtime();
+    rt.block_on(async {
+        let client = stomp::over_tcp(daemon.port, false).await;
+        assert_eq!(
+            client.call("Host.ping2", json!({}), None).await.unwrap(),
+            Value::Bool(true)
+        );
+    });
+    let grown = rss_mib(&daemon).saturating_sub(baseline);
+    assert!(
+        grown < 96,
+        "rvdsmd grew {grown} MiB for a client that never reads"
+    );
+    assert!(daemon.log().contains("messages dropped"));
+
+    // Subscriptions: 10,000 with 8 KB destinations, the answers read as they come.
+    let mut subscriber = Raw::connect(daemon.port);
+    connected(&mut subscriber);
+    let long = "d".repeat(8192);
+    let mut refused = 0;
+    for i in 0..10_000 {
+        let id = i.to_string();
+        let destination = if i % 2 == 0 {
+            long.as_str()
+        } else {
+            "jms.topic.y"
+        };
+        subscriber
+            .send(&frame(
+                "SUBSCRIBE",
+                &[("destination", destination), ("id", &id)],
+                "",
+            ))
+            .unwrap();
+        if i % 100 == 99 {
+            let (answers, closed) = subscriber.read_for(Duration::from_millis(20));
+            assert!(!closed);
+            refused += answers.matches("ERROR").count();
+        }
+    }
+    let (answers, _) = subscriber.read_for(Duration::from_millis(500));
+    refused += answers.matches("ERROR").count();
+    assert!(refused >= 10_000 - 64, "{refused} refusals");
+    let grown = rss_mib(&daemon).saturating_sub(baseline);
+    assert!(grown < 96, "rvdsmd grew {grown} MiB with subscriptions");
+    drop(raw);
+}

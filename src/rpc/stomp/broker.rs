@@ -1,35 +1,33 @@
 //! The server-wide subscription map (VDSM's `StompServer`): which connection subscribed to
 //! which destination under which id, and delivery of MESSAGE frames to every subscriber of a
-//! destination or of any dot-separated prefix of it. Each connection has a bounded send queue;
-//! a message for a connection whose queue is full is dropped with a log line, so one client
-//! that stops reading never stalls the others.
+//! destination or of any dot-separated prefix of it. Each connection has a send queue bounded
+//! in frames and bytes ([`super::queue`]); a message for a connection whose queue is full is
+//! dropped with a log line, so one client that stops reading never stalls the others nor grows
+//! rvdsmd. A connection has at most [`MAX_SUBSCRIPTIONS`] subscriptions, each destination at
+//! most [`MAX_DESTINATION_BYTES`] long; a message's body is encoded once for all subscribers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 
-use super::frame::encode_frame;
+use super::frame::encode_head;
+use super::queue::{NotQueued, Outgoing, SendQueue};
 
 /// A connection's identity in the broker.
 pub type ConnectionId = u64;
 
-/// What a connection's writer receives.
-#[derive(Debug)]
-pub enum Outgoing {
-    /// Encoded frame bytes.
-    Frame(Bytes),
-    /// Flush what was queued, then close.
-    Close,
-}
+/// Subscriptions one connection may hold (a manager holds a few: events, its reply queues).
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// The longest destination name subscribed to, in bytes.
+pub const MAX_DESTINATION_BYTES: usize = 256;
 
 #[derive(Debug, Clone)]
 struct Subscriber {
     connection: ConnectionId,
     id: String,
-    queue: mpsc::Sender<Outgoing>,
+    queue: SendQueue,
     /// Messages dropped because the queue was full; logged at powers of two, not each.
     dropped: Arc<AtomicU64>,
 }
@@ -40,6 +38,12 @@ pub enum SubscribeError {
     /// The connection already has a subscription with this id.
     #[error("Subscription id already exists")]
     DuplicateId,
+    /// The connection holds [`MAX_SUBSCRIPTIONS`] already.
+    #[error("Too many subscriptions")]
+    TooMany,
+    /// The destination is longer than [`MAX_DESTINATION_BYTES`].
+    #[error("Destination too long")]
+    DestinationTooLong,
 }
 
 #[derive(Default)]
@@ -47,6 +51,8 @@ struct Subscriptions {
     by_destination: HashMap<String, Vec<Subscriber>>,
     /// (connection, subscription id) → destination, for UNSUBSCRIBE and disconnects.
     by_id: HashMap<(ConnectionId, String), String>,
+    /// Subscriptions per connection.
+    count: HashMap<ConnectionId, usize>,
 }
 
 /// The subscription map, shared by all connections.
@@ -62,13 +68,21 @@ impl Broker {
         connection: ConnectionId,
         id: &str,
         destination: &str,
-        queue: &mpsc::Sender<Outgoing>,
+        queue: &SendQueue,
     ) -> Result<(), SubscribeError> {
+        if destination.len() > MAX_DESTINATION_BYTES {
+            return Err(SubscribeError::DestinationTooLong);
+        }
         let mut subs = self.lock();
         let key = (connection, id.to_owned());
         if subs.by_id.contains_key(&key) {
             return Err(SubscribeError::DuplicateId);
         }
+        let count = subs.count.entry(connection).or_default();
+        if *count >= MAX_SUBSCRIPTIONS {
+            return Err(SubscribeError::TooMany);
+        }
+        *count += 1;
         subs.by_id.insert(key, destination.to_owned());
         subs.by_destination
             .entry(destination.to_owned())
@@ -87,6 +101,9 @@ impl Broker {
         let mut subs = self.lock();
         if let Some(destination) = subs.by_id.remove(&(connection, id.to_owned())) {
             subs.remove_subscriber(&destination, |s| s.connection == connection && s.id == id);
+            if let Some(count) = subs.count.get_mut(&connection) {
+                *count = count.saturating_sub(1);
+            }
         }
     }
 
@@ -100,6 +117,7 @@ impl Broker {
             .map(|(_, destination)| destination.clone())
             .collect();
         subs.by_id.retain(|(conn, _), _| *conn != connection);
+        subs.count.remove(&connection);
         for destination in destinations {
             subs.remove_subscriber(&destination, |s| s.connection == connection);
         }
@@ -110,11 +128,13 @@ impl Broker {
     /// Returns how many subscribers it was queued for. Nothing here blocks: a full queue drops
     /// the message, so the lock is held only while frames are encoded and queued.
     pub fn publish(&self, destination: &str, headers: &[(String, String)], body: &[u8]) -> usize {
+        let mut body_once: Option<Bytes> = None;
         let subs = self.lock();
         let mut count = 0;
         for name in destination_and_parents(destination) {
             for subscriber in subs.by_destination.get(name).into_iter().flatten() {
                 count += 1;
+                let body = body_once.get_or_insert_with(|| Bytes::copy_from_slice(body));
                 subscriber.deliver(destination, headers, body);
             }
         }
@@ -136,7 +156,7 @@ impl Broker {
 }
 
 impl Subscriber {
-    fn deliver(&self, destination: &str, headers: &[(String, String)], body: &[u8]) {
+    fn deliver(&self, destination: &str, headers: &[(String, String)], body: &Bytes) {
         let given = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         let implicit = (!headers.iter().any(|(name, _)| name == "destination"))
             .then_some(("destination", destination));
@@ -144,11 +164,15 @@ impl Subscriber {
             .into_iter()
             .chain(given)
             .chain(std::iter::once(("subscription", self.id.as_str())));
-        let mut out = BytesMut::new();
-        encode_frame(&mut out, "MESSAGE", all, body);
-        match self.queue.try_send(Outgoing::Frame(out.freeze())) {
+        let mut head = BytesMut::with_capacity(128);
+        encode_head(&mut head, "MESSAGE", all, body.len());
+        let message = Outgoing::Message {
+            head: head.freeze(),
+            body: body.clone(),
+        };
+        match self.queue.try_send(message) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(NotQueued::Full) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     tracing::warn!(
@@ -159,7 +183,7 @@ impl Subscriber {
                     );
                 }
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(NotQueued::Closed) => {}
         }
     }
 }
@@ -190,12 +214,24 @@ fn destination_and_parents(destination: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
 
-    fn received(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<String> {
+    use crate::rpc::stomp::queue::{ReceiveQueue, channel};
+
+    fn received(rx: &mut ReceiveQueue) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(Outgoing::Frame(bytes)) = rx.try_recv() {
-            out.push(String::from_utf8_lossy(&bytes).into_owned());
+        while !rx.is_empty() {
+            let item = futures_util::FutureExt::now_or_never(rx.recv()).flatten();
+            if let Some(Outgoing::Message { head, body }) = item {
+                let mut text = String::from_utf8_lossy(&head).into_owned();
+                text.push_str(&String::from_utf8_lossy(&body));
+                text.push('\0');
+                out.push(text);
+            }
         }
         out
+    }
+
+    fn queue(frames: usize) -> (SendQueue, ReceiveQueue) {
+        channel(frames, usize::MAX)
     }
 
     #[test]
@@ -208,7 +244,7 @@ mod tests {
     #[test]
     fn messages_reach_subscribers_of_the_destination_and_its_parents() {
         let broker = Broker::default();
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = queue(8);
         broker.subscribe(1, "s1", "jms.topic", &tx).unwrap();
         broker.subscribe(1, "s2", "other", &tx).unwrap();
         assert_eq!(broker.publish("jms.topic.x", &[], b"{}"), 1);
@@ -221,7 +257,7 @@ mod tests {
     #[test]
     fn duplicate_ids_are_refused_per_connection_only() {
         let broker = Broker::default();
-        let (tx, _rx) = mpsc::channel(8);
+        let (tx, _rx) = queue(8);
         broker.subscribe(1, "s", "a", &tx).unwrap();
         assert_eq!(
             broker.subscribe(1, "s", "b", &tx),
@@ -234,7 +270,7 @@ mod tests {
     #[test]
     fn unsubscribe_and_disconnect_remove_subscriptions() {
         let broker = Broker::default();
-        let (tx, _rx) = mpsc::channel(8);
+        let (tx, _rx) = queue(8);
         broker.subscribe(1, "s", "a", &tx).unwrap();
         broker.subscribe(1, "t", "b", &tx).unwrap();
         broker.subscribe(2, "u", "b", &tx).unwrap();
@@ -250,13 +286,35 @@ mod tests {
     #[test]
     fn a_full_queue_drops_the_message_without_blocking() {
         let broker = Broker::default();
-        let (slow, mut slow_rx) = mpsc::channel(1);
-        let (fast, mut fast_rx) = mpsc::channel(8);
+        let (slow, mut slow_rx) = queue(1);
+        let (fast, mut fast_rx) = queue(8);
         broker.subscribe(1, "s", "a", &slow).unwrap();
         broker.subscribe(2, "s", "a", &fast).unwrap();
         broker.publish("a", &[], b"1");
         broker.publish("a", &[], b"2");
         assert_eq!(received(&mut slow_rx).len(), 1);
         assert_eq!(received(&mut fast_rx).len(), 2);
+    }
+
+    #[test]
+    fn subscriptions_are_capped_per_connection_and_in_length() {
+        let broker = Broker::default();
+        let (tx, _rx) = queue(8);
+        let long = "d".repeat(MAX_DESTINATION_BYTES + 1);
+        assert_eq!(
+            broker.subscribe(1, "x", &long, &tx),
+            Err(SubscribeError::DestinationTooLong)
+        );
+        for i in 0..MAX_SUBSCRIPTIONS {
+            broker.subscribe(1, &i.to_string(), "a", &tx).unwrap();
+        }
+        assert_eq!(
+            broker.subscribe(1, "one more", "a", &tx),
+            Err(SubscribeError::TooMany)
+        );
+        broker.unsubscribe(1, "0");
+        broker.subscribe(1, "again", "a", &tx).unwrap();
+        broker.disconnect(1);
+        broker.subscribe(1, "fresh", "a", &tx).unwrap();
     }
 }

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 
-use super::broker::{Broker, ConnectionId, Outgoing};
+use super::broker::{Broker, ConnectionId};
 use super::frame::{Frame, FrameLimits, Incoming, StompCodec};
+use super::queue::{self, Outgoing, ReceiveQueue, SendQueue};
 use crate::rpc::dispatch::Dispatcher;
 
 /// VDSM's floor for a negotiated heart-beat.
@@ -41,6 +42,8 @@ pub struct StompOptions {
     pub max_pending_requests: usize,
     /// Frames queued for one connection before new ones are dropped.
     pub send_queue_frames: usize,
+    /// Bytes queued for one connection before new messages are dropped.
+    pub send_queue_bytes: usize,
 }
 
 impl Default for StompOptions {
@@ -53,6 +56,7 @@ impl Default for StompOptions {
             limits: FrameLimits::default(),
             max_pending_requests: 64,
             send_queue_frames: 1024,
+            send_queue_bytes: queue::DEFAULT_QUEUE_BYTES,
         }
     }
 }
@@ -90,7 +94,10 @@ impl StompService {
     {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let (reader, writer) = tokio::io::split(stream);
-        let (queue, outgoing) = mpsc::channel(self.options.send_queue_frames);
+        let (queue, outgoing) = queue::channel(
+            self.options.send_queue_frames,
+            self.options.send_queue_bytes,
+        );
         let (beat_tx, beat_rx) = watch::channel(None);
         let writing = tokio::spawn(write_frames(writer, outgoing, beat_rx));
         let mut connection = Connection {
@@ -110,7 +117,7 @@ impl StompService {
             () = stop => {}
         }
         self.broker.disconnect(id);
-        let _ = queue.send(Outgoing::Close).await;
+        queue.send(Outgoing::Close).await;
         drop(queue);
         let _ = tokio::time::timeout(WRITE_TIMEOUT, writing).await;
     }
@@ -128,7 +135,7 @@ impl StompService {
 struct Connection {
     id: ConnectionId,
     service: Arc<StompService>,
-    queue: mpsc::Sender<Outgoing>,
+    queue: SendQueue,
     heart_beat_out: watch::Sender<Option<Duration>>,
     expected_beat: Option<Duration>,
     pending: Arc<Semaphore>,
@@ -295,7 +302,7 @@ impl Connection {
     /// Queues a frame for this connection; waiting here (a full queue) stops reading from a
     /// client that does not read its own replies.
     async fn reply(&self, frame: Frame) {
-        let _ = self.queue.send(Outgoing::Frame(frame.to_bytes())).await;
+        self.queue.send(Outgoing::Frame(frame.to_bytes())).await;
     }
 }
 
@@ -318,7 +325,7 @@ fn parse_heart_beat(header: Option<&str>) -> Option<(Option<Duration>, Option<Du
 /// the negotiated interval.
 async fn write_frames<W: AsyncWrite>(
     writer: W,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut outgoing: ReceiveQueue,
     heart_beat: watch::Receiver<Option<Duration>>,
 ) {
     let mut writer = std::pin::pin!(writer);
@@ -331,12 +338,17 @@ async fn write_frames<W: AsyncWrite>(
             },
             None => outgoing.recv().await,
         };
-        let bytes = match next {
-            Some(Outgoing::Frame(bytes)) => bytes,
+        let (head, body) = match next {
+            Some(Outgoing::Frame(bytes)) => (bytes, None),
+            Some(Outgoing::Message { head, body }) => (head, Some(body)),
             Some(Outgoing::Close) | None => break,
         };
         let write = async {
-            writer.write_all(&bytes).await?;
+            writer.write_all(&head).await?;
+            if let Some(body) = body {
+                writer.write_all(&body).await?;
+                writer.write_all(b"\0").await?;
+            }
             if outgoing.is_empty() {
                 writer.flush().await?;
             }

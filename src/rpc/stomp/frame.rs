@@ -74,10 +74,23 @@ pub fn encode_frame<'h>(
     body: &[u8],
 ) {
     out.reserve(command.len() + 128 + body.len());
+    encode_head(out, command, headers, body.len());
+    out.put_slice(body);
+    out.put_u8(0);
+}
+
+/// The command, headers (with `content-length` for a body of `body_len` bytes) and blank line
+/// of a frame: [`encode_frame`] without its body and NUL, for a body shared by many frames.
+pub fn encode_head<'h>(
+    out: &mut BytesMut,
+    command: &str,
+    headers: impl IntoIterator<Item = (&'h str, &'h str)>,
+    body_len: usize,
+) {
     out.put_slice(command.as_bytes());
     out.put_u8(b'\n');
     for (name, value) in headers {
-        if !body.is_empty() && name == "content-length" {
+        if body_len > 0 && name == "content-length" {
             continue;
         }
         escape_into(name, out);
@@ -85,14 +98,12 @@ pub fn encode_frame<'h>(
         escape_into(value, out);
         out.put_u8(b'\n');
     }
-    if !body.is_empty() {
+    if body_len > 0 {
         out.put_slice(b"content-length:");
-        out.put_slice(body.len().to_string().as_bytes());
+        out.put_slice(body_len.to_string().as_bytes());
         out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
-    out.put_slice(body);
-    out.put_u8(0);
 }
 
 /// What the decoder yields.
