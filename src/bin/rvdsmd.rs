@@ -211,7 +211,7 @@ fn count_states_at_scrape(jobs: JobRegistry, storage: StorageService) {
         let counts: Vec<(&str, i64)> = by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();
         rvdsm::metrics::Metrics::set_states(&metrics.jobs, &counts);
         let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();
-        for status in storage.all_task_statuses().values() {
+        for status in storage.all_task_statuses_blocking().values() {
             let state = if status.task_result.is_empty() {
                 status.task_state.clone()
             } else {

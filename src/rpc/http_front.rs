@@ -46,6 +46,15 @@ where
     }
 
     fn call(&mut self, request: HttpRequest<B>) -> Self::Future {
+        if request.method() == Method::GET && request.uri().path() == "/metrics" {
+            // The scrape reads the services' state (the task manager's lock is held across
+            // fsyncs): off the reactor.
+            return Box::pin(async {
+                tokio::task::spawn_blocking(metrics)
+                    .await
+                    .map_err(|e| BoxError::from(e.to_string()))
+            });
+        }
         match answer_here(&request) {
             Some(response) => Box::pin(std::future::ready(Ok(response))),
             None => Box::pin(self.inner.call(request)),
@@ -54,9 +63,6 @@ where
 }
 
 fn answer_here<B>(request: &HttpRequest<B>) -> Option<HttpResponse> {
-    if request.method() == Method::GET && request.uri().path() == "/metrics" {
-        return Some(metrics());
-    }
     if request.method() == Method::POST && !request.headers().contains_key(header::CONTENT_LENGTH) {
         return Some(length_required());
     }

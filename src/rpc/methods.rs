@@ -52,14 +52,12 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Value, ApiError> {
         Call::VolumeDelete(p) => answer(s.storage.delete_volume(p).await),
         Call::ImageDelete(p) => answer(s.storage.delete_image(p).await),
         Call::ImagePrepare(p) => answer(s.storage.prepare_image(p).await),
-        Call::ImageTeardown(p) => done(s.storage.teardown_image(p)),
-        Call::TaskGetStatus(p) => answer(s.storage.task_status(p)),
-        Call::TaskGetInfo(p) => answer(s.storage.task_info(p)),
+        Call::ImageTeardown(p) => done(s.storage.teardown_image(p).await),
+        Call::TaskGetStatus(p) => answer(s.storage.task_status(p).await),
+        Call::TaskGetInfo(p) => answer(s.storage.task_info(p).await),
         Call::TaskClear(p) => done(s.storage.task_clear(p).await),
         Call::TaskStop(p) => done(s.storage.task_stop(p).await),
-        Call::HostGetAllTasksStatuses(_) => {
-            answer(Ok::<_, ApiError>(s.storage.all_task_statuses()))
-        }
+        Call::HostGetAllTasksStatuses(_) => answer(s.storage.all_task_statuses().await),
     }
 }
 

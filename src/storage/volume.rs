@@ -263,9 +263,14 @@ pub async fn write_data(
         })?;
     let data = domain.dir.volume(request.image, request.volume);
     // qemu-img may recreate the file with its own mode; a link found there now is refused.
-    domain
-        .dir
-        .chmod_and_sync(&data, VOLUME_MODE)
+    // fsync can take long on a slow mount: off the reactor.
+    let dir = domain.dir.clone();
+    let synced = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || dir.chmod_and_sync(&data, VOLUME_MODE)).await
+    };
+    synced
+        .map_err(|e| StorageError::Creation(format!("sync panicked: {e}")))?
         .map_err(StorageError::io("chmod and sync", &data))?;
     pause_if_requested("create:data-written");
     Ok(())
@@ -350,10 +355,20 @@ pub fn rollback(
     if let Some(parent_id) = request.parent.filter(|_| progress.parent_internal) {
         recheck_leaf(domain, image, parent_id)?;
     }
+    let image_dir = domain.dir.image(image);
     if progress.image_dir {
-        let dir = domain.dir.image(image);
         // Fails harmlessly when something else is in it.
-        let _ = domain.dir.remove_dir(&dir);
+        let _ = domain.dir.remove_dir(&image_dir);
+        domain
+            .dir
+            .sync_dir(domain.dir.root())
+            .map_err(StorageError::io("sync", domain.dir.root()))?;
+    } else {
+        // The removals above, made durable.
+        domain
+            .dir
+            .sync_dir(&image_dir)
+            .map_err(StorageError::io("sync", &image_dir))?;
     }
     Ok(())
 }

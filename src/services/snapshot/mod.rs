@@ -40,6 +40,8 @@ use validate::{Checked, Drive};
 
 /// VDSM's `freeze_timeout` default, in minutes.
 const DEFAULT_FREEZE_TIMEOUT_MINUTES: u64 = 8;
+/// VDSM's `timeout` default, in minutes.
+const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
 
 /// Snapshots and their jobs.
 #[derive(Clone)]
@@ -126,11 +128,17 @@ impl SnapshotService {
 
     /// What the job switches, and how.
     fn plan(&self, p: &SnapshotParams, checked: &Checked) -> Plan {
-        // Bounded by `validate::check_params`: the arithmetic below cannot overflow.
-        let freeze_minutes = p
-            .freeze_timeout
-            .map_or(DEFAULT_FREEZE_TIMEOUT_MINUTES, i64::unsigned_abs)
-            .min(validate::MAX_TIMEOUT_MINUTES.unsigned_abs());
+        // Bounded by `validate::check_params`: the arithmetic below cannot overflow. The job's
+        // `timeout` is enforced where stopping is safe: a job still waiting for its turn past
+        // it fails untouched, and the switch is not attempted past it (a switch under way is
+        // never cut).
+        let minutes = |value: Option<i64>, default| {
+            value
+                .map_or(default, i64::unsigned_abs)
+                .min(validate::MAX_TIMEOUT_MINUTES.unsigned_abs())
+        };
+        let freeze_minutes = minutes(p.freeze_timeout, DEFAULT_FREEZE_TIMEOUT_MINUTES)
+            .min(minutes(p.timeout, DEFAULT_TIMEOUT_MINUTES));
         Plan {
             vm: p.vm_id,
             switches: checked

@@ -40,6 +40,12 @@ impl SnapshotService {
             self.fail(&entry, false, message.to_owned()).await;
             return;
         }
+        if Instant::now() > plan.switch_deadline {
+            let message = "Snapshot failed: its timeout passed while it waited for its turn; \
+                           nothing was switched";
+            self.fail(&entry, false, message.to_owned()).await;
+            return;
+        }
         if drives.is_empty() {
             let result = SnapshotResult::NothingToSwitch {
                 switched: Vec::new(),

@@ -98,14 +98,14 @@ impl StorageService {
 
     /// `Image.getVolumes`.
     pub async fn image_volumes(&self, p: ImageParams) -> Result<Vec<Uuid>, ApiError> {
-        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         blocking(move || domain.volumes(p.image)).await
     }
 
     /// `Image.prepare`: every volume of the image must be usable; returns the path through the
     /// pool's link to the domain, as VDSM's paths are.
     pub async fn prepare_image(&self, p: PrepareImageParams) -> Result<PreparedImage, ApiError> {
-        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         let pool_dir = self.inner.repo.pool_dir(self.inner.pool);
         let path = blocking(move || {
             image::prepare(&domain, &pool_dir, p.image, p.volume, p.allow_illegal)
@@ -117,7 +117,9 @@ impl StorageService {
     }
 
     /// `Image.teardown`: nothing to release on a file domain once the ids are checked.
-    pub fn teardown_image(&self, p: TeardownImageParams) -> Result<(), ApiError> {
-        self.image_domain(p.pool, p.domain, p.image).map(|_| ())
+    pub async fn teardown_image(&self, p: TeardownImageParams) -> Result<(), ApiError> {
+        self.image_domain(p.pool, p.domain, p.image)
+            .await
+            .map(|_| ())
     }
 }

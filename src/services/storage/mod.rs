@@ -181,15 +181,25 @@ impl StorageService {
         }
     }
 
-    fn image_domain(&self, pool: Uuid, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
+    async fn image_domain(
+        &self,
+        pool: Uuid,
+        domain: Uuid,
+        image: Uuid,
+    ) -> Result<Arc<Domain>, ApiError> {
         self.check_pool(pool)?;
-        self.domain_with_image(domain, image)
+        self.domain_with_image(domain, image).await
     }
 
-    /// The domain, which must hold `image` (268 otherwise).
-    fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
+    /// The domain, which must hold `image` (268 otherwise). The look at the image's directory
+    /// runs off the reactor: a hung mount must not stall the daemon.
+    async fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
         let domain = self.domain(domain)?;
-        if !domain.has_image(image)? {
+        let found = {
+            let domain = Arc::clone(&domain);
+            blocking(move || domain.has_image(image)).await?
+        };
+        if !found {
             return Err(StorageError::ImageDoesNotExist {
                 image,
                 domain: domain.uuid,

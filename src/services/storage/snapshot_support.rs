@@ -21,7 +21,7 @@ impl StorageService {
         base: Uuid,
         volume: Uuid,
     ) -> Result<(PathBuf, PathBuf), ApiError> {
-        let domain = self.domain_with_image(domain, image)?;
+        let domain = self.domain_with_image(domain, image).await?;
         blocking(move || snapshot_volume::check_target(&domain, image, base, volume)).await
     }
 

@@ -11,14 +11,16 @@ use crate::api::storage_types::{TaskInfo, TaskParams, TaskStatus};
 use crate::jobs::tasks::TaskRecord;
 
 impl StorageService {
-    /// `Task.getStatus`.
-    pub fn task_status(&self, p: TaskParams) -> Result<TaskStatus, ApiError> {
-        Ok(status_of(&self.inner.tasks.get(p.task)?))
+    /// `Task.getStatus`. Off the reactor, as every call on the task manager: its lock is held
+    /// while a task's file is fsynced.
+    pub async fn task_status(&self, p: TaskParams) -> Result<TaskStatus, ApiError> {
+        let record = on_tasks(&self.inner.tasks, move |t| t.get(p.task)).await?;
+        Ok(status_of(&record))
     }
 
     /// `Task.getInfo`.
-    pub fn task_info(&self, p: TaskParams) -> Result<TaskInfo, ApiError> {
-        let record = self.inner.tasks.get(p.task)?;
+    pub async fn task_info(&self, p: TaskParams) -> Result<TaskInfo, ApiError> {
+        let record = on_tasks(&self.inner.tasks, move |t| t.get(p.task)).await?;
         Ok(TaskInfo {
             id: record.id,
             verb: record.verb,
@@ -48,7 +50,13 @@ impl StorageService {
     }
 
     /// `Host.getAllTasksStatuses`.
-    pub fn all_task_statuses(&self) -> BTreeMap<Uuid, TaskStatus> {
+    pub async fn all_task_statuses(&self) -> Result<BTreeMap<Uuid, TaskStatus>, ApiError> {
+        let records = on_tasks(&self.inner.tasks, |t| Ok(t.all())).await?;
+        Ok(records.iter().map(|r| (r.id, status_of(r))).collect())
+    }
+
+    /// Every task's status, read where blocking is fine (the metrics' scrape thread).
+    pub fn all_task_statuses_blocking(&self) -> BTreeMap<Uuid, TaskStatus> {
         self.inner
             .tasks
             .all()

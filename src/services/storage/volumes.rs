@@ -25,7 +25,7 @@ use crate::storage::{StorageError, image, snapshot_volume};
 impl StorageService {
     /// `Volume.getInfo`.
     pub async fn volume_info(&self, p: VolumeParams) -> Result<VolumeInfo, ApiError> {
-        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         blocking(move || {
             let meta = volume::read_meta(&domain, p.image, p.volume)?;
             let (apparent, true_size) = volume::size(&domain, p.image, p.volume)?;
@@ -64,7 +64,7 @@ impl StorageService {
 
     /// `Volume.getSize`.
     pub async fn volume_size(&self, p: VolumeParams) -> Result<VolumeSize, ApiError> {
-        let domain = self.image_domain(p.pool, p.domain, p.image)?;
+        let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         blocking(move || {
             volume::read_meta(&domain, p.image, p.volume)?;
             let (apparent, true_size) = volume::size(&domain, p.image, p.volume)?;
@@ -199,7 +199,7 @@ impl StorageService {
     /// `Volume.delete`: checks, then starts the task and returns its id.
     pub async fn delete_volume(&self, p: DeleteVolumeParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
-        let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
+        let domain = self.image_domain(ids.pool, ids.domain, ids.image).await?;
         let (image, volume) = (ids.image, ids.volume);
         self.check_volume_delete(&domain, image, volume).await?;
         let domain_id = domain.uuid;
@@ -243,7 +243,7 @@ impl StorageService {
     /// `Image.delete`: checks, then starts the task and returns its id.
     pub async fn delete_image(&self, p: DeleteImageParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
-        let domain = self.image_domain(ids.pool, ids.domain, ids.image)?;
+        let domain = self.image_domain(ids.pool, ids.domain, ids.image).await?;
         let image = ids.image;
         self.check_image_delete(&domain, image).await?;
         let domain_id = domain.uuid;
