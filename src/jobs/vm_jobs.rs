@@ -144,6 +144,13 @@ impl JobRegistry {
         })
     }
 
+    /// Whether a job (a snapshot) is pending or running on `vm`.
+    pub fn busy_with_job(&self, vm: Uuid) -> bool {
+        self.lock().values().any(|e| {
+            e.info.vm_id == vm && matches!(e.info.status, JobStatus::Pending | JobStatus::Running)
+        })
+    }
+
     /// Registers a pending job.
     pub fn add(&self, id: Uuid, vm: Uuid, description: &str) -> Result<(), JobRefusal> {
         let mut jobs = self.lock();

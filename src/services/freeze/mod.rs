@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::api::vm_types::FreezeParams;
 use crate::clock::epoch_secs;
 use crate::fsutil::{remove_if_exists, write_atomic};
-use crate::jobs::vm_jobs::JobRegistry;
+use crate::jobs::vm_jobs::{JobRefusal, JobRegistry};
 use crate::virt::{FreezeState, Hypervisor, RunState};
 
 mod error;
@@ -177,9 +177,20 @@ impl FreezeService {
         Ok(())
     }
 
-    /// `VM.thaw`: succeeds on a thawed guest too.
+    /// `VM.thaw`: succeeds on a thawed guest too. Refused (100) while a snapshot job runs on
+    /// the VM: a thaw inside its frozen window would make its `quiesced` a lie.
     pub async fn thaw(&self, vm: Uuid) -> Result<(), FreezeError> {
         self.hypervisor.domain_disks(vm).await?;
+        if self.jobs.busy_with_job(vm) {
+            return Err(FreezeError::Busy(JobRefusal::VmBusy(vm)));
+        }
+        self.thaw_now(vm).await?;
+        self.forget(vm, None).await;
+        Ok(())
+    }
+
+    /// Thaws the guest (bounded agent call), taking no claim: callers decide.
+    async fn thaw_now(&self, vm: Uuid) -> Result<(), FreezeError> {
         self.hypervisor
             .set_agent_timeout(vm, self.agent_timeout)
             .await
@@ -190,7 +201,6 @@ impl FreezeService {
             .await
             .map_err(FreezeError::agent(AgentOp::Thaw))?;
         tracing::info!(%vm, count, "guest filesystems thawed");
-        self.forget(vm).await;
         Ok(())
     }
 
@@ -222,8 +232,12 @@ impl FreezeService {
         let owned: Vec<Uuid> = self.lock().keys().copied().collect();
         let thaws = owned.into_iter().map(|vm| async move {
             tracing::warn!(%vm, "rvdsmd is stopping: thawing a guest it froze");
-            if let Err(err) = self.thaw(vm).await {
-                tracing::error!(%vm, error = %err, "cannot thaw the guest before stopping; the next start will");
+            // No claim: the grace is over, and a stopped daemon keeps no deadline.
+            match self.thaw_now(vm).await {
+                Ok(()) => self.forget(vm, None).await,
+                Err(err) => {
+                    tracing::error!(%vm, error = %err, "cannot thaw the guest before stopping; the next start will");
+                }
             }
         });
         futures_util::future::join_all(thaws).await;
@@ -254,21 +268,29 @@ impl FreezeService {
                     tracing::warn!(vm = %record.vm, "auto-thaw deadline reached: thawing the guest");
                     crate::metrics::global().auto_thaws.inc();
                 }
-                match service.thaw(record.vm).await {
-                    Ok(()) => return,
+                let generation = Some(record.generation);
+                // A snapshot may run on the VM (frozen=true, inside its switch): the thaw waits
+                // for it to end, never cuts its frozen window.
+                let thawed = if service.jobs.busy_with_job(record.vm) {
+                    Err(FreezeError::Busy(JobRefusal::VmBusy(record.vm)))
+                } else {
+                    service.thaw_now(record.vm).await
+                };
+                match thawed {
+                    Ok(()) => return service.forget(record.vm, generation).await,
                     Err(err) if err.kind() == FreezeErrorKind::NoSuchVm => {
-                        return service.forget(record.vm).await;
+                        return service.forget(record.vm, generation).await;
                     }
                     // No agent channel at all: nothing can be frozen.
                     Err(err) if err.kind() == FreezeErrorKind::Unsupported => {
-                        return service.forget(record.vm).await;
+                        return service.forget(record.vm, generation).await;
                     }
                     // A VM that stopped has nothing frozen any more.
                     Err(_)
                         if service.hypervisor.run_state(record.vm).await
                             == Ok(RunState::Stopped) =>
                     {
-                        return service.forget(record.vm).await;
+                        return service.forget(record.vm, generation).await;
                     }
                     // Logged at powers of two: an agent gone for hours must not flood the log.
                     Err(err) if attempt.is_power_of_two() => {
@@ -282,8 +304,17 @@ impl FreezeService {
         });
     }
 
-    async fn forget(&self, vm: Uuid) {
-        self.lock().remove(&vm);
+    /// Drops the VM's freeze record: any (`None`), or only the one of `generation`, so that a
+    /// late end of an old freeze never drops a newer freeze's record (and its auto-thaw).
+    async fn forget(&self, vm: Uuid, generation: Option<Uuid>) {
+        {
+            let mut owned = self.lock();
+            let current = owned.get(&vm).map(|r| r.generation);
+            if generation.is_some() && current.is_some() && current != generation {
+                return;
+            }
+            owned.remove(&vm);
+        }
         let path = self.path(vm);
         // Off the reactor: file-system calls can block.
         let _ = tokio::task::spawn_blocking(move || remove_if_exists(&path)).await;
