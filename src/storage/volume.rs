@@ -152,9 +152,8 @@ pub fn check_create(
             "a volume with a parent must be COW".into(),
         ));
     }
-    if parent.role != VolumeRole::Leaf {
-        return Err(StorageError::HasChildren(parent_id));
-    }
+    // An INTERNAL parent takes another child, as VDSM allows: a preview of an older
+    // snapshot is a second child of it, so an image is a tree.
     if request.capacity < parent.capacity {
         return Err(StorageError::Size(format!(
             "capacity {} is smaller than the parent's {}",
@@ -209,7 +208,9 @@ pub fn reserve(
         request.volume,
         &new_meta(domain, request, Legality::Illegal),
     )?;
-    if let (Some(parent_id), Some(mut parent)) = (request.parent, parent) {
+    if let (Some(parent_id), Some(mut parent)) = (request.parent, parent)
+        && parent.role == VolumeRole::Leaf
+    {
         progress.parent_internal = true;
         record(progress)?;
         parent.role = VolumeRole::Internal;
@@ -359,10 +360,11 @@ pub fn rollback(
     if progress.image_dir {
         // Fails harmlessly when something else is in it.
         let _ = domain.dir.remove_dir(&image_dir);
+        let images = domain.dir.images();
         domain
             .dir
-            .sync_dir(domain.dir.root())
-            .map_err(StorageError::io("sync", domain.dir.root()))?;
+            .sync_dir(&images)
+            .map_err(StorageError::io("sync", &images))?;
     } else {
         // The removals above, made durable.
         domain
