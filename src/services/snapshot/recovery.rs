@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::SnapshotService;
 use super::rollback::{Live, why_kept};
-use super::runner::JobOutcome;
+use super::runner::{JobOutcome, images_of};
 use crate::api::codes;
 use crate::api::snapshot_types::{Consistency, SnapshotResult};
 use crate::clock::epoch_secs;
@@ -67,6 +67,7 @@ impl SnapshotService {
 
     /// Ends an interrupted job by what `live` shows, and journals the outcome.
     async fn end_interrupted(&self, entry: &Entry, live: &Live) -> JobOutcome {
+        let _images = self.storage.lock_images(images_of(entry)).await;
         let rollback = self.roll_back(entry, live).await;
         let all_kept = rollback.kept.len() == entry.drives.len();
         let outcome = if all_kept && matches!(live, Live::Disks(_)) {

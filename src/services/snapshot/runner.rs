@@ -34,6 +34,9 @@ impl SnapshotService {
         let job = entry.job;
         let _slot = self.jobs.run_slot(job).await;
         let _claim = claim;
+        // The drives' images, for the whole job: no delete or create on them runs inside its
+        // switch or its rollback (a delete's check for use would race the switch).
+        let _images = self.storage.lock_images(images_of(&entry)).await;
         let started = Instant::now();
         if self.stopping.load(Ordering::SeqCst) {
             let message = "Snapshot failed: rvdsmd is stopping; nothing was switched";
@@ -250,6 +253,11 @@ impl VmOps for Journaled<'_> {
             .switch_defined_disks(vm, switches)
             .await
     }
+}
+
+/// The images a job changes: `(domain, image)` of each drive.
+pub(super) fn images_of(entry: &Entry) -> Vec<(Uuid, Uuid)> {
+    entry.drives.iter().map(|d| (d.domain, d.image)).collect()
 }
 
 /// Adds a switched snapshot to the operators' metrics.

@@ -165,6 +165,23 @@ impl StorageService {
         lock.lock_owned().await
     }
 
+    /// Waits for the exclusive locks of several images (in one order, so that two holders
+    /// never wait for each other), for an operation that changes their chains as a whole: a
+    /// snapshot job holds its drives' images from its start to its end, so no delete or
+    /// create on them runs inside its switch or its rollback.
+    pub async fn lock_images(
+        &self,
+        mut images: Vec<(Uuid, Uuid)>,
+    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        images.sort();
+        images.dedup();
+        let mut guards = Vec::with_capacity(images.len());
+        for (domain, image) in images {
+            guards.push(self.lock_image(domain, image).await);
+        }
+        guards
+    }
+
     fn domain(&self, id: Uuid) -> Result<Arc<Domain>, ApiError> {
         let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
         domains

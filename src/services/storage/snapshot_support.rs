@@ -27,7 +27,7 @@ impl StorageService {
 
     /// Deletes a new volume a failed snapshot did not switch to; its parent (`parent`) becomes
     /// a LEAF again. Idempotent, so that a rollback interrupted by a crash is finished by
-    /// recovery.
+    /// recovery. The caller holds the image's lock ([`StorageService::lock_images`]).
     pub async fn discard_volume(
         &self,
         domain: Uuid,
@@ -36,7 +36,6 @@ impl StorageService {
         parent: Uuid,
     ) -> Result<(), ApiError> {
         let domain = self.domain(domain)?;
-        let _image = self.lock_image(domain.uuid, image).await;
         blocking(move || snapshot_volume::discard(&domain, image, volume, parent)).await
     }
 
