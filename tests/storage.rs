@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::domain::{Fixture, GIB, assert_success, new_id, qemu_info};
 use common::guest::qemu_img;
@@ -591,6 +592,55 @@ fn a_delete_waits_for_the_create_on_its_image_and_checks_again() {
     assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
     let ids = f.volume_ids(&image, &top);
     assert_eq!(f.daemon.err("Volume.getInfo", ids).0, 201);
+}
+
+/// Issue 13 (suspected: filesystem calls on the reactor): a storage call blocked in the
+/// filesystem (a hung mount, here a failpoint in the image look-up) holds a thread of the
+/// blocking pool, never the reactor: with a one-thread reactor, `Host.ping2` and the verbs of
+/// other images keep answering at once.
+#[test]
+fn a_storage_call_hung_in_the_filesystem_stalls_nothing_else() {
+    let mut f = Fixture::new();
+    let (image, base, other, other_volume) = (new_id(), new_id(), new_id(), new_id());
+    assert_success(&f.create(&image, &base, json!({})));
+    assert_success(&f.create(&other, &other_volume, json!({})));
+    let marker = f.daemon.dir.path().join("paused");
+    let marker_text = marker.to_str().unwrap().to_owned();
+    f.daemon.restart_in_place(&[
+        ("RVDSM_TEST_PAUSE_AT", "storage:stat"),
+        ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
+        ("TOKIO_WORKER_THREADS", "1"),
+    ]);
+    let socket = f.daemon.socket.clone();
+    let ids = f.volume_ids(&image, &base);
+    let hung = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = rvdsm::client::Client::connect(
+                &rvdsm::client::Endpoint::Unix(socket),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            client.call("Volume.getInfo", ids).await
+        })
+    });
+    assert!(common::wait_until(Duration::from_secs(30), || marker.exists()));
+    let started = std::time::Instant::now();
+    assert_eq!(f.daemon.ok("Host.ping2", Value::Null), json!(true));
+    let ids = json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": other});
+    assert_eq!(f.daemon.ok("Image.getVolumes", ids), json!([other_volume]));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    std::fs::remove_file(&marker).unwrap();
+    let info = hung.join().unwrap().unwrap();
+    assert_eq!(info["legality"], "LEGAL");
 }
 
 #[test]

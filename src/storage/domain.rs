@@ -223,6 +223,8 @@ impl Domain {
     /// refused: identifiers must never lead rvdsm to read, write or delete outside its storage
     /// domains.
     pub fn has_image(&self, image: Uuid) -> Result<bool, StorageError> {
+        // Test seam: a hung mount, as a stat on a dead NFS server blocks.
+        crate::failpoint::pause_if_requested("storage:stat");
         let path = self.dir.image(image);
         match self.dir.stat(&path) {
             Ok(meta) if meta.file_type().is_dir() => Ok(true),
