@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::chain::{assert_intact, snapshot_paused_at, wait_job};
+use common::chain::{assert_intact, freeze_status, snapshot_paused_at, wait_job};
 use common::domain::Fixture;
 use common::libvirt;
 use serde_json::json;
@@ -28,9 +28,16 @@ fn a_delete_of_the_new_volume_during_a_snapshot_waits_and_is_then_refused() {
     let waiting = f.daemon.ok("Task.getStatus", json!({"taskID": delete}));
     assert_eq!(waiting["taskState"], "running", "{waiting}");
 
+    // A manager's VM.thaw cannot cut the snapshot's frozen window (100, the guest stays
+    // frozen until the job thaws it).
+    let (code, message) = f.daemon.err("VM.thaw", json!({"vmID": paused.guest.uuid}));
+    assert_eq!(code, 100, "{message}");
+    assert_eq!(freeze_status(&paused.guest).as_deref(), Some("frozen"));
+
     std::fs::remove_file(&paused.marker).unwrap();
     let info = wait_job(&f, &paused.job, Duration::from_secs(60));
     assert_eq!(info["status"], "done", "{info}");
+    assert_eq!(info["result"]["consistency"], "quiesced", "{info}");
     let status = f.daemon.wait_task(&delete);
     assert_eq!(
         (status["taskResult"].as_str(), status["code"].as_i64()),

@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::chain::{assert_intact, freeze_status, snapshot_paused_at, wait_job, wait_thawed};
 use common::domain::{Fixture, assert_success, new_id};
-use common::{GuestOptions, libvirt, wait_until};
+use common::{GuestOptions, libvirt};
 use serde_json::json;
 
-/// Sets the daemon's shutdown grace (`server.shutdown_timeout_secs`); takes effect at its
-/// next start.
-fn set_grace(f: &Fixture, secs: u64) {
-    let path = f.daemon.dir.path().join("rvdsm.toml");
-    let config = std::fs::read_to_string(&path).unwrap();
-    let line = "max_request_bytes = 65536\n";
-    assert!(config.contains(line), "{config}");
-    let config = config.replace(line, &format!("{line}shutdown_timeout_secs = {secs}\n"));
-    std::fs::write(&path, config).unwrap();
+/// Sends SIGTERM and checks that rvdsmd exits cleanly, well within its grace.
+fn stop_cleanly(f: &mut Fixture) {
+    let stopping = Instant::now();
+    let status = f.daemon.terminate();
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        f.daemon.log()
+    );
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
 #[test]
@@ -54,7 +56,7 @@ fn sigterm_thaws_a_guest_frozen_by_vm_freeze() {
 fn sigterm_in_a_snapshots_frozen_window_thaws_the_guest_and_the_next_start_ends_the_job() {
     let Some(conn) = libvirt() else { return };
     let mut f = Fixture::new();
-    set_grace(&f, 3);
+    f.daemon.set_server_setting("shutdown_timeout_secs", "3");
     let paused = snapshot_paused_at(&mut f, &conn, "snapshot:frozen");
     assert_eq!(freeze_status(&paused.guest).as_deref(), Some("frozen"));
 
@@ -90,26 +92,9 @@ fn sigterm_stops_and_rolls_back_a_running_create() {
     let (image, base, top) = (new_id(), new_id(), new_id());
     assert_success(&f.create(&image, &base, json!({})));
     let before = f.files();
-    let marker = f.daemon.restart_paused_at("create:writing");
-    let task = f.daemon.ok(
-        "Volume.create",
-        f.create_params(&image, &top, json!({"srcVolUUID": base})),
-    );
-    let task = task.as_str().unwrap().to_owned();
-    assert!(wait_until(Duration::from_secs(60), || marker.exists()));
+    let (task, _marker) = f.create_paused_at("create:writing", &image, &base, &top);
 
-    let stopping = Instant::now();
-    let status = f.daemon.terminate();
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        f.daemon.log()
-    );
-    assert!(
-        stopping.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        stopping.elapsed()
-    );
+    stop_cleanly(&mut f);
     assert_eq!(f.files(), before, "rolled back before exiting");
 
     f.daemon.restart_in_place(&[]);

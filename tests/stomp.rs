@@ -460,11 +460,7 @@ fn rss_mib(daemon: &Daemon) -> u64 {
 #[test]
 fn a_client_that_never_reads_or_subscribes_without_end_keeps_rvdsmd_bounded() {
     let mut daemon = Daemon::start();
-    let config = daemon.dir.path().join("rvdsm.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let line = "max_request_bytes = 65536\n";
-    std::fs::write(&config, text.replace(line, "max_request_bytes = 2097152\n")).unwrap();
-    daemon.restart_in_place(&[]);
+    daemon.set_server_setting("max_request_bytes", "2097152");
     let baseline = rss_mib(&daemon);
 
     let mut raw = Raw::connect(daemon.port);

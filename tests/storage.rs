@@ -565,15 +565,7 @@ fn a_delete_waits_for_the_create_on_its_image_and_checks_again() {
     let (image, base, top) = (new_id(), new_id(), new_id());
     assert_success(&f.create(&image, &base, json!({})));
     let before = f.files();
-    let marker = f.daemon.restart_paused_at("create:reserved");
-    let create = f.daemon.ok(
-        "Volume.create",
-        f.create_params(&image, &top, json!({"srcVolUUID": base})),
-    );
-    assert!(common::wait_until(
-        std::time::Duration::from_secs(60),
-        || marker.exists()
-    ));
+    let (create, marker) = f.create_paused_at("create:reserved", &image, &base, &top);
     let delete = f.daemon.ok("Volume.delete", f.volume_ids(&image, &top));
     let delete = delete.as_str().unwrap().to_owned();
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -586,7 +578,7 @@ fn a_delete_waits_for_the_create_on_its_image_and_checks_again() {
     );
 
     std::fs::remove_file(&marker).unwrap();
-    assert_success(&f.daemon.wait_task(create.as_str().unwrap()));
+    assert_success(&f.daemon.wait_task(&create));
     assert_success(&f.daemon.wait_task(&delete));
     assert_eq!(f.files(), before, "the created volume, then deleted whole");
     assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
@@ -649,16 +641,7 @@ fn task_stop_rolls_a_create_back() {
     let (image, base, top) = (new_id(), new_id(), new_id());
     assert_success(&f.create(&image, &base, json!({})));
     let before = f.files();
-    let marker = f.daemon.restart_paused_at("create:writing");
-    let task = f.daemon.ok(
-        "Volume.create",
-        f.create_params(&image, &top, json!({"srcVolUUID": base})),
-    );
-    let task = task.as_str().unwrap().to_owned();
-    assert!(common::wait_until(
-        std::time::Duration::from_secs(60),
-        || marker.exists()
-    ));
+    let (task, _marker) = f.create_paused_at("create:writing", &image, &base, &top);
     let running = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
     assert_eq!(running["taskState"], "running");
     assert_eq!(running["message"], "running job 1 of 1");

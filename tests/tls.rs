@@ -313,16 +313,7 @@ fn idle_unauthenticated_sockets_never_keep_a_valid_client_out() {
     let pki = tempfile::tempdir().unwrap();
     let ca = Authority::new("test CA").unwrap();
     let mut daemon = tls_daemon(pki.path(), &ca);
-    let config = daemon.dir.path().join("rvdsm.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    let line = "max_request_bytes = 65536\n";
-    assert!(text.contains(line));
-    std::fs::write(
-        &config,
-        text.replace(line, &format!("{line}max_connections = 8\n")),
-    )
-    .unwrap();
-    daemon.restart_in_place(&[]);
+    daemon.set_server_setting("max_connections", "8");
     let good = issue(pki.path(), &ca, Role::Client, in_ten_years(), "good");
 
     let idle: Vec<std::net::TcpStream> = (0..80)

@@ -191,7 +191,7 @@ impl Hypervisor {
     }
 
     /// Points a stopped VM's definition at the new volumes (an offline snapshot): each disk,
-    /// by its target, gets its new volume and a qcow2 driver ([`super::xml_edit`]).
+    /// by its target, gets its new volume and a qcow2 driver (see `xml_edit.rs`).
     pub async fn switch_defined_disks(
         &self,
         vm: Uuid,

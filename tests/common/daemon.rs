@@ -93,6 +93,20 @@ impl Daemon {
         self.wait_ready();
     }
 
+    /// Sets `key = value` in the `[server]` table of the daemon's configuration (replacing a
+    /// line that sets it) and restarts the daemon in place to read it.
+    pub fn set_server_setting(&mut self, key: &str, value: &str) {
+        let path = self.dir.path().join("rvdsm.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let line = format!("{key} = {value}\n");
+        let text = match text.lines().find(|l| l.starts_with(&format!("{key} = "))) {
+            Some(old) => text.replacen(&format!("{old}\n"), &line, 1),
+            None => text.replacen("[server]\n", &format!("[server]\n{line}"), 1),
+        };
+        std::fs::write(&path, text).unwrap();
+        self.restart_in_place(&[]);
+    }
+
     /// Restarts the daemon so that it pauses at the test failpoint `point`; returns the
     /// marker file it creates once there (then kill it with [`Daemon::restart_in_place`]).
     pub fn restart_paused_at(&mut self, point: &str) -> PathBuf {

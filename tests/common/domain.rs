@@ -82,6 +82,28 @@ impl Fixture {
         self.daemon.wait_task(task.as_str().unwrap())
     }
 
+    /// Restarts the daemon paused at the failpoint `point` and starts a create of `top` on
+    /// `parent` that reaches it; returns the task id and the marker file (remove it to go on).
+    pub fn create_paused_at(
+        &mut self,
+        point: &str,
+        image: &str,
+        parent: &str,
+        top: &str,
+    ) -> (String, PathBuf) {
+        let marker = self.daemon.restart_paused_at(point);
+        let task = self.daemon.ok(
+            "Volume.create",
+            self.create_params(image, top, json!({"srcVolUUID": parent})),
+        );
+        assert!(
+            super::wait_until(std::time::Duration::from_secs(60), || marker.exists()),
+            "{point} never reached; log:\n{}",
+            self.daemon.log()
+        );
+        (task.as_str().unwrap().to_owned(), marker)
+    }
+
     pub fn info(&self, image: &str, volume: &str) -> Value {
         self.daemon
             .ok("Volume.getInfo", self.volume_ids(image, volume))
