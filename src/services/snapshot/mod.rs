@@ -57,6 +57,8 @@ pub struct SnapshotService {
     /// The VMs a job may hold frozen now (from just before its freeze until its thaw), so
     /// that a stopping daemon thaws them even when their job cannot end in time.
     frozen: Arc<Mutex<HashSet<Uuid>>>,
+    /// When the journal was last pruned (epoch seconds).
+    last_prune: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SnapshotService {
@@ -81,6 +83,7 @@ impl SnapshotService {
             agent_timeout,
             stopping: Arc::default(),
             frozen: Arc::default(),
+            last_prune: Arc::default(),
         };
         Ok((service, entries))
     }

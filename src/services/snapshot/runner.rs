@@ -18,6 +18,9 @@ use crate::jobs::journal::{Entry, Phase};
 use crate::jobs::vm_jobs::{JobError, VmClaim};
 use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError};
 
+/// How often, at most, the journal is pruned while the daemon runs.
+const PRUNE_EVERY_SECS: u64 = 60;
+
 /// How a job ended: its result, or VDSM's code and message.
 pub(super) type JobOutcome = Result<SnapshotResult, (i32, String)>;
 
@@ -174,10 +177,28 @@ impl SnapshotService {
             .map(Into::into)
             .map_err(|(code, message)| JobError { code, message });
         self.jobs.finish(entry.job, outcome);
-        let journal = self.journal.clone();
-        if let Ok(Err(err)) = tokio::task::spawn_blocking(move || journal.prune()).await {
-            tracing::warn!(error = %err, "cannot prune the snapshot journal");
+        self.prune_journal_now_and_then();
+    }
+
+    /// Forgets the journal entries of jobs ended over an hour ago, at most once a minute and
+    /// in the background: the job's end (and its VM's claim) never waits for it.
+    fn prune_journal_now_and_then(&self) {
+        let now = epoch_secs();
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PRUNE_EVERY_SECS
+            || self
+                .last_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
         }
+        let journal = self.journal.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(err) = journal.prune() {
+                tracing::warn!(error = %err, "cannot prune the snapshot journal");
+            }
+        });
     }
 }
 
