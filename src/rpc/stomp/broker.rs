@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
-use super::frame::encode_head;
+use super::frame::{encode_frame, encode_head};
 use super::queue::{NotQueued, Outgoing, SendQueue};
 
 /// A connection's identity in the broker.
@@ -22,6 +22,9 @@ pub type ConnectionId = u64;
 pub const MAX_SUBSCRIPTIONS: usize = 64;
 /// The longest destination name subscribed to, in bytes.
 pub const MAX_DESTINATION_BYTES: usize = 256;
+/// Bodies up to this size are copied into each subscriber's frame, which then goes out in one
+/// write (replies to requests, events); larger ones are kept once and shared.
+const SHARED_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 struct Subscriber {
@@ -128,14 +131,13 @@ impl Broker {
     /// Returns how many subscribers it was queued for. Nothing here blocks: a full queue drops
     /// the message, so the lock is held only while frames are encoded and queued.
     pub fn publish(&self, destination: &str, headers: &[(String, String)], body: &[u8]) -> usize {
-        let mut body_once: Option<Bytes> = None;
+        let mut shared: Option<Bytes> = None;
         let subs = self.lock();
         let mut count = 0;
         for name in destination_and_parents(destination) {
             for subscriber in subs.by_destination.get(name).into_iter().flatten() {
                 count += 1;
-                let body = body_once.get_or_insert_with(|| Bytes::copy_from_slice(body));
-                subscriber.deliver(destination, headers, body);
+                subscriber.deliver(destination, headers, body, &mut shared);
             }
         }
         count
@@ -156,7 +158,15 @@ impl Broker {
 }
 
 impl Subscriber {
-    fn deliver(&self, destination: &str, headers: &[(String, String)], body: &Bytes) {
+    /// Queues the MESSAGE for this subscriber; a large body is copied once into `shared` and
+    /// shared by every subscriber's frame.
+    fn deliver(
+        &self,
+        destination: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        shared: &mut Option<Bytes>,
+    ) {
         let given = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
         let implicit = (!headers.iter().any(|(name, _)| name == "destination"))
             .then_some(("destination", destination));
@@ -164,11 +174,18 @@ impl Subscriber {
             .into_iter()
             .chain(given)
             .chain(std::iter::once(("subscription", self.id.as_str())));
-        let mut head = BytesMut::with_capacity(128);
-        encode_head(&mut head, "MESSAGE", all, body.len());
-        let message = Outgoing::Message {
-            head: head.freeze(),
-            body: body.clone(),
+        let message = if body.len() <= SHARED_BODY_BYTES {
+            let mut frame = BytesMut::new();
+            encode_frame(&mut frame, "MESSAGE", all, body);
+            Outgoing::Frame(frame.freeze())
+        } else {
+            let mut head = BytesMut::with_capacity(128);
+            encode_head(&mut head, "MESSAGE", all, body.len());
+            let body = shared.get_or_insert_with(|| Bytes::copy_from_slice(body));
+            Outgoing::Message {
+                head: head.freeze(),
+                body: body.clone(),
+            }
         };
         match self.queue.try_send(message) {
             Ok(()) => {}
@@ -220,11 +237,15 @@ mod tests {
         let mut out = Vec::new();
         while !rx.is_empty() {
             let item = futures_util::FutureExt::now_or_never(rx.recv()).flatten();
-            if let Some(Outgoing::Message { head, body }) = item {
-                let mut text = String::from_utf8_lossy(&head).into_owned();
-                text.push_str(&String::from_utf8_lossy(&body));
-                text.push('\0');
-                out.push(text);
+            match item {
+                Some(Outgoing::Frame(bytes)) => out.push(String::from_utf8_lossy(&bytes).into()),
+                Some(Outgoing::Message { head, body }) => {
+                    let mut text = String::from_utf8_lossy(&head).into_owned();
+                    text.push_str(&String::from_utf8_lossy(&body));
+                    text.push('\0');
+                    out.push(text);
+                }
+                _ => {}
             }
         }
         out
@@ -316,5 +337,29 @@ mod tests {
         broker.subscribe(1, "again", "a", &tx).unwrap();
         broker.disconnect(1);
         broker.subscribe(1, "fresh", "a", &tx).unwrap();
+    }
+
+    #[test]
+    fn a_large_body_is_shared_and_a_small_one_goes_out_whole() {
+        let broker = Broker::default();
+        let (a, mut a_rx) = queue(8);
+        let (b, mut b_rx) = queue(8);
+        broker.subscribe(1, "s", "d", &a).unwrap();
+        broker.subscribe(2, "s", "d", &b).unwrap();
+        broker.publish("d", &[], b"small");
+        let large = vec![b'x'; SHARED_BODY_BYTES + 1];
+        broker.publish("d", &[], &large);
+        let now =
+            |rx: &mut ReceiveQueue| futures_util::FutureExt::now_or_never(rx.recv()).flatten();
+        assert!(matches!(now(&mut a_rx), Some(Outgoing::Frame(_))));
+        assert!(matches!(now(&mut b_rx), Some(Outgoing::Frame(_))));
+        let (
+            Some(Outgoing::Message { body: first, .. }),
+            Some(Outgoing::Message { body: second, .. }),
+        ) = (now(&mut a_rx), now(&mut b_rx))
+        else {
+            panic!("large bodies are shared messages")
+        };
+        assert_eq!(first.as_ptr(), second.as_ptr(), "one copy of the body");
     }
 }
