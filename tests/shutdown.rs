@@ -60,18 +60,7 @@ fn sigterm_in_a_snapshots_frozen_window_thaws_the_guest_and_the_next_start_ends_
     let paused = snapshot_paused_at(&mut f, &conn, "snapshot:frozen");
     assert_eq!(freeze_status(&paused.guest).as_deref(), Some("frozen"));
 
-    let stopping = Instant::now();
-    let status = f.daemon.terminate();
-    assert!(
-        status.success(),
-        "exit {status:?}; log:\n{}",
-        f.daemon.log()
-    );
-    assert!(
-        stopping.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        stopping.elapsed()
-    );
+    stop_cleanly(&mut f);
     assert!(
         wait_thawed(&paused.guest, Duration::from_secs(5)),
         "the guest stayed frozen after rvdsmd stopped; log:\n{}",
