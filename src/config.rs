@@ -141,6 +141,9 @@ pub struct LibvirtConfig {
     pub call_timeout_secs: u64,
     /// libvirt's response timeout for guest agent commands (its default blocks forever).
     pub agent_timeout_secs: u64,
+    /// Seconds between two samples of every VM's state and statistics, which the monitoring
+    /// verbs answer from (VDSM's `vm_sample_interval`).
+    pub vm_sample_interval_secs: u64,
 }
 
 impl Default for LibvirtConfig {
@@ -149,6 +152,7 @@ impl Default for LibvirtConfig {
             uri: "qemu:///system".into(),
             call_timeout_secs: 30,
             agent_timeout_secs: 10,
+            vm_sample_interval_secs: 15,
         }
     }
 }
@@ -246,8 +250,11 @@ impl Config {
                 "server.max_connections and server.max_pending_requests must be at least 1",
             );
         }
-        if self.libvirt.call_timeout_secs == 0 || self.libvirt.agent_timeout_secs == 0 {
-            return invalid("libvirt timeouts must be at least 1 second");
+        if self.libvirt.call_timeout_secs == 0
+            || self.libvirt.agent_timeout_secs == 0
+            || self.libvirt.vm_sample_interval_secs == 0
+        {
+            return invalid("libvirt timeouts and intervals must be at least 1 second");
         }
         if self.daemon.auto_thaw_secs == 0 || self.daemon.max_parallel_snapshots == 0 {
             return invalid(

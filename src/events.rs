@@ -63,12 +63,12 @@ impl EventBus {
 }
 
 impl EventBus {
-    /// `|virt|VM_status|<vmId>` with `{<vmId>: {"status": ..., "vmId": ...}}`, as VDSM sends.
-    pub fn publish_vm_status(&self, vm: uuid::Uuid, status: crate::api::types::VmStatus) {
+    /// `|virt|VM_status|<vmId>` with `{<vmId>: <the VM's stats>}`, as VDSM sends it.
+    pub fn publish_vm_stats(&self, vm: uuid::Uuid, stats: &crate::api::lifecycle_types::VmStats) {
         let mut params = Map::new();
         params.insert(
             vm.to_string(),
-            serde_json::json!({ "status": status, "vmId": vm }),
+            serde_json::to_value(stats).unwrap_or_default(),
         );
         self.publish(crate::api::events::vm_status(vm), params);
     }

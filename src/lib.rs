@@ -44,6 +44,7 @@ pub mod config;
 pub mod events;
 pub mod failpoint;
 pub mod fsutil;
+pub mod hostinfo;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jobs;

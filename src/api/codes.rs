@@ -5,6 +5,14 @@
 // Virt and general codes (`lib/vdsm/common/define.py`).
 /// Virtual machine does not exist.
 pub const NO_SUCH_VM: i32 = 1;
+/// Virtual machine already exists.
+pub const VM_EXISTS: i32 = 4;
+/// Virtual machine is down.
+pub const VM_IS_DOWN: i32 = 6;
+/// Error creating the requested VM.
+pub const CANNOT_CREATE_VM: i32 = 9;
+/// Virtual machine destroy error.
+pub const VM_DESTROY_FAILED: i32 = 42;
 /// Unexpected exception.
 pub const UNEXPECTED: i32 = 16;
 /// Guest agent non-responsive.
@@ -85,6 +93,9 @@ pub const METADATA_OVERFLOW: i32 = 756;
 /// Invalid parameter (storage verbs).
 pub const INVALID_PARAMETER_EXCEPTION: i32 = 1000;
 
+/// JSON-RPC 2.0: the method does not exist.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+
 /// JSON-RPC 2.0: invalid method parameters (missing, mistyped).
 pub const INVALID_PARAMS: i32 = -32602;
 
@@ -92,6 +103,10 @@ pub const INVALID_PARAMS: i32 = -32602;
 #[cfg(test)]
 const ALL: &[i32] = &[
     NO_SUCH_VM,
+    VM_EXISTS,
+    VM_IS_DOWN,
+    CANNOT_CREATE_VM,
+    VM_DESTROY_FAILED,
     UNEXPECTED,
     NON_RESPONSIVE_GUEST_AGENT,
     SNAPSHOT_FAILED,
@@ -129,6 +144,7 @@ const ALL: &[i32] = &[
     METADATA_OVERFLOW,
     INVALID_PARAMETER_EXCEPTION,
     INVALID_PARAMS,
+    METHOD_NOT_FOUND,
 ];
 
 #[cfg(test)]

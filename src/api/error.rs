@@ -14,7 +14,7 @@ pub enum ApiError {
         vm_id: String,
     },
     /// A parameter is missing, mistyped or out of range (JSON-RPC level).
-    #[error("Invalid params: {0}")]
+    #[error("Invalid method parameter(s): {{'reason': '{0}'}}")]
     InvalidParams(String),
     /// The hypervisor is not reachable (libvirtd down); the daemon retries on the next request.
     #[error("General Exception: {{'reason': 'hypervisor unavailable: {0}'}}")]

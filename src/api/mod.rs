@@ -5,6 +5,7 @@
 pub mod codes;
 pub mod error;
 pub mod events;
+pub mod lifecycle_types;
 pub mod params;
 pub mod schema;
 pub mod snapshot_types;

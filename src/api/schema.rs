@@ -17,6 +17,10 @@ pub enum ParamType {
     Bool,
     /// A non-negative integer.
     UInt,
+    /// An integer.
+    Int,
+    /// A JSON object.
+    Object,
     /// A string.
     String,
     /// A JSON list.
@@ -31,6 +35,8 @@ impl ParamType {
             Self::UuidList => "[UUID]",
             Self::Bool => "boolean",
             Self::UInt => "uint",
+            Self::Int => "int",
+            Self::Object => "object",
             Self::String => "string",
             Self::List => "list",
         }
@@ -42,7 +48,8 @@ impl ParamType {
             Self::Uuid => "\"00000000-0000-0000-0000-000000000000\"",
             Self::UuidList => "[]",
             Self::Bool => "false",
-            Self::UInt => "0",
+            Self::UInt | Self::Int => "0",
+            Self::Object => "{}",
             Self::String => "\"\"",
             Self::List => "[]",
         }

@@ -36,16 +36,16 @@ pub struct CreateDomainParams {
     /// The new domain.
     #[serde(rename = "storagedomainID")]
     pub domain: Uuid,
-    /// 1 NFS, 4 LOCALFS, 6 POSIXFS.
-    #[serde(rename = "domainType")]
+    /// 1 NFS, 4 LOCALFS, 6 POSIXFS (or the schema's names).
+    #[serde(rename = "domainType", deserialize_with = "domain_type_code")]
     pub domain_type: i64,
     /// The directory.
     #[serde(rename = "typeArgs")]
     pub type_args: TypeArgs,
     /// Its name.
     pub name: String,
-    /// 1 = DATA.
-    #[serde(rename = "domainClass")]
+    /// 1 = DATA (or the schema's name, `Data`).
+    #[serde(rename = "domainClass", deserialize_with = "domain_class_code")]
     pub domain_class: i64,
     /// 5.
     #[serde(deserialize_with = "number_or_string")]
@@ -203,6 +203,32 @@ impl DeleteVolumeParams {
             image: self.image,
         }
     }
+}
+
+/// Parameters of `Image.deleteVolumes`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeleteVolumesParams {
+    /// The image.
+    #[serde(rename = "imageID")]
+    pub image: Uuid,
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub domain: Uuid,
+    /// The volumes to delete.
+    #[serde(rename = "volumeList")]
+    pub volumes: Vec<Uuid>,
+    /// Accepted for VDSM compatibility.
+    #[serde(rename = "postZero", default)]
+    pub post_zero: Option<bool>,
+    /// Accepted; the refusals still apply.
+    #[serde(default)]
+    pub force: Option<bool>,
+    /// Accepted.
+    #[serde(default)]
+    pub discard: Option<bool>,
 }
 
 /// Parameters of `Image.delete`.
@@ -434,4 +460,29 @@ fn number_or_string_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::E
             "expected a string or a number, got {other}"
         ))),
     }
+}
+
+/// `StorageDomainType` by number or by the schema's name (`LOCALFS`).
+fn domain_type_code<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    const NAMES: [&str; 8] = [
+        "UNKNOWN", "NFS", "FCP", "ISCSI", "LOCALFS", "CIFS", "POSIXFS", "GLUSTERFS",
+    ];
+    code_or_name(d, &NAMES)
+}
+
+/// `StorageDomainImageClass` by number or by the schema's name (`Data`).
+fn domain_class_code<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    code_or_name(d, &["", "Data", "Iso", "Backup"])
+}
+
+fn code_or_name<'de, D: Deserializer<'de>>(d: D, names: &[&str]) -> Result<i64, D::Error> {
+    let text = number_or_string_text(d)?;
+    if let Ok(code) = text.parse() {
+        return Ok(code);
+    }
+    names
+        .iter()
+        .position(|n| !n.is_empty() && n.eq_ignore_ascii_case(&text))
+        .and_then(|i| i64::try_from(i).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not one of {names:?}")))
 }

@@ -49,18 +49,6 @@ pub enum VmStatus {
     Suspended,
 }
 
-/// One entry of `Host.getVMList`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VmSummary {
-    /// The libvirt domain UUID.
-    pub vm_id: Uuid,
-    /// Its status.
-    pub status: VmStatus,
-    /// When the status was read, in monotonic milliseconds (as VDSM).
-    pub status_time: u64,
-}
-
 /// One image in a disk's backing chain, from the active layer down.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChainLink {
@@ -92,26 +80,6 @@ pub struct DiskStats {
     pub backing_chain: Vec<ChainLink>,
 }
 
-/// The result element of `VM.getStats`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VmStats {
-    /// The libvirt domain UUID.
-    pub vm_id: Uuid,
-    /// The libvirt domain name.
-    pub vm_name: String,
-    /// Its status.
-    pub status: VmStatus,
-    /// When the status was read, in monotonic milliseconds.
-    pub status_time: u64,
-    /// Disks by target name.
-    pub disks: BTreeMap<String, DiskStats>,
-    /// Present while rvdsm holds the guest frozen through `VM.freeze` (rvdsm's addition, as
-    /// KubeVirt shows its freeze status); a snapshot's own freeze lasts only its switch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub frozen: Option<FrozenBy>,
-}
-
 /// Who holds a guest frozen, and until when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrozenBy {
@@ -124,29 +92,108 @@ pub struct FrozenBy {
 /// One package version in `Host.getCapabilities` (VDSM's `packages2` entries).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PackageVersion {
-    /// `major.minor.release`.
+    /// The upstream version.
     pub version: String,
+    /// The distribution's release of it.
+    pub release: String,
 }
 
-/// The result of `Host.getCapabilities`.
+/// The host's operating system, as VDSM reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperatingSystem {
+    /// `ID` of os-release (`debian`).
+    pub name: String,
+    /// `VERSION_ID`.
+    pub version: String,
+    /// The kernel release.
+    pub release: String,
+    /// `PRETTY_NAME`.
+    pub pretty_name: String,
+}
+
+/// One host network interface, read-only (rvdsm configures no networks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostNic {
+    /// The MAC address.
+    pub hwaddr: String,
+    /// The MTU (a string, as VDSM).
+    pub mtu: String,
+    /// Link speed in Mb/s (0 when unknown).
+    pub speed: u64,
+}
+
+/// The result of `Host.getCapabilities`, with VDSM's names and value types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Capabilities {
     /// The host's UUID (libvirt's host UUID).
     pub uuid: String,
     /// rvdsm's version.
+    #[serde(rename = "software_version")]
     pub software_version: String,
-    /// Always `"true"`: live external snapshots are what rvdsm is for.
-    #[serde(rename = "liveSnapshot")]
-    pub live_snapshot: String,
-    /// libvirt and QEMU versions, keyed as VDSM keys them.
+    /// rvdsm's revision (`0`).
+    #[serde(rename = "software_revision")]
+    pub software_revision: String,
+    /// `rvdsm`.
+    #[serde(rename = "version_name")]
+    pub version_name: String,
+    /// Compatibility levels of the API, as VDSM's `clusterLevels`.
+    pub cluster_levels: Vec<String>,
+    /// Engine versions this host works with.
+    #[serde(rename = "supportedENGINEs")]
+    pub supported_engines: Vec<String>,
+    /// `kvm`.
+    pub vm_types: Vec<String>,
+    /// Whether `/dev/kvm` exists (`"true"`/`"false"`).
+    pub kvm_enabled: String,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// CPU flags, comma-separated.
+    pub cpu_flags: String,
+    /// Cores (a string, as VDSM).
+    pub cpu_cores: String,
+    /// Sockets.
+    pub cpu_sockets: String,
+    /// Logical CPUs.
+    pub cpu_threads: String,
+    /// MHz.
+    pub cpu_speed: String,
+    /// Online CPUs, comma-separated ids.
+    pub online_cpus: String,
+    /// Memory in MiB (a string).
+    pub mem_size: String,
+    /// Memory reserved for the host, MiB (a string).
+    pub reserved_mem: String,
+    /// Per-guest overhead, MiB (a string).
+    pub guest_overhead: String,
+    /// The OS.
+    pub operating_system: OperatingSystem,
+    /// Kernel, libvirt, QEMU and rvdsm versions, keyed as VDSM keys them.
     pub packages2: BTreeMap<String, PackageVersion>,
-    /// The libvirt URI rvdsm drives.
-    #[serde(rename = "libvirtUri")]
+    /// Always `"true"`: live external snapshots are what rvdsm is for.
+    pub live_snapshot: String,
+    /// `"false"`: live merge is not served yet.
+    pub live_merge: String,
+    /// Network interfaces, read from the kernel.
+    pub nics: BTreeMap<String, HostNic>,
+    /// Bridges (names only; read-only).
+    pub bridges: BTreeMap<String, serde_json::Value>,
+    /// Logical networks: none (rvdsm configures no networks).
+    pub networks: BTreeMap<String, serde_json::Value>,
+    /// Bonds: none configured by rvdsm.
+    pub bondings: BTreeMap<String, serde_json::Value>,
+    /// VLANs: none configured by rvdsm.
+    pub vlans: BTreeMap<String, serde_json::Value>,
+    /// Hooks: rvdsm runs none.
+    pub hooks: BTreeMap<String, serde_json::Value>,
+    /// No host-level selinux report: `{}`.
+    pub selinux: BTreeMap<String, serde_json::Value>,
+    /// Always `false`.
+    pub hosted_engine_deployed: bool,
+    /// The libvirt URI rvdsm drives (rvdsm's addition).
     pub libvirt_uri: String,
-    /// The host's storage pool: the `storagepoolID` storage verbs expect.
-    #[serde(rename = "storagePool")]
+    /// The host's storage pool: the `storagepoolID` storage verbs expect (rvdsm's addition).
     pub storage_pool: Uuid,
-    /// Every verb served.
-    #[serde(rename = "supportedVerbs")]
+    /// Every verb served (rvdsm's addition).
     pub supported_verbs: Vec<String>,
 }

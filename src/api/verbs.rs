@@ -15,6 +15,8 @@ use super::storage_types::{
     DomainVolumesParams, GetStorageDomainsParams, ImageParams, PrepareImageParams, TaskParams,
     TeardownImageParams, VolumeParams,
 };
+use super::lifecycle_types::{CreateVmParams, DestroyVmParams, ShutdownVmParams, VmListParams};
+use super::storage_types::DeleteVolumesParams;
 use super::types::{GetVmListParams, NoParams, VmIdParams};
 use super::vm_types::{FreezeParams, GetJobsParams, SnapshotParams};
 
@@ -83,9 +85,25 @@ verbs! {
         "Checks that the daemon answers. Returns true."
         [];
     HostGetCapabilities HOST_GET_CAPABILITIES "Host.getCapabilities" (NoParams)
-        "Describes the host: rvdsm, libvirt and QEMU versions, host UUID, \
-        liveSnapshot, and the verbs served."
+        "Describes the host as VDSM does: CPU, memory, OS, packages2, NICs (read-only), \
+        cluster levels, liveSnapshot; plus the storage pool and the verbs served."
         [];
+    HostGetStats HOST_GET_STATS "Host.getStats" (NoParams)
+        "The host's CPU (over the last sampling interval), memory, VM counts and boot time."
+        [];
+    HostGetAllVmStats HOST_GET_ALL_VM_STATS "Host.getAllVmStats" (NoParams)
+        "[VmStats] of every VM, from the monitoring cache (see VM.getStats)."
+        [];
+    HostGetVmFullList HOST_GET_VM_FULL_LIST "Host.getVMFullList" (VmListParams)
+        "[{vmId, status, statusTime}] of every VM (or of vmList), as VDSM answers it."
+        [
+            optional("vmList", ParamType::UuidList, "Only these VMs (all when empty)."),
+        ];
+    HostDumpxmls HOST_DUMPXMLS "Host.dumpxmls" (VmListParams)
+        "{vmId: domain XML} of every VM (or of vmList), as last sampled."
+        [
+            optional("vmList", ParamType::UuidList, "Only these VMs (all when empty)."),
+        ];
     HostGetVmList HOST_GET_VM_LIST "Host.getVMList" (GetVmListParams)
         "Lists the host's VMs as [{vmId, status, statusTime}]."
         [
@@ -96,10 +114,46 @@ verbs! {
                 "Accepted for VDSM compatibility; the list has the same shape."),
         ];
     VmGetStats VM_GET_STATS "VM.getStats" (VmIdParams)
-        "Returns [VmStats]: status, and for each disk its source and the \
-        backing chain libvirt reports."
+        "Returns [VmStats] in VDSM's shape, from the monitoring cache: status, CPU, \
+        memory, network, vmJobs, and for each disk its I/O figures, source and backing \
+        chain."
         [
             VM_ID,
+        ];
+    VmCreate VM_CREATE "VM.create" (CreateVmParams)
+        "Prepares the drives an engine's domain XML names (ovirt-vm metadata), records \
+        their chains in the definition, defines and starts the VM; undoes every step \
+        when one fails. Returns {vmId, status, statusTime}."
+        [
+            VM_ID,
+            required("vmParams", ParamType::Object, "{xml: the libvirt domain XML}."),
+        ];
+    VmDestroy VM_DESTROY "VM.destroy" (DestroyVmParams)
+        "Stops QEMU (SIGTERM, then SIGKILL), undefines a VM rvdsm created and releases \
+        its images. Returns true."
+        [
+            VM_ID,
+            optional("gracefulAttempts", ParamType::UInt, "SIGTERM attempts first (1)."),
+        ];
+    VmPause VM_PAUSE "VM.pause" (VmIdParams)
+        "Pauses the VM's CPUs. Returns {vmList: {}}."
+        [
+            VM_ID,
+        ];
+    VmCont VM_CONT "VM.cont" (VmIdParams)
+        "Resumes a paused VM. Returns {vmList: {}}."
+        [
+            VM_ID,
+        ];
+    VmShutdown VM_SHUTDOWN "VM.shutdown" (ShutdownVmParams)
+        "Asks the guest to power off (or reboot), through its agent or ACPI. Returns true."
+        [
+            VM_ID,
+            optional("delay", ParamType::Int, "Accepted; the guest is asked at once."),
+            optional("message", ParamType::String, "Accepted; not shown."),
+            optional("reboot", ParamType::Bool, "Reboot instead (false)."),
+            optional("timeout", ParamType::Int, "Seconds before force destroys it (120)."),
+            optional("force", ParamType::Bool, "Destroy the VM if still up after timeout."),
         ];
     VmSnapshot VM_SNAPSHOT "VM.snapshot" (SnapshotParams)
         "Switches the VM's listed disks to their pre-created volumes in one atomic \
@@ -244,6 +298,19 @@ verbs! {
             DOMAIN_ID,
             optional("postZero", ParamType::Bool, "Accepted; file domains do not zero."),
             optional("force", ParamType::Bool, "Accepted; the refusal still applies."),
+            optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
+        ];
+    ImageDeleteVolumes IMAGE_DELETE_VOLUMES "Image.deleteVolumes" (DeleteVolumesParams)
+        "Deletes the listed volumes of an image (leaf first) as one storage task; \
+        returns the task id. Refused for a volume with children outside the list or \
+        used by a VM."
+        [
+            IMAGE_ID,
+            POOL_ID,
+            DOMAIN_ID,
+            required("volumeList", ParamType::UuidList, "The volumes to delete."),
+            optional("postZero", ParamType::Bool, "Accepted; file domains do not zero."),
+            optional("force", ParamType::Bool, "Accepted; the refusals still apply."),
             optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
         ];
     ImagePrepare IMAGE_PREPARE "Image.prepare" (PrepareImageParams)

@@ -17,7 +17,8 @@ use rvdsm::rpc::server::{RunningServer, ServerOptions};
 use rvdsm::rpc::subscriptions::register_events;
 use rvdsm::rpc::tls::{ServerTls, TlsFiles};
 use rvdsm::services::{
-    FreezeService, HostService, Services, SnapshotService, StorageService, StorageSettings,
+    FreezeService, HostService, Monitor, Services, SnapshotService, StorageService,
+    StorageSettings, VmService,
 };
 use rvdsm::virt::Hypervisor;
 use tokio::signal::unix::{SignalKind, signal};
@@ -93,7 +94,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let events = EventBus::default();
     // Before any libvirt connection opens: libvirt sends events only to connections opened
     // after its event loop is registered.
-    watch_vm_status(&config, events.clone())?;
+    let changed_vms = watch_vm_changes(&config)?;
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
     let storage = open_storage(&config, hypervisor.clone()).await?;
     let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
@@ -129,11 +130,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let (snapshot, interrupted) = opened.context("cannot open the snapshot journal")?;
     count_states_at_scrape(jobs_view, storage.clone());
+    let monitor = Monitor::new(
+        hypervisor.clone(),
+        Duration::from_secs(config.libvirt.vm_sample_interval_secs),
+        freeze.clone(),
+        Some(events.clone()),
+    );
+    refresh_changed_vms(changed_vms, monitor.clone());
+    let vms = {
+        let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
+        let dir = config.daemon.state_dir.join("vms");
+        tokio::task::spawn_blocking(move || VmService::open(hypervisor, storage, monitor, &dir))
+            .await
+            .context("start-up panicked")?
+            .context("cannot open the VM journal")?
+    };
+    let snapshot = snapshot.with_monitor(monitor.clone());
     let services = Services {
-        host: HostService::new(hypervisor, storage.pool(), freeze.clone()),
+        host: HostService::new(hypervisor, storage.pool(), monitor.clone()),
         snapshot: snapshot.clone(),
         freeze,
         storage,
+        vms: vms.clone(),
+        monitor: monitor.clone(),
     };
     let options = ServerOptions {
         tcp: config
@@ -161,6 +180,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the listeners")?;
     snapshot.recover(interrupted).await;
+    vms.recover().await;
+    monitor.sample_all().await;
+    monitor.start();
     readiness.set_ready();
     notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(version = rvdsm::VERSION, "rvdsmd ready");
@@ -190,15 +212,28 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes `|virt|VM_status|<vmId>` on each VM state change.
-fn watch_vm_status(config: &Config, events: EventBus) -> anyhow::Result<()> {
-    rvdsm::virt::watch_lifecycle(config.libvirt.uri.clone(), move |vm, status| {
-        events.publish_vm_status(vm, status);
+/// Starts libvirt's event thread; the VMs its lifecycle events name come out of the channel.
+fn watch_vm_changes(
+    config: &Config,
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>> {
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    rvdsm::virt::watch_lifecycle(config.libvirt.uri.clone(), move |vm, _status| {
+        let _ = sender.send(vm);
     })
-    .context("cannot start the libvirt event thread")
+    .context("cannot start the libvirt event thread")?;
+    Ok(receiver)
 }
 
-/// Tasks and jobs by state, read from the services each time `/metrics` is scraped.
+/// Re-reads each VM a lifecycle event names into the monitoring cache, which publishes its
+/// `|virt|VM_status|` event when its status changed.
+fn refresh_changed_vms(mut changed: tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>, monitor: Monitor) {
+    tokio::spawn(async move {
+        while let Some(vm) = changed.recv().await {
+            monitor.refresh(vm).await;
+        }
+    });
+}
+
 fn count_states_at_scrape(jobs: JobRegistry, storage: StorageService) {
     rvdsm::metrics::global().on_scrape(move |metrics| {
         let mut by_status: std::collections::BTreeMap<String, i64> = Default::default();

@@ -74,6 +74,17 @@ pub enum TaskWork {
         /// The volume was marked ILLEGAL: from here the delete only goes forward.
         started: bool,
     },
+    /// `Image.deleteVolumes`.
+    DeleteVolumes {
+        /// The storage domain.
+        domain: Uuid,
+        /// The image.
+        image: Uuid,
+        /// The volumes, leaf first.
+        volumes: Vec<Uuid>,
+        /// The first volume was marked ILLEGAL: from here the delete only goes forward.
+        started: bool,
+    },
     /// `Image.delete`.
     DeleteImage {
         /// The storage domain.

@@ -226,13 +226,13 @@ impl JobRegistry {
         }
     }
 
-    /// VDSM's `|jobs|status|<id>` carries `{<id>: info}`.
+    /// VDSM's `|jobs|status|<id>` carries the job's info itself (id, status, job_type,
+    /// description, error...), flat, plus `notify_time`.
     fn announce(&self, info: &JobInfo) {
-        let mut params = serde_json::Map::new();
-        params.insert(
-            info.id.to_string(),
-            serde_json::to_value(info).unwrap_or(Value::Null),
-        );
+        let params = match serde_json::to_value(info) {
+            Ok(Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
         self.events
             .publish(crate::api::events::job_status(info.id), params);
     }

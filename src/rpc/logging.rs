@@ -14,6 +14,8 @@ use jsonrpsee::server::{BatchResponseBuilder, MethodResponse};
 use jsonrpsee::types::Request;
 use tracing::Instrument;
 
+use crate::api::codes::METHOD_NOT_FOUND;
+
 /// The manager's flow id for a request (`ovirtCorrelationId`), put in the request's extensions
 /// by the transport that received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,13 +76,28 @@ where
             .extensions()
             .get::<CorrelationId>()
             .map(|flow| flow.0.as_str());
-        let span = if quiet {
-            tracing::debug_span!("request", method = %request.method_name(), id = %request.id(), flow)
-        } else {
-            tracing::info_span!("request", method = %request.method_name(), id = %request.id(), flow)
-        };
+        // Always an info span, even for quiet verbs: a warning logged inside a read-only call
+        // must still name its method, request id and flow id.
+        let span =
+            tracing::info_span!("request", method = %request.method_name(), id = %request.id(), flow);
+        let unknown = verb.is_none().then(|| {
+            let message = format!(
+                "The method does not exist or is not available: {{'method': '{}'}}",
+                request.method_name()
+            );
+            (request.id().into_owned(), message)
+        });
         let service = self.service.clone();
         async move {
+            // VDSM's message for an unknown verb, instead of jsonrpsee's "Method not found".
+            if let Some((id, message)) = unknown {
+                crate::metrics::global().rpc(label, Some(METHOD_NOT_FOUND));
+                tracing::info!(code = METHOD_NOT_FOUND, "failed");
+                return MethodResponse::error(
+                    id,
+                    jsonrpsee::types::ErrorObjectOwned::owned::<()>(METHOD_NOT_FOUND, message, None),
+                );
+            }
             let started = Instant::now();
             let response = service.call(request).await;
             let millis = started.elapsed().as_secs_f64() * 1000.0;

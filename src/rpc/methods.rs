@@ -34,8 +34,17 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Value, ApiError> {
             answer(Ok::<_, ApiError>(true))
         }
         Call::HostGetCapabilities(_) => answer(s.host.capabilities().await),
-        Call::HostGetVmList(p) => answer(s.host.vm_list(p).await),
-        Call::VmGetStats(p) => answer(s.host.vm_stats(p).await),
+        Call::HostGetStats(_) => answer(s.host.stats().await),
+        Call::HostGetVmList(p) => answer(Ok::<_, ApiError>(s.host.vm_list(p))),
+        Call::HostGetVmFullList(p) => answer(Ok::<_, ApiError>(s.host.vm_full_list(&p.vm_list))),
+        Call::HostGetAllVmStats(_) => answer(Ok::<_, ApiError>(s.host.all_vm_stats())),
+        Call::HostDumpxmls(p) => answer(s.host.dump_xmls(&p.vm_list)),
+        Call::VmGetStats(p) => answer(s.host.vm_stats(p.vm_id)),
+        Call::VmCreate(p) => answer(s.vms.create(p).await),
+        Call::VmDestroy(p) => done(s.vms.destroy(p).await),
+        Call::VmPause(p) => answer(s.vms.pause(p.vm_id).await),
+        Call::VmCont(p) => answer(s.vms.cont(p.vm_id).await),
+        Call::VmShutdown(p) => done(s.vms.shutdown(p).await),
         Call::VmSnapshot(p) => done(s.snapshot.snapshot(p).await),
         Call::VmFreeze(p) => done(s.freeze.freeze(p).await),
         Call::VmThaw(p) => done(s.freeze.thaw(p.vm_id).await),
@@ -51,6 +60,7 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Value, ApiError> {
         Call::VolumeGetSize(p) => answer(s.storage.volume_size(p).await),
         Call::VolumeDelete(p) => answer(s.storage.delete_volume(p).await),
         Call::ImageDelete(p) => answer(s.storage.delete_image(p).await),
+        Call::ImageDeleteVolumes(p) => answer(s.storage.delete_volumes(p).await),
         Call::ImagePrepare(p) => answer(s.storage.prepare_image(p).await),
         Call::ImageTeardown(p) => done(s.storage.teardown_image(p).await),
         Call::TaskGetStatus(p) => answer(s.storage.task_status(p).await),
@@ -154,7 +164,8 @@ mod tests {
     use crate::api::names;
     use crate::jobs::vm_jobs::JobRegistry;
     use crate::services::{
-        FreezeService, HostService, SnapshotService, StorageService, StorageSettings,
+        FreezeService, HostService, Monitor, SnapshotService, StorageService, StorageSettings,
+        VmService,
     };
     use crate::virt::Hypervisor;
     use serde_json::json;
@@ -184,8 +195,18 @@ mod tests {
             secs,
             secs,
         );
+        let monitor = Monitor::new(hv.clone(), secs, freeze.clone(), None);
+        let vms = VmService::open(
+            hv.clone(),
+            storage.clone(),
+            monitor.clone(),
+            &dir.path().join("vms"),
+        )
+        .unwrap();
         let services = Services {
-            host: HostService::new(hv.clone(), uuid::Uuid::nil(), freeze.clone()),
+            host: HostService::new(hv.clone(), uuid::Uuid::nil(), monitor.clone()),
+            vms,
+            monitor,
             snapshot: SnapshotService::open(
                 hv,
                 storage.clone(),
@@ -225,7 +246,7 @@ mod tests {
         let (services, _dir) = offline_services();
         let module = registry(services);
         let err = module
-            .call::<_, Value>(names::HOST_GET_VM_LIST, [(); 0])
+            .call::<_, Value>(names::HOST_GET_CAPABILITIES, [(); 0])
             .await
             .unwrap_err();
         let text = err.to_string();

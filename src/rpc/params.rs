@@ -6,14 +6,40 @@
 use jsonrpsee::types::Params;
 use serde_json::{Map, Value};
 
-use crate::api::{ApiError, Call, Verb};
+use crate::api::{ApiError, Call, ParamType, Verb};
 
 /// Parses the parameters of a call to `verb`.
 pub fn parse(verb: &Verb, params: &Params) -> Result<Call, ApiError> {
     let raw = params.as_str().unwrap_or("{}");
     let value: Value = serde_json::from_str(raw)
         .map_err(|e| ApiError::InvalidParams(format!("parameters are not JSON: {e}")))?;
-    (verb.parse)(by_name(verb, value)?)
+    let mut object = by_name(verb, value)?;
+    coerce_strings(verb, &mut object);
+    (verb.parse)(object)
+}
+
+/// VDSM accepts a string where its schema says boolean or number (the engine sends `postZero`
+/// as `"false"`, and vdsm-client's `name=value` form sends every value as a string): such a
+/// string becomes the value it spells. Anything else is left for the parser to refuse.
+fn coerce_strings(verb: &Verb, object: &mut Map<String, Value>) {
+    for param in verb.params {
+        let Some(Value::String(text)) = object.get(param.name) else {
+            continue;
+        };
+        let coerced = match param.ty {
+            ParamType::Bool => match text.to_ascii_lowercase().as_str() {
+                "true" => Some(Value::Bool(true)),
+                "false" => Some(Value::Bool(false)),
+                _ => None,
+            },
+            ParamType::UInt => text.trim().parse::<u64>().ok().map(Value::from),
+            ParamType::Int => text.trim().parse::<i64>().ok().map(Value::from),
+            _ => None,
+        };
+        if let Some(value) = coerced {
+            object.insert(param.name.to_owned(), value);
+        }
+    }
 }
 
 /// The parameters as an object: positional lists are mapped to names in schema order.
@@ -114,6 +140,16 @@ mod tests {
         assert_eq!(p, GetVmListParams::default());
         let p: GetVmListParams = parse_json("Host.getVMList", r#"{"colour":"red"}"#).unwrap();
         assert_eq!(p, GetVmListParams::default());
+    }
+
+    #[test]
+    fn strings_for_booleans_and_numbers_are_taken_as_vdsm_takes_them() {
+        let p: GetVmListParams =
+            parse_json("Host.getVMList", r#"{"fullStatus":"False","onlyUUID":"true"}"#).unwrap();
+        assert_eq!((p.full_status, p.only_uuid), (Some(false), Some(true)));
+        let err = parse_json::<GetVmListParams>("Host.getVMList", r#"{"fullStatus":"maybe"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("fullStatus"), "{err}");
     }
 
     #[test]

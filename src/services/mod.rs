@@ -6,18 +6,24 @@
 //! - [`storage`](StorageService): domains, images, volumes and their tasks.
 //! - [`snapshot`]: `VM.snapshot` and its jobs.
 //! - [`freeze`](FreezeService): `VM.freeze` and `VM.thaw`, with the auto-thaw promise.
+//! - [`vms`](VmService): `VM.create`, `VM.destroy`, `VM.pause`, `VM.cont`, `VM.shutdown`.
+//! - [`monitor`](Monitor): the sampled stats the monitoring verbs answer from.
 //! - [`errors`]: the lower layers' errors with VDSM's codes.
 
 pub mod errors;
 mod freeze;
 mod host;
+pub mod monitor;
 pub mod snapshot;
 mod storage;
+mod vms;
 
 pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};
 pub use host::HostService;
 pub use snapshot::SnapshotService;
+pub use monitor::Monitor;
 pub use storage::{StorageService, StorageSettings};
+pub use vms::VmService;
 
 impl Services {
     /// Brings in-flight work to a safe point when the daemon stops, within `grace`: storage
@@ -29,6 +35,7 @@ impl Services {
         let deadline = std::time::Instant::now() + grace;
         tokio::join!(self.storage.stop(deadline), self.snapshot.stop(deadline));
         self.freeze.stop().await;
+        self.monitor.stop();
     }
 }
 
@@ -43,4 +50,8 @@ pub struct Services {
     pub snapshot: SnapshotService,
     /// `VM.freeze` and `VM.thaw`.
     pub freeze: FreezeService,
+    /// The VM lifecycle verbs.
+    pub vms: VmService,
+    /// The monitoring cache.
+    pub monitor: Monitor,
 }

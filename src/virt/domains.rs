@@ -145,7 +145,7 @@ fn domain_info(domain: &Domain) -> Result<DomainInfo, VirtError> {
 }
 
 /// libvirt's domain state in VDSM's vocabulary.
-fn vm_status(state: Enum<DomainState, u32>) -> VmStatus {
+pub(crate) fn vm_status(state: Enum<DomainState, u32>) -> VmStatus {
     match state {
         Enum::Known(DomainState::Running | DomainState::Blocked) => VmStatus::Up,
         Enum::Known(DomainState::Paused) => VmStatus::Paused,

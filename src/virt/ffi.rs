@@ -198,19 +198,7 @@ unsafe extern "C" fn lifecycle_trampoline(
     detail: c_int,
     opaque: *mut c_void,
 ) -> c_int {
-    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
-    // SAFETY: `domain` is valid for the duration of the callback; `buf` has the
-    // VIR_UUID_STRING_BUFLEN bytes libvirt writes.
-    if unsafe { sys::virDomainGetUUIDString(domain, buf.as_mut_ptr()) } != 0 {
-        return 0;
-    }
-    // SAFETY: libvirt NUL-terminated the string it wrote into `buf`.
-    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    let Some(uuid) = text
-        .to_str()
-        .ok()
-        .and_then(|t| uuid::Uuid::parse_str(t).ok())
-    else {
+    let Some(uuid) = domain_uuid(domain) else {
         return 0;
     };
     // SAFETY: `opaque` is the handler registered with this callback; libvirt frees it only
@@ -235,4 +223,97 @@ unsafe extern "C" fn free_lifecycle_handler(opaque: *mut c_void) {
 /// A libvirt return code: non-negative is success; else libvirt's last error on this thread.
 fn check(op: &'static str, rc: i32) -> Result<u32, VirtError> {
     u32::try_from(rc).map_err(|_| VirtError::libvirt(op, virt::error::Error::last_error()))
+}
+
+/// One typed value of libvirt's bulk domain statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatValue {
+    /// A signed integer (`int` or `long long`).
+    Int(i64),
+    /// An unsigned integer (`unsigned int` or `unsigned long long`).
+    UInt(u64),
+    /// A floating point number.
+    Double(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string (names, paths).
+    Str(String),
+}
+
+/// The statistics of one domain, as `(field, value)` pairs in libvirt's order.
+pub type DomainStatsRecord = (uuid::Uuid, Vec<(String, StatValue)>);
+
+/// `virConnectGetAllDomainStats`: the statistics groups `stats` (`VIR_DOMAIN_STATS_*`) of
+/// every domain selected by `flags`, in one call. The `virt` crate declares the record type
+/// but cannot read it.
+pub fn all_domain_stats(
+    conn: &virt::connect::Connect,
+    stats: u32,
+    flags: u32,
+) -> Result<Vec<DomainStatsRecord>, VirtError> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: `conn` is live for the call and `records` a valid out-pointer; libvirt allocates
+    // a NULL-terminated array of records (freed below) or leaves it untouched on failure.
+    let rc = unsafe { sys::virConnectGetAllDomainStats(conn.as_ptr(), stats, &mut records, flags) };
+    let count = check("read domain statistics", rc)? as usize;
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        // SAFETY: libvirt returned `count` valid record pointers at `records`.
+        let record = unsafe { &**records.add(i) };
+        if let Some(uuid) = domain_uuid(record.dom) {
+            let n = usize::try_from(record.nparams).unwrap_or(0);
+            let params = (0..n)
+                // SAFETY: `params` holds `nparams` initialised entries owned by the record.
+                .filter_map(|j| typed_param(unsafe { &*record.params.add(j) }))
+                .collect();
+            out.push((uuid, params));
+        }
+    }
+    if !records.is_null() {
+        // SAFETY: frees the list libvirt allocated above, once, after the last read of it.
+        unsafe { sys::virDomainStatsRecordListFree(records) };
+    }
+    Ok(out)
+}
+
+/// A domain pointer's UUID, through libvirt's string form; the pointer must be valid for the
+/// call (a live record's or an event callback's domain).
+fn domain_uuid(domain: sys::virDomainPtr) -> Option<uuid::Uuid> {
+    let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    // SAFETY: `domain` is valid while its record lives; `buf` has the VIR_UUID_STRING_BUFLEN
+    // bytes libvirt writes.
+    if unsafe { sys::virDomainGetUUIDString(domain, buf.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: libvirt NUL-terminated the string it wrote into `buf`.
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    text.to_str().ok().and_then(|t| uuid::Uuid::parse_str(t).ok())
+}
+
+/// One typed parameter as a `(field, value)` pair; `None` for a type libvirt added later.
+fn typed_param(param: &sys::virTypedParameter) -> Option<(String, StatValue)> {
+    // SAFETY: libvirt NUL-terminates `field` within its 80 bytes.
+    let field = unsafe { std::ffi::CStr::from_ptr(param.field.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    let kind = u32::try_from(param.type_).ok()?;
+    // SAFETY: `type_` says which member of the union libvirt wrote; a string member is a
+    // NUL-terminated string owned by the record, or null.
+    let value = unsafe {
+        match kind {
+            sys::VIR_TYPED_PARAM_INT => StatValue::Int(i64::from(param.value.i)),
+            sys::VIR_TYPED_PARAM_UINT => StatValue::UInt(u64::from(param.value.ui)),
+            sys::VIR_TYPED_PARAM_LLONG => StatValue::Int(param.value.l),
+            sys::VIR_TYPED_PARAM_ULLONG => StatValue::UInt(param.value.ul),
+            sys::VIR_TYPED_PARAM_DOUBLE => StatValue::Double(param.value.d),
+            sys::VIR_TYPED_PARAM_BOOLEAN => StatValue::Bool(param.value.b != 0),
+            sys::VIR_TYPED_PARAM_STRING if !param.value.s.is_null() => StatValue::Str(
+                std::ffi::CStr::from_ptr(param.value.s)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            _ => return None,
+        }
+    };
+    Some((field, value))
 }

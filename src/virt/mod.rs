@@ -12,7 +12,10 @@ mod domains;
 mod error;
 mod ffi;
 mod lifecycle;
+mod sampling;
 mod snapshot;
+mod vm_control;
+pub mod vm_xml;
 pub mod xml;
 mod xml_edit;
 
@@ -20,5 +23,7 @@ pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::{VirtError, VirtErrorKind};
 pub use lifecycle::watch_lifecycle;
+pub use sampling::{DomainStats, DomainView, ExitInfo, StatValue};
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};
+pub use vm_control::Stopped;
 pub use xml_edit::DefinedSwitch;

@@ -59,6 +59,9 @@ pub struct SnapshotService {
     frozen: Arc<Mutex<HashSet<Uuid>>>,
     /// When the journal was last pruned (epoch seconds).
     last_prune: Arc<std::sync::atomic::AtomicU64>,
+    /// The monitoring cache, re-read for the job's VM before the job is shown ended, so that
+    /// `Host.dumpxmls` and `VM.getStats` show the new chain as soon as the job is done.
+    monitor: Option<crate::services::Monitor>,
 }
 
 impl SnapshotService {
@@ -84,13 +87,29 @@ impl SnapshotService {
             stopping: Arc::default(),
             frozen: Arc::default(),
             last_prune: Arc::default(),
+            monitor: None,
         };
         Ok((service, entries))
     }
 
+    /// The service, re-reading each job's VM into `monitor` when the job ends.
+    pub fn with_monitor(mut self, monitor: crate::services::Monitor) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
     /// `VM.snapshot`: validates, registers the job, returns once it is scheduled.
     pub async fn snapshot(&self, p: SnapshotParams) -> Result<(), SnapshotError> {
-        validate::check_params(&p)?;
+        if let Err(err) = validate::check_params(&p) {
+            // As VDSM, an unknown VM is reported before what is wrong with the request.
+            if let Ok(None) = self.hypervisor.read_view(p.vm_id).await {
+                return Err(crate::virt::VirtError::NoSuchDomain {
+                    uuid: p.vm_id.to_string(),
+                }
+                .into());
+            }
+            return Err(err);
+        }
         // A retried job id is answered first: a retry after a crash must not run the job
         // twice, and "job exists" tells the manager where to look (Host.getJobs).
         if let Some(job) = p.job {

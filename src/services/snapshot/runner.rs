@@ -173,6 +173,9 @@ impl SnapshotService {
             outcome: outcome.clone(),
         };
         self.record(entry, phase).await;
+        if let Some(monitor) = &self.monitor {
+            monitor.refresh(entry.vm).await;
+        }
         let outcome = outcome
             .map(Into::into)
             .map_err(|(code, message)| JobError { code, message });

@@ -15,6 +15,7 @@ mod domains;
 mod snapshot_support;
 mod tasks;
 mod validate;
+mod vm_support;
 mod volumes;
 
 use std::collections::HashMap;
@@ -111,6 +112,7 @@ impl StorageService {
         let domain = match &record.work {
             TaskWork::CreateVolume { domain, .. }
             | TaskWork::DeleteVolume { domain, .. }
+            | TaskWork::DeleteVolumes { domain, .. }
             | TaskWork::DeleteImage { domain, .. } => self.domain(*domain),
         };
         let result = domain.map_err(|e| e.to_string()).and_then(|domain| {
@@ -129,7 +131,17 @@ impl StorageService {
                     started: true,
                     ..
                 } => image::remove(&domain, *image),
-                TaskWork::DeleteVolume { .. } | TaskWork::DeleteImage { .. } => Ok(()),
+                TaskWork::DeleteVolumes {
+                    image,
+                    volumes,
+                    started: true,
+                    ..
+                } => volumes
+                    .iter()
+                    .try_for_each(|v| volume::remove_files(&domain, *image, *v)),
+                TaskWork::DeleteVolume { .. }
+                | TaskWork::DeleteVolumes { .. }
+                | TaskWork::DeleteImage { .. } => Ok(()),
             }
             .map_err(|e| e.to_string())
         });

@@ -13,6 +13,7 @@ use super::{StorageService, blocking, on_tasks, validate};
 use crate::api::ApiError;
 use crate::api::names;
 use crate::api::storage_types::{
+    DeleteVolumesParams,
     CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, VolumeInfo, VolumeParams, VolumeSize,
 };
 use crate::api::volume_types::{Legality, Preallocation};
@@ -264,6 +265,93 @@ impl StorageService {
             move || image::remove(&domain, image),
         )
         .await
+    }
+
+    /// `Image.deleteVolumes`: checks, then deletes the listed volumes, leaf first, as one task.
+    /// A listed volume that no longer exists counts as deleted (an engine deletes the new
+    /// volume of a failed snapshot, which rvdsm already deleted).
+    pub async fn delete_volumes(&self, p: DeleteVolumesParams) -> Result<Uuid, ApiError> {
+        if p.volumes.is_empty() {
+            return Err(StorageError::InvalidParameter("volumeList is empty".into()).into());
+        }
+        let domain = self.image_domain(p.pool, p.domain, p.image).await?;
+        let image = p.image;
+        let ordered = self.check_volumes_delete(&domain, image, &p.volumes).await?;
+        let domain_id = domain.uuid;
+        let listed = p.volumes.clone();
+        let work = {
+            let ordered = ordered.clone();
+            move |started| TaskWork::DeleteVolumes {
+                domain: domain_id,
+                image,
+                volumes: ordered.clone(),
+                started,
+            }
+        };
+        let recheck = {
+            let (service, domain) = (self.clone(), Arc::clone(&domain));
+            async move {
+                service
+                    .check_volumes_delete(&domain, image, &listed)
+                    .await
+                    .map(drop)
+            }
+        };
+        self.start_delete(
+            names::IMAGE_DELETE_VOLUMES,
+            (domain_id, image),
+            work,
+            recheck,
+            move || {
+                for volume in &ordered {
+                    volume::mark_illegal(&domain, image, *volume)?;
+                }
+                for volume in &ordered {
+                    volume::remove_files(&domain, image, *volume)?;
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// The listed volumes that exist, leaf first; refused when one has a child outside the
+    /// list, is a shared template, or is used by a VM.
+    async fn check_volumes_delete(
+        &self,
+        domain: &Arc<Domain>,
+        image: Uuid,
+        listed: &[Uuid],
+    ) -> Result<Vec<Uuid>, ApiError> {
+        let ordered = {
+            let (domain, listed) = (Arc::clone(domain), listed.to_vec());
+            blocking(move || {
+                let existing: Vec<Uuid> = volume::leaf_first(&domain, image)
+                    .or_else(|e| match e {
+                        StorageError::ImageDoesNotExist { .. } => Ok(Vec::new()),
+                        other => Err(other),
+                    })?
+                    .into_iter()
+                    .filter(|v| listed.contains(v))
+                    .collect();
+                for volume in &existing {
+                    match volume::check_delete(&domain, image, *volume) {
+                        Ok(_) => {}
+                        Err(StorageError::HasChildren(_)) => {
+                            let children = volume::children(&domain, image, *volume)?;
+                            if children.iter().any(|c| !listed.contains(c)) {
+                                return Err(StorageError::HasChildren(*volume));
+                            }
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok(existing)
+            })
+            .await?
+        };
+        self.refuse_if_in_use(domain, image, &ordered).await?;
+        Ok(ordered)
     }
 
     /// Refuses to delete an image a VM uses any volume of.

@@ -1,0 +1,80 @@
+//! What `VM.create` asks of the storage: each drive's volume prepared (as `Image.prepare`
+//! does), with its format and its chain from the base up, to place in the VM's definition.
+
+use uuid::Uuid;
+
+use super::{StorageService, blocking};
+use crate::api::ApiError;
+use crate::api::volume_types::BLANK_UUID;
+use crate::storage::{StorageError, image, volume};
+
+/// A drive's volume, ready for a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedDrive {
+    /// The path the VM uses (through the pool's link).
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: &'static str,
+    /// `(volume, path)` from the base to `path`'s volume.
+    pub chain: Vec<(Uuid, String)>,
+}
+
+/// The longest chain walked: a loop in corrupt metadata must not hang the walk.
+const MAX_CHAIN: usize = 1024;
+
+impl StorageService {
+    /// Prepares `volume` of the image for a VM (every volume LEGAL, the pool's link made) and
+    /// reads its chain. Refused with VDSM's codes for unknown ids and ILLEGAL volumes.
+    pub async fn prepare_drive(
+        &self,
+        pool: Uuid,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<PreparedDrive, ApiError> {
+        let storage_domain = self.image_domain(pool, domain, image).await?;
+        let pool_dir = self.inner.repo.pool_dir(self.inner.pool);
+        blocking(move || {
+            let domain = &*storage_domain;
+            let leaf = image::prepare(domain, &pool_dir, image, volume, false)?;
+            let image_dir = leaf.parent().map(std::path::Path::to_path_buf);
+            let path_of = |v: Uuid| {
+                image_dir.as_ref().map_or_else(String::new, |d| {
+                    d.join(v.hyphenated().to_string())
+                        .to_string_lossy()
+                        .into_owned()
+                })
+            };
+            let format = volume::read_meta(domain, image, volume)?.format.qemu_name();
+            let mut chain = vec![(volume, path_of(volume))];
+            let mut current = volume;
+            loop {
+                let parent = volume::read_meta(domain, image, current)?.parent;
+                if parent == BLANK_UUID {
+                    break;
+                }
+                if chain.len() >= MAX_CHAIN || chain.iter().any(|(v, _)| *v == parent) {
+                    return Err(StorageError::Inspect {
+                        volume,
+                        message: format!("its chain loops or exceeds {MAX_CHAIN} volumes"),
+                    });
+                }
+                chain.push((parent, path_of(parent)));
+                current = parent;
+            }
+            chain.reverse();
+            Ok(PreparedDrive {
+                path: leaf.to_string_lossy().into_owned(),
+                format,
+                chain,
+            })
+        })
+        .await
+    }
+
+    /// Releases a drive's image when its VM is gone: nothing to release on a file domain once
+    /// the ids are checked (as `Image.teardown`).
+    pub async fn teardown_drive(&self, pool: Uuid, domain: Uuid, image: Uuid) -> Result<(), ApiError> {
+        self.image_domain(pool, domain, image).await.map(drop)
+    }
+}

@@ -1,0 +1,399 @@
+//! The VM lifecycle verbs: `VM.create` (an engine's domain XML on rvdsm's volumes: each drive
+//! prepared, its chain recorded in the definition, the VM defined and started, every step
+//! undone when one fails), `VM.destroy` (SIGTERM, then SIGKILL, then the definition and the
+//! images released), `VM.pause`, `VM.cont`, `VM.shutdown`. Create and destroy are journaled
+//! ([`journal`]) and finished by [`VmService::recover`] after a crash. VMs keep running when
+//! rvdsmd stops; libvirt's definition (with rvdsm's drive metadata) is the record of them.
+
+mod journal;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::api::codes;
+use crate::api::lifecycle_types::{
+    CreateVmParams, DestroyVmParams, EmptyVmList, ShutdownVmParams, VmShortStatus,
+};
+use crate::api::types::VmStatus;
+use crate::services::StorageService;
+use crate::services::monitor::Monitor;
+use crate::virt::vm_xml::{self, PlacedDrive};
+use crate::virt::{Hypervisor, VirtError};
+use journal::{DriveImage, Entry, Journal, Operation};
+
+/// VDSM's default for `VM.shutdown`'s `timeout` (`sys_shutdown_timeout`).
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The lifecycle verbs; cheap to clone.
+#[derive(Clone)]
+pub struct VmService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hypervisor: Hypervisor,
+    storage: StorageService,
+    monitor: Monitor,
+    journal: Journal,
+    /// VMs being created or destroyed: a second such call on one waits for nothing and is
+    /// refused, so two never interleave their steps.
+    busy: Mutex<HashSet<Uuid>>,
+}
+
+/// Marks a VM busy for as long as it lives.
+struct Busy {
+    inner: Arc<Inner>,
+    vm: Uuid,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.inner
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.vm);
+    }
+}
+
+fn cannot_create(reason: impl std::fmt::Display) -> ApiError {
+    ApiError::Coded {
+        code: codes::CANNOT_CREATE_VM,
+        message: format!("Error creating the requested VM: {{'reason': '{reason}'}}"),
+    }
+}
+
+impl VmService {
+    /// The service; its journal lives in `journal_dir`. Blocking (opens the journal).
+    pub fn open(
+        hypervisor: Hypervisor,
+        storage: StorageService,
+        monitor: Monitor,
+        journal_dir: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                hypervisor,
+                storage,
+                monitor,
+                journal: Journal::open(journal_dir)?,
+                busy: Mutex::default(),
+            }),
+        })
+    }
+
+    fn claim(&self, vm: Uuid) -> Result<Busy, ApiError> {
+        let mut busy = self.inner.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.insert(vm) {
+            return Err(ApiError::Coded {
+                code: codes::VM_EXISTS,
+                message: format!(
+                    "Virtual machine already exists: {{'reason': 'VM {vm} is being created or destroyed'}}"
+                ),
+            });
+        }
+        Ok(Busy {
+            inner: Arc::clone(&self.inner),
+            vm,
+        })
+    }
+
+    /// `VM.create`.
+    pub async fn create(&self, p: CreateVmParams) -> Result<VmShortStatus, ApiError> {
+        if p.vm_params.xml.trim().is_empty() {
+            return Err(ApiError::invalid_parameter(
+                "{'action': 'VM.create', 'parameter': 'vmParams', 'reason': 'vmParams.xml, the libvirt domain XML, is required'}",
+            ));
+        }
+        let engine = vm_xml::parse_engine_vm(&p.vm_params.xml).map_err(cannot_create)?;
+        if engine.uuid != p.vm_id {
+            return Err(ApiError::invalid_parameter(format!(
+                "{{'action': 'VM.create', 'parameter': 'vmID', 'value': '{}', 'reason': 'the XML's <uuid> is {}'}}",
+                p.vm_id, engine.uuid
+            )));
+        }
+        let mut targets = HashSet::new();
+        if let Some(twice) = engine.drives.iter().find(|d| !targets.insert(&d.target)) {
+            return Err(cannot_create(format!("drive {} is named twice", twice.target)));
+        }
+        let _busy = self.claim(engine.uuid)?;
+        if self.inner.hypervisor.read_view(engine.uuid).await?.is_some() {
+            return Err(ApiError::Coded {
+                code: codes::VM_EXISTS,
+                message: format!("Virtual machine already exists: {{'vmId': '{}'}}", engine.uuid),
+            });
+        }
+        // The images stay locked until the VM uses them: no delete slips in between.
+        let _locks = self
+            .inner
+            .storage
+            .lock_images(engine.drives.iter().map(|d| (d.domain, d.image)).collect())
+            .await;
+        let mut placed = Vec::with_capacity(engine.drives.len());
+        for drive in &engine.drives {
+            let prepared = self
+                .inner
+                .storage
+                .prepare_drive(drive.pool, drive.domain, drive.image, drive.volume)
+                .await?;
+            placed.push(PlacedDrive {
+                target: drive.target.clone(),
+                path: prepared.path,
+                format: prepared.format.to_owned(),
+                chain: prepared.chain,
+            });
+        }
+        let xml = vm_xml::place_drives(&p.vm_params.xml, &placed).map_err(cannot_create)?;
+        let entry = Entry {
+            vm: engine.uuid,
+            operation: Operation::Create,
+            managed: true,
+            images: engine
+                .drives
+                .iter()
+                .map(|d| DriveImage {
+                    pool: d.pool,
+                    domain: d.domain,
+                    image: d.image,
+                })
+                .collect(),
+        };
+        self.journal_write(entry.clone()).await?;
+        let started = match self.inner.hypervisor.define(xml).await {
+            Ok(()) => self.inner.hypervisor.start(engine.uuid).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = started {
+            tracing::warn!(vm = %engine.uuid, error = %err, "VM.create failed; undoing");
+            self.undo_create(&entry).await;
+            return Err(cannot_create(err));
+        }
+        self.journal_remove(engine.uuid).await;
+        self.inner.monitor.refresh(engine.uuid).await;
+        tracing::info!(vm = %engine.uuid, name = %engine.name, drives = placed.len(), "VM created");
+        Ok(self.short_status(engine.uuid))
+    }
+
+    /// Undoes a create: the definition goes, the images are released. Idempotent.
+    async fn undo_create(&self, entry: &Entry) {
+        let vm = entry.vm;
+        match self.inner.hypervisor.destroy(vm, 0).await {
+            Ok(_) | Err(VirtError::NoSuchDomain { .. }) => {}
+            Err(err) => tracing::warn!(%vm, error = %err, "cannot stop the half-created VM"),
+        }
+        if let Err(err) = self.inner.hypervisor.undefine(vm).await {
+            tracing::error!(%vm, error = %err, "cannot undefine the half-created VM; the journal keeps it");
+            return;
+        }
+        self.teardown(&entry.images).await;
+        self.journal_remove(vm).await;
+        self.inner.monitor.refresh(vm).await;
+    }
+
+    async fn teardown(&self, images: &[DriveImage]) {
+        for image in images {
+            if let Err(err) = self
+                .inner
+                .storage
+                .teardown_drive(image.pool, image.domain, image.image)
+                .await
+            {
+                tracing::warn!(image = %image.image, error = %err, "cannot tear the image down");
+            }
+        }
+    }
+
+    /// `VM.destroy`.
+    pub async fn destroy(&self, p: DestroyVmParams) -> Result<(), ApiError> {
+        let vm = p.vm_id;
+        let _busy = self.claim(vm)?;
+        let view = self
+            .inner
+            .hypervisor
+            .read_view(vm)
+            .await?
+            .ok_or(ApiError::NoSuchVm {
+                vm_id: vm.to_string(),
+            })?;
+        let drives = vm_xml::managed_drives(&view.xml).unwrap_or_default();
+        let entry = Entry {
+            vm,
+            operation: Operation::Destroy,
+            managed: !drives.is_empty(),
+            images: drives
+                .iter()
+                .map(|(d, _)| DriveImage {
+                    pool: d.pool,
+                    domain: d.domain,
+                    image: d.image,
+                })
+                .collect(),
+        };
+        self.journal_write(entry.clone()).await?;
+        let attempts = p.graceful_attempts.unwrap_or(1);
+        match self.inner.hypervisor.destroy(vm, attempts).await {
+            Ok(stopped) => tracing::info!(%vm, ?stopped, "VM stopped"),
+            Err(err) => {
+                self.journal_remove(vm).await;
+                self.inner.monitor.refresh(vm).await;
+                return Err(ApiError::Coded {
+                    code: codes::VM_DESTROY_FAILED,
+                    message: format!(
+                        "Virtual machine destroy error: {{'reason': 'QEMU could not be stopped, even with SIGKILL; the VM still runs: {err}'}}"
+                    ),
+                });
+            }
+        }
+        self.finish_destroy(&entry).await;
+        Ok(())
+    }
+
+    /// After QEMU stopped: rvdsm's VMs are undefined and their images released.
+    async fn finish_destroy(&self, entry: &Entry) {
+        if entry.managed {
+            if let Err(err) = self.inner.hypervisor.undefine(entry.vm).await {
+                tracing::error!(vm = %entry.vm, error = %err, "cannot undefine the VM; the journal keeps it");
+                return;
+            }
+            self.teardown(&entry.images).await;
+        }
+        self.journal_remove(entry.vm).await;
+        self.inner.monitor.refresh(entry.vm).await;
+    }
+
+    /// `VM.pause`.
+    pub async fn pause(&self, vm: Uuid) -> Result<EmptyVmList, ApiError> {
+        self.require_running(vm).await?;
+        self.inner.hypervisor.pause(vm).await?;
+        self.inner.monitor.refresh(vm).await;
+        Ok(EmptyVmList::default())
+    }
+
+    /// `VM.cont`.
+    pub async fn cont(&self, vm: Uuid) -> Result<EmptyVmList, ApiError> {
+        self.require_running(vm).await?;
+        self.inner.hypervisor.resume(vm).await?;
+        self.inner.monitor.refresh(vm).await;
+        Ok(EmptyVmList::default())
+    }
+
+    /// `VM.shutdown`: asks the guest now; with `force`, destroys the VM if it is still up
+    /// after `timeout` seconds.
+    pub async fn shutdown(&self, p: ShutdownVmParams) -> Result<(), ApiError> {
+        let vm = p.vm_id;
+        self.require_running(vm).await?;
+        let reboot = p.reboot.unwrap_or(false);
+        self.inner.hypervisor.request_shutdown(vm, reboot).await?;
+        if p.force.unwrap_or(false) && !reboot {
+            let timeout = p
+                .timeout
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, Duration::from_secs);
+            let service = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                if let Ok(Some(view)) = service.inner.hypervisor.read_view(vm).await
+                    && view.status != VmStatus::Down
+                {
+                    tracing::warn!(%vm, "the guest did not shut down in time; destroying it");
+                    if let Err(err) = service.inner.hypervisor.destroy(vm, 1).await {
+                        tracing::error!(%vm, error = %err, "cannot destroy the VM");
+                    }
+                    service.inner.monitor.refresh(vm).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn require_running(&self, vm: Uuid) -> Result<(), ApiError> {
+        let view = self
+            .inner
+            .hypervisor
+            .read_view(vm)
+            .await?
+            .ok_or(ApiError::NoSuchVm {
+                vm_id: vm.to_string(),
+            })?;
+        if view.status == VmStatus::Down {
+            return Err(ApiError::Coded {
+                code: codes::VM_IS_DOWN,
+                message: format!("Virtual machine is down: {{'vmId': '{vm}'}}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Finishes what a crash interrupted: a create is undone unless its VM runs; a destroy is
+    /// carried out.
+    pub async fn recover(&self) {
+        let journal = self.inner.journal.clone();
+        let entries = tokio::task::spawn_blocking(move || journal.entries())
+            .await
+            .unwrap_or_default();
+        for entry in entries {
+            let view = match self.inner.hypervisor.read_view(entry.vm).await {
+                Ok(view) => view,
+                Err(err) => {
+                    tracing::error!(vm = %entry.vm, error = %err, "cannot read the VM; its journal entry waits for the next start");
+                    continue;
+                }
+            };
+            match (entry.operation, view) {
+                (Operation::Create, Some(view)) if view.status != VmStatus::Down => {
+                    tracing::info!(vm = %entry.vm, "an interrupted VM.create had started the VM; kept");
+                    self.journal_remove(entry.vm).await;
+                }
+                (Operation::Create, _) => {
+                    tracing::warn!(vm = %entry.vm, "undoing an interrupted VM.create");
+                    self.undo_create(&entry).await;
+                }
+                (Operation::Destroy, _) => {
+                    tracing::warn!(vm = %entry.vm, "finishing an interrupted VM.destroy");
+                    match self.inner.hypervisor.destroy(entry.vm, 0).await {
+                        Ok(_) | Err(VirtError::NoSuchDomain { .. }) => {
+                            self.finish_destroy(&entry).await;
+                        }
+                        Err(err) => {
+                            tracing::error!(vm = %entry.vm, error = %err, "cannot stop the VM");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn short_status(&self, vm: Uuid) -> VmShortStatus {
+        self.inner
+            .monitor
+            .statuses(&[vm])
+            .pop()
+            .unwrap_or(VmShortStatus {
+                vm_id: vm,
+                status: VmStatus::WaitForLaunch,
+                status_time: crate::clock::monotonic_millis().to_string(),
+            })
+    }
+
+    async fn journal_write(&self, entry: Entry) -> Result<(), ApiError> {
+        let journal = self.inner.journal.clone();
+        tokio::task::spawn_blocking(move || journal.write(&entry))
+            .await
+            .map_err(|e| ApiError::Unexpected(e.to_string()))?
+            .map_err(|e| cannot_create(format!("cannot journal the operation: {e}")))
+    }
+
+    async fn journal_remove(&self, vm: Uuid) {
+        let journal = self.inner.journal.clone();
+        match tokio::task::spawn_blocking(move || journal.remove(vm)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%vm, error = %err, "cannot remove the VM journal entry"),
+            Err(err) => tracing::error!(%vm, error = %err, "VM journal removal panicked"),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Starting and stopping VMs: define and start a definition, pause, resume, ask the guest to
+//! shut down or reboot, destroy (gracefully, then by force) and undefine. Each call changes a
+//! VM, so each runs once ([`Hypervisor::call_once`]), never retried behind the caller's back.
+
+use uuid::Uuid;
+
+use super::connection::Hypervisor;
+use super::domains::lookup;
+use super::error::{VirtError, code::NO_DOMAIN};
+
+/// How a destroy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// QEMU ended on SIGTERM (it flushed its caches).
+    Gracefully,
+    /// QEMU was killed.
+    Forcefully,
+    /// It was not running.
+    AlreadyDown,
+}
+
+impl Hypervisor {
+    /// Defines `xml` persistently (replacing the definition of a stopped VM with its UUID).
+    pub async fn define(&self, xml: String) -> Result<(), VirtError> {
+        self.call_once("define domain", move |conn| {
+            conn.define_domain_xml(&xml)
+                .map(drop)
+                .map_err(|e| VirtError::libvirt("define domain", e))
+        })
+        .await
+    }
+
+    /// Starts a defined VM.
+    pub async fn start(&self, vm: Uuid) -> Result<(), VirtError> {
+        self.call_once("start domain", move |conn| {
+            lookup(conn, vm)?
+                .create()
+                .map_err(|e| VirtError::libvirt("start domain", e))
+        })
+        .await
+    }
+
+    /// Forgets a stopped VM's definition; a VM libvirt no longer knows is fine.
+    pub async fn undefine(&self, vm: Uuid) -> Result<(), VirtError> {
+        self.call_once("undefine domain", move |conn| match lookup(conn, vm) {
+            Ok(domain) => domain
+                .undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM)
+                .or_else(|e| gone_is_fine(e, "undefine domain")),
+            Err(VirtError::NoSuchDomain { .. }) => Ok(()),
+            Err(err) => Err(err),
+        })
+        .await
+    }
+
+    /// Pauses a running VM's CPUs.
+    pub async fn pause(&self, vm: Uuid) -> Result<(), VirtError> {
+        self.call_once("pause domain", move |conn| {
+            lookup(conn, vm)?
+                .suspend()
+                .map_err(|e| VirtError::libvirt("pause domain", e))
+        })
+        .await
+    }
+
+    /// Resumes a paused VM.
+    pub async fn resume(&self, vm: Uuid) -> Result<(), VirtError> {
+        self.call_once("resume domain", move |conn| {
+            lookup(conn, vm)?
+                .resume()
+                .map_err(|e| VirtError::libvirt("resume domain", e))
+        })
+        .await
+    }
+
+    /// Asks the guest to shut down (or reboot), through its agent or ACPI as libvirt chooses.
+    pub async fn request_shutdown(&self, vm: Uuid, reboot: bool) -> Result<(), VirtError> {
+        self.call_once("shut down domain", move |conn| {
+            let domain = lookup(conn, vm)?;
+            if reboot {
+                domain.reboot(0)
+            } else {
+                domain.shutdown()
+            }
+            .map_err(|e| VirtError::libvirt("shut down domain", e))
+        })
+        .await
+    }
+
+    /// Stops QEMU: SIGTERM (libvirt waits for it) up to `graceful_attempts` times, then
+    /// SIGKILL. An error means QEMU could not be killed either.
+    pub async fn destroy(&self, vm: Uuid, graceful_attempts: u32) -> Result<Stopped, VirtError> {
+        for attempt in 0..graceful_attempts {
+            match self.destroy_once(vm, true).await {
+                Ok(stopped) => return Ok(stopped),
+                Err(err) => {
+                    tracing::warn!(%vm, attempt, error = %err, "graceful destroy failed");
+                }
+            }
+        }
+        self.destroy_once(vm, false).await.map(|stopped| match stopped {
+            Stopped::Gracefully => Stopped::Forcefully,
+            other => other,
+        })
+    }
+
+    async fn destroy_once(&self, vm: Uuid, graceful: bool) -> Result<Stopped, VirtError> {
+        self.call_once("destroy domain", move |conn| {
+            let domain = lookup(conn, vm)?;
+            if !domain
+                .is_active()
+                .map_err(|e| VirtError::libvirt("read domain state", e))?
+            {
+                return Ok(Stopped::AlreadyDown);
+            }
+            let flags = if graceful {
+                virt::sys::VIR_DOMAIN_DESTROY_GRACEFUL
+            } else {
+                0
+            };
+            domain
+                .destroy_flags(flags)
+                .map(|()| Stopped::Gracefully)
+                .map_err(|e| VirtError::libvirt("destroy domain", e))
+        })
+        .await
+    }
+}
+
+fn gone_is_fine(err: virt::error::Error, op: &'static str) -> Result<(), VirtError> {
+    let err = VirtError::libvirt(op, err);
+    if err.libvirt_code() == Some(NO_DOMAIN) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}

@@ -1,0 +1,337 @@
+//! The domain XML a manager sends to `VM.create`, in oVirt's form: the libvirt definition with
+//! an `ovirt-vm` metadata element that names, for each drive (by its target), the pool, domain,
+//! image and volume it runs on. [`parse_engine_vm`] reads it; [`place_drives`] points each
+//! such disk at its prepared volume (source, driver format, no stale `<backingStore>`) and
+//! records the drive's volume chain in the drive's metadata, as VDSM records it, so that the
+//! chain can be read back from libvirt alone ([`managed_drives`]). The document is parsed by a
+//! real XML parser and edited at the byte ranges it reports; nothing else changes. Pure.
+
+use roxmltree::{Document, Node};
+use uuid::Uuid;
+
+use super::error::VirtError;
+use super::xml_edit::escape;
+
+/// oVirt's VM metadata namespace.
+pub const OVIRT_VM_NS: &str = "http://ovirt.org/vm/1.0";
+
+/// One drive the manager placed on a storage volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineDrive {
+    /// The guest device (`vda`).
+    pub target: String,
+    /// `poolID`.
+    pub pool: Uuid,
+    /// `domainID`.
+    pub domain: Uuid,
+    /// `imageID`.
+    pub image: Uuid,
+    /// `volumeID`: the volume the VM writes to.
+    pub volume: Uuid,
+}
+
+/// What `VM.create` needs of the definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineVm {
+    /// `<uuid>`.
+    pub uuid: Uuid,
+    /// `<name>`.
+    pub name: String,
+    /// The drives on storage volumes.
+    pub drives: Vec<EngineDrive>,
+}
+
+/// A drive resolved on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedDrive {
+    /// The guest device.
+    pub target: String,
+    /// The prepared path of the volume the VM writes to.
+    pub path: String,
+    /// Its format: `qcow2` or `raw`.
+    pub format: String,
+    /// The chain from the base to the leaf: `(volume, path)`.
+    pub chain: Vec<(Uuid, String)>,
+}
+
+fn invalid(message: impl Into<String>) -> VirtError {
+    VirtError::Xml {
+        what: "domain",
+        message: message.into(),
+    }
+}
+
+/// Reads the VM's identity and its storage drives.
+pub fn parse_engine_vm(xml: &str) -> Result<EngineVm, VirtError> {
+    let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
+    let root = doc.root_element();
+    if !root.has_tag_name("domain") {
+        return Err(invalid("the document is not a <domain>"));
+    }
+    let text_of = |name: &str| child(root, name).and_then(|n| n.text()).map(str::trim);
+    let uuid = text_of("uuid")
+        .ok_or_else(|| invalid("the domain has no <uuid>"))
+        .and_then(|t| Uuid::parse_str(t).map_err(|e| invalid(format!("<uuid>: {e}"))))?;
+    let name = text_of("name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| invalid("the domain has no <name>"))?
+        .to_owned();
+    let mut drives = Vec::new();
+    for device in metadata_devices(&doc) {
+        if device.attribute("devtype") != Some("disk") {
+            continue;
+        }
+        let Some(target) = device.attribute("name") else {
+            continue;
+        };
+        let ids: Vec<Option<Uuid>> = ["poolID", "domainID", "imageID", "volumeID"]
+            .iter()
+            .map(|tag| ns_child(device, tag).and_then(|n| n.text()))
+            .map(|text| text.and_then(|t| Uuid::parse_str(t.trim()).ok()))
+            .collect();
+        // A drive without the four ids is not on a storage domain (a direct LUN, a CD-ROM):
+        // it is left as the manager wrote it.
+        let [Some(pool), Some(domain), Some(image), Some(volume)] = ids[..] else {
+            continue;
+        };
+        if find_disk(&doc, target).is_none() {
+            return Err(invalid(format!(
+                "the metadata names drive {target}, which has no <disk>"
+            )));
+        }
+        drives.push(EngineDrive {
+            target: target.to_owned(),
+            pool,
+            domain,
+            image,
+            volume,
+        });
+    }
+    Ok(EngineVm { uuid, name, drives })
+}
+
+/// The definition with each placed drive's disk pointed at its volume and its chain recorded
+/// in the drive's metadata (any chain already there is replaced).
+pub fn place_drives(xml: &str, placed: &[PlacedDrive]) -> Result<String, VirtError> {
+    let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let devices = metadata_devices(&doc);
+    for drive in placed {
+        let disk = find_disk(&doc, &drive.target)
+            .ok_or_else(|| invalid(format!("no disk with target {}", drive.target)))?;
+        if disk.attribute("type").unwrap_or("file") != "file" {
+            return Err(invalid(format!(
+                "disk {} is not a file disk; a file storage domain's volume is a file",
+                drive.target
+            )));
+        }
+        let source = format!("<source file='{}'/>", escape(&drive.path));
+        match child(disk, "source") {
+            Some(old) => edits.push((old.range(), source)),
+            None => edits.push((insert_point(disk), source)),
+        }
+        let driver = format!("<driver name='qemu' type='{}'/>", escape(&drive.format));
+        match child(disk, "driver") {
+            Some(old) => edits.push((old.range(), driver_with_type(old, &drive.format))),
+            None => edits.push((insert_point(disk), driver)),
+        }
+        if let Some(backing) = child(disk, "backingStore") {
+            edits.push((backing.range(), String::new()));
+        }
+        let device = devices
+            .iter()
+            .find(|d| d.attribute("name") == Some(drive.target.as_str()))
+            .ok_or_else(|| invalid(format!("no metadata for drive {}", drive.target)))?;
+        let prefix = device.tag_name().namespace().map_or("", |_| "ovirt-vm:");
+        let chain = chain_xml(prefix, drive);
+        match ns_child(*device, "volumeChain") {
+            Some(old) => edits.push((old.range(), chain)),
+            None => {
+                let at = device.range().end - format!("</{prefix}device>").len();
+                edits.push((at..at, chain));
+            }
+        }
+    }
+    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+    let mut out = xml.to_owned();
+    for (range, text) in edits {
+        out.replace_range(range, &text);
+    }
+    Ok(out)
+}
+
+/// The drives rvdsm placed, with their recorded chains, read from a (live) definition.
+pub fn managed_drives(xml: &str) -> Result<Vec<(EngineDrive, Vec<Uuid>)>, VirtError> {
+    let engine = parse_engine_vm(xml)?;
+    let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
+    let devices = metadata_devices(&doc);
+    Ok(engine
+        .drives
+        .into_iter()
+        .map(|drive| {
+            let chain = devices
+                .iter()
+                .find(|d| d.attribute("name") == Some(drive.target.as_str()))
+                .and_then(|d| ns_child(*d, "volumeChain"))
+                .map(|c| {
+                    c.children()
+                        .filter(|n| n.tag_name().name() == "volumeChainNode")
+                        .filter_map(|n| ns_child(n, "volumeID").and_then(|v| v.text()))
+                        .filter_map(|t| Uuid::parse_str(t.trim()).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (drive, chain)
+        })
+        .collect())
+}
+
+fn chain_xml(prefix: &str, drive: &PlacedDrive) -> String {
+    let mut out = format!("<{prefix}volumeChain>");
+    for (volume, path) in &drive.chain {
+        out.push_str(&format!(
+            "<{prefix}volumeChainNode><{prefix}volumeID>{volume}</{prefix}volumeID>\
+             <{prefix}path>{}</{prefix}path></{prefix}volumeChainNode>",
+            escape(path)
+        ));
+    }
+    out.push_str(&format!("</{prefix}volumeChain>"));
+    out
+}
+
+/// An existing `<driver>` with its `type` set to `format`, other attributes kept.
+fn driver_with_type(driver: Node, format: &str) -> String {
+    let mut out = String::from("<driver");
+    for attr in driver.attributes().filter(|a| a.name() != "type") {
+        out.push_str(&format!(" {}='{}'", attr.name(), escape(attr.value())));
+    }
+    out.push_str(&format!(" type='{}'/>", escape(format)));
+    out
+}
+
+/// Right after the disk's start tag.
+fn insert_point(disk: Node) -> std::ops::Range<usize> {
+    let at = disk
+        .first_child()
+        .map_or(disk.range().end, |c| c.range().start);
+    at..at
+}
+
+/// The `<ovirt-vm:device>` elements of `<metadata><ovirt-vm:vm>`.
+fn metadata_devices<'a, 'input>(doc: &'a Document<'input>) -> Vec<Node<'a, 'input>> {
+    let Some(vm) = child(doc.root_element(), "metadata").and_then(|m| {
+        m.children()
+            .find(|n| n.tag_name().name() == "vm" && n.tag_name().namespace() == Some(OVIRT_VM_NS))
+    }) else {
+        return Vec::new();
+    };
+    vm.children()
+        .filter(|n| n.tag_name().name() == "device")
+        .collect()
+}
+
+fn ns_child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
+    node.children().find(|n| n.tag_name().name() == name)
+}
+
+fn find_disk<'a, 'input>(doc: &'a Document<'input>, target: &str) -> Option<Node<'a, 'input>> {
+    child(doc.root_element(), "devices")?
+        .children()
+        .find(|d| {
+            d.has_tag_name("disk")
+                && child(*d, "target").and_then(|t| t.attribute("dev")) == Some(target)
+        })
+}
+
+fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
+    node.children().find(|n| n.has_tag_name(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "00000000-0000-0000-0000-0000000000a1";
+    const SD: &str = "00000000-0000-0000-0000-0000000000b2";
+    const IMG: &str = "00000000-0000-0000-0000-0000000000c3";
+    const VOL: &str = "00000000-0000-0000-0000-0000000000d4";
+
+    fn engine_xml() -> String {
+        format!(
+            r#"<domain type="kvm" xmlns:ovirt-vm="http://ovirt.org/vm/1.0">
+  <name>web</name>
+  <uuid>11111111-2222-3333-4444-555555555555</uuid>
+  <metadata>
+    <ovirt-vm:vm>
+      <ovirt-vm:device devtype="disk" name="vda">
+        <ovirt-vm:poolID>{POOL}</ovirt-vm:poolID>
+        <ovirt-vm:domainID>{SD}</ovirt-vm:domainID>
+        <ovirt-vm:imageID>{IMG}</ovirt-vm:imageID>
+        <ovirt-vm:volumeID>{VOL}</ovirt-vm:volumeID>
+      </ovirt-vm:device>
+      <ovirt-vm:device devtype="disk" name="sdc"/>
+    </ovirt-vm:vm>
+  </metadata>
+  <devices>
+    <disk type="file" device="disk" snapshot="no">
+      <target dev="vda" bus="virtio"/>
+      <source file="/rhev/data-center/{POOL}/{SD}/images/{IMG}/{VOL}"/>
+      <driver name="qemu" io="threads" type="raw" cache="none"/>
+    </disk>
+    <disk type="file" device="cdrom"><target dev="sdc" bus="sata"/><readonly/></disk>
+  </devices>
+</domain>"#
+        )
+    }
+
+    #[test]
+    fn engine_xml_names_the_drives() {
+        let vm = parse_engine_vm(&engine_xml()).unwrap();
+        assert_eq!(vm.name, "web");
+        assert_eq!(vm.uuid.to_string(), "11111111-2222-3333-4444-555555555555");
+        assert_eq!(vm.drives.len(), 1, "the CD-ROM has no ids: {vm:?}");
+        assert_eq!(vm.drives[0].target, "vda");
+        assert_eq!(vm.drives[0].volume.to_string(), VOL);
+    }
+
+    #[test]
+    fn placing_points_the_disk_at_its_volume_and_records_the_chain() {
+        let base = Uuid::from_u128(7);
+        let leaf = Uuid::parse_str(VOL).unwrap();
+        let placed = PlacedDrive {
+            target: "vda".into(),
+            path: "/run/rvdsm/leaf".into(),
+            format: "qcow2".into(),
+            chain: vec![(base, "/run/rvdsm/base".into()), (leaf, "/run/rvdsm/leaf".into())],
+        };
+        let xml = place_drives(&engine_xml(), &[placed]).unwrap();
+        let disks = super::super::xml::parse_disks(&xml).unwrap();
+        assert_eq!(disks[0].path.as_deref(), Some("/run/rvdsm/leaf"));
+        assert_eq!(disks[0].format.as_deref(), Some("qcow2"));
+        assert!(xml.contains("io='threads'"), "other driver attributes stay: {xml}");
+        let managed = managed_drives(&xml).unwrap();
+        assert_eq!(managed[0].1, vec![base, leaf]);
+        // Placing again replaces the chain instead of adding one.
+        let again = place_drives(
+            &xml,
+            &[PlacedDrive {
+                target: "vda".into(),
+                path: "/p".into(),
+                format: "raw".into(),
+                chain: vec![(leaf, "/p".into())],
+            }],
+        )
+        .unwrap();
+        assert_eq!(managed_drives(&again).unwrap()[0].1, vec![leaf]);
+        assert_eq!(again.matches("volumeChain>").count(), 2, "{again}");
+    }
+
+    #[test]
+    fn bad_definitions_are_refused() {
+        assert!(parse_engine_vm("<domain><name>x</name></domain>").is_err());
+        assert!(parse_engine_vm("<vm/>").is_err());
+        let orphan = engine_xml().replace(r#"dev="vda""#, r#"dev="vdq""#);
+        let err = parse_engine_vm(&orphan).unwrap_err();
+        assert!(err.to_string().contains("vda"), "{err}");
+    }
+}
