@@ -54,7 +54,11 @@ pub fn parse_cpuinfo(text: &str) -> CpuFacts {
         }
     }
     facts.sockets = sockets.len().max(1);
-    facts.cores = if cores.is_empty() { facts.threads } else { cores.len() };
+    facts.cores = if cores.is_empty() {
+        facts.threads
+    } else {
+        cores.len()
+    };
     facts
 }
 
@@ -142,7 +146,8 @@ mod tests {
     fn meminfo_stat_and_os_release_parse() {
         let mem = parse_meminfo("MemTotal:       24684000 kB\nMemAvailable:   1000 kB\n");
         assert_eq!(mem["MemTotal"], 24_684_000);
-        let (cpu, boot) = parse_proc_stat("cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 1 2\nbtime 1700000000\n");
+        let (cpu, boot) =
+            parse_proc_stat("cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 1 2\nbtime 1700000000\n");
         assert_eq!(cpu[..4], [10, 0, 5, 100]);
         assert_eq!(boot, 1_700_000_000);
         let os = parse_os_release("NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\n");

@@ -44,9 +44,9 @@ pub mod config;
 pub mod events;
 pub mod failpoint;
 pub mod fsutil;
-pub mod hostinfo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hostinfo;
 pub mod jobs;
 pub mod metrics;
 pub mod pki;

@@ -6,6 +6,8 @@ mod common;
 use common::daemon::{Via, cli};
 use common::{Daemon, Guest, GuestOptions, libvirt};
 use rvdsm::client::ClientError;
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 const UNKNOWN_VM: &str = "0b5fd8f4-5c5e-4a5e-9d55-9cb1c0b5e1a7";
@@ -37,7 +39,11 @@ fn vm_list_and_stats_show_a_running_guest_over_unix_and_tcp() {
             .find(|vm| vm["vmId"] == guest.uuid.as_str())
             .unwrap_or_else(|| panic!("{} not listed over {via:?}: {list}", guest.uuid));
         assert_eq!(entry["status"], "Up");
-        assert!(entry["statusTime"].as_u64().unwrap() > 0);
+        let time: u64 = entry["statusTime"].as_str().unwrap().parse().unwrap();
+        assert!(
+            time > 0,
+            "statusTime is a string of milliseconds, as VDSM sends it"
+        );
     }
 
     let only = daemon.ok("Host.getVMList", json!({"vmList": [guest.uuid]}));
@@ -67,12 +73,17 @@ fn paused_guest_is_reported_paused() {
     let Some(conn) = libvirt() else { return };
     let guest = Guest::start(&conn, &GuestOptions::default());
     let daemon = Daemon::start();
+    // The stats come from the monitoring cache, which libvirt's lifecycle event updates at
+    // once (well within a second), not at the next 15-second sample.
+    let status_becomes = |want: &str| {
+        common::wait_until(Duration::from_secs(5), || {
+            daemon.ok("VM.getStats", json!({"vmID": guest.uuid}))[0]["status"] == want
+        })
+    };
     guest.domain().suspend().unwrap();
-    let stats = daemon.ok("VM.getStats", json!({"vmID": guest.uuid}));
-    assert_eq!(stats[0]["status"], "Paused");
+    assert!(status_becomes("Paused"));
     guest.domain().resume().unwrap();
-    let stats = daemon.ok("VM.getStats", json!({"vmID": guest.uuid}));
-    assert_eq!(stats[0]["status"], "Up");
+    assert!(status_becomes("Up"));
 }
 
 #[test]

@@ -175,13 +175,13 @@ fn a_manager_session_over_stomp_and_tls_with_events() {
     let ended = rt.block_on(wait_for("job status", &mut stomp_events, |e| {
         e["method"] == format!("|jobs|status|{job}")
     }));
-    assert_eq!(ended["params"][&job]["status"], "done", "{ended}");
-    assert_eq!(ended["params"][&job]["id"], job);
+    assert_eq!(ended["params"]["status"], "done", "{ended}");
+    assert_eq!(ended["params"]["id"], job);
     assert!(ended["params"]["notify_time"].as_u64().is_some());
     let via_ws = rt.block_on(wait_for("WebSocket job status", &mut ws_events, |e| {
         e["method"] == format!("|jobs|status|{job}")
     }));
-    assert_eq!(via_ws["params"][&job]["status"], "done");
+    assert_eq!(via_ws["params"]["status"], "done");
     let jobs = rt.block_on(ok(&manager, "Host.getJobs", json!({"job_ids": [job]})));
     assert_eq!(jobs[&job]["status"], "done", "{jobs}");
     assert_eq!(jobs[&job]["result"]["consistency"], "quiesced", "{jobs}");

@@ -465,7 +465,14 @@ fn number_or_string_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::E
 /// `StorageDomainType` by number or by the schema's name (`LOCALFS`).
 fn domain_type_code<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     const NAMES: [&str; 8] = [
-        "UNKNOWN", "NFS", "FCP", "ISCSI", "LOCALFS", "CIFS", "POSIXFS", "GLUSTERFS",
+        "UNKNOWN",
+        "NFS",
+        "FCP",
+        "ISCSI",
+        "LOCALFS",
+        "CIFS",
+        "POSIXFS",
+        "GLUSTERFS",
     ];
     code_or_name(d, &NAMES)
 }

@@ -8,15 +8,15 @@
 use serde_json::{Map, Value};
 
 use super::ApiError;
+use super::lifecycle_types::{CreateVmParams, DestroyVmParams, ShutdownVmParams, VmListParams};
 use super::params::{from_object, serde_fields};
 use super::schema::{Param, ParamType, Verb, optional, required};
+use super::storage_types::DeleteVolumesParams;
 use super::storage_types::{
     CreateDomainParams, CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DomainParams,
     DomainVolumesParams, GetStorageDomainsParams, ImageParams, PrepareImageParams, TaskParams,
     TeardownImageParams, VolumeParams,
 };
-use super::lifecycle_types::{CreateVmParams, DestroyVmParams, ShutdownVmParams, VmListParams};
-use super::storage_types::DeleteVolumesParams;
 use super::types::{GetVmListParams, NoParams, VmIdParams};
 use super::vm_types::{FreezeParams, GetJobsParams, SnapshotParams};
 

@@ -226,7 +226,10 @@ fn watch_vm_changes(
 
 /// Re-reads each VM a lifecycle event names into the monitoring cache, which publishes its
 /// `|virt|VM_status|` event when its status changed.
-fn refresh_changed_vms(mut changed: tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>, monitor: Monitor) {
+fn refresh_changed_vms(
+    mut changed: tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>,
+    monitor: Monitor,
+) {
     tokio::spawn(async move {
         while let Some(vm) = changed.recv().await {
             monitor.refresh(vm).await;

@@ -78,8 +78,7 @@ where
             .map(|flow| flow.0.as_str());
         // Always an info span, even for quiet verbs: a warning logged inside a read-only call
         // must still name its method, request id and flow id.
-        let span =
-            tracing::info_span!("request", method = %request.method_name(), id = %request.id(), flow);
+        let span = tracing::info_span!("request", method = %request.method_name(), id = %request.id(), flow);
         let unknown = verb.is_none().then(|| {
             let message = format!(
                 "The method does not exist or is not available: {{'method': '{}'}}",
@@ -95,7 +94,11 @@ where
                 tracing::info!(code = METHOD_NOT_FOUND, "failed");
                 return MethodResponse::error(
                     id,
-                    jsonrpsee::types::ErrorObjectOwned::owned::<()>(METHOD_NOT_FOUND, message, None),
+                    jsonrpsee::types::ErrorObjectOwned::owned::<()>(
+                        METHOD_NOT_FOUND,
+                        message,
+                        None,
+                    ),
                 );
             }
             let started = Instant::now();

@@ -144,8 +144,11 @@ mod tests {
 
     #[test]
     fn strings_for_booleans_and_numbers_are_taken_as_vdsm_takes_them() {
-        let p: GetVmListParams =
-            parse_json("Host.getVMList", r#"{"fullStatus":"False","onlyUUID":"true"}"#).unwrap();
+        let p: GetVmListParams = parse_json(
+            "Host.getVMList",
+            r#"{"fullStatus":"False","onlyUUID":"true"}"#,
+        )
+        .unwrap();
         assert_eq!((p.full_status, p.only_uuid), (Some(false), Some(true)));
         let err = parse_json::<GetVmListParams>("Host.getVMList", r#"{"fullStatus":"maybe"}"#)
             .unwrap_err();

@@ -92,7 +92,9 @@ fn capabilities_now(host: crate::virt::HostInfo, uri: String, pool: Uuid) -> Cap
     let cpu = hostinfo::parse_cpuinfo(&hostinfo::read("/proc/cpuinfo"));
     let mem = hostinfo::parse_meminfo(&hostinfo::read("/proc/meminfo"));
     let os = hostinfo::parse_os_release(&hostinfo::read("/etc/os-release"));
-    let kernel = hostinfo::read("/proc/sys/kernel/osrelease").trim().to_owned();
+    let kernel = hostinfo::read("/proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned();
     let field = |k: &str| os.get(k).cloned().unwrap_or_default();
     let mut packages2: BTreeMap<String, PackageVersion> =
         hostinfo::package_versions(&["libvirt-daemon", "qemu-system-x86", "qemu-utils", "sanlock"])
@@ -108,9 +110,20 @@ fn capabilities_now(host: crate::virt::HostInfo, uri: String, pool: Uuid) -> Cap
             })
             .collect();
     // libvirt's and QEMU's own versions win over the package database's when both are known.
-    for (name, version) in [("libvirt", &host.libvirt_version), ("qemu-kvm", &host.qemu_version)] {
-        let release = packages2.get(name).map_or("0".to_owned(), |p| p.release.clone());
-        packages2.insert(name.to_owned(), PackageVersion { version: version.clone(), release });
+    for (name, version) in [
+        ("libvirt", &host.libvirt_version),
+        ("qemu-kvm", &host.qemu_version),
+    ] {
+        let release = packages2
+            .get(name)
+            .map_or("0".to_owned(), |p| p.release.clone());
+        packages2.insert(
+            name.to_owned(),
+            PackageVersion {
+                version: version.clone(),
+                release,
+            },
+        );
     }
     packages2.insert(
         "kernel".into(),
@@ -127,14 +140,21 @@ fn capabilities_now(host: crate::virt::HostInfo, uri: String, pool: Uuid) -> Cap
         },
     );
     let (nics, bridges) = read_nics();
-    let online = (0..cpu.threads).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let online = (0..cpu.threads)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     Capabilities {
         uuid: host.uuid,
         software_version: crate::VERSION.to_owned(),
         software_revision: "0".into(),
         version_name: "rvdsm".into(),
-        cluster_levels: ["4.2", "4.3", "4.4", "4.5", "4.6", "4.7"].map(String::from).to_vec(),
-        supported_engines: ["4.2", "4.3", "4.4", "4.5", "4.6", "4.7"].map(String::from).to_vec(),
+        cluster_levels: ["4.2", "4.3", "4.4", "4.5", "4.6", "4.7"]
+            .map(String::from)
+            .to_vec(),
+        supported_engines: ["4.2", "4.3", "4.4", "4.5", "4.6", "4.7"]
+            .map(String::from)
+            .to_vec(),
         vm_types: vec!["kvm".into()],
         kvm_enabled: std::path::Path::new("/dev/kvm").exists().to_string(),
         cpu_model: cpu.model,
@@ -171,7 +191,10 @@ fn capabilities_now(host: crate::virt::HostInfo, uri: String, pool: Uuid) -> Cap
 }
 
 /// Physical NICs and bridges from `/sys/class/net`.
-fn read_nics() -> (BTreeMap<String, HostNic>, BTreeMap<String, serde_json::Value>) {
+fn read_nics() -> (
+    BTreeMap<String, HostNic>,
+    BTreeMap<String, serde_json::Value>,
+) {
     let mut nics = BTreeMap::new();
     let mut bridges = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/sys/class/net") else {
@@ -183,7 +206,11 @@ fn read_nics() -> (BTreeMap<String, HostNic>, BTreeMap<String, serde_json::Value
         if dir.join("bridge").exists() {
             bridges.insert(name, serde_json::json!({}));
         } else if dir.join("device").exists() {
-            let read = |f: &str| hostinfo::read(&dir.join(f).to_string_lossy()).trim().to_owned();
+            let read = |f: &str| {
+                hostinfo::read(&dir.join(f).to_string_lossy())
+                    .trim()
+                    .to_owned()
+            };
             nics.insert(
                 name,
                 HostNic {
@@ -205,10 +232,7 @@ fn host_stats_now(cpu: Option<[f64; 3]>, vms: &[VmShortStatus], elapsed: u64) ->
     let (_, boot) = hostinfo::parse_proc_stat(&hostinfo::read("/proc/stat"));
     let load = hostinfo::read("/proc/loadavg");
     let [user, sys, idle] = cpu.unwrap_or([0.0, 0.0, 100.0]);
-    let active = vms
-        .iter()
-        .filter(|v| v.status != VmStatus::Down)
-        .count();
+    let active = vms.iter().filter(|v| v.status != VmStatus::Down).count();
     HostStats {
         cpu_user: format!("{user:.2}"),
         cpu_sys: format!("{sys:.2}"),

@@ -20,8 +20,8 @@ mod vms;
 
 pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};
 pub use host::HostService;
-pub use snapshot::SnapshotService;
 pub use monitor::Monitor;
+pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};
 pub use vms::VmService;
 

@@ -287,7 +287,9 @@ fn domain_uuid(domain: sys::virDomainPtr) -> Option<uuid::Uuid> {
     }
     // SAFETY: libvirt NUL-terminated the string it wrote into `buf`.
     let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    text.to_str().ok().and_then(|t| uuid::Uuid::parse_str(t).ok())
+    text.to_str()
+        .ok()
+        .and_then(|t| uuid::Uuid::parse_str(t).ok())
 }
 
 /// One typed parameter as a `(field, value)` pair; `None` for a type libvirt added later.

@@ -97,10 +97,12 @@ impl Hypervisor {
                 }
             }
         }
-        self.destroy_once(vm, false).await.map(|stopped| match stopped {
-            Stopped::Gracefully => Stopped::Forcefully,
-            other => other,
-        })
+        self.destroy_once(vm, false)
+            .await
+            .map(|stopped| match stopped {
+                Stopped::Gracefully => Stopped::Forcefully,
+                other => other,
+            })
     }
 
     async fn destroy_once(&self, vm: Uuid, graceful: bool) -> Result<Stopped, VirtError> {

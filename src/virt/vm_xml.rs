@@ -235,12 +235,10 @@ fn ns_child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, '
 }
 
 fn find_disk<'a, 'input>(doc: &'a Document<'input>, target: &str) -> Option<Node<'a, 'input>> {
-    child(doc.root_element(), "devices")?
-        .children()
-        .find(|d| {
-            d.has_tag_name("disk")
-                && child(*d, "target").and_then(|t| t.attribute("dev")) == Some(target)
-        })
+    child(doc.root_element(), "devices")?.children().find(|d| {
+        d.has_tag_name("disk")
+            && child(*d, "target").and_then(|t| t.attribute("dev")) == Some(target)
+    })
 }
 
 fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
@@ -302,13 +300,19 @@ mod tests {
             target: "vda".into(),
             path: "/run/rvdsm/leaf".into(),
             format: "qcow2".into(),
-            chain: vec![(base, "/run/rvdsm/base".into()), (leaf, "/run/rvdsm/leaf".into())],
+            chain: vec![
+                (base, "/run/rvdsm/base".into()),
+                (leaf, "/run/rvdsm/leaf".into()),
+            ],
         };
         let xml = place_drives(&engine_xml(), &[placed]).unwrap();
         let disks = super::super::xml::parse_disks(&xml).unwrap();
         assert_eq!(disks[0].path.as_deref(), Some("/run/rvdsm/leaf"));
         assert_eq!(disks[0].format.as_deref(), Some("qcow2"));
-        assert!(xml.contains("io='threads'"), "other driver attributes stay: {xml}");
+        assert!(
+            xml.contains("io='threads'"),
+            "other driver attributes stay: {xml}"
+        );
         let managed = managed_drives(&xml).unwrap();
         assert_eq!(managed[0].1, vec![base, leaf]);
         // Placing again replaces the chain instead of adding one.

@@ -217,10 +217,16 @@ impl Daemon {
                 tls: None,
             },
         };
-        self.runtime.block_on(async {
+        let reply = self.runtime.block_on(async {
             let client = Client::connect(&endpoint, Duration::from_secs(30)).await?;
             client.call(method, params).await
-        })
+        });
+        if let Ok(value) = &reply
+            && let Err(problem) = super::vdsm_schema::check_reply(method, value)
+        {
+            panic!("{method}'s reply breaks VDSM's schema: {problem}");
+        }
+        reply
     }
 
     /// Calls through the Unix socket and expects success.

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod guest;
 pub mod libvirtd;
 pub mod stomp;
+pub mod vdsm_schema;
 
 pub use daemon::Daemon;
 pub use guest::{Agent, Guest, GuestOptions};

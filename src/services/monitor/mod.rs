@@ -100,14 +100,26 @@ impl Monitor {
 
     /// The host's CPU use over the last interval: user, system, idle percent.
     pub fn host_cpu(&self) -> Option<[f64; 3]> {
-        self.inner.host_cpu.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.inner
+            .host_cpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
     }
 
     fn sample_host_cpu(&self) {
         let (now, _) = crate::hostinfo::parse_proc_stat(&crate::hostinfo::read("/proc/stat"));
-        let mut cpu = self.inner.host_cpu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cpu = self
+            .inner
+            .host_cpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if now.len() >= 4 && cpu.0.len() == now.len() {
-            let delta: Vec<f64> = now.iter().zip(&cpu.0).map(|(n, p)| n.saturating_sub(*p) as f64).collect();
+            let delta: Vec<f64> = now
+                .iter()
+                .zip(&cpu.0)
+                .map(|(n, p)| n.saturating_sub(*p) as f64)
+                .collect();
             let total: f64 = delta.iter().sum::<f64>().max(1.0);
             let pct = |v: f64| 100.0 * v / total;
             cpu.1 = Some([pct(delta[0] + delta[1]), pct(delta[2]), pct(delta[3])]);
@@ -172,7 +184,9 @@ impl Monitor {
     /// The VM's stats (`VM.getStats`); 1 when the cache does not know it.
     pub fn vm_stats(&self, vm: Uuid) -> Result<VmStats, ApiError> {
         let vms = self.read();
-        let entry = vms.get(&vm).ok_or(ApiError::NoSuchVm { vm_id: vm.to_string() })?;
+        let entry = vms.get(&vm).ok_or(ApiError::NoSuchVm {
+            vm_id: vm.to_string(),
+        })?;
         Ok(self.finish(entry))
     }
 
@@ -199,7 +213,9 @@ impl Monitor {
     pub fn xmls(&self, only: &[Uuid]) -> Result<BTreeMap<Uuid, String>, ApiError> {
         let vms = self.read();
         if let Some(missing) = only.iter().find(|u| !vms.contains_key(u)) {
-            return Err(ApiError::NoSuchVm { vm_id: missing.to_string() });
+            return Err(ApiError::NoSuchVm {
+                vm_id: missing.to_string(),
+            });
         }
         Ok(vms
             .values()
@@ -312,7 +328,9 @@ impl Monitor {
         }
         let mut view = entry.view;
         view.status = VmStatus::Down;
-        view.exit = view.exit.or(Some(crate::virt::ExitInfo { code: 0, reason: 0 }));
+        view.exit = view
+            .exit
+            .or(Some(crate::virt::ExitInfo { code: 0, reason: 0 }));
         Some((
             vm,
             vm_stats::vm_stats(&Inputs {
@@ -346,4 +364,3 @@ impl Monitor {
         self.inner.vms.write().unwrap_or_else(|e| e.into_inner())
     }
 }
-

@@ -74,7 +74,9 @@ pub fn vm_stats(input: &Inputs) -> VmStats {
         managed: Some(input.managed),
     };
     if view.status == VmStatus::Down {
-        let exit = view.exit.unwrap_or(crate::virt::ExitInfo { code: 0, reason: 0 });
+        let exit = view
+            .exit
+            .unwrap_or(crate::virt::ExitInfo { code: 0, reason: 0 });
         stats.exit_code = Some(exit.code);
         stats.exit_reason = Some(exit.reason);
         stats.exit_message = Some(exit_message(exit.reason).to_owned());
@@ -121,6 +123,15 @@ fn number(stats: &DomainStats, key: &str) -> Option<f64> {
     }
 }
 
+/// An integer field as a count.
+fn count(stats: &DomainStats, key: &str) -> Option<usize> {
+    match stats.get(key)? {
+        StatValue::UInt(n) => usize::try_from(*n).ok(),
+        StatValue::Int(n) => usize::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
 fn text<'a>(stats: &'a DomainStats, key: &str) -> Option<&'a str> {
     match stats.get(key)? {
         StatValue::Str(s) => Some(s),
@@ -130,7 +141,7 @@ fn text<'a>(stats: &'a DomainStats, key: &str) -> Option<&'a str> {
 
 /// A counter as VDSM prints it: an integer string.
 fn counter(value: Option<f64>) -> String {
-    format!("{}", value.unwrap_or(0.0) as u64)
+    format!("{:.0}", value.unwrap_or(0.0).max(0.0).trunc())
 }
 
 /// Percent of one CPU that `nanos` over `seconds` is.
@@ -143,7 +154,8 @@ fn cpu(stats: &mut VmStats, last: Option<&DomainStats>, pair: Pair) {
     stats.cpu_sys = Some("0.00".into());
     stats.cpu_actual = Some(false);
     if let Some(last) = last {
-        let total = number(last, "cpu.user").unwrap_or(0.0) + number(last, "cpu.system").unwrap_or(0.0);
+        let total =
+            number(last, "cpu.user").unwrap_or(0.0) + number(last, "cpu.system").unwrap_or(0.0);
         stats.cpu_usage = Some(counter(Some(total)));
         stats.vcpu_count = number(last, "vcpu.current").map(|v| counter(Some(v)));
     }
@@ -179,14 +191,17 @@ fn memory(stats: &mut VmStats, last: Option<&DomainStats>) {
         number(last, "balloon.unused"),
     ) && available > 0.0
     {
-        stats.mem_usage = Some(format!("{}", (100.0 * (available - unused) / available) as u64));
+        stats.mem_usage = Some(format!(
+            "{:.0}",
+            (100.0 * (available - unused) / available).max(0.0).trunc()
+        ));
     }
     stats.balloon_info = Some(balloon);
 }
 
 /// libvirt's `block.<i>.name` index of each target.
 fn block_index(stats: &DomainStats, target: &str) -> Option<usize> {
-    let count = number(stats, "block.count")? as usize;
+    let count = count(stats, "block.count")?;
     (0..count).find(|i| text(stats, &format!("block.{i}.name")) == Some(target))
 }
 
@@ -226,7 +241,10 @@ fn disks(input: &Inputs, last: Option<&DomainStats>, pair: Pair) -> BTreeMap<Str
             )
         {
             let delta = |name: &str| {
-                Some(number(last, &format!("block.{b}.{name}"))? - number(first, &format!("block.{a}.{name}"))?)
+                Some(
+                    number(last, &format!("block.{b}.{name}"))?
+                        - number(first, &format!("block.{a}.{name}"))?,
+                )
             };
             if let Some(bytes) = delta("rd.bytes") {
                 entry.read_rate = format!("{:.1}", bytes / seconds);
@@ -239,9 +257,10 @@ fn disks(input: &Inputs, last: Option<&DomainStats>, pair: Pair) -> BTreeMap<Str
                 (&mut entry.write_latency, "wr"),
                 (&mut entry.flush_latency, "fl"),
             ] {
-                if let (Some(reqs), Some(times)) =
-                    (delta(&format!("{mode}.reqs")), delta(&format!("{mode}.times")))
-                    && reqs > 0.0
+                if let (Some(reqs), Some(times)) = (
+                    delta(&format!("{mode}.reqs")),
+                    delta(&format!("{mode}.times")),
+                ) && reqs > 0.0
                 {
                     *slot = counter(Some(times / reqs));
                 }
@@ -255,7 +274,7 @@ fn disks(input: &Inputs, last: Option<&DomainStats>, pair: Pair) -> BTreeMap<Str
 fn network(last: Option<&DomainStats>, sample_time: f64) -> BTreeMap<String, VmNicStats> {
     let mut out = BTreeMap::new();
     let Some(last) = last else { return out };
-    let count = number(last, "net.count").unwrap_or(0.0) as usize;
+    let count = count(last, "net.count").unwrap_or(0);
     for i in 0..count {
         let Some(name) = text(last, &format!("net.{i}.name")) else {
             continue;
@@ -297,7 +316,10 @@ mod tests {
     fn sample(at: Instant, fields: &[(&str, StatValue)]) -> Sample {
         Sample {
             at,
-            stats: fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
+            stats: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
         }
     }
 
@@ -373,7 +395,10 @@ mod tests {
         assert_eq!(stats.vm_jobs, Some(BTreeMap::new()));
         let json = serde_json::to_value(&stats).unwrap();
         assert_eq!(json["statusTime"], "5");
-        assert_eq!(json["disks"]["vda"]["target"], "vda", "our fields stay: {json}");
+        assert_eq!(
+            json["disks"]["vda"]["target"], "vda",
+            "our fields stay: {json}"
+        );
     }
 
     #[test]
@@ -407,7 +432,10 @@ mod tests {
             now,
         });
         assert_eq!(stats.exit_code, Some(1));
-        assert_eq!(stats.exit_message.as_deref(), Some("Lost connection with qemu process"));
+        assert_eq!(
+            stats.exit_message.as_deref(),
+            Some("Lost connection with qemu process")
+        );
         assert!(stats.disks.is_none());
     }
 }

@@ -74,7 +74,12 @@ impl StorageService {
 
     /// Releases a drive's image when its VM is gone: nothing to release on a file domain once
     /// the ids are checked (as `Image.teardown`).
-    pub async fn teardown_drive(&self, pool: Uuid, domain: Uuid, image: Uuid) -> Result<(), ApiError> {
+    pub async fn teardown_drive(
+        &self,
+        pool: Uuid,
+        domain: Uuid,
+        image: Uuid,
+    ) -> Result<(), ApiError> {
         self.image_domain(pool, domain, image).await.map(drop)
     }
 }

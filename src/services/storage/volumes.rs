@@ -13,8 +13,8 @@ use super::{StorageService, blocking, on_tasks, validate};
 use crate::api::ApiError;
 use crate::api::names;
 use crate::api::storage_types::{
-    DeleteVolumesParams,
-    CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, VolumeInfo, VolumeParams, VolumeSize,
+    CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DeleteVolumesParams, VolumeInfo,
+    VolumeParams, VolumeSize,
 };
 use crate::api::volume_types::{Legality, Preallocation};
 use crate::jobs::tasks::{TaskManager, TaskWork};
@@ -276,7 +276,9 @@ impl StorageService {
         }
         let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         let image = p.image;
-        let ordered = self.check_volumes_delete(&domain, image, &p.volumes).await?;
+        let ordered = self
+            .check_volumes_delete(&domain, image, &p.volumes)
+            .await?;
         let domain_id = domain.uuid;
         let listed = p.volumes.clone();
         let work = {
@@ -302,14 +304,13 @@ impl StorageService {
             (domain_id, image),
             work,
             recheck,
+            // Leaf first, each ILLEGAL before its files go: a volume takes its turn once its
+            // listed children are gone.
             move || {
-                for volume in &ordered {
+                ordered.iter().try_for_each(|volume| {
                     volume::mark_illegal(&domain, image, *volume)?;
-                }
-                for volume in &ordered {
-                    volume::remove_files(&domain, image, *volume)?;
-                }
-                Ok(())
+                    volume::remove_files(&domain, image, *volume)
+                })
             },
         )
         .await

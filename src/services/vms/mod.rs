@@ -118,13 +118,25 @@ impl VmService {
         }
         let mut targets = HashSet::new();
         if let Some(twice) = engine.drives.iter().find(|d| !targets.insert(&d.target)) {
-            return Err(cannot_create(format!("drive {} is named twice", twice.target)));
+            return Err(cannot_create(format!(
+                "drive {} is named twice",
+                twice.target
+            )));
         }
         let _busy = self.claim(engine.uuid)?;
-        if self.inner.hypervisor.read_view(engine.uuid).await?.is_some() {
+        if self
+            .inner
+            .hypervisor
+            .read_view(engine.uuid)
+            .await?
+            .is_some()
+        {
             return Err(ApiError::Coded {
                 code: codes::VM_EXISTS,
-                message: format!("Virtual machine already exists: {{'vmId': '{}'}}", engine.uuid),
+                message: format!(
+                    "Virtual machine already exists: {{'vmId': '{}'}}",
+                    engine.uuid
+                ),
             });
         }
         // The images stay locked until the VM uses them: no delete slips in between.
@@ -392,7 +404,9 @@ impl VmService {
         let journal = self.inner.journal.clone();
         match tokio::task::spawn_blocking(move || journal.remove(vm)).await {
             Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(%vm, error = %err, "cannot remove the VM journal entry"),
+            Ok(Err(err)) => {
+                tracing::error!(%vm, error = %err, "cannot remove the VM journal entry")
+            }
             Err(err) => tracing::error!(%vm, error = %err, "VM journal removal panicked"),
         }
     }

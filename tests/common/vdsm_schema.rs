@@ -1,0 +1,280 @@
+//! The facts of VDSM's schema (`lib/vdsm/api/vdsm-api.yml`, and VDSM's implementation where
+//! it departs from it) that rvdsm's replies must satisfy, checked on every reply the
+//! integration suite receives through [`super::Daemon::call`]: the names a manager reads, and
+//! their JSON types (VDSM sends many numbers as strings).
+
+use serde_json::Value;
+
+/// A JSON type a field must have.
+#[derive(Clone, Copy, Debug)]
+enum Ty {
+    Str,
+    /// A string holding an unsigned integer.
+    UIntStr,
+    /// A string holding a number.
+    FloatStr,
+    Bool,
+    UInt,
+    Object,
+    Array,
+}
+
+fn check_type(what: &str, value: &Value, ty: Ty) -> Result<(), String> {
+    let ok = match ty {
+        Ty::Str => value.is_string(),
+        Ty::UIntStr => value.as_str().is_some_and(|s| s.parse::<u64>().is_ok()),
+        Ty::FloatStr => value.as_str().is_some_and(|s| s.parse::<f64>().is_ok()),
+        Ty::Bool => value.is_boolean(),
+        Ty::UInt => value.is_u64(),
+        Ty::Object => value.is_object(),
+        Ty::Array => value.is_array(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} should be {ty:?}, is {value}"))
+    }
+}
+
+fn fields(what: &str, object: &Value, required: &[(&str, Ty)]) -> Result<(), String> {
+    let map = object
+        .as_object()
+        .ok_or_else(|| format!("{what} should be an object: {object}"))?;
+    for (name, ty) in required {
+        let value = map
+            .get(*name)
+            .ok_or_else(|| format!("{what} lacks {name}: {object}"))?;
+        check_type(&format!("{what}.{name}"), value, *ty)?;
+    }
+    Ok(())
+}
+
+const STATUSES: &[&str] = &[
+    "Down",
+    "Migration Destination",
+    "Migration Source",
+    "Paused",
+    "Powering down",
+    "RebootInProgress",
+    "Restoring state",
+    "Saving State",
+    "Up",
+    "WaitForLaunch",
+    "Powering up",
+];
+
+fn short_status(what: &str, v: &Value) -> Result<(), String> {
+    fields(
+        what,
+        v,
+        &[
+            ("vmId", Ty::Str),
+            ("status", Ty::Str),
+            ("statusTime", Ty::UIntStr),
+        ],
+    )?;
+    let status = v["status"].as_str().unwrap_or_default();
+    if STATUSES.contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("{what}.status {status:?} is not a VmStatus"))
+    }
+}
+
+fn vm_stats(what: &str, v: &Value) -> Result<(), String> {
+    short_status(what, v)?;
+    if v["status"] == "Down" {
+        return fields(
+            what,
+            v,
+            &[
+                ("exitCode", Ty::UInt),
+                ("exitMessage", Ty::Str),
+                ("exitReason", Ty::UInt),
+            ],
+        );
+    }
+    fields(
+        what,
+        v,
+        &[
+            ("vmName", Ty::Str),
+            ("elapsedTime", Ty::UIntStr),
+            ("cpuUser", Ty::FloatStr),
+            ("cpuSys", Ty::FloatStr),
+            ("memUsage", Ty::UIntStr),
+            ("kvmEnable", Ty::Str),
+            ("acpiEnable", Ty::Str),
+            ("timeOffset", Ty::Str),
+            ("disks", Ty::Object),
+            ("network", Ty::Object),
+            ("vmJobs", Ty::Object),
+        ],
+    )?;
+    for (name, disk) in v["disks"].as_object().into_iter().flatten() {
+        fields(
+            &format!("{what}.disks.{name}"),
+            disk,
+            &[
+                ("readBytes", Ty::UIntStr),
+                ("writtenBytes", Ty::UIntStr),
+                ("readOps", Ty::UIntStr),
+                ("writeOps", Ty::UIntStr),
+                ("readRate", Ty::FloatStr),
+                ("writeRate", Ty::FloatStr),
+                ("readLatency", Ty::UIntStr),
+                ("writeLatency", Ty::UIntStr),
+                ("flushLatency", Ty::UIntStr),
+                ("truesize", Ty::UIntStr),
+                ("apparentsize", Ty::UIntStr),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn each(
+    what: &str,
+    v: &Value,
+    check: fn(&str, &Value) -> Result<(), String>,
+) -> Result<(), String> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| format!("{what} should be a list: {v}"))?;
+    items
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, item)| check(&format!("{what}[{i}]"), item))
+}
+
+fn capabilities(what: &str, v: &Value) -> Result<(), String> {
+    fields(
+        what,
+        v,
+        &[
+            ("uuid", Ty::Str),
+            ("cpuFlags", Ty::Str),
+            ("cpuModel", Ty::Str),
+            ("cpuCores", Ty::UIntStr),
+            ("cpuSockets", Ty::UIntStr),
+            ("cpuThreads", Ty::UIntStr),
+            ("memSize", Ty::UIntStr),
+            ("operatingSystem", Ty::Object),
+            ("kvmEnabled", Ty::Str),
+            ("clusterLevels", Ty::Array),
+            ("supportedENGINEs", Ty::Array),
+            ("packages2", Ty::Object),
+            ("software_version", Ty::Str),
+            ("liveSnapshot", Ty::Str),
+            ("networks", Ty::Object),
+            ("nics", Ty::Object),
+            ("vmTypes", Ty::Array),
+        ],
+    )?;
+    for (name, package) in v["packages2"].as_object().into_iter().flatten() {
+        fields(
+            &format!("{what}.packages2.{name}"),
+            package,
+            &[("version", Ty::Str), ("release", Ty::Str)],
+        )?;
+    }
+    fields(
+        &format!("{what}.operatingSystem"),
+        &v["operatingSystem"],
+        &[
+            ("name", Ty::Str),
+            ("version", Ty::Str),
+            ("release", Ty::Str),
+        ],
+    )
+}
+
+fn host_stats(what: &str, v: &Value) -> Result<(), String> {
+    fields(
+        what,
+        v,
+        &[
+            ("cpuUser", Ty::FloatStr),
+            ("cpuSys", Ty::FloatStr),
+            ("cpuIdle", Ty::FloatStr),
+            ("cpuLoad", Ty::FloatStr),
+            ("memFree", Ty::UInt),
+            ("memUsed", Ty::UIntStr),
+            ("vmCount", Ty::UInt),
+            ("vmActive", Ty::UInt),
+            ("bootTime", Ty::UIntStr),
+            ("elapsedTime", Ty::UIntStr),
+            ("network", Ty::Object),
+        ],
+    )
+}
+
+fn uuid_string(what: &str, v: &Value) -> Result<(), String> {
+    let ok = v.as_str().is_some_and(|s| uuid::Uuid::parse_str(s).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{what} should be a UUID string: {v}"))
+    }
+}
+
+/// Checks a successful reply of `method` against VDSM's types; `Err` says what is wrong.
+pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
+    match method {
+        "Host.getVMList" | "Host.getVMFullList" => each(method, reply, short_status),
+        "VM.getStats" | "Host.getAllVmStats" => each(method, reply, vm_stats),
+        "VM.create" => short_status(method, reply),
+        "VM.pause" | "VM.cont" => fields(method, reply, &[("vmList", Ty::Object)]),
+        "VM.destroy"
+        | "VM.shutdown"
+        | "Host.ping2"
+        | "VM.freeze"
+        | "VM.thaw"
+        | "VM.snapshot"
+        | "Task.clear"
+        | "Task.stop"
+        | "Image.teardown"
+        | "StorageDomain.create" => check_type(method, reply, Ty::Bool),
+        "Host.getCapabilities" => capabilities(method, reply),
+        "Host.getStats" => host_stats(method, reply),
+        "Host.dumpxmls" => reply
+            .as_object()
+            .ok_or_else(|| format!("{method} should be a map: {reply}"))?
+            .values()
+            .try_for_each(|xml| check_type("Host.dumpxmls value", xml, Ty::Str)),
+        "Volume.create" | "Volume.delete" | "Image.delete" | "Image.deleteVolumes" => {
+            uuid_string(method, reply)
+        }
+        "Volume.getSize" => fields(
+            method,
+            reply,
+            &[("apparentsize", Ty::UIntStr), ("truesize", Ty::UIntStr)],
+        ),
+        "Task.getStatus" => fields(
+            method,
+            reply,
+            &[
+                ("taskID", Ty::Str),
+                ("taskState", Ty::Str),
+                ("taskResult", Ty::Str),
+                ("message", Ty::Str),
+            ],
+        ),
+        "Image.prepare" => fields(method, reply, &[("path", Ty::Str)]),
+        _ => Ok(()),
+    }
+}
+
+#[test]
+fn the_checker_catches_what_a_manager_would_trip_on() {
+    let good = serde_json::json!([{"vmId": "x", "status": "Up", "statusTime": "12"}]);
+    assert!(check_reply("Host.getVMList", &good).is_ok());
+    let int_time = serde_json::json!([{"vmId": "x", "status": "Up", "statusTime": 12}]);
+    assert!(check_reply("Host.getVMList", &int_time).is_err());
+    let down = serde_json::json!([{"vmId": "x", "status": "Down", "statusTime": "1"}]);
+    assert!(
+        check_reply("VM.getStats", &down)
+            .unwrap_err()
+            .contains("exitCode")
+    );
+}

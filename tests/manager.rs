@@ -1,0 +1,280 @@
+//! A manager's whole session with VDSM's verbs, over STOMP with mutual TLS: `VM.create` from
+//! engine-style XML (ovirt-vm metadata naming the drive's volume), the monitoring verbs,
+//! a snapshot, `Host.dumpxmls` showing the new chain, `VM.destroy`, `Image.deleteVolumes`;
+//! every reply checked against VDSM's schema facts. And the refusals of `VM.create`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::domain::{Fixture, assert_success, new_id};
+use common::stomp;
+use common::vdsm_schema::check_reply;
+use common::{Daemon, libvirt};
+use rvdsm::client::{ClientError, StompClient};
+use serde_json::{Value, json};
+
+/// Engine-style domain XML for a fixture guest on `(image, volume)` of the fixture's domain:
+/// the fixture's definition with a `<uuid>`, a placeholder disk path (rvdsm puts the prepared
+/// one) and oVirt's drive metadata.
+fn engine_xml(f: &Fixture, vm: &str, name: &str, image: &str, volume: &str, dir: &Path) -> String {
+    let placeholder = format!(
+        "/rhev/data-center/{}/{}/images/{image}/{volume}",
+        f.pool, f.domain
+    );
+    let output = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/guest-xml"))
+        .args(["--name", name, "--console"])
+        .arg(dir.join("console.log"))
+        .args(["--disk", &placeholder])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let xml = String::from_utf8(output.stdout).unwrap();
+    let metadata = format!(
+        r#"<uuid>{vm}</uuid><metadata><ovirt-vm:vm xmlns:ovirt-vm="http://ovirt.org/vm/1.0"><ovirt-vm:device devtype="disk" name="vda"><ovirt-vm:poolID>{}</ovirt-vm:poolID><ovirt-vm:domainID>{}</ovirt-vm:domainID><ovirt-vm:imageID>{image}</ovirt-vm:imageID><ovirt-vm:volumeID>{volume}</ovirt-vm:volumeID></ovirt-vm:device></ovirt-vm:vm></metadata>"#,
+        f.pool, f.domain
+    );
+    let at = xml.find("</name>").expect("a <name>") + "</name>".len();
+    format!("{}{metadata}{}", &xml[..at], &xml[at..])
+}
+
+fn test_name() -> String {
+    format!(
+        "rvdsm-test-{}-manager-{}",
+        std::process::id(),
+        &new_id()[..8]
+    )
+}
+
+async fn call<S>(client: &StompClient<S>, method: &str, params: Value) -> Result<Value, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let reply = client.call(method, params, Some("manager-flow")).await;
+    if let Ok(value) = &reply
+        && let Err(problem) = check_reply(method, value)
+    {
+        panic!("{method}'s reply breaks VDSM's schema: {problem}");
+    }
+    reply
+}
+
+/// Undefines the VM if the test did not get to destroy it.
+struct Undefine(String);
+
+impl Drop for Undefine {
+    fn drop(&mut self) {
+        if let Ok(conn) = virt::connect::Connect::open(Some("qemu:///system"))
+            && let Ok(domain) = conn.lookup_domain_by_uuid_string(&self.0)
+        {
+            let _ = domain.destroy();
+            let _ = domain.undefine();
+        }
+    }
+}
+
+#[test]
+fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
+    let Some(conn) = libvirt() else { return };
+    let _slot = common::guest::GuestSlot::acquire();
+    let pki = tempfile::tempdir().unwrap();
+    let lab = rvdsm::pki::init(pki.path(), &[]).unwrap();
+    let f = Fixture::on(Daemon::start_tls(&lab.server));
+    let (image, base, _) = f.data_volume();
+    let vm = new_id();
+    let _cleanup = Undefine(vm.clone());
+    let files = tempfile::tempdir().unwrap();
+    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let rt = stomp::runtime();
+    let manager = rt.block_on(async {
+        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
+        StompClient::connect(stream, stomp::CALL_TIMEOUT, false)
+            .await
+            .unwrap()
+    });
+    let ok = |method: &str, params: Value| {
+        rt.block_on(call(&manager, method, params))
+            .unwrap_or_else(|e| panic!("{method}: {e}; log:\n{}", f.daemon.log()))
+    };
+
+    // VM.create: rvdsm prepares the drive and records its chain in the definition.
+    let created = ok("VM.create", json!({"vmID": vm, "vmParams": {"xml": xml}}));
+    assert_eq!(created["vmId"], vm.as_str());
+    assert_eq!(created["status"], "Up", "{created}");
+    let defined = conn.lookup_domain_by_uuid_string(&vm).unwrap();
+    assert!(defined.is_persistent().unwrap());
+    let live = defined.xml_desc(0).unwrap();
+    assert!(live.contains(&format!("images/{image}/{base}")), "{live}");
+    assert!(
+        live.contains("volumeChain"),
+        "the chain is recorded: {live}"
+    );
+    // The same VM twice is refused with VDSM's code.
+    let again = rt.block_on(call(
+        &manager,
+        "VM.create",
+        json!({"vmID": vm, "vmParams": {"xml": xml}}),
+    ));
+    assert!(
+        matches!(again, Err(ClientError::Server { code: 4, .. })),
+        "{again:?}"
+    );
+
+    // The monitoring verbs see it, from the cache.
+    let all = ok("Host.getAllVmStats", json!({}));
+    let mine = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["vmId"] == vm.as_str())
+        .cloned();
+    let mine = mine.unwrap_or_else(|| panic!("{vm} not in {all}"));
+    assert_eq!(mine["disks"]["vda"]["imageID"], image.as_str(), "{mine}");
+    assert_eq!(mine["managed"], true);
+    let listed = ok("Host.getVMFullList", json!({"vmList": [vm]}));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    ok("Host.getStats", json!({}));
+    ok("Host.getCapabilities", json!({}));
+
+    // Pause and resume, as VDSM answers them.
+    assert_eq!(ok("VM.pause", json!({"vmID": vm})), json!({"vmList": {}}));
+    assert_eq!(
+        ok("VM.getStats", json!({"vmID": vm}))[0]["status"],
+        "Paused"
+    );
+    assert_eq!(ok("VM.cont", json!({"vmID": vm})), json!({"vmList": {}}));
+
+    // A snapshot onto a new volume; Host.dumpxmls shows the new chain once the job is done.
+    let top = new_id();
+    let task = ok(
+        "Volume.create",
+        f.create_params(
+            &image,
+            &top,
+            json!({"srcVolUUID": base, "size": (64u64 << 20).to_string()}),
+        ),
+    );
+    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
+    let job = new_id();
+    ok(
+        "VM.snapshot",
+        json!({"vmID": vm, "jobUUID": job, "snapDrives": [
+            {"domainID": f.domain, "imageID": image, "baseVolumeID": base, "volumeID": top}]}),
+    );
+    let done = common::wait_until(Duration::from_secs(120), || {
+        ok("Host.getJobs", json!({"job_ids": [job]}))[&job]["status"] == "done"
+    });
+    assert!(done, "{}", f.daemon.log());
+    let xmls = ok("Host.dumpxmls", json!({"vmList": [vm]}));
+    let dumped = xmls[&vm].as_str().unwrap();
+    let disk = &dumped[dumped.find("<disk").unwrap()..];
+    let source_at = disk.find("<source").unwrap();
+    let backing_at = disk.find("<backingStore").unwrap();
+    assert!(
+        disk[source_at..backing_at].contains(&top),
+        "the VM writes to the new volume: {disk}"
+    );
+    assert!(
+        disk[backing_at..].contains(&base),
+        "the old one backs it: {disk}"
+    );
+
+    // VM.destroy: the VM goes, and so does its definition.
+    assert_eq!(
+        ok("VM.destroy", json!({"vmID": vm, "gracefulAttempts": "1"})),
+        json!(true)
+    );
+    assert!(
+        conn.lookup_domain_by_uuid_string(&vm).is_err(),
+        "the definition is gone"
+    );
+    let after = ok("Host.getVMList", json!({}));
+    assert!(
+        !after
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["vmId"] == vm.as_str()),
+        "{after}"
+    );
+    let gone = rt.block_on(call(&manager, "VM.destroy", json!({"vmID": vm})));
+    assert!(
+        matches!(gone, Err(ClientError::Server { code: 1, .. })),
+        "{gone:?}"
+    );
+
+    // Image.deleteVolumes of the whole chain, as one task; strings for booleans are taken.
+    let task = ok(
+        "Image.deleteVolumes",
+        json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain,
+               "volumeList": [base, top], "postZero": "false", "force": "false"}),
+    );
+    let status = f.daemon.wait_task(task.as_str().unwrap());
+    assert_eq!(
+        status["taskResult"],
+        "success",
+        "{status}; log:\n{}",
+        f.daemon.log()
+    );
+    let volumes = ok(
+        "Image.getVolumes",
+        json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain}),
+    );
+    assert_eq!(volumes, json!([]), "{volumes}");
+}
+
+#[test]
+fn vm_create_refuses_bad_definitions_and_leaves_nothing_behind() {
+    let Some(conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image, base, _) = f.data_volume();
+    let files = tempfile::tempdir().unwrap();
+    let vm = new_id();
+    let _cleanup = Undefine(vm.clone());
+    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let before = f.files();
+
+    // The vmID must be the XML's.
+    let (code, message) = f.daemon.err(
+        "VM.create",
+        json!({"vmID": new_id(), "vmParams": {"xml": xml}}),
+    );
+    assert_eq!(code, 91, "{message}");
+    // No XML at all.
+    let (code, message) = f
+        .daemon
+        .err("VM.create", json!({"vmID": vm, "vmParams": {}}));
+    assert_eq!(code, 91, "{message}");
+    assert!(message.contains("xml"), "{message}");
+    // A drive on a volume that does not exist: the storage's code, nothing defined.
+    let missing = xml.replace(&base, &new_id());
+    let (code, message) = f.daemon.err(
+        "VM.create",
+        json!({"vmID": vm, "vmParams": {"xml": missing}}),
+    );
+    assert_eq!(code, 201, "{message}");
+    // A definition libvirt refuses (an emulator that does not exist): undone, code 9.
+    let broken = xml.replace(
+        "</devices>",
+        "<emulator>/nonexistent/qemu</emulator></devices>",
+    );
+    let (code, message) = f.daemon.err(
+        "VM.create",
+        json!({"vmID": vm, "vmParams": {"xml": broken}}),
+    );
+    assert_eq!(code, 9, "{message}");
+    assert!(
+        conn.lookup_domain_by_uuid_string(&vm).is_err(),
+        "nothing stays defined"
+    );
+    assert_eq!(f.files(), before, "the domain's files are as they were");
+    let journal = f.daemon.repository().parent().unwrap().join("state/vms");
+    let left = std::fs::read_dir(&journal).unwrap().count();
+    assert_eq!(left, 0, "no journal entry stays in {}", journal.display());
+}
