@@ -6,6 +6,7 @@
 //! `results.json` and `REPORT.md`.
 
 mod host;
+mod monitoring;
 mod report;
 mod rpc;
 mod snap;
@@ -42,6 +43,9 @@ struct Args {
     /// Most guests booted for the parallel measurement.
     #[arg(long, default_value_t = 8)]
     max_guests: usize,
+    /// Paused VMs for the monitoring measurement.
+    #[arg(long, default_value_t = 100)]
+    monitor_vms: usize,
     /// Where results.json and REPORT.md go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -55,6 +59,7 @@ async fn main() -> Result<()> {
         args.rpc_seconds = 0.3;
         args.stomp_load_seconds = 1.0;
         args.max_guests = 2;
+        args.monitor_vms = 4;
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -198,6 +203,9 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(15)).await;
     let rss_after_load = host.rss_kib();
 
+    eprintln!("monitoring with {} paused VMs", args.monitor_vms);
+    let monitoring = monitoring::measure(&host, &conn, args.monitor_vms, args.rpc_seconds).await?;
+
     // The floor's guest now writes to files rvdsm does not manage: it leaves.
     drop(guests.remove(1));
     eprintln!(
@@ -293,6 +301,7 @@ async fn main() -> Result<()> {
         phases,
         ping_p99_during: ping_p99,
         footprint,
+        monitoring,
     };
     let (json_results, markdown) = bench.render(results);
     println!("{markdown}");

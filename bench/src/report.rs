@@ -64,6 +64,8 @@ pub struct Bench {
     pub ping_p99_during: f64,
     /// Start-up and memory.
     pub footprint: Value,
+    /// `Host.getAllVmStats` with many VMs, and memory per VM.
+    pub monitoring: Value,
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -225,6 +227,7 @@ impl Bench {
                 );
             }
         }
+        md += &self.monitoring_section();
         let fp = &self.footprint;
         let idle = fp["rss_idle_kib"].as_f64().unwrap_or(f64::NAN);
         md += &format!(
@@ -294,6 +297,35 @@ impl Bench {
         results.insert("rpc".into(), Value::Array(self.rpc.clone()));
         results.insert("stomp_load".into(), Value::Array(self.stomp_load.clone()));
         results.insert("footprint".into(), self.footprint.clone());
+        results.insert("monitoring".into(), self.monitoring.clone());
         (results, md)
+    }
+
+    /// The monitoring verbs beside their targets.
+    fn monitoring_section(&self) -> String {
+        let m = &self.monitoring;
+        let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let vms = num(&m["vms"]);
+        let p99 = num(&m["get_all_vm_stats_1"]["p99_ms"]);
+        let per_vm = (num(&m["anon_with_vms_kib"]) - num(&m["anon_before_kib"])) / vms;
+        let stats8 = self
+            .rpc
+            .iter()
+            .find(|r| r["method"] == "VM.getStats" && r["conns"] == 8 && r["transport"] == "STOMP")
+            .map_or(f64::NAN, |r| num(&r["rps"]));
+        format!(
+            "\n## Monitoring (answered from the sampled cache)\n\n| measure | value | target |\n|---|---|---|\n\
+             | `Host.getAllVmStats`, {vms} paused VMs, 1 connection: p50 / p99 | {:.3} / {p99:.3} ms ({:.0} req/s) | p99 < 5 ms: {} |\n\
+             | `Host.getAllVmStats`, {vms} VMs, 8 connections | {:.0} req/s, p99 {:.3} ms | |\n\
+             | `VM.getStats`, 8 connections (STOMP) | {stats8:.0} req/s | ≥ 20,000: {} |\n\
+             | rvdsmd anonymous memory per VM watched | {per_vm:.1} KiB | ≤ 64 KiB: {} |\n",
+            num(&m["get_all_vm_stats_1"]["p50_ms"]),
+            num(&m["get_all_vm_stats_1"]["rps"]),
+            verdict(p99 < 5.0),
+            num(&m["get_all_vm_stats_8"]["rps"]),
+            num(&m["get_all_vm_stats_8"]["p99_ms"]),
+            verdict(stats8 >= 20_000.0),
+            verdict(per_vm <= 64.0),
+        )
     }
 }

@@ -212,10 +212,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts libvirt's event thread; the VMs its lifecycle events name come out of the channel.
+/// Starts libvirt's event thread; the VMs its lifecycle events name come out of the channel,
+/// and `None` each time its connection is (re)established (events may have been missed).
 fn watch_vm_changes(
     config: &Config,
-) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>> {
+) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Option<uuid::Uuid>>> {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     rvdsm::virt::watch_lifecycle(config.libvirt.uri.clone(), move |vm, _status| {
         let _ = sender.send(vm);
@@ -224,15 +225,19 @@ fn watch_vm_changes(
     Ok(receiver)
 }
 
-/// Re-reads each VM a lifecycle event names into the monitoring cache, which publishes its
-/// `|virt|VM_status|` event when its status changed.
+/// Re-reads each VM a lifecycle event names into the monitoring cache (which publishes its
+/// `|virt|VM_status|` event when its status changed), and every VM when the event connection
+/// is new (events sent before it were lost).
 fn refresh_changed_vms(
-    mut changed: tokio::sync::mpsc::UnboundedReceiver<uuid::Uuid>,
+    mut changed: tokio::sync::mpsc::UnboundedReceiver<Option<uuid::Uuid>>,
     monitor: Monitor,
 ) {
     tokio::spawn(async move {
         while let Some(vm) = changed.recv().await {
-            monitor.refresh(vm).await;
+            match vm {
+                Some(vm) => monitor.refresh(vm).await,
+                None => monitor.sample_all().await,
+            }
         }
     });
 }

@@ -79,7 +79,13 @@ where
         // Always an info span, even for quiet verbs: a warning logged inside a read-only call
         // must still name its method, request id and flow id.
         let span = tracing::info_span!("request", method = %request.method_name(), id = %request.id(), flow);
-        let unknown = verb.is_none().then(|| {
+        let served = verb.is_some()
+            || [
+                crate::api::events::SUBSCRIBE_EVENTS,
+                crate::api::events::UNSUBSCRIBE_EVENTS,
+            ]
+            .contains(&request.method_name());
+        let unknown = (!served).then(|| {
             let message = format!(
                 "The method does not exist or is not available: {{'method': '{}'}}",
                 request.method_name()

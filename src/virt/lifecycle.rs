@@ -17,12 +17,14 @@ use crate::api::types::VmStatus;
 /// How long to wait before connecting again after libvirtd went away.
 const RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
-/// Calls `on_change(vm, status)` for every lifecycle event (with the status it leads to, when
-/// it changes one: a definition or an undefinition changes none), from a dedicated thread,
-/// for as long as the process runs.
+/// Calls `on_change(Some(vm), status)` for every lifecycle event (with the status it leads
+/// to, when it changes one: a definition or an undefinition changes none), and
+/// `on_change(None, None)` each time the event connection is (re)established, since events
+/// sent while it was down are lost: whoever keeps a view of the VMs reads them all again then.
+/// From a dedicated thread, for as long as the process runs.
 pub fn watch_lifecycle(
     uri: String,
-    on_change: impl Fn(Uuid, Option<VmStatus>) + Send + Sync + 'static,
+    on_change: impl Fn(Option<Uuid>, Option<VmStatus>) + Send + Sync + 'static,
 ) -> std::io::Result<()> {
     if let Err(err) = virt::event::event_register_default_impl() {
         tracing::error!(error = %err, "cannot start libvirt's event loop; no VM status events");
@@ -35,6 +37,7 @@ pub fn watch_lifecycle(
             loop {
                 match subscribe(&uri, std::sync::Arc::clone(&on_change)) {
                     Ok((conn, id)) => {
+                        on_change(None, None);
                         run_until_closed(&conn);
                         let _ = ffi::deregister_lifecycle(&conn, id);
                         tracing::warn!("libvirt event connection lost; reconnecting");
@@ -49,7 +52,7 @@ pub fn watch_lifecycle(
 
 fn subscribe(
     uri: &str,
-    on_change: std::sync::Arc<impl Fn(Uuid, Option<VmStatus>) + Send + Sync + 'static>,
+    on_change: std::sync::Arc<impl Fn(Option<Uuid>, Option<VmStatus>) + Send + Sync + 'static>,
 ) -> Result<(Connect, i32), String> {
     let conn = Connect::open(Some(uri)).map_err(|e| e.to_string())?;
     // Keepalive wakes the loop every few seconds and closes the connection when libvirtd stops
@@ -58,7 +61,7 @@ fn subscribe(
         tracing::debug!(error = %err, "libvirt keepalive not available");
     }
     let handler: ffi::LifecycleHandler = Box::new(move |vm, event, detail| {
-        on_change(vm, status_after(event, detail));
+        on_change(Some(vm), status_after(event, detail));
     });
     let id = ffi::register_lifecycle(&conn, handler).map_err(|e| e.to_string())?;
     tracing::info!("watching libvirt domain events");

@@ -20,7 +20,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::task::TaskTracker;
 
 use super::broker::{Broker, ConnectionId};
-use super::frame::{Frame, FrameLimits, Incoming, StompCodec};
+use super::frame::{Frame, FrameError, FrameLimits, Incoming, StompCodec};
 use super::queue::{self, Outgoing, ReceiveQueue, SendQueue};
 use crate::rpc::dispatch::Dispatcher;
 
@@ -170,6 +170,12 @@ impl Connection {
                     if let Next::Close = self.handle(frame).await {
                         return;
                     }
+                }
+                // A client that goes away without TLS's close_notify (most do, VDSM's among
+                // them) or resets the socket has simply disconnected: not a bad frame.
+                Some(Err(FrameError::Io(err))) if is_disconnect(&err) => {
+                    tracing::debug!(connection = self.id, error = %err, "client disconnected");
+                    return;
                 }
                 Some(Err(err)) => {
                     tracing::info!(connection = self.id, error = %err, "bad STOMP frame");
@@ -367,6 +373,18 @@ async fn write_frames<W: AsyncWrite>(
         }
     }
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
+}
+
+/// Whether a read error only says the peer went away.
+fn is_disconnect(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+    )
 }
 
 #[cfg(test)]

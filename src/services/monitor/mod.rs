@@ -48,13 +48,42 @@ struct Inner {
 }
 
 struct Entry {
+    /// When the libvirt read this entry's view came from began: an older read finishing
+    /// later (a full sample overtaken by one VM's refresh) must not overwrite it.
+    read_at: Instant,
     view: DomainView,
+    disks: Vec<crate::api::types::DiskStats>,
+    images: BTreeMap<String, Uuid>,
     managed: bool,
     first: Option<Sample>,
     last: Option<Sample>,
     running_since: Option<Instant>,
     status_time: u64,
     stats: Arc<VmStats>,
+}
+
+/// What the cache reads out of a domain's XML, parsed outside its lock.
+struct Parsed {
+    view: DomainView,
+    disks: Vec<crate::api::types::DiskStats>,
+    images: BTreeMap<String, Uuid>,
+    managed: bool,
+}
+
+impl Parsed {
+    fn of(view: DomainView) -> Self {
+        let disks = xml::parse_disks(&view.xml).unwrap_or_default();
+        let drives = vm_xml::managed_drives(&view.xml).unwrap_or_default();
+        Self {
+            managed: !drives.is_empty(),
+            images: drives
+                .into_iter()
+                .map(|(drive, _)| (drive.target, drive.image))
+                .collect(),
+            disks,
+            view,
+        }
+    }
 }
 
 impl Monitor {
@@ -130,6 +159,7 @@ impl Monitor {
     /// Samples every domain (and the host's CPU counters) now.
     pub async fn sample_all(&self) {
         self.sample_host_cpu();
+        let began = Instant::now();
         let sampled = match self.inner.hypervisor.sample_all().await {
             Ok(sampled) => sampled,
             Err(err) => {
@@ -139,20 +169,25 @@ impl Monitor {
         };
         let now = Instant::now();
         let status_time = crate::clock::monotonic_millis();
+        // The XML is parsed before the lock is taken: readers never wait for it.
+        let parsed: Vec<(Parsed, Sample)> = sampled
+            .into_iter()
+            .map(|(view, stats)| (Parsed::of(view), Sample { at: now, stats }))
+            .collect();
         let mut changed = Vec::new();
         {
             let mut vms = self.write();
-            let mut seen = std::collections::HashSet::with_capacity(sampled.len());
-            for (view, stats) in sampled {
-                seen.insert(view.uuid);
-                let sample = Sample { at: now, stats };
-                if let Some(event) = self.update(&mut vms, view, Some(sample), now, status_time) {
+            let mut seen = std::collections::HashSet::with_capacity(parsed.len());
+            for (parsed, sample) in parsed {
+                seen.insert(parsed.view.uuid);
+                if let Some(event) = self.update(&mut vms, parsed, Some(sample), began, status_time)
+                {
                     changed.push(event);
                 }
             }
             let gone: Vec<Uuid> = vms.keys().filter(|u| !seen.contains(u)).copied().collect();
             for vm in gone {
-                if let Some(event) = self.forget(&mut vms, vm, status_time) {
+                if let Some(event) = self.forget(&mut vms, vm, began, status_time) {
                     changed.push(event);
                 }
             }
@@ -162,6 +197,7 @@ impl Monitor {
 
     /// Re-reads one VM now (its state and XML; its figures stay those of the last sample).
     pub async fn refresh(&self, vm: Uuid) {
+        let began = Instant::now();
         let view = match self.inner.hypervisor.read_view(vm).await {
             Ok(view) => view,
             Err(err) => {
@@ -169,13 +205,13 @@ impl Monitor {
                 return;
             }
         };
-        let now = Instant::now();
         let status_time = crate::clock::monotonic_millis();
+        let parsed = view.map(Parsed::of);
         let event = {
             let mut vms = self.write();
-            match view {
-                Some(view) => self.update(&mut vms, view, None, now, status_time),
-                None => self.forget(&mut vms, vm, status_time),
+            match parsed {
+                Some(parsed) => self.update(&mut vms, parsed, None, began, status_time),
+                None => self.forget(&mut vms, vm, began, status_time),
             }
         };
         self.publish(event.into_iter().collect());
@@ -255,20 +291,27 @@ impl Monitor {
     fn update(
         &self,
         vms: &mut HashMap<Uuid, Entry>,
-        view: DomainView,
+        parsed: Parsed,
         sample: Option<Sample>,
-        now: Instant,
+        read_at: Instant,
         status_time: u64,
     ) -> Option<(Uuid, VmStats)> {
-        let disks = xml::parse_disks(&view.xml).unwrap_or_default();
-        let drives = vm_xml::managed_drives(&view.xml).unwrap_or_default();
-        let managed = !drives.is_empty();
-        let images = drives
-            .into_iter()
-            .map(|(drive, _)| (drive.target, drive.image))
-            .collect();
-        let previous = vms.remove(&view.uuid);
+        let previous = vms.remove(&parsed.view.uuid);
         let old_status = previous.as_ref().map(|e| e.view.status);
+        let (read_at, status_time, parsed) = match previous.as_ref() {
+            // A newer read of this VM is already in: keep its view, take only the figures.
+            Some(newer) if newer.read_at > read_at => (
+                newer.read_at,
+                newer.status_time,
+                Parsed {
+                    view: newer.view.clone(),
+                    disks: newer.disks.clone(),
+                    images: newer.images.clone(),
+                    managed: newer.managed,
+                },
+            ),
+            _ => (read_at, status_time, parsed),
+        };
         let (mut first, mut last, mut running_since) = previous
             .map(|e| (e.first, e.last, e.running_since))
             .unwrap_or_default();
@@ -276,9 +319,9 @@ impl Monitor {
             first = last.take();
             last = Some(sample);
         }
-        match view.status {
+        match parsed.view.status {
             VmStatus::Up | VmStatus::Paused | VmStatus::PoweringDown => {
-                running_since.get_or_insert(now);
+                running_since.get_or_insert(read_at);
             }
             _ => {
                 running_since = None;
@@ -287,28 +330,31 @@ impl Monitor {
             }
         }
         let stats = Arc::new(vm_stats::vm_stats(&Inputs {
-            view: &view,
-            disks: &disks,
-            images: &images,
+            view: &parsed.view,
+            disks: &parsed.disks,
+            images: &parsed.images,
             first: first.as_ref(),
             last: last.as_ref(),
             running_since,
             status_time,
-            managed,
-            now,
+            managed: parsed.managed,
+            now: Instant::now(),
         }));
-        let changed = old_status != Some(view.status);
-        let uuid = view.uuid;
+        let changed = old_status != Some(parsed.view.status);
+        let uuid = parsed.view.uuid;
         vms.insert(
             uuid,
             Entry {
-                view,
-                managed,
+                read_at,
+                view: parsed.view,
+                disks: parsed.disks,
+                images: parsed.images,
+                managed: parsed.managed,
                 first,
                 last,
                 running_since,
                 status_time,
-                stats: Arc::clone(&stats),
+                stats,
             },
         );
         let entry = &vms[&uuid];
@@ -320,8 +366,12 @@ impl Monitor {
         &self,
         vms: &mut HashMap<Uuid, Entry>,
         vm: Uuid,
+        read_at: Instant,
         status_time: u64,
     ) -> Option<(Uuid, VmStats)> {
+        if vms.get(&vm)?.read_at > read_at {
+            return None; // Seen by a newer read: this one is out of date.
+        }
         let entry = vms.remove(&vm)?;
         if entry.view.status == VmStatus::Down {
             return None;

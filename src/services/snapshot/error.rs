@@ -33,10 +33,27 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    /// An invalid parameter, said in words.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::InvalidParameter(message.into())
+    /// An invalid request, in VDSM's form: `{'action': 'VM.snapshot', 'reason': ...}`.
+    pub fn invalid(reason: impl std::fmt::Display) -> Self {
+        Self::InvalidParameter(format!(
+            "{{'action': 'VM.snapshot', 'reason': '{}'}}",
+            quote(&reason.to_string())
+        ))
     }
+
+    /// An invalid value of one parameter, in VDSM's form:
+    /// `{'action': 'VM.snapshot', 'parameter': 'timeout', 'value': 0, 'reason': ...}`.
+    pub fn invalid_value(parameter: &str, value: impl std::fmt::Display, reason: &str) -> Self {
+        Self::InvalidParameter(format!(
+            "{{'action': 'VM.snapshot', 'parameter': '{parameter}', 'value': {value}, 'reason': '{}'}}",
+            quote(reason)
+        ))
+    }
+}
+
+/// Text inside a Python-style single-quoted string.
+fn quote(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\'', "\\'")
 }
 
 impl From<SnapshotError> for ApiError {
@@ -64,7 +81,20 @@ mod tests {
     fn refusals_keep_vdsm_codes_and_words() {
         let err = ApiError::from(SnapshotError::invalid("snapDrives is empty"));
         assert_eq!(err.code(), 91);
-        assert_eq!(err.to_string(), "Invalid parameter: snapDrives is empty");
+        assert_eq!(
+            err.to_string(),
+            "Invalid parameter: {'action': 'VM.snapshot', 'reason': 'snapDrives is empty'}"
+        );
+        let err = ApiError::from(SnapshotError::invalid_value(
+            "timeout",
+            0,
+            "must be positive",
+        ));
+        assert_eq!(
+            err.to_string(),
+            "Invalid parameter: {'action': 'VM.snapshot', 'parameter': 'timeout', 'value': 0, \
+             'reason': 'must be positive'}"
+        );
         let err = ApiError::from(SnapshotError::MigrationInProgress);
         assert_eq!(err.code(), 51);
         assert_eq!(err.to_string(), "Command not supported during migration");

@@ -56,13 +56,16 @@ pub(super) fn check_params(p: &SnapshotParams) -> Result<(), SnapshotError> {
             "must not be negative",
         ),
     ] {
-        if value.is_some_and(|v| v < least) {
-            return Err(SnapshotError::invalid(format!("{name} {rule}")));
+        let Some(value) = value else { continue };
+        if value < least {
+            return Err(SnapshotError::invalid_value(name, value, rule));
         }
-        if value.is_some_and(|v| v > MAX_TIMEOUT_MINUTES) {
-            return Err(SnapshotError::invalid(format!(
-                "{name} must be at most {MAX_TIMEOUT_MINUTES} minutes"
-            )));
+        if value > MAX_TIMEOUT_MINUTES {
+            return Err(SnapshotError::invalid_value(
+                name,
+                value,
+                &format!("must be at most {MAX_TIMEOUT_MINUTES} minutes"),
+            ));
         }
     }
     if p.snap_memory.as_deref().is_some_and(|m| !m.is_empty()) {
@@ -199,20 +202,24 @@ mod tests {
         assert!(refused(params(serde_json::json!([]))).contains("snapDrives is empty"));
         let mut p = params(serde_json::json!([drive()]));
         p.timeout = Some(0);
-        assert!(refused(p).contains("timeout must be positive"));
+        assert!(
+            refused(p).contains("'parameter': 'timeout', 'value': 0, 'reason': 'must be positive'")
+        );
         let mut p = params(serde_json::json!([drive()]));
         p.freeze_timeout = Some(-1);
-        assert!(refused(p).contains("freeze_timeout must not be negative"));
+        assert!(
+            refused(p).contains("'freeze_timeout', 'value': -1, 'reason': 'must not be negative'")
+        );
         let mut p = params(serde_json::json!([drive()]));
         p.freeze_timeout = Some(0);
         assert!(check_params(&p).is_ok(), "VDSM takes 0 and fails the job");
         for huge in [MAX_TIMEOUT_MINUTES + 1, 200_000_000_000_000_000, i64::MAX] {
             let mut p = params(serde_json::json!([drive()]));
             p.freeze_timeout = Some(huge);
-            assert!(refused(p).contains("freeze_timeout must be at most"));
+            assert!(refused(p).contains("'freeze_timeout', 'value': "));
             let mut p = params(serde_json::json!([drive()]));
             p.timeout = Some(huge);
-            assert!(refused(p).contains("timeout must be at most"));
+            assert!(refused(p).contains("'reason': 'must be at most"));
         }
         let mut p = params(serde_json::json!([drive()]));
         p.snap_memory = Some("x".into());
