@@ -4,7 +4,8 @@
 //! reads of small files; callers run them off the reactor.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// What `/proc/cpuinfo` says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,17 +105,42 @@ pub fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// `(version, release)` of each installed Debian package of `names` (from `dpkg-query`),
-/// the Debian revision as the release, as VDSM's `packages2` entries carry them.
+/// How long `dpkg-query` may take.
+const DPKG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `(version, release)` of each installed Debian package of `names` (from `dpkg-query`,
+/// killed past [`DPKG_TIMEOUT`]), the Debian revision as the release, as VDSM's `packages2`
+/// entries carry them. Empty when dpkg cannot tell.
 pub fn package_versions(names: &[&str]) -> BTreeMap<String, (String, String)> {
-    let output = Command::new("dpkg-query")
+    let child = Command::new("dpkg-query")
         .args(["-W", "-f", "${Package} ${Version}\\n"])
         .args(names)
-        .output();
-    let Ok(output) = output else {
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
         return BTreeMap::new();
     };
-    String::from_utf8_lossy(&output.stdout)
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if started.elapsed() < DPKG_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!("dpkg-query did not answer in time; no package versions");
+                return BTreeMap::new();
+            }
+        }
+    }
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
+    }
+    stdout
         .lines()
         .filter_map(|line| {
             let (name, full) = line.split_once(' ')?;

@@ -98,6 +98,30 @@ fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
             .await
             .unwrap()
     });
+    let mut subscriber = rt.block_on(async {
+        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
+        StompClient::connect(stream, stomp::CALL_TIMEOUT, true)
+            .await
+            .unwrap()
+    });
+    let (tx, events) = std::sync::mpsc::channel::<Value>();
+    rt.spawn(async move {
+        while let Some(event) = subscriber.next_event().await {
+            let _ = tx.send(event);
+        }
+    });
+    let status_events = |wait: Duration| -> Vec<Value> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut seen = Vec::new();
+        while let Ok(event) =
+            events.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            if event["method"] == format!("|virt|VM_status|{vm}") {
+                seen.push(event["params"][&vm].clone());
+            }
+        }
+        seen
+    };
     let ok = |method: &str, params: Value| {
         rt.block_on(call(&manager, method, params))
             .unwrap_or_else(|e| panic!("{method}: {e}; log:\n{}", f.daemon.log()))
@@ -115,6 +139,16 @@ fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
         live.contains("volumeChain"),
         "the chain is recorded: {live}"
     );
+    // One status event for the boot, with the VM's stats as VDSM's carry them.
+    let booted = status_events(Duration::from_secs(3));
+    assert_eq!(
+        booted.len(),
+        1,
+        "one Up event at boot: {booted:?}; log:\n{}",
+        f.daemon.log()
+    );
+    assert_eq!(booted[0]["status"], "Up");
+    check_reply("VM.getStats", &json!([booted[0]])).unwrap();
     // The same VM twice is refused with VDSM's code.
     let again = rt.block_on(call(
         &manager,
@@ -227,6 +261,14 @@ fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
         json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain}),
     );
     assert_eq!(volumes, json!([]), "{volumes}");
+    // As an engine does after a failed snapshot, whose new volume rvdsm already deleted: a
+    // listed volume that no longer exists counts as deleted.
+    let task = ok(
+        "Image.deleteVolumes",
+        json!({"imageID": image, "storagepoolID": f.pool, "storagedomainID": f.domain,
+               "volumeList": [new_id()]}),
+    );
+    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
 }
 
 #[test]
@@ -277,4 +319,89 @@ fn vm_create_refuses_bad_definitions_and_leaves_nothing_behind() {
     let journal = f.daemon.repository().parent().unwrap().join("state/vms");
     let left = std::fs::read_dir(&journal).unwrap().count();
     assert_eq!(left, 0, "no journal entry stays in {}", journal.display());
+}
+
+/// The journal directory of a test daemon.
+fn vm_journal(f: &Fixture) -> std::path::PathBuf {
+    f.daemon.repository().parent().unwrap().join("state/vms")
+}
+
+fn create_request(vm: &str, xml: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "VM.create",
+           "params": {"vmID": vm, "vmParams": {"xml": xml}}})
+}
+
+#[test]
+fn vms_outlive_rvdsmd_and_crashes_mid_create_or_destroy_are_finished_at_start() {
+    let Some(conn) = libvirt() else { return };
+    let _slot = common::guest::GuestSlot::acquire();
+    let mut f = Fixture::new();
+    let files = tempfile::tempdir().unwrap();
+
+    // A VM created by rvdsm keeps running across a crash of rvdsmd, which knows it again
+    // (its drives from libvirt's definition alone) and can destroy it.
+    let (image, base, _) = f.data_volume();
+    let vm = new_id();
+    let _cleanup = Undefine(vm.clone());
+    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    f.daemon
+        .ok("VM.create", json!({"vmID": vm, "vmParams": {"xml": xml}}));
+    f.daemon.restart_in_place(&[]);
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+    assert_eq!(stats[0]["status"], "Up", "{stats}");
+    assert_eq!(stats[0]["managed"], true, "{stats}");
+    assert_eq!(stats[0]["disks"]["vda"]["imageID"], image.as_str());
+    // rvdsmd crashes after QEMU stopped, before the definition went: the next start ends it.
+    let marker = f.daemon.restart_paused_at("vm-destroy:stopped");
+    f.daemon.post_and_hang_up(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "VM.destroy", "params": {"vmID": vm}}),
+        Duration::from_millis(100),
+    );
+    assert!(common::wait_until(Duration::from_secs(60), || marker.exists()));
+    f.daemon.restart_in_place(&[]);
+    assert!(
+        conn.lookup_domain_by_uuid_string(&vm).is_err(),
+        "the destroy was finished"
+    );
+    assert_eq!(std::fs::read_dir(vm_journal(&f)).unwrap().count(), 0);
+
+    // rvdsmd crashes between the definition and the start: the next start undoes the create.
+    let (image, base, _) = f.data_volume();
+    let vm = new_id();
+    let _cleanup2 = Undefine(vm.clone());
+    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let marker = f.daemon.restart_paused_at("vm-create:defined");
+    f.daemon
+        .post_and_hang_up(&create_request(&vm, &xml), Duration::from_millis(100));
+    assert!(common::wait_until(Duration::from_secs(60), || marker.exists()));
+    assert!(
+        conn.lookup_domain_by_uuid_string(&vm).is_ok(),
+        "paused after the definition"
+    );
+    assert_eq!(
+        std::fs::read_dir(vm_journal(&f)).unwrap().count(),
+        1,
+        "journaled"
+    );
+    f.daemon.restart_in_place(&[]);
+    assert!(
+        conn.lookup_domain_by_uuid_string(&vm).is_err(),
+        "the create was undone"
+    );
+    assert_eq!(std::fs::read_dir(vm_journal(&f)).unwrap().count(), 0);
+    // The volume is free again: the same create now succeeds, through the CLI as an operator
+    // runs it (`rvdsm VM create -f vm.json`), and its VM runs.
+    let file = files.path().join("vm.json");
+    std::fs::write(
+        &file,
+        json!({"vmID": vm, "vmParams": {"xml": xml}}).to_string(),
+    )
+    .unwrap();
+    let (code, out, err) =
+        common::daemon::cli(&f.daemon, &["VM", "create", "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"Up\""), "{out}");
+    let (code, out, err) =
+        common::daemon::cli(&f.daemon, &["VM", "destroy", &format!("vmID={vm}")]);
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -623,6 +623,7 @@ fn a_defined_stopped_vm_on_a_raw_base_gets_its_definition_switched_and_boots() {
     }
     let domain = Undefine(conn.define_domain_xml(&xml).unwrap());
     let vm = domain.0.uuid_string().unwrap();
+    f.daemon.wait_known(&vm);
     let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
     assert_eq!(stats[0]["status"], "Down");
 

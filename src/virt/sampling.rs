@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use uuid::Uuid;
 use virt::domain::{
-    Domain, DomainShutoffReason, DomainState, DomainStateReason, DomainStateReasonEnum,
+    Domain, DomainPausedReason, DomainShutoffReason, DomainState, DomainStateReason,
+    DomainStateReasonEnum,
 };
 use virt::enumutil::Enum;
 
@@ -113,10 +114,21 @@ fn view_of(domain: &Domain) -> Result<DomainView, VirtError> {
     let xml = domain
         .xml_desc(0)
         .map_err(|e| VirtError::libvirt("read domain XML", e))?;
+    // QEMU starts paused and libvirt resumes it once set up: that pause is a launch.
+    let starting = matches!(
+        reason,
+        Enum::Known(DomainStateReason::Paused(Enum::Known(
+            DomainPausedReason::StartingUp
+        )))
+    );
     Ok(DomainView {
         uuid,
         name,
-        status: vm_status(state),
+        status: if starting {
+            VmStatus::WaitForLaunch
+        } else {
+            vm_status(state)
+        },
         exit: exit_info(state, reason),
         persistent,
         xml,

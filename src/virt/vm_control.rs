@@ -128,6 +128,48 @@ impl Hypervisor {
     }
 }
 
+impl Hypervisor {
+    /// Records in the definition of a VM rvdsm created that its drives `leaves` now write to
+    /// new volumes (live, and in the persistent definition too), so that the recorded chains
+    /// stay those the VM runs on. Nothing for a VM without rvdsm's drive metadata.
+    pub async fn record_new_leaves(
+        &self,
+        vm: Uuid,
+        leaves: Vec<super::vm_xml::NewLeaf>,
+    ) -> Result<(), VirtError> {
+        self.call_once("record drive volumes", move |conn| {
+            let domain = lookup(conn, vm)?;
+            let xml = domain
+                .xml_desc(0)
+                .map_err(|e| VirtError::libvirt("read domain XML", e))?;
+            let Some(element) = super::vm_xml::metadata_with_new_leaves(&xml, &leaves)? else {
+                return Ok(());
+            };
+            let active = domain
+                .is_active()
+                .map_err(|e| VirtError::libvirt("read domain state", e))?;
+            let persistent = domain
+                .is_persistent()
+                .map_err(|e| VirtError::libvirt("read domain persistence", e))?;
+            let flags = if active && persistent {
+                virt::sys::VIR_DOMAIN_AFFECT_LIVE | virt::sys::VIR_DOMAIN_AFFECT_CONFIG
+            } else {
+                virt::sys::VIR_DOMAIN_AFFECT_CURRENT
+            };
+            domain
+                .set_metadata(
+                    virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                    Some(&element),
+                    Some("ovirt-vm"),
+                    Some(super::vm_xml::OVIRT_VM_NS),
+                    flags,
+                )
+                .map_err(|e| VirtError::libvirt("record drive volumes", e))
+        })
+        .await
+    }
+}
+
 fn gone_is_fine(err: virt::error::Error, op: &'static str) -> Result<(), VirtError> {
     let err = VirtError::libvirt(op, err);
     if err.libvirt_code() == Some(NO_DOMAIN) {

@@ -186,6 +186,86 @@ pub fn managed_drives(xml: &str) -> Result<Vec<(EngineDrive, Vec<Uuid>)>, VirtEr
         .collect())
 }
 
+/// A drive that now writes to a new leaf (after a snapshot's switch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLeaf {
+    /// The guest device.
+    pub target: String,
+    /// The new leaf volume.
+    pub volume: Uuid,
+    /// Its path, as the VM names it.
+    pub path: String,
+}
+
+/// The domain's `ovirt-vm` metadata element with each drive of `leaves` on its new leaf: its
+/// `volumeID` is the new volume and its recorded chain ends with it, as VDSM updates them
+/// after a snapshot. `None` when the domain has no such metadata (a VM rvdsm did not create)
+/// or none of the drives is in it. The element comes out self-contained (its namespace
+/// declared on it), ready for `virDomainSetMetadata`.
+pub fn metadata_with_new_leaves(
+    domain_xml: &str,
+    leaves: &[NewLeaf],
+) -> Result<Option<String>, VirtError> {
+    let doc = Document::parse(domain_xml).map_err(|e| invalid(e.to_string()))?;
+    let Some(vm) = child(doc.root_element(), "metadata").and_then(|m| {
+        m.children()
+            .find(|n| n.tag_name().name() == "vm" && n.tag_name().namespace() == Some(OVIRT_VM_NS))
+    }) else {
+        return Ok(None);
+    };
+    let base = vm.range().start;
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for leaf in leaves {
+        let Some(device) = vm.children().find(|d| {
+            d.tag_name().name() == "device" && d.attribute("name") == Some(leaf.target.as_str())
+        }) else {
+            continue;
+        };
+        if let Some(text) = ns_child(device, "volumeID").and_then(|v| v.first_child()) {
+            edits.push((text.range(), leaf.volume.to_string()));
+        }
+        if let Some(chain) = ns_child(device, "volumeChain") {
+            let raw = &domain_xml[chain.range()];
+            let prefix = raw[1..]
+                .split([' ', '>', '/'])
+                .next()
+                .and_then(|name| name.split_once(':'))
+                .map_or(String::new(), |(p, _)| format!("{p}:"));
+            if let Some(end) = raw.rfind("</") {
+                let at = chain.range().start + end;
+                edits.push((
+                    at..at,
+                    format!(
+                        "<{prefix}volumeChainNode><{prefix}volumeID>{}</{prefix}volumeID>\
+                         <{prefix}path>{}</{prefix}path></{prefix}volumeChainNode>",
+                        leaf.volume,
+                        escape(&leaf.path)
+                    ),
+                ));
+            }
+        }
+    }
+    if edits.is_empty() {
+        return Ok(None);
+    }
+    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+    let mut element = domain_xml[vm.range()].to_owned();
+    for (range, text) in edits {
+        element.replace_range(range.start - base..range.end - base, &text);
+    }
+    let name_end = element[1..]
+        .find([' ', '>', '/'])
+        .map_or(element.len(), |i| i + 1);
+    let qualified = &element[1..name_end];
+    if let Some((prefix, _)) = qualified.split_once(':') {
+        let declaration = format!("xmlns:{prefix}=");
+        if !element[..element.find('>').unwrap_or(element.len())].contains(&declaration) {
+            element.insert_str(name_end, &format!(" {declaration}\"{OVIRT_VM_NS}\""));
+        }
+    }
+    Ok(Some(element))
+}
+
 fn chain_xml(prefix: &str, drive: &PlacedDrive) -> String {
     let mut out = format!("<{prefix}volumeChain>");
     for (volume, path) in &drive.chain {
@@ -328,6 +408,40 @@ mod tests {
         .unwrap();
         assert_eq!(managed_drives(&again).unwrap()[0].1, vec![leaf]);
         assert_eq!(again.matches("volumeChain>").count(), 2, "{again}");
+    }
+
+    #[test]
+    fn a_snapshot_moves_the_recorded_drive_to_its_new_leaf() {
+        let base = Uuid::parse_str(VOL).unwrap();
+        let placed = PlacedDrive {
+            target: "vda".into(),
+            path: "/p/base".into(),
+            format: "qcow2".into(),
+            chain: vec![(base, "/p/base".into())],
+        };
+        let xml = place_drives(&engine_xml(), &[placed]).unwrap();
+        let top = Uuid::from_u128(99);
+        let leaf = NewLeaf {
+            target: "vda".into(),
+            volume: top,
+            path: "/p/top".into(),
+        };
+        let element = metadata_with_new_leaves(&xml, std::slice::from_ref(&leaf))
+            .unwrap()
+            .unwrap();
+        assert!(
+            element.starts_with("<ovirt-vm:vm xmlns:ovirt-vm=\"http://ovirt.org/vm/1.0\""),
+            "{element}"
+        );
+        // Put back into a domain, the element reads as the drive on its new leaf.
+        let domain = format!(
+            "<domain><name>x</name><uuid>11111111-2222-3333-4444-555555555555</uuid><metadata>{element}</metadata><devices><disk type='file' device='disk'><target dev='vda'/></disk></devices></domain>"
+        );
+        let managed = managed_drives(&domain).unwrap();
+        assert_eq!(managed[0].0.volume, top);
+        assert_eq!(managed[0].1, vec![base, top]);
+        let unmanaged = "<domain><name>x</name></domain>";
+        assert_eq!(metadata_with_new_leaves(unmanaged, &[leaf]).unwrap(), None);
     }
 
     #[test]

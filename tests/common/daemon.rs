@@ -235,6 +235,16 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("{method} failed: {e}; log:\n{}", self.log()))
     }
 
+    /// Waits (bounded) until the monitoring cache knows `vm`: a VM defined or started behind
+    /// rvdsm's back a moment ago is in it once libvirt's event has been handled (milliseconds).
+    pub fn wait_known(&self, vm: &str) {
+        let known = super::wait_until(Duration::from_secs(10), || {
+            self.call(Via::Unix, "VM.getStats", serde_json::json!({"vmID": vm}))
+                .is_ok()
+        });
+        assert!(known, "rvdsm never saw VM {vm}; log:\n{}", self.log());
+    }
+
     /// Calls through the Unix socket and expects a server error; returns its code and message.
     pub fn err(&self, method: &str, params: Value) -> (i32, String) {
         match self.call(Via::Unix, method, params) {

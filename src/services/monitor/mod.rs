@@ -340,8 +340,15 @@ impl Monitor {
             managed: parsed.managed,
             now: Instant::now(),
         }));
-        let changed = old_status != Some(parsed.view.status);
+        // A launch's transient state is not announced, nor a VM first seen down (a definition
+        // not started yet): a VM that boots sends one `Up`, one that stops one `Down`.
+        let new_status = parsed.view.status;
+        let changed = match old_status {
+            Some(old) => old != new_status,
+            None => new_status != VmStatus::Down,
+        } && new_status != VmStatus::WaitForLaunch;
         let uuid = parsed.view.uuid;
+        tracing::debug!(vm = %uuid, ?old_status, ?new_status, changed, "VM status read");
         vms.insert(
             uuid,
             Entry {

@@ -81,6 +81,9 @@ pub fn vm_stats(input: &Inputs) -> VmStats {
         stats.exit_reason = Some(exit.reason);
         stats.exit_message = Some(exit_message(exit.reason).to_owned());
         stats.time_offset = Some("0".into());
+        // rvdsm's addition: a stopped VM's disks as its definition has them (no figures), which
+        // an offline snapshot works from.
+        stats.disks = Some(disks(input, None, None));
         return stats;
     }
     stats.vm_type = Some("kvm".into());
@@ -436,6 +439,10 @@ mod tests {
             stats.exit_message.as_deref(),
             Some("Lost connection with qemu process")
         );
-        assert!(stats.disks.is_none());
+        assert_eq!(
+            stats.disks,
+            Some(BTreeMap::new()),
+            "the definition's disks, none here"
+        );
     }
 }

@@ -78,6 +78,8 @@ impl SnapshotService {
                 self.note_consistency(&entry, outcome.consistency, reason)
                     .await;
                 let unconfirmed_disks = self.unconfirmed(plan.vm, &drives).await;
+                self.record_new_leaves(plan.vm, &drives, &unconfirmed_disks)
+                    .await;
                 tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
                 record_outcome(&outcome, started.elapsed());
                 let result = SnapshotResult::Switched(Switched {
@@ -102,6 +104,32 @@ impl SnapshotService {
                 };
                 self.fail(&entry, failure.switch_attempted, message).await;
             }
+        }
+    }
+
+    /// Moves the recorded chains of a VM rvdsm created to the new volumes it switched to (a
+    /// VM without rvdsm's drive metadata is left alone). A failure is logged: the switch
+    /// stands, and libvirt's own chain says what the VM runs on.
+    async fn record_new_leaves(&self, vm: Uuid, drives: &[Drive], unconfirmed: &[String]) {
+        // The cache knows whether the VM carries rvdsm's metadata: no libvirt call otherwise.
+        if let Some(monitor) = &self.monitor
+            && monitor
+                .view(vm)
+                .is_some_and(|v| !v.xml.contains(crate::virt::vm_xml::OVIRT_VM_NS))
+        {
+            return;
+        }
+        let leaves = drives
+            .iter()
+            .filter(|d| !unconfirmed.contains(&d.target))
+            .map(|d| crate::virt::vm_xml::NewLeaf {
+                target: d.target.clone(),
+                volume: d.volume,
+                path: d.new_path.clone(),
+            })
+            .collect();
+        if let Err(err) = self.hypervisor.record_new_leaves(vm, leaves).await {
+            tracing::warn!(%vm, error = %err, "cannot record the new volumes in the VM's metadata");
         }
     }
 

@@ -176,7 +176,10 @@ impl VmService {
         };
         self.journal_write(entry.clone()).await?;
         let started = match self.inner.hypervisor.define(xml).await {
-            Ok(()) => self.inner.hypervisor.start(engine.uuid).await,
+            Ok(()) => {
+                crate::failpoint::pause("vm-create:defined").await;
+                self.inner.hypervisor.start(engine.uuid).await
+            }
             Err(err) => Err(err),
         };
         if let Err(err) = started {
@@ -266,6 +269,7 @@ impl VmService {
 
     /// After QEMU stopped: rvdsm's VMs are undefined and their images released.
     async fn finish_destroy(&self, entry: &Entry) {
+        crate::failpoint::pause("vm-destroy:stopped").await;
         if entry.managed {
             if let Err(err) = self.inner.hypervisor.undefine(entry.vm).await {
                 tracing::error!(vm = %entry.vm, error = %err, "cannot undefine the VM; the journal keeps it");
