@@ -109,7 +109,7 @@ pub fn read(path: &str) -> String {
 const DPKG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `(version, release)` of each installed Debian package of `names` (from `dpkg-query`,
-/// killed past [`DPKG_TIMEOUT`]), the Debian revision as the release, as VDSM's `packages2`
+/// killed past 10 seconds), the Debian revision as the release, as VDSM's `packages2`
 /// entries carry them. Empty when dpkg cannot tell.
 pub fn package_versions(names: &[&str]) -> BTreeMap<String, (String, String)> {
     let child = Command::new("dpkg-query")

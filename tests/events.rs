@@ -68,18 +68,9 @@ fn a_manager_session_over_stomp_and_tls_with_events() {
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
     let vm = guest.uuid.clone();
     let rt = stomp::runtime();
-    let manager = rt.block_on(async {
-        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
-        StompClient::connect(stream, stomp::CALL_TIMEOUT, false)
-            .await
-            .unwrap()
-    });
-    let mut stomp_subscriber = rt.block_on(async {
-        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
-        StompClient::connect(stream, stomp::CALL_TIMEOUT, true)
-            .await
-            .unwrap()
-    });
+    let manager = rt.block_on(stomp::manager_over_tls(f.daemon.port, &lab.client, false));
+    let mut stomp_subscriber =
+        rt.block_on(stomp::manager_over_tls(f.daemon.port, &lab.client, true));
     let (tx, mut stomp_events) = mpsc::channel(1024);
     rt.spawn(async move {
         while let Some(event) = stomp_subscriber.next_event().await {

@@ -92,18 +92,8 @@ fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
     let files = tempfile::tempdir().unwrap();
     let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
     let rt = stomp::runtime();
-    let manager = rt.block_on(async {
-        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
-        StompClient::connect(stream, stomp::CALL_TIMEOUT, false)
-            .await
-            .unwrap()
-    });
-    let mut subscriber = rt.block_on(async {
-        let stream = stomp::tls_stream(f.daemon.port, &lab.client).await.unwrap();
-        StompClient::connect(stream, stomp::CALL_TIMEOUT, true)
-            .await
-            .unwrap()
-    });
+    let manager = rt.block_on(stomp::manager_over_tls(f.daemon.port, &lab.client, false));
+    let mut subscriber = rt.block_on(stomp::manager_over_tls(f.daemon.port, &lab.client, true));
     let (tx, events) = std::sync::mpsc::channel::<Value>();
     rt.spawn(async move {
         while let Some(event) = subscriber.next_event().await {

@@ -80,24 +80,20 @@ pub async fn measure(host: &Host, conn: &Connect, vms: usize, seconds: f64) -> R
     wait_listed(host, listed_before + vms).await?;
     // One full sample of them all (the cache's interval is 15 s; two samples give rates).
     tokio::time::sleep(Duration::from_secs(16)).await;
-    let all = rpc::load(
-        host,
-        Transport::Stomp,
-        "Host.getAllVmStats",
-        json!({}),
-        1,
-        Duration::from_secs_f64(seconds),
-    )
-    .await?;
-    let all8 = rpc::load(
-        host,
-        Transport::Stomp,
-        "Host.getAllVmStats",
-        json!({}),
-        8,
-        Duration::from_secs_f64(seconds),
-    )
-    .await?;
+    let mut loads = Vec::new();
+    for conns in [1, 8] {
+        let load = rpc::load(
+            host,
+            Transport::Stomp,
+            "Host.getAllVmStats",
+            json!({}),
+            conns,
+            Duration::from_secs_f64(seconds),
+        )
+        .await?;
+        loads.push(load);
+    }
+    let (all, all8) = (&loads[0], &loads[1]);
     let anon_with = status_kib(pid, "RssAnon:");
     drop(paused);
     eprintln!(

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState};
+use virt::domain::{Domain, DomainState, DomainStateReasonEnum};
 use virt::enumutil::Enum;
 
 use super::connection::Hypervisor;
@@ -128,20 +128,28 @@ pub(crate) fn lookup(conn: &Connect, uuid: Uuid) -> Result<Domain, VirtError> {
 }
 
 fn domain_info(domain: &Domain) -> Result<DomainInfo, VirtError> {
+    let (uuid, name, state, _reason) = identity(domain)?;
+    Ok(DomainInfo {
+        uuid,
+        name,
+        status: vm_status(state),
+    })
+}
+
+/// A domain's UUID, name, state and the state's reason.
+pub(crate) fn identity(
+    domain: &Domain,
+) -> Result<(Uuid, String, Enum<DomainState, u32>, DomainStateReasonEnum), VirtError> {
     let uuid = domain
         .uuid()
         .map_err(|e| VirtError::libvirt("read domain UUID", e))?;
     let name = domain
         .name()
         .map_err(|e| VirtError::libvirt("read domain name", e))?;
-    let (state, _reason) = domain
+    let (state, reason) = domain
         .state()
         .map_err(|e| VirtError::libvirt("read domain state", e))?;
-    Ok(DomainInfo {
-        uuid,
-        name,
-        status: vm_status(state),
-    })
+    Ok((uuid, name, state, reason))
 }
 
 /// libvirt's domain state in VDSM's vocabulary.

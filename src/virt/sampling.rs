@@ -12,7 +12,7 @@ use virt::domain::{
 use virt::enumutil::Enum;
 
 use super::connection::Hypervisor;
-use super::domains::{lookup, vm_status};
+use super::domains::{identity, lookup, vm_status};
 use super::error::{VirtError, code::NO_DOMAIN};
 pub use super::ffi::StatValue;
 use crate::api::types::VmStatus;
@@ -99,15 +99,7 @@ impl Hypervisor {
 }
 
 fn view_of(domain: &Domain) -> Result<DomainView, VirtError> {
-    let uuid = domain
-        .uuid()
-        .map_err(|e| VirtError::libvirt("read domain UUID", e))?;
-    let name = domain
-        .name()
-        .map_err(|e| VirtError::libvirt("read domain name", e))?;
-    let (state, reason) = domain
-        .state()
-        .map_err(|e| VirtError::libvirt("read domain state", e))?;
+    let (uuid, name, state, reason) = identity(domain)?;
     let persistent = domain
         .is_persistent()
         .map_err(|e| VirtError::libvirt("read domain persistence", e))?;

@@ -32,12 +32,7 @@ impl Hypervisor {
 
     /// Starts a defined VM.
     pub async fn start(&self, vm: Uuid) -> Result<(), VirtError> {
-        self.call_once("start domain", move |conn| {
-            lookup(conn, vm)?
-                .create()
-                .map_err(|e| VirtError::libvirt("start domain", e))
-        })
-        .await
+        self.on_domain("start domain", vm, |d| d.create()).await
     }
 
     /// Forgets a stopped VM's definition; a VM libvirt no longer knows is fine.
@@ -54,34 +49,31 @@ impl Hypervisor {
 
     /// Pauses a running VM's CPUs.
     pub async fn pause(&self, vm: Uuid) -> Result<(), VirtError> {
-        self.call_once("pause domain", move |conn| {
-            lookup(conn, vm)?
-                .suspend()
-                .map_err(|e| VirtError::libvirt("pause domain", e))
-        })
-        .await
+        self.on_domain("pause domain", vm, |d| d.suspend()).await
     }
 
     /// Resumes a paused VM.
     pub async fn resume(&self, vm: Uuid) -> Result<(), VirtError> {
-        self.call_once("resume domain", move |conn| {
-            lookup(conn, vm)?
-                .resume()
-                .map_err(|e| VirtError::libvirt("resume domain", e))
-        })
-        .await
+        self.on_domain("resume domain", vm, |d| d.resume()).await
     }
 
     /// Asks the guest to shut down (or reboot), through its agent or ACPI as libvirt chooses.
     pub async fn request_shutdown(&self, vm: Uuid, reboot: bool) -> Result<(), VirtError> {
-        self.call_once("shut down domain", move |conn| {
-            let domain = lookup(conn, vm)?;
-            if reboot {
-                domain.reboot(0)
-            } else {
-                domain.shutdown()
-            }
-            .map_err(|e| VirtError::libvirt("shut down domain", e))
+        self.on_domain("shut down domain", vm, move |d| {
+            if reboot { d.reboot(0) } else { d.shutdown() }
+        })
+        .await
+    }
+
+    /// Runs one state-changing call `f` on the VM, once.
+    async fn on_domain(
+        &self,
+        op: &'static str,
+        vm: Uuid,
+        f: impl FnOnce(&virt::domain::Domain) -> Result<(), virt::error::Error> + Send + 'static,
+    ) -> Result<(), VirtError> {
+        self.call_once(op, move |conn| {
+            f(&lookup(conn, vm)?).map_err(|e| VirtError::libvirt(op, e))
         })
         .await
     }

@@ -63,6 +63,18 @@ pub async fn over_tls(
     StompClient::connect(stream, Duration::from_secs(10), false).await
 }
 
+/// A manager's STOMP client over mutual TLS (`events`: subscribed to the event queue).
+pub async fn manager_over_tls(
+    port: u16,
+    files: &TlsFiles,
+    events: bool,
+) -> StompClient<TlsStream<TcpStream>> {
+    let stream = tls_stream(port, files).await.unwrap();
+    StompClient::connect(stream, CALL_TIMEOUT, events)
+        .await
+        .unwrap()
+}
+
 /// A raw TCP connection, for bytes no client would send.
 pub struct Raw {
     stream: StdTcpStream,

@@ -226,14 +226,7 @@ impl VmService {
     pub async fn destroy(&self, p: DestroyVmParams) -> Result<(), ApiError> {
         let vm = p.vm_id;
         let _busy = self.claim(vm)?;
-        let view = self
-            .inner
-            .hypervisor
-            .read_view(vm)
-            .await?
-            .ok_or(ApiError::NoSuchVm {
-                vm_id: vm.to_string(),
-            })?;
+        let view = self.existing_view(vm).await?;
         let drives = vm_xml::managed_drives(&view.xml).unwrap_or_default();
         let entry = Entry {
             vm,
@@ -327,15 +320,19 @@ impl VmService {
         Ok(())
     }
 
-    async fn require_running(&self, vm: Uuid) -> Result<(), ApiError> {
-        let view = self
-            .inner
+    /// The VM as libvirt has it now; 1 when libvirt does not know it.
+    async fn existing_view(&self, vm: Uuid) -> Result<crate::virt::DomainView, ApiError> {
+        self.inner
             .hypervisor
             .read_view(vm)
             .await?
             .ok_or(ApiError::NoSuchVm {
                 vm_id: vm.to_string(),
-            })?;
+            })
+    }
+
+    async fn require_running(&self, vm: Uuid) -> Result<(), ApiError> {
+        let view = self.existing_view(vm).await?;
         if view.status == VmStatus::Down {
             return Err(ApiError::Coded {
                 code: codes::VM_IS_DOWN,
