@@ -43,7 +43,7 @@ impl JobWatcher {
                 else {
                     continue;
                 };
-                let info = event["params"][job].clone();
+                let info = event["params"].clone();
                 sink.ended.lock().unwrap().insert(job.to_owned(), info);
                 sink.notify.notify_waiters();
             }
