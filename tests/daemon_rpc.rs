@@ -109,12 +109,30 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
     let Some(_conn) = libvirt() else { return };
     let daemon = Daemon::start();
 
-    let (code, _) = daemon.err("VM.noSuchVerb", Value::Null);
+    let (code, message) = daemon.err("VM.noSuchVerb", Value::Null);
     assert_eq!(code, -32601);
+    assert_eq!(
+        message,
+        "The method does not exist or is not available: {'method': 'VM.noSuchVerb'}"
+    );
 
     let (code, message) = daemon.err("VM.getStats", json!({}));
     assert_eq!(code, -32602);
     assert!(message.contains("vmID"), "{message}");
+    assert!(
+        message.starts_with("Invalid method parameter(s): {'reason': "),
+        "{message}"
+    );
+
+    // VDSM looks the VM up first: an unknown VM is 1 even when the request is also invalid.
+    let (code, message) = daemon.err("VM.snapshot", json!({"vmID": UNKNOWN_VM, "snapDrives": []}));
+    assert_eq!(code, 1, "{message}");
+    // A string for a number is taken as VDSM takes it, and the value's rule then applies.
+    let (code, message) = daemon.err(
+        "VM.snapshot",
+        json!({"vmID": UNKNOWN_VM, "snapDrives": [], "timeout": "0"}),
+    );
+    assert_eq!(code, 1, "{message}");
 
     let (code, message) = daemon.err("VM.getStats", json!({"vmID": "../../etc/passwd"}));
     assert_eq!(code, -32602);

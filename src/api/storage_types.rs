@@ -493,3 +493,29 @@ fn code_or_name<'de, D: Deserializer<'de>>(d: D, names: &[&str]) -> Result<i64, 
         .and_then(|i| i64::try_from(i).ok())
         .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not one of {names:?}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(
+        domain_type: serde_json::Value,
+        class: serde_json::Value,
+    ) -> Result<CreateDomainParams, String> {
+        serde_json::from_value(serde_json::json!({
+            "storagedomainID": "00000000-0000-0000-0000-0000000000a1", "domainType": domain_type,
+            "typeArgs": "/d", "name": "n", "domainClass": class, "version": "5",
+        }))
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn domain_type_and_class_take_the_schema_names_and_numbers() {
+        let named = create("LOCALFS".into(), "Data".into()).unwrap();
+        assert_eq!((named.domain_type, named.domain_class), (4, 1));
+        let numbered = create(6.into(), "1".into()).unwrap();
+        assert_eq!((numbered.domain_type, numbered.domain_class), (6, 1));
+        let err = create("FLOPPY".into(), "Data".into()).unwrap_err();
+        assert!(err.contains("FLOPPY"), "{err}");
+    }
+}

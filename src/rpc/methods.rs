@@ -25,21 +25,31 @@ pub fn registry(services: Services) -> RpcModule<Services> {
     module
 }
 
+/// A verb's answer: a JSON value, or JSON text made ahead (the monitoring cache's stats).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// A value.
+    Value(Value),
+    /// Text that is already JSON.
+    Raw(Box<serde_json::value::RawValue>),
+}
+
 /// Runs a call on the service that owns its verb. The match is exhaustive: a verb added to
 /// the table without a handler here does not compile.
-pub async fn dispatch(s: Services, call: Call) -> Result<Value, ApiError> {
+pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
     match call {
         Call::HostPing2(_) => {
             s.host.ping();
-            answer(Ok::<_, ApiError>(true))
+            Ok(Reply::Value(Value::Bool(true)))
         }
         Call::HostGetCapabilities(_) => answer(s.host.capabilities().await),
         Call::HostGetStats(_) => answer(s.host.stats().await),
         Call::HostGetVmList(p) => answer(Ok::<_, ApiError>(s.host.vm_list(p))),
         Call::HostGetVmFullList(p) => answer(Ok::<_, ApiError>(s.host.vm_full_list(&p.vm_list))),
-        Call::HostGetAllVmStats(_) => answer(Ok::<_, ApiError>(s.host.all_vm_stats())),
+        Call::HostGetAllVmStats(_) => s.host.all_vm_stats_json().map(Reply::Raw),
         Call::HostDumpxmls(p) => answer(s.host.dump_xmls(&p.vm_list)),
-        Call::VmGetStats(p) => answer(s.host.vm_stats(p.vm_id)),
+        Call::VmGetStats(p) => s.host.vm_stats_json(p.vm_id).map(Reply::Raw),
         Call::VmCreate(p) => answer(s.vms.create(p).await),
         Call::VmDestroy(p) => done(s.vms.destroy(p).await),
         Call::VmPause(p) => answer(s.vms.pause(p.vm_id).await),
@@ -72,14 +82,18 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Value, ApiError> {
 }
 
 /// A verb's result as JSON.
-fn answer<R: Serialize, E: Into<ApiError>>(result: Result<R, E>) -> Result<Value, ApiError> {
+fn answer<R: Serialize, E: Into<ApiError>>(result: Result<R, E>) -> Result<Reply, ApiError> {
     let value = result.map_err(Into::into)?;
-    serde_json::to_value(value).map_err(|e| ApiError::Unexpected(e.to_string()))
+    serde_json::to_value(value)
+        .map(Reply::Value)
+        .map_err(|e| ApiError::Unexpected(e.to_string()))
 }
 
 /// A verb with no value answers `true`, as VDSM's do.
-fn done<E: Into<ApiError>>(result: Result<(), E>) -> Result<Value, ApiError> {
-    result.map(|()| Value::Bool(true)).map_err(Into::into)
+fn done<E: Into<ApiError>>(result: Result<(), E>) -> Result<Reply, ApiError> {
+    result
+        .map(|()| Reply::Value(Value::Bool(true)))
+        .map_err(Into::into)
 }
 
 /// Registers `verb`: parse, dispatch (to its end for a verb that changes state), answer.

@@ -10,13 +10,14 @@ use uuid::Uuid;
 
 use crate::api::ApiError;
 use crate::api::VERBS;
-use crate::api::lifecycle_types::{HostStats, VmShortStatus, VmStats};
+use crate::api::lifecycle_types::{HostStats, VmShortStatus};
 use crate::api::types::{
     Capabilities, GetVmListParams, HostNic, OperatingSystem, PackageVersion, VmStatus,
 };
 use crate::hostinfo;
 use crate::services::Monitor;
 use crate::virt::Hypervisor;
+use serde_json::value::RawValue;
 
 /// Answers inventory questions about the host and its VMs.
 #[derive(Clone)]
@@ -72,14 +73,14 @@ impl HostService {
         self.monitor.statuses(only)
     }
 
-    /// `VM.getStats`: a one-element list, as VDSM returns it.
-    pub fn vm_stats(&self, vm: Uuid) -> Result<Vec<VmStats>, ApiError> {
-        self.monitor.vm_stats(vm).map(|s| vec![s])
+    /// `VM.getStats`: a one-element list, as VDSM returns it, as JSON text.
+    pub fn vm_stats_json(&self, vm: Uuid) -> Result<Box<RawValue>, ApiError> {
+        self.monitor.vm_stats_json(vm)
     }
 
-    /// `Host.getAllVmStats`.
-    pub fn all_vm_stats(&self) -> Vec<VmStats> {
-        self.monitor.all_stats()
+    /// `Host.getAllVmStats`, as JSON text.
+    pub fn all_vm_stats_json(&self) -> Result<Box<RawValue>, ApiError> {
+        self.monitor.all_stats_json()
     }
 
     /// `Host.dumpxmls`.

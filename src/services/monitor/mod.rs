@@ -23,6 +23,7 @@ use crate::api::types::VmStatus;
 use crate::events::EventBus;
 use crate::services::FreezeService;
 use crate::virt::{DomainView, Hypervisor, vm_xml, xml};
+use serde_json::value::RawValue;
 use vm_stats::{Inputs, Sample};
 
 /// How many intervals a sample may age before it is reported stale.
@@ -60,6 +61,36 @@ struct Entry {
     running_since: Option<Instant>,
     status_time: u64,
     stats: Arc<VmStats>,
+    /// `stats` serialized once, without the fields that change between requests (`frozen`,
+    /// `statsAge`, `monitorResponse`): requests copy text instead of building JSON.
+    json: Arc<str>,
+}
+
+/// The fields of a VM's stats that change between requests.
+struct Dynamic {
+    /// `"0"`, or `"-1"` for a stale sample.
+    monitor_response: &'static str,
+    /// Seconds since the last sample.
+    stats_age: Option<f64>,
+    /// Who holds the guest frozen.
+    frozen: Option<crate::api::types::FrozenBy>,
+}
+
+/// The stats without their per-request fields, serialized.
+fn static_json(stats: &VmStats) -> Arc<str> {
+    let fixed = VmStats {
+        monitor_response: None,
+        stats_age: None,
+        frozen: None,
+        ..stats.clone()
+    };
+    serde_json::to_string(&fixed)
+        .unwrap_or_else(|_| "{}".to_owned())
+        .into()
+}
+
+fn raw(text: String) -> Result<Box<RawValue>, ApiError> {
+    RawValue::from_string(text).map_err(|e| ApiError::Unexpected(e.to_string()))
 }
 
 /// What the cache reads out of a domain's XML, parsed outside its lock.
@@ -217,19 +248,58 @@ impl Monitor {
         self.publish(event.into_iter().collect());
     }
 
-    /// The VM's stats (`VM.getStats`); 1 when the cache does not know it.
-    pub fn vm_stats(&self, vm: Uuid) -> Result<VmStats, ApiError> {
+    /// `[VmStats]` of one VM as JSON text (`VM.getStats`), from text made when the sample
+    /// arrived; 1 when the cache does not know the VM.
+    pub fn vm_stats_json(&self, vm: Uuid) -> Result<Box<RawValue>, ApiError> {
         let vms = self.read();
         let entry = vms.get(&vm).ok_or(ApiError::NoSuchVm {
             vm_id: vm.to_string(),
         })?;
-        Ok(self.finish(entry))
+        let mut out = String::with_capacity(entry.json.len() + 96);
+        out.push('[');
+        self.finish_json(entry, &mut out);
+        out.push(']');
+        raw(out)
     }
 
-    /// Every VM's stats (`Host.getAllVmStats`).
-    pub fn all_stats(&self) -> Vec<VmStats> {
+    /// Every VM's stats as JSON text (`Host.getAllVmStats`).
+    pub fn all_stats_json(&self) -> Result<Box<RawValue>, ApiError> {
         let vms = self.read();
-        vms.values().map(|e| self.finish(e)).collect()
+        let mut out = String::with_capacity(vms.values().map(|e| e.json.len() + 96).sum());
+        out.push('[');
+        for (i, entry) in vms.values().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            self.finish_json(entry, &mut out);
+        }
+        out.push(']');
+        raw(out)
+    }
+
+    /// Appends the entry's stats object with the fields that change between requests, as
+    /// [`Monitor::finish`] sets them.
+    fn finish_json(&self, entry: &Entry, out: &mut String) {
+        let text = &entry.json;
+        let Some(now) = self.dynamic(entry) else {
+            out.push_str(text);
+            return;
+        };
+        // The static text is an object: its closing brace gives way to the dynamic fields.
+        out.push_str(&text[..text.len() - 1]);
+        out.push_str(&format!(
+            ",\"monitorResponse\":\"{}\"",
+            now.monitor_response
+        ));
+        if let Some(age) = now.stats_age {
+            out.push_str(&format!(",\"statsAge\":{age}"));
+        }
+        if let Some(frozen) = now.frozen
+            && let Ok(value) = serde_json::to_string(&frozen)
+        {
+            out.push_str(&format!(",\"frozen\":{value}"));
+        }
+        out.push('}');
     }
 
     /// The short status of every VM, or of those listed.
@@ -265,25 +335,33 @@ impl Monitor {
         self.read().get(&vm).map(|e| e.view.clone())
     }
 
-    /// The precomputed stats with what changes between samples: the freeze and staleness.
+    /// The precomputed stats with what changes between requests: the freeze and staleness.
     fn finish(&self, entry: &Entry) -> VmStats {
         let mut stats = VmStats::clone(&entry.stats);
-        if stats.status == VmStatus::Down {
-            return stats;
-        }
-        stats.frozen = self
-            .inner
-            .freezes
-            .owned_until(entry.view.uuid)
-            .map(|(by, until)| crate::api::types::FrozenBy { by, until });
-        if let Some(last) = &entry.last {
-            let age = last.at.elapsed();
-            stats.stats_age = Some(age.as_secs_f64());
-            if age > self.inner.interval * STALE_INTERVALS {
-                stats.monitor_response = Some("-1".into());
-            }
+        if let Some(now) = self.dynamic(entry) {
+            stats.monitor_response = Some(now.monitor_response.to_owned());
+            stats.stats_age = now.stats_age;
+            stats.frozen = now.frozen;
         }
         stats
+    }
+
+    /// What changes between requests, for a VM that is not down.
+    fn dynamic(&self, entry: &Entry) -> Option<Dynamic> {
+        if entry.view.status == VmStatus::Down {
+            return None;
+        }
+        let age = entry.last.as_ref().map(|last| last.at.elapsed());
+        let stale = age.is_some_and(|age| age > self.inner.interval * STALE_INTERVALS);
+        Some(Dynamic {
+            monitor_response: if stale { "-1" } else { "0" },
+            stats_age: age.map(|age| age.as_secs_f64()),
+            frozen: self
+                .inner
+                .freezes
+                .owned_until(entry.view.uuid)
+                .map(|(by, until)| crate::api::types::FrozenBy { by, until }),
+        })
     }
 
     /// Takes `view` (and `sample`, if any) into the cache; the status event to publish when
@@ -329,7 +407,7 @@ impl Monitor {
                 last = None;
             }
         }
-        let stats = Arc::new(vm_stats::vm_stats(&Inputs {
+        let stats = vm_stats::vm_stats(&Inputs {
             view: &parsed.view,
             disks: &parsed.disks,
             images: &parsed.images,
@@ -339,7 +417,9 @@ impl Monitor {
             status_time,
             managed: parsed.managed,
             now: Instant::now(),
-        }));
+        });
+        let json = static_json(&stats);
+        let stats = Arc::new(stats);
         // A launch's transient state is not announced, nor a VM first seen down (a definition
         // not started yet): a VM that boots sends one `Up`, one that stops one `Down`.
         let new_status = parsed.view.status;
@@ -362,6 +442,7 @@ impl Monitor {
                 running_since,
                 status_time,
                 stats,
+                json,
             },
         );
         let entry = &vms[&uuid];
@@ -419,5 +500,74 @@ impl Monitor {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, Entry>> {
         self.inner.vms.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor(dir: &std::path::Path) -> Monitor {
+        let hv = Hypervisor::new(
+            "qemu+unix:///system?socket=/nonexistent",
+            Duration::from_secs(1),
+        );
+        let jobs = crate::jobs::vm_jobs::JobRegistry::new(1);
+        let secs = Duration::from_secs(1);
+        let freezes = FreezeService::start(hv.clone(), jobs, dir.join("freezes"), secs, secs);
+        Monitor::new(hv, Duration::from_secs(15), freezes, None)
+    }
+
+    fn view(uuid: Uuid, status: VmStatus) -> DomainView {
+        DomainView {
+            uuid,
+            name: "vm".into(),
+            status,
+            exit: None,
+            persistent: true,
+            xml: "<domain><devices><disk type='file' device='disk'><source file='/p'/>\
+                  <target dev='vda'/></disk></devices></domain>"
+                .into(),
+        }
+    }
+
+    /// The text made ahead, with its per-request fields, is the stats a manager would get by
+    /// serializing them now.
+    #[tokio::test]
+    async fn stats_text_made_ahead_equals_the_stats() {
+        let dir = tempfile::tempdir().unwrap();
+        let monitor = monitor(dir.path());
+        let (up, down) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        {
+            let mut vms = monitor.write();
+            let now = Instant::now();
+            monitor.update(&mut vms, Parsed::of(view(up, VmStatus::Up)), None, now, 7);
+            monitor.update(
+                &mut vms,
+                Parsed::of(view(down, VmStatus::Down)),
+                None,
+                now,
+                8,
+            );
+        }
+        for vm in [up, down] {
+            let text = monitor.vm_stats_json(vm).unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(text.get()).unwrap();
+            let expected = {
+                let vms = monitor.read();
+                serde_json::to_value(vec![monitor.finish(&vms[&vm])]).unwrap()
+            };
+            assert_eq!(parsed, expected);
+        }
+        let all: serde_json::Value =
+            serde_json::from_str(monitor.all_stats_json().unwrap().get()).unwrap();
+        assert_eq!(all.as_array().unwrap().len(), 2);
+        assert_eq!(
+            monitor
+                .vm_stats_json(Uuid::from_u128(3))
+                .unwrap_err()
+                .code(),
+            crate::api::codes::NO_SUCH_VM
+        );
     }
 }
