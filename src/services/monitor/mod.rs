@@ -4,10 +4,11 @@
 //! VM at once. The monitoring verbs (`VM.getStats`, `Host.getAllVmStats`, `Host.getVMList`,
 //! `Host.getVMFullList`, `Host.dumpxmls`) answer from the cache and never call libvirt.
 //!
-//! Each VM's stats are computed when its sample arrives, not per request. A sample older than
-//! three intervals (libvirt not answering) is served as it is, with `monitorResponse: "-1"`
-//! and its age in `statsAge`, as VDSM marks an unresponsive VM. `|virt|VM_status|` events are
-//! published here, once per change of status, with the VM's stats.
+//! Each VM's stats are computed and serialized when its sample arrives, not per request. A
+//! sample older than three intervals (libvirt not answering) is served as it is, with
+//! `monitorResponse: "-1"` and its age in `statsAge`, as VDSM marks an unresponsive VM.
+//! `|virt|VM_status|` events are published here, once per change of status, with the VM's
+//! stats.
 
 mod vm_stats;
 

@@ -393,12 +393,23 @@ impl VmService {
             })
     }
 
+    /// Records the operation before its first step; refused (nothing done) when it cannot be.
     async fn journal_write(&self, entry: Entry) -> Result<(), ApiError> {
         let journal = self.inner.journal.clone();
-        tokio::task::spawn_blocking(move || journal.write(&entry))
+        let operation = entry.operation;
+        let written = tokio::task::spawn_blocking(move || journal.write(&entry))
             .await
-            .map_err(|e| ApiError::Unexpected(e.to_string()))?
-            .map_err(|e| cannot_create(format!("cannot journal the operation: {e}")))
+            .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+        written.map_err(|e| {
+            let reason = format!("cannot journal the operation, so it was not begun: {e}");
+            match operation {
+                Operation::Create => cannot_create(reason),
+                Operation::Destroy => ApiError::Coded {
+                    code: codes::VM_DESTROY_FAILED,
+                    message: format!("Virtual machine destroy error: {{'reason': '{reason}'}}"),
+                },
+            }
+        })
     }
 
     async fn journal_remove(&self, vm: Uuid) {
