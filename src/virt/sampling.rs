@@ -3,6 +3,7 @@
 //! state and XML when something just changed it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use uuid::Uuid;
 use virt::domain::{
@@ -24,6 +25,19 @@ const STATS_GROUPS: u32 = virt::sys::VIR_DOMAIN_STATS_STATE
     | virt::sys::VIR_DOMAIN_STATS_VCPU
     | virt::sys::VIR_DOMAIN_STATS_INTERFACE
     | virt::sys::VIR_DOMAIN_STATS_BLOCK;
+
+/// Set while a full sample runs in libvirt (the blocking thread may outlive the caller's
+/// timeout); one hypervisor per process, so one flag.
+static SAMPLING: AtomicBool = AtomicBool::new(false);
+
+/// Clears [`SAMPLING`] when the blocking sample ends, however it ends.
+struct SamplingDone;
+
+impl Drop for SamplingDone {
+    fn drop(&mut self) {
+        SAMPLING.store(false, Ordering::SeqCst);
+    }
+}
 
 /// Why a stopped domain stopped, in VDSM's terms (`exitCode`, `exitReason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,31 +70,49 @@ pub type DomainStats = HashMap<String, StatValue>;
 
 impl Hypervisor {
     /// Every domain's view and statistics (statistics only for running or paused domains).
+    /// libvirt is asked not to wait for a domain busy with a job (a snapshot on a stopped
+    /// QEMU): its figures are then partial, not late. A sample still running in libvirt past
+    /// its timeout is not doubled: the next one is refused until it ends.
     pub async fn sample_all(&self) -> Result<Vec<(DomainView, DomainStats)>, VirtError> {
-        self.call("sample domains", |conn| {
-            let domains = conn
-                .list_all_domains(0)
-                .map_err(|e| VirtError::libvirt("list domains", e))?;
-            let mut stats: HashMap<Uuid, DomainStats> =
-                super::ffi::all_domain_stats(conn, STATS_GROUPS, 0)?
-                    .into_iter()
-                    .map(|(uuid, fields)| (uuid, fields.into_iter().collect()))
-                    .collect();
-            let mut out = Vec::with_capacity(domains.len());
-            for domain in &domains {
-                match view_of(domain) {
-                    Ok(view) => {
-                        let numbers = stats.remove(&view.uuid).unwrap_or_default();
-                        out.push((view, numbers));
+        if SAMPLING.swap(true, Ordering::SeqCst) {
+            return Err(VirtError::Timeout {
+                op: "sample domains (the previous one still runs)",
+                secs: 0,
+            });
+        }
+        let sampled = self
+            .call("sample domains", |conn| {
+                let _done = SamplingDone;
+                let domains = conn
+                    .list_all_domains(0)
+                    .map_err(|e| VirtError::libvirt("list domains", e))?;
+                let flags = virt::sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT;
+                let mut stats: HashMap<Uuid, DomainStats> =
+                    super::ffi::all_domain_stats(conn, STATS_GROUPS, flags)?
+                        .into_iter()
+                        .map(|(uuid, fields)| (uuid, fields.into_iter().collect()))
+                        .collect();
+                let mut out = Vec::with_capacity(domains.len());
+                for domain in &domains {
+                    match view_of(domain) {
+                        Ok(view) => {
+                            let numbers = stats.remove(&view.uuid).unwrap_or_default();
+                            out.push((view, numbers));
+                        }
+                        // Undefined between the listing and this read: simply gone.
+                        Err(err) if err.libvirt_code() == Some(NO_DOMAIN) => {}
+                        Err(err) => return Err(err),
                     }
-                    // Undefined between the listing and this read: simply gone.
-                    Err(err) if err.libvirt_code() == Some(NO_DOMAIN) => {}
-                    Err(err) => return Err(err),
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok(out)
+            })
+            .await;
+        // Past its timeout the sample may still run in libvirt, and clears the flag when it
+        // ends; otherwise it ended (or never began, libvirt unreachable).
+        if !matches!(sampled, Err(VirtError::Timeout { .. })) {
+            SAMPLING.store(false, Ordering::SeqCst);
+        }
+        sampled
     }
 
     /// One domain's view now; `None` when libvirt no longer knows it.
