@@ -95,9 +95,11 @@ impl Verb {
         self.name.split_once('.').map_or("", |(_, m)| m)
     }
 
-    /// Whether the verb only reads (`get*`, `ping2`): managers poll these.
+    /// Whether the verb only reads (`get*`, `ping2`, `dumpxmls`): managers poll these.
     pub fn is_read_only(&self) -> bool {
-        self.method().starts_with("get") || self.name == names::HOST_PING2
+        self.method().starts_with("get")
+            || self.name == names::HOST_PING2
+            || self.name == names::HOST_DUMPXMLS
     }
 }
 
