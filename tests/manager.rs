@@ -5,52 +5,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::domain::{Fixture, assert_success, new_id};
+use common::engine::{Undefine, engine_xml, vm_name};
 use common::stomp;
 use common::vdsm_schema::check_reply;
 use common::{Daemon, libvirt};
 use rvdsm::client::{ClientError, StompClient};
 use serde_json::{Value, json};
-
-/// Engine-style domain XML for a fixture guest on `(image, volume)` of the fixture's domain:
-/// the fixture's definition with a `<uuid>`, a placeholder disk path (rvdsm puts the prepared
-/// one) and oVirt's drive metadata.
-fn engine_xml(f: &Fixture, vm: &str, name: &str, image: &str, volume: &str, dir: &Path) -> String {
-    let placeholder = format!(
-        "/rhev/data-center/{}/{}/images/{image}/{volume}",
-        f.pool, f.domain
-    );
-    let output = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/guest-xml"))
-        .args(["--name", name, "--console"])
-        .arg(dir.join("console.log"))
-        .args(["--disk", &placeholder])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let xml = String::from_utf8(output.stdout).unwrap();
-    let metadata = format!(
-        r#"<uuid>{vm}</uuid><metadata><ovirt-vm:vm xmlns:ovirt-vm="http://ovirt.org/vm/1.0"><ovirt-vm:device devtype="disk" name="vda"><ovirt-vm:poolID>{}</ovirt-vm:poolID><ovirt-vm:domainID>{}</ovirt-vm:domainID><ovirt-vm:imageID>{image}</ovirt-vm:imageID><ovirt-vm:volumeID>{volume}</ovirt-vm:volumeID></ovirt-vm:device></ovirt-vm:vm></metadata>"#,
-        f.pool, f.domain
-    );
-    let at = xml.find("</name>").expect("a <name>") + "</name>".len();
-    format!("{}{metadata}{}", &xml[..at], &xml[at..])
-}
-
-fn test_name() -> String {
-    format!(
-        "rvdsm-test-{}-manager-{}",
-        std::process::id(),
-        &new_id()[..8]
-    )
-}
 
 async fn call<S>(client: &StompClient<S>, method: &str, params: Value) -> Result<Value, ClientError>
 where
@@ -65,20 +28,6 @@ where
     reply
 }
 
-/// Undefines the VM if the test did not get to destroy it.
-struct Undefine(String);
-
-impl Drop for Undefine {
-    fn drop(&mut self) {
-        if let Ok(conn) = virt::connect::Connect::open(Some("qemu:///system"))
-            && let Ok(domain) = conn.lookup_domain_by_uuid_string(&self.0)
-        {
-            let _ = domain.destroy();
-            let _ = domain.undefine();
-        }
-    }
-}
-
 #[test]
 fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
     let Some(conn) = libvirt() else { return };
@@ -90,7 +39,7 @@ fn a_manager_runs_a_vm_on_rvdsm_volumes_over_stomp_and_tls() {
     let vm = new_id();
     let _cleanup = Undefine(vm.clone());
     let files = tempfile::tempdir().unwrap();
-    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let xml = engine_xml(&f, &vm, &vm_name("manager"), &image, &base, files.path());
     let rt = stomp::runtime();
     let manager = rt.block_on(stomp::manager_over_tls(f.daemon.port, &lab.client, false));
     let mut subscriber = rt.block_on(stomp::manager_over_tls(f.daemon.port, &lab.client, true));
@@ -269,7 +218,7 @@ fn vm_create_refuses_bad_definitions_and_leaves_nothing_behind() {
     let files = tempfile::tempdir().unwrap();
     let vm = new_id();
     let _cleanup = Undefine(vm.clone());
-    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let xml = engine_xml(&f, &vm, &vm_name("manager"), &image, &base, files.path());
     let before = f.files();
 
     // The vmID must be the XML's.
@@ -333,7 +282,7 @@ fn vms_outlive_rvdsmd_and_crashes_mid_create_or_destroy_are_finished_at_start() 
     let (image, base, _) = f.data_volume();
     let vm = new_id();
     let _cleanup = Undefine(vm.clone());
-    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let xml = engine_xml(&f, &vm, &vm_name("manager"), &image, &base, files.path());
     f.daemon
         .ok("VM.create", json!({"vmID": vm, "vmParams": {"xml": xml}}));
     f.daemon.restart_in_place(&[]);
@@ -359,7 +308,7 @@ fn vms_outlive_rvdsmd_and_crashes_mid_create_or_destroy_are_finished_at_start() 
     let (image, base, _) = f.data_volume();
     let vm = new_id();
     let _cleanup2 = Undefine(vm.clone());
-    let xml = engine_xml(&f, &vm, &test_name(), &image, &base, files.path());
+    let xml = engine_xml(&f, &vm, &vm_name("manager"), &image, &base, files.path());
     let marker = f.daemon.restart_paused_at("vm-create:defined");
     f.daemon
         .post_and_hang_up(&create_request(&vm, &xml), Duration::from_millis(100));

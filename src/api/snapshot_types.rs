@@ -173,6 +173,61 @@ pub struct SnapshotNote {
     pub volume: Uuid,
 }
 
+/// What a guest reverted to a snapshot will see at its first boot, told before the revert
+/// (`Volume.getInfo`'s `revertBoot`): `clean` when its filesystems were frozen for the
+/// snapshot, `journal-recovery` when they were not (the boot replays the journals, or runs a
+/// filesystem check, as after a power cut), `unknown` when rvdsm cannot tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevertBoot {
+    /// `clean`, `journal-recovery` or `unknown`.
+    pub outcome: &'static str,
+    /// The same, said for a person.
+    pub message: String,
+}
+
+impl SnapshotNote {
+    /// What a guest reverted to this snapshot will see at boot.
+    pub fn revert_boot(&self) -> RevertBoot {
+        // A guest frozen by the caller (or by another tool) for the switch is as consistent
+        // as one rvdsm froze: its journals were committed before the switch.
+        let frozen_by_other = matches!(
+            self.reason.as_deref(),
+            Some("frozen-by-caller" | "already-frozen")
+        );
+        let why = self.reason.as_deref().unwrap_or("none recorded");
+        match self.consistency {
+            Consistency::Quiesced => RevertBoot {
+                outcome: "clean",
+                message: "the guest's filesystems were frozen for the snapshot: it boots \
+                          cleanly, with no journal recovery and no filesystem check"
+                    .into(),
+            },
+            Consistency::CrashConsistent if frozen_by_other => RevertBoot {
+                outcome: "clean",
+                message: format!(
+                    "the guest's filesystems were frozen for the snapshot ({why}): it boots \
+                     cleanly, with no journal recovery and no filesystem check"
+                ),
+            },
+            Consistency::CrashConsistent => RevertBoot {
+                outcome: "journal-recovery",
+                message: format!(
+                    "the snapshot was taken without quiescing ({why}): as after a power cut, \
+                     the guest replays its filesystem journals on boot, or runs a filesystem \
+                     check; writes not yet flushed at the snapshot are not in it"
+                ),
+            },
+            Consistency::Unknown => RevertBoot {
+                outcome: "unknown",
+                message: format!(
+                    "whether the guest was frozen for this snapshot is not known ({why}): \
+                     expect journal recovery or a filesystem check on boot"
+                ),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +273,34 @@ mod tests {
             let back: SnapshotResult = serde_json::from_str(&text).unwrap();
             assert_eq!(back, result, "{text}");
         }
+    }
+
+    #[test]
+    fn a_revert_is_announced_clean_only_when_the_guest_was_frozen() {
+        let note = |consistency, reason: Option<&str>| SnapshotNote {
+            consistency,
+            reason: reason.map(str::to_owned),
+            time: 0,
+            vm_id: Uuid::nil(),
+            volume: Uuid::nil(),
+        };
+        let outcome = |n: SnapshotNote| n.revert_boot().outcome;
+        assert_eq!(outcome(note(Consistency::Quiesced, None)), "clean");
+        assert_eq!(
+            outcome(note(Consistency::CrashConsistent, Some("frozen-by-caller"))),
+            "clean"
+        );
+        let unfrozen = note(Consistency::CrashConsistent, Some("agent-not-responding"));
+        assert_eq!(unfrozen.revert_boot().outcome, "journal-recovery");
+        assert!(
+            unfrozen
+                .revert_boot()
+                .message
+                .contains("agent-not-responding")
+        );
+        assert_eq!(
+            outcome(note(Consistency::Unknown, Some("recovered"))),
+            "unknown"
+        );
     }
 }

@@ -406,6 +406,10 @@ pub struct VolumeInfo {
     /// `{consistency, reason, time, vmId, volumeID}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<super::snapshot_types::SnapshotNote>,
+    /// What a guest reverted to this volume's snapshot will see at boot (rvdsm's addition,
+    /// with `snapshot`): `{outcome: clean | journal-recovery | unknown, message}`.
+    #[serde(rename = "revertBoot", skip_serializing_if = "Option::is_none")]
+    pub revert_boot: Option<super::snapshot_types::RevertBoot>,
 }
 
 /// `Volume.getSize`.

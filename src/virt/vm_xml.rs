@@ -160,6 +160,23 @@ pub fn place_drives(xml: &str, placed: &[PlacedDrive]) -> Result<String, VirtErr
     Ok(out)
 }
 
+/// The definition with a new VM generation id: any `<genid>` there is replaced by an empty
+/// one, which libvirt fills with a fresh UUID when the VM is defined.
+pub fn with_new_genid(xml: &str) -> Result<String, VirtError> {
+    let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
+    let root = doc.root_element();
+    let (range, text) = match child(root, "genid") {
+        Some(old) => (old.range(), "<genid/>".to_owned()),
+        None => {
+            let uuid = child(root, "uuid").ok_or_else(|| invalid("no <uuid>"))?;
+            (uuid.range().end..uuid.range().end, "<genid/>".to_owned())
+        }
+    };
+    let mut out = xml.to_owned();
+    out.replace_range(range, &text);
+    Ok(out)
+}
+
 /// The drives rvdsm placed, with their recorded chains, read from a (live) definition.
 pub fn managed_drives(xml: &str) -> Result<Vec<(EngineDrive, Vec<Uuid>)>, VirtError> {
     let engine = parse_engine_vm(xml)?;
@@ -451,5 +468,20 @@ mod tests {
         let orphan = engine_xml().replace(r#"dev="vda""#, r#"dev="vdq""#);
         let err = parse_engine_vm(&orphan).unwrap_err();
         assert!(err.to_string().contains("vda"), "{err}");
+    }
+
+    #[test]
+    fn a_new_genid_replaces_the_old_one_or_follows_the_uuid() {
+        let xml = engine_xml();
+        let fresh = with_new_genid(&xml).unwrap();
+        assert!(fresh.contains("555555555555</uuid><genid/>"), "{fresh}");
+        let old = xml.replace(
+            "</uuid>",
+            "</uuid>\n  <genid>aaaaaaaa-2222-3333-4444-555555555555</genid>",
+        );
+        let renewed = with_new_genid(&old).unwrap();
+        assert!(!renewed.contains("aaaaaaaa"), "{renewed}");
+        assert_eq!(renewed.matches("<genid/>").count(), 1, "{renewed}");
+        assert!(with_new_genid("<domain/>").is_err());
     }
 }

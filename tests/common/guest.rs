@@ -153,7 +153,7 @@ impl Guest {
 
     /// One `guest-ping` through libvirt's agent channel.
     pub fn ping(&self) -> Result<(), VirtError> {
-        agent::execute(&self.domain, guest_ping {}, AGENT_CALL_TIMEOUT).map(|_| ())
+        ping_domain(&self.domain)
     }
 
     /// Runs `script` with the guest's `/bin/sh -c` through `guest-exec`, waits (bounded) for it
@@ -310,6 +310,11 @@ impl Drop for GuestSlot {
         *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
         freed.notify_one();
     }
+}
+
+/// One `guest-ping` to the agent of `domain`.
+pub fn ping_domain(domain: &Domain) -> Result<(), VirtError> {
+    agent::execute(domain, guest_ping {}, AGENT_CALL_TIMEOUT).map(|_| ())
 }
 
 /// Runs `script` with `/bin/sh -c` in the guest of `domain` (called `name` in messages)

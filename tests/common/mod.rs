@@ -14,6 +14,7 @@
 pub mod chain;
 pub mod daemon;
 pub mod domain;
+pub mod engine;
 pub mod guest;
 pub mod libvirtd;
 pub mod stomp;

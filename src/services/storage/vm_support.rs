@@ -1,12 +1,16 @@
 //! What `VM.create` asks of the storage: each drive's volume prepared (as `Image.prepare`
-//! does), with its format and its chain from the base up, to place in the VM's definition.
+//! does), with its format and its chain from the base up, to place in the VM's definition;
+//! and whether the VM boots for the first time on a revert to a snapshot (a new generation
+//! id is then due).
+
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use super::{StorageService, blocking};
 use crate::api::ApiError;
 use crate::api::volume_types::BLANK_UUID;
-use crate::storage::{StorageError, image, volume};
+use crate::storage::{StorageError, image, snapshot_volume, volume};
 
 /// A drive's volume, ready for a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +74,36 @@ impl StorageService {
             })
         })
         .await
+    }
+
+    /// Whether `volume` is a revert's first boot: a leaf on a snapshot's volume that the
+    /// snapshot's VM did not switch to (a preview of that snapshot, or a linked clone of it)
+    /// and that nobody has written to yet. The guest then resumes from an earlier instant and
+    /// must get a new VM generation id.
+    pub async fn is_unbooted_revert(
+        &self,
+        pool: Uuid,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<bool, ApiError> {
+        let storage_domain = self.image_domain(pool, domain, image).await?;
+        let checked = Arc::clone(&storage_domain);
+        let branch = blocking(move || {
+            let parent = volume::read_meta(&checked, image, volume)?.parent;
+            Ok(parent != BLANK_UUID
+                && snapshot_volume::read_note(&checked, image, parent)
+                    .is_some_and(|note| note.volume != volume))
+        })
+        .await?;
+        if !branch {
+            return Ok(false);
+        }
+        let written =
+            snapshot_volume::has_data(&storage_domain, image, volume, self.inner.qemu_img_timeout)
+                .await
+                .map_err(ApiError::from)?;
+        Ok(!written)
     }
 
     /// Releases a drive's image when its VM is gone: nothing to release on a file domain once

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::{StorageService, blocking, on_tasks, validate};
 use crate::api::ApiError;
 use crate::api::names;
+use crate::api::snapshot_types::SnapshotNote;
 use crate::api::storage_types::{
     CreateVolumeParams, DeleteImageParams, DeleteVolumeParams, DeleteVolumesParams, VolumeInfo,
     VolumeParams, VolumeSize,
@@ -31,6 +32,7 @@ impl StorageService {
             let meta = volume::read_meta(&domain, p.image, p.volume)?;
             let (apparent, true_size) = volume::size(&domain, p.image, p.volume)?;
             let children = volume::children(&domain, p.image, p.volume)?;
+            let note = snapshot_volume::read_note(&domain, p.image, p.volume);
             let status = if meta.legality == Legality::Illegal {
                 "ILLEGAL"
             } else {
@@ -57,7 +59,8 @@ impl StorageService {
                 truesize: true_size.to_string(),
                 status: status.to_owned(),
                 children,
-                snapshot: snapshot_volume::read_note(&domain, p.image, p.volume),
+                revert_boot: note.as_ref().map(SnapshotNote::revert_boot),
+                snapshot: note,
             })
         })
         .await

@@ -146,6 +146,7 @@ impl VmService {
             .lock_images(engine.drives.iter().map(|d| (d.domain, d.image)).collect())
             .await;
         let mut placed = Vec::with_capacity(engine.drives.len());
+        let mut reverted = false;
         for drive in &engine.drives {
             let prepared = self
                 .inner
@@ -158,8 +159,19 @@ impl VmService {
                 format: prepared.format.to_owned(),
                 chain: prepared.chain,
             });
+            reverted |= self
+                .inner
+                .storage
+                .is_unbooted_revert(drive.pool, drive.domain, drive.image, drive.volume)
+                .await?;
         }
-        let xml = vm_xml::place_drives(&p.vm_params.xml, &placed).map_err(cannot_create)?;
+        let mut xml = vm_xml::place_drives(&p.vm_params.xml, &placed).map_err(cannot_create)?;
+        if reverted {
+            // The guest resumes from an earlier instant: software that keys on the VM's
+            // generation (directory replicas, unique-id generators) must know.
+            xml = vm_xml::with_new_genid(&xml).map_err(cannot_create)?;
+            tracing::info!(vm = %engine.uuid, "first boot on a reverted snapshot: new generation id");
+        }
         let entry = Entry {
             vm: engine.uuid,
             operation: Operation::Create,
