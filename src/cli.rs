@@ -38,6 +38,17 @@ pub enum UsageError {
     Mixed,
 }
 
+/// A job's progress as the CLI shows it while it waits: `job <id>: running [####----] 50%`.
+pub fn progress_line(job: &str, status: &str, percent: u64) -> String {
+    const WIDTH: usize = 20;
+    let filled = (percent.min(100) as usize * WIDTH) / 100;
+    format!(
+        "job {job}: {status:<7} [{}{}] {percent:>3}%",
+        "#".repeat(filled),
+        "-".repeat(WIDTH - filled)
+    )
+}
+
 /// Parses `name=value` words into a parameter object.
 pub fn parse_assignments(words: &[String]) -> Result<Map<String, Value>, UsageError> {
     let mut params = Map::new();
@@ -206,5 +217,18 @@ mod tests {
         assert!(text.contains("vmID (UUID, required)"), "{text}");
         assert!(text.contains("\"vmID\": \"00000000"), "{text}");
         assert!(list_verbs().contains("Host.getVMList"));
+    }
+
+    #[test]
+    fn progress_bars_fill_with_the_percentage() {
+        assert_eq!(
+            progress_line("j", "running", 50),
+            "job j: running [##########----------]  50%"
+        );
+        assert_eq!(
+            progress_line("j", "done", 100),
+            "job j: done    [####################] 100%"
+        );
+        assert!(progress_line("j", "pending", 0).contains("[--------------------]   0%"));
     }
 }

@@ -15,12 +15,16 @@ pub const CANNOT_CREATE_VM: i32 = 9;
 pub const VM_DESTROY_FAILED: i32 = 42;
 /// Unexpected exception.
 pub const UNEXPECTED: i32 = 16;
+/// `ImageFileNotFound`: the VM has no disk on that volume.
+pub const IMAGE_FILE_NOT_FOUND: i32 = 13;
 /// Guest agent non-responsive.
 pub const NON_RESPONSIVE_GUEST_AGENT: i32 = 19;
 /// Snapshot failed.
 pub const SNAPSHOT_FAILED: i32 = 48;
 /// Command not supported during migration.
 pub const MIGRATION_IN_PROGRESS: i32 = 51;
+/// `MergeFailed`.
+pub const MERGE_FAILED: i32 = 52;
 /// Operation not supported (freeze/thaw without an agent channel).
 pub const UNSUPPORTED_OPERATION: i32 = 75;
 /// Unable to freeze guest filesystems.

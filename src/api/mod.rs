@@ -6,6 +6,7 @@ pub mod codes;
 pub mod error;
 pub mod events;
 pub mod lifecycle_types;
+pub mod merge_types;
 pub mod params;
 pub mod schema;
 pub mod snapshot_types;

@@ -141,6 +141,14 @@ pub enum JobResult {
     Snapshot(SnapshotResult),
     /// A failed snapshot's rollback.
     Rollback(RollbackReport),
+    /// A done merge.
+    Merge(super::merge_types::MergeResult),
+}
+
+impl From<super::merge_types::MergeResult> for JobResult {
+    fn from(result: super::merge_types::MergeResult) -> Self {
+        Self::Merge(result)
+    }
 }
 
 impl From<SnapshotResult> for JobResult {

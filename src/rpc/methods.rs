@@ -56,6 +56,7 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::VmCont(p) => answer(s.vms.cont(p.vm_id).await),
         Call::VmShutdown(p) => done(s.vms.shutdown(p).await),
         Call::VmSnapshot(p) => done(s.snapshot.snapshot(p).await),
+        Call::VmMerge(p) => done(s.merge.merge(p).await),
         Call::VmFreeze(p) => done(s.freeze.freeze(p).await),
         Call::VmThaw(p) => done(s.freeze.thaw(p.vm_id).await),
         Call::HostGetJobs(p) => answer(Ok::<_, ApiError>(s.snapshot.jobs(p))),
@@ -178,8 +179,8 @@ mod tests {
     use crate::api::names;
     use crate::jobs::vm_jobs::JobRegistry;
     use crate::services::{
-        FreezeService, HostService, Monitor, SnapshotService, StorageService, StorageSettings,
-        VmService,
+        FreezeService, HostService, MergeService, Monitor, SnapshotService, StorageService,
+        StorageSettings, VmService,
     };
     use crate::virt::Hypervisor;
     use serde_json::json;
@@ -209,7 +210,8 @@ mod tests {
             secs,
             secs,
         );
-        let monitor = Monitor::new(hv.clone(), secs, freeze.clone(), None);
+        let block_jobs = crate::jobs::block_jobs::BlockJobTable::default();
+        let monitor = Monitor::new(hv.clone(), secs, freeze.clone(), None, block_jobs.clone());
         let vms = VmService::open(
             hv.clone(),
             storage.clone(),
@@ -217,9 +219,19 @@ mod tests {
             &dir.path().join("vms"),
         )
         .unwrap();
+        let (merge, _) = MergeService::open(
+            hv.clone(),
+            storage.clone(),
+            jobs.clone(),
+            block_jobs,
+            monitor.clone(),
+            &dir.path().join("merges"),
+        )
+        .unwrap();
         let services = Services {
             host: HostService::new(hv.clone(), uuid::Uuid::nil(), monitor.clone()),
             vms,
+            merge,
             monitor,
             snapshot: SnapshotService::open(
                 hv,

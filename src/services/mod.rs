@@ -7,12 +7,14 @@
 //! - [`snapshot`]: `VM.snapshot` and its jobs.
 //! - [`freeze`](FreezeService): `VM.freeze` and `VM.thaw`, with the auto-thaw promise.
 //! - [`vms`](VmService): `VM.create`, `VM.destroy`, `VM.pause`, `VM.cont`, `VM.shutdown`.
+//! - [`merge`](MergeService): `VM.merge`, live merges and their jobs.
 //! - [`monitor`](Monitor): the sampled stats the monitoring verbs answer from.
 //! - [`errors`]: the lower layers' errors with VDSM's codes.
 
 pub mod errors;
 mod freeze;
 mod host;
+mod merge;
 pub mod monitor;
 pub mod snapshot;
 mod storage;
@@ -20,19 +22,22 @@ mod vms;
 
 pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};
 pub use host::HostService;
+pub use merge::{MergeError, MergeService};
 pub use monitor::Monitor;
 pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};
 pub use vms::VmService;
 
 impl Services {
-    /// Brings in-flight work to a safe point when the daemon stops, within `grace`: storage
-    /// tasks are stopped and rolled back; snapshot jobs not begun fail untouched and running
+    /// Brings in-flight work to a safe point when the daemon stops, within `grace`: live
+    /// merges are left to QEMU (journaled, followed again at the next start); storage tasks
+    /// are stopped and rolled back; snapshot jobs not begun fail untouched and running
     /// ones get the grace to end; then every guest rvdsm froze is thawed (a stopped daemon
     /// keeps no auto-thaw deadline). What cannot end in time is journaled, and ended at the
     /// next start.
     pub async fn stop(&self, grace: std::time::Duration) {
         let deadline = std::time::Instant::now() + grace;
+        self.merge.stop();
         tokio::join!(self.storage.stop(deadline), self.snapshot.stop(deadline));
         self.freeze.stop().await;
         self.monitor.stop();
@@ -52,6 +57,8 @@ pub struct Services {
     pub freeze: FreezeService,
     /// The VM lifecycle verbs.
     pub vms: VmService,
+    /// `VM.merge` and its jobs.
+    pub merge: MergeService,
     /// The monitoring cache.
     pub monitor: Monitor,
 }

@@ -9,6 +9,7 @@
 //! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
 //! - [`image`]: deleting and preparing images, and telling whether a VM uses their volumes.
 //! - [`snapshot_volume`]: what a live snapshot needs of its volumes.
+//! - [`merge`]: what merging a snapshot away changes in the metadata.
 //! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
 
 pub mod domain;
@@ -18,6 +19,7 @@ mod error;
 pub mod image;
 pub mod layout;
 pub mod lock;
+pub mod merge;
 pub mod meta;
 pub mod qemu_img;
 pub mod snapshot_volume;

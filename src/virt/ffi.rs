@@ -6,7 +6,8 @@
 //!
 //! `virt` 0.5's `Domain::job_stats` builds a `Vec` from libvirt's null parameter list when no
 //! job runs, which aborts the process; [`active_job_operation`] replaces it. `virt` 0.5 has no
-//! `virDomainGetControlInfo`; [`monitor_held`] adds it.
+//! `virDomainGetControlInfo`; [`monitor_held`] adds it. Nor has it the block job calls of a
+//! live merge: [`block_commit`], [`block_job_info`], [`block_job_abort`].
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int, c_void};
@@ -44,14 +45,28 @@ pub fn fs_thaw(domain: &Domain, mountpoints: &[String]) -> Result<u32, VirtError
     })
 }
 
-/// `virDomainGetBlockJobInfo`: whether a block job (copy, commit, mirror, pull) runs on the
-/// disk `target`.
+/// Whether a block job (copy, commit, mirror, pull) runs on the disk `target`.
 pub fn block_job_active(domain: &Domain, target: &str) -> Result<bool, VirtError> {
-    let disk = CString::new(target).map_err(|_| VirtError::Libvirt {
-        op: "read block job",
-        code: 8, // VIR_ERR_INVALID_ARG
-        message: "a disk name contains a NUL byte".into(),
-    })?;
+    block_job_info(domain, target).map(|job| job.is_some())
+}
+
+/// A block job as `virDomainGetBlockJobInfo` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockJobInfo {
+    /// `virDomainBlockJobType` (commit 3, active commit 4).
+    pub kind: i32,
+    /// Bytes done.
+    pub cur: u64,
+    /// Bytes to do (it grows while the guest writes).
+    pub end: u64,
+    /// The speed limit, bytes per second (0: none).
+    pub bandwidth: u64,
+}
+
+/// `virDomainGetBlockJobInfo` with the bandwidth in bytes: the block job on the disk
+/// `target`, if any.
+pub fn block_job_info(domain: &Domain, target: &str) -> Result<Option<BlockJobInfo>, VirtError> {
+    let disk = disk_name("read block job", target)?;
     let mut info = sys::virDomainBlockJobInfo {
         type_: 0,
         bandwidth: 0,
@@ -60,8 +75,83 @@ pub fn block_job_active(domain: &Domain, target: &str) -> Result<bool, VirtError
     };
     // SAFETY: `domain` is live, `disk` is a valid NUL-terminated string and `info` a valid,
     // writable struct, all outliving the call.
-    let rc = unsafe { sys::virDomainGetBlockJobInfo(domain.as_ptr(), disk.as_ptr(), &mut info, 0) };
-    check("read block job", rc).map(|found| found > 0)
+    let rc = unsafe {
+        sys::virDomainGetBlockJobInfo(
+            domain.as_ptr(),
+            disk.as_ptr(),
+            &mut info,
+            sys::VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES,
+        )
+    };
+    let found = check("read block job", rc)?;
+    Ok((found > 0).then_some(BlockJobInfo {
+        kind: info.type_,
+        cur: info.cur,
+        end: info.end,
+        bandwidth: info.bandwidth,
+    }))
+}
+
+/// `virDomainBlockCommit` of the disk `target`: `top`'s data into `base` (both as the live
+/// XML names them), keeping backing names relative; `active` for the disk's active layer
+/// (a two-phase job that waits for a pivot). `bandwidth` in MiB/s, 0 for none.
+pub fn block_commit(
+    domain: &Domain,
+    target: &str,
+    base: &str,
+    top: &str,
+    bandwidth_mib: u64,
+    active: bool,
+) -> Result<(), VirtError> {
+    let op = "start block commit";
+    let disk = disk_name(op, target)?;
+    let base = disk_name(op, base)?;
+    let top = disk_name(op, top)?;
+    let mut flags = sys::VIR_DOMAIN_BLOCK_COMMIT_RELATIVE;
+    if active {
+        flags |= sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE;
+    }
+    let bandwidth = std::os::raw::c_ulong::try_from(bandwidth_mib).unwrap_or(0);
+    // SAFETY: `domain` is live; the three strings are valid NUL-terminated strings owned by
+    // this frame and outliving the call.
+    let rc = unsafe {
+        sys::virDomainBlockCommit(
+            domain.as_ptr(),
+            disk.as_ptr(),
+            base.as_ptr(),
+            top.as_ptr(),
+            bandwidth,
+            flags,
+        )
+    };
+    check(op, rc).map(drop)
+}
+
+/// `virDomainBlockJobAbort` of the disk `target`'s job: with `pivot`, the disk switches to
+/// the job's destination (an active commit's base); without, the job is cancelled.
+pub fn block_job_abort(domain: &Domain, target: &str, pivot: bool) -> Result<(), VirtError> {
+    let op = if pivot {
+        "pivot block job"
+    } else {
+        "abort block job"
+    };
+    let disk = disk_name(op, target)?;
+    let flags = if pivot {
+        sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT
+    } else {
+        0
+    };
+    // SAFETY: `domain` is live and `disk` a valid NUL-terminated string outliving the call.
+    let rc = unsafe { sys::virDomainBlockJobAbort(domain.as_ptr(), disk.as_ptr(), flags) };
+    check(op, rc).map(drop)
+}
+
+fn disk_name(op: &'static str, name: &str) -> Result<CString, VirtError> {
+    CString::new(name).map_err(|_| VirtError::Libvirt {
+        op,
+        code: 8, // VIR_ERR_INVALID_ARG
+        message: "a disk name or path contains a NUL byte".into(),
+    })
 }
 
 /// `virDomainGetJobStats`: `None` when no job runs on the domain, else the job's

@@ -7,6 +7,7 @@
 //! ([`Hypervisor::call`]); the async reactor never waits on libvirt.
 
 pub mod agent;
+mod block_jobs;
 mod connection;
 mod domains;
 mod error;
@@ -19,6 +20,7 @@ pub mod vm_xml;
 pub mod xml;
 mod xml_edit;
 
+pub use block_jobs::{BlockJob, Pivot};
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::{VirtError, VirtErrorKind};

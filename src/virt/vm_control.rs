@@ -129,12 +129,41 @@ impl Hypervisor {
         vm: Uuid,
         leaves: Vec<super::vm_xml::NewLeaf>,
     ) -> Result<(), VirtError> {
+        self.edit_drive_metadata(vm, move |xml| {
+            super::vm_xml::metadata_with_new_leaves(xml, &leaves)
+        })
+        .await
+    }
+
+    /// Records in the definition of a VM rvdsm created that a merge took `merged` out of the
+    /// drive `target`'s chain (and, for an active merge, that the drive now writes to `base`).
+    pub async fn record_merge(
+        &self,
+        vm: Uuid,
+        target: String,
+        merged: Uuid,
+        base: Uuid,
+    ) -> Result<(), VirtError> {
+        self.edit_drive_metadata(vm, move |xml| {
+            super::vm_xml::metadata_after_merge(xml, &target, merged, base)
+        })
+        .await
+    }
+
+    /// Replaces the VM's `ovirt-vm` metadata with what `edit` makes of its live XML (live,
+    /// and in the persistent definition of a running persistent VM); nothing when `edit` has
+    /// nothing to change.
+    async fn edit_drive_metadata(
+        &self,
+        vm: Uuid,
+        edit: impl FnOnce(&str) -> Result<Option<String>, VirtError> + Send + 'static,
+    ) -> Result<(), VirtError> {
         self.call_once("record drive volumes", move |conn| {
             let domain = lookup(conn, vm)?;
             let xml = domain
                 .xml_desc(0)
                 .map_err(|e| VirtError::libvirt("read domain XML", e))?;
-            let Some(element) = super::vm_xml::metadata_with_new_leaves(&xml, &leaves)? else {
+            let Some(element) = edit(&xml)? else {
                 return Ok(());
             };
             let active = domain

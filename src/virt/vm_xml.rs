@@ -224,13 +224,9 @@ pub fn metadata_with_new_leaves(
     leaves: &[NewLeaf],
 ) -> Result<Option<String>, VirtError> {
     let doc = Document::parse(domain_xml).map_err(|e| invalid(e.to_string()))?;
-    let Some(vm) = child(doc.root_element(), "metadata").and_then(|m| {
-        m.children()
-            .find(|n| n.tag_name().name() == "vm" && n.tag_name().namespace() == Some(OVIRT_VM_NS))
-    }) else {
+    let Some(vm) = ovirt_vm_element(&doc) else {
         return Ok(None);
     };
-    let base = vm.range().start;
     let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     for leaf in leaves {
         let Some(device) = vm.children().find(|d| {
@@ -262,9 +258,74 @@ pub fn metadata_with_new_leaves(
             }
         }
     }
-    if edits.is_empty() {
+    Ok(edited_element(domain_xml, vm, edits))
+}
+
+/// The domain's `ovirt-vm` metadata element after a merge took `merged` out of the drive
+/// `target`'s chain: its chain node goes, and when it was the drive's volume (an active
+/// merge), the drive's `volumeID` becomes `base`. `None` when there is nothing to change.
+pub fn metadata_after_merge(
+    domain_xml: &str,
+    target: &str,
+    merged: Uuid,
+    base: Uuid,
+) -> Result<Option<String>, VirtError> {
+    let doc = Document::parse(domain_xml).map_err(|e| invalid(e.to_string()))?;
+    let Some(vm) = ovirt_vm_element(&doc) else {
         return Ok(None);
+    };
+    let Some(device) = vm
+        .children()
+        .find(|d| d.tag_name().name() == "device" && d.attribute("name") == Some(target))
+    else {
+        return Ok(None);
+    };
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    let merged_text = merged.to_string();
+    let names_merged = |node: Node| {
+        node.first_child()
+            .and_then(|t| t.text())
+            .is_some_and(|t| t.trim() == merged_text)
+    };
+    if let Some(volume) = ns_child(device, "volumeID")
+        && names_merged(volume)
+        && let Some(text) = volume.first_child()
+    {
+        edits.push((text.range(), base.to_string()));
     }
+    if let Some(chain) = ns_child(device, "volumeChain") {
+        for node in chain
+            .children()
+            .filter(|n| n.tag_name().name() == "volumeChainNode")
+        {
+            if ns_child(node, "volumeID").is_some_and(names_merged) {
+                edits.push((node.range(), String::new()));
+            }
+        }
+    }
+    Ok(edited_element(domain_xml, vm, edits))
+}
+
+/// `<metadata><ovirt-vm:vm>`, if the domain has it.
+fn ovirt_vm_element<'a, 'input>(doc: &'a Document<'input>) -> Option<Node<'a, 'input>> {
+    child(doc.root_element(), "metadata").and_then(|m| {
+        m.children()
+            .find(|n| n.tag_name().name() == "vm" && n.tag_name().namespace() == Some(OVIRT_VM_NS))
+    })
+}
+
+/// The text of `vm` (an element of `domain_xml`) with `edits` (ranges of `domain_xml`)
+/// applied, made self-contained (its namespace declared on it) for `virDomainSetMetadata`;
+/// `None` without edits.
+fn edited_element(
+    domain_xml: &str,
+    vm: Node,
+    mut edits: Vec<(std::ops::Range<usize>, String)>,
+) -> Option<String> {
+    if edits.is_empty() {
+        return None;
+    }
+    let base = vm.range().start;
     edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
     let mut element = domain_xml[vm.range()].to_owned();
     for (range, text) in edits {
@@ -280,7 +341,7 @@ pub fn metadata_with_new_leaves(
             element.insert_str(name_end, &format!(" {declaration}\"{OVIRT_VM_NS}\""));
         }
     }
-    Ok(Some(element))
+    Some(element)
 }
 
 fn chain_xml(prefix: &str, drive: &PlacedDrive) -> String {
@@ -316,10 +377,7 @@ fn insert_point(disk: Node) -> std::ops::Range<usize> {
 
 /// The `<ovirt-vm:device>` elements of `<metadata><ovirt-vm:vm>`.
 fn metadata_devices<'a, 'input>(doc: &'a Document<'input>) -> Vec<Node<'a, 'input>> {
-    let Some(vm) = child(doc.root_element(), "metadata").and_then(|m| {
-        m.children()
-            .find(|n| n.tag_name().name() == "vm" && n.tag_name().namespace() == Some(OVIRT_VM_NS))
-    }) else {
+    let Some(vm) = ovirt_vm_element(doc) else {
         return Vec::new();
     };
     vm.children()

@@ -22,6 +22,7 @@ use crate::api::ApiError;
 use crate::api::lifecycle_types::{VmShortStatus, VmStats};
 use crate::api::types::VmStatus;
 use crate::events::EventBus;
+use crate::jobs::block_jobs::BlockJobTable;
 use crate::services::FreezeService;
 use crate::virt::{DomainView, Hypervisor, vm_xml, xml};
 use serde_json::value::RawValue;
@@ -41,6 +42,8 @@ struct Inner {
     interval: Duration,
     freezes: FreezeService,
     events: Option<EventBus>,
+    /// The live merges, shown in `vmJobs`.
+    block_jobs: BlockJobTable,
     // A std lock: held only to read or swap entries, never across an await or a libvirt call.
     vms: RwLock<HashMap<Uuid, Entry>>,
     /// The host's CPU counters at the last sample, and the percentages (user, system, idle)
@@ -83,6 +86,7 @@ fn static_json(stats: &VmStats) -> Arc<str> {
         monitor_response: None,
         stats_age: None,
         frozen: None,
+        vm_jobs: None,
         ..stats.clone()
     };
     serde_json::to_string(&fixed)
@@ -125,6 +129,7 @@ impl Monitor {
         interval: Duration,
         freezes: FreezeService,
         events: Option<EventBus>,
+        block_jobs: BlockJobTable,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -132,6 +137,7 @@ impl Monitor {
                 interval,
                 freezes,
                 events,
+                block_jobs,
                 vms: RwLock::default(),
                 host_cpu: std::sync::Mutex::default(),
                 stop: tokio_util::sync::CancellationToken::new(),
@@ -300,6 +306,10 @@ impl Monitor {
         {
             out.push_str(&format!(",\"frozen\":{value}"));
         }
+        if entry.stats.vm_jobs.is_some() {
+            out.push_str(",\"vmJobs\":");
+            out.push_str(&self.inner.block_jobs.json_of(entry.view.uuid));
+        }
         out.push('}');
     }
 
@@ -343,6 +353,16 @@ impl Monitor {
             stats.monitor_response = Some(now.monitor_response.to_owned());
             stats.stats_age = now.stats_age;
             stats.frozen = now.frozen;
+        }
+        if stats.vm_jobs.is_some() {
+            stats.vm_jobs = Some(
+                self.inner
+                    .block_jobs
+                    .of(entry.view.uuid)
+                    .into_iter()
+                    .filter_map(|(id, job)| Some((id, serde_json::to_value(job).ok()?)))
+                    .collect(),
+            );
         }
         stats
     }
@@ -516,7 +536,13 @@ mod tests {
         let jobs = crate::jobs::vm_jobs::JobRegistry::new(1);
         let secs = Duration::from_secs(1);
         let freezes = FreezeService::start(hv.clone(), jobs, dir.join("freezes"), secs, secs);
-        Monitor::new(hv, Duration::from_secs(15), freezes, None)
+        Monitor::new(
+            hv,
+            Duration::from_secs(15),
+            freezes,
+            None,
+            BlockJobTable::default(),
+        )
     }
 
     fn view(uuid: Uuid, status: VmStatus) -> DomainView {

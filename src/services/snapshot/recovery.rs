@@ -44,7 +44,8 @@ impl SnapshotService {
             let outcome = outcome
                 .map(Into::into)
                 .map_err(|(code, message)| JobError { code, message });
-            self.jobs.restore(entry.job, entry.vm, outcome);
+            self.jobs
+                .restore(entry.job, entry.vm, "snapshot_vm", outcome);
         }
     }
 

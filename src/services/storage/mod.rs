@@ -9,9 +9,12 @@
 //! - [`domains`]: domain and image verbs (`StorageDomain.*`, `Image.prepare`...);
 //! - [`volumes`]: `Volume.create` and the deletes, as tasks, and `Volume.getInfo`;
 //! - [`snapshot_support`]: what `VM.snapshot` asks of the storage;
+//! - [`merge_support`]: what `VM.merge` asks of the storage;
+//! - [`vm_support`]: what `VM.create` asks of the storage;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
 
 mod domains;
+mod merge_support;
 mod snapshot_support;
 mod tasks;
 mod validate;

@@ -80,7 +80,7 @@ impl VmService {
                 hypervisor,
                 storage,
                 monitor,
-                journal: Journal::open(journal_dir)?,
+                journal: Journal::open(journal_dir, "VM lifecycle")?,
                 busy: Mutex::default(),
             }),
         })
@@ -409,7 +409,7 @@ impl VmService {
     async fn journal_write(&self, entry: Entry) -> Result<(), ApiError> {
         let journal = self.inner.journal.clone();
         let operation = entry.operation;
-        let written = tokio::task::spawn_blocking(move || journal.write(&entry))
+        let written = tokio::task::spawn_blocking(move || journal.write(entry.vm, &entry))
             .await
             .map_err(|e| ApiError::Unexpected(e.to_string()))?;
         written.map_err(|e| {

@@ -1,0 +1,345 @@
+//! `VM.merge`: deleting a snapshot of a running VM by merging its volume (`top`) into its
+//! parent (`base`) with libvirt's block commit, as VDSM's live merge does, then deleting
+//! `top`. The active layer's commit ends with a pivot of the disk to `base`; an internal
+//! volume's commit rebases its child on `base` by itself. One room per phase:
+//!
+//! - this file: the service and the request's checks, up to the commit's start;
+//! - `runner.rs`: the job from the commit's start to its end (progress, pivot, cleanup);
+//! - `recovery.rs`: the merges a restart of rvdsmd interrupted, ended by what the domain and
+//!   the images show;
+//! - `journal.rs`: the journal of intent each phase is written to first;
+//! - `error.rs`: VDSM's codes.
+//!
+//! Safety: the job holds the VM (no snapshot or freeze meanwhile) and the image's lock from
+//! the checks to its end; the leaf is ILLEGAL only between a ready commit and its pivot, and
+//! LEGAL again when the pivot fails; `top` is deleted only once QEMU no longer uses it.
+
+mod error;
+mod journal;
+mod recovery;
+mod runner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api::merge_types::{DriveSpec, MergeParams, VmBlockJob};
+use crate::api::types::VmStatus;
+use crate::jobs::block_jobs::BlockJobTable;
+use crate::jobs::vm_jobs::{JobError, JobRegistry};
+use crate::services::{Monitor, StorageService};
+use crate::virt::{Conflict, Hypervisor, VirtError};
+
+pub use error::MergeError;
+use journal::{Entry, Journal, Phase};
+
+/// The `Host.getJobs` description of a merge job.
+const DESCRIPTION: &str = "merge_vm";
+
+/// Live merges and their jobs; cheap to clone.
+#[derive(Clone)]
+pub struct MergeService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hypervisor: Hypervisor,
+    storage: StorageService,
+    jobs: JobRegistry,
+    journal: Journal,
+    block_jobs: BlockJobTable,
+    monitor: Monitor,
+    /// Cancelled when the daemon stops: jobs stop following QEMU (which goes on) and stay
+    /// journaled for the next start.
+    stop: CancellationToken,
+    /// How often a running commit is read.
+    poll: Duration,
+}
+
+/// A disk's chain as the live domain has it, leaf first: `(volume, path as libvirt names it)`.
+type LiveChain = Vec<(Uuid, String)>;
+
+impl MergeService {
+    /// The service, its journal in `journal_dir`; returns the records a previous run left,
+    /// for [`MergeService::recover`]. Blocking.
+    pub fn open(
+        hypervisor: Hypervisor,
+        storage: StorageService,
+        jobs: JobRegistry,
+        block_jobs: BlockJobTable,
+        monitor: Monitor,
+        journal_dir: &std::path::Path,
+    ) -> std::io::Result<(Self, Vec<Entry>)> {
+        let journal = Journal::open(journal_dir, "merge")?;
+        let entries = journal.entries();
+        let service = Self {
+            inner: Arc::new(Inner {
+                hypervisor,
+                storage,
+                jobs,
+                journal,
+                block_jobs,
+                monitor,
+                stop: CancellationToken::new(),
+                poll: Duration::from_millis(250),
+            }),
+        };
+        Ok((service, entries))
+    }
+
+    /// Stops following the running merges: QEMU finishes their commits; the next start
+    /// ends them from the journal.
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// `VM.merge`: checks the request against the live domain and the metadata, journals the
+    /// job, starts libvirt's commit, and follows it in the background.
+    pub async fn merge(&self, p: MergeParams) -> Result<(), MergeError> {
+        let job = p.job.unwrap_or_else(Uuid::new_v4);
+        let fail = |reason: String| MergeError::failed(job, reason);
+        let view = self
+            .inner
+            .hypervisor
+            .read_view(p.vm_id)
+            .await?
+            .ok_or_else(|| VirtError::NoSuchDomain {
+                uuid: p.vm_id.to_string(),
+            })?;
+        if p.base == p.top {
+            return Err(fail(
+                "baseVolUUID and topVolUUID are the same volume".into(),
+            ));
+        }
+        if let Some(given) = p.job {
+            self.inner
+                .jobs
+                .check_new(given)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        if !matches!(view.status, VmStatus::Up | VmStatus::Paused) {
+            return Err(fail(format!(
+                "the VM is {:?}: a live merge needs a running VM (a stopped VM's snapshots \
+                 are merged with SDM.merge)",
+                view.status
+            )));
+        }
+        let claim = self
+            .inner
+            .jobs
+            .claim_vm(p.vm_id)
+            .map_err(|e| fail(e.to_string()))?;
+        let (target, chain) = self.find_disk(p.vm_id, &p.drive, job).await?;
+        let top_at = chain.iter().position(|(v, _)| *v == p.top).ok_or_else(|| {
+            fail(format!(
+                "topVolUUID {} is not in disk {target}'s chain",
+                p.top
+            ))
+        })?;
+        let (base, base_path) = chain.get(top_at + 1).cloned().ok_or_else(|| {
+            fail(format!(
+                "topVolUUID {} is the base of disk {target}'s chain",
+                p.top
+            ))
+        })?;
+        if base != p.base {
+            return Err(fail(format!(
+                "baseVolUUID {} is not topVolUUID's backing volume in disk {target}'s chain \
+                 ({base} is): only a volume and its parent are merged",
+                p.base
+            )));
+        }
+        let live_child = top_at.checked_sub(1).map(|i| chain[i].0);
+        let (domain, image) = (p.drive.domain, p.drive.image);
+        let locks = self.inner.storage.lock_images(vec![(domain, image)]).await;
+        let pair = self
+            .inner
+            .storage
+            .merge_pair(domain, image, p.base, p.top)
+            .await
+            .map_err(|e| MergeError::from_api(job, e))?;
+        if pair.child != live_child {
+            return Err(fail(format!(
+                "the metadata bases {:?} on topVolUUID, the VM's disk {:?}",
+                pair.child, live_child
+            )));
+        }
+        match self
+            .inner
+            .hypervisor
+            .conflict(p.vm_id, vec![target.clone()])
+            .await?
+        {
+            None => {}
+            Some(Conflict::Migration) => return Err(fail("the VM is migrating".into())),
+            Some(Conflict::BlockJob(disk)) => {
+                return Err(fail(format!("disk {disk} has a block job running")));
+            }
+        }
+        self.inner
+            .jobs
+            .add(job, p.vm_id, DESCRIPTION)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut entry = Entry {
+            job,
+            vm: p.vm_id,
+            target: target.clone(),
+            drive: p.drive,
+            base: p.base,
+            top: p.top,
+            child: live_child,
+            active: top_at == 0,
+            bandwidth: p.bandwidth,
+            base_path,
+            top_path: chain[top_at].1.clone(),
+            phase: Phase::Commit,
+        };
+        if let Err(err) = self.write(&entry).await {
+            let err = fail(format!("cannot journal the job: {err}"));
+            self.end(&mut entry, Err(err.clone())).await;
+            return Err(err);
+        }
+        self.show(&entry);
+        tracing::info!(%job, vm = %p.vm_id, disk = %target, base = %p.base, top = %p.top, active = entry.active, "live merge starting");
+        let started = self
+            .inner
+            .hypervisor
+            .block_commit(
+                p.vm_id,
+                target,
+                entry.base_path.clone(),
+                entry.top_path.clone(),
+                p.bandwidth,
+                entry.active,
+            )
+            .await;
+        if let Err(err) = started {
+            let err = fail(format!("libvirt refused the commit: {err}"));
+            self.end(&mut entry, Err(err.clone())).await;
+            return Err(err);
+        }
+        self.inner.jobs.mark_running(job);
+        let service = self.clone();
+        tokio::spawn(async move { service.follow(entry, claim, locks).await });
+        Ok(())
+    }
+
+    /// The VM's disk on `drive`'s volume: its target and its chain as the live domain has it.
+    async fn find_disk(
+        &self,
+        vm: Uuid,
+        drive: &DriveSpec,
+        job: Uuid,
+    ) -> Result<(String, LiveChain), MergeError> {
+        let (_, disks) = self.inner.hypervisor.domain_disks(vm).await?;
+        for disk in disks {
+            let Some(source) = disk.path.clone() else {
+                continue;
+            };
+            let paths =
+                std::iter::once(source).chain(disk.backing_chain.into_iter().map(|l| l.path));
+            let chain: LiveChain = paths
+                .map_while(|path| volume_of(&path).map(|v| (v, path)))
+                .collect();
+            let in_image = chain
+                .first()
+                .is_some_and(|(v, path)| *v == drive.volume && image_of(path) == Some(drive.image));
+            if in_image {
+                return Ok((disk.target, chain));
+            }
+        }
+        Err(MergeError::NoSuchDrive {
+            reason: format!(
+                "the VM has no disk on volume {} of image {}",
+                drive.volume, drive.image
+            ),
+            job,
+        })
+    }
+
+    /// Shows the job in the VM's `vmJobs`.
+    fn show(&self, entry: &Entry) {
+        self.inner.block_jobs.set(
+            entry.vm,
+            VmBlockJob {
+                id: entry.job,
+                job_type: "block",
+                block_job_type: "commit",
+                drive: entry.target.clone(),
+                image: entry.drive.image,
+                bandwidth: entry.bandwidth,
+                cur: "0".into(),
+                end: "0".into(),
+            },
+        );
+    }
+
+    /// Journals `entry`.
+    async fn write(&self, entry: &Entry) -> std::io::Result<()> {
+        let journal = self.inner.journal.clone();
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || journal.write(entry.job, &entry))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Ends the job: journaled as finished, shown in `Host.getJobs` (with its event), gone
+    /// from `vmJobs`.
+    async fn end(
+        &self,
+        entry: &mut Entry,
+        outcome: Result<crate::api::merge_types::MergeResult, MergeError>,
+    ) {
+        let recorded = outcome.clone().map_err(|e| e.code_and_message());
+        entry.phase = Phase::Finished {
+            at: crate::clock::epoch_secs(),
+            outcome: recorded,
+        };
+        if let Err(err) = self.write(entry).await {
+            tracing::error!(job = %entry.job, error = %err, "cannot journal the merge's end");
+        }
+        self.inner.block_jobs.remove(entry.vm, entry.job);
+        match outcome {
+            Ok(result) => {
+                tracing::info!(job = %entry.job, vm = %entry.vm, "live merge done");
+                self.inner.jobs.finish(entry.job, Ok(result.into()));
+            }
+            Err(err) => {
+                let (code, message) = err.code_and_message();
+                tracing::warn!(job = %entry.job, vm = %entry.vm, %message, "live merge failed");
+                self.inner
+                    .jobs
+                    .finish(entry.job, Err(JobError { code, message }));
+            }
+        }
+    }
+}
+
+/// The volume a path names (its file name), if it is a UUID.
+fn volume_of(path: &str) -> Option<Uuid> {
+    let name = std::path::Path::new(path).file_name()?.to_str()?;
+    Uuid::parse_str(name).ok()
+}
+
+/// The image a volume path names (its directory's name), if it is a UUID.
+fn image_of(path: &str) -> Option<Uuid> {
+    let dir = std::path::Path::new(path).parent()?.file_name()?.to_str()?;
+    Uuid::parse_str(dir).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_and_images_are_read_from_paths() {
+        let path = "/rhev/data-center/p/d/images/00000000-0000-0000-0000-000000000001/\
+                    00000000-0000-0000-0000-000000000002";
+        assert_eq!(volume_of(path), Some(Uuid::from_u128(2)));
+        assert_eq!(image_of(path), Some(Uuid::from_u128(1)));
+        assert_eq!(volume_of("/var/lib/libvirt/images/disk.qcow2"), None);
+        assert_eq!(image_of("disk"), None);
+    }
+}

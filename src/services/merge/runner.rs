@@ -1,0 +1,323 @@
+//! A merge job from its commit's start to its end: libvirt's block job followed (its progress
+//! into `Host.getJobs` and `vmJobs`) until it is ready to pivot (active layer) or gone
+//! (internal volume); the pivot, a bounded number of times, then an abort and a truthful
+//! failure; then the metadata brought to agree with the chain QEMU uses and `top` deleted.
+//! Each phase is journaled before it begins.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedMutexGuard;
+
+use super::journal::{Entry, Phase};
+use super::{MergeError, MergeService};
+use crate::api::merge_types::MergeResult;
+use crate::api::types::VmStatus;
+use crate::api::volume_types::Legality;
+use crate::jobs::vm_jobs::VmClaim;
+use crate::virt::Pivot;
+
+/// Pivots asked before the job gives up (VDSM retries forever: vdsm#197).
+pub(super) const MAX_PIVOT_ATTEMPTS: u32 = 5;
+/// Between two pivot attempts.
+const PIVOT_RETRY: Duration = Duration::from_secs(1);
+/// How long libvirt may take to show the disk on `base` after a pivot it reported done.
+const PIVOT_SETTLE: Duration = Duration::from_secs(30);
+/// How long libvirt may fail to answer (libvirtd restarting) before the job gives up.
+const UNREADABLE_BUDGET: Duration = Duration::from_secs(300);
+
+/// How a commit's phase ended.
+enum CommitEnd {
+    /// An active commit is ready to pivot.
+    Ready,
+    /// QEMU no longer uses `top`.
+    Merged,
+    /// Nothing was merged.
+    Failed(MergeError),
+}
+
+impl MergeService {
+    /// Follows a started (or recovered) merge to its end, holding the VM and the image.
+    pub(super) async fn follow(
+        self,
+        mut entry: Entry,
+        claim: VmClaim,
+        locks: Vec<OwnedMutexGuard<()>>,
+    ) {
+        let _held = (claim, locks);
+        match self.run_phases(&mut entry).await {
+            Some(outcome) => self.end(&mut entry, outcome).await,
+            None => {
+                tracing::info!(job = %entry.job, "rvdsmd stopping: the merge is left to QEMU and resumed at the next start")
+            }
+        }
+    }
+
+    /// The phases from the journaled one on; `None` when the daemon stops meanwhile.
+    async fn run_phases(&self, entry: &mut Entry) -> Option<Result<MergeResult, MergeError>> {
+        if entry.phase == Phase::Commit {
+            crate::failpoint::pause("merge:committing").await;
+            match self.wait_commit(entry).await? {
+                CommitEnd::Failed(err) => return Some(Err(err)),
+                CommitEnd::Merged => {}
+                CommitEnd::Ready => {
+                    if let Err(err) = self.enter(entry, Phase::Pivot).await {
+                        return Some(Err(err));
+                    }
+                }
+            }
+        }
+        let mut attempts = 0;
+        if entry.phase == Phase::Pivot {
+            match self.pivot(entry).await {
+                Ok(made) => attempts = made,
+                Err(err) => return Some(Err(err)),
+            }
+        }
+        Some(self.clean_up(entry).await.map(|()| entry.result(attempts)))
+    }
+
+    /// Journals the next phase before it begins.
+    async fn enter(&self, entry: &mut Entry, phase: Phase) -> Result<(), MergeError> {
+        entry.phase = phase;
+        self.write(entry)
+            .await
+            .map_err(|e| MergeError::failed(entry.job, format!("cannot journal the merge: {e}")))
+    }
+
+    /// Follows libvirt's block job until it is ready to pivot or gone.
+    async fn wait_commit(&self, entry: &Entry) -> Option<CommitEnd> {
+        let hv = &self.inner.hypervisor;
+        let mut unreadable_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = self.inner.stop.cancelled() => return None,
+                () = tokio::time::sleep(self.inner.poll) => {}
+            }
+            match hv.block_job(entry.vm, entry.target.clone()).await {
+                Ok(Some(job)) => {
+                    unreadable_since = None;
+                    let percent = (job.cur * 100).checked_div(job.end).unwrap_or(0);
+                    self.inner.jobs.progress(entry.job, percent.min(99) as u8);
+                    self.inner.block_jobs.progress(
+                        entry.vm,
+                        entry.job,
+                        job.cur,
+                        job.end,
+                        job.bandwidth >> 20,
+                    );
+                    if entry.active && job.ready {
+                        return Some(CommitEnd::Ready);
+                    }
+                }
+                Ok(None) => return Some(self.commit_gone(entry).await),
+                Err(err) => {
+                    if !self.vm_running(entry).await {
+                        return Some(self.commit_gone(entry).await);
+                    }
+                    let since = *unreadable_since.get_or_insert_with(Instant::now);
+                    tracing::warn!(job = %entry.job, error = %err, "cannot read the merge's block job");
+                    if since.elapsed() > UNREADABLE_BUDGET {
+                        return Some(CommitEnd::Failed(MergeError::failed(
+                            entry.job,
+                            format!(
+                                "libvirt did not tell the commit's state for {UNREADABLE_BUDGET:?}: {err}"
+                            ),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the VM runs (or is paused): its block jobs can then be asked.
+    async fn vm_running(&self, entry: &Entry) -> bool {
+        matches!(
+            self.inner.hypervisor.read_view(entry.vm).await,
+            Ok(Some(view)) if matches!(view.status, VmStatus::Up | VmStatus::Paused)
+        )
+    }
+
+    /// The commit's job is gone: whether QEMU still uses `top` tells if it merged.
+    async fn commit_gone(&self, entry: &Entry) -> CommitEnd {
+        let job = entry.job;
+        if self.vm_running(entry).await {
+            return match self.live_uses_top(entry).await {
+                Ok(false) => CommitEnd::Merged,
+                Ok(true) => CommitEnd::Failed(MergeError::failed(
+                    job,
+                    "libvirt's block commit ended without merging (cancelled, or QEMU failed: \
+                     see libvirtd's log); nothing changed",
+                )),
+                Err(err) => CommitEnd::Failed(err),
+            };
+        }
+        // A stopped VM: its images tell. An active commit that never pivoted left the VM on
+        // `top`; an internal one merged if `top`'s child is based on `base` now.
+        let merged = match entry.child {
+            Some(child) if !entry.active => self
+                .inner
+                .storage
+                .backing_of(entry.drive.domain, entry.drive.image, child)
+                .await
+                .map(|backing| backing == Some(entry.base)),
+            _ => Ok(false),
+        };
+        match merged {
+            Ok(true) => CommitEnd::Merged,
+            Ok(false) => CommitEnd::Failed(MergeError::failed(
+                job,
+                format!(
+                    "the VM stopped before the merge ended; nothing was merged and volume {} \
+                     stays in the chain",
+                    entry.top
+                ),
+            )),
+            Err(err) => CommitEnd::Failed(MergeError::from_api(job, err)),
+        }
+    }
+
+    /// Whether the disk's chain, as the domain has it now (live, or defined for a stopped
+    /// VM), still holds `top`.
+    async fn live_uses_top(&self, entry: &Entry) -> Result<bool, MergeError> {
+        let disk = self
+            .inner
+            .hypervisor
+            .disk(entry.vm, entry.target.clone())
+            .await?
+            .ok_or_else(|| {
+                MergeError::failed(entry.job, format!("disk {} is gone", entry.target))
+            })?;
+        let top = entry.top.to_string();
+        let named = |path: &str| {
+            std::path::Path::new(path)
+                .file_name()
+                .and_then(|f| f.to_str())
+                == Some(top.as_str())
+        };
+        Ok(disk.path.as_deref().is_some_and(named)
+            || disk.backing_chain.iter().any(|link| named(&link.path)))
+    }
+
+    /// Whether the disk is on `base` now (the pivot happened).
+    async fn pivoted(&self, entry: &Entry) -> bool {
+        let base = entry.base.to_string();
+        matches!(
+            self.inner.hypervisor.disk(entry.vm, entry.target.clone()).await,
+            Ok(Some(disk)) if disk.path.as_deref().and_then(|p| std::path::Path::new(p).file_name()).and_then(|f| f.to_str()) == Some(base.as_str())
+        )
+    }
+
+    /// The active commit's pivot: the leaf ILLEGAL first (a crash then leaves it unusable
+    /// rather than stale), at most [`MAX_PIVOT_ATTEMPTS`] pivots, then an abort and the leaf
+    /// LEGAL again. Returns the attempts made.
+    async fn pivot(&self, entry: &Entry) -> Result<u32, MergeError> {
+        let (domain, image, top) = (entry.drive.domain, entry.drive.image, entry.top);
+        let storage = &self.inner.storage;
+        let hv = &self.inner.hypervisor;
+        // A recovered job may find the pivot done already.
+        if self.pivoted(entry).await {
+            return Ok(0);
+        }
+        if !self.vm_running(entry).await {
+            return Err(self
+                .keep_top(entry, "the VM stopped before the pivot")
+                .await);
+        }
+        storage
+            .set_legality(domain, image, top, Legality::Illegal)
+            .await
+            .map_err(|e| MergeError::from_api(entry.job, e))?;
+        crate::failpoint::pause("merge:ready").await;
+        let mut last = String::new();
+        for attempt in 1..=MAX_PIVOT_ATTEMPTS {
+            match hv.pivot(entry.vm, entry.target.clone()).await {
+                Ok(Pivot::Done) => {
+                    if self.wait_pivoted(entry).await {
+                        return Ok(attempt);
+                    }
+                    last = format!(
+                        "libvirt reported the pivot done but the disk is not on {} after {PIVOT_SETTLE:?}",
+                        entry.base
+                    );
+                }
+                Ok(Pivot::NotReady) => last = "the commit was not ready".into(),
+                Err(err) => last = err.to_string(),
+            }
+            // An error may come after the switch (a lost connection): look before retrying.
+            if self.pivoted(entry).await {
+                return Ok(attempt);
+            }
+            tracing::warn!(job = %entry.job, attempt, reason = %last, "pivot failed");
+            tokio::time::sleep(PIVOT_RETRY).await;
+        }
+        let aborted = hv.abort_block_job(entry.vm, entry.target.clone()).await;
+        if self.pivoted(entry).await {
+            return Ok(MAX_PIVOT_ATTEMPTS);
+        }
+        let abort_note = match aborted {
+            Ok(()) => "the commit was cancelled".to_owned(),
+            Err(err) => format!("cancelling the commit failed too ({err})"),
+        };
+        Err(self
+            .keep_top(
+                entry,
+                &format!(
+                    "the pivot failed {MAX_PIVOT_ATTEMPTS} times (last: {last}); {abort_note}"
+                ),
+            )
+            .await)
+    }
+
+    /// The failure of a merge whose pivot did not happen: the leaf is LEGAL again, and the VM
+    /// stays on it.
+    async fn keep_top(&self, entry: &Entry, why: &str) -> MergeError {
+        let (domain, image, top) = (entry.drive.domain, entry.drive.image, entry.top);
+        let restored = self
+            .inner
+            .storage
+            .set_legality(domain, image, top, Legality::Legal)
+            .await;
+        let tail = match restored {
+            Ok(()) => format!("the VM stays on volume {top}, which is LEGAL"),
+            Err(err) => format!("volume {top} could not be made LEGAL again: {err}"),
+        };
+        MergeError::failed(entry.job, format!("{why}; {tail}"))
+    }
+
+    /// Waits (bounded) until the domain shows the disk on `base`.
+    async fn wait_pivoted(&self, entry: &Entry) -> bool {
+        let deadline = Instant::now() + PIVOT_SETTLE;
+        while Instant::now() < deadline {
+            if self.pivoted(entry).await {
+                return true;
+            }
+            tokio::time::sleep(self.inner.poll).await;
+        }
+        false
+    }
+
+    /// QEMU no longer uses `top`: the metadata follows (child rebased or `base` the leaf),
+    /// `top` is deleted, the VM's recorded chain drops it.
+    async fn clean_up(&self, entry: &mut Entry) -> Result<(), MergeError> {
+        crate::failpoint::pause("merge:pivoted").await;
+        if entry.phase != Phase::Cleanup {
+            self.enter(entry, Phase::Cleanup).await?;
+        }
+        let (domain, image) = (entry.drive.domain, entry.drive.image);
+        self.inner
+            .storage
+            .unlink_merged(domain, image, entry.base, entry.top)
+            .await
+            .map_err(|e| MergeError::from_api(entry.job, e))?;
+        let recorded = self
+            .inner
+            .hypervisor
+            .record_merge(entry.vm, entry.target.clone(), entry.top, entry.base)
+            .await;
+        if let Err(err) = recorded {
+            tracing::warn!(job = %entry.job, error = %err, "cannot record the merged chain in the VM's definition");
+        }
+        self.inner.monitor.refresh(entry.vm).await;
+        Ok(())
+    }
+}

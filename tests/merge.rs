@@ -1,0 +1,319 @@
+//! Live merges (`VM.merge`) of real guests through rvdsmd: an internal volume and then the
+//! active layer merged while the guest writes, with the job's progress in `vmJobs` and
+//! `Host.getJobs`, every write kept (the guest boots again on the merged volume and finds
+//! them), the metadata agreeing with the chain QEMU uses and nothing leaked; VDSM's refusals;
+//! and the faults: rvdsmd killed when the commit is ready and right after the pivot (the next
+//! start finishes the merge), a pivot that keeps failing (a bounded number of attempts, then
+//! a truthful failure with the VM on its volume), QEMU killed mid-commit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::chain::{assert_intact, chain_problems, new_top, snapshot_params, wait_job};
+use common::daemon::cli;
+use common::domain::{Fixture, new_id};
+use common::engine::EngineVm;
+use common::guest::GuestSlot;
+use common::{Guest, GuestOptions, libvirt, wait_until};
+use serde_json::{Value, json};
+
+/// `VM.merge` parameters: `top` into `base` on the disk whose leaf is `leaf`.
+fn merge_params(f: &Fixture, vm: &str, image: &str, leaf: &str, base: &str, top: &str) -> Value {
+    json!({
+        "vmID": vm,
+        "drive": {"poolID": f.pool, "domainID": f.domain, "imageID": image, "volumeID": leaf},
+        "baseVolUUID": base, "topVolUUID": top, "jobUUID": new_id(),
+    })
+}
+
+/// Starts a merge with `params` (plus `extra`); returns its job.
+fn start_merge(f: &Fixture, mut params: Value, extra: Value) -> String {
+    params
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let job = params["jobUUID"].as_str().unwrap().to_owned();
+    assert_eq!(f.daemon.ok("VM.merge", params), json!(true));
+    job
+}
+
+/// A quiesced snapshot of `vm` from `base` onto a new volume; returns the new volume.
+fn snapshot(f: &Fixture, vm: &str, image: &str, base: &str) -> String {
+    let top = new_top(f, image, base);
+    let job = new_id();
+    f.daemon.ok(
+        "VM.snapshot",
+        snapshot_params(f, vm, image, base, &top, &job),
+    );
+    let info = wait_job(f, &job, Duration::from_secs(120));
+    assert_eq!(info["status"], "done", "{info}");
+    top
+}
+
+fn write_marker(exec: impl Fn(&str) -> (i64, String), text: &str) {
+    let (code, out) = exec(&format!("echo {text} > /mnt/data/marker && sync"));
+    assert_eq!(code, 0, "{out}");
+}
+
+/// The checksum of `/mnt/data/blob` in the guest.
+fn blob_sum(exec: impl Fn(&str) -> (i64, String)) -> String {
+    let (code, out) = exec("md5sum /mnt/data/blob");
+    assert_eq!(code, 0, "{out}");
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+/// The file names of the disk `vda`'s chain as `VM.getStats` shows it, leaf first.
+fn live_chain(f: &Fixture, vm: &str) -> Vec<String> {
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+    let disk = &stats[0]["disks"]["vda"];
+    let name = |p: &Value| {
+        std::path::Path::new(p.as_str().unwrap())
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    std::iter::once(name(&disk["path"]))
+        .chain(
+            disk["backingChain"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| name(&l["path"])),
+        )
+        .collect()
+}
+
+#[test]
+fn live_merges_of_an_internal_volume_and_the_active_layer_keep_every_write() {
+    let Some(_conn) = libvirt() else { return };
+    let _slot = GuestSlot::acquire();
+    let f = Fixture::new();
+    let (image, base, _) = f.data_volume();
+    let vm = new_id();
+    let (guest, _) = EngineVm::create(&f, &vm, &image, &base, None);
+    let exec = |script: &str| guest.exec(script);
+    write_marker(exec, "A");
+    let top1 = snapshot(&f, &vm, &image, &base);
+    // 8 MiB of the guest's own in top1, so that a merge at 1 MiB/s takes a while.
+    let (code, out) = exec("dd if=/dev/urandom of=/mnt/data/blob bs=1M count=8 2>&1 && sync");
+    assert_eq!(code, 0, "{out}");
+    let blob = blob_sum(exec);
+    write_marker(exec, "B");
+    let top2 = snapshot(&f, &vm, &image, &top1);
+    write_marker(exec, "C");
+    assert_eq!(
+        live_chain(&f, &vm),
+        [top2.clone(), top1.clone(), base.clone()]
+    );
+
+    // VDSM's refusals, each changing nothing.
+    let params = |leaf: &str, base: &str, top: &str| merge_params(&f, &vm, &image, leaf, base, top);
+    let mut unknown = params(&top2, &base, &top1);
+    unknown["vmID"] = json!(new_id());
+    assert_eq!(f.daemon.err("VM.merge", unknown).0, 1);
+    let (code, message) = f.daemon.err("VM.merge", params(&top1, &base, &top1));
+    assert_eq!(code, 13, "not the disk's leaf: {message}");
+    let (code, message) = f.daemon.err("VM.merge", params(&top2, &base, &top2));
+    assert_eq!(code, 52, "not adjacent: {message}");
+    assert!(
+        message.starts_with("Merge failed: {'reason': "),
+        "{message}"
+    );
+    let (code, _) = f.daemon.err("VM.merge", params(&top2, &top1, &top1));
+    assert_eq!(code, 52, "base == top");
+    assert_eq!(
+        live_chain(&f, &vm),
+        [top2.clone(), top1.clone(), base.clone()]
+    );
+    assert!(chain_problems(&f, &image, &top2).is_empty());
+
+    // The internal volume, slowly: the job shows in vmJobs and Host.getJobs while it runs.
+    let job = start_merge(&f, params(&top2, &base, &top1), json!({"bandwidth": 1}));
+    let mut seen = Value::Null;
+    let shown = wait_until(Duration::from_secs(30), || {
+        let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+        seen = stats[0]["vmJobs"][&job].clone();
+        seen["end"].as_str().is_some_and(|end| end != "0")
+    });
+    assert!(shown, "vmJobs never showed the commit: {seen}");
+    assert_eq!(seen["jobType"], "block");
+    assert_eq!(seen["blockJobType"], "commit");
+    assert_eq!(seen["drive"], "vda");
+    assert_eq!(seen["imgUUID"], image.as_str());
+    let running = &f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[&job];
+    assert_eq!(running["description"], "merge_vm", "{running}");
+    let snap_job = new_id();
+    let (code, _) = f.daemon.err(
+        "VM.snapshot",
+        snapshot_params(&f, &vm, &image, &top2, &new_id(), &snap_job),
+    );
+    assert_eq!(code, 100, "a snapshot while the VM merges is refused");
+    let info = wait_job(&f, &job, Duration::from_secs(120));
+    assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());
+    assert_eq!(info["result"]["active"], false);
+    let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+    assert_eq!(stats[0]["vmJobs"], json!({}), "the job left vmJobs");
+    assert_eq!(live_chain(&f, &vm), [top2.clone(), base.clone()]);
+    assert_eq!(f.info(&image, &top2)["parent"], base.as_str());
+    assert_eq!(
+        f.daemon
+            .err(
+                "Volume.getInfo",
+                json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image, "volumeID": top1})
+            )
+            .0,
+        201,
+        "the merged volume is deleted"
+    );
+    assert!(chain_problems(&f, &image, &top2).is_empty());
+    let xml = &f.daemon.ok("Host.dumpxmls", json!({"vmList": [vm]}))[&vm];
+    assert!(!xml.as_str().unwrap().contains(&top1), "{xml}");
+    assert_eq!(blob_sum(exec), blob);
+
+    // The active layer, through the CLI's --wait: the VM pivots to the base.
+    let active = params(&top2, &base, &top2);
+    let (code, out, err) = cli(
+        &f.daemon,
+        &[
+            "--wait",
+            "VM",
+            "merge",
+            &format!("vmID={vm}"),
+            &format!("drive={}", active["drive"]),
+            &format!("baseVolUUID={base}"),
+            &format!("topVolUUID={top2}"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}\nlog:\n{}", f.daemon.log());
+    assert!(err.contains("100%"), "a progress bar: {err}");
+    let done: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(done["result"]["active"], true, "{done}");
+    assert!(done["result"]["pivotAttempts"].as_u64().unwrap() >= 1);
+    assert_eq!(live_chain(&f, &vm), std::slice::from_ref(&base));
+    assert_eq!(f.info(&image, &base)["voltype"], "LEAF");
+    assert!(chain_problems(&f, &image, &base).is_empty());
+    write_marker(exec, "D");
+    let xml = f.daemon.ok("Host.dumpxmls", json!({"vmList": [vm]}))[&vm].clone();
+    let metadata = xml.as_str().unwrap();
+    assert!(
+        metadata.contains(&format!("<ovirt-vm:volumeID>{base}</ovirt-vm:volumeID>"))
+            && !metadata.contains(&top2),
+        "{metadata}"
+    );
+
+    // Every write is in the base: the VM boots on it again and finds them.
+    f.daemon.ok("VM.destroy", json!({"vmID": vm}));
+    drop(guest);
+    let (again, _) = EngineVm::create(&f, &vm, &image, &base, None);
+    let exec = |script: &str| again.exec(script);
+    assert_eq!(exec("cat /mnt/data/marker").1.trim(), "D");
+    assert_eq!(blob_sum(exec), blob);
+    f.daemon.ok("VM.destroy", json!({"vmID": vm}));
+}
+
+/// A guest on a new volume with one snapshot (base <- top, the VM on top), and a merge of top
+/// into base that stops at `point`; returns (guest, image, base, top, job, marker).
+fn merge_paused_at(
+    f: &mut Fixture,
+    point: &str,
+    extra: Value,
+) -> (Guest, String, String, String, String, std::path::PathBuf) {
+    let conn = libvirt().unwrap();
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let top = snapshot(f, &guest.uuid, &image, &base);
+    let (code, out) = guest.exec("dd if=/dev/urandom of=/mnt/data/blob bs=1M count=4 2>&1 && sync");
+    assert_eq!(code, 0, "{out}");
+    let marker = f.daemon.restart_paused_at(point);
+    let params = merge_params(f, &guest.uuid, &image, &top, &base, &top);
+    let job = start_merge(f, params, extra);
+    assert!(
+        wait_until(Duration::from_secs(60), || marker.exists()),
+        "{point} never reached; log:\n{}",
+        f.daemon.log()
+    );
+    (guest, image, base, top, job, marker)
+}
+
+#[test]
+fn rvdsmd_killed_when_ready_or_after_the_pivot_finishes_the_merge_at_start() {
+    let Some(_conn) = libvirt() else { return };
+    for point in ["merge:ready", "merge:pivoted"] {
+        let mut f = Fixture::new();
+        let (guest, image, base, top, job, _marker) = merge_paused_at(&mut f, point, json!({}));
+        let sum = blob_sum(|s: &str| guest.exec(s));
+        if point == "merge:ready" {
+            assert_eq!(
+                f.info(&image, &top)["legality"],
+                "ILLEGAL",
+                "the leaf is ILLEGAL before the pivot"
+            );
+        }
+        f.daemon.restart_in_place(&[]);
+        let info = wait_job(&f, &job, Duration::from_secs(120));
+        assert_eq!(
+            info["status"],
+            "done",
+            "{point}: {info}; log:\n{}",
+            f.daemon.log()
+        );
+        assert_eq!(info["result"]["active"], true);
+        assert_intact(&f, &image, &guest, &base, point);
+        assert_eq!(blob_sum(|s: &str| guest.exec(s)), sum, "{point}");
+    }
+}
+
+#[test]
+fn a_pivot_that_keeps_failing_ends_in_a_truthful_failure_on_the_old_volume() {
+    let Some(_conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let (guest, image, _base, top, job, marker) = merge_paused_at(&mut f, "merge:ready", json!({}));
+    // Someone cancels the commit behind rvdsm's back: every pivot fails.
+    let out = std::process::Command::new("virsh")
+        .args([
+            "-c",
+            "qemu:///system",
+            "blockjob",
+            &guest.name,
+            "vda",
+            "--abort",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&marker).unwrap();
+    let info = wait_job(&f, &job, Duration::from_secs(120));
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(info["error"]["code"], 52);
+    let message = info["error"]["message"].as_str().unwrap();
+    assert!(message.contains("the pivot failed 5 times"), "{message}");
+    assert!(message.contains("which is LEGAL"), "{message}");
+    assert_intact(&f, &image, &guest, &top, "failed pivot");
+}
+
+#[test]
+fn qemu_killed_mid_commit_leaves_the_chain_as_it_was() {
+    let Some(_conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let (guest, image, _base, top, job, marker) =
+        merge_paused_at(&mut f, "merge:committing", json!({"bandwidth": 1}));
+    guest.domain().destroy().unwrap();
+    std::fs::remove_file(&marker).unwrap();
+    let info = wait_job(&f, &job, Duration::from_secs(120));
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(info["error"]["code"], 52);
+    assert!(
+        info["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was merged"),
+        "{info}"
+    );
+    assert_eq!(f.info(&image, &top)["legality"], "LEGAL");
+    assert!(chain_problems(&f, &image, &top).is_empty());
+}
