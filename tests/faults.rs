@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -239,10 +238,10 @@ fn a_missing_new_volume_is_refused_and_a_full_filesystem_fails_the_create_cleanl
     // Full: a second image on a small tmpfs, filled up before the create.
     let image2 = new_id();
     let dir2 = f.image_dir(&image2);
-    let _mount = Tmpfs::mount(&dir2, "4m");
+    let _mount = common::Tmpfs::mount(&dir2, "4m");
     let base2 = new_id();
     assert_success(&f.create(&image2, &base2, json!({"size": (64u64 << 20).to_string()})));
-    fill(&dir2.join("filler"));
+    common::fill(&dir2.join("filler"));
     let top2 = new_id();
     let status = f.create(
         &image2,
@@ -276,38 +275,6 @@ fn a_missing_new_volume_is_refused_and_a_full_filesystem_fails_the_create_cleanl
         &top2,
         json!({"srcVolUUID": base2, "size": (64u64 << 20).to_string()}),
     ));
-}
-
-/// Writes zeros to `path` until the filesystem is full.
-fn fill(path: &Path) {
-    let mut file = std::fs::File::create(path).unwrap();
-    let block = vec![0u8; 64 << 10];
-    while file.write_all(&block).is_ok() {}
-}
-
-/// A tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "cannot mount a tmpfs (run as root)");
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[test]

@@ -10,7 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::chain::{assert_intact, chain_problems, new_top, snapshot_params, wait_job};
+use common::chain::{
+    assert_intact, blob_sum, chain_problems, read_marker, snapshot_params, take_snapshot, wait_job,
+    write_blob, write_marker,
+};
 use common::daemon::cli;
 use common::domain::{Fixture, new_id};
 use common::engine::EngineVm;
@@ -36,31 +39,6 @@ fn start_merge(f: &Fixture, mut params: Value, extra: Value) -> String {
     let job = params["jobUUID"].as_str().unwrap().to_owned();
     assert_eq!(f.daemon.ok("VM.merge", params), json!(true));
     job
-}
-
-/// A quiesced snapshot of `vm` from `base` onto a new volume; returns the new volume.
-fn snapshot(f: &Fixture, vm: &str, image: &str, base: &str) -> String {
-    let top = new_top(f, image, base);
-    let job = new_id();
-    f.daemon.ok(
-        "VM.snapshot",
-        snapshot_params(f, vm, image, base, &top, &job),
-    );
-    let info = wait_job(f, &job, Duration::from_secs(120));
-    assert_eq!(info["status"], "done", "{info}");
-    top
-}
-
-fn write_marker(exec: impl Fn(&str) -> (i64, String), text: &str) {
-    let (code, out) = exec(&format!("echo {text} > /mnt/data/marker && sync"));
-    assert_eq!(code, 0, "{out}");
-}
-
-/// The checksum of `/mnt/data/blob` in the guest.
-fn blob_sum(exec: impl Fn(&str) -> (i64, String)) -> String {
-    let (code, out) = exec("md5sum /mnt/data/blob");
-    assert_eq!(code, 0, "{out}");
-    out.split_whitespace().next().unwrap().to_owned()
 }
 
 /// The file names of the disk `vda`'s chain as `VM.getStats` shows it, leaf first.
@@ -95,13 +73,11 @@ fn live_merges_of_an_internal_volume_and_the_active_layer_keep_every_write() {
     let (guest, _) = EngineVm::create(&f, &vm, &image, &base, None);
     let exec = |script: &str| guest.exec(script);
     write_marker(exec, "A");
-    let top1 = snapshot(&f, &vm, &image, &base);
+    let top1 = take_snapshot(&f, &vm, &image, &base, json!({}));
     // 8 MiB of the guest's own in top1, so that a merge at 1 MiB/s takes a while.
-    let (code, out) = exec("dd if=/dev/urandom of=/mnt/data/blob bs=1M count=8 2>&1 && sync");
-    assert_eq!(code, 0, "{out}");
-    let blob = blob_sum(exec);
+    let blob = write_blob(exec, 8);
     write_marker(exec, "B");
-    let top2 = snapshot(&f, &vm, &image, &top1);
+    let top2 = take_snapshot(&f, &vm, &image, &top1, json!({}));
     write_marker(exec, "C");
     assert_eq!(
         live_chain(&f, &vm),
@@ -208,7 +184,7 @@ fn live_merges_of_an_internal_volume_and_the_active_layer_keep_every_write() {
     drop(guest);
     let (again, _) = EngineVm::create(&f, &vm, &image, &base, None);
     let exec = |script: &str| again.exec(script);
-    assert_eq!(exec("cat /mnt/data/marker").1.trim(), "D");
+    assert_eq!(read_marker(exec), "D");
     assert_eq!(blob_sum(exec), blob);
     f.daemon.ok("VM.destroy", json!({"vmID": vm}));
 }
@@ -222,9 +198,8 @@ fn merge_paused_at(
 ) -> (Guest, String, String, String, String, std::path::PathBuf) {
     let conn = libvirt().unwrap();
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
-    let top = snapshot(f, &guest.uuid, &image, &base);
-    let (code, out) = guest.exec("dd if=/dev/urandom of=/mnt/data/blob bs=1M count=4 2>&1 && sync");
-    assert_eq!(code, 0, "{out}");
+    let top = take_snapshot(f, &guest.uuid, &image, &base, json!({}));
+    write_blob(|s: &str| guest.exec(s), 4);
     let marker = f.daemon.restart_paused_at(point);
     let params = merge_params(f, &guest.uuid, &image, &top, &base, &top);
     let job = start_merge(f, params, extra);

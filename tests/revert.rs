@@ -9,13 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::chain::{new_top, snapshot_params, wait_job};
+use common::chain::{new_top, read_marker, take_snapshot, write_marker};
 use common::daemon::cli;
 use common::domain::{Fixture, assert_success, new_id};
 use common::engine::EngineVm;
 use common::guest::GuestSlot;
 use common::libvirt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// An ext4 mount that replayed its journal says so (`fs/ext4/super.c`).
 const JOURNAL_RECOVERY: &str = "recovery complete";
@@ -31,33 +31,6 @@ fn start_writer(vm: &EngineVm) {
     );
     assert_eq!(code, 0, "{out}");
     std::thread::sleep(Duration::from_secs(1));
-}
-
-/// Writes `text` to `/mnt/data/marker` and syncs it to the disk.
-fn write_marker(vm: &EngineVm, text: &str) {
-    let (code, out) = vm.exec(&format!("echo {text} > /mnt/data/marker && sync"));
-    assert_eq!(code, 0, "{out}");
-}
-
-fn marker(vm: &EngineVm) -> String {
-    let (code, out) = vm.exec("cat /mnt/data/marker");
-    assert_eq!(code, 0, "{out}");
-    out.trim().to_owned()
-}
-
-/// Takes a snapshot of `vm` from `base` onto a new volume; returns the new volume.
-fn snapshot(f: &Fixture, vm: &str, image: &str, base: &str, extra: Value) -> String {
-    let top = new_top(f, image, base);
-    let job = new_id();
-    let mut params = snapshot_params(f, vm, image, base, &top, &job);
-    params
-        .as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    f.daemon.ok("VM.snapshot", params);
-    let info = wait_job(f, &job, Duration::from_secs(120));
-    assert_eq!(info["status"], "done", "{info}");
-    top
 }
 
 fn destroy(f: &Fixture, vm: &str) {
@@ -100,11 +73,11 @@ fn reverting_to_any_snapshot_boots_as_its_consistency_record_promised() {
         "an ordinary boot keeps it"
     );
     start_writer(&first);
-    write_marker(&first, "A");
-    let top1 = snapshot(&f, &vm, &image, &base, json!({}));
-    write_marker(&first, "B");
-    let top2 = snapshot(&f, &vm, &image, &top1, json!({"quiesce": "skip"}));
-    write_marker(&first, "C");
+    write_marker(|c: &str| first.exec(c), "A");
+    let top1 = take_snapshot(&f, &vm, &image, &base, json!({}));
+    write_marker(|c: &str| first.exec(c), "B");
+    let top2 = take_snapshot(&f, &vm, &image, &top1, json!({"quiesce": "skip"}));
+    write_marker(|c: &str| first.exec(c), "C");
     destroy(&f, &vm);
     drop(first);
 
@@ -148,7 +121,7 @@ fn reverting_to_any_snapshot_boots_as_its_consistency_record_promised() {
         !console.contains(JOURNAL_RECOVERY),
         "a quiesced snapshot replayed its journal:\n{console}"
     );
-    assert_eq!(marker(&reverted), "A");
+    assert_eq!(read_marker(|c: &str| reverted.exec(c)), "A");
     let new_genid = reverted.genid().expect("a generation id");
     assert_ne!(
         new_genid, genid,
@@ -169,7 +142,7 @@ fn reverting_to_any_snapshot_boots_as_its_consistency_record_promised() {
         console.contains(JOURNAL_RECOVERY),
         "no journal recovery after an unquiesced snapshot:\n{console}"
     );
-    assert_eq!(marker(&reverted), "B");
+    assert_eq!(read_marker(|c: &str| reverted.exec(c)), "B");
     destroy(&f, &vm);
     drop(reverted);
 
@@ -186,6 +159,6 @@ fn reverting_to_any_snapshot_boots_as_its_consistency_record_promised() {
     // The next boot is an ordinary one: the engine's generation id is kept.
     let again = boot(&f, &vm, &image, &preview, &genid);
     assert_eq!(again.genid().as_deref(), Some(genid.as_str()));
-    assert_eq!(marker(&again), "B");
+    assert_eq!(read_marker(|c: &str| again.exec(c)), "B");
     destroy(&f, &vm);
 }

@@ -67,6 +67,12 @@ pub const CREATE_VOLUME_SIZE_ERROR: i32 = 229;
 pub const INCORRECT_TYPE: i32 = 231;
 /// Image path does not exist or cannot be accessed.
 pub const IMAGE_PATH_ERROR: i32 = 254;
+/// `MergeSnapshotsError`: qemu-img could not merge.
+pub const MERGE_SNAPSHOTS_ERROR: i32 = 252;
+/// `CopyImageError`: qemu-img could not copy.
+pub const COPY_IMAGE_ERROR: i32 = 261;
+/// `GenerationMismatch`.
+pub const GENERATION_MISMATCH: i32 = 911;
 /// Image does not exist in the domain.
 pub const IMAGE_DOES_NOT_EXIST_IN_SD: i32 = 268;
 /// Unknown pool id.

@@ -81,3 +81,110 @@ pub struct MergeResult {
     /// The pivots asked of libvirt (active merges).
     pub pivot_attempts: u32,
 }
+
+/// VDSM's `SubchainInfo`: a cold merge of `top_id` into its parent `base_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubchainInfo {
+    /// The storage domain.
+    pub sd_id: Uuid,
+    /// The image.
+    pub img_id: Uuid,
+    /// The volume merged away.
+    pub top_id: Uuid,
+    /// The volume that receives the data.
+    pub base_id: Uuid,
+    /// The base's generation the caller expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_generation: Option<u32>,
+}
+
+/// Parameters of `StoragePool.prepareMerge` and `StoragePool.finalizeMerge`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PoolSubchainParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The subchain.
+    #[serde(rename = "subchainInfo")]
+    pub subchain: SubchainInfo,
+}
+
+/// Parameters of `SDM.merge`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SdmMergeParams {
+    /// The job id.
+    pub job_id: Uuid,
+    /// The subchain.
+    pub subchain_info: SubchainInfo,
+    /// Merge `top`'s dirty bitmaps into `base` too.
+    #[serde(default)]
+    pub merge_bitmaps: bool,
+}
+
+/// VDSM's `CopyDataDIVEndpoint` (`endpoint_type: "div"`): a volume of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyEndpoint {
+    /// Only `div` (domain, image, volume) is served.
+    pub endpoint_type: EndpointType,
+    /// The storage domain.
+    pub sd_id: Uuid,
+    /// The image.
+    pub img_id: Uuid,
+    /// The volume.
+    pub vol_id: Uuid,
+    /// The volume's generation the caller expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    /// Whether the caller prepared the volume already (nothing to do on a file domain).
+    #[serde(default)]
+    pub prepared: bool,
+}
+
+/// `CopyDataEndpointType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointType {
+    /// A volume of a storage domain.
+    Div,
+}
+
+/// Parameters of `SDM.copy_data`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CopyDataParams {
+    /// The job id.
+    pub job_id: Uuid,
+    /// What is copied (its whole chain, as the guest sees it).
+    pub source: CopyEndpoint,
+    /// Where to (an existing volume, written over).
+    pub destination: CopyEndpoint,
+    /// Refused when true: bitmaps are not copied.
+    #[serde(default)]
+    pub copy_bitmaps: bool,
+}
+
+/// Parameters of `Image.reconcileVolumeChain`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReconcileParams {
+    /// The pool.
+    #[serde(rename = "storagepoolID")]
+    pub pool: Uuid,
+    /// The domain.
+    #[serde(rename = "storagedomainID")]
+    pub domain: Uuid,
+    /// The image.
+    #[serde(rename = "imageID")]
+    pub image: Uuid,
+    /// The leaf the caller last knew.
+    #[serde(rename = "leafVolID")]
+    pub leaf: Uuid,
+}
+
+/// What a done SDM job did (its `result` in `Host.getJobs`, rvdsm's addition): the volume
+/// whose data it wrote and that volume's new generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdmResult {
+    /// The volume written (a cold merge's base, a copy's destination).
+    pub volume: Uuid,
+    /// Its generation now.
+    pub generation: u32,
+}

@@ -143,6 +143,14 @@ pub enum JobResult {
     Rollback(RollbackReport),
     /// A done merge.
     Merge(super::merge_types::MergeResult),
+    /// A done SDM job.
+    Sdm(super::merge_types::SdmResult),
+}
+
+impl From<super::merge_types::SdmResult> for JobResult {
+    fn from(result: super::merge_types::SdmResult) -> Self {
+        Self::Sdm(result)
+    }
 }
 
 impl From<super::merge_types::MergeResult> for JobResult {

@@ -9,7 +9,9 @@ use serde_json::{Map, Value};
 
 use super::ApiError;
 use super::lifecycle_types::{CreateVmParams, DestroyVmParams, ShutdownVmParams, VmListParams};
-use super::merge_types::MergeParams;
+use super::merge_types::{
+    CopyDataParams, MergeParams, PoolSubchainParams, ReconcileParams, SdmMergeParams,
+};
 use super::params::{from_object, serde_fields};
 use super::schema::{Param, ParamType, Verb, optional, required};
 use super::storage_types::DeleteVolumesParams;
@@ -190,6 +192,55 @@ verbs! {
             required("topVolUUID", ParamType::Uuid, "The volume merged away (base's child)."),
             optional("bandwidth", ParamType::UInt, "I/O limit in MiB/s (0: none)."),
             optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
+        ];
+    StoragePoolPrepareMerge SP_PREPARE_MERGE "StoragePool.prepareMerge" (PoolSubchainParams)
+        "The first step of a cold merge (VM stopped): checks the subchain and grows the \
+        base's capacity to the top's. Returns a task id."
+        [
+            POOL_ID,
+            required("subchainInfo", ParamType::Object,
+                "{sd_id, img_id, top_id, base_id, base_generation?}: top_id is merged into \
+                its parent base_id."),
+        ];
+    SdmMerge SDM_MERGE "SDM.merge" (SdmMergeParams)
+        "The second step of a cold merge: top's data committed into base (qemu-img \
+        commit), as a storage job in Host.getJobs. Returns true."
+        [
+            required("job_id", ParamType::Uuid, "The job id."),
+            required("subchain_info", ParamType::Object,
+                "{sd_id, img_id, top_id, base_id, base_generation?}."),
+            optional("merge_bitmaps", ParamType::Bool, "Merge top's dirty bitmaps into base."),
+        ];
+    StoragePoolFinalizeMerge SP_FINALIZE_MERGE "StoragePool.finalizeMerge" (PoolSubchainParams)
+        "The last step of a cold merge, after SDM.merge succeeded: top's child rebased \
+        on base, the metadata updated, top deleted. Returns a task id."
+        [
+            POOL_ID,
+            required("subchainInfo", ParamType::Object,
+                "{sd_id, img_id, top_id, base_id, base_generation?}."),
+        ];
+    SdmCopyData SDM_COPY_DATA "SDM.copy_data" (CopyDataParams)
+        "A full clone: the source's whole chain, as the guest sees it, copied into the \
+        destination volume (qemu-img convert, lowest I/O priority, with a deadline), as \
+        a storage job in Host.getJobs. Returns true."
+        [
+            required("job_id", ParamType::Uuid, "The job id."),
+            required("source", ParamType::Object,
+                "{endpoint_type: div, sd_id, img_id, vol_id, generation?}."),
+            required("destination", ParamType::Object,
+                "{endpoint_type: div, sd_id, img_id, vol_id, generation?}: an existing \
+                volume, ILLEGAL while written."),
+            optional("copy_bitmaps", ParamType::Bool, "Refused: bitmaps are not copied."),
+        ];
+    ImageReconcileVolumeChain IMAGE_RECONCILE "Image.reconcileVolumeChain" (ReconcileParams)
+        "The image's chain as its qcow2 headers have it (a stopped VM), from leafVolID \
+        down (an ILLEGAL leaf left out), with the metadata brought to agree. Returns the \
+        chain, base first."
+        [
+            POOL_ID,
+            DOMAIN_ID,
+            IMAGE_ID,
+            required("leafVolID", ParamType::Uuid, "The leaf the caller last knew."),
         ];
     VmFreeze VM_FREEZE "VM.freeze" (FreezeParams)
         "Freezes the guest's filesystems through its agent, until VM.thaw or the \

@@ -18,8 +18,8 @@ use rvdsm::rpc::server::{RunningServer, ServerOptions};
 use rvdsm::rpc::subscriptions::register_events;
 use rvdsm::rpc::tls::{ServerTls, TlsFiles};
 use rvdsm::services::{
-    FreezeService, HostService, MergeService, Monitor, Services, SnapshotService, StorageService,
-    StorageSettings, VmService,
+    FreezeService, HostService, MergeService, Monitor, SdmService, Services, SnapshotService,
+    StorageService, StorageSettings, VmService,
 };
 use rvdsm::virt::Hypervisor;
 use tokio::signal::unix::{SignalKind, signal};
@@ -158,6 +158,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("start-up panicked")?
         .context("cannot open the merge journal")?
     };
+    let sdm = {
+        let (storage, jobs) = (storage.clone(), jobs_view.clone());
+        let dir = config.daemon.state_dir.join("sdm");
+        tokio::task::spawn_blocking(move || SdmService::open(storage, jobs, &dir))
+            .await
+            .context("start-up panicked")?
+            .context("cannot open the SDM job journal")?
+    };
     let snapshot = snapshot.with_monitor(monitor.clone());
     let services = Services {
         host: HostService::new(hypervisor, storage.pool(), monitor.clone()),
@@ -166,6 +174,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         storage,
         vms: vms.clone(),
         merge: merge.clone(),
+        sdm,
         monitor: monitor.clone(),
     };
     let options = ServerOptions {
@@ -196,6 +205,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     snapshot.recover(interrupted).await;
     vms.recover().await;
     merge.recover(merges_left).await;
+    services.storage.finish_interrupted().await;
     monitor.sample_all().await;
     monitor.start();
     readiness.set_ready();

@@ -85,6 +85,28 @@ pub enum TaskWork {
         /// The first volume was marked ILLEGAL: from here the delete only goes forward.
         started: bool,
     },
+    /// `StoragePool.prepareMerge`.
+    PrepareMerge {
+        /// The storage domain.
+        domain: Uuid,
+        /// The image.
+        image: Uuid,
+    },
+    /// `StoragePool.finalizeMerge`.
+    FinalizeMerge {
+        /// The storage domain.
+        domain: Uuid,
+        /// The image.
+        image: Uuid,
+        /// The volume that received the data.
+        base: Uuid,
+        /// The volume merged away.
+        top: Uuid,
+        /// The volume based on `top`, rebased on `base`.
+        child: Option<Uuid>,
+        /// The rebase was started: from here the finalize only goes forward.
+        started: bool,
+    },
     /// `Image.delete`.
     DeleteImage {
         /// The storage domain.

@@ -59,7 +59,7 @@ pub struct JobInfo {
     pub status: JobStatus,
     /// `snapshot_vm`, ...
     pub description: String,
-    /// `virt`.
+    /// `virt`, or `storage` for the SDM jobs (`SDM.merge`, `SDM.copy_data`).
     pub job_type: String,
     /// 0-100.
     pub progress: u8,
@@ -69,8 +69,9 @@ pub struct JobInfo {
     /// What it did (consistency, timings, volumes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
-    /// The VM it works on.
-    pub vm_id: Uuid,
+    /// The VM it works on (virt jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<Uuid>,
 }
 
 /// Why a job cannot start.
@@ -147,12 +148,24 @@ impl JobRegistry {
     /// Whether a job (a snapshot) is pending or running on `vm`.
     pub fn busy_with_job(&self, vm: Uuid) -> bool {
         self.lock().values().any(|e| {
-            e.info.vm_id == vm && matches!(e.info.status, JobStatus::Pending | JobStatus::Running)
+            e.info.vm_id == Some(vm)
+                && matches!(e.info.status, JobStatus::Pending | JobStatus::Running)
         })
     }
 
-    /// Registers a pending job.
+    /// Registers a pending virt job on `vm`.
     pub fn add(&self, id: Uuid, vm: Uuid, description: &str) -> Result<(), JobRefusal> {
+        self.add_typed(id, Some(vm), "virt", description)
+    }
+
+    /// Registers a pending job of `job_type` (`virt`, `storage`).
+    pub fn add_typed(
+        &self,
+        id: Uuid,
+        vm: Option<Uuid>,
+        job_type: &str,
+        description: &str,
+    ) -> Result<(), JobRefusal> {
         let mut jobs = self.lock();
         purge(&mut jobs);
         if jobs.contains_key(&id) {
@@ -165,7 +178,7 @@ impl JobRegistry {
                     id,
                     status: JobStatus::Pending,
                     description: description.to_owned(),
-                    job_type: "virt".to_owned(),
+                    job_type: job_type.to_owned(),
                     progress: 0,
                     error: None,
                     result: None,
@@ -200,6 +213,17 @@ impl JobRegistry {
     /// Sets a running job's progress.
     pub fn progress(&self, id: Uuid, progress: u8) {
         self.update(id, |info| info.progress = progress.min(100));
+    }
+
+    /// Sets a running job's progress from `done` of `total` (bytes, percents...), kept
+    /// below 100 until the job ends.
+    pub fn progress_of(&self, id: Uuid, done: f64, total: f64) {
+        let percent = if total > 0.0 { done / total * 100.0 } else { 0.0 };
+        let shown = (0..100u8)
+            .rev()
+            .find(|p| f64::from(*p) <= percent)
+            .unwrap_or(0);
+        self.progress(id, shown);
     }
 
     /// Ends a job, and announces it.
@@ -247,11 +271,11 @@ impl JobRegistry {
     pub fn restore(
         &self,
         id: Uuid,
-        vm: Uuid,
-        description: &str,
+        vm: Option<Uuid>,
+        (job_type, description): (&str, &str),
         outcome: Result<JobResult, JobError>,
     ) {
-        if self.add(id, vm, description).is_ok() {
+        if self.add_typed(id, vm, job_type, description).is_ok() {
             self.finish(id, outcome);
         }
     }

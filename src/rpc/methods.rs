@@ -58,6 +58,11 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::VmSnapshot(p) => done(s.snapshot.snapshot(p).await),
         Call::VmMerge(p) => done(s.merge.merge(p).await),
         Call::VmFreeze(p) => done(s.freeze.freeze(p).await),
+        Call::StoragePoolPrepareMerge(p) => answer(s.storage.prepare_merge(p).await),
+        Call::SdmMerge(p) => done(s.sdm.merge(p).await),
+        Call::StoragePoolFinalizeMerge(p) => answer(s.sdm.finalize_merge(p).await),
+        Call::SdmCopyData(p) => done(s.sdm.copy_data(p).await),
+        Call::ImageReconcileVolumeChain(p) => answer(s.storage.reconcile_chain(p).await),
         Call::VmThaw(p) => done(s.freeze.thaw(p.vm_id).await),
         Call::HostGetJobs(p) => answer(Ok::<_, ApiError>(s.snapshot.jobs(p))),
         Call::StorageDomainCreate(p) => done(s.storage.create_domain(p).await),
@@ -179,8 +184,8 @@ mod tests {
     use crate::api::names;
     use crate::jobs::vm_jobs::JobRegistry;
     use crate::services::{
-        FreezeService, HostService, MergeService, Monitor, SnapshotService, StorageService,
-        StorageSettings, VmService,
+        FreezeService, HostService, MergeService, Monitor, SdmService, SnapshotService,
+        StorageService, StorageSettings, VmService,
     };
     use crate::virt::Hypervisor;
     use serde_json::json;
@@ -228,10 +233,12 @@ mod tests {
             &dir.path().join("merges"),
         )
         .unwrap();
+        let sdm = SdmService::open(storage.clone(), jobs.clone(), &dir.path().join("sdm")).unwrap();
         let services = Services {
             host: HostService::new(hv.clone(), uuid::Uuid::nil(), monitor.clone()),
             vms,
             merge,
+            sdm,
             monitor,
             snapshot: SnapshotService::open(
                 hv,

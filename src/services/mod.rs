@@ -8,6 +8,7 @@
 //! - [`freeze`](FreezeService): `VM.freeze` and `VM.thaw`, with the auto-thaw promise.
 //! - [`vms`](VmService): `VM.create`, `VM.destroy`, `VM.pause`, `VM.cont`, `VM.shutdown`.
 //! - [`merge`](MergeService): `VM.merge`, live merges and their jobs.
+//! - [`sdm`](SdmService): `SDM.merge` and `SDM.copy_data`, the storage jobs; `StoragePool.finalizeMerge`.
 //! - [`monitor`](Monitor): the sampled stats the monitoring verbs answer from.
 //! - [`errors`]: the lower layers' errors with VDSM's codes.
 
@@ -16,14 +17,16 @@ mod freeze;
 mod host;
 mod merge;
 pub mod monitor;
+mod sdm;
 pub mod snapshot;
-mod storage;
+pub(crate) mod storage;
 mod vms;
 
 pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};
 pub use host::HostService;
 pub use merge::{MergeError, MergeService};
 pub use monitor::Monitor;
+pub use sdm::SdmService;
 pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};
 pub use vms::VmService;
@@ -38,6 +41,7 @@ impl Services {
     pub async fn stop(&self, grace: std::time::Duration) {
         let deadline = std::time::Instant::now() + grace;
         self.merge.stop();
+        self.sdm.stop();
         tokio::join!(self.storage.stop(deadline), self.snapshot.stop(deadline));
         self.freeze.stop().await;
         self.monitor.stop();
@@ -59,6 +63,8 @@ pub struct Services {
     pub vms: VmService,
     /// `VM.merge` and its jobs.
     pub merge: MergeService,
+    /// The SDM jobs.
+    pub sdm: SdmService,
     /// The monitoring cache.
     pub monitor: Monitor,
 }

@@ -78,6 +78,15 @@ pub enum StorageError {
     /// qemu-img failed while creating a volume on a parent (217).
     #[error("Cannot clone volume: {0}")]
     Clone(String),
+    /// qemu-img failed merging volumes (252).
+    #[error("Error merging snapshots: {0}")]
+    Merge(String),
+    /// qemu-img failed copying a chain (261).
+    #[error("low level Image copy failed: {0}")]
+    Copy(String),
+    /// The caller's expected generation is not the volume's (911).
+    #[error("The provided generation does not match the actual generation: {0}")]
+    GenerationMismatch(String),
     /// The `.meta` file is unreadable (207).
     #[error("Error while processing volume meta data: {path}: {source}")]
     MetadataRead {

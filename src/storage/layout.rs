@@ -102,6 +102,13 @@ impl DomainDir {
             .join(format!("{}.snapshot", volume.hyphenated()))
     }
 
+    /// `<vol>.clone`: rvdsm's mark on a full copy's destination until a VM first boots on
+    /// it (that boot gets a new VM generation id).
+    pub fn clone_mark(&self, image: Uuid, volume: Uuid) -> PathBuf {
+        self.image(image)
+            .join(format!("{}.clone", volume.hyphenated()))
+    }
+
     /// `<vol>.lease`.
     pub fn lease(&self, image: Uuid, volume: Uuid) -> PathBuf {
         self.image(image)

@@ -145,6 +145,129 @@ pub fn unlink_merged(
     volume::remove_files(domain, image, top)
 }
 
+/// A cold merge's data step: `top`'s data written into `base` (`qemu-img commit -d`: `top`
+/// is left as it was, so an interrupted commit leaves the chain readable), with its
+/// progress; then, if asked, `top`'s dirty bitmaps merged into `base`'s (which `qemu-img
+/// commit` does not do). The VM must be stopped.
+pub async fn commit(
+    domain: &Domain,
+    image: Uuid,
+    base: Uuid,
+    top: Uuid,
+    merge_bitmaps: bool,
+    (timeout, stop): (std::time::Duration, &tokio_util::sync::CancellationToken),
+    progress: impl FnMut(f64) + Send,
+) -> Result<(), StorageError> {
+    let dir = domain.dir.image(image);
+    let (base_name, top_name) = (base.hyphenated().to_string(), top.hyphenated().to_string());
+    let args = [
+        "commit", "-p", "-d", "-f", "qcow2", "-b", &base_name, &top_name,
+    ];
+    let failed = |e: super::qemu_img::QemuImgError| match e {
+        super::qemu_img::QemuImgError::Stopped => StorageError::Aborted,
+        other => StorageError::Merge(other.to_string()),
+    };
+    super::qemu_img::run_with_progress(&args, &dir, timeout, stop, progress)
+        .await
+        .map_err(failed)?;
+    if merge_bitmaps {
+        for bitmap in bitmaps(domain, image, top, timeout).await? {
+            if !bitmaps(domain, image, base, timeout)
+                .await?
+                .contains(&bitmap)
+            {
+                let add = ["bitmap", "--add", "-f", "qcow2", &base_name, &bitmap];
+                super::qemu_img::run(&add, &dir, timeout, stop)
+                    .await
+                    .map_err(failed)?;
+            }
+            let merge = [
+                "bitmap", "--merge", &bitmap, "-b", &top_name, "-F", "qcow2", "-f", "qcow2",
+                &base_name, &bitmap,
+            ];
+            super::qemu_img::run(&merge, &dir, timeout, stop)
+                .await
+                .map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+/// The names of a qcow2 volume's persistent dirty bitmaps.
+pub async fn bitmaps(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+    timeout: std::time::Duration,
+) -> Result<Vec<String>, StorageError> {
+    let info = info(domain, image, volume, timeout).await?;
+    Ok(info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Points `child`'s qcow2 header at `base` as its backing file (`qemu-img rebase -u`: the
+/// header only; `base` must already hold what `child`'s old backing held). Idempotent.
+pub async fn rebase_onto(
+    domain: &Domain,
+    image: Uuid,
+    child: Uuid,
+    base: Uuid,
+    timeout: std::time::Duration,
+) -> Result<(), StorageError> {
+    let dir = domain.dir.image(image);
+    let (base_name, child_name) = (
+        base.hyphenated().to_string(),
+        child.hyphenated().to_string(),
+    );
+    let base_format = read_meta(domain, image, base)?.format.qemu_name();
+    let args = [
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        &base_name,
+        "-F",
+        base_format,
+        &child_name,
+    ];
+    super::qemu_img::run(
+        &args,
+        &dir,
+        timeout,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .map(drop)
+    .map_err(|e| StorageError::Merge(e.to_string()))
+}
+
+/// `qemu-img info` of a volume (its own layer, shared with a writer that may exist).
+async fn info(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+    timeout: std::time::Duration,
+) -> Result<serde_json::Value, StorageError> {
+    let dir = domain.dir.image(image);
+    let name = volume.hyphenated().to_string();
+    let args = ["info", "-U", "--output=json", name.as_str()];
+    let inspect = |message: String| StorageError::Inspect { volume, message };
+    let out = super::qemu_img::run(
+        &args,
+        &dir,
+        timeout,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .map_err(|e| inspect(e.to_string()))?;
+    serde_json::from_str(&out).map_err(|e| inspect(format!("qemu-img info output: {e}")))
+}
+
 /// The volume `volume`'s data file names as its backing file (`qemu-img info`, sharing the
 /// image with a writer that may exist), by its file name; `None` for a base volume. What a
 /// stopped VM's chain really is after an interrupted merge.

@@ -9,9 +9,14 @@
 //! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
 //! - [`image`]: deleting and preparing images, and telling whether a VM uses their volumes.
 //! - [`snapshot_volume`]: what a live snapshot needs of its volumes.
-//! - [`merge`]: what merging a snapshot away changes in the metadata.
+//! - [`merge`]: what merging a snapshot away changes in the metadata, and a cold merge's
+//!   qemu-img steps.
+//! - [`data_operation`]: generations and legality around a volume's data being written.
+//! - [`copy`]: a full copy of a chain into another volume.
 //! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
 
+pub mod copy;
+pub mod data_operation;
 pub mod domain;
 mod domain_fs;
 pub mod domain_md;

@@ -38,16 +38,7 @@ pub async fn run(
     timeout: Duration,
     stop: &CancellationToken,
 ) -> Result<String, QemuImgError> {
-    let child = Command::new("nice")
-        .args(["-n", "19", "ionice", "-c", "3", "qemu-img"])
-        .args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| QemuImgError::Spawn(e.to_string()))?;
+    let child = spawn(args, cwd)?;
     // Dropping the wait future kills the child (kill_on_drop), on timeout and on stop alike.
     let output = tokio::select! {
         output = child.wait_with_output() => output.map_err(|e| QemuImgError::Spawn(e.to_string()))?,
@@ -62,6 +53,81 @@ pub async fn run(
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         })
     }
+}
+
+/// Runs a long `qemu-img` operation given `-p` (commit, convert) as [`run`] does, calling
+/// `progress` with each percentage it prints.
+pub async fn run_with_progress(
+    args: &[&str],
+    cwd: &Path,
+    timeout: Duration,
+    stop: &CancellationToken,
+    mut progress: impl FnMut(f64) + Send,
+) -> Result<(), QemuImgError> {
+    use tokio::io::AsyncReadExt;
+    let mut child = spawn(args, cwd)?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let work = async {
+        let mut errors = Vec::new();
+        let read_errors = stderr.read_to_end(&mut errors);
+        let read_progress = async {
+            let mut buf = [0u8; 512];
+            let mut line = Vec::new();
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                for byte in &buf[..n] {
+                    if matches!(byte, b'\r' | b'\n') {
+                        if let Some(percent) = parse_progress(&String::from_utf8_lossy(&line)) {
+                            progress(percent);
+                        }
+                        line.clear();
+                    } else {
+                        line.push(*byte);
+                    }
+                }
+            }
+        };
+        let (_, ()) = tokio::join!(read_errors, read_progress);
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| QemuImgError::Spawn(e.to_string()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(QemuImgError::Failed {
+                status: status.to_string(),
+                stderr: String::from_utf8_lossy(&errors).trim().to_owned(),
+            })
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        () = tokio::time::sleep(timeout) => Err(QemuImgError::Timeout(timeout.as_secs())),
+        () = stop.cancelled() => Err(QemuImgError::Stopped),
+    }
+}
+
+/// The percentage of a `qemu-img -p` progress line: `    (42.17/100%)`.
+fn parse_progress(line: &str) -> Option<f64> {
+    let inner = line.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    inner.trim().parse().ok()
+}
+
+fn spawn(args: &[&str], cwd: &Path) -> Result<tokio::process::Child, QemuImgError> {
+    Command::new("nice")
+        .args(["-n", "19", "ionice", "-c", "3", "qemu-img"])
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| QemuImgError::Spawn(e.to_string()))
 }
 
 #[cfg(test)]
@@ -116,5 +182,48 @@ mod tests {
         let running = CancellationToken::new();
         let err = run(&slow, dir.path(), Duration::ZERO, &running).await;
         assert_eq!(err, Err(QemuImgError::Timeout(0)));
+    }
+
+    #[test]
+    fn progress_lines_are_read() {
+        assert_eq!(parse_progress("    (42.17/100%)"), Some(42.17));
+        assert_eq!(parse_progress("(100.00/100%)"), Some(100.0));
+        assert_eq!(parse_progress("Image committed."), None);
+    }
+
+    #[tokio::test]
+    async fn a_long_run_reports_its_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let minute = Duration::from_secs(60);
+        run(
+            &["create", "-q", "-f", "qcow2", "src", "8M"],
+            dir.path(),
+            minute,
+            &stop,
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        run_with_progress(
+            &["convert", "-p", "-f", "qcow2", "-O", "raw", "src", "dst"],
+            dir.path(),
+            minute,
+            &stop,
+            |p| seen.push(p),
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.last(), Some(&100.0), "{seen:?}");
+        let err = run_with_progress(
+            &["convert", "-p", "nope", "x"],
+            dir.path(),
+            minute,
+            &stop,
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, QemuImgError::Failed { .. }), "{err}");
     }
 }

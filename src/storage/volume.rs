@@ -435,6 +435,7 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
     for path in [
         domain.dir.volume(image, volume),
         domain.dir.lease(image, volume),
+        domain.dir.clone_mark(image, volume),
         note.clone(),
         with_suffix(&note, ".new"),
     ] {

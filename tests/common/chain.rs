@@ -67,6 +67,51 @@ pub fn snapshot_params(
     })
 }
 
+/// Takes a snapshot of `vm` from `base` onto a new volume (`extra` added to the parameters,
+/// e.g. `{"quiesce": "skip"}`) and waits for it; returns the new volume.
+pub fn take_snapshot(f: &Fixture, vm: &str, image: &str, base: &str, extra: Value) -> String {
+    let top = new_top(f, image, base);
+    let job = new_id();
+    let mut params = snapshot_params(f, vm, image, base, &top, &job);
+    params
+        .as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    f.daemon.ok("VM.snapshot", params);
+    let info = wait_job(f, &job, Duration::from_secs(120));
+    assert_eq!(info["status"], "done", "{info}");
+    top
+}
+
+/// Writes `text` to `/mnt/data/marker` in a guest (through `exec`) and syncs it.
+pub fn write_marker(exec: impl Fn(&str) -> (i64, String), text: &str) {
+    let (code, out) = exec(&format!("echo {text} > /mnt/data/marker && sync"));
+    assert_eq!(code, 0, "{out}");
+}
+
+/// What `/mnt/data/marker` holds in a guest.
+pub fn read_marker(exec: impl Fn(&str) -> (i64, String)) -> String {
+    let (code, out) = exec("cat /mnt/data/marker");
+    assert_eq!(code, 0, "{out}");
+    out.trim().to_owned()
+}
+
+/// Writes `mib` MiB of random data to `/mnt/data/blob` in a guest; returns its checksum.
+pub fn write_blob(exec: impl Fn(&str) -> (i64, String), mib: u32) -> String {
+    let (code, out) = exec(&format!(
+        "dd if=/dev/urandom of=/mnt/data/blob bs=1M count={mib} 2>&1 && sync"
+    ));
+    assert_eq!(code, 0, "{out}");
+    blob_sum(exec)
+}
+
+/// The checksum of `/mnt/data/blob` in a guest.
+pub fn blob_sum(exec: impl Fn(&str) -> (i64, String)) -> String {
+    let (code, out) = exec("md5sum /mnt/data/blob");
+    assert_eq!(code, 0, "{out}");
+    out.split_whitespace().next().unwrap_or_default().to_owned()
+}
+
 /// Waits (bounded) until `job` ends; returns its `Host.getJobs` entry.
 pub fn wait_job(f: &Fixture, job: &str, timeout: Duration) -> Value {
     try_wait_job(f, job, timeout)

@@ -153,6 +153,12 @@ impl MergeService {
         }
         let live_child = top_at.checked_sub(1).map(|i| chain[i].0);
         let (domain, image) = (p.drive.domain, p.drive.image);
+        if self.inner.storage.is_being_copied(domain, image) {
+            return Err(fail(format!(
+                "image {image} is being copied (SDM.copy_data): its chain cannot change until \
+                 the copy ends"
+            )));
+        }
         let locks = self.inner.storage.lock_images(vec![(domain, image)]).await;
         let pair = self
             .inner

@@ -23,9 +23,12 @@ impl MergeService {
                         .clone()
                         .map(Into::into)
                         .map_err(|(code, message)| JobError { code, message });
-                    self.inner
-                        .jobs
-                        .restore(entry.job, entry.vm, DESCRIPTION, outcome);
+                    self.inner.jobs.restore(
+                        entry.job,
+                        Some(entry.vm),
+                        ("virt", DESCRIPTION),
+                        outcome,
+                    );
                 }
                 _ => self.resume(entry).await,
             }

@@ -96,8 +96,9 @@ impl MergeService {
             match hv.block_job(entry.vm, entry.target.clone()).await {
                 Ok(Some(job)) => {
                     unreadable_since = None;
-                    let percent = (job.cur * 100).checked_div(job.end).unwrap_or(0);
-                    self.inner.jobs.progress(entry.job, percent.min(99) as u8);
+                    self.inner
+                        .jobs
+                        .progress_of(entry.job, job.cur as f64, job.end as f64);
                     self.inner.block_jobs.progress(
                         entry.vm,
                         entry.job,

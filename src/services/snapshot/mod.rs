@@ -117,6 +117,17 @@ impl SnapshotService {
         }
         let claim = self.jobs.claim_vm(p.vm_id)?;
         let checked = self.check_drives(&p).await?;
+        if let Some(copied) = checked
+            .drives
+            .iter()
+            .find(|d| self.storage.is_being_copied(d.domain, d.image))
+        {
+            return Err(SnapshotError::invalid(format!(
+                "image {} is being copied (SDM.copy_data): its chain cannot change until the \
+                 copy ends",
+                copied.image
+            )));
+        }
         let targets = checked.drives.iter().map(|d| d.target.clone()).collect();
         match self.hypervisor.conflict(p.vm_id, targets).await? {
             None => {}

@@ -45,7 +45,7 @@ impl SnapshotService {
                 .map(Into::into)
                 .map_err(|(code, message)| JobError { code, message });
             self.jobs
-                .restore(entry.job, entry.vm, "snapshot_vm", outcome);
+                .restore(entry.job, Some(entry.vm), ("virt", "snapshot_vm"), outcome);
         }
     }
 

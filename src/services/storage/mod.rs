@@ -10,9 +10,13 @@
 //! - [`volumes`]: `Volume.create` and the deletes, as tasks, and `Volume.getInfo`;
 //! - [`snapshot_support`]: what `VM.snapshot` asks of the storage;
 //! - [`merge_support`]: what `VM.merge` asks of the storage;
+//! - [`cold_merge`]: `StoragePool.prepareMerge`/`finalizeMerge`, `Image.reconcileVolumeChain`,
+//!   and what the SDM jobs (cold merge, copy) ask of the storage;
 //! - [`vm_support`]: what `VM.create` asks of the storage;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
 
+mod cold_merge;
+pub use cold_merge::CopyReading;
 mod domains;
 mod merge_support;
 mod snapshot_support;
@@ -57,6 +61,12 @@ struct Inner {
     /// run (as VDSM's image resource): a delete never runs inside a create, nor a create on a
     /// parent a delete is removing. A std lock guards the map only.
     image_locks: std::sync::Mutex<HashMap<ImageKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images a full copy is reading now, with how many copies: their VMs are refused
+    /// snapshots and merges until the copies end (the chain must not change under a copy).
+    copying: std::sync::Mutex<HashMap<ImageKey, usize>>,
+    /// Interrupted tasks that recovery finishes forward once the daemon runs (they need
+    /// qemu-img): finalized merges whose rebase had begun.
+    to_finish: std::sync::Mutex<Vec<TaskRecord>>,
 }
 
 /// Settings of the storage service.
@@ -96,6 +106,8 @@ impl StorageService {
                 tasks,
                 qemu_img_timeout: settings.qemu_img_timeout,
                 image_locks: std::sync::Mutex::default(),
+                copying: std::sync::Mutex::default(),
+                to_finish: std::sync::Mutex::default(),
             }),
         };
         for record in unfinished {
@@ -116,8 +128,19 @@ impl StorageService {
             TaskWork::CreateVolume { domain, .. }
             | TaskWork::DeleteVolume { domain, .. }
             | TaskWork::DeleteVolumes { domain, .. }
-            | TaskWork::DeleteImage { domain, .. } => self.domain(*domain),
+            | TaskWork::DeleteImage { domain, .. }
+            | TaskWork::PrepareMerge { domain, .. }
+            | TaskWork::FinalizeMerge { domain, .. } => self.domain(*domain),
         };
+        if matches!(record.work, TaskWork::FinalizeMerge { started: true, .. }) {
+            // Forward, with qemu-img: once the daemon runs (see `finish_interrupted`).
+            self.inner
+                .to_finish
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record.clone());
+            return;
+        }
         let result = domain.map_err(|e| e.to_string()).and_then(|domain| {
             match &record.work {
                 TaskWork::CreateVolume {
@@ -142,9 +165,13 @@ impl StorageService {
                 } => volumes
                     .iter()
                     .try_for_each(|v| volume::remove_files(&domain, *image, *v)),
+                // Nothing to undo: a prepare only grows the base's capacity; a finalize that
+                // had not begun its rebase changed nothing.
                 TaskWork::DeleteVolume { .. }
                 | TaskWork::DeleteVolumes { .. }
-                | TaskWork::DeleteImage { .. } => Ok(()),
+                | TaskWork::DeleteImage { .. }
+                | TaskWork::PrepareMerge { .. }
+                | TaskWork::FinalizeMerge { .. } => Ok(()),
             }
             .map_err(|e| e.to_string())
         });

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{StorageService, blocking};
 use crate::api::ApiError;
 use crate::api::volume_types::BLANK_UUID;
-use crate::storage::{StorageError, image, snapshot_volume, volume};
+use crate::storage::{StorageError, copy, image, snapshot_volume, volume};
 
 /// A drive's volume, ready for a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +76,10 @@ impl StorageService {
         .await
     }
 
-    /// Whether `volume` is a revert's first boot: a leaf on a snapshot's volume that the
-    /// snapshot's VM did not switch to (a preview of that snapshot, or a linked clone of it)
-    /// and that nobody has written to yet. The guest then resumes from an earlier instant and
-    /// must get a new VM generation id.
+    /// Whether `volume` is a revert's or a clone's first boot: a leaf on a snapshot's volume
+    /// that the snapshot's VM did not switch to (a preview of that snapshot, or a linked
+    /// clone of it) and that nobody has written to yet, or a full copy not booted yet. The
+    /// guest then resumes from an earlier instant and must get a new VM generation id.
     pub async fn is_unbooted_revert(
         &self,
         pool: Uuid,
@@ -89,13 +89,17 @@ impl StorageService {
     ) -> Result<bool, ApiError> {
         let storage_domain = self.image_domain(pool, domain, image).await?;
         let checked = Arc::clone(&storage_domain);
-        let branch = blocking(move || {
+        let (branch, copied) = blocking(move || {
             let parent = volume::read_meta(&checked, image, volume)?.parent;
-            Ok(parent != BLANK_UUID
+            let branch = parent != BLANK_UUID
                 && snapshot_volume::read_note(&checked, image, parent)
-                    .is_some_and(|note| note.volume != volume))
+                    .is_some_and(|note| note.volume != volume);
+            Ok((branch, copy::is_unbooted_clone(&checked, image, volume)))
         })
         .await?;
+        if copied {
+            return Ok(true);
+        }
         if !branch {
             return Ok(false);
         }
@@ -104,6 +108,12 @@ impl StorageService {
                 .await
                 .map_err(ApiError::from)?;
         Ok(!written)
+    }
+
+    /// Forgets that `volume` is an unbooted full copy: a VM booted on it.
+    pub async fn booted(&self, domain: Uuid, image: Uuid, volume: Uuid) -> Result<(), ApiError> {
+        let domain = self.domain(domain)?;
+        blocking(move || copy::clear_clone_mark(&domain, image, volume)).await
     }
 
     /// Releases a drive's image when its VM is gone: nothing to release on a file domain once

@@ -425,7 +425,7 @@ impl StorageService {
 
     /// Refuses (222) when a VM of this host, running or defined, uses one of `volumes` (or has
     /// it in its backing chain). When libvirt cannot tell, the delete is refused too.
-    async fn refuse_if_in_use(
+    pub(super) async fn refuse_if_in_use(
         &self,
         domain: &Arc<Domain>,
         image: Uuid,

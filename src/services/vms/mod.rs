@@ -200,6 +200,18 @@ impl VmService {
             return Err(cannot_create(err));
         }
         self.journal_remove(engine.uuid).await;
+        if reverted {
+            for drive in &engine.drives {
+                let booted = self
+                    .inner
+                    .storage
+                    .booted(drive.domain, drive.image, drive.volume)
+                    .await;
+                if let Err(err) = booted {
+                    tracing::warn!(vm = %engine.uuid, error = %err, "cannot clear a clone's mark");
+                }
+            }
+        }
         self.inner.monitor.refresh(engine.uuid).await;
         tracing::info!(vm = %engine.uuid, name = %engine.name, drives = placed.len(), "VM created");
         Ok(self.short_status(engine.uuid))

@@ -1,0 +1,307 @@
+//! VDSM's SDM jobs, shown in `Host.getJobs` with `job_type: storage`: `SDM.merge` (the data
+//! step of a cold merge, `merge_subchain`) and `SDM.copy_data` (a full clone, `copy_data`).
+//! Each is journaled before it starts and when it ends, so that `Host.getJobs` tells after a
+//! restart how it ended (an interrupted one failed: its commit or copy stopped midway, and
+//! nothing was removed). And `StoragePool.finalizeMerge`, refused unless an `SDM.merge` of
+//! the same subchain succeeded here and left the base as it is now: rebasing on a base that
+//! lacks the top's data would lose it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api::ApiError;
+use crate::api::merge_types::{
+    CopyDataParams, CopyEndpoint, PoolSubchainParams, SdmMergeParams, SdmResult, SubchainInfo,
+};
+use crate::jobs::records::RecordDir;
+use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
+use crate::services::StorageService;
+use crate::services::storage::CopyReading;
+use crate::storage::StorageError;
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+enum Work {
+    /// `SDM.merge`.
+    Merge {
+        /// The subchain.
+        subchain: SubchainInfo,
+        /// Merge the bitmaps too.
+        merge_bitmaps: bool,
+    },
+    /// `SDM.copy_data`.
+    Copy {
+        /// From.
+        source: CopyEndpoint,
+        /// To.
+        destination: CopyEndpoint,
+    },
+}
+
+impl Work {
+    fn description(&self) -> &'static str {
+        match self {
+            Self::Merge { .. } => "merge_subchain",
+            Self::Copy { .. } => "copy_data",
+        }
+    }
+}
+
+/// How a job ended: what it did, or VDSM's code and message.
+type Outcome = Result<SdmResult, (i32, String)>;
+
+/// A journaled job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    job: Uuid,
+    work: Work,
+    /// `None` while it runs; then seconds since the epoch and the outcome.
+    finished: Option<(u64, Outcome)>,
+}
+
+/// The SDM jobs; cheap to clone.
+#[derive(Clone)]
+pub struct SdmService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: StorageService,
+    jobs: JobRegistry,
+    journal: RecordDir<Entry>,
+    stop: CancellationToken,
+}
+
+impl SdmService {
+    /// The service, its journal in `journal_dir`; the jobs a previous run left are shown
+    /// again (an unfinished one as failed). Blocking.
+    pub fn open(
+        storage: StorageService,
+        jobs: JobRegistry,
+        journal_dir: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let journal = RecordDir::open(journal_dir, "SDM job")?;
+        let service = Self {
+            inner: Arc::new(Inner {
+                storage,
+                jobs,
+                journal,
+                stop: CancellationToken::new(),
+            }),
+        };
+        for mut entry in service.inner.journal.entries() {
+            if entry.finished.is_none() {
+                let err = StorageError::Interrupted;
+                let reason = format!(
+                    "{err}: the {} stopped midway; nothing was removed, and it can be retried",
+                    entry.work.description()
+                );
+                let code = ApiError::from(err).code();
+                entry.finished = Some((crate::clock::epoch_secs(), Err((code, reason))));
+                let _ = service.inner.journal.write(entry.job, &entry);
+            }
+            let Some((at, outcome)) = entry.finished.clone() else {
+                continue;
+            };
+            if crate::clock::epoch_secs().saturating_sub(at) > JobKeepAlive::SECONDS {
+                // Kept past the jobs' window only while a finalize may still need it.
+                if !matches!(entry.work, Work::Merge { .. }) || outcome.is_err() {
+                    let _ = service.inner.journal.remove(entry.job);
+                }
+                continue;
+            }
+            let outcome = outcome
+                .map(Into::into)
+                .map_err(|(code, message)| JobError { code, message });
+            service.inner.jobs.restore(
+                entry.job,
+                None,
+                ("storage", entry.work.description()),
+                outcome,
+            );
+        }
+        Ok(service)
+    }
+
+    /// Stops the running jobs (their qemu-img runs are killed; they end failed, retryable).
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// `SDM.merge`.
+    pub async fn merge(&self, p: SdmMergeParams) -> Result<(), ApiError> {
+        self.inner.storage.check_subchain(&p.subchain_info).await?;
+        let work = Work::Merge {
+            subchain: p.subchain_info,
+            merge_bitmaps: p.merge_bitmaps,
+        };
+        self.start(p.job_id, work, None).await
+    }
+
+    /// `SDM.copy_data`.
+    pub async fn copy_data(&self, p: CopyDataParams) -> Result<(), ApiError> {
+        if p.copy_bitmaps {
+            return Err(StorageError::InvalidParameter(
+                "copy_bitmaps: bitmaps are not copied by rvdsm".into(),
+            )
+            .into());
+        }
+        // From the request on: a snapshot or a merge slipping in before the job runs would
+        // change the chain under the copy.
+        let reading = self.inner.storage.reading(p.source.sd_id, p.source.img_id);
+        self.inner
+            .storage
+            .check_copy(&p.source, &p.destination)
+            .await?;
+        let work = Work::Copy {
+            source: p.source,
+            destination: p.destination,
+        };
+        self.start(p.job_id, work, Some(reading)).await
+    }
+
+    /// `StoragePool.finalizeMerge`: refused unless an `SDM.merge` of this subchain succeeded
+    /// here; then the storage's finalize task.
+    pub async fn finalize_merge(&self, p: PoolSubchainParams) -> Result<Uuid, ApiError> {
+        let s = p.subchain;
+        let journal = self.inner.journal.clone();
+        let merged = tokio::task::spawn_blocking(move || {
+            journal
+                .entries()
+                .into_iter()
+                .find_map(|e| match (e.work, e.finished) {
+                    (Work::Merge { subchain, .. }, Some((_, Ok(done))))
+                        if (
+                            subchain.sd_id,
+                            subchain.img_id,
+                            subchain.base_id,
+                            subchain.top_id,
+                        ) == (s.sd_id, s.img_id, s.base_id, s.top_id) =>
+                    {
+                        Some(done.generation)
+                    }
+                    _ => None,
+                })
+        })
+        .await
+        .map_err(|e| ApiError::Unexpected(e.to_string()))?;
+        let Some(generation) = merged else {
+            return Err(StorageError::InvalidParameter(format!(
+                "no SDM.merge of {} into {} succeeded on this host: finalizing would lose the \
+                 top's data",
+                s.top_id, s.base_id
+            ))
+            .into());
+        };
+        self.inner.storage.finalize_merge(p, generation).await
+    }
+
+    /// Registers, journals and runs a job.
+    async fn start(
+        &self,
+        job: Uuid,
+        work: Work,
+        reading: Option<CopyReading>,
+    ) -> Result<(), ApiError> {
+        let refused = |e: crate::jobs::vm_jobs::JobRefusal| ApiError::Coded {
+            code: crate::api::codes::GENERAL,
+            message: format!("General Exception: {{'reason': '{e}'}}"),
+        };
+        self.inner
+            .jobs
+            .add_typed(job, None, "storage", work.description())
+            .map_err(refused)?;
+        let entry = Entry {
+            job,
+            work,
+            finished: None,
+        };
+        if let Err(err) = self.write(&entry).await {
+            let message = format!("cannot journal the job: {err}");
+            self.inner.jobs.finish(
+                job,
+                Err(JobError {
+                    code: crate::api::codes::GENERAL,
+                    message: message.clone(),
+                }),
+            );
+            return Err(ApiError::Unexpected(message));
+        }
+        self.inner.jobs.mark_running(job);
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.run(entry).await;
+            drop(reading);
+        });
+        Ok(())
+    }
+
+    async fn run(&self, mut entry: Entry) {
+        let (jobs, job) = (self.inner.jobs.clone(), entry.job);
+        let progress = move |percent: f64| jobs.progress_of(job, percent, 100.0);
+        let stop = &self.inner.stop;
+        crate::failpoint::pause(match entry.work {
+            Work::Merge { .. } => "sdm:merge",
+            Work::Copy { .. } => "sdm:copy",
+        })
+        .await;
+        let outcome = match entry.work {
+            Work::Merge {
+                subchain,
+                merge_bitmaps,
+            } => self
+                .inner
+                .storage
+                .commit_subchain(subchain, merge_bitmaps, stop, progress)
+                .await
+                .map(|generation| SdmResult {
+                    volume: subchain.base_id,
+                    generation,
+                }),
+            Work::Copy {
+                source,
+                destination,
+            } => self
+                .inner
+                .storage
+                .copy_volume(source, destination, stop, progress)
+                .await
+                .map(|generation| SdmResult {
+                    volume: destination.vol_id,
+                    generation,
+                }),
+        };
+        let recorded = outcome.clone().map_err(|e| (e.code(), e.to_string()));
+        entry.finished = Some((crate::clock::epoch_secs(), recorded));
+        if let Err(err) = self.write(&entry).await {
+            tracing::error!(%job, error = %err, "cannot journal the SDM job's end");
+        }
+        match outcome {
+            Ok(done) => {
+                tracing::info!(%job, kind = entry.work.description(), "SDM job done");
+                self.inner.jobs.finish(job, Ok(done.into()));
+            }
+            Err(err) => {
+                tracing::warn!(%job, kind = entry.work.description(), error = %err, "SDM job failed");
+                self.inner.jobs.finish(
+                    job,
+                    Err(JobError {
+                        code: err.code(),
+                        message: err.to_string(),
+                    }),
+                );
+            }
+        }
+    }
+
+    async fn write(&self, entry: &Entry) -> std::io::Result<()> {
+        let (journal, entry) = (self.inner.journal.clone(), entry.clone());
+        tokio::task::spawn_blocking(move || journal.write(entry.job, &entry))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
