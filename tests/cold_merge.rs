@@ -283,3 +283,41 @@ fn reconcile_reads_the_chain_from_the_images_and_fixes_the_metadata() {
     assert_eq!(f.info(&image, &leaf)["parent"], base.as_str());
     let _ = mid;
 }
+
+#[test]
+fn the_top_s_bitmaps_are_merged_into_the_base_when_asked() {
+    let f = Fixture::new();
+    let (image, base, mid, _leaf) = offline_chain(&f);
+    let dir = f.image_dir(&image);
+    let out = std::process::Command::new("qemu-img")
+        .args(["bitmap", "--add", "-f", "qcow2", &mid, "backup-1"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_success(&pool_step(
+        &f,
+        "StoragePool.prepareMerge",
+        &image,
+        &base,
+        &mid,
+    ));
+    let job = new_id();
+    let params = json!({"job_id": job, "subchain_info": subchain(&f, &image, &base, &mid),
+                        "merge_bitmaps": true});
+    assert_eq!(f.daemon.ok("SDM.merge", params), json!(true));
+    let info = wait_job(&f, &job, Duration::from_secs(60));
+    assert_eq!(info["status"], "done", "{info}");
+    let base_info = qemu_info(&dir.join(&base));
+    let bitmaps = &base_info["format-specific"]["data"]["bitmaps"];
+    assert!(
+        bitmaps
+            .as_array()
+            .is_some_and(|b| b.iter().any(|b| b["name"] == "backup-1")),
+        "{base_info}"
+    );
+}

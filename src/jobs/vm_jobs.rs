@@ -218,7 +218,11 @@ impl JobRegistry {
     /// Sets a running job's progress from `done` of `total` (bytes, percents...), kept
     /// below 100 until the job ends.
     pub fn progress_of(&self, id: Uuid, done: f64, total: f64) {
-        let percent = if total > 0.0 { done / total * 100.0 } else { 0.0 };
+        let percent = if total > 0.0 {
+            done / total * 100.0
+        } else {
+            0.0
+        };
         let shown = (0..100u8)
             .rev()
             .find(|p| f64::from(*p) <= percent)

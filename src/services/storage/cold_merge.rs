@@ -315,7 +315,11 @@ impl StorageService {
         )
         .await?;
         let (image, volume) = (destination.img_id, destination.vol_id);
-        blocking(move || data_operation::end(&dst_domain, image, volume)).await
+        blocking(move || {
+            copy::mark_clone(&dst_domain, image, volume)?;
+            data_operation::end(&dst_domain, image, volume)
+        })
+        .await
     }
 
     /// Checks a copy: both volumes exist and differ; the source is not the leaf a VM writes
