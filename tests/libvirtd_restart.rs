@@ -2,7 +2,8 @@
 //! need libvirt fail with a clear error; once libvirtd is back, the daemon reconnects by itself
 //! and sees the guests that kept running. libvirtd killed in the middle of a snapshot or of a
 //! freeze: the job waits for libvirtd and then ends exactly, and the guest is thawed once
-//! libvirtd is back. A test binary of its own, since it stops the host's libvirtd under every
+//! libvirtd is back. libvirtd killed in the middle of a live merge's commit: the job follows
+//! the commit again once libvirtd is back, to its pivot. A test binary of its own, since it stops the host's libvirtd under every
 //! other test; its tests run one at a time.
 
 mod common;
@@ -11,7 +12,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::chain::{
-    assert_intact, new_top, snapshot_params, snapshot_paused_at, wait_job, wait_thawed,
+    assert_intact, blob_sum, new_top, snapshot_params, snapshot_paused_at, take_snapshot, wait_job,
+    wait_thawed, write_blob,
 };
 use common::domain::{Fixture, new_id};
 use common::{Daemon, Guest, GuestOptions, libvirt, libvirtd, wait_until};
@@ -110,6 +112,36 @@ fn libvirtd_killed_mid_snapshot_the_job_waits_and_ends_exactly() {
         );
         assert_intact(&f, &image, &guest, &leaf, point);
     }
+}
+
+#[test]
+fn libvirtd_killed_mid_merge_the_job_follows_the_commit_to_its_end() {
+    let _turn = LIBVIRTD.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let top = take_snapshot(&f, &guest.uuid, &image, &base, json!({}));
+    let sum = write_blob(|s: &str| guest.exec(s), 4);
+    let marker = f.daemon.restart_paused_at("merge:committing");
+    let job = new_id();
+    let params = json!({
+        "vmID": guest.uuid, "jobUUID": job, "bandwidth": 1,
+        "drive": {"poolID": f.pool, "domainID": f.domain, "imageID": image, "volumeID": top},
+        "baseVolUUID": base, "topVolUUID": top,
+    });
+    assert_eq!(f.daemon.ok("VM.merge", params), json!(true));
+    assert!(wait_until(Duration::from_secs(60), || marker.exists()));
+    let killed = libvirtd::kill9();
+    std::fs::remove_file(&marker).unwrap();
+    // While libvirtd is down the commit goes on in QEMU; the job waits, it does not guess.
+    std::thread::sleep(Duration::from_secs(3));
+    let jobs = f.daemon.ok("Host.getJobs", json!({"job_ids": [job]}));
+    assert_eq!(jobs[&job]["status"], "running", "{jobs}");
+    killed.start();
+    let info = wait_job(&f, &job, Duration::from_secs(120));
+    assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());
+    assert_intact(&f, &image, &guest, &base, "libvirtd killed mid-merge");
+    assert_eq!(blob_sum(|s: &str| guest.exec(s)), sum);
 }
 
 #[test]

@@ -212,11 +212,14 @@ fn merge_paused_at(
 }
 
 #[test]
-fn rvdsmd_killed_when_ready_or_after_the_pivot_finishes_the_merge_at_start() {
+fn rvdsmd_killed_during_the_commit_when_ready_or_after_the_pivot_finishes_the_merge_at_start() {
     let Some(_conn) = libvirt() else { return };
-    for point in ["merge:ready", "merge:pivoted"] {
+    for point in ["merge:committing", "merge:ready", "merge:pivoted"] {
         let mut f = Fixture::new();
-        let (guest, image, base, top, job, _marker) = merge_paused_at(&mut f, point, json!({}));
+        // Slow enough that the commit is still running when rvdsmd dies.
+        let bandwidth = if point == "merge:committing" { 1 } else { 0 };
+        let (guest, image, base, top, job, _marker) =
+            merge_paused_at(&mut f, point, json!({"bandwidth": bandwidth}));
         let sum = blob_sum(|s: &str| guest.exec(s));
         if point == "merge:ready" {
             assert_eq!(
@@ -269,6 +272,47 @@ fn a_pivot_that_keeps_failing_ends_in_a_truthful_failure_on_the_old_volume() {
     assert!(message.contains("the pivot failed 5 times"), "{message}");
     assert!(message.contains("which is LEGAL"), "{message}");
     assert_intact(&f, &image, &guest, &top, "failed pivot");
+}
+
+#[test]
+fn rvdsmd_killed_before_the_commit_starts_ends_the_job_failed_with_nothing_changed() {
+    let Some(_conn) = libvirt() else { return };
+    let mut f = Fixture::new();
+    let conn = libvirt().unwrap();
+    let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
+    let top = take_snapshot(&f, &guest.uuid, &image, &base, json!({}));
+    let marker = f.daemon.restart_paused_at("merge:journaled");
+    let params = merge_params(&f, &guest.uuid, &image, &top, &base, &top);
+    let job = params["jobUUID"].as_str().unwrap().to_owned();
+    // The request hangs at the failpoint: send it from a thread that gives up on it.
+    let request = {
+        let (socket, params) = (f.daemon.socket.clone(), params.clone());
+        std::thread::spawn(move || {
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_rvdsm"))
+                .arg("--socket")
+                .arg(socket)
+                .args(["VM", "merge", "-f"])
+                .arg({
+                    let file = std::env::temp_dir().join(format!("merge-{}.json", new_id()));
+                    std::fs::write(&file, params.to_string()).unwrap();
+                    file
+                })
+                .output();
+        })
+    };
+    assert!(wait_until(Duration::from_secs(30), || marker.exists()));
+    f.daemon.restart_in_place(&[]);
+    let _ = request.join();
+    let info = wait_job(&f, &job, Duration::from_secs(60));
+    assert_eq!(info["status"], "failed", "{info}");
+    assert!(
+        info["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("never started"),
+        "{info}"
+    );
+    assert_intact(&f, &image, &guest, &top, "killed before the commit");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use rvdsm::services::{
     FreezeService, HostService, MergeService, Monitor, SdmService, Services, SnapshotService,
     StorageService, StorageSettings, VmService,
 };
-use rvdsm::virt::Hypervisor;
+use rvdsm::virt::{BlockJobEvent, Hypervisor};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -95,7 +95,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let events = EventBus::default();
     // Before any libvirt connection opens: libvirt sends events only to connections opened
     // after its event loop is registered.
-    let changed_vms = watch_vm_changes(&config)?;
+    let (changed_vms, block_job_events) = watch_vm_changes(&config)?;
     let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
     let storage = open_storage(&config, hypervisor.clone()).await?;
     let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
@@ -152,7 +152,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
         let (jobs, dir) = (jobs_view.clone(), config.daemon.state_dir.join("merges"));
         tokio::task::spawn_blocking(move || {
-            MergeService::open(hypervisor, storage, jobs, block_jobs, monitor, &dir)
+            let services = (hypervisor, storage, monitor);
+            MergeService::open(services, jobs, block_jobs, Some(block_job_events), &dir)
         })
         .await
         .context("start-up panicked")?
@@ -239,15 +240,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Starts libvirt's event thread; the VMs its lifecycle events name come out of the channel,
 /// and `None` each time its connection is (re)established (events may have been missed).
-fn watch_vm_changes(
-    config: &Config,
-) -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<Option<uuid::Uuid>>> {
+/// The VMs libvirt's lifecycle events name (`None`: the event connection is new), and the
+/// sender its block job events are published on.
+type VmChanges = (
+    tokio::sync::mpsc::UnboundedReceiver<Option<uuid::Uuid>>,
+    tokio::sync::broadcast::Sender<BlockJobEvent>,
+);
+
+fn watch_vm_changes(config: &Config) -> anyhow::Result<VmChanges> {
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    rvdsm::virt::watch_lifecycle(config.libvirt.uri.clone(), move |vm, _status| {
-        let _ = sender.send(vm);
-    })
+    // Merges subscribe for as long as they wait for a commit; nobody listening is fine.
+    let (block_jobs, _) = tokio::sync::broadcast::channel(64);
+    let publish = block_jobs.clone();
+    rvdsm::virt::watch_lifecycle(
+        config.libvirt.uri.clone(),
+        move |vm, _status| {
+            let _ = sender.send(vm);
+        },
+        move |event| {
+            let _ = publish.send(event);
+        },
+    )
     .context("cannot start the libvirt event thread")?;
-    Ok(receiver)
+    Ok((receiver, block_jobs))
 }
 
 /// Re-reads each VM a lifecycle event names into the monitoring cache (which publishes its

@@ -225,11 +225,10 @@ mod tests {
         )
         .unwrap();
         let (merge, _) = MergeService::open(
-            hv.clone(),
-            storage.clone(),
+            (hv.clone(), storage.clone(), monitor.clone()),
             jobs.clone(),
             block_jobs,
-            monitor.clone(),
+            None,
             &dir.path().join("merges"),
         )
         .unwrap();

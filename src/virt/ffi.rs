@@ -2,7 +2,8 @@
 //! only module with `unsafe`: each block calls one libvirt function on a live handle and reads
 //! libvirt's thread-local error on the same thread right after, as libvirt requires.
 //!
-//! `virt` 0.5 has no domain event registration; [`register_lifecycle`] adds the lifecycle one.
+//! `virt` 0.5 has no domain event registration; [`register_lifecycle`] adds the lifecycle one,
+//! [`register_block_job`] the block job one.
 //!
 //! `virt` 0.5's `Domain::job_stats` builds a `Vec` from libvirt's null parameter list when no
 //! job runs, which aborts the process; [`active_job_operation`] replaces it. `virt` 0.5 has no
@@ -274,8 +275,97 @@ pub fn register_lifecycle(
     Ok(id)
 }
 
-/// Undoes [`register_lifecycle`].
-pub fn deregister_lifecycle(conn: &virt::connect::Connect, id: i32) -> Result<(), VirtError> {
+/// Called with (domain UUID, disk target, `virDomainBlockJobType`, `virConnectDomainEventBlockJobStatus`)
+/// for each block job event.
+pub type BlockJobHandler = Box<dyn FnMut(uuid::Uuid, String, i32, i32) + Send>;
+
+/// `virConnectDomainEventRegisterAny(VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2)` for every domain of
+/// `conn` (the disk named by its target, `vda`); returns the callback id. As
+/// [`register_lifecycle`] for the handler's thread and lifetime.
+pub fn register_block_job(
+    conn: &virt::connect::Connect,
+    handler: BlockJobHandler,
+) -> Result<i32, VirtError> {
+    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+    let opaque = Box::into_raw(Box::new(handler)).cast::<c_void>();
+    // SAFETY: libvirt calls a block job callback with the six arguments of
+    // `virConnectDomainEventBlockJobCallback`; the registration takes the generic type, cast
+    // as libvirt's VIR_DOMAIN_EVENT_CALLBACK macro does.
+    let callback = unsafe {
+        std::mem::transmute::<
+            unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                *const c_char,
+                c_int,
+                c_int,
+                *mut c_void,
+            ),
+            Generic,
+        >(block_job_trampoline)
+    };
+    // SAFETY: `conn` is live for the call; `opaque` is a leaked box that libvirt hands back to
+    // the callback and frees once through `free_block_job_handler`.
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2 as c_int,
+            Some(callback),
+            opaque,
+            Some(free_block_job_handler),
+        )
+    };
+    if id < 0 {
+        let err = VirtError::libvirt(
+            "register for block job events",
+            virt::error::Error::last_error(),
+        );
+        // SAFETY: registration failed, so libvirt did not keep `opaque`; it is freed once, here.
+        drop(unsafe { Box::from_raw(opaque.cast::<BlockJobHandler>()) });
+        return Err(err);
+    }
+    Ok(id)
+}
+
+unsafe extern "C" fn block_job_trampoline(
+    _conn: sys::virConnectPtr,
+    domain: sys::virDomainPtr,
+    disk: *const c_char,
+    kind: c_int,
+    status: c_int,
+    opaque: *mut c_void,
+) {
+    let Some(uuid) = domain_uuid(domain) else {
+        return;
+    };
+    if disk.is_null() {
+        return;
+    }
+    // SAFETY: libvirt passes the disk's target as a NUL-terminated string valid for the call.
+    let disk = unsafe { std::ffi::CStr::from_ptr(disk) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: `opaque` is the handler registered with this callback; libvirt frees it only
+    // after the callback can no longer run, and calls it from one thread at a time.
+    let handler = unsafe { &mut *opaque.cast::<BlockJobHandler>() };
+    // A panic must not unwind into libvirt's C frames.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler(uuid, disk, kind, status)
+    }))
+    .is_err()
+    {
+        tracing::error!("block job event handler panicked");
+    }
+}
+
+unsafe extern "C" fn free_block_job_handler(opaque: *mut c_void) {
+    // SAFETY: libvirt calls this once, with the pointer `register_block_job` leaked.
+    drop(unsafe { Box::from_raw(opaque.cast::<BlockJobHandler>()) });
+}
+
+/// Undoes [`register_lifecycle`] or [`register_block_job`].
+pub fn deregister_event(conn: &virt::connect::Connect, id: i32) -> Result<(), VirtError> {
     // SAFETY: `conn` is live; an unknown id is reported by libvirt as an error, not UB.
     let rc = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
     check("deregister domain events", rc).map(|_| ())

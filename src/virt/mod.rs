@@ -24,7 +24,7 @@ pub use block_jobs::{BlockJob, Pivot};
 pub use connection::Hypervisor;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::{VirtError, VirtErrorKind};
-pub use lifecycle::watch_lifecycle;
+pub use lifecycle::{BlockJobEvent, BlockJobStatus, watch_lifecycle};
 pub use sampling::{DomainStats, DomainView, ExitInfo, StatValue};
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};
 pub use vm_control::Stopped;

@@ -30,7 +30,7 @@ use crate::api::types::VmStatus;
 use crate::jobs::block_jobs::BlockJobTable;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
 use crate::services::{Monitor, StorageService};
-use crate::virt::{Conflict, Hypervisor, VirtError};
+use crate::virt::{BlockJobEvent, Conflict, Hypervisor, VirtError};
 
 pub use error::MergeError;
 use journal::{Entry, Journal, Phase};
@@ -54,8 +54,10 @@ struct Inner {
     /// Cancelled when the daemon stops: jobs stop following QEMU (which goes on) and stay
     /// journaled for the next start.
     stop: CancellationToken,
-    /// How often a running commit is read.
+    /// How often a running commit is read (libvirt's block job events wake it sooner).
     poll: Duration,
+    /// libvirt's block job events, when the daemon watches them.
+    block_job_events: Option<tokio::sync::broadcast::Sender<BlockJobEvent>>,
 }
 
 /// A disk's chain as the live domain has it, leaf first: `(volume, path as libvirt names it)`.
@@ -63,13 +65,14 @@ type LiveChain = Vec<(Uuid, String)>;
 
 impl MergeService {
     /// The service, its journal in `journal_dir`; returns the records a previous run left,
-    /// for [`MergeService::recover`]. Blocking.
+    /// for [`MergeService::recover`]. Merges waiting for a commit wake on the libvirt block
+    /// job events published on `block_job_events` (when the daemon watches them), else on
+    /// their next poll. Blocking.
     pub fn open(
-        hypervisor: Hypervisor,
-        storage: StorageService,
+        (hypervisor, storage, monitor): (Hypervisor, StorageService, Monitor),
         jobs: JobRegistry,
         block_jobs: BlockJobTable,
-        monitor: Monitor,
+        block_job_events: Option<tokio::sync::broadcast::Sender<BlockJobEvent>>,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<(Self, Vec<Entry>)> {
         let journal = Journal::open(journal_dir, "merge")?;
@@ -83,7 +86,8 @@ impl MergeService {
                 block_jobs,
                 monitor,
                 stop: CancellationToken::new(),
-                poll: Duration::from_millis(250),
+                poll: Duration::from_millis(500),
+                block_job_events,
             }),
         };
         Ok((service, entries))
@@ -208,6 +212,7 @@ impl MergeService {
             return Err(err);
         }
         self.show(&entry);
+        crate::failpoint::pause("merge:journaled").await;
         tracing::info!(%job, vm = %p.vm_id, disk = %target, base = %p.base, top = %p.top, active = entry.active, "live merge starting");
         let started = self
             .inner

@@ -14,7 +14,7 @@ use crate::api::merge_types::MergeResult;
 use crate::api::types::VmStatus;
 use crate::api::volume_types::Legality;
 use crate::jobs::vm_jobs::VmClaim;
-use crate::virt::Pivot;
+use crate::virt::{BlockJobEvent, Pivot};
 
 /// Pivots asked before the job gives up (VDSM retries forever: vdsm#197).
 pub(super) const MAX_PIVOT_ATTEMPTS: u32 = 5;
@@ -88,10 +88,17 @@ impl MergeService {
     async fn wait_commit(&self, entry: &Entry) -> Option<CommitEnd> {
         let hv = &self.inner.hypervisor;
         let mut unreadable_since: Option<Instant> = None;
+        let mut events = self.inner.block_job_events.as_ref().map(|e| e.subscribe());
         loop {
             tokio::select! {
                 () = self.inner.stop.cancelled() => return None,
                 () = tokio::time::sleep(self.inner.poll) => {}
+                event = next_event(&mut events, entry) => {
+                    if event.is_none() {
+                        // The sender is gone: polling only from now on.
+                        events = None;
+                    }
+                }
             }
             match hv.block_job(entry.vm, entry.target.clone()).await {
                 Ok(Some(job)) => {
@@ -110,10 +117,16 @@ impl MergeService {
                         return Some(CommitEnd::Ready);
                     }
                 }
-                Ok(None) => return Some(self.commit_gone(entry).await),
+                Ok(None) => {
+                    if let Some(end) = self.commit_gone(entry).await {
+                        return Some(end);
+                    }
+                }
                 Err(err) => {
-                    if !self.vm_running(entry).await {
-                        return Some(self.commit_gone(entry).await);
+                    if self.vm_running(entry).await == Some(false)
+                        && let Some(end) = self.commit_gone(entry).await
+                    {
+                        return Some(end);
                     }
                     let since = *unreadable_since.get_or_insert_with(Instant::now);
                     tracing::warn!(job = %entry.job, error = %err, "cannot read the merge's block job");
@@ -130,26 +143,34 @@ impl MergeService {
         }
     }
 
-    /// Whether the VM runs (or is paused): its block jobs can then be asked.
-    async fn vm_running(&self, entry: &Entry) -> bool {
-        matches!(
-            self.inner.hypervisor.read_view(entry.vm).await,
-            Ok(Some(view)) if matches!(view.status, VmStatus::Up | VmStatus::Paused)
-        )
+    /// Whether the VM runs (or is paused): its block jobs can then be asked. `None` when
+    /// libvirt cannot tell (libvirtd restarting): nothing is decided on that.
+    async fn vm_running(&self, entry: &Entry) -> Option<bool> {
+        match self.inner.hypervisor.read_view(entry.vm).await {
+            Ok(Some(view)) => Some(matches!(view.status, VmStatus::Up | VmStatus::Paused)),
+            Ok(None) => Some(false),
+            Err(_) => None,
+        }
     }
 
-    /// The commit's job is gone: whether QEMU still uses `top` tells if it merged.
-    async fn commit_gone(&self, entry: &Entry) -> CommitEnd {
+    /// The commit's job is gone: whether QEMU still uses `top` tells if it merged. `None`
+    /// when libvirt cannot tell yet.
+    async fn commit_gone(&self, entry: &Entry) -> Option<CommitEnd> {
         let job = entry.job;
-        if self.vm_running(entry).await {
+        if self.vm_running(entry).await? {
             return match self.live_uses_top(entry).await {
-                Ok(false) => CommitEnd::Merged,
-                Ok(true) => CommitEnd::Failed(MergeError::failed(
+                Ok(false) => Some(CommitEnd::Merged),
+                Err(MergeError::Virt(err)) => {
+                    tracing::warn!(%job, error = %err, "cannot read the disk's chain yet");
+                    None
+                }
+                Ok(true) => Some(CommitEnd::Failed(MergeError::failed(
                     job,
-                    "libvirt's block commit ended without merging (cancelled, or QEMU failed: \
-                     see libvirtd's log); nothing changed",
-                )),
-                Err(err) => CommitEnd::Failed(err),
+                    "no block commit runs on the disk and the volume is still in its chain \
+                     (the commit never started, was cancelled, or QEMU failed: see libvirtd's \
+                     log); nothing changed",
+                ))),
+                Err(err) => Some(CommitEnd::Failed(err)),
             };
         }
         // A stopped VM: its images tell. An active commit that never pivoted left the VM on
@@ -163,7 +184,7 @@ impl MergeService {
                 .map(|backing| backing == Some(entry.base)),
             _ => Ok(false),
         };
-        match merged {
+        Some(match merged {
             Ok(true) => CommitEnd::Merged,
             Ok(false) => CommitEnd::Failed(MergeError::failed(
                 job,
@@ -174,7 +195,7 @@ impl MergeService {
                 ),
             )),
             Err(err) => CommitEnd::Failed(MergeError::from_api(job, err)),
-        }
+        })
     }
 
     /// Whether the disk's chain, as the domain has it now (live, or defined for a stopped
@@ -219,7 +240,7 @@ impl MergeService {
         if self.pivoted(entry).await {
             return Ok(0);
         }
-        if !self.vm_running(entry).await {
+        if self.vm_running(entry).await == Some(false) {
             return Err(self
                 .keep_top(entry, "the VM stopped before the pivot")
                 .await);
@@ -320,5 +341,23 @@ impl MergeService {
         }
         self.inner.monitor.refresh(entry.vm).await;
         Ok(())
+    }
+}
+
+/// The next block job event on the merge's disk (`None` once no events can come; pending
+/// forever without a subscription, so that the poll alone paces the wait).
+async fn next_event(
+    events: &mut Option<tokio::sync::broadcast::Receiver<BlockJobEvent>>,
+    entry: &Entry,
+) -> Option<BlockJobEvent> {
+    let Some(events) = events else {
+        return std::future::pending().await;
+    };
+    loop {
+        match events.recv().await {
+            Ok(event) if event.vm == entry.vm && event.disk == entry.target => return Some(event),
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        }
     }
 }
