@@ -1,8 +1,11 @@
 //! The soak: guests write a numbered, checksummed, fdatasync'd stream to their data disks
-//! (`rvdsm-writeprobe`) while cycles of `Volume.create` + `VM.snapshot`, and `VM.freeze` /
-//! `VM.thaw`, run across them with faults from the matrix injected at random: rvdsmd killed at
-//! each phase, libvirtd killed, a corrupted new volume, a hung agent, a manager that hangs up,
-//! a freeze left to its auto-thaw. After every cycle the job's outcome must match what the VM
+//! (`rvdsm-writeprobe`) while cycles of `Volume.create` + `VM.snapshot`, `VM.freeze` /
+//! `VM.thaw`, live merges (`VM.merge` of the active layer and of an internal volume), reverts
+//! (preview of a quiesced snapshot, commit, boot: the stream holds exactly what was durable at
+//! the snapshot) and full clones (`SDM.copy_data`, compared with its source) run across them
+//! with faults from the matrix injected at random: rvdsmd killed at each phase of a snapshot
+//! and of a merge, libvirtd killed, a corrupted new volume, a hung agent, a manager that hangs
+//! up, a freeze left to its auto-thaw. After every cycle the job's outcome must match what the VM
 //! uses; at the end every stream must verify with no record lost (read back through the final
 //! chain), no guest frozen, no volume outside a VM's chain, and rvdsmd's descriptors and memory
 //! near their baseline. The summary is the last lines of its output.
@@ -53,7 +56,19 @@ enum Fault {
     HangUp,
     /// libvirtd killed in the frozen window, started again 2 s later.
     LibvirtdKill,
+    /// A live merge of the active layer into its parent.
+    MergeActive,
+    /// A live merge of the leaf's parent into its own parent.
+    MergeInternal,
+    /// A live merge of the active layer, rvdsmd killed at a merge failpoint.
+    MergeKill9(&'static str),
+    /// The guest reverted to a quiesced snapshot of itself (VM stopped, preview, commit).
+    Revert,
+    /// A full copy of the leaf's parent (a snapshot) into a new image.
+    Clone,
 }
+
+const MERGE_POINTS: [&str; 3] = ["merge:committing", "merge:ready", "merge:pivoted"];
 
 const SNAPSHOT_POINTS: [&str; 3] = [
     "snapshot:before-freeze",
@@ -75,7 +90,7 @@ impl Rng {
         self.next() % n
     }
     fn fault(&mut self) -> Fault {
-        match self.below(20) {
+        match self.below(27) {
             0..=5 => Fault::None,
             6 | 7 => Fault::FrozenSet,
             8..=10 => {
@@ -87,7 +102,12 @@ impl Rng {
             15 => Fault::AutoThaw,
             16 => Fault::Kill9Frozen,
             17 | 18 => Fault::HangUp,
-            _ => Fault::LibvirtdKill,
+            19 => Fault::LibvirtdKill,
+            20 | 21 => Fault::MergeActive,
+            22 => Fault::MergeInternal,
+            23 => Fault::MergeKill9(MERGE_POINTS[usize::try_from(self.below(3)).expect("below 3")]),
+            24 => Fault::Revert,
+            _ => Fault::Clone,
         }
     }
 }
@@ -109,8 +129,8 @@ struct Writer {
 }
 
 /// Past this chain depth a guest is retired (its stream verified, the VM destroyed, its image
-/// deleted) and a new one takes its place: rvdsm does not merge chains, and a long soak must
-/// not grow them without bound.
+/// deleted) and a new one takes its place: the merge cycles shorten chains, but at random, and
+/// a long soak must not grow them without bound.
 const MAX_DEPTH: u64 = 24;
 
 /// Boots a guest on a new base volume and starts its writer. Through a new libvirt
@@ -166,8 +186,8 @@ struct Tally {
     cycles: u64,
     faults: BTreeMap<String, u64>,
     failures: Vec<String>,
-    snapshots_done: u64,
-    snapshots_failed: u64,
+    /// Jobs by kind and outcome (`snapshot done`, `merge failed`...).
+    jobs: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -231,6 +251,7 @@ fn soak() {
     let mut losses = 0u64;
     let mut leaks = 0u64;
     let mut retired = 0u64;
+    let mut deepest = 0u64;
 
     let deadline = (minutes > 0).then(|| started + Duration::from_secs(minutes * 60));
     for cycle in 0..cycles {
@@ -261,16 +282,14 @@ fn soak() {
         *tally.faults.entry(name.clone()).or_default() += 1;
         tally.cycles += 1;
         let ended = run_cycle(&mut f, w, fault);
+        deepest = deepest.max(w.depth);
         say(format!(
             "soak: cycle {cycle} on guest {slot}: {name} -> {ended:?}"
         ));
         match ended {
-            Ok(Some(done)) => {
-                if done {
-                    tally.snapshots_done += 1;
-                } else {
-                    tally.snapshots_failed += 1;
-                }
+            Ok(Some((kind, done))) => {
+                let outcome = if done { "done" } else { "failed" };
+                *tally.jobs.entry(format!("{kind} {outcome}")).or_default() += 1;
             }
             Ok(None) => {}
             Err(what) => tally.fail(cycle, format!("{name}: {what}")),
@@ -343,24 +362,28 @@ fn soak() {
     let faults: Vec<String> = tally
         .faults
         .iter()
-        .filter(|(k, _)| k.as_str() != "None")
+        .filter(|(k, _)| !PLAIN.contains(&k.as_str()))
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     let injected: u64 = tally
         .faults
         .iter()
-        .filter(|(k, _)| k.as_str() != "None")
+        .filter(|(k, _)| !PLAIN.contains(&k.as_str()))
         .map(|(_, v)| v)
         .sum();
     say(format!("soak: failures: {:#?}", tally.failures));
     say(format!(
         "soak summary: seed {seed}, {} cycles in {:.1} min on {guests} guests; faults {injected} ({}); \
-         snapshots done {}, failed and rolled back {}; guests retired and replaced {retired}",
+         jobs ({}); guests retired and replaced {retired}; deepest chain {deepest}",
         tally.cycles,
         started.elapsed().as_secs_f64() / 60.0,
         faults.join(", "),
-        tally.snapshots_done,
-        tally.snapshots_failed,
+        tally
+            .jobs
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     ));
     say(format!(
         "soak summary: records verified {records}, losses {losses}, leaks {leaks}, frozen {frozen}; \
@@ -376,10 +399,31 @@ fn soak() {
     assert!(tally.failures.is_empty(), "{:#?}", tally.failures);
 }
 
-/// Runs one cycle on `w`; returns whether a snapshot job was done (`Some(true)`), failed and
-/// rolled back (`Some(false)`), or none ran; `Err` when rvdsm broke a promise.
-fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<Option<bool>, String> {
+/// The cycles that are operations, not faults (counted apart in the summary).
+const PLAIN: [&str; 6] = [
+    "None",
+    "MergeActive",
+    "MergeInternal",
+    "Revert",
+    "Clone",
+    "FrozenSet",
+];
+
+/// What a cycle's job was and whether it was done (`true`) or failed with nothing changed.
+type CycleOutcome = Option<(&'static str, bool)>;
+
+/// Runs one cycle on `w`; returns its job's kind and outcome, or none when no job ran; `Err`
+/// when rvdsm broke a promise.
+fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<CycleOutcome, String> {
     let vm = w.guest.uuid.clone();
+    match fault {
+        Fault::MergeActive | Fault::MergeInternal | Fault::MergeKill9(_) => {
+            return merge_cycle(f, w, fault);
+        }
+        Fault::Revert => return revert_cycle(f, w),
+        Fault::Clone => return clone_cycle(f, w),
+        _ => {}
+    }
     match fault {
         Fault::AutoThaw | Fault::Kill9Frozen => {
             let frozen = f
@@ -463,7 +507,7 @@ fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<Option<boo
     if fault == Fault::FrozenSet {
         f.daemon.ok("VM.thaw", json!({"vmID": vm}));
     }
-    check_truth(f, w, &top, &info)
+    check_truth(f, w, &top, &info).map(|done| done.map(|d| ("snapshot", d)))
 }
 
 /// The job's outcome must be what the VM shows: done on the new volume, failed on the old one
@@ -525,4 +569,194 @@ fn field(line: &str, name: &str) -> Option<u64> {
         }
     }
     None
+}
+
+/// The parent of `volume` in the writer's image (`None` for the base).
+fn parent_of(f: &Fixture, w: &Writer, volume: &str) -> Option<String> {
+    let parent = f.info(&w.image, volume)["parent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (parent != "00000000-0000-0000-0000-000000000000").then_some(parent)
+}
+
+/// A live merge: of the active layer into its parent, or of the leaf's parent into its own;
+/// the job's outcome must be what the VM uses, and the chain sound.
+fn merge_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<CycleOutcome, String> {
+    let internal = fault == Fault::MergeInternal;
+    let Some(parent) = parent_of(f, w, &w.leaf) else {
+        return Ok(None);
+    };
+    let (base, top) = if internal {
+        let Some(grandparent) = parent_of(f, w, &parent) else {
+            return Ok(None);
+        };
+        (grandparent, parent)
+    } else {
+        (parent, w.leaf.clone())
+    };
+    let job = new_id();
+    let params = json!({
+        "vmID": w.guest.uuid, "jobUUID": job,
+        "drive": {"poolID": f.pool, "domainID": f.domain, "imageID": w.image, "volumeID": w.leaf},
+        "baseVolUUID": base, "topVolUUID": top,
+    });
+    let pause = match fault {
+        Fault::MergeKill9(point) => Some(point),
+        _ => None,
+    };
+    let marker = pause.map(|point| f.daemon.restart_paused_at(point));
+    if let Err(e) = f.daemon.call(common::daemon::Via::Unix, "VM.merge", params) {
+        if pause.is_some() {
+            f.daemon.restart_in_place(&[]);
+        }
+        return Err(format!("VM.merge refused: {e}"));
+    }
+    if let (Some(point), Some(marker)) = (pause, marker) {
+        if !wait_until(Duration::from_secs(60), || marker.exists()) {
+            f.daemon.restart_in_place(&[]);
+            return Err(format!("{point} never reached"));
+        }
+        f.daemon.restart_in_place(&[]);
+    }
+    let info = match try_wait_job(f, &job, Duration::from_secs(180)) {
+        Ok(info) => info,
+        Err(info) => {
+            f.daemon.restart_in_place(&[]);
+            return Err(format!("merge {job} never ended: {info}"));
+        }
+    };
+    let active = volume_of(&active_volume(f, &w.guest.uuid));
+    let top_gone = !f.image_dir(&w.image).join(&top).exists();
+    let expected = if internal { &w.leaf } else { &base };
+    let done = match info["status"].as_str() {
+        Some("done") if top_gone && &active == expected => true,
+        Some("failed") if !top_gone && active == w.leaf => false,
+        _ => {
+            return Err(format!(
+                "merge says {info} but the VM uses {active} (leaf {}, base {base}, top {top}, \
+                 top deleted: {top_gone})",
+                w.leaf
+            ));
+        }
+    };
+    if done {
+        if !internal {
+            w.leaf = base;
+        }
+        w.depth -= 1;
+    }
+    let problems = chain_problems(f, &w.image, &w.leaf);
+    if !problems.is_empty() {
+        return Err(format!("after the merge: {problems:?}"));
+    }
+    Ok(Some(("merge", done)))
+}
+
+/// A revert to a quiesced snapshot taken now: the stream is stopped and verified, the
+/// snapshot taken, the VM stopped, a preview made on the snapshot's volume and committed (the
+/// newer leaf deleted), and the guest booted on it. It must boot without journal recovery and
+/// find exactly the records that were durable; then its writer starts again.
+fn revert_cycle(f: &mut Fixture, w: &mut Writer) -> Result<CycleOutcome, String> {
+    let durable = verify_stream(w)?;
+    let snapshot_of = w.leaf.clone();
+    let top = new_top(f, &w.image, &snapshot_of);
+    let job = new_id();
+    f.daemon.ok(
+        "VM.snapshot",
+        snapshot_params(f, &w.guest.uuid, &w.image, &snapshot_of, &top, &job),
+    );
+    let info = try_wait_job(f, &job, Duration::from_secs(120))
+        .map_err(|info| format!("snapshot for the revert never ended: {info}"))?;
+    if info["status"] != "done" || info["result"]["consistency"] != "quiesced" {
+        return Err(format!("snapshot for the revert: {info}"));
+    }
+    if f.info(&w.image, &snapshot_of)["revertBoot"]["outcome"] != "clean" {
+        return Err("a quiesced snapshot does not promise a clean boot".into());
+    }
+    let preview = new_top(f, &w.image, &snapshot_of);
+    // The VM stops: the image's newer leaf can go (the commit of the preview).
+    let _ = w.guest.domain().destroy();
+    let task = f.daemon.ok(
+        "Image.deleteVolumes",
+        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": w.image,
+               "volumeList": [top], "postZero": false, "force": true}),
+    );
+    let status = f.daemon.wait_task(task.as_str().unwrap_or_default());
+    if status["taskResult"] != "success" {
+        return Err(format!("commit of the preview: {status}"));
+    }
+    let prepared = f.daemon.ok(
+        "Image.prepare",
+        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": w.image,
+               "volumeID": preview}),
+    );
+    let conn = virt::connect::Connect::open(Some("qemu:///system")).expect("libvirt");
+    w.guest
+        .reboot_on(&conn, prepared["path"].as_str().unwrap_or_default().into());
+    w.leaf = preview;
+    w.depth += 1;
+    let guest = &w.guest;
+    guest.wait_for_agent(Duration::from_secs(60));
+    let console = guest.console();
+    if console.contains("recovery complete") {
+        return Err(format!(
+            "a quiesced snapshot's revert replayed its journal:\n{console}"
+        ));
+    }
+    let (code, verified) = guest.exec(&format!("rvdsm-writeprobe verify {STREAM}"));
+    if code != 0 || field(&verified, "records") != Some(durable) {
+        return Err(format!(
+            "after the revert the stream says {verified:?}; {durable} records were durable"
+        ));
+    }
+    guest.spawn(&format!(
+        "( rvdsm-writeprobe write {STREAM} 1000000 {INTERVAL_MS} > /tmp/probe.out 2>&1 ) \
+         </dev/null >/dev/null 2>&1 &"
+    ));
+    Ok(Some(("revert", true)))
+}
+
+/// A full copy of the leaf's parent (a snapshot) into a new image; it must hold what the
+/// snapshot holds, and goes again.
+fn clone_cycle(f: &mut Fixture, w: &mut Writer) -> Result<CycleOutcome, String> {
+    let Some(source) = parent_of(f, w, &w.leaf) else {
+        return Ok(None);
+    };
+    let (image, volume) = (new_id(), new_id());
+    let created = f.create(&image, &volume, json!({"size": (64u64 << 20).to_string()}));
+    if created["taskResult"] != "success" {
+        return Err(format!("clone destination: {created}"));
+    }
+    let job = new_id();
+    let endpoint = |img: &str, vol: &str| json!({"endpoint_type": "div", "sd_id": f.domain, "img_id": img, "vol_id": vol});
+    f.daemon.ok(
+        "SDM.copy_data",
+        json!({"job_id": job, "source": endpoint(&w.image, &source),
+               "destination": endpoint(&image, &volume)}),
+    );
+    let info = try_wait_job(f, &job, Duration::from_secs(180))
+        .map_err(|info| format!("copy never ended: {info}"))?;
+    let done = info["status"] == "done";
+    if done {
+        let compared = std::process::Command::new("qemu-img")
+            .args(["compare", "-U"])
+            .arg(f.image_dir(&w.image).join(&source))
+            .arg(f.image_dir(&image).join(&volume))
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !compared.status.success() {
+            return Err(format!(
+                "the clone differs from its snapshot: {}",
+                String::from_utf8_lossy(&compared.stdout)
+            ));
+        }
+    }
+    let task = f.daemon.ok(
+        "Image.delete",
+        json!({"storagedomainID": f.domain, "storagepoolID": f.pool, "imageID": image,
+               "postZero": false, "force": false}),
+    );
+    f.daemon.wait_task(task.as_str().unwrap_or_default());
+    Ok(Some(("clone", done)))
 }

@@ -200,6 +200,28 @@ impl Guest {
     pub fn domain(&self) -> &Domain {
         &self.domain
     }
+
+    /// Stops this guest and boots it again, under the same name and slot, on the single disk
+    /// `disk` (a revert: the same VM on another volume). A new console log.
+    pub fn reboot_on(&mut self, conn: &Connect, disk: PathBuf) {
+        let _ = self.domain.destroy();
+        let _ = std::fs::remove_file(self.dir.path().join("console.log"));
+        let options = GuestOptions {
+            disk: Some(disk.clone()),
+            ..GuestOptions::default()
+        };
+        let xml = domain_xml(
+            &self.name,
+            self.dir.path(),
+            std::slice::from_ref(&disk),
+            &options,
+        );
+        self.domain = conn
+            .create_domain_xml(&xml, 0)
+            .unwrap_or_else(|e| panic!("cannot boot guest {} again: {e}", self.name));
+        self.uuid = self.domain.uuid_string().unwrap();
+        self.disk = disk;
+    }
 }
 
 impl Drop for Guest {
