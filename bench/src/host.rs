@@ -144,8 +144,19 @@ impl Host {
         rss_kib(self.daemon.id())
     }
 
-    /// Creates a volume (on `parent` when given) and waits for its task; returns its id.
+    /// Creates a 64 MiB volume (on `parent` when given) and waits for its task; returns its
+    /// id.
     pub async fn create_volume(&self, image: &str, parent: Option<&str>) -> Result<String> {
+        self.create_volume_sized(image, parent, 64 << 20).await
+    }
+
+    /// Creates a volume of `size` bytes (on `parent` when given) and waits for its task.
+    pub async fn create_volume_sized(
+        &self,
+        image: &str,
+        parent: Option<&str>,
+        size: u64,
+    ) -> Result<String> {
         let volume = uuid::Uuid::new_v4().to_string();
         let nil = "00000000-0000-0000-0000-000000000000";
         let task = self
@@ -154,7 +165,7 @@ impl Host {
                 "Volume.create",
                 json!({"volumeID": volume, "storagepoolID": self.pool,
                        "storagedomainID": self.domain, "imageID": image,
-                       "size": (64u64 << 20).to_string(), "volFormat": 4, "preallocate": 2,
+                       "size": size.to_string(), "volFormat": 4, "preallocate": 2,
                        "diskType": "DATA", "desc": "bench",
                        "srcImgUUID": if parent.is_some() { image } else { nil },
                        "srcVolUUID": parent.unwrap_or(nil)}),
@@ -186,8 +197,14 @@ impl Host {
 
     /// A base volume with the fixture's data disk, and a guest booted from it.
     pub async fn boot_guest(&self, conn: &Connect, index: usize) -> Result<Guest> {
+        self.boot_guest_sized(conn, index, 64 << 20).await
+    }
+
+    /// [`Host::boot_guest`] on a volume of `size` bytes (the fixture's ext4 uses the first
+    /// 64 MiB; the rest is room for a bench's data).
+    pub async fn boot_guest_sized(&self, conn: &Connect, index: usize, size: u64) -> Result<Guest> {
         let image = uuid::Uuid::new_v4().to_string();
-        let volume = self.create_volume(&image, None).await?;
+        let volume = self.create_volume_sized(&image, None, size).await?;
         let prepared = self
             .client
             .call(
@@ -201,6 +218,12 @@ impl Host {
             .args(["convert", "-q", "-O", "qcow2"])
             .arg(self.repo.join("fixtures/build/data.qcow2"))
             .arg(&path))?;
+        if size > 64 << 20 {
+            run(Command::new("qemu-img")
+                .args(["resize", "-q", "-f", "qcow2"])
+                .arg(&path)
+                .arg(size.to_string()))?;
+        }
         let name = format!("rvdsm-bench-{}-{index}", std::process::id());
         let xml = output(
             Command::new(self.repo.join("fixtures/guest-xml"))

@@ -1,11 +1,14 @@
 //! `bench/run`: rvdsm's benchmark suite against real fixture guests. Each rvdsm figure stands
 //! next to its floor measured in the same run on the same kind of guest: snapshot latency and
 //! the whole flow against direct libvirt (and `qemu-img`), the stall a writing guest sees,
-//! parallel snapshots, RPC throughput and latency per transport (and with VDSM's own load
-//! client), `Host.ping2` while snapshots run, and rvdsmd's footprint. Prints a table and writes
+//! parallel snapshots, a snapshot's later life (live merge, full clone, revert) beside
+//! `virsh blockcommit`, `qemu-img convert` and `virsh create`, RPC throughput and latency per
+//! transport (and with VDSM's own load client), `Host.ping2` while snapshots run, and
+//! rvdsmd's footprint. Prints a table and writes
 //! `results.json` and `REPORT.md`.
 
 mod host;
+mod life;
 mod monitoring;
 mod report;
 mod rpc;
@@ -43,6 +46,9 @@ struct Args {
     /// Most guests booted for the parallel measurement.
     #[arg(long, default_value_t = 8)]
     max_guests: usize,
+    /// MiB of data in a merged top and in a cloned chain.
+    #[arg(long, default_value_t = 1024)]
+    life_mib: u64,
     /// Paused VMs for the monitoring measurement.
     #[arg(long, default_value_t = 100)]
     monitor_vms: usize,
@@ -60,6 +66,7 @@ async fn main() -> Result<()> {
         args.stomp_load_seconds = 1.0;
         args.max_guests = 2;
         args.monitor_vms = 4;
+        args.life_mib = 16;
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -136,6 +143,12 @@ async fn main() -> Result<()> {
         Summary::of(&floor),
         Summary::of(&base_gap),
     );
+
+    let life_args = life::LifeArgs {
+        mib: args.life_mib,
+        reps: args.reps.clamp(1, 3),
+    };
+    let life = life::measure(&host, &conn, &jobs, &life_args).await?;
 
     eprintln!("RPC load");
     let mut rpc_rows = Vec::new();
@@ -302,6 +315,7 @@ async fn main() -> Result<()> {
         ping_p99_during: ping_p99,
         footprint,
         monitoring,
+        life,
     };
     let (json_results, markdown) = bench.render(results);
     println!("{markdown}");

@@ -66,6 +66,8 @@ pub struct Bench {
     pub footprint: Value,
     /// `Host.getAllVmStats` with many VMs, and memory per VM.
     pub monitoring: Value,
+    /// Live merge, full clone and revert beside their floors.
+    pub life: Value,
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -227,6 +229,7 @@ impl Bench {
                 );
             }
         }
+        md += &self.life_section();
         md += &self.monitoring_section();
         let fp = &self.footprint;
         let idle = fp["rss_idle_kib"].as_f64().unwrap_or(f64::NAN);
@@ -298,7 +301,42 @@ impl Bench {
         results.insert("stomp_load".into(), Value::Array(self.stomp_load.clone()));
         results.insert("footprint".into(), self.footprint.clone());
         results.insert("monitoring".into(), self.monitoring.clone());
+        results.insert("snapshot_life".into(), self.life.clone());
         (results, md)
+    }
+
+    /// Live merge, full clone and revert beside their floors and targets.
+    fn life_section(&self) -> String {
+        let l = &self.life;
+        let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let row = |key: &str| {
+            let (o, f) = (&l[key]["rvdsm"], &l[key]["floor"]);
+            format!(
+                "{:.0} ({:.0}-{:.0}) ms | {:.0} ({:.0}-{:.0}) ms | {:.2}x",
+                num(&o["median"]),
+                num(&o["min"]),
+                num(&o["max"]),
+                num(&f["median"]),
+                num(&f["min"]),
+                num(&f["max"]),
+                num(&l[key]["ratio"])
+            )
+        };
+        let merge_ratio = num(&l["merge"]["ratio"]);
+        let clone_throughput = num(&l["clone"]["throughput_ratio"]);
+        format!(
+            "\n## A snapshot's later life ({} MiB of data)\n\n| operation | rvdsm | floor | ratio | target |\n|---|---|---|---|---|\n\
+             | live merge of the active layer (`VM.merge` to the job's end, top deleted) vs `virsh blockcommit --active --pivot --wait` | {} | ≤ 1.10x: {} |\n\
+             | full clone (`SDM.copy_data` to the job's end) vs `qemu-img convert -n` into the same kind of volume | {} | throughput ≥ 0.95x: {:.2}x, {} |\n\
+             | revert: preview volume + `VM.create` + agent answering vs `qemu-img create` + `virsh create` + agent | {} | |\n",
+            l["mib"],
+            row("merge"),
+            verdict(merge_ratio <= 1.10),
+            row("clone"),
+            clone_throughput,
+            verdict(clone_throughput >= 0.95),
+            row("revert"),
+        )
     }
 
     /// The monitoring verbs beside their targets.
