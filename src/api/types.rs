@@ -172,7 +172,7 @@ pub struct Capabilities {
     pub packages2: BTreeMap<String, PackageVersion>,
     /// Always `"true"`: live external snapshots are what rvdsm is for.
     pub live_snapshot: String,
-    /// `"false"`: live merge is not served yet.
+    /// `"true"`: `VM.merge` is served.
     pub live_merge: String,
     /// Network interfaces, read from the kernel.
     pub nics: BTreeMap<String, HostNic>,

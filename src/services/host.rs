@@ -176,7 +176,7 @@ fn capabilities_now(host: crate::virt::HostInfo, uri: String, pool: Uuid) -> Cap
         },
         packages2,
         live_snapshot: "true".into(),
-        live_merge: "false".into(),
+        live_merge: "true".into(),
         nics,
         bridges,
         networks: BTreeMap::new(),
