@@ -80,6 +80,10 @@ pub struct MergeResult {
     pub active: bool,
     /// The pivots asked of libvirt (active merges).
     pub pivot_attempts: u32,
+    /// `top`'s dirty bitmaps, gone with it: libvirt's commit does not carry bitmaps it did
+    /// not make (its checkpoints), so the next incremental backup must be a full one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_bitmaps: Vec<String>,
 }
 
 /// VDSM's `SubchainInfo`: a cold merge of `top_id` into its parent `base_id`.

@@ -111,6 +111,29 @@ fn vm_stats(what: &str, v: &Value) -> Result<(), String> {
             ("vmJobs", Ty::Object),
         ],
     )?;
+    // VDSM's `VmJobsMap`: `BlockJobInfo` by job UUID (cur and end as strings, VDSM's).
+    for (id, job) in v["vmJobs"].as_object().into_iter().flatten() {
+        let what = format!("{what}.vmJobs.{id}");
+        fields(
+            &what,
+            job,
+            &[
+                ("id", Ty::Str),
+                ("jobType", Ty::Str),
+                ("blockJobType", Ty::Str),
+                ("drive", Ty::Str),
+                ("imgUUID", Ty::Str),
+                ("bandwidth", Ty::UInt),
+                ("cur", Ty::UIntStr),
+                ("end", Ty::UIntStr),
+            ],
+        )?;
+        if job["id"] != id.as_str() || job["jobType"] != "block" {
+            return Err(format!(
+                "{what}: id and jobType must be the key and \"block\": {job}"
+            ));
+        }
+    }
     for (name, disk) in v["disks"].as_object().into_iter().flatten() {
         fields(
             &format!("{what}.disks.{name}"),
@@ -166,6 +189,7 @@ fn capabilities(what: &str, v: &Value) -> Result<(), String> {
             ("packages2", Ty::Object),
             ("software_version", Ty::Str),
             ("liveSnapshot", Ty::Str),
+            ("liveMerge", Ty::Str),
             ("networks", Ty::Object),
             ("nics", Ty::Object),
             ("vmTypes", Ty::Array),
@@ -234,7 +258,10 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
         | "Task.clear"
         | "Task.stop"
         | "Image.teardown"
-        | "StorageDomain.create" => check_type(method, reply, Ty::Bool),
+        | "StorageDomain.create"
+        | "VM.merge"
+        | "SDM.merge"
+        | "SDM.copy_data" => check_type(method, reply, Ty::Bool),
         "Host.getCapabilities" => capabilities(method, reply),
         "Host.getStats" => host_stats(method, reply),
         "Host.dumpxmls" => reply
@@ -242,9 +269,13 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
             .ok_or_else(|| format!("{method} should be a map: {reply}"))?
             .values()
             .try_for_each(|xml| check_type("Host.dumpxmls value", xml, Ty::Str)),
-        "Volume.create" | "Volume.delete" | "Image.delete" | "Image.deleteVolumes" => {
-            uuid_string(method, reply)
-        }
+        "Volume.create"
+        | "Volume.delete"
+        | "Image.delete"
+        | "Image.deleteVolumes"
+        | "StoragePool.prepareMerge"
+        | "StoragePool.finalizeMerge" => uuid_string(method, reply),
+        "Image.reconcileVolumeChain" => each(method, reply, uuid_string),
         "Volume.getSize" => fields(
             method,
             reply,
@@ -271,6 +302,16 @@ fn the_checker_catches_what_a_manager_would_trip_on() {
     assert!(check_reply("Host.getVMList", &good).is_ok());
     let int_time = serde_json::json!([{"vmId": "x", "status": "Up", "statusTime": 12}]);
     assert!(check_reply("Host.getVMList", &int_time).is_err());
+    let job = serde_json::json!({"id": "j", "jobType": "block", "blockJobType": "commit",
+        "drive": "vda", "imgUUID": "i", "bandwidth": 0, "cur": 5, "end": "9"});
+    let mut up = serde_json::json!({"vmId": "x", "status": "Up", "statusTime": "1",
+        "vmName": "n", "elapsedTime": "1", "cpuUser": "0.0", "cpuSys": "0.0", "memUsage": "0",
+        "kvmEnable": "true", "acpiEnable": "true", "timeOffset": "0", "disks": {},
+        "network": {}, "vmJobs": {"j": job}});
+    let err = check_reply("VM.getStats", &serde_json::json!([up.clone()])).unwrap_err();
+    assert!(err.contains("cur"), "{err}");
+    up["vmJobs"]["j"]["cur"] = "5".into();
+    assert!(check_reply("VM.getStats", &serde_json::json!([up])).is_ok());
     let down = serde_json::json!([{"vmId": "x", "status": "Down", "statusTime": "1"}]);
     assert!(
         check_reply("VM.getStats", &down)

@@ -53,6 +53,9 @@ pub struct Entry {
     pub base_path: String,
     /// `top` as the live XML names it.
     pub top_path: String,
+    /// `top`'s dirty bitmaps when the merge started (they do not survive it).
+    #[serde(default)]
+    pub bitmaps: Vec<String>,
     /// How far it got.
     #[serde(flatten)]
     pub phase: Phase,
@@ -66,6 +69,7 @@ impl Entry {
             top: self.top,
             active: self.active,
             pivot_attempts,
+            dropped_bitmaps: self.bitmaps.clone(),
         }
     }
 }
@@ -96,6 +100,7 @@ mod tests {
             bandwidth: 0,
             base_path: "/a".into(),
             top_path: "/b".into(),
+            bitmaps: vec!["b1".into()],
             phase: Phase::Finished {
                 at: 9,
                 outcome: Err((52, "Merge failed".into())),

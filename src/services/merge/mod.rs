@@ -170,6 +170,12 @@ impl MergeService {
             .merge_pair(domain, image, p.base, p.top)
             .await
             .map_err(|e| MergeError::from_api(job, e))?;
+        let bitmaps = self
+            .inner
+            .storage
+            .volume_bitmaps(domain, image, p.top)
+            .await
+            .map_err(|e| MergeError::from_api(job, e))?;
         if pair.child != live_child {
             return Err(fail(format!(
                 "the metadata bases {:?} on topVolUUID, the VM's disk {:?}",
@@ -204,6 +210,7 @@ impl MergeService {
             bandwidth: p.bandwidth,
             base_path,
             top_path: chain[top_at].1.clone(),
+            bitmaps,
             phase: Phase::Commit,
         };
         if let Err(err) = self.write(&entry).await {

@@ -57,4 +57,16 @@ impl StorageService {
         let timeout = self.inner.qemu_img_timeout;
         Ok(merge::backing_of(&domain, image, volume, timeout).await?)
     }
+
+    /// The names of a volume's persistent dirty bitmaps (read while a VM may write it).
+    pub async fn volume_bitmaps(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<Vec<String>, ApiError> {
+        let domain = self.domain(domain)?;
+        let timeout = self.inner.qemu_img_timeout;
+        Ok(merge::bitmaps(&domain, image, volume, timeout).await?)
+    }
 }
