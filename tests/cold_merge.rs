@@ -43,15 +43,29 @@ fn start_sdm_merge(f: &Fixture, image: &str, base: &str, top: &str) -> String {
     job
 }
 
-/// The whole cold merge of `top` into `base`, as an engine runs it.
+/// The whole cold merge of `top` into `base`, as an engine runs it: one subchain, with the
+/// base's generation read beforehand, given to all three steps.
 fn cold_merge(f: &Fixture, image: &str, base: &str, top: &str) {
-    assert_success(&pool_step(f, "StoragePool.prepareMerge", image, base, top));
-    let job = start_sdm_merge(f, image, base, top);
+    let generation = f.info(image, base)["generation"].as_u64().unwrap();
+    let mut subchain = subchain(f, image, base, top);
+    subchain["base_generation"] = json!(generation);
+    let step = |verb: &str| {
+        let task = f.daemon.ok(
+            verb,
+            json!({"storagepoolID": f.pool, "subchainInfo": subchain}),
+        );
+        f.daemon.wait_task(task.as_str().unwrap())
+    };
+    assert_success(&step("StoragePool.prepareMerge"));
+    let job = new_id();
+    let params = json!({"job_id": job, "subchain_info": subchain});
+    assert_eq!(f.daemon.ok("SDM.merge", params), json!(true));
     let info = wait_job(f, &job, Duration::from_secs(120));
     assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());
     assert_eq!(info["job_type"], "storage");
     assert_eq!(info["description"], "merge_subchain");
-    assert_success(&pool_step(f, "StoragePool.finalizeMerge", image, base, top));
+    assert_eq!(info["result"]["generation"], generation + 1, "{info}");
+    assert_success(&step("StoragePool.finalizeMerge"));
     // The engine deletes the top; rvdsm already did, and says so by succeeding.
     let task = f.daemon.ok(
         "Image.deleteVolumes",

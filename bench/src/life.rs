@@ -1,7 +1,7 @@
 //! The rest of a snapshot's life beside its floors: a live merge of an active layer holding
-//! `merge_mib` MiB (`VM.merge` to its job's end) against `virsh blockcommit --active --pivot
-//! --wait` on the same data; a full clone (`SDM.copy_data`) against `qemu-img convert` of the
-//! same chain into the same kind of volume; a revert (preview volume, `VM.create`, boot to a
+//! `mib` MiB (`VM.merge` to its job's end) against `virsh blockcommit --active --pivot --wait`
+//! on the same data; a full clone (`SDM.copy_data`) against `qemu-img convert -t writeback`
+//! (flushed, as rvdsm's) of the same chain into the same kind of volume; a revert (preview volume, `VM.create`, boot to a
 //! responding agent) against `qemu-img create` + `virsh create` + the agent.
 
 use std::path::Path;
@@ -168,6 +168,8 @@ async fn clones(host: &Host, jobs: &JobWatcher, args: &LifeArgs) -> Result<Value
         let dst = host.create_volume_sized(&dst_image, None, ROOM).await?;
         let job = uuid::Uuid::new_v4().to_string();
         let endpoint = |img: &str, vol: &str| json!({"endpoint_type": "div", "sd_id": host.domain, "img_id": img, "vol_id": vol});
+        // Each copy starts with nothing of the previous steps left to write back.
+        run(&mut Command::new("sync"))?;
         let started = Instant::now();
         host.client
             .call(
@@ -184,9 +186,20 @@ async fn clones(host: &Host, jobs: &JobWatcher, args: &LifeArgs) -> Result<Value
             .args(["create", "-q", "-f", "qcow2", "-o", "compat=1.1"])
             .arg(&floor_dst)
             .arg(ROOM.to_string()))?;
+        run(&mut Command::new("sync"))?;
         let started = Instant::now();
+        // The same durability as rvdsm's (convert's default cache mode never flushes).
         run(Command::new("qemu-img")
-            .args(["convert", "-f", "qcow2", "-O", "qcow2", "-n"])
+            .args([
+                "convert",
+                "-t",
+                "writeback",
+                "-f",
+                "qcow2",
+                "-O",
+                "qcow2",
+                "-n",
+            ])
             .arg(dir.join(&top))
             .arg(&floor_dst))?;
         floor.push(ms(started));

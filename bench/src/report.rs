@@ -327,7 +327,7 @@ impl Bench {
         format!(
             "\n## A snapshot's later life ({} MiB of data)\n\n| operation | rvdsm | floor | ratio | target |\n|---|---|---|---|---|\n\
              | live merge of the active layer (`VM.merge` to the job's end, top deleted) vs `virsh blockcommit --active --pivot --wait` | {} | ≤ 1.10x: {} |\n\
-             | full clone (`SDM.copy_data` to the job's end) vs `qemu-img convert -n` into the same kind of volume | {} | throughput ≥ 0.95x: {:.2}x, {} |\n\
+             | full clone (`SDM.copy_data` to the job's end) vs `qemu-img convert -t writeback -n` into the same kind of volume | {} | throughput ≥ 0.95x: {:.2}x, {} |\n\
              | revert: preview volume + `VM.create` + agent answering vs `qemu-img create` + `virsh create` + agent | {} | |\n",
             l["mib"],
             row("merge"),

@@ -50,6 +50,10 @@ pub async fn convert(
         src_meta.format.qemu_name(),
         "-O",
         dst_meta.format.qemu_name(),
+        // qemu-img convert writes with cache=unsafe by default, never flushing: the job would
+        // be done (and the volume LEGAL) before its data is on disk.
+        "-t",
+        "writeback",
         // The destination exists (its size and allocation are the volume's): write into it.
         "-n",
         &src,

@@ -120,14 +120,17 @@ pub fn unlink_merged(
             meta.parent = base;
             write_meta(domain, image, *child, &meta)?;
         }
+        // An internal merge whether `top`'s child was just rebased or an interrupted run
+        // rebased it already.
+        let internal = children(domain, image, base)?.iter().any(|c| *c != top);
         let mut base_meta = read_meta(domain, image, base)?;
         base_meta.capacity = base_meta.capacity.max(top_meta.capacity);
         let base_note = domain.dir.snapshot_note(image, base);
         match snapshot_volume::read_note(domain, image, top) {
-            Some(note) if !above.is_empty() => {
+            Some(note) if internal => {
                 snapshot_volume::write_note(domain, image, base, &note)?;
             }
-            _ if !above.is_empty() => {}
+            _ if internal => {}
             _ => {
                 base_meta.role = VolumeRole::Leaf;
                 domain
@@ -392,6 +395,22 @@ mod tests {
             read_meta(d, i, b),
             Err(StorageError::VolumeDoesNotExist(_))
         ));
+        assert_eq!(d.volumes(i).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_internal_merge_interrupted_after_the_rebase_is_finished_as_internal() {
+        let [a, b, c] = [1, 2, 3].map(Uuid::from_u128);
+        let t = chain(&[a, b, c]);
+        let (d, i) = (&t.domain, t.image);
+        snapshot_volume::write_note(d, i, b, &note(c)).unwrap();
+        // A crash after the child was rebased, before the rest.
+        let mut child = read_meta(d, i, c).unwrap();
+        child.parent = a;
+        write_meta(d, i, c, &child).unwrap();
+        unlink_merged(d, i, a, b).unwrap();
+        assert_eq!(read_meta(d, i, a).unwrap().role, VolumeRole::Internal);
+        assert_eq!(snapshot_volume::read_note(d, i, a), Some(note(c)));
         assert_eq!(d.volumes(i).unwrap().len(), 2);
     }
 

@@ -22,6 +22,8 @@ pub(super) const MAX_PIVOT_ATTEMPTS: u32 = 5;
 const PIVOT_RETRY: Duration = Duration::from_secs(1);
 /// How long libvirt may take to show the disk on `base` after a pivot it reported done.
 const PIVOT_SETTLE: Duration = Duration::from_secs(30);
+/// How often the live XML is read meanwhile.
+const PIVOT_SETTLE_POLL: Duration = Duration::from_millis(20);
 /// How long libvirt may fail to answer (libvirtd restarting) before the job gives up.
 const UNREADABLE_BUDGET: Duration = Duration::from_secs(300);
 
@@ -306,14 +308,15 @@ impl MergeService {
         MergeError::failed(entry.job, format!("{why}; {tail}"))
     }
 
-    /// Waits (bounded) until the domain shows the disk on `base`.
+    /// Waits (bounded) until the domain shows the disk on `base` (libvirt updates the live
+    /// XML right after a pivot it reports done, or within milliseconds).
     async fn wait_pivoted(&self, entry: &Entry) -> bool {
         let deadline = Instant::now() + PIVOT_SETTLE;
         while Instant::now() < deadline {
             if self.pivoted(entry).await {
                 return true;
             }
-            tokio::time::sleep(self.inner.poll).await;
+            tokio::time::sleep(PIVOT_SETTLE_POLL).await;
         }
         false
     }
@@ -321,10 +324,15 @@ impl MergeService {
     /// QEMU no longer uses `top`: the metadata follows (child rebased or `base` the leaf),
     /// `top` is deleted, the VM's recorded chain drops it.
     async fn clean_up(&self, entry: &mut Entry) -> Result<(), MergeError> {
-        crate::failpoint::pause("merge:pivoted").await;
-        if entry.phase != Phase::Cleanup {
-            self.enter(entry, Phase::Cleanup).await?;
+        // Journaled at once: after a pivot, what a crash leaves is judged by this phase, and
+        // a stopped, undefined VM would no longer tell whether the pivot happened.
+        if entry.phase != Phase::Cleanup
+            && let Err(err) = self.enter(entry, Phase::Cleanup).await
+        {
+            // QEMU has moved on: the metadata must follow it all the same.
+            tracing::error!(job = %entry.job, error = %err, "going on with the merge's cleanup unjournaled");
         }
+        crate::failpoint::pause("merge:pivoted").await;
         let (domain, image) = (entry.drive.domain, entry.drive.image);
         self.inner
             .storage

@@ -176,25 +176,22 @@ impl StorageService {
     }
 
     /// `StoragePool.finalizeMerge`, once the caller checked that an `SDM.merge` of this
-    /// subchain succeeded and left the base at `base_generation`: `top`'s child rebased on
-    /// `base` (its qcow2 header), the metadata updated, `top` deleted.
+    /// subchain succeeded and left the base at `base_generation` (refused, 911, if the base
+    /// changed since): `top`'s child rebased on `base` (its qcow2 header), the metadata
+    /// updated, `top` deleted.
     pub async fn finalize_merge(
         &self,
         p: PoolSubchainParams,
         base_generation: u32,
     ) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
+        // An engine sends the subchain it gave SDM.merge, with the base's generation from
+        // before the merge bumped it (VDSM's finalize does not check it): the base must be
+        // as the merge left it instead.
         let s = SubchainInfo {
-            base_generation: Some(p.subchain.base_generation.unwrap_or(base_generation)),
+            base_generation: Some(base_generation),
             ..p.subchain
         };
-        if s.base_generation != Some(base_generation) {
-            return Err(StorageError::GenerationMismatch(format!(
-                "base {} was left at generation {base_generation} by SDM.merge",
-                s.base_id
-            ))
-            .into());
-        }
         let pair = self.check_subchain(&s).await?;
         let work = move |started| TaskWork::FinalizeMerge {
             domain: s.sd_id,
