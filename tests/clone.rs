@@ -138,16 +138,14 @@ fn full_and_linked_clones_boot_with_the_snapshot_s_files_and_a_new_generation() 
 fn a_full_disk_fails_the_copy_with_the_destination_illegal_and_the_source_untouched() {
     let f = Fixture::new();
     let (image, base, _) = f.data_volume();
-    let out = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x44 0 16M"])
-        .arg(f.image_dir(&image).join(&base))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = f.image_dir(&image).join(&base);
+    common::guest::qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 0x44 0 16M",
+        path.to_str().unwrap(),
+    ]);
     let before = std::fs::read(f.image_dir(&image).join(&base)).unwrap();
     let dst_image = new_id();
     let _mount = common::Tmpfs::mount(&f.image_dir(&dst_image), "8m");

@@ -17,8 +17,9 @@ use common::chain::{
     write_marker,
 };
 use common::domain::{Fixture, assert_success, new_id, qemu_info};
-use common::engine::EngineVm;
+use common::engine::{EngineVm, TwoSnapshots};
 use common::guest::GuestSlot;
+use common::guest::{qemu_img, qemu_io};
 use common::{libvirt, wait_until};
 use serde_json::{Value, json};
 
@@ -67,12 +68,7 @@ fn cold_merge(f: &Fixture, image: &str, base: &str, top: &str) {
     assert_eq!(info["result"]["generation"], generation + 1, "{info}");
     assert_success(&step("StoragePool.finalizeMerge"));
     // The engine deletes the top; rvdsm already did, and says so by succeeding.
-    let task = f.daemon.ok(
-        "Image.deleteVolumes",
-        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image,
-               "volumeList": [top], "postZero": false, "force": true}),
-    );
-    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
+    f.delete_volumes(image, &[top]);
 }
 
 #[test]
@@ -80,15 +76,15 @@ fn cold_merges_of_an_internal_volume_and_the_leaf_keep_every_write() {
     let Some(_conn) = libvirt() else { return };
     let _slot = GuestSlot::acquire();
     let f = Fixture::new();
-    let (image, base, _) = f.data_volume();
-    let vm = new_id();
-    let (guest, _) = EngineVm::create(&f, &vm, &image, &base, None);
-    let exec = |c: &str| guest.exec(c);
-    write_marker(exec, "A");
-    let top1 = take_snapshot(&f, &vm, &image, &base, json!({}));
-    let blob = write_blob(exec, 4);
-    let top2 = take_snapshot(&f, &vm, &image, &top1, json!({}));
-    write_marker(exec, "C");
+    let TwoSnapshots {
+        vm: guest,
+        image,
+        base,
+        top1,
+        top2,
+        blob,
+    } = TwoSnapshots::take(&f, 4);
+    let vm = guest.uuid.clone();
 
     // A running VM's chain is not merged cold.
     let (code, message) = f.daemon.err(
@@ -132,16 +128,8 @@ fn offline_chain(f: &Fixture) -> (String, String, String, String) {
     let leaf = new_top(f, &image, &mid);
     for (volume, pattern) in [(&mid, 0x11), (&leaf, 0x22)] {
         let path = f.image_dir(&image).join(volume);
-        let out = std::process::Command::new("qemu-io")
-            .args(["-f", "qcow2", "-c", &format!("write -P {pattern} 8M 4M")])
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let write = format!("write -P {pattern} 8M 4M");
+        qemu_io(&["-f", "qcow2", "-c", &write, path.to_str().unwrap()]);
     }
     (image, base, mid, leaf)
 }
@@ -235,16 +223,14 @@ fn a_full_disk_fails_the_commit_with_the_chain_as_it_was() {
     let base = new_id();
     assert_success(&f.create(&image, &base, json!({"size": (64u64 << 20).to_string()})));
     let top = new_top(&f, &image, &base);
-    let out = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x33 0 12M"])
-        .arg(dir.join(&top))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = dir.join(&top);
+    qemu_io(&[
+        "-f",
+        "qcow2",
+        "-c",
+        "write -P 0x33 0 12M",
+        path.to_str().unwrap(),
+    ]);
     let view = view_of(&dir, &top);
     common::fill_but(&dir.join("filler"), 2 << 20);
     assert_success(&pool_step(
@@ -278,16 +264,11 @@ fn reconcile_reads_the_chain_from_the_images_and_fixes_the_metadata() {
     let (image, base, mid, leaf) = offline_chain(&f);
     // The images say leaf <- base (as after an internal merge whose metadata update was
     // lost); the metadata still says leaf <- mid <- base.
-    let out = std::process::Command::new("qemu-img")
-        .args(["rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", &base])
-        .arg(f.image_dir(&image).join(&leaf))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = f.image_dir(&image).join(&leaf);
+    let path = path.to_str().unwrap();
+    qemu_img(&[
+        "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", &base, path,
+    ]);
     let chain = f.daemon.ok(
         "Image.reconcileVolumeChain",
         json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image,
@@ -303,16 +284,15 @@ fn the_top_s_bitmaps_are_merged_into_the_base_when_asked() {
     let f = Fixture::new();
     let (image, base, mid, _leaf) = offline_chain(&f);
     let dir = f.image_dir(&image);
-    let out = std::process::Command::new("qemu-img")
-        .args(["bitmap", "--add", "-f", "qcow2", &mid, "backup-1"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = dir.join(&mid);
+    qemu_img(&[
+        "bitmap",
+        "--add",
+        "-f",
+        "qcow2",
+        path.to_str().unwrap(),
+        "backup-1",
+    ]);
     assert_success(&pool_step(
         &f,
         "StoragePool.prepareMerge",

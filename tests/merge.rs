@@ -16,8 +16,9 @@ use common::chain::{
 };
 use common::daemon::cli;
 use common::domain::{Fixture, new_id};
-use common::engine::EngineVm;
+use common::engine::{EngineVm, TwoSnapshots};
 use common::guest::GuestSlot;
+use common::guest::qemu_img;
 use common::{Guest, GuestOptions, libvirt, wait_until};
 use serde_json::{Value, json};
 
@@ -68,17 +69,17 @@ fn live_merges_of_an_internal_volume_and_the_active_layer_keep_every_write() {
     let Some(_conn) = libvirt() else { return };
     let _slot = GuestSlot::acquire();
     let f = Fixture::new();
-    let (image, base, _) = f.data_volume();
-    let vm = new_id();
-    let (guest, _) = EngineVm::create(&f, &vm, &image, &base, None);
-    let exec = |script: &str| guest.exec(script);
-    write_marker(exec, "A");
-    let top1 = take_snapshot(&f, &vm, &image, &base, json!({}));
     // 8 MiB of the guest's own in top1, so that a merge at 1 MiB/s takes a while.
-    let blob = write_blob(exec, 8);
-    write_marker(exec, "B");
-    let top2 = take_snapshot(&f, &vm, &image, &top1, json!({}));
-    write_marker(exec, "C");
+    let TwoSnapshots {
+        vm: guest,
+        image,
+        base,
+        top1,
+        top2,
+        blob,
+    } = TwoSnapshots::take(&f, 8);
+    let vm = guest.uuid.clone();
+    let exec = |script: &str| guest.exec(script);
     assert_eq!(
         live_chain(&f, &vm),
         [top2.clone(), top1.clone(), base.clone()]
@@ -344,17 +345,15 @@ fn a_live_merge_says_which_dirty_bitmaps_went_with_the_top() {
     let f = Fixture::new();
     let (image, base, _) = f.data_volume();
     let top = common::chain::new_top(&f, &image, &base);
-    let dir = f.image_dir(&image);
-    let out = std::process::Command::new("qemu-img")
-        .args(["bitmap", "--add", "-f", "qcow2", &top, "backup-1"])
-        .current_dir(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = f.image_dir(&image).join(&top);
+    qemu_img(&[
+        "bitmap",
+        "--add",
+        "-f",
+        "qcow2",
+        path.to_str().unwrap(),
+        "backup-1",
+    ]);
     let vm = new_id();
     let (guest, _) = EngineVm::create(&f, &vm, &image, &top, None);
     write_blob(|c: &str| guest.exec(c), 1);

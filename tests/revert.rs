@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::chain::{new_top, read_marker, take_snapshot, write_marker};
 use common::daemon::cli;
-use common::domain::{Fixture, assert_success, new_id};
+use common::domain::{Fixture, new_id};
 use common::engine::EngineVm;
 use common::guest::GuestSlot;
 use common::libvirt;
@@ -35,15 +35,6 @@ fn start_writer(vm: &EngineVm) {
 
 fn destroy(f: &Fixture, vm: &str) {
     f.daemon.ok("VM.destroy", json!({"vmID": vm}));
-}
-
-fn delete_volumes(f: &Fixture, image: &str, volumes: &[&str]) {
-    let task = f.daemon.ok(
-        "Image.deleteVolumes",
-        json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": image,
-               "volumeList": volumes, "postZero": false, "force": true}),
-    );
-    assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
 }
 
 /// Boots `vm` on `volume` and returns it once the guest has mounted its disk.
@@ -131,7 +122,7 @@ fn reverting_to_any_snapshot_boots_as_its_consistency_record_promised() {
     drop(reverted);
 
     // Undo: the preview goes, the chain is as before.
-    delete_volumes(&f, &image, &[&preview]);
+    f.delete_volumes(&image, &[&preview]);
     assert_eq!(f.info(&image, &base)["children"], json!([top1]));
 
     // Preview of the snapshot taken without quiescing: the journal is replayed at boot.
@@ -147,7 +138,7 @@ fn reverting_to_any_snapshot_boots_as_its_consistency_record_promised() {
     drop(reverted);
 
     // Commit: the old leaf goes; the preview is the image's leaf, on the chosen snapshot.
-    delete_volumes(&f, &image, &[&top2]);
+    f.delete_volumes(&image, &[&top2]);
     assert_eq!(f.info(&image, &top1)["children"], json!([preview]));
     assert_eq!(f.info(&image, &preview)["voltype"], "LEAF");
     let volumes = f.daemon.ok(

@@ -280,20 +280,8 @@ pub async fn backing_of(
     volume: Uuid,
     timeout: std::time::Duration,
 ) -> Result<Option<Uuid>, StorageError> {
-    let dir = domain.dir.image(image);
-    let name = volume.hyphenated().to_string();
-    let args = ["info", "-U", "--output=json", name.as_str()];
+    let info = info(domain, image, volume, timeout).await?;
     let inspect = |message: String| StorageError::Inspect { volume, message };
-    let out = super::qemu_img::run(
-        &args,
-        &dir,
-        timeout,
-        &tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .map_err(|e| inspect(e.to_string()))?;
-    let info: serde_json::Value =
-        serde_json::from_str(&out).map_err(|e| inspect(format!("qemu-img info output: {e}")))?;
     let Some(backing) = info["backing-filename"].as_str() else {
         return Ok(None);
     };

@@ -234,7 +234,6 @@ pub fn register_lifecycle(
     conn: &virt::connect::Connect,
     handler: LifecycleHandler,
 ) -> Result<i32, VirtError> {
-    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
     let opaque = Box::into_raw(Box::new(handler)).cast::<c_void>();
     // SAFETY: libvirt calls a lifecycle callback with the five arguments of
     // `virConnectDomainEventCallback`, whatever type the registration takes; its own
@@ -248,19 +247,36 @@ pub fn register_lifecycle(
                 c_int,
                 *mut c_void,
             ) -> c_int,
-            Generic,
+            GenericCallback,
         >(lifecycle_trampoline)
     };
+    let event = sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int;
+    register_event(conn, event, callback, opaque, free_lifecycle_handler)
+}
+
+/// The type `virConnectDomainEventRegisterAny` takes every callback as.
+type GenericCallback = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+/// `virConnectDomainEventRegisterAny` of `callback` for `event` on every domain of `conn`;
+/// libvirt frees `opaque` with `free` once the callback is gone. When the registration
+/// fails, `opaque` is freed here, with `free`.
+fn register_event(
+    conn: &virt::connect::Connect,
+    event: c_int,
+    callback: GenericCallback,
+    opaque: *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+) -> Result<i32, VirtError> {
     // SAFETY: `conn` is live for the call; `opaque` is a leaked box that libvirt hands back to
-    // the callback and frees once through `free_lifecycle_handler`.
+    // the callback and frees once through `free`.
     let id = unsafe {
         sys::virConnectDomainEventRegisterAny(
             conn.as_ptr(),
             std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            event,
             Some(callback),
             opaque,
-            Some(free_lifecycle_handler),
+            Some(free),
         )
     };
     if id < 0 {
@@ -268,8 +284,9 @@ pub fn register_lifecycle(
             "register for domain events",
             virt::error::Error::last_error(),
         );
-        // SAFETY: registration failed, so libvirt did not keep `opaque`; it is freed once, here.
-        drop(unsafe { Box::from_raw(opaque.cast::<LifecycleHandler>()) });
+        // SAFETY: registration failed, so libvirt did not keep `opaque`: it is freed once,
+        // here, by the function made for it.
+        unsafe { free(opaque) };
         return Err(err);
     }
     Ok(id)
@@ -286,7 +303,6 @@ pub fn register_block_job(
     conn: &virt::connect::Connect,
     handler: BlockJobHandler,
 ) -> Result<i32, VirtError> {
-    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
     let opaque = Box::into_raw(Box::new(handler)).cast::<c_void>();
     // SAFETY: libvirt calls a block job callback with the six arguments of
     // `virConnectDomainEventBlockJobCallback`; the registration takes the generic type, cast
@@ -301,31 +317,11 @@ pub fn register_block_job(
                 c_int,
                 *mut c_void,
             ),
-            Generic,
+            GenericCallback,
         >(block_job_trampoline)
     };
-    // SAFETY: `conn` is live for the call; `opaque` is a leaked box that libvirt hands back to
-    // the callback and frees once through `free_block_job_handler`.
-    let id = unsafe {
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2 as c_int,
-            Some(callback),
-            opaque,
-            Some(free_block_job_handler),
-        )
-    };
-    if id < 0 {
-        let err = VirtError::libvirt(
-            "register for block job events",
-            virt::error::Error::last_error(),
-        );
-        // SAFETY: registration failed, so libvirt did not keep `opaque`; it is freed once, here.
-        drop(unsafe { Box::from_raw(opaque.cast::<BlockJobHandler>()) });
-        return Err(err);
-    }
-    Ok(id)
+    let event = sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2 as c_int;
+    register_event(conn, event, callback, opaque, free_block_job_handler)
 }
 
 unsafe extern "C" fn block_job_trampoline(

@@ -151,6 +151,17 @@ pub fn qemu_info(path: &Path) -> Value {
 }
 
 impl Fixture {
+    /// `Image.deleteVolumes` of `volumes` (forced, as an engine does), to its task's success.
+    pub fn delete_volumes(&self, image: &str, volumes: &[&str]) {
+        let task = self.daemon.ok(
+            "Image.deleteVolumes",
+            json!({"storagepoolID": self.pool, "storagedomainID": self.domain,
+                   "imageID": image, "volumeList": volumes, "postZero": false,
+                   "force": true}),
+        );
+        assert_success(&self.daemon.wait_task(task.as_str().unwrap()));
+    }
+
     /// A new base volume holding a copy of the fixture's ext4 data disk, prepared: returns
     /// `(image, volume, path for the VM)`.
     pub fn data_volume(&self) -> (String, String, PathBuf) {

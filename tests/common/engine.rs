@@ -168,3 +168,41 @@ pub fn wait_status(f: &Fixture, vm: &str, status: &str, wait: Duration) -> bool 
             .is_ok_and(|s| s[0]["status"] == status)
     })
 }
+
+/// A VM created on a new volume of the fixture's data that wrote marker A, took a snapshot
+/// (`base <- top1`), wrote a blob of `blob_mib` MiB and marker B, took a second one
+/// (`top1 <- top2`, the VM on `top2`) and wrote marker C.
+pub struct TwoSnapshots {
+    pub vm: EngineVm,
+    pub image: String,
+    pub base: String,
+    pub top1: String,
+    pub top2: String,
+    /// The blob's checksum.
+    pub blob: String,
+}
+
+impl TwoSnapshots {
+    /// Builds it (see the type).
+    pub fn take(f: &Fixture, blob_mib: u32) -> TwoSnapshots {
+        use super::chain::{take_snapshot, write_blob, write_marker};
+        let (image, base, _) = f.data_volume();
+        let vm_id = new_id();
+        let (vm, _) = EngineVm::create(f, &vm_id, &image, &base, None);
+        let exec = |c: &str| vm.exec(c);
+        write_marker(exec, "A");
+        let top1 = take_snapshot(f, &vm_id, &image, &base, json!({}));
+        let blob = write_blob(exec, blob_mib);
+        write_marker(exec, "B");
+        let top2 = take_snapshot(f, &vm_id, &image, &top1, json!({}));
+        write_marker(exec, "C");
+        TwoSnapshots {
+            vm,
+            image,
+            base,
+            top1,
+            top2,
+            blob,
+        }
+    }
+}

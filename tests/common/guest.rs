@@ -271,6 +271,17 @@ fn domain_xml(name: &str, dir: &Path, disks: &[PathBuf], options: &GuestOptions)
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Runs qemu-io with `args` (the image last), panicking with its message on failure.
+pub fn qemu_io(args: &[&str]) -> String {
+    let output = Command::new("qemu-io").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "qemu-io {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Runs qemu-img with `args`, panicking with its message on failure.
 pub fn qemu_img(args: &[&str]) -> String {
     let output = Command::new("qemu-img").args(args).output().unwrap();
