@@ -12,10 +12,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::chain::{
-    blob_sum, chain_problems, new_top, read_marker, take_snapshot, wait_job, write_blob,
-    write_marker,
-};
+use common::chain::{blob_sum, chain_problems, new_top, read_marker, wait_job};
 use common::domain::{Fixture, assert_success, new_id, qemu_info};
 use common::engine::{EngineVm, TwoSnapshots};
 use common::guest::GuestSlot;
