@@ -127,6 +127,21 @@ fn live_merges_of_an_internal_volume_and_the_active_layer_keep_every_write() {
         snapshot_params(&f, &vm, &image, &top2, &new_id(), &snap_job),
     );
     assert_eq!(code, 100, "a snapshot while the VM merges is refused");
+    // And a copy of the chain being merged.
+    let (dst_image, dst) = (new_id(), new_id());
+    common::domain::assert_success(&f.create(
+        &dst_image,
+        &dst,
+        json!({"size": (64u64 << 20).to_string()}),
+    ));
+    let endpoint = |img: &str, vol: &str| json!({"endpoint_type": "div", "sd_id": f.domain, "img_id": img, "vol_id": vol});
+    let (code, message) = f.daemon.err(
+        "SDM.copy_data",
+        json!({"job_id": new_id(), "source": endpoint(&image, &base),
+               "destination": endpoint(&dst_image, &dst)}),
+    );
+    assert_eq!(code, 1000, "{message}");
+    assert!(message.contains("being merged"), "{message}");
     let info = wait_job(&f, &job, Duration::from_secs(120));
     assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());
     assert_eq!(info["result"]["active"], false);

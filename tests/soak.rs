@@ -676,7 +676,7 @@ fn revert_cycle(f: &mut Fixture, w: &mut Writer) -> Result<CycleOutcome, String>
     }
     let preview = new_top(f, &w.image, &snapshot_of);
     // The VM stops: the image's newer leaf can go (the commit of the preview).
-    let _ = w.guest.domain().destroy();
+    w.guest.stop();
     let task = f.daemon.ok(
         "Image.deleteVolumes",
         json!({"storagepoolID": f.pool, "storagedomainID": f.domain, "imageID": w.image,

@@ -204,7 +204,7 @@ impl Guest {
     /// Stops this guest and boots it again, under the same name and slot, on the single disk
     /// `disk` (a revert: the same VM on another volume). A new console log.
     pub fn reboot_on(&mut self, conn: &Connect, disk: PathBuf) {
-        let _ = self.domain.destroy();
+        self.stop();
         let _ = std::fs::remove_file(self.dir.path().join("console.log"));
         let options = GuestOptions {
             disk: Some(disk.clone()),
@@ -224,10 +224,10 @@ impl Guest {
     }
 }
 
-impl Drop for Guest {
-    fn drop(&mut self) {
-        // A transient domain disappears once destroyed; its files go with the TempDir. When the
-        // test restarted libvirtd, this handle's connection is dead: destroy by name instead.
+impl Guest {
+    /// Stops the guest's QEMU (a transient domain then disappears). When the test restarted
+    /// libvirtd, this handle's connection is dead: the domain is destroyed by name instead.
+    pub fn stop(&self) {
         if self.domain.destroy().is_ok() {
             return;
         }
@@ -236,6 +236,13 @@ impl Drop for Guest {
         {
             let _ = domain.destroy();
         }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // Its files go with the TempDir.
+        self.stop();
     }
 }
 

@@ -157,12 +157,13 @@ impl MergeService {
         }
         let live_child = top_at.checked_sub(1).map(|i| chain[i].0);
         let (domain, image) = (p.drive.domain, p.drive.image);
-        if self.inner.storage.is_being_copied(domain, image) {
-            return Err(fail(format!(
-                "image {image} is being copied (SDM.copy_data): its chain cannot change until \
-                 the copy ends"
-            )));
-        }
+        // Held until the merge ends: no copy reads a chain being merged, nor is it merged
+        // while a copy reads it.
+        let mark = self
+            .inner
+            .storage
+            .merging(domain, image)
+            .map_err(|e| MergeError::from_api(job, e))?;
         let locks = self.inner.storage.lock_images(vec![(domain, image)]).await;
         let pair = self
             .inner
@@ -240,7 +241,7 @@ impl MergeService {
         }
         self.inner.jobs.mark_running(job);
         let service = self.clone();
-        tokio::spawn(async move { service.follow(entry, claim, locks).await });
+        tokio::spawn(async move { service.follow(entry, (claim, mark), locks).await });
         Ok(())
     }
 

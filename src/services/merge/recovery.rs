@@ -54,6 +54,18 @@ impl MergeService {
                 return;
             }
         };
+        let mark = match self
+            .inner
+            .storage
+            .merging(entry.drive.domain, entry.drive.image)
+        {
+            Ok(mark) => mark,
+            Err(err) => {
+                let err = MergeError::from_api(entry.job, err);
+                self.end(&mut entry, Err(err)).await;
+                return;
+            }
+        };
         self.inner.jobs.mark_running(entry.job);
         let locks = self
             .inner
@@ -62,6 +74,6 @@ impl MergeService {
             .await;
         self.show(&entry);
         let service = self.clone();
-        tokio::spawn(async move { service.follow(entry, claim, locks).await });
+        tokio::spawn(async move { service.follow(entry, (claim, mark), locks).await });
     }
 }

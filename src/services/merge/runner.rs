@@ -14,6 +14,7 @@ use crate::api::merge_types::MergeResult;
 use crate::api::types::VmStatus;
 use crate::api::volume_types::Legality;
 use crate::jobs::vm_jobs::VmClaim;
+use crate::services::storage::MergeMark;
 use crate::virt::{BlockJobEvent, Pivot};
 
 /// Pivots asked before the job gives up (VDSM retries forever: vdsm#197).
@@ -42,10 +43,10 @@ impl MergeService {
     pub(super) async fn follow(
         self,
         mut entry: Entry,
-        claim: VmClaim,
+        held: (VmClaim, MergeMark),
         locks: Vec<OwnedMutexGuard<()>>,
     ) {
-        let _held = (claim, locks);
+        let _held = (held, locks);
         match self.run_phases(&mut entry).await {
             Some(outcome) => self.end(&mut entry, outcome).await,
             None => {

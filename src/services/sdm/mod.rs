@@ -22,6 +22,9 @@ use crate::services::StorageService;
 use crate::services::storage::CopyReading;
 use crate::storage::StorageError;
 
+/// How long the record of a successful `SDM.merge` stays for its `finalizeMerge`: a week.
+const MERGE_RECORD_SECONDS: u64 = 7 * 24 * 3600;
+
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
@@ -107,11 +110,18 @@ impl SdmService {
             let Some((at, outcome)) = entry.finished.clone() else {
                 continue;
             };
-            if crate::clock::epoch_secs().saturating_sub(at) > JobKeepAlive::SECONDS {
-                // Kept past the jobs' window only while a finalize may still need it.
-                if !matches!(entry.work, Work::Merge { .. }) || outcome.is_err() {
-                    let _ = service.inner.journal.remove(entry.job);
-                }
+            let age = crate::clock::epoch_secs().saturating_sub(at);
+            // A merge that succeeded is kept past the jobs' window, for the finalize that
+            // follows it (an engine sends it at once; a week is plenty).
+            let keep = match (&entry.work, &outcome) {
+                (Work::Merge { .. }, Ok(_)) => MERGE_RECORD_SECONDS,
+                _ => JobKeepAlive::SECONDS,
+            };
+            if age > keep {
+                let _ = service.inner.journal.remove(entry.job);
+                continue;
+            }
+            if age > JobKeepAlive::SECONDS {
                 continue;
             }
             let outcome = outcome
@@ -152,7 +162,10 @@ impl SdmService {
         }
         // From the request on: a snapshot or a merge slipping in before the job runs would
         // change the chain under the copy.
-        let reading = self.inner.storage.reading(p.source.sd_id, p.source.img_id);
+        let reading = self
+            .inner
+            .storage
+            .reading(p.source.sd_id, p.source.img_id)?;
         self.inner
             .storage
             .check_copy(&p.source, &p.destination)

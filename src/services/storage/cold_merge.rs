@@ -30,46 +30,83 @@ pub struct CopyReading {
     key: (Uuid, Uuid),
 }
 
+/// An image a live merge changes: copies of it are refused until it drops.
+pub struct MergeMark {
+    service: StorageService,
+    key: (Uuid, Uuid),
+}
+
+/// The `copying` count of an image a live merge changes.
+const MERGING: isize = -1;
+
 impl Drop for CopyReading {
     fn drop(&mut self) {
-        let mut copying = self
-            .service
-            .inner
-            .copying
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut copying = self.service.activity();
         if let Some(count) = copying.get_mut(&self.key) {
             *count -= 1;
-            if *count == 0 {
+            if *count <= 0 {
                 copying.remove(&self.key);
             }
         }
     }
 }
 
+impl Drop for MergeMark {
+    fn drop(&mut self) {
+        self.service.activity().remove(&self.key);
+    }
+}
+
 impl StorageService {
-    /// Whether a full copy is reading the image now.
-    pub fn is_being_copied(&self, domain: Uuid, image: Uuid) -> bool {
-        self.inner
-            .copying
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&(domain, image))
+    fn activity(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Uuid, Uuid), isize>> {
+        self.inner.copying.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks the image as read by a full copy until the guard drops.
-    pub fn reading(&self, domain: Uuid, image: Uuid) -> CopyReading {
-        *self
-            .inner
-            .copying
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((domain, image))
-            .or_default() += 1;
-        CopyReading {
+    /// Whether a full copy is reading the image now.
+    pub fn is_being_copied(&self, domain: Uuid, image: Uuid) -> bool {
+        self.activity()
+            .get(&(domain, image))
+            .is_some_and(|count| *count > 0)
+    }
+
+    /// Marks the image as read by a full copy until the guard drops; refused while a live
+    /// merge changes it.
+    pub fn reading(&self, domain: Uuid, image: Uuid) -> Result<CopyReading, ApiError> {
+        let mut activity = self.activity();
+        let count = activity.entry((domain, image)).or_default();
+        if *count == MERGING {
+            return Err(StorageError::InvalidParameter(format!(
+                "image {image} is being merged (VM.merge): it can be copied once the merge ends"
+            ))
+            .into());
+        }
+        *count += 1;
+        Ok(CopyReading {
             service: self.clone(),
             key: (domain, image),
+        })
+    }
+
+    /// Marks the image as changed by a live merge until the guard drops; refused while a
+    /// copy reads it.
+    pub fn merging(&self, domain: Uuid, image: Uuid) -> Result<MergeMark, ApiError> {
+        let mut activity = self.activity();
+        let count = activity.entry((domain, image)).or_default();
+        if *count != 0 {
+            let why = if *count > 0 {
+                "is being copied (SDM.copy_data): its chain cannot change until the copy ends"
+            } else {
+                "is being merged"
+            };
+            return Err(StorageError::InvalidParameter(format!("image {image} {why}")).into());
         }
+        *count = MERGING;
+        Ok(MergeMark {
+            service: self.clone(),
+            key: (domain, image),
+        })
     }
 
     /// Checks a subchain for a cold merge: `top` a LEGAL child of a LEGAL `base` (nothing else

@@ -16,7 +16,7 @@
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
 
 mod cold_merge;
-pub use cold_merge::CopyReading;
+pub use cold_merge::{CopyReading, MergeMark};
 mod domains;
 mod merge_support;
 mod snapshot_support;
@@ -61,9 +61,10 @@ struct Inner {
     /// run (as VDSM's image resource): a delete never runs inside a create, nor a create on a
     /// parent a delete is removing. A std lock guards the map only.
     image_locks: std::sync::Mutex<HashMap<ImageKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Images a full copy is reading now, with how many copies: their VMs are refused
-    /// snapshots and merges until the copies end (the chain must not change under a copy).
-    copying: std::sync::Mutex<HashMap<ImageKey, usize>>,
+    /// Images a full copy is reading now (how many copies) or a live merge is changing
+    /// (`MERGING`): a copy and a merge of one image exclude each other (the chain must not
+    /// change under a copy), and snapshots wait for the copies to end.
+    copying: std::sync::Mutex<HashMap<ImageKey, isize>>,
     /// Interrupted tasks that recovery finishes forward once the daemon runs (they need
     /// qemu-img): finalized merges whose rebase had begun.
     to_finish: std::sync::Mutex<Vec<TaskRecord>>,
