@@ -68,6 +68,11 @@ impl Hypervisor {
         &self.inner.uri
     }
 
+    /// The bound of one libvirt call.
+    pub(super) fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
     /// Runs `f` with the connection on the blocking pool, bounded by the call timeout.
     ///
     /// `f` must be safe to run twice: when it fails because the connection died, it runs again

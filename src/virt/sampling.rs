@@ -72,13 +72,19 @@ impl Hypervisor {
     /// Every domain's view and statistics (statistics only for running or paused domains).
     /// libvirt is asked not to wait for a domain busy with a job (a snapshot on a stopped
     /// QEMU): its figures are then partial, not late. A sample still running in libvirt past
-    /// its timeout is not doubled: the next one is refused until it ends.
+    /// its timeout is not doubled: the next one waits for it to end (a sample asked for now
+    /// must see the domains as they are now: the start-up one, or one after an event
+    /// connection came back), and is refused if it outlives a call's timeout.
     pub async fn sample_all(&self) -> Result<Vec<(DomainView, DomainStats)>, VirtError> {
-        if SAMPLING.swap(true, Ordering::SeqCst) {
-            return Err(VirtError::Timeout {
-                op: "sample domains (the previous one still runs)",
-                secs: 0,
-            });
+        let waited = std::time::Instant::now();
+        while SAMPLING.swap(true, Ordering::SeqCst) {
+            if waited.elapsed() > self.call_timeout() {
+                return Err(VirtError::Timeout {
+                    op: "sample domains (the previous one still runs)",
+                    secs: self.call_timeout().as_secs(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let sampled = self
             .call("sample domains", |conn| {
