@@ -30,7 +30,7 @@ pub struct CopyReading {
     key: (Uuid, Uuid),
 }
 
-/// An image a live merge changes: copies of it are refused until it drops.
+/// An image a merge changes: copies of it are refused until it drops.
 pub struct MergeMark {
     service: StorageService,
     key: (Uuid, Uuid),
@@ -78,7 +78,7 @@ impl StorageService {
         let count = activity.entry((domain, image)).or_default();
         if *count == MERGING {
             return Err(StorageError::InvalidParameter(format!(
-                "image {image} is being merged (VM.merge): it can be copied once the merge ends"
+                "image {image} is being merged: it can be copied once the merge ends"
             ))
             .into());
         }
@@ -89,8 +89,8 @@ impl StorageService {
         })
     }
 
-    /// Marks the image as changed by a live merge until the guard drops; refused while a
-    /// copy reads it.
+    /// Marks the image as changed by a merge (live, or a cold merge's commit) until the guard
+    /// drops; refused while a copy reads it.
     pub fn merging(&self, domain: Uuid, image: Uuid) -> Result<MergeMark, ApiError> {
         let mut activity = self.activity();
         let count = activity.entry((domain, image)).or_default();
@@ -183,6 +183,9 @@ impl StorageService {
         progress: impl FnMut(f64) + Send,
     ) -> Result<u32, ApiError> {
         let _image = self.lock_image(s.sd_id, s.img_id).await;
+        // Taken before the checks: a copy starting after them would read a chain being
+        // rewritten.
+        let _merging = self.merging(s.sd_id, s.img_id)?;
         self.check_subchain(&s).await?;
         let domain = self.domain(s.sd_id)?;
         {
