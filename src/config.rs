@@ -52,6 +52,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Daemon-wide settings.
     pub daemon: DaemonConfig,
+    /// Sharing storage domains with other hosts (sanlock).
+    pub cluster: ClusterConfig,
 }
 
 /// The management listeners: JSON-RPC over STOMP, HTTP and WebSocket on one TCP port (mutual
@@ -181,6 +183,30 @@ impl Default for StorageConfig {
     }
 }
 
+/// Sharing storage domains with other hosts. Without a host id the host runs alone: no
+/// sanlock, and nothing stops another host from changing the same domains.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This host's id in the lockspaces of shared domains, 1 to 250, unique among the hosts
+    /// sharing them (in oVirt the engine assigns it and sends it in `StoragePool.connect`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<u64>,
+    /// sanlock's I/O timeout for the lockspaces this host formats and joins, seconds. Every
+    /// host of a lockspace must use the same. VDSM's is 10; a host that cannot renew its lease
+    /// for 8 × this long is killed by sanlock, and its leases free 60 s later.
+    pub io_timeout_secs: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            host_id: None,
+            io_timeout_secs: 10,
+        }
+    }
+}
+
 /// Daemon-wide settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -263,6 +289,16 @@ impl Config {
         }
         if self.storage.qemu_img_timeout_secs == 0 {
             return invalid("storage.qemu_img_timeout_secs must be at least 1 second");
+        }
+        if self
+            .cluster
+            .host_id
+            .is_some_and(|id| !(1..=250).contains(&id))
+        {
+            return invalid("cluster.host_id must be 1 to 250");
+        }
+        if !(1..=60).contains(&self.cluster.io_timeout_secs) {
+            return invalid("cluster.io_timeout_secs must be 1 to 60");
         }
         if self.libvirt.uri.is_empty() {
             return invalid("libvirt.uri must not be empty");

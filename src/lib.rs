@@ -26,6 +26,10 @@
 //! - [`virt`]: the only module that talks to libvirt: the reconnecting connection, VMs, domain
 //!   XML, snapshots, the guest agent, lifecycle events.
 //! - [`jobs`]: storage tasks, virt jobs and the snapshot journal of intent.
+//! - [`cluster`]: this host among the hosts sharing domains: sanlock lockspaces, the SPM
+//!   lease, the gate of metadata changes.
+//! - [`sys`]: the foreign calls no crate wraps (libvirt's missing ones, sanlock's), the only
+//!   module with `unsafe`.
 //!
 //! Shared below everything:
 //! - [`api`]: verbs (one table), parameter and result types, VDSM's error codes, event names.
@@ -36,10 +40,13 @@
 //! - [`failpoint`]: test-only pauses where fault tests act.
 //! - [`pki`]: a lab certificate authority (`rvdsm pki init`).
 
+#![deny(unsafe_code)]
+
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod failpoint;
@@ -53,6 +60,8 @@ pub mod pki;
 pub mod rpc;
 pub mod services;
 pub mod storage;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod virt;
 
 /// The version of this build, reported by `Host.getCapabilities`.

@@ -821,3 +821,39 @@ fn identifiers_never_lead_outside_the_domain_through_symlinks() {
         "the planted link, not rvdsm's, was removed by the rollback"
     );
 }
+
+#[test]
+fn a_host_without_a_host_id_runs_alone_and_says_so() {
+    let f = Fixture::new();
+    let stats = f.daemon.ok("Host.getStorageRepoStats", json!({}));
+    let vitals = &stats[&f.domain];
+    assert_eq!(vitals["acquired"], json!(false), "{stats}");
+    assert_eq!(vitals["valid"], json!(true), "{stats}");
+    assert_eq!(vitals["code"], json!(0), "{stats}");
+    assert_eq!(vitals["version"], json!(5), "{stats}");
+    let only_other = f
+        .daemon
+        .ok("Host.getStorageRepoStats", json!({"domains": [new_id()]}));
+    assert_eq!(only_other, json!({}));
+
+    // The pool verbs of shared domains are refused, naming the setting.
+    let (code, message) = f.daemon.err(
+        "StoragePool.connect",
+        json!({"storagepoolID": f.pool, "hostID": 1, "scsiKey": "",
+               "masterSdUUID": f.domain, "masterVersion": 1}),
+    );
+    assert_eq!(code, 91);
+    assert!(message.contains("host_id"), "{message}");
+    let (code, _) = f
+        .daemon
+        .err("StoragePool.spmStart", json!({"storagepoolID": f.pool}));
+    assert_eq!(code, 91);
+    let (code, _) = f.daemon.err(
+        "StoragePool.getSpmStatus",
+        json!({"storagepoolID": new_id()}),
+    );
+    assert_eq!(code, 309);
+
+    // Its metadata verbs need no SPM.
+    assert_success(&f.create(&new_id(), &new_id(), json!({})));
+}

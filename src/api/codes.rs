@@ -84,6 +84,24 @@ pub const STORAGE_DOMAIN_ALREADY_EXISTS: i32 = 365;
 /// No space left on the domain.
 pub const NO_SPACE_LEFT_ON_DOMAIN: i32 = 397;
 
+// SPM and host id codes (hosts sharing domains).
+/// Error starting SPM.
+pub const SPM_START_ERROR: i32 = 650;
+/// Cannot obtain lock (the SPM lease is held by another host).
+pub const ACQUIRE_LOCK_FAILURE: i32 = 651;
+/// Error stopping SPM (it has unfinished tasks).
+pub const SPM_STOP_ERROR: i32 = 653;
+/// Not SPM.
+pub const SPM_STATUS_ERROR: i32 = 654;
+/// Operation not allowed while SPM is active.
+pub const IS_SPM: i32 = 656;
+/// Cannot acquire host id.
+pub const ACQUIRE_HOST_ID_FAILURE: i32 = 661;
+/// Cannot release host id.
+pub const RELEASE_HOST_ID_FAILURE: i32 = 662;
+/// Host id not found or does not match manager host id.
+pub const HOST_ID_MISMATCH: i32 = 700;
+
 // Task codes.
 /// Task id unknown.
 pub const UNKNOWN_TASK: i32 = 401;

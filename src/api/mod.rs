@@ -8,6 +8,7 @@ pub mod events;
 pub mod lifecycle_types;
 pub mod merge_types;
 pub mod params;
+pub mod pool_types;
 pub mod schema;
 pub mod snapshot_types;
 pub mod storage_types;

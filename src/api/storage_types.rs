@@ -449,7 +449,7 @@ pub struct TaskInfo {
 }
 
 /// An integer sent as a number or a string.
-fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+pub(super) fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let text = number_or_string_text(d)?;
     text.parse()
         .map_err(|_| serde::de::Error::custom(format!("{text:?} is not an integer")))

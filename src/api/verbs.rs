@@ -13,6 +13,9 @@ use super::merge_types::{
     CopyDataParams, MergeParams, PoolSubchainParams, ReconcileParams, SdmMergeParams,
 };
 use super::params::{from_object, serde_fields};
+use super::pool_types::{
+    ConnectPoolParams, DisconnectPoolParams, PoolIdParams, RepoStatsParams, SpmStartParams,
+};
 use super::schema::{Param, ParamType, Verb, optional, required};
 use super::storage_types::DeleteVolumesParams;
 use super::storage_types::{
@@ -192,6 +195,58 @@ verbs! {
             required("topVolUUID", ParamType::Uuid, "The volume merged away (base's child)."),
             optional("bandwidth", ParamType::UInt, "I/O limit in MiB/s (0: none)."),
             optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
+        ];
+    StoragePoolConnect SP_CONNECT "StoragePool.connect" (ConnectPoolParams)
+        "Connects this host to its pool: begins joining the sanlock lockspace of each of \
+        the pool's domains with hostID (the host's [cluster] host_id). Returns true at \
+        once; Host.getStorageRepoStats shows each join (acquired)."
+        [
+            POOL_ID,
+            required("hostID", ParamType::Int, "This host's id (1-250), as configured."),
+            optional("scsiKey", ParamType::String, "Unused."),
+            required("masterSdUUID", ParamType::Uuid, "The domain holding the SPM lease."),
+            required("masterVersion", ParamType::Int, "The master domain's version."),
+            optional("domainDict", ParamType::Object,
+                "{sdUUID: status}: the pool's domains (absent: every attached domain)."),
+        ];
+    StoragePoolDisconnect SP_DISCONNECT "StoragePool.disconnect" (DisconnectPoolParams)
+        "Leaves the lockspaces of the pool's domains (refused while this host is the \
+        SPM, 656). Returns true."
+        [
+            POOL_ID,
+            required("hostID", ParamType::Int, "This host's id."),
+            optional("scsiKey", ParamType::String, "Unused."),
+            optional("remove", ParamType::Bool, "Unused."),
+        ];
+    StoragePoolSpmStart SP_SPM_START "StoragePool.spmStart" (SpmStartParams)
+        "Contends for the pool's SPM role: the SDM lease of the master domain, held by \
+        this host until spmStop or its death. Returns a task id; the task fails (651) \
+        when another live host holds it."
+        [
+            POOL_ID,
+            optional("prevID", ParamType::Int, "Deprecated."),
+            optional("prevLver", ParamType::String, "Deprecated."),
+            optional("enableScsiFencing", ParamType::String, "Unused."),
+            optional("maxHostID", ParamType::Int, "Unused (lockspaces hold 2000 hosts)."),
+            optional("domVersion", ParamType::String, "Unused."),
+        ];
+    StoragePoolSpmStop SP_SPM_STOP "StoragePool.spmStop" (PoolIdParams)
+        "Gives the SPM role up (refused while SPM tasks run, 653). Returns true."
+        [
+            POOL_ID,
+        ];
+    StoragePoolGetSpmStatus SP_GET_SPM_STATUS "StoragePool.getSpmStatus" (PoolIdParams)
+        "{spmStatus: SPM|Free|Contend, spmLver, spmId}: this host's role, the SPM \
+        lease's version and holder."
+        [
+            POOL_ID,
+        ];
+    HostGetStorageRepoStats HOST_GET_STORAGE_REPO_STATS "Host.getStorageRepoStats"
+        (RepoStatsParams)
+        "{sdUUID: {code, lastCheck, delay, valid, version, acquired, actual}}: each \
+        attached domain's last check and this host's lease in its lockspace."
+        [
+            optional("domains", ParamType::UuidList, "Only these domains."),
         ];
     StoragePoolPrepareMerge SP_PREPARE_MERGE "StoragePool.prepareMerge" (PoolSubchainParams)
         "The first step of a cold merge (VM stopped): checks the subchain and grows the \

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use rvdsm::cluster::{Cluster, ClusterSettings};
 use rvdsm::config::Config;
 use rvdsm::events::EventBus;
 use rvdsm::jobs::block_jobs::BlockJobTable;
@@ -347,6 +348,9 @@ async fn reload_tls(tls: Option<&ServerTls>) {
 }
 
 /// Attaches the storage domains and recovers interrupted tasks, before anything is served.
+/// How often the sanlock daemon is asked about this host's leases.
+const CLUSTER_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 async fn open_storage(config: &Config, hypervisor: Hypervisor) -> anyhow::Result<StorageService> {
     let pool = {
         let config = config.clone();
@@ -358,6 +362,16 @@ async fn open_storage(config: &Config, hypervisor: Hypervisor) -> anyhow::Result
     let repository = config.storage.repository.clone();
     let tasks_dir = config.daemon.state_dir.join("tasks");
     let qemu_img_timeout = Duration::from_secs(config.storage.qemu_img_timeout_secs);
+    let cluster = config.cluster.host_id.map(|host_id| {
+        let cluster = Cluster::new(ClusterSettings {
+            host_id,
+            io_timeout: config.cluster.io_timeout_secs,
+            call_timeout: Duration::from_secs(config.libvirt.call_timeout_secs),
+        });
+        cluster.watch(CLUSTER_POLL_INTERVAL);
+        tracing::info!(host_id, "sharing storage domains through sanlock");
+        cluster
+    });
     let opened = tokio::task::spawn_blocking(move || {
         StorageService::open(&StorageSettings {
             repository: &repository,
@@ -365,6 +379,7 @@ async fn open_storage(config: &Config, hypervisor: Hypervisor) -> anyhow::Result
             tasks_dir: &tasks_dir,
             qemu_img_timeout,
             hypervisor,
+            cluster,
         })
     })
     .await

@@ -107,6 +107,12 @@ pub enum TaskWork {
         /// The rebase was started: from here the finalize only goes forward.
         started: bool,
     },
+    /// `StoragePool.spmStart`: nothing to undo after a restart (the SPM lease goes with the
+    /// process that held it).
+    SpmStart {
+        /// The pool.
+        pool: Uuid,
+    },
     /// `Image.delete`.
     DeleteImage {
         /// The storage domain.

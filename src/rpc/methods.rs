@@ -58,6 +58,12 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::VmSnapshot(p) => done(s.snapshot.snapshot(p).await),
         Call::VmMerge(p) => done(s.merge.merge(p).await),
         Call::VmFreeze(p) => done(s.freeze.freeze(p).await),
+        Call::StoragePoolConnect(p) => done(s.storage.connect_pool(p).await),
+        Call::StoragePoolDisconnect(p) => done(s.storage.disconnect_pool(p).await),
+        Call::StoragePoolSpmStart(p) => answer(s.storage.spm_start(p).await),
+        Call::StoragePoolSpmStop(p) => done(s.storage.spm_stop(p).await),
+        Call::StoragePoolGetSpmStatus(p) => answer(s.storage.spm_status(p).await),
+        Call::HostGetStorageRepoStats(p) => answer(s.storage.repo_stats(p).await),
         Call::StoragePoolPrepareMerge(p) => answer(s.storage.prepare_merge(p).await),
         Call::SdmMerge(p) => done(s.sdm.merge(p).await),
         Call::StoragePoolFinalizeMerge(p) => answer(s.sdm.finalize_merge(p).await),
@@ -204,6 +210,7 @@ mod tests {
             tasks_dir: &dir.path().join("tasks"),
             qemu_img_timeout: Duration::from_secs(60),
             hypervisor: hv.clone(),
+            cluster: None,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let jobs = JobRegistry::new(2);

@@ -4,6 +4,7 @@
 
 use crate::api::ApiError;
 use crate::api::codes;
+use crate::cluster::ClusterError;
 use crate::jobs::tasks::TaskError;
 use crate::jobs::vm_jobs::JobRefusal;
 use crate::storage::StorageError;
@@ -14,6 +15,7 @@ pub fn storage_code(err: &StorageError) -> i32 {
     use StorageError as E;
     match err {
         E::PoolUnknown(_) => codes::STORAGE_POOL_UNKNOWN,
+        E::LeaseNotHeld(_) => codes::ACQUIRE_HOST_ID_FAILURE,
         E::DomainDoesNotExist(_) => codes::STORAGE_DOMAIN_DOES_NOT_EXIST,
         E::DomainExists(_) => codes::STORAGE_DOMAIN_ALREADY_EXISTS,
         E::ImageDoesNotExist { .. } => codes::IMAGE_DOES_NOT_EXIST_IN_SD,
@@ -56,6 +58,34 @@ impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
         Self::Coded {
             code: storage_code(&err),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// VDSM's code for a cluster failure.
+pub fn cluster_code(err: &ClusterError) -> i32 {
+    use ClusterError as E;
+    match err {
+        E::NotJoined { .. } | E::LeaseLost { .. } | E::LeaseUnknown { .. } | E::Join { .. } => {
+            codes::ACQUIRE_HOST_ID_FAILURE
+        }
+        E::Leave { .. } => codes::RELEASE_HOST_ID_FAILURE,
+        E::NotSpm => codes::SPM_STATUS_ERROR,
+        E::IsSpm => codes::IS_SPM,
+        E::SpmHeld(_) => codes::ACQUIRE_LOCK_FAILURE,
+        E::SpmStarting | E::SpmBusy(_) => codes::SPM_STOP_ERROR,
+        E::HostIdMismatch { .. } => codes::HOST_ID_MISMATCH,
+        E::NotClustered => codes::INVALID_PARAMETER,
+        E::Sanlock(_) | E::Timeout { .. } => codes::SPM_START_ERROR,
+        E::Unexpected(_) => codes::GENERAL,
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(err: ClusterError) -> Self {
+        Self::Coded {
+            code: cluster_code(&err),
             message: err.to_string(),
         }
     }

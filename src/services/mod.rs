@@ -37,7 +37,7 @@ impl Services {
     /// are stopped and rolled back; snapshot jobs not begun fail untouched and running
     /// ones get the grace to end; then every guest rvdsm froze is thawed (a stopped daemon
     /// keeps no auto-thaw deadline). What cannot end in time is journaled, and ended at the
-    /// next start.
+    /// next start. Last, a host sharing its domains gives up the SPM role and its leases.
     pub async fn stop(&self, grace: std::time::Duration) {
         let deadline = std::time::Instant::now() + grace;
         self.merge.stop();
@@ -45,6 +45,8 @@ impl Services {
         tokio::join!(self.storage.stop(deadline), self.snapshot.stop(deadline));
         self.freeze.stop().await;
         self.monitor.stop();
+        // Last: until here stopping work may still change metadata under this host's leases.
+        self.storage.leave_cluster().await;
     }
 }
 

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::domain_md;
 use super::error::StorageError;
 use super::layout::{DomainDir, Repository};
-use super::lock::{FileLock, MetadataLock};
+use super::lock::{FileLock, LeaseGate, MetadataLock};
 use crate::fsutil::write_atomic;
 
 /// The only domain version rvdsm creates (VDSM 4.3+ semantics: `CAP`, 4 KiB alignment).
@@ -190,6 +190,11 @@ impl Domain {
             }
         }
         found
+    }
+
+    /// Puts the domain's metadata lock behind `gate` (a domain shared with other hosts).
+    pub fn set_gate(&mut self, gate: Arc<dyn LeaseGate>) {
+        self.lock = Arc::new(FileLock::new(self.dir.clone()).gated(gate));
     }
 
     /// The lock that serializes this domain's metadata changes.

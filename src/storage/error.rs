@@ -11,6 +11,9 @@ use super::meta::MetaError;
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// This host does not hold its lease in the shared domain's lockspace (661).
+    #[error("Cannot acquire host id: {0}")]
+    LeaseNotHeld(String),
     /// The pool id is not this host's pool (309).
     #[error("Unknown pool id, pool not connected: ('{0}',)")]
     PoolUnknown(Uuid),

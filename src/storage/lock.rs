@@ -1,13 +1,18 @@
-//! Serializing metadata changes of a domain. The interface is small on purpose: a later issue
-//! puts a cluster-wide lease (sanlock) behind the same trait for domains shared by hosts.
+//! Serializing metadata changes of a domain.
 //!
-//! The host implementation is an exclusive `flock` on `dom_md/rvdsm.lock`: two processes on the
-//! host (or two tasks in one, each with its own open file) can never interleave metadata
-//! changes. Holders keep it only for metadata steps, never across a qemu-img run. Taking it
-//! blocks: call it off the async reactor.
+//! On the host, an exclusive `flock` on `dom_md/rvdsm.lock`: two processes on the host (or two
+//! tasks in one, each with its own open file) can never interleave metadata changes. Holders
+//! keep it only for metadata steps, never across a qemu-img run. Taking it blocks: call it off
+//! the async reactor.
+//!
+//! Across hosts, a [`LeaseGate`] decides: on a shared domain, each step first asks whether this
+//! host still holds its lease in the domain's lockspace (sanlock's, kept by the cluster
+//! module), so a host that lost it stops changing metadata at its next step. Which host may
+//! change what is the SPM's role, checked by the verbs.
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -23,11 +28,28 @@ pub trait MetadataLock: Send + Sync {
     fn acquire(&self) -> Result<Box<dyn LockGuard>, StorageError>;
 }
 
-/// An exclusive `flock` on a file in the domain (opened without following a link).
-#[derive(Debug, Clone)]
+/// Whether this host may change a shared domain's metadata now.
+pub trait LeaseGate: Send + Sync {
+    /// `Err` with why not.
+    fn check(&self) -> Result<(), String>;
+}
+
+/// An exclusive `flock` on a file in the domain (opened without following a link), behind the
+/// domain's lease gate if it is shared.
+#[derive(Clone)]
 pub struct FileLock {
     dir: DomainDir,
     path: PathBuf,
+    gate: Option<Arc<dyn LeaseGate>>,
+}
+
+impl std::fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLock")
+            .field("path", &self.path)
+            .field("gated", &self.gate.is_some())
+            .finish()
+    }
 }
 
 impl FileLock {
@@ -36,6 +58,22 @@ impl FileLock {
         Self {
             path: dir.lock_file(),
             dir,
+            gate: None,
+        }
+    }
+
+    /// The same lock, taken only while `gate` allows.
+    pub fn gated(self, gate: Arc<dyn LeaseGate>) -> Self {
+        Self {
+            gate: Some(gate),
+            ..self
+        }
+    }
+
+    fn check_gate(&self) -> Result<(), StorageError> {
+        match &self.gate {
+            Some(gate) => gate.check().map_err(StorageError::LeaseNotHeld),
+            None => Ok(()),
         }
     }
 }
@@ -46,12 +84,15 @@ impl LockGuard for FlockGuard {}
 
 impl MetadataLock for FileLock {
     fn acquire(&self) -> Result<Box<dyn LockGuard>, StorageError> {
+        self.check_gate()?;
         let file = self
             .dir
             .open_or_create(&self.path, 0o600)
             .map_err(StorageError::io("open lock file", &self.path))?;
         let locked = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, errno)| StorageError::io("lock", &self.path)(errno.into()))?;
+        // Again: the wait for the lock may have been long.
+        self.check_gate()?;
         Ok(Box::new(FlockGuard(locked)))
     }
 }
@@ -83,5 +124,25 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(5))
             .expect("lock never released");
         waiter.join().unwrap();
+    }
+
+    struct Closed;
+
+    impl LeaseGate for Closed {
+        fn check(&self) -> Result<(), String> {
+            Err("lease lost".into())
+        }
+    }
+
+    #[test]
+    fn a_closed_gate_refuses_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = DomainDir::new(dir.path(), uuid::Uuid::nil());
+        std::fs::create_dir_all(domain.dom_md()).unwrap();
+        let lock = FileLock::new(domain).gated(Arc::new(Closed));
+        match lock.acquire() {
+            Err(StorageError::LeaseNotHeld(why)) => assert_eq!(why, "lease lost"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

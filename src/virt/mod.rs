@@ -11,7 +11,7 @@ mod block_jobs;
 mod connection;
 mod domains;
 mod error;
-mod ffi;
+use crate::sys::libvirt as ffi;
 mod lifecycle;
 mod sampling;
 mod snapshot;

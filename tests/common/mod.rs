@@ -17,6 +17,7 @@ pub mod domain;
 pub mod engine;
 pub mod guest;
 pub mod libvirtd;
+pub mod sanlock;
 pub mod stomp;
 pub mod vdsm_schema;
 

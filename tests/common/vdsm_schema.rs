@@ -15,6 +15,8 @@ enum Ty {
     FloatStr,
     Bool,
     UInt,
+    /// A JSON integer, maybe negative (VDSM's `int` and `long`).
+    Int,
     Object,
     Array,
 }
@@ -26,6 +28,7 @@ fn check_type(what: &str, value: &Value, ty: Ty) -> Result<(), String> {
         Ty::FloatStr => value.as_str().is_some_and(|s| s.parse::<f64>().is_ok()),
         Ty::Bool => value.is_boolean(),
         Ty::UInt => value.is_u64(),
+        Ty::Int => value.is_i64(),
         Ty::Object => value.is_object(),
         Ty::Array => value.is_array(),
     };
@@ -242,6 +245,23 @@ fn uuid_string(what: &str, v: &Value) -> Result<(), String> {
     }
 }
 
+/// VDSM's `StorageDomainVitals`.
+fn domain_vitals(what: &str, v: &Value) -> Result<(), String> {
+    fields(
+        what,
+        v,
+        &[
+            ("code", Ty::Int),
+            ("lastCheck", Ty::FloatStr),
+            ("delay", Ty::FloatStr),
+            ("valid", Ty::Bool),
+            ("version", Ty::UInt),
+            ("acquired", Ty::Bool),
+            ("actual", Ty::Bool),
+        ],
+    )
+}
+
 /// Checks a successful reply of `method` against VDSM's types; `Err` says what is wrong.
 pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
     match method {
@@ -261,7 +281,24 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
         | "StorageDomain.create"
         | "VM.merge"
         | "SDM.merge"
-        | "SDM.copy_data" => check_type(method, reply, Ty::Bool),
+        | "SDM.copy_data"
+        | "StoragePool.connect"
+        | "StoragePool.disconnect"
+        | "StoragePool.spmStop" => check_type(method, reply, Ty::Bool),
+        "StoragePool.getSpmStatus" => fields(
+            method,
+            reply,
+            &[
+                ("spmStatus", Ty::Str),
+                ("spmLver", Ty::Int),
+                ("spmId", Ty::Int),
+            ],
+        ),
+        "Host.getStorageRepoStats" => reply
+            .as_object()
+            .ok_or_else(|| format!("{method} should be a map: {reply}"))?
+            .values()
+            .try_for_each(|vitals| domain_vitals(method, vitals)),
         "Host.getCapabilities" => capabilities(method, reply),
         "Host.getStats" => host_stats(method, reply),
         "Host.dumpxmls" => reply
@@ -274,7 +311,8 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
         | "Image.delete"
         | "Image.deleteVolumes"
         | "StoragePool.prepareMerge"
-        | "StoragePool.finalizeMerge" => uuid_string(method, reply),
+        | "StoragePool.finalizeMerge"
+        | "StoragePool.spmStart" => uuid_string(method, reply),
         "Image.reconcileVolumeChain" => each(method, reply, uuid_string),
         "Volume.getSize" => fields(
             method,

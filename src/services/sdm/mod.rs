@@ -180,6 +180,7 @@ impl SdmService {
     /// `StoragePool.finalizeMerge`: refused unless an `SDM.merge` of this subchain succeeded
     /// here; then the storage's finalize task.
     pub async fn finalize_merge(&self, p: PoolSubchainParams) -> Result<Uuid, ApiError> {
+        self.inner.storage.require_spm()?;
         let s = p.subchain;
         let journal = self.inner.journal.clone();
         let merged = tokio::task::spawn_blocking(move || {

@@ -142,6 +142,7 @@ impl StorageService {
     /// `StoragePool.prepareMerge`: checks, then grows the base's capacity to the top's.
     pub async fn prepare_merge(&self, p: PoolSubchainParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
+        self.require_spm()?;
         let s = p.subchain;
         self.check_subchain(&s).await?;
         let work = TaskWork::PrepareMerge {
@@ -225,6 +226,7 @@ impl StorageService {
         base_generation: u32,
     ) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
+        self.require_spm()?;
         // An engine sends the subchain it gave SDM.merge, with the base's generation from
         // before the merge bumped it (VDSM's finalize does not check it): the base must be
         // as the merge left it instead.
@@ -425,6 +427,8 @@ impl StorageService {
     /// volume's recorded parent set to the one its header names. Refused while a VM uses
     /// the image.
     pub async fn reconcile_chain(&self, p: ReconcileParams) -> Result<Vec<Uuid>, ApiError> {
+        self.check_pool(p.pool)?;
+        self.require_spm()?;
         let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         let _image = self.lock_image(p.domain, p.image).await;
         let volumes = {

@@ -26,14 +26,28 @@ impl StorageService {
             return Err(StorageError::DomainExists(new.uuid).into());
         }
         let service = self.clone();
-        blocking(move || {
-            let domain = Domain::create(&service.inner.repo, &new, service.inner.pool)?;
-            tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain created");
-            let mut domains = service.inner.domains.write().unwrap_or_else(|e| e.into_inner());
-            domains.insert(domain.uuid, Arc::new(domain));
-            Ok(())
-        })
-        .await
+        let mut domain =
+            blocking(move || Domain::create(&service.inner.repo, &new, service.inner.pool)).await?;
+        if let Some(cluster) = &self.inner.cluster {
+            // A new domain: no other host uses its lease areas yet.
+            if let Err(err) = cluster.format_domain(super::pool::areas_of(&domain)).await {
+                let root = domain.dir.root().to_owned();
+                blocking(move || {
+                    std::fs::remove_dir_all(&root).map_err(StorageError::io("remove", &root))
+                })
+                .await?;
+                return Err(err.into());
+            }
+            domain.set_gate(cluster.domain_gate(domain.uuid));
+        }
+        tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain created");
+        let mut domains = self
+            .inner
+            .domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        domains.insert(domain.uuid, Arc::new(domain));
+        Ok(())
     }
 
     /// `StorageDomain.getInfo`.

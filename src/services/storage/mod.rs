@@ -13,12 +13,16 @@
 //! - [`cold_merge`]: `StoragePool.prepareMerge`/`finalizeMerge`, `Image.reconcileVolumeChain`,
 //!   and what the SDM jobs (cold merge, copy) ask of the storage;
 //! - [`vm_support`]: what `VM.create` asks of the storage;
+//! - [`pool`]: hosts sharing the pool's domains: `StoragePool.connect`, `disconnect`,
+//!   `spmStart`, `spmStop`, `getSpmStatus`, `Host.getStorageRepoStats`, and the SPM check of
+//!   the pool's metadata verbs;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
 
 mod cold_merge;
 pub use cold_merge::{CopyReading, MergeMark};
 mod domains;
 mod merge_support;
+mod pool;
 mod snapshot_support;
 mod tasks;
 mod validate;
@@ -33,6 +37,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::api::ApiError;
+use crate::cluster::Cluster;
 use crate::jobs::tasks::{TaskError, TaskManager, TaskRecord, TaskWork};
 use crate::services::errors::storage_code;
 use crate::storage::domain::Domain;
@@ -68,6 +73,12 @@ struct Inner {
     /// Interrupted tasks that recovery finishes forward once the daemon runs (they need
     /// qemu-img): finalized merges whose rebase had begun.
     to_finish: std::sync::Mutex<Vec<TaskRecord>>,
+    /// The leases of hosts sharing domains; `None` when this host runs alone.
+    cluster: Option<Cluster>,
+    /// The pool's master domain, as the last `StoragePool.connect` named it.
+    master: std::sync::Mutex<Option<Uuid>>,
+    /// Interrupted tasks of a host sharing its domains, recovered once it is the SPM.
+    deferred: std::sync::Mutex<Vec<TaskRecord>>,
 }
 
 /// Settings of the storage service.
@@ -83,16 +94,24 @@ pub struct StorageSettings<'a> {
     pub qemu_img_timeout: Duration,
     /// The hypervisor, asked whether a VM uses a volume before it is deleted.
     pub hypervisor: Hypervisor,
+    /// This host among the hosts sharing domains; `None`: it runs alone.
+    pub cluster: Option<Cluster>,
 }
 
 impl StorageService {
     /// Attaches the domains found under the repository and rolls back the tasks a previous
-    /// run left unfinished. Blocks (file I/O): call it before serving, off the reactor.
+    /// run left unfinished (on a host sharing its domains: once it is the SPM again, see
+    /// `recover_deferred`). Blocks (file I/O): call it before serving, off the reactor.
     pub fn open(settings: &StorageSettings) -> Result<Self, ApiError> {
         let repo = Repository::new(settings.repository);
         let domains: HashMap<Uuid, Arc<Domain>> = Domain::discover(&repo)
             .into_iter()
-            .map(|d| (d.uuid, Arc::new(d)))
+            .map(|mut d| {
+                if let Some(cluster) = &settings.cluster {
+                    d.set_gate(cluster.domain_gate(d.uuid));
+                }
+                (d.uuid, Arc::new(d))
+            })
             .collect();
         for domain in domains.values() {
             tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain attached");
@@ -109,12 +128,57 @@ impl StorageService {
                 image_locks: std::sync::Mutex::default(),
                 copying: std::sync::Mutex::default(),
                 to_finish: std::sync::Mutex::default(),
+                cluster: settings.cluster.clone(),
+                master: std::sync::Mutex::default(),
+                deferred: std::sync::Mutex::default(),
             }),
         };
-        for record in unfinished {
-            service.recover(&record);
+        if service.inner.cluster.is_some() {
+            // Another host may be the SPM now, changing these images: only the SPM undoes
+            // what an SPM task left, as VDSM's new SPM recovers the pool's tasks.
+            if !unfinished.is_empty() {
+                tracing::warn!(
+                    tasks = unfinished.len(),
+                    "interrupted tasks wait for this host to be the SPM again"
+                );
+            }
+            *service
+                .inner
+                .deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = unfinished;
+        } else {
+            for record in unfinished {
+                service.recover(&record);
+            }
         }
         Ok(service)
+    }
+
+    /// Recovers the interrupted tasks left for the SPM (see [`StorageService::open`]), then
+    /// finishes those that go forward. Blocking file I/O first: run off the reactor.
+    pub(crate) async fn recover_deferred(&self) {
+        let records = std::mem::take(
+            &mut *self
+                .inner
+                .deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if records.is_empty() {
+            return;
+        }
+        let service = self.clone();
+        let recovered = tokio::task::spawn_blocking(move || {
+            for record in &records {
+                service.recover(record);
+            }
+        })
+        .await;
+        if let Err(err) = recovered {
+            tracing::error!(error = %err, "recovery of interrupted tasks panicked");
+        }
+        self.finish_interrupted().await;
     }
 
     /// The host's pool.
@@ -126,12 +190,13 @@ impl StorageService {
     /// is finished (its volumes were already ILLEGAL), one that had not is dropped untouched.
     fn recover(&self, record: &TaskRecord) {
         let domain = match &record.work {
+            TaskWork::SpmStart { .. } => Ok(None),
             TaskWork::CreateVolume { domain, .. }
             | TaskWork::DeleteVolume { domain, .. }
             | TaskWork::DeleteVolumes { domain, .. }
             | TaskWork::DeleteImage { domain, .. }
             | TaskWork::PrepareMerge { domain, .. }
-            | TaskWork::FinalizeMerge { domain, .. } => self.domain(*domain),
+            | TaskWork::FinalizeMerge { domain, .. } => self.domain(*domain).map(Some),
         };
         if matches!(record.work, TaskWork::FinalizeMerge { started: true, .. }) {
             // Forward, with qemu-img: once the daemon runs (see `finish_interrupted`).
@@ -143,6 +208,9 @@ impl StorageService {
             return;
         }
         let result = domain.map_err(|e| e.to_string()).and_then(|domain| {
+            let Some(domain) = domain else {
+                return Ok(());
+            };
             match &record.work {
                 TaskWork::CreateVolume {
                     request, progress, ..
@@ -172,7 +240,8 @@ impl StorageService {
                 | TaskWork::DeleteVolumes { .. }
                 | TaskWork::DeleteImage { .. }
                 | TaskWork::PrepareMerge { .. }
-                | TaskWork::FinalizeMerge { .. } => Ok(()),
+                | TaskWork::FinalizeMerge { .. }
+                | TaskWork::SpmStart { .. } => Ok(()),
             }
             .map_err(|e| e.to_string())
         });

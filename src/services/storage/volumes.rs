@@ -83,6 +83,7 @@ impl StorageService {
     /// `Volume.create`: checks everything, then starts the task and returns its id.
     pub async fn create_volume(&self, p: CreateVolumeParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
+        self.require_spm()?;
         let domain = self.domain(p.domain)?;
         let request = validate::create_request(&p)?;
         {
@@ -203,6 +204,8 @@ impl StorageService {
     /// `Volume.delete`: checks, then starts the task and returns its id.
     pub async fn delete_volume(&self, p: DeleteVolumeParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
+        self.check_pool(ids.pool)?;
+        self.require_spm()?;
         let domain = self.image_domain(ids.pool, ids.domain, ids.image).await?;
         let (image, volume) = (ids.image, ids.volume);
         self.check_volume_delete(&domain, image, volume).await?;
@@ -247,6 +250,8 @@ impl StorageService {
     /// `Image.delete`: checks, then starts the task and returns its id.
     pub async fn delete_image(&self, p: DeleteImageParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
+        self.check_pool(ids.pool)?;
+        self.require_spm()?;
         let domain = self.image_domain(ids.pool, ids.domain, ids.image).await?;
         let image = ids.image;
         self.check_image_delete(&domain, image).await?;
@@ -274,6 +279,8 @@ impl StorageService {
     /// A listed volume that no longer exists counts as deleted (an engine deletes the new
     /// volume of a failed snapshot, which rvdsm already deleted).
     pub async fn delete_volumes(&self, p: DeleteVolumesParams) -> Result<Uuid, ApiError> {
+        self.check_pool(p.pool)?;
+        self.require_spm()?;
         if p.volumes.is_empty() {
             return Err(StorageError::InvalidParameter("volumeList is empty".into()).into());
         }

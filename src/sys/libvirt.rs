@@ -1,6 +1,6 @@
-//! The libvirt calls the `virt` crate lacks (or gets wrong), wrapped once each. This is the
-//! only module with `unsafe`: each block calls one libvirt function on a live handle and reads
-//! libvirt's thread-local error on the same thread right after, as libvirt requires.
+//! The libvirt calls the `virt` crate lacks (or gets wrong), wrapped once each, for
+//! [`crate::virt`] alone: each `unsafe` block calls one libvirt function on a live handle and
+//! reads libvirt's thread-local error on the same thread right after, as libvirt requires.
 //!
 //! `virt` 0.5 has no domain event registration; [`register_lifecycle`] adds the lifecycle one,
 //! [`register_block_job`] the block job one.
@@ -16,7 +16,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use virt::domain::Domain;
 use virt::sys;
 
-use super::error::VirtError;
+use crate::virt::VirtError;
 
 /// `virDomainAgentSetResponseTimeout`: how long libvirt waits for the guest agent (its default
 /// waits forever, and a hung agent then holds the domain's agent lock).

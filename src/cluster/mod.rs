@@ -1,0 +1,592 @@
+//! This host among the hosts that share storage domains, through sanlock: the host id, the
+//! lockspaces of the domains it joined (one delta lease per host in each domain's
+//! `dom_md/ids`), the SPM role of its pool (the `SDM` paxos lease in the master domain's
+//! `dom_md/leases`, VDSM's), and the gate each metadata change of a shared domain passes.
+//!
+//! A host without a configured host id runs alone, as before: no [`Cluster`] exists and no
+//! gate closes. With one, a domain's metadata changes only while this host holds its delta
+//! lease in the domain's lockspace, and the pool's metadata verbs run only on the SPM.
+//!
+//! Every sanlock call blocks (it talks to the local daemon, which does direct I/O on the
+//! shared storage): each runs on the blocking pool under a deadline. The state is kept under a
+//! std mutex never held across a call.
+
+mod error;
+mod state;
+
+pub use error::ClusterError;
+pub use state::{LeaseState, RepoStat, SpmRole, SpmStatus};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::storage::lock::LeaseGate;
+use crate::sys::sanlock::{self, Disk, Lockspace, Registration, Resource, Sector};
+use state::{DomainLease, Spm};
+
+/// VDSM's SDM lease: resource `SDM` at slot 1 of `dom_md/leases`, slots 1 MiB apart.
+const SDM_LEASE_NAME: &str = "SDM";
+const LEASE_ALIGNMENT: u64 = 1 << 20;
+
+/// How this host takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Its host id in every lockspace, 1 to 250.
+    pub host_id: u64,
+    /// sanlock's io_timeout for the lockspaces it formats and joins, seconds (VDSM: 10).
+    pub io_timeout: u32,
+    /// Bound of one call to the sanlock daemon that does not wait on leases.
+    pub call_timeout: Duration,
+}
+
+/// The cluster side of the host; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("host_id", &self.host_id())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    settings: ClusterSettings,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    domains: HashMap<Uuid, DomainLease>,
+    spm: Spm,
+    registration: Option<Arc<Registration>>,
+}
+
+/// Whether an acquire that may outlive its caller's bound was taken by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handoff {
+    Waiting,
+    Delivered,
+    Abandoned,
+}
+
+/// The lease areas of a domain.
+#[derive(Debug, Clone)]
+pub struct DomainAreas {
+    /// The domain.
+    pub uuid: Uuid,
+    /// Its `dom_md` directory.
+    pub dom_md: PathBuf,
+    /// Its block size.
+    pub block_size: u32,
+}
+
+impl DomainAreas {
+    fn lockspace(&self, host_id: u64) -> Lockspace {
+        Lockspace {
+            name: self.uuid.to_string(),
+            host_id,
+            disk: Disk {
+                path: self.dom_md.join("ids"),
+                offset: 0,
+            },
+        }
+    }
+
+    fn sdm_lease(&self) -> Resource {
+        Resource {
+            lockspace: self.uuid.to_string(),
+            name: SDM_LEASE_NAME.to_owned(),
+            disk: Disk {
+                path: self.dom_md.join("leases"),
+                offset: LEASE_ALIGNMENT,
+            },
+        }
+    }
+}
+
+/// The lease of a volume: resource `<volume>` at offset 0 of `<volume>.lease`, in the
+/// domain's lockspace (VDSM's file domains).
+pub fn volume_lease(domain: Uuid, volume: Uuid, lease_file: &Path) -> Resource {
+    Resource {
+        lockspace: domain.to_string(),
+        name: volume.to_string(),
+        disk: Disk {
+            path: lease_file.to_owned(),
+            offset: 0,
+        },
+    }
+}
+
+/// The gate of one shared domain's metadata lock: open while this host holds its lease in the
+/// domain's lockspace.
+struct DomainGate {
+    cluster: Cluster,
+    domain: Uuid,
+}
+
+impl LeaseGate for DomainGate {
+    fn check(&self) -> Result<(), String> {
+        self.cluster.gate(self.domain).map_err(|e| e.to_string())
+    }
+}
+
+impl Cluster {
+    /// The gate of `domain`'s metadata lock.
+    pub fn domain_gate(&self, domain: Uuid) -> Arc<dyn LeaseGate> {
+        Arc::new(DomainGate {
+            cluster: self.clone(),
+            domain,
+        })
+    }
+
+    /// A host with `settings`, in no lockspace yet.
+    pub fn new(settings: ClusterSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                state: Mutex::default(),
+            }),
+        }
+    }
+
+    /// This host's id.
+    pub fn host_id(&self) -> u64 {
+        self.inner.settings.host_id
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a blocking sanlock call on the blocking pool, bounded by `limit`.
+    async fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        f: impl FnOnce() -> Result<T, sanlock::SanlockError> + Send + 'static,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+            Err(_) => Err(ClusterError::Timeout { op, limit }),
+            Ok(Err(join)) => Err(ClusterError::Unexpected(format!("{op}: {join}"))),
+            Ok(Ok(result)) => result.map_err(ClusterError::Sanlock),
+        }
+    }
+
+    /// Formats a new domain's lease areas: its lockspace (every host id free) and its SDM
+    /// lease (free, version 0). Only for a domain no host uses yet.
+    pub async fn format_domain(&self, areas: DomainAreas) -> Result<(), ClusterError> {
+        let io_timeout = self.inner.settings.io_timeout;
+        let sector = Sector::of_block_size(areas.block_size);
+        let lockspace = areas.lockspace(0);
+        let sdm = areas.sdm_lease();
+        // Writing 2000 delta leases with direct I/O takes a few seconds on a slow export.
+        let limit = self.inner.settings.call_timeout * 4;
+        self.call("format lease areas", limit, move || {
+            lockspace.format(sector, io_timeout)?;
+            sdm.format(sector)
+        })
+        .await
+    }
+
+    /// Begins joining the lockspace of each domain not joined yet (VDSM's host id
+    /// acquisition); [`Cluster::poll`] follows the joins. Returns at once.
+    pub async fn connect(&self, domains: Vec<DomainAreas>) -> Result<(), ClusterError> {
+        let host_id = self.host_id();
+        let io_timeout = self.inner.settings.io_timeout;
+        for areas in domains {
+            let joining = {
+                let mut state = self.state();
+                let entry = state
+                    .domains
+                    .entry(areas.uuid)
+                    .or_insert_with(|| DomainLease::new(areas.clone()));
+                if matches!(entry.state, LeaseState::Joining | LeaseState::Joined) {
+                    continue;
+                }
+                let before = entry.state;
+                entry.set(LeaseState::Joining);
+                (before, entry.areas.lockspace(host_id))
+            };
+            let (before, joining) = joining;
+            let uuid = areas.uuid;
+            let limit = self.inner.settings.call_timeout;
+            let started = self
+                .call("add lockspace", limit, move || {
+                    match joining.join(io_timeout, false) {
+                        Err(e) if e.code == sanlock::code::EEXIST => Ok(()),
+                        Err(e) if e.code == sanlock::code::EINPROGRESS => Ok(()),
+                        other => other,
+                    }
+                })
+                .await;
+            if let Err(err) = started {
+                // A lost lease stays lost (the next poll tries again); a first join failed.
+                let after = if before == LeaseState::Lost {
+                    LeaseState::Lost
+                } else {
+                    LeaseState::Left
+                };
+                if let Some(d) = self.state().domains.get_mut(&uuid) {
+                    d.set(after);
+                }
+                return Err(ClusterError::Join {
+                    domain: uuid,
+                    why: err.to_string(),
+                });
+            }
+            tracing::info!(domain = %uuid, host_id, "joining the domain's lockspace");
+        }
+        Ok(())
+    }
+
+    /// Leaves every lockspace. Refused while this host is the SPM.
+    pub async fn disconnect(&self) -> Result<(), ClusterError> {
+        if self.state().spm.role != SpmRole::Free {
+            return Err(ClusterError::IsSpm);
+        }
+        let host_id = self.host_id();
+        let leaving: Vec<_> = {
+            let mut state = self.state();
+            state
+                .domains
+                .values_mut()
+                .filter(|d| d.state != LeaseState::Left)
+                .map(|d| {
+                    d.set(LeaseState::Left);
+                    (d.areas.uuid, d.areas.lockspace(host_id))
+                })
+                .collect()
+        };
+        for (uuid, lockspace) in leaving {
+            // Releasing the delta lease waits for one renewal interval at most.
+            let limit = self.inner.settings.call_timeout * 2;
+            self.call("remove lockspace", limit, move || lockspace.leave(true))
+                .await
+                .map_err(|e| ClusterError::Leave {
+                    domain: uuid,
+                    why: e.to_string(),
+                })?;
+            tracing::info!(domain = %uuid, "left the domain's lockspace");
+        }
+        Ok(())
+    }
+
+    /// Asks the daemon about each lockspace being joined or held, and records what it says:
+    /// a join done, a lease lost (then the SPM role goes with it). Called every few seconds.
+    pub async fn poll(&self) {
+        let host_id = self.host_id();
+        // A lease lost with the storage comes back when the storage does, as VDSM's domain
+        // monitor acquires the host id again.
+        let lost: Vec<_> = self
+            .state()
+            .domains
+            .values()
+            .filter(|d| d.state == LeaseState::Lost)
+            .map(|d| d.areas.clone())
+            .collect();
+        if !lost.is_empty()
+            && let Err(err) = self.connect(lost).await
+        {
+            tracing::debug!(error = %err, "cannot join a lost lockspace again yet");
+        }
+        let watched: Vec<_> = self
+            .state()
+            .domains
+            .values()
+            .filter(|d| matches!(d.state, LeaseState::Joining | LeaseState::Joined))
+            .map(|d| (d.areas.uuid, d.areas.lockspace(host_id)))
+            .collect();
+        for (uuid, lockspace) in watched {
+            let asked = Instant::now();
+            let answer = self
+                .call(
+                    "inquire lockspace",
+                    self.inner.settings.call_timeout,
+                    move || lockspace.joined(),
+                )
+                .await;
+            let delay = asked.elapsed();
+            let lost = {
+                let mut state = self.state();
+                let Some(entry) = state.domains.get_mut(&uuid) else {
+                    continue;
+                };
+                entry.observed(answer, delay)
+            };
+            if lost {
+                tracing::error!(domain = %uuid, host_id, "this host lost its lease in the domain's lockspace: no metadata change until it joins again");
+                let mut state = self.state();
+                if state.spm.master == Some(uuid) && state.spm.role != SpmRole::Free {
+                    tracing::error!(domain = %uuid, "the SPM role is lost with it");
+                    state.spm = Spm::default();
+                }
+            }
+        }
+    }
+
+    /// Polls the daemon every `interval` (see [`Cluster::poll`]) while the runtime runs.
+    pub fn watch(&self, interval: Duration) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                cluster.poll().await;
+            }
+        });
+    }
+
+    /// Whether this host may change the metadata of `domain` now: it holds its delta lease in
+    /// the domain's lockspace.
+    pub fn gate(&self, domain: Uuid) -> Result<(), ClusterError> {
+        let state = self.state();
+        match state.domains.get(&domain) {
+            Some(d) if d.usable() => Ok(()),
+            Some(d) if d.state == LeaseState::Joined => Err(ClusterError::LeaseUnknown { domain }),
+            Some(d) if d.state == LeaseState::Lost => Err(ClusterError::LeaseLost { domain }),
+            _ => Err(ClusterError::NotJoined {
+                domain,
+                host_id: self.host_id(),
+            }),
+        }
+    }
+
+    /// Whether this host may run the pool's metadata verbs now: it is the SPM, and its lease
+    /// in the master domain is held.
+    pub fn require_spm(&self) -> Result<(), ClusterError> {
+        let master = {
+            let state = self.state();
+            match (state.spm.role, state.spm.master) {
+                (SpmRole::Spm, Some(master)) => master,
+                _ => return Err(ClusterError::NotSpm),
+            }
+        };
+        self.gate(master)
+    }
+
+    /// The SPM lease of this host's pool, in `master`, acquired for this process: waits (up to
+    /// the join's bound) for this host's lease in the master's lockspace, then takes the SDM
+    /// lease at once or fails (another live host holds it).
+    pub async fn spm_start(&self, master: Uuid) -> Result<SpmStatus, ClusterError> {
+        let areas = {
+            let mut state = self.state();
+            if state.spm.role != SpmRole::Free {
+                return Ok(state.spm.status(self.host_id()));
+            }
+            let areas = state.domains.get(&master).map(|d| d.areas.clone()).ok_or(
+                ClusterError::NotJoined {
+                    domain: master,
+                    host_id: self.host_id(),
+                },
+            )?;
+            state.spm = Spm {
+                role: SpmRole::Contend,
+                master: Some(master),
+                lver: -1,
+            };
+            areas
+        };
+        let outcome = self.contend(&areas).await;
+        let mut state = self.state();
+        match outcome {
+            Ok(lver) => {
+                state.spm.role = SpmRole::Spm;
+                state.spm.lver = lver;
+                tracing::info!(domain = %master, lver, "this host is the SPM");
+                Ok(state.spm.status(self.host_id()))
+            }
+            Err(err) => {
+                state.spm = Spm::default();
+                Err(err)
+            }
+        }
+    }
+
+    async fn contend(&self, areas: &DomainAreas) -> Result<i64, ClusterError> {
+        self.wait_joined(areas.uuid).await?;
+        let registration = self.registration().await?;
+        let lease = areas.sdm_lease();
+        // The acquire does not wait for a failing owner's lease to expire (sanlock's
+        // OWNER_NOWAIT): a paxos round of a few direct I/Os, or a refusal. Should it still
+        // outlive its bound, the handoff makes sure a lease it gets late is released, never
+        // held by this process unknown to it.
+        let limit = self.inner.settings.call_timeout * 2;
+        let handoff = Arc::new(Mutex::new(Handoff::Waiting));
+        let late = Arc::clone(&handoff);
+        let held = lease.clone();
+        let holder = Arc::clone(&registration);
+        let result = self
+            .call("acquire", limit, move || {
+                holder.acquire(&held, None)?;
+                let mut handoff = late.lock().unwrap_or_else(|e| e.into_inner());
+                if *handoff == Handoff::Abandoned {
+                    tracing::warn!("an SPM lease acquired after its caller gave up: released");
+                    holder.release(&held)?;
+                    return Ok(None);
+                }
+                *handoff = Handoff::Delivered;
+                held.version().map(Some)
+            })
+            .await;
+        let result = match result {
+            Err(ClusterError::Timeout { op, limit }) => {
+                let delivered = {
+                    let mut handoff = handoff.lock().unwrap_or_else(|e| e.into_inner());
+                    if *handoff != Handoff::Delivered {
+                        *handoff = Handoff::Abandoned;
+                    }
+                    *handoff == Handoff::Delivered
+                };
+                if delivered {
+                    // Acquired just as the bound passed: the lease is this process's.
+                    let lease = lease.clone();
+                    self.call("read resource", limit, move || lease.version().map(Some))
+                        .await
+                } else {
+                    Err(ClusterError::Timeout { op, limit })
+                }
+            }
+            other => other,
+        };
+        match result {
+            Ok(Some(lver)) => Ok(i64::try_from(lver).unwrap_or(i64::MAX)),
+            Ok(None) => Err(ClusterError::Unexpected("acquire abandoned".into())),
+            Err(ClusterError::Sanlock(e)) if e.is_held_elsewhere() => Err(ClusterError::SpmHeld(e)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Waits for this host's lease in `domain`'s lockspace, polling the daemon, for at most the
+    /// time a join takes with this io_timeout (sanlock: about 2 × io_timeout when the host id
+    /// is free, up to 8 × io_timeout + the watchdog's 60 s when a dead host held it).
+    async fn wait_joined(&self, domain: Uuid) -> Result<(), ClusterError> {
+        let io = u64::from(self.inner.settings.io_timeout);
+        let deadline = Instant::now() + Duration::from_secs(8 * io + 70);
+        loop {
+            self.poll().await;
+            match self.gate(domain) {
+                Ok(()) => return Ok(()),
+                Err(ClusterError::NotJoined { .. })
+                    if Instant::now() < deadline
+                        && self.state().domains.get(&domain).map(|d| d.state)
+                            == Some(LeaseState::Joining) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// This process's registration with the daemon, made once.
+    async fn registration(&self) -> Result<Arc<Registration>, ClusterError> {
+        if let Some(registration) = self.state().registration.clone() {
+            return Ok(registration);
+        }
+        let registration = Arc::new(
+            self.call(
+                "register",
+                self.inner.settings.call_timeout,
+                Registration::new,
+            )
+            .await?,
+        );
+        Ok(Arc::clone(
+            self.state().registration.get_or_insert(registration),
+        ))
+    }
+
+    /// Gives the SPM role up: the SDM lease released. `busy` names the pool's unfinished
+    /// tasks, which refuse it (VDSM's 653).
+    pub async fn spm_stop(&self, busy: Option<String>) -> Result<(), ClusterError> {
+        let (master, registration) = {
+            let state = self.state();
+            match (state.spm.role, state.spm.master, &state.registration) {
+                (SpmRole::Spm, Some(master), Some(registration)) => {
+                    (master, Arc::clone(registration))
+                }
+                (SpmRole::Contend, ..) => return Err(ClusterError::SpmStarting),
+                _ => return Ok(()),
+            }
+        };
+        if let Some(tasks) = busy {
+            return Err(ClusterError::SpmBusy(tasks));
+        }
+        let lease = self
+            .state()
+            .domains
+            .get(&master)
+            .map(|d| d.areas.sdm_lease())
+            .ok_or(ClusterError::NotSpm)?;
+        self.call("release", self.inner.settings.call_timeout, move || {
+            registration.release(&lease)
+        })
+        .await?;
+        self.state().spm = Spm::default();
+        tracing::info!(domain = %master, "this host is no longer the SPM");
+        Ok(())
+    }
+
+    /// The SPM's state as VDSM reports it: this host's role; the SPM's host id and the lease's
+    /// version read from the master domain's lease area when another host holds it.
+    pub async fn spm_status(&self, master: Option<Uuid>) -> Result<SpmStatus, ClusterError> {
+        let (own, areas) = {
+            let state = self.state();
+            let own = state.spm.status(self.host_id());
+            let master = state.spm.master.or(master);
+            let areas = master.and_then(|m| state.domains.get(&m).map(|d| d.areas.clone()));
+            (own, areas)
+        };
+        if own.role != SpmRole::Free {
+            return Ok(own);
+        }
+        let Some(areas) = areas else {
+            return Ok(own);
+        };
+        let lease = areas.sdm_lease();
+        let (owners, lver) = self
+            .call(
+                "read resource owners",
+                self.inner.settings.call_timeout,
+                move || Ok((lease.owners()?, lease.version()?)),
+            )
+            .await?;
+        Ok(SpmStatus {
+            spm_id: owners
+                .first()
+                .map_or(-1, |h| i64::try_from(h.id).unwrap_or(-1)),
+            role: SpmRole::Free,
+            lver: i64::try_from(lver).unwrap_or(-1),
+        })
+    }
+
+    /// The lease state of each domain this host joined or is joining, VDSM's
+    /// `Host.getStorageRepoStats` vitals.
+    pub fn repo_stats(&self) -> HashMap<Uuid, RepoStat> {
+        self.state()
+            .domains
+            .iter()
+            .map(|(uuid, d)| (*uuid, d.stat()))
+            .collect()
+    }
+
+    /// At the daemon's stop: the SPM role given up and every lockspace left, so that other
+    /// hosts need not wait for this host's leases to expire.
+    pub async fn stop(&self) {
+        if let Err(err) = self.spm_stop(None).await {
+            tracing::warn!(error = %err, "cannot release the SPM lease at stop");
+        }
+        if let Err(err) = self.disconnect().await {
+            tracing::warn!(error = %err, "cannot leave the lockspaces at stop");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Hosts sharing the pool's domains: `StoragePool.connect` and `disconnect` (this host's
+//! leases in the domains' lockspaces), `spmStart`, `spmStop` and `getSpmStatus` (the SPM role,
+//! VDSM's: the `SDM` lease of the master domain), `Host.getStorageRepoStats`, and the check
+//! the pool's metadata verbs pass first ([`StorageService::require_spm`]).
+//!
+//! A host without `[cluster] host_id` runs alone: its metadata verbs need no SPM role, the
+//! pool verbs are refused (91), and its repo stats say no lease is acquired.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{StorageService, blocking};
+use crate::api::ApiError;
+use crate::api::pool_types::{
+    ConnectPoolParams, DisconnectPoolParams, DomainVitals, PoolIdParams, RepoStatsParams,
+    SpmStartParams, SpmStatusInfo,
+};
+use crate::cluster::{Cluster, ClusterError, DomainAreas};
+use crate::jobs::tasks::TaskWork;
+use crate::storage::StorageError;
+use crate::storage::domain::Domain;
+
+/// Bound of the read that checks a domain for `Host.getStorageRepoStats`.
+const DOMAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl StorageService {
+    /// This host's cluster side, or the refusal of a host that runs alone.
+    fn cluster(&self) -> Result<&Cluster, ApiError> {
+        self.inner
+            .cluster
+            .as_ref()
+            .ok_or_else(|| ClusterError::NotClustered.into())
+    }
+
+    /// Whether the pool's metadata verbs may run here: always on a host that runs alone;
+    /// on a shared pool only on the SPM whose lease is held.
+    pub(crate) fn require_spm(&self) -> Result<(), ApiError> {
+        match &self.inner.cluster {
+            None => Ok(()),
+            Some(cluster) => cluster.require_spm().map_err(Into::into),
+        }
+    }
+
+    fn check_host_id(&self, cluster: &Cluster, host_id: i64) -> Result<(), ApiError> {
+        if u64::try_from(host_id).ok() == Some(cluster.host_id()) {
+            Ok(())
+        } else {
+            Err(ClusterError::HostIdMismatch {
+                expected: cluster.host_id(),
+                got: host_id,
+            }
+            .into())
+        }
+    }
+
+    /// The lease areas of the pool's domains (`only` given: those, each attached).
+    fn areas(&self, only: Option<Vec<Uuid>>) -> Result<Vec<DomainAreas>, ApiError> {
+        let domains: Vec<Arc<Domain>> = match only {
+            Some(ids) => ids
+                .into_iter()
+                .map(|id| self.domain(id))
+                .collect::<Result<_, _>>()?,
+            None => {
+                let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+                domains
+                    .values()
+                    .filter(|d| d.pool == self.inner.pool)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Ok(domains.iter().map(|d| areas_of(d)).collect())
+    }
+
+    /// When the daemon stops: the SPM role given up and the lockspaces left, so that other
+    /// hosts need not wait for this host's leases to expire.
+    pub(crate) async fn leave_cluster(&self) {
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.stop().await;
+        }
+    }
+
+    /// `StoragePool.connect`.
+    pub async fn connect_pool(&self, p: ConnectPoolParams) -> Result<(), ApiError> {
+        self.check_pool(p.pool)?;
+        let cluster = self.cluster()?;
+        self.check_host_id(cluster, p.host_id)?;
+        self.attach_new_domains(cluster).await?;
+        self.domain(p.master)?;
+        let mut only = p.domains.map(|d| d.into_keys().collect::<Vec<_>>());
+        if let Some(ids) = &mut only
+            && !ids.contains(&p.master)
+        {
+            ids.push(p.master);
+        }
+        let areas = self.areas(only)?;
+        cluster.connect(areas).await?;
+        *self.inner.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.master);
+        tracing::info!(pool = %p.pool, master = %p.master, host_id = p.host_id, "connected to the pool");
+        Ok(())
+    }
+
+    /// `StoragePool.disconnect`.
+    pub async fn disconnect_pool(&self, p: DisconnectPoolParams) -> Result<(), ApiError> {
+        self.check_pool(p.pool)?;
+        let cluster = self.cluster()?;
+        self.check_host_id(cluster, p.host_id)?;
+        cluster.disconnect().await?;
+        *self.inner.master.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Attaches the domains another host created in the repository since this one started
+    /// (as VDSM's connect finds the pool's domains on their mounts).
+    async fn attach_new_domains(&self, cluster: &Cluster) -> Result<(), ApiError> {
+        let repo = self.inner.repo.clone();
+        let found = blocking(move || Ok(Domain::discover(&repo))).await?;
+        let mut domains = self
+            .inner
+            .domains
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for mut domain in found {
+            if domains.contains_key(&domain.uuid) {
+                continue;
+            }
+            domain.set_gate(cluster.domain_gate(domain.uuid));
+            tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain attached");
+            domains.insert(domain.uuid, Arc::new(domain));
+        }
+        Ok(())
+    }
+
+    fn master(&self) -> Option<Uuid> {
+        *self.inner.master.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `StoragePool.spmStart`: a task that contends for the SDM lease of the master domain.
+    pub async fn spm_start(&self, p: SpmStartParams) -> Result<Uuid, ApiError> {
+        self.check_pool(p.pool)?;
+        let cluster = self.cluster()?.clone();
+        let master = self.master().ok_or(ClusterError::NotJoined {
+            domain: Uuid::nil(),
+            host_id: cluster.host_id(),
+        })?;
+        let task = Uuid::new_v4();
+        let work = TaskWork::SpmStart { pool: p.pool };
+        super::on_tasks(&self.inner.tasks, move |t| {
+            t.start(task, "StoragePool.spmStart", work)
+        })
+        .await?;
+        let service = self.clone();
+        tokio::spawn(async move {
+            let started = cluster.spm_start(master).await;
+            if started.is_ok() {
+                service.recover_deferred().await;
+            }
+            let outcome = started.map(drop).map_err(|e| {
+                tracing::warn!(%task, error = %e, "spmStart failed");
+                let e = ApiError::from(e);
+                (e.code(), e.to_string(), true)
+            });
+            if let Err(err) =
+                super::on_tasks(&service.inner.tasks, move |t| t.end(task, outcome)).await
+            {
+                tracing::error!(%task, error = %err, "cannot record the task's end");
+            }
+        });
+        Ok(task)
+    }
+
+    /// `StoragePool.spmStop`: refused while a task of the pool's metadata verbs runs.
+    pub async fn spm_stop(&self, p: PoolIdParams) -> Result<(), ApiError> {
+        self.check_pool(p.pool)?;
+        let cluster = self.cluster()?;
+        let busy: Vec<String> = self
+            .inner
+            .tasks
+            .all()
+            .into_iter()
+            .filter(|t| !t.state.is_done() && !matches!(t.work, TaskWork::SpmStart { .. }))
+            .map(|t| format!("{} ({})", t.id, t.verb))
+            .collect();
+        let busy = (!busy.is_empty()).then(|| busy.join(", "));
+        cluster.spm_stop(busy).await.map_err(Into::into)
+    }
+
+    /// `StoragePool.getSpmStatus`.
+    pub async fn spm_status(&self, p: PoolIdParams) -> Result<SpmStatusInfo, ApiError> {
+        self.check_pool(p.pool)?;
+        let status = self.cluster()?.spm_status(self.master()).await?;
+        Ok(SpmStatusInfo {
+            status: status.role.name().to_owned(),
+            lver: status.lver,
+            spm_id: status.spm_id,
+        })
+    }
+
+    /// `Host.getStorageRepoStats`: each attached domain read now (its metadata, bounded),
+    /// with this host's lease in its lockspace as last checked.
+    pub async fn repo_stats(
+        &self,
+        p: RepoStatsParams,
+    ) -> Result<BTreeMap<Uuid, DomainVitals>, ApiError> {
+        let domains: Vec<Arc<Domain>> = {
+            let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
+            domains
+                .values()
+                .filter(|d| p.domains.is_empty() || p.domains.contains(&d.uuid))
+                .cloned()
+                .collect()
+        };
+        let leases = self
+            .inner
+            .cluster
+            .as_ref()
+            .map(Cluster::repo_stats)
+            .unwrap_or_default();
+        let mut out = BTreeMap::new();
+        for domain in domains {
+            let (code, delay) = check_domain(Arc::clone(&domain)).await;
+            let lease = leases.get(&domain.uuid);
+            out.insert(
+                domain.uuid,
+                DomainVitals {
+                    code,
+                    last_check: "0.0".to_owned(),
+                    delay: format!("{:.6}", delay.as_secs_f64()),
+                    valid: code == 0 && lease.is_none_or(|l| l.valid),
+                    version: domain.version,
+                    acquired: lease.is_some_and(|l| l.acquired),
+                    actual: true,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// The lease areas of `domain`.
+pub(super) fn areas_of(domain: &Domain) -> DomainAreas {
+    DomainAreas {
+        uuid: domain.uuid,
+        dom_md: domain.dir.dom_md(),
+        block_size: domain.block_size,
+    }
+}
+
+/// Reads the domain's metadata as VDSM's monitor does; its error code (0: readable) and how
+/// long the read took.
+async fn check_domain(domain: Arc<Domain>) -> (i32, Duration) {
+    let started = Instant::now();
+    let read = blocking(move || {
+        let path = domain.dir.metadata();
+        std::fs::read(&path)
+            .map(drop)
+            .map_err(StorageError::io("read", &path))
+    });
+    let code = match tokio::time::timeout(DOMAIN_CHECK_TIMEOUT, read).await {
+        Ok(Ok(())) => 0,
+        Ok(Err(err)) => err.code(),
+        Err(_) => crate::api::codes::STORAGE_EXCEPTION,
+    };
+    (code, started.elapsed())
+}

@@ -1,0 +1,473 @@
+//! Three hosts on one shared storage domain, on one machine: three rvdsmd, each with its own
+//! sanlock daemon (own run directory, no watchdog), one shared repository and domain on disk,
+//! io_timeout 3 s. What must hold: the hosts elect one SPM through the SDM lease; only the SPM
+//! changes the domain's metadata, one change at a time; the role moves on spmStop and on the
+//! SPM's death; a host whose sanlock stops renewing stops changing metadata.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::daemon::{Daemon, Via, test_config};
+use common::sanlock::{Sanlock, disk_dir};
+use common::wait_until;
+use rvdsm::client::ClientError;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const IO_TIMEOUT: u32 = 3;
+const BLANK: &str = "00000000-0000-0000-0000-000000000000";
+
+/// One simulated host: its sanlock daemon and its rvdsmd.
+struct Host {
+    id: u64,
+    daemon: Daemon,
+    sanlock: Sanlock,
+}
+
+impl Host {
+    fn start(id: u64, shared: &Path, pool: &str) -> Host {
+        let sanlock = Sanlock::start();
+        let dir = tempfile::Builder::new()
+            .prefix("rvdsmd-test")
+            .tempdir()
+            .unwrap();
+        let config = test_config(
+            dir.path(),
+            &format!("[cluster]\nhost_id = {id}\nio_timeout_secs = {IO_TIMEOUT}\n"),
+        );
+        // One repository for all: the shared mounts, as /rhev/data-center on each host.
+        let own_repo = format!("repository = \"{}\"", dir.path().join("repo").display());
+        assert!(config.contains(&own_repo));
+        let config = config.replace(
+            &own_repo,
+            &format!(
+                "repository = \"{}\"\npool_uuid = \"{pool}\"",
+                shared.join("repo").display()
+            ),
+        );
+        std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
+        let mut daemon = Daemon::spawn(dir, &[sanlock.env()]);
+        daemon.wait_ready();
+        Host {
+            id,
+            daemon,
+            sanlock,
+        }
+    }
+
+    /// Kills rvdsmd (not its sanlock) and starts it again on the same state.
+    fn restart_rvdsmd(&mut self) {
+        let env = [self.sanlock.env()];
+        let env: Vec<(&str, &str)> = env.to_vec();
+        self.daemon.restart_in_place(&env);
+    }
+}
+
+/// Three hosts sharing one domain, each connected to the pool.
+struct Cluster {
+    hosts: Vec<Host>,
+    pool: String,
+    domain: String,
+    _shared: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let shared = disk_dir("shared-storage");
+        let data = shared.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let pool = Uuid::new_v4().to_string();
+        let hosts: Vec<Host> = (1..=3)
+            .map(|id| Host::start(id, shared.path(), &pool))
+            .collect();
+        let domain = Uuid::new_v4().to_string();
+        let created = hosts[0].daemon.ok(
+            "StorageDomain.create",
+            json!({
+                "storagedomainID": domain, "domainType": 4,
+                "typeArgs": data.to_str().unwrap(), "name": "shared",
+                "domainClass": 1, "version": "5",
+            }),
+        );
+        assert_eq!(created, json!(true));
+        let cluster = Cluster {
+            hosts,
+            pool,
+            domain,
+            _shared: shared,
+        };
+        for host in &cluster.hosts {
+            cluster.connect(host);
+        }
+        cluster
+    }
+
+    fn connect(&self, host: &Host) {
+        assert_eq!(
+            host.daemon.ok(
+                "StoragePool.connect",
+                json!({"storagepoolID": self.pool, "hostID": host.id, "scsiKey": self.pool,
+                       "masterSdUUID": self.domain, "masterVersion": 1}),
+            ),
+            json!(true)
+        );
+    }
+
+    /// Waits until every host holds its lease in the domain's lockspace; returns how long.
+    fn wait_joined(&self) -> Duration {
+        let started = Instant::now();
+        for host in &self.hosts {
+            let joined = wait_until(Duration::from_secs(60), || self.acquired(host));
+            assert!(
+                joined,
+                "host {} never joined; log:\n{}",
+                host.id,
+                host.daemon.log()
+            );
+        }
+        started.elapsed()
+    }
+
+    fn acquired(&self, host: &Host) -> bool {
+        let stats = host.daemon.ok("Host.getStorageRepoStats", json!({}));
+        stats[&self.domain]["acquired"] == json!(true)
+    }
+
+    fn spm_status(&self, host: &Host) -> Value {
+        host.daemon.ok(
+            "StoragePool.getSpmStatus",
+            json!({"storagepoolID": self.pool}),
+        )
+    }
+
+    /// `StoragePool.spmStart` on `host`, to its task's end; returns the task's status.
+    fn spm_start(&self, host: &Host) -> Value {
+        let task = host.daemon.ok(
+            "StoragePool.spmStart",
+            json!({"storagepoolID": self.pool, "prevID": -1,
+                                               "prevLver": "-1", "enableScsiFencing": "false"}),
+        );
+        host.daemon.wait_task(task.as_str().unwrap())
+    }
+
+    fn create_params(&self, image: &str, volume: &str, parent: &str) -> Value {
+        json!({
+            "volumeID": volume, "storagepoolID": self.pool, "storagedomainID": self.domain,
+            "imageID": image, "size": (1u64 << 30).to_string(), "volFormat": 4,
+            "preallocate": 2, "diskType": "DATA", "desc": "shared",
+            "srcImgUUID": if parent == BLANK { BLANK } else { image },
+            "srcVolUUID": parent,
+        })
+    }
+
+    /// The problems a walk of the image's metadata finds, read through `reader`: every volume
+    /// LEGAL, parents present, exactly one LEAF and it has no child, INTERNAL ones have one.
+    fn image_problems(&self, reader: &Host, image: &str) -> Vec<String> {
+        let ids = reader.daemon.ok(
+            "StorageDomain.getVolumes",
+            json!({"storagedomainID": self.domain, "storagepoolID": self.pool, "imageID": image}),
+        );
+        let ids: Vec<String> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        let infos: Vec<Value> = ids
+            .iter()
+            .map(|v| {
+                reader.daemon.ok(
+                    "Volume.getInfo",
+                    json!({"volumeID": v, "storagepoolID": self.pool,
+                           "storagedomainID": self.domain, "imageID": image}),
+                )
+            })
+            .collect();
+        let mut problems = Vec::new();
+        for (id, info) in ids.iter().zip(&infos) {
+            let parent = info["parent"].as_str().unwrap_or_default();
+            let children = infos.iter().filter(|i| i["parent"] == json!(id)).count();
+            if info["legality"] != "LEGAL" {
+                problems.push(format!("{id}: {}", info["legality"]));
+            }
+            if parent != BLANK && !ids.iter().any(|v| v == parent) {
+                problems.push(format!("{id}: parent {parent} missing"));
+            }
+            match (info["voltype"].as_str(), children) {
+                (Some("LEAF"), 0) | (Some("INTERNAL"), 1..) => {}
+                (role, n) => problems.push(format!("{id}: {role:?} with {n} children")),
+            }
+        }
+        let leaves = infos.iter().filter(|i| i["voltype"] == "LEAF").count();
+        if !ids.is_empty() && leaves != 1 {
+            problems.push(format!("{leaves} leaves"));
+        }
+        problems
+    }
+}
+
+/// One host's try in a race: its id, the volume it asked for, the answer.
+type Attempt = (u64, String, Result<Value, (i32, String)>);
+
+fn server_error(err: ClientError) -> (i32, String) {
+    match err {
+        ClientError::Server { code, message } => (code, message),
+        other => panic!("not a server error: {other}"),
+    }
+}
+
+fn spm_host(cluster: &Cluster) -> &Host {
+    let spm: Vec<&Host> = cluster
+        .hosts
+        .iter()
+        .filter(|h| cluster.spm_status(h)["spmStatus"] == "SPM")
+        .collect();
+    assert_eq!(spm.len(), 1, "not exactly one SPM");
+    spm[0]
+}
+
+#[test]
+fn three_hosts_elect_one_spm_and_only_it_changes_the_shared_metadata() {
+    let mut cluster = Cluster::start();
+    let joined = cluster.wait_joined();
+    eprintln!("hosts: three joined the lockspace in {joined:?} (io_timeout {IO_TIMEOUT} s)");
+
+    // Before anyone is the SPM, nobody changes metadata.
+    let image = Uuid::new_v4().to_string();
+    let (code, message) = cluster.hosts[0].daemon.err(
+        "Volume.create",
+        cluster.create_params(&image, &Uuid::new_v4().to_string(), BLANK),
+    );
+    assert_eq!(code, 654, "{message}");
+
+    // All three contend at once: one wins, the others are told who holds it.
+    let outcomes: Vec<Value> = std::thread::scope(|s| {
+        let running: Vec<_> = cluster
+            .hosts
+            .iter()
+            .map(|h| s.spawn(|| cluster.spm_start(h)))
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let winners = outcomes
+        .iter()
+        .filter(|o| o["taskResult"] == "success")
+        .count();
+    assert_eq!(winners, 1, "{outcomes:?}");
+    for lost in outcomes.iter().filter(|o| o["taskResult"] != "success") {
+        assert_eq!(lost["code"], 651, "{lost}");
+    }
+    let spm = spm_host(&cluster);
+    let spm_id = spm.id;
+    let first = cluster.spm_status(spm);
+    for host in &cluster.hosts {
+        let status = cluster.spm_status(host);
+        assert_eq!(status["spmId"], json!(spm_id), "host {}: {status}", host.id);
+        assert_eq!(
+            status["spmLver"], first["spmLver"],
+            "host {}: {status}",
+            host.id
+        );
+    }
+
+    // Rounds of Volume.create raced from the three hosts on one image: only the SPM's
+    // happen, and after each round the metadata every host reads is valid.
+    let mut leaf = BLANK.to_owned();
+    for round in 0..4 {
+        let attempts: Vec<Attempt> = std::thread::scope(|s| {
+            let running: Vec<_> = cluster
+                .hosts
+                .iter()
+                .map(|h| {
+                    let volume = Uuid::new_v4().to_string();
+                    let params = cluster.create_params(&image, &volume, &leaf);
+                    s.spawn(move || {
+                        let answer = h
+                            .daemon
+                            .call(Via::Unix, "Volume.create", params)
+                            .map_err(server_error);
+                        (h.id, volume, answer)
+                    })
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for (id, volume, answer) in attempts {
+            if id == spm_id {
+                let task = answer.unwrap_or_else(|e| panic!("round {round}: SPM refused: {e:?}"));
+                let status = spm.daemon.wait_task(task.as_str().unwrap());
+                assert_eq!(status["taskResult"], "success", "{status}");
+                leaf = volume;
+            } else {
+                let (code, message) = answer.expect_err("a host that is not the SPM created");
+                assert_eq!(code, 654, "host {id}: {message}");
+            }
+        }
+        for reader in &cluster.hosts {
+            let problems = cluster.image_problems(reader, &image);
+            assert!(
+                problems.is_empty(),
+                "round {round}, read by host {}: {problems:?}",
+                reader.id
+            );
+        }
+    }
+
+    // The role moves on spmStop: the next SPM's lease version is higher, the old SPM can no
+    // longer change anything.
+    let (code, _) = spm.daemon.err(
+        "StoragePool.disconnect",
+        json!({"storagepoolID": cluster.pool, "hostID": spm_id, "scsiKey": cluster.pool}),
+    );
+    assert_eq!(code, 656, "the SPM disconnected");
+    assert_eq!(
+        spm.daemon.ok(
+            "StoragePool.spmStop",
+            json!({"storagepoolID": cluster.pool})
+        ),
+        json!(true)
+    );
+    let next = cluster.hosts.iter().find(|h| h.id != spm_id).unwrap();
+    let started = cluster.spm_start(next);
+    assert_eq!(started["taskResult"], "success", "{started}");
+    let second = cluster.spm_status(next);
+    assert_eq!(second["spmId"], json!(next.id));
+    assert!(
+        second["spmLver"].as_i64() > first["spmLver"].as_i64(),
+        "{first} then {second}"
+    );
+    let old = cluster.hosts.iter().find(|h| h.id == spm_id).unwrap();
+    let (code, _) = old.daemon.err(
+        "Volume.create",
+        cluster.create_params(&image, &Uuid::new_v4().to_string(), &leaf),
+    );
+    assert_eq!(code, 654);
+
+    // The SPM's rvdsmd dies: sanlock frees its lease with the process, and another host takes
+    // the role at once; the dead one comes back as a plain host, holding its lockspace lease.
+    let next_id = next.id;
+    let dead = cluster.hosts.iter().position(|h| h.id == next_id).unwrap();
+    cluster.hosts[dead].daemon.kill9();
+    let heir = cluster.hosts.iter().find(|h| h.id != next_id).unwrap();
+    let taken = Instant::now();
+    let started = cluster.spm_start(heir);
+    assert_eq!(started["taskResult"], "success", "{started}");
+    eprintln!(
+        "hosts: SPM role taken over {:?} after its holder's rvdsmd was killed",
+        taken.elapsed()
+    );
+    let heir_id = heir.id;
+    cluster.hosts[dead].restart_rvdsmd();
+    let back = &cluster.hosts[dead];
+    cluster.connect(back);
+    assert!(wait_until(Duration::from_secs(30), || cluster.acquired(back)));
+    let status = cluster.spm_status(back);
+    assert_eq!(status["spmStatus"], "Free", "{status}");
+    assert_eq!(status["spmId"], json!(heir_id), "{status}");
+    for reader in &cluster.hosts {
+        assert!(cluster.image_problems(reader, &image).is_empty());
+    }
+
+    // A host that is not the SPM leaves the lockspace on disconnect.
+    let (code, message) = back.daemon.err(
+        "StoragePool.disconnect",
+        json!({"storagepoolID": cluster.pool, "hostID": back.id + 10, "scsiKey": ""}),
+    );
+    assert_eq!(code, 700, "{message}");
+    assert_eq!(
+        back.daemon.ok(
+            "StoragePool.disconnect",
+            json!({"storagepoolID": cluster.pool, "hostID": back.id, "scsiKey": ""}),
+        ),
+        json!(true)
+    );
+    assert!(!cluster.acquired(back));
+}
+
+#[test]
+fn an_spm_whose_sanlock_stops_renewing_stops_changing_metadata_and_its_lease_is_taken_over() {
+    let mut cluster = Cluster::start();
+    cluster.wait_joined();
+    let first = &cluster.hosts[0];
+    assert_eq!(cluster.spm_start(first)["taskResult"], "success");
+    let image = Uuid::new_v4().to_string();
+    let base = Uuid::new_v4().to_string();
+    let task = first
+        .daemon
+        .ok("Volume.create", cluster.create_params(&image, &base, BLANK));
+    assert_eq!(
+        first.daemon.wait_task(task.as_str().unwrap())["taskResult"],
+        "success"
+    );
+
+    // Its sanlock dies: no more renewals. rvdsmd sees it within its poll and refuses. (The
+    // probe names a parent that does not exist: the SPM answers 201 and changes nothing.)
+    let probe = cluster.create_params(
+        &image,
+        &Uuid::new_v4().to_string(),
+        &Uuid::new_v4().to_string(),
+    );
+    let (code, _) = first.daemon.err("Volume.create", probe.clone());
+    assert_eq!(code, 201);
+    cluster.hosts[0].sanlock.kill9();
+    let killed = Instant::now();
+    let first = &cluster.hosts[0];
+    let refused = wait_until(Duration::from_secs(10), || {
+        matches!(
+            first.daemon.call(Via::Unix, "Volume.create", probe.clone()),
+            Err(ClientError::Server { code: 661, .. })
+        )
+    });
+    assert!(refused, "log:\n{}", first.daemon.log());
+    eprintln!(
+        "hosts: the SPM refused metadata changes {:?} after its sanlock died",
+        killed.elapsed()
+    );
+    let stats = first.daemon.ok("Host.getStorageRepoStats", json!({}));
+    assert_eq!(stats[&cluster.domain]["valid"], json!(false), "{stats}");
+    let problems = cluster.image_problems(&cluster.hosts[1], &image);
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // The other hosts see the SPM lease held until the dead host's lease expires; then one
+    // of them takes it over.
+    let heir = &cluster.hosts[1];
+    let mut attempts = 0;
+    let mut last = Value::Null;
+    let taken = wait_until(Duration::from_secs(240), || {
+        attempts += 1;
+        last = cluster.spm_start(heir);
+        let taken = last["taskResult"] == "success";
+        if !taken {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        taken
+    });
+    assert!(
+        taken,
+        "never taken over: {last}; sanlock's log:\n{}\nrvdsmd's log:\n{}",
+        heir.sanlock.log(),
+        heir.daemon.log()
+    );
+    assert!(
+        attempts > 1,
+        "the lease of a host just killed was free at once"
+    );
+    eprintln!(
+        "hosts: SPM lease taken over {:?} after the holder's sanlock died ({attempts} attempts)",
+        killed.elapsed()
+    );
+    let status = cluster.spm_status(&cluster.hosts[2]);
+    assert_eq!(status["spmId"], json!(heir.id), "{status}");
+    let volume = Uuid::new_v4().to_string();
+    let task = heir.daemon.ok(
+        "Volume.create",
+        cluster.create_params(&image, &volume, &base),
+    );
+    assert_eq!(
+        heir.daemon.wait_task(task.as_str().unwrap())["taskResult"],
+        "success"
+    );
+    assert!(cluster.image_problems(heir, &image).is_empty());
+}
