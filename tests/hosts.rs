@@ -59,9 +59,22 @@ impl Host {
 
     /// Kills rvdsmd (not its sanlock) and starts it again on the same state.
     fn restart_rvdsmd(&mut self) {
-        let env = [self.sanlock.env()];
-        let env: Vec<(&str, &str)> = env.to_vec();
-        self.daemon.restart_in_place(&env);
+        self.daemon.restart_in_place(&[]);
+    }
+
+    /// The whole host dies: its rvdsmd and its sanlock killed with SIGKILL.
+    fn kill(&mut self) {
+        self.daemon.kill9();
+        self.sanlock.kill9();
+    }
+
+    /// The host comes back: a new sanlock daemon, rvdsmd started again on its state.
+    fn boot(&mut self) {
+        self.sanlock = Sanlock::start();
+        let (key, value) = self.sanlock.env();
+        let value = value.to_owned();
+        self.daemon.keep_env(key, &value);
+        self.daemon.restart_in_place(&[]);
     }
 }
 
@@ -70,7 +83,7 @@ struct Cluster {
     hosts: Vec<Host>,
     pool: String,
     domain: String,
-    _shared: tempfile::TempDir,
+    shared: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -96,7 +109,7 @@ impl Cluster {
             hosts,
             pool,
             domain,
-            _shared: shared,
+            shared,
         };
         for host in &cluster.hosts {
             cluster.connect(host);
@@ -470,4 +483,132 @@ fn an_spm_whose_sanlock_stops_renewing_stops_changing_metadata_and_its_lease_is_
         "success"
     );
     assert!(cluster.image_problems(heir, &image).is_empty());
+}
+
+#[test]
+fn a_host_killed_mid_create_is_taken_over_and_comes_back_without_undoing_the_others_work() {
+    let mut cluster = Cluster::start();
+    cluster.wait_joined();
+    let spm = &cluster.hosts[0];
+    assert_eq!(cluster.spm_start(spm)["taskResult"], "success");
+    let image = Uuid::new_v4().to_string();
+    let base = Uuid::new_v4().to_string();
+    let task = spm
+        .daemon
+        .ok("Volume.create", cluster.create_params(&image, &base, BLANK));
+    assert_eq!(
+        spm.daemon.wait_task(task.as_str().unwrap())["taskResult"],
+        "success"
+    );
+
+    // Its rvdsmd restarts to stop in the next create, the data file written, not its metadata;
+    // there the whole host dies.
+    let marker = cluster.hosts[0]
+        .daemon
+        .restart_paused_at("create:data-written");
+    let spm = &cluster.hosts[0];
+    cluster.connect(spm);
+    assert!(wait_until(Duration::from_secs(30), || cluster.acquired(spm)));
+    assert_eq!(cluster.spm_start(spm)["taskResult"], "success");
+    let top = Uuid::new_v4().to_string();
+    let interrupted = spm
+        .daemon
+        .ok("Volume.create", cluster.create_params(&image, &top, &base));
+    let interrupted = interrupted.as_str().unwrap().to_owned();
+    assert!(
+        wait_until(Duration::from_secs(30), || marker.exists()),
+        "the create never reached its failpoint"
+    );
+    let image_dir = cluster
+        .shared
+        .path()
+        .join("data")
+        .join(&cluster.domain)
+        .join("images")
+        .join(&image);
+    assert!(
+        image_dir.join(&top).exists(),
+        "the data file is not there yet"
+    );
+    cluster.hosts[0].kill();
+    let killed = Instant::now();
+
+    // Another host takes the SPM role once the dead host's lease expired, and rolls the dead
+    // SPM's create back: the image is as before it.
+    let heir = &cluster.hosts[1];
+    let taken = wait_until(Duration::from_secs(240), || {
+        let taken = cluster.spm_start(heir)["taskResult"] == "success";
+        if !taken {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        taken
+    });
+    assert!(taken, "never taken over; log:\n{}", heir.daemon.log());
+    eprintln!(
+        "hosts: a dead SPM's role and task taken over {:?} after its death",
+        killed.elapsed()
+    );
+    let statuses = heir.daemon.ok("Host.getAllTasksStatuses", json!({}));
+    let ended = &statuses[&interrupted];
+    assert_eq!(ended["taskState"], "finished", "{statuses}");
+    assert_ne!(ended["taskResult"], "success", "{statuses}");
+    assert!(
+        !image_dir.join(&top).exists(),
+        "the dead SPM's half volume is left"
+    );
+    let problems = cluster.image_problems(heir, &image);
+    assert!(problems.is_empty(), "{problems:?}");
+    let info = heir.daemon.ok(
+        "Volume.getInfo",
+        json!({"volumeID": base, "storagepoolID": cluster.pool,
+               "storagedomainID": cluster.domain, "imageID": image}),
+    );
+    assert_eq!(info["voltype"], "LEAF", "{info}");
+
+    // The new SPM works on the image.
+    let later = Uuid::new_v4().to_string();
+    let task = heir.daemon.ok(
+        "Volume.create",
+        cluster.create_params(&image, &later, &base),
+    );
+    assert_eq!(
+        heir.daemon.wait_task(task.as_str().unwrap())["taskResult"],
+        "success"
+    );
+
+    // The dead host comes back, rejoins and becomes the SPM again: its own record of the
+    // interrupted create is closed as the other SPM ended it, and nothing the other SPM did
+    // is undone.
+    cluster.hosts[0].boot();
+    let (back, heir) = (&cluster.hosts[0], &cluster.hosts[1]);
+    cluster.connect(back);
+    assert!(
+        wait_until(Duration::from_secs(120), || cluster.acquired(back)),
+        "never joined again; log:\n{}",
+        back.daemon.log()
+    );
+    assert_eq!(
+        heir.daemon.ok(
+            "StoragePool.spmStop",
+            json!({"storagepoolID": cluster.pool})
+        ),
+        json!(true)
+    );
+    assert_eq!(cluster.spm_start(back)["taskResult"], "success");
+    let status = back
+        .daemon
+        .ok("Task.getStatus", json!({"taskID": interrupted}));
+    assert_eq!(status["taskState"], "finished", "{status}");
+    assert_ne!(status["taskResult"], "success", "{status}");
+    for reader in &cluster.hosts {
+        let problems = cluster.image_problems(reader, &image);
+        assert!(problems.is_empty(), "host {}: {problems:?}", reader.id);
+    }
+    let info = back.daemon.ok(
+        "Volume.getInfo",
+        json!({"volumeID": later, "storagepoolID": cluster.pool,
+               "storagedomainID": cluster.domain, "imageID": image}),
+    );
+    assert_eq!(info["legality"], "LEGAL", "{info}");
+    assert_eq!(info["parent"], json!(base), "{info}");
 }

@@ -184,6 +184,9 @@ pub struct TaskManager {
     dir: PathBuf,
     // A std mutex: held only to read or change a record and write its small file.
     tasks: Arc<Mutex<HashMap<Uuid, Entry>>>,
+    /// While this host is the SPM of a shared pool: the master domain's task directory, where
+    /// each record is written too, so that the next SPM can end what this one left.
+    shared: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl TaskManager {
@@ -196,21 +199,7 @@ impl TaskManager {
         })?;
         let mut tasks = HashMap::new();
         let mut unfinished = Vec::new();
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let record: TaskRecord = match std::fs::read(&path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            {
-                Some(record) => record,
-                None => {
-                    tracing::warn!(path = %path.display(), "unreadable task record skipped");
-                    continue;
-                }
-            };
+        for record in read_records(dir) {
             if !record.state.is_done() {
                 unfinished.push(record.clone());
             }
@@ -225,8 +214,67 @@ impl TaskManager {
         let manager = Self {
             dir: dir.to_owned(),
             tasks: Arc::new(Mutex::new(tasks)),
+            shared: Arc::default(),
         };
         Ok((manager, unfinished))
+    }
+
+    /// Writes every record from now on to `dir` as well (the SPM's shared task directory), or
+    /// stops doing so (`None`).
+    pub fn share_to(&self, dir: Option<PathBuf>) -> Result<(), TaskError> {
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).map_err(|e| TaskError::Persist {
+                id: Uuid::nil(),
+                message: format!("{}: {e}", dir.display()),
+            })?;
+        }
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+        Ok(())
+    }
+
+    /// The unfinished records of the shared task directory: what an SPM that stopped left.
+    /// Blocks (file I/O).
+    pub fn shared_unfinished(&self) -> Vec<TaskRecord> {
+        let Some(dir) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Vec::new();
+        };
+        read_records(&dir)
+            .into_iter()
+            .filter(|r| !r.state.is_done())
+            .collect()
+    }
+
+    /// The shared record of `id`, if there is one.
+    pub fn shared_record(&self, id: Uuid) -> Option<TaskRecord> {
+        let dir = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        read_record(&dir.join(format!("{}.json", id.hyphenated())))
+    }
+
+    /// Takes over an unfinished task another run of an SPM left (this host's before a restart
+    /// or another host's): registered here as it was, to be recovered and ended.
+    pub fn adopt(&self, record: TaskRecord) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        if tasks.contains_key(&record.id) {
+            return Ok(());
+        }
+        self.persist(&record)?;
+        tasks.insert(
+            record.id,
+            Entry {
+                record,
+                stop: CancellationToken::new(),
+            },
+        );
+        Ok(())
     }
 
     /// Registers and persists a new running task; returns its stop token.
@@ -319,6 +367,15 @@ impl TaskManager {
             id,
             message: e.to_string(),
         })?;
+        if let Some(dir) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            // A record another SPM may still read: gone once its task is cleared.
+            let _ = remove_if_exists(&dir.join(format!("{}.json", id.hyphenated())));
+        }
         tasks.remove(&id);
         Ok(())
     }
@@ -373,8 +430,47 @@ impl TaskManager {
         write_atomic(&self.path(record.id), &bytes, 0o600).map_err(|e| TaskError::Persist {
             id: record.id,
             message: e.to_string(),
-        })
+        })?;
+        let shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(dir) = shared
+            && !matches!(record.work, TaskWork::SpmStart { .. })
+        {
+            let path = dir.join(format!("{}.json", record.id.hyphenated()));
+            write_atomic(&path, &bytes, 0o600).map_err(|e| TaskError::Persist {
+                id: record.id,
+                message: format!("{}: {e}", path.display()),
+            })?;
+        }
+        Ok(())
     }
+}
+
+/// Every readable record in `dir` (unreadable ones logged and skipped).
+fn read_records(dir: &Path) -> Vec<TaskRecord> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .filter_map(|path| {
+            let record = read_record(&path);
+            if record.is_none() {
+                tracing::warn!(path = %path.display(), "unreadable task record skipped");
+            }
+            record
+        })
+        .collect()
+}
+
+fn read_record(path: &Path) -> Option<TaskRecord> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
 
 #[cfg(test)]

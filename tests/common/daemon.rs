@@ -31,6 +31,8 @@ pub struct Daemon {
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
     runtime: tokio::runtime::Runtime,
+    /// Environment it is started with every time (its sanlock daemon's run directory).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -89,7 +91,7 @@ impl Daemon {
     /// has recovered and serves every verb.
     pub fn restart_in_place(&mut self, env: &[(&str, &str)]) {
         self.kill9();
-        self.child = Some(start_child(self.dir.path(), env));
+        self.child = Some(self.start_child(env));
         self.wait_ready();
     }
 
@@ -118,7 +120,7 @@ impl Daemon {
             ("RVDSM_TEST_PAUSE_AT", point),
             ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
         ];
-        self.child = Some(start_child(self.dir.path(), &env));
+        self.child = Some(self.start_child(&env));
         if point == "recovery" {
             // Paused in its recovery, it serves Host.ping2 alone.
             self.wait_answering();
@@ -136,8 +138,25 @@ impl Daemon {
         }
     }
 
-    /// Starts rvdsmd on the configuration in `dir` with extra environment variables, without
-    /// waiting for it to answer.
+    /// Sets a variable of the environment it is started with from its next restart on.
+    pub fn keep_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Starts rvdsmd with the environment it keeps (see [`Daemon::spawn`]) and `env`.
+    fn start_child(&self, env: &[(&str, &str)]) -> Child {
+        let mut all: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all.extend_from_slice(env);
+        start_child(self.dir.path(), &all)
+    }
+
+    /// Starts rvdsmd on the configuration in `dir` with extra environment variables (kept for
+    /// its restarts), without waiting for it to answer.
     pub fn spawn(dir: TempDir, env: &[(&str, &str)]) -> Daemon {
         let config = dir.path().join("rvdsm.toml");
         let port = std::fs::read_to_string(&config)
@@ -159,6 +178,10 @@ impl Daemon {
             dir,
             port,
             runtime,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 

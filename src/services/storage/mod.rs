@@ -101,7 +101,7 @@ pub struct StorageSettings<'a> {
 impl StorageService {
     /// Attaches the domains found under the repository and rolls back the tasks a previous
     /// run left unfinished (on a host sharing its domains: once it is the SPM again, see
-    /// `recover_deferred`). Blocks (file I/O): call it before serving, off the reactor.
+    /// `take_over_tasks`). Blocks (file I/O): call it before serving, off the reactor.
     pub fn open(settings: &StorageSettings) -> Result<Self, ApiError> {
         let repo = Repository::new(settings.repository);
         let domains: HashMap<Uuid, Arc<Domain>> = Domain::discover(&repo)
@@ -155,30 +155,68 @@ impl StorageService {
         Ok(service)
     }
 
-    /// Recovers the interrupted tasks left for the SPM (see [`StorageService::open`]), then
-    /// finishes those that go forward. Blocking file I/O first: run off the reactor.
-    pub(crate) async fn recover_deferred(&self) {
-        let records = std::mem::take(
+    /// Once this host is the SPM of its shared pool: its task records go to the master
+    /// domain's `master/tasks` too, and it ends the tasks that the SPMs before it left
+    /// unfinished, its own from before a restart and other hosts' alike (rolled back, or
+    /// finished forward). One of its own that another SPM ended already is only marked
+    /// ended: what that SPM did since stays. Blocking file I/O runs off the reactor.
+    pub(crate) async fn take_over_tasks(&self, master: Uuid) {
+        let dir = match self.domain(master) {
+            Ok(domain) => domain.dir.root().join("master").join("tasks"),
+            Err(err) => {
+                tracing::error!(error = %err, "no master domain: tasks not shared");
+                return;
+            }
+        };
+        let deferred = std::mem::take(
             &mut *self
                 .inner
                 .deferred
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        if records.is_empty() {
-            return;
-        }
         let service = self.clone();
-        let recovered = tokio::task::spawn_blocking(move || {
-            for record in &records {
-                service.recover(record);
+        let done = tokio::task::spawn_blocking(move || {
+            let tasks = &service.inner.tasks;
+            if let Err(err) = tasks.share_to(Some(dir)) {
+                tracing::error!(error = %err, "cannot share the SPM's tasks");
+            }
+            let left = tasks.shared_unfinished();
+            for record in &deferred {
+                if left.iter().any(|l| l.id == record.id) {
+                    continue;
+                }
+                match tasks.shared_record(record.id) {
+                    Some(ended) if ended.state.is_done() => {
+                        tracing::warn!(task = %record.id, "interrupted task already ended by the SPM that followed");
+                        let outcome = Err((ended.code, ended.error, true));
+                        if let Err(err) = tasks.end(record.id, outcome) {
+                            tracing::error!(task = %record.id, error = %err, "cannot record the task's end");
+                        }
+                    }
+                    _ => service.recover(record),
+                }
+            }
+            for record in left {
+                tracing::warn!(task = %record.id, verb = %record.verb, "taking over a task an earlier SPM left");
+                match tasks.adopt(record.clone()) {
+                    Ok(()) => service.recover(&record),
+                    Err(err) => tracing::error!(task = %record.id, error = %err, "cannot take the task over"),
+                }
             }
         })
         .await;
-        if let Err(err) = recovered {
+        if let Err(err) = done {
             tracing::error!(error = %err, "recovery of interrupted tasks panicked");
         }
         self.finish_interrupted().await;
+    }
+
+    /// When this host stops being the SPM: its task records stay on this host only.
+    pub(crate) fn stop_sharing_tasks(&self) {
+        if let Err(err) = self.inner.tasks.share_to(None) {
+            tracing::error!(error = %err, "cannot stop sharing tasks");
+        }
     }
 
     /// The host's pool.

@@ -156,7 +156,7 @@ impl StorageService {
         tokio::spawn(async move {
             let started = cluster.spm_start(master).await;
             if started.is_ok() {
-                service.recover_deferred().await;
+                service.take_over_tasks(master).await;
             }
             let outcome = started.map(drop).map_err(|e| {
                 tracing::warn!(%task, error = %e, "spmStart failed");
@@ -185,7 +185,9 @@ impl StorageService {
             .map(|t| format!("{} ({})", t.id, t.verb))
             .collect();
         let busy = (!busy.is_empty()).then(|| busy.join(", "));
-        cluster.spm_stop(busy).await.map_err(Into::into)
+        cluster.spm_stop(busy).await?;
+        self.stop_sharing_tasks();
+        Ok(())
     }
 
     /// `StoragePool.getSpmStatus`.
