@@ -612,3 +612,69 @@ fn a_host_killed_mid_create_is_taken_over_and_comes_back_without_undoing_the_oth
     assert_eq!(info["legality"], "LEGAL", "{info}");
     assert_eq!(info["parent"], json!(base), "{info}");
 }
+
+#[test]
+fn an_sdm_job_on_any_host_writes_its_volume_under_the_volume_s_lease() {
+    let mut cluster = Cluster::start();
+    cluster.wait_joined();
+    let spm = &cluster.hosts[0];
+    assert_eq!(cluster.spm_start(spm)["taskResult"], "success");
+    let (src_image, src, dst_image, dst) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    for (image, volume) in [(&src_image, &src), (&dst_image, &dst)] {
+        let mut params = cluster.create_params(image, volume, BLANK);
+        params["size"] = json!((16u64 << 20).to_string());
+        let task = spm.daemon.ok("Volume.create", params);
+        assert_eq!(
+            spm.daemon.wait_task(task.as_str().unwrap())["taskResult"],
+            "success"
+        );
+    }
+    let endpoint = |image: &str, volume: &str| json!({"endpoint_type": "div", "sd_id": cluster.domain, "img_id": image, "vol_id": volume});
+    let copy = |host: &Host| {
+        let job = Uuid::new_v4().to_string();
+        let params = json!({"job_id": job, "source": endpoint(&src_image, &src),
+                            "destination": endpoint(&dst_image, &dst)});
+        assert_eq!(host.daemon.ok("SDM.copy_data", params), json!(true));
+        job
+    };
+    let wait_job = |host: &Host, job: &str| {
+        let mut info = Value::Null;
+        let ended = wait_until(Duration::from_secs(60), || {
+            info = host.daemon.ok("Host.getJobs", json!({"job_ids": [job]}))[job].clone();
+            info["status"] == "done" || info["status"] == "failed"
+        });
+        assert!(ended, "job {job}: {info}");
+        info
+    };
+
+    // Host 2, not the SPM, copies into the volume; paused there, it holds the volume's lease.
+    let marker = cluster.hosts[1].daemon.restart_paused_at("sdm:copy");
+    let writer = &cluster.hosts[1];
+    cluster.connect(writer);
+    assert!(wait_until(Duration::from_secs(30), || cluster.acquired(writer)));
+    let first = copy(writer);
+    assert!(wait_until(Duration::from_secs(30), || marker.exists()));
+
+    // Host 3's copy into the same volume is refused while the lease is held.
+    let other = &cluster.hosts[2];
+    let refused = wait_job(other, &copy(other));
+    assert_eq!(refused["status"], "failed", "{refused}");
+    assert_eq!(refused["error"]["code"], 651, "{refused}");
+
+    // Released, the first copy ends, and then the other host's copy runs.
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(wait_job(writer, &first)["status"], "done");
+    assert_eq!(wait_job(other, &copy(other))["status"], "done");
+    let info = other.daemon.ok(
+        "Volume.getInfo",
+        json!({"volumeID": dst, "storagepoolID": cluster.pool,
+               "storagedomainID": cluster.domain, "imageID": dst_image}),
+    );
+    assert_eq!(info["legality"], "LEGAL", "{info}");
+    assert_eq!(info["generation"], json!(2), "{info}");
+}

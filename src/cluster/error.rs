@@ -63,6 +63,14 @@ pub enum ClusterError {
     /// Another live host holds the SPM lease (651).
     #[error("Cannot obtain lock: the SPM lease is held by another host: {0}")]
     SpmHeld(SanlockError),
+    /// Another host holds the lease of a volume a job would write (651).
+    #[error("Cannot obtain lock: the lease of volume {volume} is held by another host: {source}")]
+    VolumeLeaseHeld {
+        /// The volume.
+        volume: Uuid,
+        /// sanlock's refusal.
+        source: SanlockError,
+    },
     /// spmStop while an spmStart runs (653).
     #[error("Error stopping SPM: it is being started")]
     SpmStarting,

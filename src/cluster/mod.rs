@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::storage::lock::LeaseGate;
+use crate::storage::lock::SharedLeases;
 use crate::sys::sanlock::{self, Disk, Lockspace, Registration, Resource, Sector};
 use state::{DomainLease, Spm};
 
@@ -112,6 +112,33 @@ impl DomainAreas {
     }
 }
 
+/// A volume's lease held by this process (see [`Cluster::hold_volume_lease`]). Dropped
+/// without [`VolumeLease::release`], it stays held until the process ends.
+#[must_use = "a volume lease is held until released"]
+pub struct VolumeLease {
+    cluster: Cluster,
+    resource: Resource,
+}
+
+impl VolumeLease {
+    /// Releases the lease.
+    pub async fn release(self) {
+        let Some(registration) = self.cluster.state().registration.clone() else {
+            return;
+        };
+        let resource = self.resource;
+        let name = resource.name.clone();
+        let limit = self.cluster.inner.settings.call_timeout;
+        let released = self
+            .cluster
+            .call("release", limit, move || registration.release(&resource))
+            .await;
+        if let Err(err) = released {
+            tracing::error!(volume = %name, error = %err, "cannot release a volume lease");
+        }
+    }
+}
+
 /// The lease of a volume: resource `<volume>` at offset 0 of `<volume>.lease`, in the
 /// domain's lockspace (VDSM's file domains).
 pub fn volume_lease(domain: Uuid, volume: Uuid, lease_file: &Path) -> Resource {
@@ -125,25 +152,34 @@ pub fn volume_lease(domain: Uuid, volume: Uuid, lease_file: &Path) -> Resource {
     }
 }
 
-/// The gate of one shared domain's metadata lock: open while this host holds its lease in the
-/// domain's lockspace.
-struct DomainGate {
+/// One shared domain's leases, as the storage module uses them: the gate of its metadata
+/// lock (open while this host holds its lease in the domain's lockspace) and its new volumes'
+/// leases.
+struct DomainLeases {
     cluster: Cluster,
     domain: Uuid,
+    sector: Sector,
 }
 
-impl LeaseGate for DomainGate {
+impl SharedLeases for DomainLeases {
     fn check(&self) -> Result<(), String> {
         self.cluster.gate(self.domain).map_err(|e| e.to_string())
+    }
+
+    fn format_volume_lease(&self, volume: Uuid, file: &Path) -> Result<(), String> {
+        volume_lease(self.domain, volume, file)
+            .format(self.sector)
+            .map_err(|e| e.to_string())
     }
 }
 
 impl Cluster {
-    /// The gate of `domain`'s metadata lock.
-    pub fn domain_gate(&self, domain: Uuid) -> Arc<dyn LeaseGate> {
-        Arc::new(DomainGate {
+    /// The leases of `domain` (of `block_size`) for its storage: see [`SharedLeases`].
+    pub fn domain_leases(&self, domain: Uuid, block_size: u32) -> Arc<dyn SharedLeases> {
+        Arc::new(DomainLeases {
             cluster: self.clone(),
             domain,
+            sector: Sector::of_block_size(block_size),
         })
     }
 
@@ -413,24 +449,32 @@ impl Cluster {
 
     async fn contend(&self, areas: &DomainAreas) -> Result<i64, ClusterError> {
         self.wait_joined(areas.uuid).await?;
+        self.acquire(areas.sdm_lease())
+            .await
+            .map(|lver| i64::try_from(lver).unwrap_or(i64::MAX))
+            .map_err(|err| match err {
+                ClusterError::Sanlock(e) if e.is_held_elsewhere() => ClusterError::SpmHeld(e),
+                other => other,
+            })
+    }
+
+    /// Acquires `lease` for this process; returns its version. The acquire does not wait for
+    /// a failing owner's lease to expire (sanlock's OWNER_NOWAIT): a paxos round of a few
+    /// direct I/Os, or a refusal. Should it still outlive its bound, the handoff makes sure a
+    /// lease it gets late is released, never held by this process unknown to it.
+    async fn acquire(&self, lease: Resource) -> Result<u64, ClusterError> {
         let registration = self.registration().await?;
-        let lease = areas.sdm_lease();
-        // The acquire does not wait for a failing owner's lease to expire (sanlock's
-        // OWNER_NOWAIT): a paxos round of a few direct I/Os, or a refusal. Should it still
-        // outlive its bound, the handoff makes sure a lease it gets late is released, never
-        // held by this process unknown to it.
         let limit = self.inner.settings.call_timeout * 2;
         let handoff = Arc::new(Mutex::new(Handoff::Waiting));
         let late = Arc::clone(&handoff);
         let held = lease.clone();
-        let holder = Arc::clone(&registration);
         let result = self
             .call("acquire", limit, move || {
-                holder.acquire(&held, None)?;
+                registration.acquire(&held, None)?;
                 let mut handoff = late.lock().unwrap_or_else(|e| e.into_inner());
                 if *handoff == Handoff::Abandoned {
-                    tracing::warn!("an SPM lease acquired after its caller gave up: released");
-                    holder.release(&held)?;
+                    tracing::warn!(lease = %held.name, "a lease acquired after its caller gave up: released");
+                    registration.release(&held)?;
                     return Ok(None);
                 }
                 *handoff = Handoff::Delivered;
@@ -448,7 +492,6 @@ impl Cluster {
                 };
                 if delivered {
                     // Acquired just as the bound passed: the lease is this process's.
-                    let lease = lease.clone();
                     self.call("read resource", limit, move || lease.version().map(Some))
                         .await
                 } else {
@@ -458,11 +501,36 @@ impl Cluster {
             other => other,
         };
         match result {
-            Ok(Some(lver)) => Ok(i64::try_from(lver).unwrap_or(i64::MAX)),
+            Ok(Some(lver)) => Ok(lver),
             Ok(None) => Err(ClusterError::Unexpected("acquire abandoned".into())),
-            Err(ClusterError::Sanlock(e)) if e.is_held_elsewhere() => Err(ClusterError::SpmHeld(e)),
             Err(other) => Err(other),
         }
+    }
+
+    /// The lease of `volume` (in `file`) of a shared `domain`, held by this process until
+    /// [`VolumeLease::release`]: the SDM jobs that write a volume hold it, so a job another
+    /// host runs on it, or a lost one, cannot write it at once. Refused (651) while another
+    /// host holds it, and (661) while this host has no lease in the domain's lockspace.
+    pub async fn hold_volume_lease(
+        &self,
+        domain: Uuid,
+        volume: Uuid,
+        file: &Path,
+    ) -> Result<VolumeLease, ClusterError> {
+        self.gate(domain)?;
+        let resource = volume_lease(domain, volume, file);
+        self.acquire(resource.clone())
+            .await
+            .map_err(|err| match err {
+                ClusterError::Sanlock(e) if e.is_held_elsewhere() => {
+                    ClusterError::VolumeLeaseHeld { volume, source: e }
+                }
+                other => other,
+            })?;
+        Ok(VolumeLease {
+            cluster: self.clone(),
+            resource,
+        })
     }
 
     /// Waits for this host's lease in `domain`'s lockspace, polling the daemon, for at most the

@@ -73,7 +73,7 @@ pub fn cluster_code(err: &ClusterError) -> i32 {
         E::Leave { .. } => codes::RELEASE_HOST_ID_FAILURE,
         E::NotSpm => codes::SPM_STATUS_ERROR,
         E::IsSpm => codes::IS_SPM,
-        E::SpmHeld(_) => codes::ACQUIRE_LOCK_FAILURE,
+        E::SpmHeld(_) | E::VolumeLeaseHeld { .. } => codes::ACQUIRE_LOCK_FAILURE,
         E::SpmStarting | E::SpmBusy(_) => codes::SPM_STOP_ERROR,
         E::HostIdMismatch { .. } => codes::HOST_ID_MISMATCH,
         E::NotClustered => codes::INVALID_PARAMETER,

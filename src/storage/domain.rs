@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::domain_md;
 use super::error::StorageError;
 use super::layout::{DomainDir, Repository};
-use super::lock::{FileLock, LeaseGate, MetadataLock};
+use super::lock::{FileLock, MetadataLock, SharedLeases};
 use crate::fsutil::write_atomic;
 
 /// The only domain version rvdsm creates (VDSM 4.3+ semantics: `CAP`, 4 KiB alignment).
@@ -93,6 +93,7 @@ pub struct Domain {
     /// The pool it belongs to.
     pub pool: Uuid,
     lock: Arc<dyn MetadataLock>,
+    shared: Option<Arc<dyn SharedLeases>>,
 }
 
 impl std::fmt::Debug for Domain {
@@ -161,6 +162,7 @@ impl Domain {
             block_size: get("BLOCK_SIZE").parse().unwrap_or(512),
             pool: Uuid::parse_str(get("POOL_UUID")).unwrap_or(Uuid::nil()),
             lock: Arc::new(FileLock::new(dir.clone())),
+            shared: None,
             dir,
         })
     }
@@ -192,9 +194,22 @@ impl Domain {
         found
     }
 
-    /// Puts the domain's metadata lock behind `gate` (a domain shared with other hosts).
-    pub fn set_gate(&mut self, gate: Arc<dyn LeaseGate>) {
-        self.lock = Arc::new(FileLock::new(self.dir.clone()).gated(gate));
+    /// Shares the domain with other hosts through `leases`: its metadata lock taken only while
+    /// they allow, its new volumes given a formatted lease.
+    pub fn share(&mut self, leases: Arc<dyn SharedLeases>) {
+        self.lock = Arc::new(FileLock::new(self.dir.clone()).gated(Arc::clone(&leases)));
+        self.shared = Some(leases);
+    }
+
+    /// Formats the lease of a new volume in its `.lease` file, on a shared domain (VDSM's
+    /// file domains have one per volume); nothing on a host's own. Blocks.
+    pub fn format_volume_lease(&self, volume: Uuid, file: &Path) -> Result<(), StorageError> {
+        match &self.shared {
+            Some(leases) => leases
+                .format_volume_lease(volume, file)
+                .map_err(|e| StorageError::Creation(format!("volume lease: {e}"))),
+            None => Ok(()),
+        }
     }
 
     /// The lock that serializes this domain's metadata changes.

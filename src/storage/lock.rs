@@ -5,7 +5,7 @@
 //! keep it only for metadata steps, never across a qemu-img run. Taking it blocks: call it off
 //! the async reactor.
 //!
-//! Across hosts, a [`LeaseGate`] decides: on a shared domain, each step first asks whether this
+//! Across hosts, a [`SharedLeases`] decides: on a shared domain, each step first asks whether this
 //! host still holds its lease in the domain's lockspace (sanlock's, kept by the cluster
 //! module), so a host that lost it stops changing metadata at its next step. Which host may
 //! change what is the SPM's role, checked by the verbs.
@@ -28,10 +28,14 @@ pub trait MetadataLock: Send + Sync {
     fn acquire(&self) -> Result<Box<dyn LockGuard>, StorageError>;
 }
 
-/// Whether this host may change a shared domain's metadata now.
-pub trait LeaseGate: Send + Sync {
-    /// `Err` with why not.
+/// What the lease manager of hosts sharing a domain does for the storage module: say whether
+/// this host may change the domain's metadata now, and format a new volume's lease.
+pub trait SharedLeases: Send + Sync {
+    /// `Err` with why this host may not change metadata now.
     fn check(&self) -> Result<(), String>;
+    /// Formats the lease of a new `volume` in its (empty) `.lease` file. Blocks.
+    fn format_volume_lease(&self, volume: uuid::Uuid, file: &std::path::Path)
+    -> Result<(), String>;
 }
 
 /// An exclusive `flock` on a file in the domain (opened without following a link), behind the
@@ -40,7 +44,7 @@ pub trait LeaseGate: Send + Sync {
 pub struct FileLock {
     dir: DomainDir,
     path: PathBuf,
-    gate: Option<Arc<dyn LeaseGate>>,
+    gate: Option<Arc<dyn SharedLeases>>,
 }
 
 impl std::fmt::Debug for FileLock {
@@ -63,7 +67,7 @@ impl FileLock {
     }
 
     /// The same lock, taken only while `gate` allows.
-    pub fn gated(self, gate: Arc<dyn LeaseGate>) -> Self {
+    pub fn gated(self, gate: Arc<dyn SharedLeases>) -> Self {
         Self {
             gate: Some(gate),
             ..self
@@ -128,8 +132,16 @@ mod tests {
 
     struct Closed;
 
-    impl LeaseGate for Closed {
+    impl SharedLeases for Closed {
         fn check(&self) -> Result<(), String> {
+            Err("lease lost".into())
+        }
+
+        fn format_volume_lease(
+            &self,
+            _volume: uuid::Uuid,
+            _file: &std::path::Path,
+        ) -> Result<(), String> {
             Err("lease lost".into())
         }
     }

@@ -292,6 +292,7 @@ pub fn publish(
         .dir
         .create_exclusive(&lease, VOLUME_MODE)
         .map_err(StorageError::io("create", &lease))?;
+    domain.format_volume_lease(request.volume, &lease)?;
     let legality = if request.legal {
         Legality::Legal
     } else {

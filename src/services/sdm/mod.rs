@@ -257,13 +257,64 @@ impl SdmService {
     async fn run(&self, mut entry: Entry) {
         let (jobs, job) = (self.inner.jobs.clone(), entry.job);
         let progress = move |percent: f64| jobs.progress_of(job, percent, 100.0);
+        // The volume the job writes, under its lease on a shared domain.
+        let (domain, image, volume) = match entry.work {
+            Work::Merge { subchain, .. } => (subchain.sd_id, subchain.img_id, subchain.base_id),
+            Work::Copy { destination, .. } => {
+                (destination.sd_id, destination.img_id, destination.vol_id)
+            }
+        };
+        let outcome = match self
+            .inner
+            .storage
+            .hold_volume_lease(domain, image, volume)
+            .await
+        {
+            Ok(lease) => {
+                crate::failpoint::pause(match entry.work {
+                    Work::Merge { .. } => "sdm:merge",
+                    Work::Copy { .. } => "sdm:copy",
+                })
+                .await;
+                let outcome = self.work(entry.work.clone(), progress).await;
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+                outcome
+            }
+            Err(err) => Err(err),
+        };
+        let recorded = outcome.clone().map_err(|e| (e.code(), e.to_string()));
+        entry.finished = Some((crate::clock::epoch_secs(), recorded));
+        if let Err(err) = self.write(&entry).await {
+            tracing::error!(%job, error = %err, "cannot journal the SDM job's end");
+        }
+        match outcome {
+            Ok(done) => {
+                tracing::info!(%job, kind = entry.work.description(), "SDM job done");
+                self.inner.jobs.finish(job, Ok(done.into()));
+            }
+            Err(err) => {
+                tracing::warn!(%job, kind = entry.work.description(), error = %err, "SDM job failed");
+                self.inner.jobs.finish(
+                    job,
+                    Err(JobError {
+                        code: err.code(),
+                        message: err.to_string(),
+                    }),
+                );
+            }
+        }
+    }
+
+    /// The job's work on its volumes.
+    async fn work(
+        &self,
+        work: Work,
+        progress: impl FnMut(f64) + Send,
+    ) -> Result<SdmResult, ApiError> {
         let stop = &self.inner.stop;
-        crate::failpoint::pause(match entry.work {
-            Work::Merge { .. } => "sdm:merge",
-            Work::Copy { .. } => "sdm:copy",
-        })
-        .await;
-        let outcome = match entry.work {
+        match work {
             Work::Merge {
                 subchain,
                 merge_bitmaps,
@@ -288,27 +339,6 @@ impl SdmService {
                     volume: destination.vol_id,
                     generation,
                 }),
-        };
-        let recorded = outcome.clone().map_err(|e| (e.code(), e.to_string()));
-        entry.finished = Some((crate::clock::epoch_secs(), recorded));
-        if let Err(err) = self.write(&entry).await {
-            tracing::error!(%job, error = %err, "cannot journal the SDM job's end");
-        }
-        match outcome {
-            Ok(done) => {
-                tracing::info!(%job, kind = entry.work.description(), "SDM job done");
-                self.inner.jobs.finish(job, Ok(done.into()));
-            }
-            Err(err) => {
-                tracing::warn!(%job, kind = entry.work.description(), error = %err, "SDM job failed");
-                self.inner.jobs.finish(
-                    job,
-                    Err(JobError {
-                        code: err.code(),
-                        message: err.to_string(),
-                    }),
-                );
-            }
         }
     }
 

@@ -38,7 +38,7 @@ impl StorageService {
                 .await?;
                 return Err(err.into());
             }
-            domain.set_gate(cluster.domain_gate(domain.uuid));
+            domain.share(cluster.domain_leases(domain.uuid, domain.block_size));
         }
         tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain created");
         let mut domains = self

@@ -108,7 +108,7 @@ impl StorageService {
             .into_iter()
             .map(|mut d| {
                 if let Some(cluster) = &settings.cluster {
-                    d.set_gate(cluster.domain_gate(d.uuid));
+                    d.share(cluster.domain_leases(d.uuid, d.block_size));
                 }
                 (d.uuid, Arc::new(d))
             })

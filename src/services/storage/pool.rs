@@ -18,7 +18,7 @@ use crate::api::pool_types::{
     ConnectPoolParams, DisconnectPoolParams, DomainVitals, PoolIdParams, RepoStatsParams,
     SpmStartParams, SpmStatusInfo,
 };
-use crate::cluster::{Cluster, ClusterError, DomainAreas};
+use crate::cluster::{Cluster, ClusterError, DomainAreas, VolumeLease};
 use crate::jobs::tasks::TaskWork;
 use crate::storage::StorageError;
 use crate::storage::domain::Domain;
@@ -83,6 +83,22 @@ impl StorageService {
         }
     }
 
+    /// The lease of the volume a storage job writes, held until released, on a shared
+    /// domain; `None` on a host that runs alone.
+    pub(crate) async fn hold_volume_lease(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<Option<VolumeLease>, ApiError> {
+        let Some(cluster) = &self.inner.cluster else {
+            return Ok(None);
+        };
+        let file = self.domain(domain)?.dir.lease(image, volume);
+        let lease = cluster.hold_volume_lease(domain, volume, &file).await?;
+        Ok(Some(lease))
+    }
+
     /// `StoragePool.connect`.
     pub async fn connect_pool(&self, p: ConnectPoolParams) -> Result<(), ApiError> {
         self.check_pool(p.pool)?;
@@ -127,7 +143,7 @@ impl StorageService {
             if domains.contains_key(&domain.uuid) {
                 continue;
             }
-            domain.set_gate(cluster.domain_gate(domain.uuid));
+            domain.share(cluster.domain_leases(domain.uuid, domain.block_size));
             tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain attached");
             domains.insert(domain.uuid, Arc::new(domain));
         }
