@@ -289,6 +289,7 @@ impl Cluster {
             return Err(ClusterError::IsSpm);
         }
         let host_id = self.host_id();
+        // Marked left first: no metadata change starts while the leases go.
         let leaving: Vec<_> = {
             let mut state = self.state();
             state
@@ -296,20 +297,33 @@ impl Cluster {
                 .values_mut()
                 .filter(|d| d.state != LeaseState::Left)
                 .map(|d| {
+                    let before = d.state;
                     d.set(LeaseState::Left);
-                    (d.areas.uuid, d.areas.lockspace(host_id))
+                    (d.areas.uuid, before, d.areas.lockspace(host_id))
                 })
                 .collect()
         };
-        for (uuid, lockspace) in leaving {
+        for (left, (uuid, _, lockspace)) in leaving.iter().enumerate() {
             // Releasing the delta lease waits for one renewal interval at most.
             let limit = self.inner.settings.call_timeout * 2;
-            self.call("remove lockspace", limit, move || lockspace.leave(true))
-                .await
-                .map_err(|e| ClusterError::Leave {
-                    domain: uuid,
+            let lockspace = lockspace.clone();
+            let result = self
+                .call("remove lockspace", limit, move || lockspace.leave(true))
+                .await;
+            if let Err(e) = result {
+                // Still held (EBUSY: a job holds a volume lease in it): as they were, for
+                // this one and those not reached.
+                let mut state = self.state();
+                for (uuid, before, _) in &leaving[left..] {
+                    if let Some(d) = state.domains.get_mut(uuid) {
+                        d.set(*before);
+                    }
+                }
+                return Err(ClusterError::Leave {
+                    domain: *uuid,
                     why: e.to_string(),
-                })?;
+                });
+            }
             tracing::info!(domain = %uuid, "left the domain's lockspace");
         }
         Ok(())
@@ -340,14 +354,13 @@ impl Cluster {
             .filter(|d| matches!(d.state, LeaseState::Joining | LeaseState::Joined))
             .map(|d| (d.areas.uuid, d.areas.lockspace(host_id)))
             .collect();
+        // A local call that answers in milliseconds: a daemon slower than one io_timeout is
+        // in trouble, and the gate closes until it answers again.
+        let limit = Duration::from_secs(u64::from(self.inner.settings.io_timeout));
         for (uuid, lockspace) in watched {
             let asked = Instant::now();
             let answer = self
-                .call(
-                    "inquire lockspace",
-                    self.inner.settings.call_timeout,
-                    move || lockspace.joined(),
-                )
+                .call("inquire lockspace", limit, move || lockspace.joined())
                 .await;
             let delay = asked.elapsed();
             let lost = {
