@@ -677,4 +677,50 @@ fn an_sdm_job_on_any_host_writes_its_volume_under_the_volume_s_lease() {
     );
     assert_eq!(info["legality"], "LEGAL", "{info}");
     assert_eq!(info["generation"], json!(2), "{info}");
+
+    // A cold merge across hosts, as an engine runs it: prepare and finalize on the SPM, the
+    // merge itself on another host.
+    let spm = &cluster.hosts[0];
+    let top = Uuid::new_v4().to_string();
+    let task = spm.daemon.ok(
+        "Volume.create",
+        cluster.create_params(&src_image, &top, &src),
+    );
+    assert_eq!(
+        spm.daemon.wait_task(task.as_str().unwrap())["taskResult"],
+        "success"
+    );
+    let subchain = json!({"sd_id": cluster.domain, "img_id": src_image, "top_id": top,
+                          "base_id": src, "base_generation": 0});
+    let pool_step = |verb: &str| {
+        let task = spm.daemon.ok(
+            verb,
+            json!({"storagepoolID": cluster.pool, "subchainInfo": subchain}),
+        );
+        spm.daemon.wait_task(task.as_str().unwrap())
+    };
+    assert_eq!(
+        pool_step("StoragePool.prepareMerge")["taskResult"],
+        "success"
+    );
+    let job = Uuid::new_v4().to_string();
+    assert_eq!(
+        other.daemon.ok(
+            "SDM.merge",
+            json!({"job_id": job, "subchain_info": subchain}),
+        ),
+        json!(true)
+    );
+    assert_eq!(wait_job(other, &job)["status"], "done");
+    assert_eq!(
+        pool_step("StoragePool.finalizeMerge")["taskResult"],
+        "success"
+    );
+    let volumes = other.daemon.ok(
+        "StorageDomain.getVolumes",
+        json!({"storagedomainID": cluster.domain, "storagepoolID": cluster.pool,
+               "imageID": src_image}),
+    );
+    assert_eq!(volumes, json!([src]), "the top is not gone");
+    assert!(cluster.image_problems(other, &src_image).is_empty());
 }

@@ -17,6 +17,9 @@ use crate::api::merge_types::{
     CopyDataParams, CopyEndpoint, PoolSubchainParams, SdmMergeParams, SdmResult, SubchainInfo,
 };
 use crate::jobs::records::RecordDir;
+
+/// The records of successful `SDM.merge`s on a shared domain (`<domain>/master/sdm-merges`).
+const SHARED_MERGES: &str = "sdm-merges";
 use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
 use crate::services::StorageService;
 use crate::services::storage::CopyReading;
@@ -178,14 +181,21 @@ impl SdmService {
     }
 
     /// `StoragePool.finalizeMerge`: refused unless an `SDM.merge` of this subchain succeeded
-    /// here; then the storage's finalize task.
+    /// here, or on a shared domain on any host; then the storage's finalize task.
     pub async fn finalize_merge(&self, p: PoolSubchainParams) -> Result<Uuid, ApiError> {
         self.inner.storage.require_spm()?;
         let s = p.subchain;
         let journal = self.inner.journal.clone();
+        let shared = self.inner.storage.shared_records(s.sd_id, SHARED_MERGES);
         let merged = tokio::task::spawn_blocking(move || {
-            journal
-                .entries()
+            let mut entries = journal.entries();
+            if let Some(dir) = shared {
+                match RecordDir::<Entry>::open(&dir, "shared SDM merge") {
+                    Ok(records) => entries.extend(records.entries()),
+                    Err(err) => tracing::warn!(error = %err, "cannot read the shared merges"),
+                }
+            }
+            entries
                 .into_iter()
                 .find_map(|e| match (e.work, e.finished) {
                     (Work::Merge { subchain, .. }, Some((_, Ok(done))))
@@ -205,8 +215,7 @@ impl SdmService {
         .map_err(|e| ApiError::Unexpected(e.to_string()))?;
         let Some(generation) = merged else {
             return Err(StorageError::InvalidParameter(format!(
-                "no SDM.merge of {} into {} succeeded on this host: finalizing would lose the \
-                 top's data",
+                "no SDM.merge of {} into {} succeeded: finalizing would lose the top's data",
                 s.top_id, s.base_id
             ))
             .into());
@@ -289,6 +298,11 @@ impl SdmService {
         if let Err(err) = self.write(&entry).await {
             tracing::error!(%job, error = %err, "cannot journal the SDM job's end");
         }
+        if let (Work::Merge { .. }, Ok(_)) = (&entry.work, &outcome)
+            && let Err(err) = self.share_merge(domain, &entry).await
+        {
+            tracing::error!(%job, error = %err, "cannot record the merge for the SPM");
+        }
         match outcome {
             Ok(done) => {
                 tracing::info!(%job, kind = entry.work.description(), "SDM job done");
@@ -340,6 +354,20 @@ impl SdmService {
                     generation,
                 }),
         }
+    }
+
+    /// On a shared domain, records a successful merge where the SPM's finalize finds it,
+    /// whichever host it ran on.
+    async fn share_merge(&self, domain: Uuid, entry: &Entry) -> std::io::Result<()> {
+        let Some(dir) = self.inner.storage.shared_records(domain, SHARED_MERGES) else {
+            return Ok(());
+        };
+        let entry = entry.clone();
+        tokio::task::spawn_blocking(move || {
+            RecordDir::<Entry>::open(&dir, "shared SDM merge")?.write(entry.job, &entry)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     async fn write(&self, entry: &Entry) -> std::io::Result<()> {

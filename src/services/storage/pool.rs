@@ -83,6 +83,14 @@ impl StorageService {
         }
     }
 
+    /// Where the hosts sharing `domain` keep records of `kind` (`<domain>/master/<kind>`);
+    /// `None` on a host that runs alone.
+    pub(crate) fn shared_records(&self, domain: Uuid, kind: &str) -> Option<std::path::PathBuf> {
+        self.inner.cluster.as_ref()?;
+        let domain = self.domain(domain).ok()?;
+        Some(domain.dir.root().join("master").join(kind))
+    }
+
     /// The lease of the volume a storage job writes, held until released, on a shared
     /// domain; `None` on a host that runs alone.
     pub(crate) async fn hold_volume_lease(
