@@ -1,6 +1,6 @@
 //! Three hosts on one shared storage domain, on one machine: three rvdsmd, each with its own
 //! sanlock daemon (own run directory, no watchdog), one shared repository and domain on disk,
-//! io_timeout 3 s. What must hold: the hosts elect one SPM through the SDM lease; only the SPM
+//! io_timeout 3 s (see `io_timeout`). What must hold: the hosts elect one SPM through the SDM lease; only the SPM
 //! changes the domain's metadata, one change at a time; the role moves on spmStop and on the
 //! SPM's death; a host whose sanlock stops renewing stops changing metadata.
 
@@ -16,7 +16,15 @@ use rvdsm::client::ClientError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const IO_TIMEOUT: u32 = 3;
+/// sanlock's io_timeout in these tests: 3 s, so that a dead host's lease expires in 84 s.
+/// `RVDSM_HOSTS_IO_TIMEOUT=10` runs them with VDSM's production value (by hand: a takeover
+/// then takes 140 s).
+fn io_timeout() -> u32 {
+    std::env::var("RVDSM_HOSTS_IO_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
 const BLANK: &str = "00000000-0000-0000-0000-000000000000";
 
 /// One simulated host: its sanlock daemon and its rvdsmd.
@@ -35,7 +43,10 @@ impl Host {
             .unwrap();
         let config = test_config(
             dir.path(),
-            &format!("[cluster]\nhost_id = {id}\nio_timeout_secs = {IO_TIMEOUT}\n"),
+            &format!(
+                "[cluster]\nhost_id = {id}\nio_timeout_secs = {}\n",
+                io_timeout()
+            ),
         );
         // One repository for all: the shared mounts, as /rhev/data-center on each host.
         let own_repo = format!("repository = \"{}\"", dir.path().join("repo").display());
@@ -175,6 +186,47 @@ impl Cluster {
         })
     }
 
+    /// `Volume.create` of `volume` on `parent` through `spm`, to its task's success.
+    fn create(&self, spm: &Host, image: &str, volume: &str, parent: &str) {
+        let task = spm
+            .daemon
+            .ok("Volume.create", self.create_params(image, volume, parent));
+        let status = spm.daemon.wait_task(task.as_str().unwrap());
+        assert_eq!(status["taskResult"], "success", "{status}");
+    }
+
+    /// Host 1 made the SPM, with a new image of one volume: `(image, base)`.
+    fn spm_with_base(&self) -> (String, String) {
+        let spm = &self.hosts[0];
+        assert_eq!(self.spm_start(spm)["taskResult"], "success");
+        let (image, base) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+        self.create(spm, &image, &base, BLANK);
+        (image, base)
+    }
+
+    /// `spmStart` on `heir` until it succeeds, once the dead holder's lease expired (up to
+    /// 8 × io_timeout + 60 s after its last renewal); returns how many tries it took.
+    fn take_over(&self, heir: &Host) -> usize {
+        let mut attempts = 0;
+        let mut last = Value::Null;
+        let taken = wait_until(Duration::from_secs(240), || {
+            attempts += 1;
+            last = self.spm_start(heir);
+            let taken = last["taskResult"] == "success";
+            if !taken {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            taken
+        });
+        assert!(
+            taken,
+            "never taken over: {last}; sanlock's log:\n{}\nrvdsmd's log:\n{}",
+            heir.sanlock.log(),
+            heir.daemon.log()
+        );
+        attempts
+    }
+
     /// The problems a walk of the image's metadata finds, read through `reader`: every volume
     /// LEGAL, parents present, exactly one LEAF and it has no child, INTERNAL ones have one.
     fn image_problems(&self, reader: &Host, image: &str) -> Vec<String> {
@@ -245,7 +297,10 @@ fn spm_host(cluster: &Cluster) -> &Host {
 fn three_hosts_elect_one_spm_and_only_it_changes_the_shared_metadata() {
     let mut cluster = Cluster::start();
     let joined = cluster.wait_joined();
-    eprintln!("hosts: three joined the lockspace in {joined:?} (io_timeout {IO_TIMEOUT} s)");
+    eprintln!(
+        "hosts: three joined the lockspace in {joined:?} (io_timeout {} s)",
+        io_timeout()
+    );
 
     // Before anyone is the SPM, nobody changes metadata.
     let image = Uuid::new_v4().to_string();
@@ -403,17 +458,8 @@ fn three_hosts_elect_one_spm_and_only_it_changes_the_shared_metadata() {
 fn an_spm_whose_sanlock_stops_renewing_stops_changing_metadata_and_its_lease_is_taken_over() {
     let mut cluster = Cluster::start();
     cluster.wait_joined();
+    let (image, base) = cluster.spm_with_base();
     let first = &cluster.hosts[0];
-    assert_eq!(cluster.spm_start(first)["taskResult"], "success");
-    let image = Uuid::new_v4().to_string();
-    let base = Uuid::new_v4().to_string();
-    let task = first
-        .daemon
-        .ok("Volume.create", cluster.create_params(&image, &base, BLANK));
-    assert_eq!(
-        first.daemon.wait_task(task.as_str().unwrap())["taskResult"],
-        "success"
-    );
 
     // Its sanlock dies: no more renewals. rvdsmd sees it within its poll and refuses. (The
     // probe names a parent that does not exist: the SPM answers 201 and changes nothing.)
@@ -446,23 +492,7 @@ fn an_spm_whose_sanlock_stops_renewing_stops_changing_metadata_and_its_lease_is_
     // The other hosts see the SPM lease held until the dead host's lease expires; then one
     // of them takes it over.
     let heir = &cluster.hosts[1];
-    let mut attempts = 0;
-    let mut last = Value::Null;
-    let taken = wait_until(Duration::from_secs(240), || {
-        attempts += 1;
-        last = cluster.spm_start(heir);
-        let taken = last["taskResult"] == "success";
-        if !taken {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        taken
-    });
-    assert!(
-        taken,
-        "never taken over: {last}; sanlock's log:\n{}\nrvdsmd's log:\n{}",
-        heir.sanlock.log(),
-        heir.daemon.log()
-    );
+    let attempts = cluster.take_over(heir);
     assert!(
         attempts > 1,
         "the lease of a host just killed was free at once"
@@ -474,14 +504,7 @@ fn an_spm_whose_sanlock_stops_renewing_stops_changing_metadata_and_its_lease_is_
     let status = cluster.spm_status(&cluster.hosts[2]);
     assert_eq!(status["spmId"], json!(heir.id), "{status}");
     let volume = Uuid::new_v4().to_string();
-    let task = heir.daemon.ok(
-        "Volume.create",
-        cluster.create_params(&image, &volume, &base),
-    );
-    assert_eq!(
-        heir.daemon.wait_task(task.as_str().unwrap())["taskResult"],
-        "success"
-    );
+    cluster.create(heir, &image, &volume, &base);
     assert!(cluster.image_problems(heir, &image).is_empty());
 }
 
@@ -489,17 +512,7 @@ fn an_spm_whose_sanlock_stops_renewing_stops_changing_metadata_and_its_lease_is_
 fn a_host_killed_mid_create_is_taken_over_and_comes_back_without_undoing_the_others_work() {
     let mut cluster = Cluster::start();
     cluster.wait_joined();
-    let spm = &cluster.hosts[0];
-    assert_eq!(cluster.spm_start(spm)["taskResult"], "success");
-    let image = Uuid::new_v4().to_string();
-    let base = Uuid::new_v4().to_string();
-    let task = spm
-        .daemon
-        .ok("Volume.create", cluster.create_params(&image, &base, BLANK));
-    assert_eq!(
-        spm.daemon.wait_task(task.as_str().unwrap())["taskResult"],
-        "success"
-    );
+    let (image, base) = cluster.spm_with_base();
 
     // Its rvdsmd restarts to stop in the next create, the data file written, not its metadata;
     // there the whole host dies.
@@ -536,14 +549,7 @@ fn a_host_killed_mid_create_is_taken_over_and_comes_back_without_undoing_the_oth
     // Another host takes the SPM role once the dead host's lease expired, and rolls the dead
     // SPM's create back: the image is as before it.
     let heir = &cluster.hosts[1];
-    let taken = wait_until(Duration::from_secs(240), || {
-        let taken = cluster.spm_start(heir)["taskResult"] == "success";
-        if !taken {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        taken
-    });
-    assert!(taken, "never taken over; log:\n{}", heir.daemon.log());
+    cluster.take_over(heir);
     eprintln!(
         "hosts: a dead SPM's role and task taken over {:?} after its death",
         killed.elapsed()
@@ -567,14 +573,7 @@ fn a_host_killed_mid_create_is_taken_over_and_comes_back_without_undoing_the_oth
 
     // The new SPM works on the image.
     let later = Uuid::new_v4().to_string();
-    let task = heir.daemon.ok(
-        "Volume.create",
-        cluster.create_params(&image, &later, &base),
-    );
-    assert_eq!(
-        heir.daemon.wait_task(task.as_str().unwrap())["taskResult"],
-        "success"
-    );
+    cluster.create(heir, &image, &later, &base);
 
     // The dead host comes back, rejoins and becomes the SPM again: its own record of the
     // interrupted create is closed as the other SPM ended it, and nothing the other SPM did
@@ -682,14 +681,7 @@ fn an_sdm_job_on_any_host_writes_its_volume_under_the_volume_s_lease() {
     // merge itself on another host.
     let spm = &cluster.hosts[0];
     let top = Uuid::new_v4().to_string();
-    let task = spm.daemon.ok(
-        "Volume.create",
-        cluster.create_params(&src_image, &top, &src),
-    );
-    assert_eq!(
-        spm.daemon.wait_task(task.as_str().unwrap())["taskResult"],
-        "success"
-    );
+    cluster.create(spm, &src_image, &top, &src);
     let subchain = json!({"sd_id": cluster.domain, "img_id": src_image, "top_id": top,
                           "base_id": src, "base_generation": 0});
     let pool_step = |verb: &str| {
