@@ -71,6 +71,9 @@ pub enum ClusterError {
         /// sanlock's refusal.
         source: SanlockError,
     },
+    /// spmStart while another runs (650).
+    #[error("Error starting SPM: another StoragePool.spmStart is running")]
+    SpmContending,
     /// spmStop while an spmStart runs (653).
     #[error("Error stopping SPM: it is being started")]
     SpmStarting,

@@ -428,8 +428,10 @@ impl Cluster {
     pub async fn spm_start(&self, master: Uuid) -> Result<SpmStatus, ClusterError> {
         let areas = {
             let mut state = self.state();
-            if state.spm.role != SpmRole::Free {
-                return Ok(state.spm.status(self.host_id()));
+            match state.spm.role {
+                SpmRole::Spm => return Ok(state.spm.status(self.host_id())),
+                SpmRole::Contend => return Err(ClusterError::SpmContending),
+                SpmRole::Free => {}
             }
             let areas = state.domains.get(&master).map(|d| d.areas.clone()).ok_or(
                 ClusterError::NotJoined {

@@ -77,7 +77,7 @@ pub fn cluster_code(err: &ClusterError) -> i32 {
         E::SpmStarting | E::SpmBusy(_) => codes::SPM_STOP_ERROR,
         E::HostIdMismatch { .. } => codes::HOST_ID_MISMATCH,
         E::NotClustered => codes::INVALID_PARAMETER,
-        E::Sanlock(_) | E::Timeout { .. } => codes::SPM_START_ERROR,
+        E::Sanlock(_) | E::Timeout { .. } | E::SpmContending => codes::SPM_START_ERROR,
         E::Unexpected(_) => codes::GENERAL,
     }
 }

@@ -17,13 +17,13 @@ use crate::api::merge_types::{
     CopyDataParams, CopyEndpoint, PoolSubchainParams, SdmMergeParams, SdmResult, SubchainInfo,
 };
 use crate::jobs::records::RecordDir;
-
-/// The records of successful `SDM.merge`s on a shared domain (`<domain>/master/sdm-merges`).
-const SHARED_MERGES: &str = "sdm-merges";
 use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
 use crate::services::StorageService;
 use crate::services::storage::CopyReading;
 use crate::storage::StorageError;
+
+/// The records of successful `SDM.merge`s on a shared domain (`<domain>/master/sdm-merges`).
+const SHARED_MERGES: &str = "sdm-merges";
 
 /// How long the record of a successful `SDM.merge` stays for its `finalizeMerge`: a week.
 const MERGE_RECORD_SECONDS: u64 = 7 * 24 * 3600;

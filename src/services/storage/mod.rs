@@ -181,7 +181,18 @@ impl StorageService {
             if let Err(err) = tasks.share_to(Some(dir)) {
                 tracing::error!(error = %err, "cannot share the SPM's tasks");
             }
-            let left = tasks.shared_unfinished();
+            // Tasks this process runs now are not left over: never recovered under them.
+            let running: Vec<Uuid> = tasks
+                .all()
+                .into_iter()
+                .filter(|t| !t.state.is_done() && !deferred.iter().any(|d| d.id == t.id))
+                .map(|t| t.id)
+                .collect();
+            let left: Vec<TaskRecord> = tasks
+                .shared_unfinished()
+                .into_iter()
+                .filter(|t| !running.contains(&t.id))
+                .collect();
             for record in &deferred {
                 if left.iter().any(|l| l.id == record.id) {
                     continue;

@@ -177,9 +177,10 @@ impl StorageService {
         })
         .await?;
         let service = self.clone();
+        let already = cluster.require_spm().is_ok();
         tokio::spawn(async move {
             let started = cluster.spm_start(master).await;
-            if started.is_ok() {
+            if started.is_ok() && !already {
                 service.take_over_tasks(master).await;
             }
             let outcome = started.map(drop).map_err(|e| {
