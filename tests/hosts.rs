@@ -452,6 +452,13 @@ fn three_hosts_elect_one_spm_and_only_it_changes_the_shared_metadata() {
         json!(true)
     );
     assert!(!cluster.acquired(back));
+    // Disconnected, it knows no pool (VDSM's 309).
+    let pool = json!({"storagepoolID": cluster.pool});
+    assert_eq!(
+        back.daemon.err("StoragePool.getSpmStatus", pool.clone()).0,
+        309
+    );
+    assert_eq!(back.daemon.err("StoragePool.spmStart", pool).0, 309);
 }
 
 #[test]

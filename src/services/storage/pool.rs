@@ -166,10 +166,8 @@ impl StorageService {
     pub async fn spm_start(&self, p: SpmStartParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?.clone();
-        let master = self.master().ok_or(ClusterError::NotJoined {
-            domain: Uuid::nil(),
-            host_id: cluster.host_id(),
-        })?;
+        // VDSM's answer for a pool this host has not connected to.
+        let master = self.master().ok_or(StorageError::PoolUnknown(p.pool))?;
         let task = Uuid::new_v4();
         let work = TaskWork::SpmStart { pool: p.pool };
         super::on_tasks(&self.inner.tasks, move |t| {
@@ -218,7 +216,9 @@ impl StorageService {
     /// `StoragePool.getSpmStatus`.
     pub async fn spm_status(&self, p: PoolIdParams) -> Result<SpmStatusInfo, ApiError> {
         self.check_pool(p.pool)?;
-        let status = self.cluster()?.spm_status(self.master()).await?;
+        let cluster = self.cluster()?;
+        let master = self.master().ok_or(StorageError::PoolUnknown(p.pool))?;
+        let status = cluster.spm_status(Some(master)).await?;
         Ok(SpmStatusInfo {
             status: status.role.name().to_owned(),
             lver: status.lver,
