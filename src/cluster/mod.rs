@@ -10,11 +10,20 @@
 //! Every sanlock call blocks (it talks to the local daemon, which does direct I/O on the
 //! shared storage): each runs on the blocking pool under a deadline. The state is kept under a
 //! std mutex never held across a call.
+//!
+//! - this file: the host's lockspaces (join, leave, poll) and the gate of metadata changes;
+//! - `spm`: the SPM role (`spmStart`, `spmStop`, `getSpmStatus`);
+//! - `leases`: acquiring resource leases for this process, and the SDM jobs' volume leases;
+//! - `state`: what is known of each lease, as plain values;
+//! - `error`: the module's errors.
 
 mod error;
+mod leases;
+mod spm;
 mod state;
 
 pub use error::ClusterError;
+pub use leases::{VolumeLease, volume_lease};
 pub use state::{LeaseState, RepoStat, SpmRole, SpmStatus};
 
 use std::collections::HashMap;
@@ -69,14 +78,6 @@ struct State {
     registration: Option<Arc<Registration>>,
 }
 
-/// Whether an acquire that may outlive its caller's bound was taken by the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handoff {
-    Waiting,
-    Delivered,
-    Abandoned,
-}
-
 /// The lease areas of a domain.
 #[derive(Debug, Clone)]
 pub struct DomainAreas {
@@ -109,46 +110,6 @@ impl DomainAreas {
                 offset: LEASE_ALIGNMENT,
             },
         }
-    }
-}
-
-/// A volume's lease held by this process (see [`Cluster::hold_volume_lease`]). Dropped
-/// without [`VolumeLease::release`], it stays held until the process ends.
-#[must_use = "a volume lease is held until released"]
-pub struct VolumeLease {
-    cluster: Cluster,
-    resource: Resource,
-}
-
-impl VolumeLease {
-    /// Releases the lease.
-    pub async fn release(self) {
-        let Some(registration) = self.cluster.state().registration.clone() else {
-            return;
-        };
-        let resource = self.resource;
-        let name = resource.name.clone();
-        let limit = self.cluster.inner.settings.call_timeout;
-        let released = self
-            .cluster
-            .call("release", limit, move || registration.release(&resource))
-            .await;
-        if let Err(err) = released {
-            tracing::error!(volume = %name, error = %err, "cannot release a volume lease");
-        }
-    }
-}
-
-/// The lease of a volume: resource `<volume>` at offset 0 of `<volume>.lease`, in the
-/// domain's lockspace (VDSM's file domains).
-pub fn volume_lease(domain: Uuid, volume: Uuid, lease_file: &Path) -> Resource {
-    Resource {
-        lockspace: domain.to_string(),
-        name: volume.to_string(),
-        disk: Disk {
-            path: lease_file.to_owned(),
-            offset: 0,
-        },
     }
 }
 
@@ -407,249 +368,6 @@ impl Cluster {
                 host_id: self.host_id(),
             }),
         }
-    }
-
-    /// Whether this host may run the pool's metadata verbs now: it is the SPM, and its lease
-    /// in the master domain is held.
-    pub fn require_spm(&self) -> Result<(), ClusterError> {
-        let master = {
-            let state = self.state();
-            match (state.spm.role, state.spm.master) {
-                (SpmRole::Spm, Some(master)) => master,
-                _ => return Err(ClusterError::NotSpm),
-            }
-        };
-        self.gate(master)
-    }
-
-    /// The SPM lease of this host's pool, in `master`, acquired for this process: waits (up to
-    /// the join's bound) for this host's lease in the master's lockspace, then takes the SDM
-    /// lease at once or fails (another live host holds it).
-    pub async fn spm_start(&self, master: Uuid) -> Result<SpmStatus, ClusterError> {
-        let areas = {
-            let mut state = self.state();
-            match state.spm.role {
-                SpmRole::Spm => return Ok(state.spm.status(self.host_id())),
-                SpmRole::Contend => return Err(ClusterError::SpmContending),
-                SpmRole::Free => {}
-            }
-            let areas = state.domains.get(&master).map(|d| d.areas.clone()).ok_or(
-                ClusterError::NotJoined {
-                    domain: master,
-                    host_id: self.host_id(),
-                },
-            )?;
-            state.spm = Spm {
-                role: SpmRole::Contend,
-                master: Some(master),
-                lver: -1,
-            };
-            areas
-        };
-        let outcome = self.contend(&areas).await;
-        let mut state = self.state();
-        match outcome {
-            Ok(lver) => {
-                state.spm.role = SpmRole::Spm;
-                state.spm.lver = lver;
-                tracing::info!(domain = %master, lver, "this host is the SPM");
-                Ok(state.spm.status(self.host_id()))
-            }
-            Err(err) => {
-                state.spm = Spm::default();
-                Err(err)
-            }
-        }
-    }
-
-    async fn contend(&self, areas: &DomainAreas) -> Result<i64, ClusterError> {
-        self.wait_joined(areas.uuid).await?;
-        self.acquire(areas.sdm_lease())
-            .await
-            .map(|lver| i64::try_from(lver).unwrap_or(i64::MAX))
-            .map_err(|err| match err {
-                ClusterError::Sanlock(e) if e.is_held_elsewhere() => ClusterError::SpmHeld(e),
-                other => other,
-            })
-    }
-
-    /// Acquires `lease` for this process; returns its version. The acquire does not wait for
-    /// a failing owner's lease to expire (sanlock's OWNER_NOWAIT): a paxos round of a few
-    /// direct I/Os, or a refusal. Should it still outlive its bound, the handoff makes sure a
-    /// lease it gets late is released, never held by this process unknown to it.
-    async fn acquire(&self, lease: Resource) -> Result<u64, ClusterError> {
-        let registration = self.registration().await?;
-        let limit = self.inner.settings.call_timeout * 2;
-        let handoff = Arc::new(Mutex::new(Handoff::Waiting));
-        let late = Arc::clone(&handoff);
-        let held = lease.clone();
-        let result = self
-            .call("acquire", limit, move || {
-                registration.acquire(&held, None)?;
-                let mut handoff = late.lock().unwrap_or_else(|e| e.into_inner());
-                if *handoff == Handoff::Abandoned {
-                    tracing::warn!(lease = %held.name, "a lease acquired after its caller gave up: released");
-                    registration.release(&held)?;
-                    return Ok(None);
-                }
-                *handoff = Handoff::Delivered;
-                held.version().map(Some)
-            })
-            .await;
-        let result = match result {
-            Err(ClusterError::Timeout { op, limit }) => {
-                let delivered = {
-                    let mut handoff = handoff.lock().unwrap_or_else(|e| e.into_inner());
-                    if *handoff != Handoff::Delivered {
-                        *handoff = Handoff::Abandoned;
-                    }
-                    *handoff == Handoff::Delivered
-                };
-                if delivered {
-                    // Acquired just as the bound passed: the lease is this process's.
-                    self.call("read resource", limit, move || lease.version().map(Some))
-                        .await
-                } else {
-                    Err(ClusterError::Timeout { op, limit })
-                }
-            }
-            other => other,
-        };
-        match result {
-            Ok(Some(lver)) => Ok(lver),
-            Ok(None) => Err(ClusterError::Unexpected("acquire abandoned".into())),
-            Err(other) => Err(other),
-        }
-    }
-
-    /// The lease of `volume` (in `file`) of a shared `domain`, held by this process until
-    /// [`VolumeLease::release`]: the SDM jobs that write a volume hold it, so a job another
-    /// host runs on it, or a lost one, cannot write it at once. Refused (651) while another
-    /// host holds it, and (661) while this host has no lease in the domain's lockspace.
-    pub async fn hold_volume_lease(
-        &self,
-        domain: Uuid,
-        volume: Uuid,
-        file: &Path,
-    ) -> Result<VolumeLease, ClusterError> {
-        self.gate(domain)?;
-        let resource = volume_lease(domain, volume, file);
-        self.acquire(resource.clone())
-            .await
-            .map_err(|err| match err {
-                ClusterError::Sanlock(e) if e.is_held_elsewhere() => {
-                    ClusterError::VolumeLeaseHeld { volume, source: e }
-                }
-                other => other,
-            })?;
-        Ok(VolumeLease {
-            cluster: self.clone(),
-            resource,
-        })
-    }
-
-    /// Waits for this host's lease in `domain`'s lockspace, polling the daemon, for at most the
-    /// time a join takes with this io_timeout (sanlock: about 2 × io_timeout when the host id
-    /// is free, up to 8 × io_timeout + the watchdog's 60 s when a dead host held it).
-    async fn wait_joined(&self, domain: Uuid) -> Result<(), ClusterError> {
-        let io = u64::from(self.inner.settings.io_timeout);
-        let deadline = Instant::now() + Duration::from_secs(8 * io + 70);
-        loop {
-            self.poll().await;
-            match self.gate(domain) {
-                Ok(()) => return Ok(()),
-                Err(ClusterError::NotJoined { .. })
-                    if Instant::now() < deadline
-                        && self.state().domains.get(&domain).map(|d| d.state)
-                            == Some(LeaseState::Joining) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// This process's registration with the daemon, made once.
-    async fn registration(&self) -> Result<Arc<Registration>, ClusterError> {
-        if let Some(registration) = self.state().registration.clone() {
-            return Ok(registration);
-        }
-        let registration = Arc::new(
-            self.call(
-                "register",
-                self.inner.settings.call_timeout,
-                Registration::new,
-            )
-            .await?,
-        );
-        Ok(Arc::clone(
-            self.state().registration.get_or_insert(registration),
-        ))
-    }
-
-    /// Gives the SPM role up: the SDM lease released. `busy` names the pool's unfinished
-    /// tasks, which refuse it (VDSM's 653).
-    pub async fn spm_stop(&self, busy: Option<String>) -> Result<(), ClusterError> {
-        let (master, registration) = {
-            let state = self.state();
-            match (state.spm.role, state.spm.master, &state.registration) {
-                (SpmRole::Spm, Some(master), Some(registration)) => {
-                    (master, Arc::clone(registration))
-                }
-                (SpmRole::Contend, ..) => return Err(ClusterError::SpmStarting),
-                _ => return Ok(()),
-            }
-        };
-        if let Some(tasks) = busy {
-            return Err(ClusterError::SpmBusy(tasks));
-        }
-        let lease = self
-            .state()
-            .domains
-            .get(&master)
-            .map(|d| d.areas.sdm_lease())
-            .ok_or(ClusterError::NotSpm)?;
-        self.call("release", self.inner.settings.call_timeout, move || {
-            registration.release(&lease)
-        })
-        .await?;
-        self.state().spm = Spm::default();
-        tracing::info!(domain = %master, "this host is no longer the SPM");
-        Ok(())
-    }
-
-    /// The SPM's state as VDSM reports it: this host's role; the SPM's host id and the lease's
-    /// version read from the master domain's lease area when another host holds it.
-    pub async fn spm_status(&self, master: Option<Uuid>) -> Result<SpmStatus, ClusterError> {
-        let (own, areas) = {
-            let state = self.state();
-            let own = state.spm.status(self.host_id());
-            let master = state.spm.master.or(master);
-            let areas = master.and_then(|m| state.domains.get(&m).map(|d| d.areas.clone()));
-            (own, areas)
-        };
-        if own.role != SpmRole::Free {
-            return Ok(own);
-        }
-        let Some(areas) = areas else {
-            return Ok(own);
-        };
-        let lease = areas.sdm_lease();
-        let (owners, lver) = self
-            .call(
-                "read resource owners",
-                self.inner.settings.call_timeout,
-                move || Ok((lease.owners()?, lease.version()?)),
-            )
-            .await?;
-        Ok(SpmStatus {
-            spm_id: owners
-                .first()
-                .map_or(-1, |h| i64::try_from(h.id).unwrap_or(-1)),
-            role: SpmRole::Free,
-            lver: i64::try_from(lver).unwrap_or(-1),
-        })
     }
 
     /// The lease state of each domain this host joined or is joining, VDSM's
