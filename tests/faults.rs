@@ -19,6 +19,22 @@ use common::domain::{Fixture, assert_success, new_id};
 use common::{GuestOptions, libvirt, wait_until};
 use serde_json::{Value, json};
 
+/// Tests that stop a QEMU (SIGSTOP) run alone: every rvdsmd samples every domain of the host's
+/// libvirtd, and a stopped QEMU holds its domain's job for anyone's sample, so another test's
+/// daemon would hang on it, and this test's calls behind another daemon's sample (seen in CI:
+/// "read domain jobs did not complete within 3 s" with two such tests at once).
+static QEMU_STOPS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Taken by a test that stops a QEMU: no other test of this binary runs meanwhile.
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    QEMU_STOPS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Taken by every other test: they run beside each other, never beside a stopped QEMU.
+fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    QEMU_STOPS.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn release(marker: &Path) {
     std::fs::remove_file(marker).unwrap();
 }
@@ -33,6 +49,7 @@ fn reach(f: &Fixture, marker: &Path, point: &str) {
 
 #[test]
 fn kill_9_before_the_freeze_and_during_a_rollback_then_the_same_job_id_again() {
+    let _others = beside_others();
     let Some(conn) = libvirt() else { return };
     let mut f = Fixture::new();
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
@@ -83,6 +100,7 @@ fn qemu_pid(guest: &common::Guest) -> nix::unistd::Pid {
 
 #[test]
 fn qemu_killed_in_the_frozen_window_rolls_back_and_keeps_the_old_volume_sound() {
+    let _others = beside_others();
     let Some(conn) = libvirt() else { return };
     let mut f = Fixture::new();
     let p = snapshot_paused_at(&mut f, &conn, "snapshot:frozen");
@@ -120,6 +138,7 @@ const START_AGENT: &str = "for p in /sys/class/virtio-ports/vport*; do \
 
 #[test]
 fn a_hung_killed_or_restarted_agent_mid_freeze_is_thawed_once_it_answers() {
+    let _others = beside_others();
     let Some(conn) = libvirt() else { return };
     let f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
     let (_, _, guest) = f.guest_on_volume(&conn, GuestOptions::default());
@@ -188,6 +207,7 @@ fn a_hung_killed_or_restarted_agent_mid_freeze_is_thawed_once_it_answers() {
 
 #[test]
 fn a_snapshot_whose_agent_hangs_mid_freeze_falls_back_and_the_late_freeze_is_undone() {
+    let _others = beside_others();
     let Some(conn) = libvirt() else { return };
     let f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
@@ -210,6 +230,7 @@ fn a_snapshot_whose_agent_hangs_mid_freeze_falls_back_and_the_late_freeze_is_und
 
 #[test]
 fn a_missing_new_volume_is_refused_and_a_full_filesystem_fails_the_create_cleanly() {
+    let _others = beside_others();
     let Some(conn) = libvirt() else { return };
     let f = Fixture::new();
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
@@ -279,6 +300,7 @@ fn a_missing_new_volume_is_refused_and_a_full_filesystem_fails_the_create_cleanl
 
 #[test]
 fn a_manager_that_hangs_up_mid_call_leaves_nothing_half_done() {
+    let _others = beside_others();
     let Some(conn) = libvirt() else { return };
     let f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
@@ -393,6 +415,7 @@ fn assert_undecided(f: &Fixture, job: &str, image: &str, top: &str) {
 
 #[test]
 fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undone() {
+    let _alone = alone();
     let Some(conn) = libvirt() else { return };
     let f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
@@ -436,6 +459,7 @@ fn a_hung_qemu_holds_one_call_and_only_its_vm_busy_and_a_late_switch_is_not_undo
 
 #[test]
 fn rvdsmd_killed_while_a_hung_qemu_holds_the_switch_waits_for_libvirt_before_judging() {
+    let _alone = alone();
     let Some(conn) = libvirt() else { return };
     let mut f = Fixture::with_config("[libvirt]\ncall_timeout_secs = 3\nagent_timeout_secs = 2\n");
     let (image, base, guest) = f.guest_on_volume(&conn, GuestOptions::default());
