@@ -20,6 +20,12 @@ fn domain_is_created_in_vdsm_layout_and_described() {
     }
     let metadata = std::fs::read_to_string(root.join("dom_md/metadata")).unwrap();
     assert!(metadata.contains("TYPE=LOCALFS\n") && metadata.contains("VERSION=5\n"));
+    // The external leases volume: 1 GiB (sparse), its index formatted at slot 1 (VDSM's
+    // magic, then the domain as its lockspace).
+    let xleases = std::fs::read(root.join("dom_md/xleases")).unwrap();
+    assert_eq!(xleases.len() as u64, GIB);
+    assert_eq!(&xleases[1 << 20..][..4], &[0x12, 0x15, 0x20, 0x16]);
+    assert_eq!(&xleases[(1 << 20) + 10..][..36], f.domain.as_bytes());
     assert!(metadata.lines().last().unwrap().starts_with("_SHA_CKSUM="));
     let link = f
         .daemon
@@ -856,4 +862,36 @@ fn a_host_without_a_host_id_runs_alone_and_says_so() {
 
     // Its metadata verbs need no SPM.
     assert_success(&f.create(&new_id(), &new_id(), json!({})));
+}
+
+#[test]
+fn vm_leases_need_a_host_that_shares_its_domains_through_sanlock() {
+    let f = Fixture::new();
+    let lease = json!({"lease": {"sd_id": f.domain, "lease_id": new_id()}});
+    for verb in ["Lease.create", "Lease.delete"] {
+        let err = f
+            .daemon
+            .call(common::daemon::Via::Unix, verb, lease.clone())
+            .unwrap_err();
+        assert!(
+            matches!(&err, rvdsm::client::ClientError::Server { code: 100, message }
+                if message.contains("host_id")),
+            "{verb}: {err}"
+        );
+    }
+    let err = f
+        .daemon
+        .call(common::daemon::Via::Unix, "Lease.info", lease)
+        .unwrap_err();
+    assert!(
+        matches!(err, rvdsm::client::ClientError::Server { code: 936, .. }),
+        "{err}"
+    );
+    assert!(
+        f.daemon
+            .ok("Host.getAllTasksStatuses", json!({}))
+            .as_object()
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -73,6 +73,8 @@ pub const MERGE_SNAPSHOTS_ERROR: i32 = 252;
 pub const COPY_IMAGE_ERROR: i32 = 261;
 /// `GenerationMismatch`.
 pub const GENERATION_MISMATCH: i32 = 911;
+/// No such lease (an external lease, `Lease.*`).
+pub const NO_SUCH_LEASE: i32 = 936;
 /// Image does not exist in the domain.
 pub const IMAGE_DOES_NOT_EXIST_IN_SD: i32 = 268;
 /// Unknown pool id.

@@ -122,3 +122,51 @@ pub struct DomainVitals {
     /// A check has run (not the initial guess).
     pub actual: bool,
 }
+
+/// VDSM's `Lease`: an external lease of a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseId {
+    /// The domain holding it.
+    pub sd_id: Uuid,
+    /// Its id (a VM's UUID, for a VM lease).
+    pub lease_id: Uuid,
+}
+
+/// Parameters of `Lease.create`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreateLeaseParams {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Metadata for the lease's value block (job fencing); not supported.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Parameters of `Lease.delete`, `Lease.info` and `Lease.status`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LeaseParams {
+    /// The lease.
+    pub lease: LeaseId,
+}
+
+/// VDSM's `LeaseInfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseInfo {
+    /// The domain holding it.
+    pub sd_id: Uuid,
+    /// Its id.
+    pub lease_id: Uuid,
+    /// The domain's leases volume.
+    pub path: String,
+    /// The lease's offset there.
+    pub offset: u64,
+}
+
+/// VDSM's `ExternalLeaseStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseStatus {
+    /// The host ids holding it (empty: free).
+    pub owners: Vec<u64>,
+    /// Bumped at each acquire; `null` while the lease is free (as VDSM answers).
+    pub version: Option<u64>,
+}

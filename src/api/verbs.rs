@@ -14,7 +14,8 @@ use super::merge_types::{
 };
 use super::params::{from_object, serde_fields};
 use super::pool_types::{
-    ConnectPoolParams, DisconnectPoolParams, PoolIdParams, RepoStatsParams, SpmStartParams,
+    ConnectPoolParams, CreateLeaseParams, DisconnectPoolParams, LeaseParams, PoolIdParams,
+    RepoStatsParams, SpmStartParams,
 };
 use super::schema::{Param, ParamType, Verb, optional, required};
 use super::storage_types::DeleteVolumesParams;
@@ -68,6 +69,11 @@ macro_rules! verbs {
 }
 
 const VOLUME_ID: Param = required("volumeID", ParamType::Uuid, "The volume.");
+const LEASE: Param = required(
+    "lease",
+    ParamType::Object,
+    "{sd_id, lease_id}: the domain and the lease's id (a VM's UUID for its VM lease).",
+);
 const POOL_ID: Param = required(
     "storagepoolID",
     ParamType::Uuid,
@@ -247,6 +253,30 @@ verbs! {
         attached domain's last check and this host's lease in its lockspace."
         [
             optional("domains", ParamType::UuidList, "Only these domains."),
+        ];
+    LeaseCreate LEASE_CREATE "Lease.create" (CreateLeaseParams)
+        "Creates an external lease (a VM lease) in the domain's xleases volume, on the \
+        SPM: its sanlock resource, then its index record. Returns a task id."
+        [
+            LEASE,
+            optional("metadata", ParamType::Object,
+                "The lease's value block (job fencing): not supported, refused."),
+        ];
+    LeaseDelete LEASE_DELETE "Lease.delete" (LeaseParams)
+        "Deletes an external lease, on the SPM. Returns a task id."
+        [
+            LEASE,
+        ];
+    LeaseInfo LEASE_INFO "Lease.info" (LeaseParams)
+        "{sd_id, lease_id, path, offset}: where the lease lives, for a VM's <lease> \
+        (936 when it does not exist)."
+        [
+            LEASE,
+        ];
+    LeaseStatus LEASE_STATUS "Lease.status" (LeaseParams)
+        "{owners, version}: the host ids holding the lease now and its version."
+        [
+            LEASE,
         ];
     StoragePoolPrepareMerge SP_PREPARE_MERGE "StoragePool.prepareMerge" (PoolSubchainParams)
         "The first step of a cold merge (VM stopped): checks the subchain and grows the \

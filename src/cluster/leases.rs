@@ -58,6 +58,19 @@ pub fn volume_lease(domain: Uuid, volume: Uuid, lease_file: &Path) -> Resource {
     }
 }
 
+/// An external lease (a VM's): resource `<lease>` at `offset` of the domain's `xleases`, in
+/// the domain's lockspace.
+pub fn external_lease(domain: Uuid, lease: Uuid, xleases: &Path, offset: u64) -> Resource {
+    Resource {
+        lockspace: domain.to_string(),
+        name: lease.to_string(),
+        disk: Disk {
+            path: xleases.to_owned(),
+            offset,
+        },
+    }
+}
+
 impl Cluster {
     /// Acquires `lease` for this process; returns its version. The acquire does not wait for
     /// a failing owner's lease to expire (sanlock's OWNER_NOWAIT): a paxos round of a few

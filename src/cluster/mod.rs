@@ -23,7 +23,7 @@ mod spm;
 mod state;
 
 pub use error::ClusterError;
-pub use leases::{VolumeLease, volume_lease};
+pub use leases::{VolumeLease, external_lease, volume_lease};
 pub use state::{LeaseState, RepoStat, SpmRole, SpmStatus};
 
 use std::collections::HashMap;
@@ -131,6 +131,54 @@ impl SharedLeases for DomainLeases {
         volume_lease(self.domain, volume, file)
             .format(self.sector)
             .map_err(|e| e.to_string())
+    }
+
+    fn format_lease(&self, lease: Uuid, file: &Path, offset: u64) -> Result<(), String> {
+        external_lease(self.domain, lease, file, offset)
+            .format(self.sector)
+            .map_err(|e| e.to_string())
+    }
+
+    fn clear_lease(&self, lease: Uuid, file: &Path, offset: u64) -> Result<(), String> {
+        external_lease(self.domain, lease, file, offset)
+            .clear(self.sector)
+            .map_err(|e| e.to_string())
+    }
+
+    fn lease_status(
+        &self,
+        lease: Uuid,
+        file: &Path,
+        offset: u64,
+    ) -> Result<(Vec<u64>, Option<u64>), String> {
+        let resource = external_lease(self.domain, lease, file, offset);
+        let owners = resource.owners().map_err(|e| e.to_string())?;
+        // An owner recorded by an earlier generation of its host (it joined again since)
+        // holds nothing: sanlock treats the lease as free, as VDSM's `inspect` does.
+        let lockspace = Lockspace {
+            name: self.domain.to_string(),
+            host_id: 0,
+            disk: Disk {
+                path: PathBuf::new(),
+                offset: 0,
+            },
+        };
+        let owners: Vec<u64> = owners
+            .iter()
+            .filter(|owner| match lockspace.hosts(owner.id) {
+                Ok(hosts) => hosts
+                    .iter()
+                    .all(|h| h.id != owner.id || h.generation == owner.generation),
+                // Its state is not known yet: it may hold the lease.
+                Err(_) => true,
+            })
+            .map(|h| h.id)
+            .collect();
+        if owners.is_empty() {
+            return Ok((owners, None));
+        }
+        let version = resource.version().map_err(|e| e.to_string())?;
+        Ok((owners, Some(version)))
     }
 }
 

@@ -113,6 +113,21 @@ pub enum TaskWork {
         /// The pool.
         pool: Uuid,
     },
+    /// `Lease.create`: nothing to undo (a resource written without its record is a free
+    /// slot).
+    CreateLease {
+        /// The storage domain.
+        domain: Uuid,
+        /// The lease.
+        lease: Uuid,
+    },
+    /// `Lease.delete`: nothing to undo (the record goes first).
+    DeleteLease {
+        /// The storage domain.
+        domain: Uuid,
+        /// The lease.
+        lease: Uuid,
+    },
     /// `Image.delete`.
     DeleteImage {
         /// The storage domain.

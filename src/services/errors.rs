@@ -16,6 +16,8 @@ pub fn storage_code(err: &StorageError) -> i32 {
     match err {
         E::PoolUnknown(_) => codes::STORAGE_POOL_UNKNOWN,
         E::LeaseNotHeld(_) => codes::ACQUIRE_HOST_ID_FAILURE,
+        E::NoSuchLease(_) => codes::NO_SUCH_LEASE,
+        E::LeaseExists(_) | E::LeasesVolume(_) => codes::GENERAL,
         E::DomainDoesNotExist(_) => codes::STORAGE_DOMAIN_DOES_NOT_EXIST,
         E::DomainExists(_) => codes::STORAGE_DOMAIN_ALREADY_EXISTS,
         E::ImageDoesNotExist { .. } => codes::IMAGE_DOES_NOT_EXIST_IN_SD,

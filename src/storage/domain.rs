@@ -15,9 +15,12 @@ use crate::fsutil::write_atomic;
 
 /// The only domain version rvdsm creates (VDSM 4.3+ semantics: `CAP`, 4 KiB alignment).
 pub const DOMAIN_VERSION: u32 = 5;
-/// Files VDSM keeps in `dom_md/` besides `metadata` (sanlock areas and mailboxes; created empty,
-/// as rvdsm does not run sanlock yet).
+/// Files VDSM keeps in `dom_md/` besides `metadata`: sanlock's areas (formatted when the
+/// domain is first shared), the mailboxes (unused), the external leases (its index formatted
+/// here).
 const DOM_MD_FILES: &[&str] = &["ids", "leases", "inbox", "outbox", "xleases"];
+/// The alignment of the domain's lease areas (`ALIGNMENT`).
+pub const LEASE_ALIGNMENT: u64 = 1 << 20;
 
 /// The kinds of file domain (VDSM's `domainType` numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +215,11 @@ impl Domain {
         }
     }
 
+    /// The lease manager of a shared domain; `None` on a host's own.
+    pub fn shared(&self) -> Option<&dyn SharedLeases> {
+        self.shared.as_deref()
+    }
+
     /// The lock that serializes this domain's metadata changes.
     pub fn lock(&self) -> &dyn MetadataLock {
         self.lock.as_ref()
@@ -332,8 +340,9 @@ fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageE
             .open(&path)
             .map_err(StorageError::io("create", &path))?;
     }
+    super::xleases::Xleases::format(&dom_md.join("xleases"), new.uuid, LEASE_ALIGNMENT)?;
     let keys: BTreeMap<String, String> = [
-        ("ALIGNMENT", "1048576".to_owned()),
+        ("ALIGNMENT", LEASE_ALIGNMENT.to_string()),
         ("BLOCK_SIZE", new.block_size.to_string()),
         ("CLASS", "Data".to_owned()),
         ("DESCRIPTION", new.name.replace(['\n', '\r'], " ")),

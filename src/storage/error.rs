@@ -14,6 +14,15 @@ pub enum StorageError {
     /// This host does not hold its lease in the shared domain's lockspace (661).
     #[error("Cannot acquire host id: {0}")]
     LeaseNotHeld(String),
+    /// No such external lease in the domain's leases volume (936).
+    #[error("No such lease: ('{0}',)")]
+    NoSuchLease(Uuid),
+    /// The external lease exists already (100, as VDSM's `LeaseExists`).
+    #[error("Lease {0} exists")]
+    LeaseExists(Uuid),
+    /// The domain's leases volume cannot be used: not formatted, damaged or full (100).
+    #[error("External leases volume: {0}")]
+    LeasesVolume(String),
     /// The pool id is not this host's pool (309).
     #[error("Unknown pool id, pool not connected: ('{0}',)")]
     PoolUnknown(Uuid),

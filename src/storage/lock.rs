@@ -36,6 +36,27 @@ pub trait SharedLeases: Send + Sync {
     /// Formats the lease of a new `volume` in its (empty) `.lease` file. Blocks.
     fn format_volume_lease(&self, volume: uuid::Uuid, file: &std::path::Path)
     -> Result<(), String>;
+    /// Formats the external lease `lease` (free, version 0) at `offset` of `file`. Blocks.
+    fn format_lease(
+        &self,
+        lease: uuid::Uuid,
+        file: &std::path::Path,
+        offset: u64,
+    ) -> Result<(), String>;
+    /// Clears the area of the external lease `lease` at `offset` of `file`. Blocks.
+    fn clear_lease(
+        &self,
+        lease: uuid::Uuid,
+        file: &std::path::Path,
+        offset: u64,
+    ) -> Result<(), String>;
+    /// The external lease's holders (host ids) and, when held, its version. Blocks.
+    fn lease_status(
+        &self,
+        lease: uuid::Uuid,
+        file: &std::path::Path,
+        offset: u64,
+    ) -> Result<(Vec<u64>, Option<u64>), String>;
 }
 
 /// An exclusive `flock` on a file in the domain (opened without following a link), behind the
@@ -142,6 +163,23 @@ mod tests {
             _volume: uuid::Uuid,
             _file: &std::path::Path,
         ) -> Result<(), String> {
+            Err("lease lost".into())
+        }
+
+        fn format_lease(&self, _: uuid::Uuid, _: &std::path::Path, _: u64) -> Result<(), String> {
+            Err("lease lost".into())
+        }
+
+        fn clear_lease(&self, _: uuid::Uuid, _: &std::path::Path, _: u64) -> Result<(), String> {
+            Err("lease lost".into())
+        }
+
+        fn lease_status(
+            &self,
+            _: uuid::Uuid,
+            _: &std::path::Path,
+            _: u64,
+        ) -> Result<(Vec<u64>, Option<u64>), String> {
             Err("lease lost".into())
         }
     }

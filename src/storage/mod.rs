@@ -29,5 +29,6 @@ pub mod meta;
 pub mod qemu_img;
 pub mod snapshot_volume;
 pub mod volume;
+pub mod xleases;
 
 pub use error::StorageError;

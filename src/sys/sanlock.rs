@@ -21,6 +21,8 @@ const PATH_LEN: usize = 1024;
 const RES_LVER: u32 = 0x1;
 const ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
 const ALIGN1M: u32 = 0x10;
+/// `SANLK_WRITE_CLEAR`: the written area reads as no lease.
+const WRITE_CLEAR: u32 = 0x1;
 const SECTOR512: u32 = 0x100;
 const SECTOR4K: u32 = 0x200;
 const ADD_ASYNC: u32 = 0x1;
@@ -480,6 +482,19 @@ impl Resource {
         // outlives the call.
         check(op, unsafe {
             sanlock_write_resource(&mut raw.resource, 0, 0, 0)
+        })
+        .map(drop)
+    }
+
+    /// Clears the lease's area: a later read or acquire finds no lease there
+    /// (`SANLK_WRITE_CLEAR`).
+    pub fn clear(&self, sector: Sector) -> Result<(), SanlockError> {
+        let op = "clear resource";
+        let mut raw = self.raw(op)?;
+        raw.resource.flags = sector.flags();
+        // SAFETY: as in `format`.
+        check(op, unsafe {
+            sanlock_write_resource(&mut raw.resource, 0, 0, WRITE_CLEAR)
         })
         .map(drop)
     }

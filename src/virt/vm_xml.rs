@@ -39,6 +39,30 @@ pub struct EngineVm {
     pub name: String,
     /// The drives on storage volumes.
     pub drives: Vec<EngineDrive>,
+    /// Its `<lease>` devices: external leases its QEMU must hold while it runs.
+    pub leases: Vec<EngineLease>,
+}
+
+/// A `<lease>` of the definition: `<key>` (the lease id; the VM's UUID for oVirt's VM lease)
+/// in `<lockspace>` (the domain holding it). The manager leaves its `<target>` to the host,
+/// as oVirt's engine does (`LEASE-PATH:...`, `LEASE-OFFSET:...` placeholders).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLease {
+    /// `<lockspace>`: the storage domain.
+    pub domain: Uuid,
+    /// `<key>`: the lease.
+    pub lease: Uuid,
+}
+
+/// A lease resolved on this host: where its sanlock resource is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedLease {
+    /// Which lease.
+    pub lease: EngineLease,
+    /// The domain's leases volume.
+    pub path: String,
+    /// The lease's offset there.
+    pub offset: u64,
 }
 
 /// A drive resolved on this host.
@@ -107,7 +131,67 @@ pub fn parse_engine_vm(xml: &str) -> Result<EngineVm, VirtError> {
             volume,
         });
     }
-    Ok(EngineVm { uuid, name, drives })
+    let leases = lease_nodes(&doc)
+        .into_iter()
+        .map(|node| {
+            let id = |tag: &str| {
+                child(node, tag)
+                    .and_then(|n| n.text())
+                    .and_then(|t| Uuid::parse_str(t.trim()).ok())
+                    .ok_or_else(|| invalid(format!("a <lease> needs a UUID in <{tag}>")))
+            };
+            Ok(EngineLease {
+                domain: id("lockspace")?,
+                lease: id("key")?,
+            })
+        })
+        .collect::<Result<_, VirtError>>()?;
+    Ok(EngineVm {
+        uuid,
+        name,
+        drives,
+        leases,
+    })
+}
+
+/// The definition with each placed lease's `<target>` pointing at its sanlock resource.
+pub fn place_leases(xml: &str, placed: &[PlacedLease]) -> Result<String, VirtError> {
+    let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    for node in lease_nodes(&doc) {
+        let text = |tag: &str| child(node, tag).and_then(|n| n.text()).map(str::trim);
+        let Some(lease) = placed.iter().find(|p| {
+            text("key") == Some(p.lease.lease.to_string().as_str())
+                && text("lockspace") == Some(p.lease.domain.to_string().as_str())
+        }) else {
+            continue;
+        };
+        let target = format!(
+            "<target path='{}' offset='{}'/>",
+            escape(&lease.path),
+            lease.offset
+        );
+        match child(node, "target") {
+            Some(old) => edits.push((old.range(), target)),
+            None => {
+                let at = node.range().end - "</lease>".len();
+                edits.push((at..at, target));
+            }
+        }
+    }
+    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+    let mut out = xml.to_owned();
+    for (range, text) in edits {
+        out.replace_range(range, &text);
+    }
+    Ok(out)
+}
+
+/// The `<lease>` devices of the definition.
+fn lease_nodes<'a, 'input>(doc: &'a Document<'input>) -> Vec<Node<'a, 'input>> {
+    child(doc.root_element(), "devices")
+        .map(|d| d.children().filter(|n| n.has_tag_name("lease")).collect())
+        .unwrap_or_default()
 }
 
 /// The definition with each placed drive's disk pointed at its volume and its chain recorded
@@ -435,6 +519,57 @@ mod tests {
   </devices>
 </domain>"#
         )
+    }
+
+    const LEASE_XML: &str = "<lease><key>11111111-2222-3333-4444-555555555555</key>\
+        <lockspace>00000000-0000-0000-0000-0000000000b2</lockspace>\
+        <target offset=\"LEASE-OFFSET:x\" path=\"LEASE-PATH:x\"/></lease>";
+
+    #[test]
+    fn an_engine_lease_is_read_and_its_target_placed() {
+        let xml = engine_xml().replace("</devices>", &format!("{LEASE_XML}</devices>"));
+        let vm = parse_engine_vm(&xml).unwrap();
+        let lease = EngineLease {
+            domain: Uuid::parse_str(SD).unwrap(),
+            lease: vm.uuid,
+        };
+        assert_eq!(vm.leases, vec![lease]);
+        let placed = PlacedLease {
+            lease,
+            path: "/rhev/sd/dom_md/xleases".into(),
+            offset: 3 << 20,
+        };
+        let out = place_leases(&xml, &[placed]).unwrap();
+        assert!(
+            out.contains("<target path='/rhev/sd/dom_md/xleases' offset='3145728'/></lease>"),
+            "{out}"
+        );
+        assert!(!out.contains("LEASE-PATH"), "{out}");
+        // A lease with no target gets one.
+        let bare = xml.replace(
+            "<target offset=\"LEASE-OFFSET:x\" path=\"LEASE-PATH:x\"/>",
+            "",
+        );
+        let out = place_leases(&bare, &[placed_again(lease)]).unwrap();
+        assert!(out.contains("offset='3145728'/></lease>"), "{out}");
+    }
+
+    fn placed_again(lease: EngineLease) -> PlacedLease {
+        PlacedLease {
+            lease,
+            path: "/x".into(),
+            offset: 3 << 20,
+        }
+    }
+
+    #[test]
+    fn a_lease_without_uuids_is_refused() {
+        let xml = engine_xml().replace(
+            "</devices>",
+            "<lease><key>vm</key><lockspace>sd</lockspace></lease></devices>",
+        );
+        let err = parse_engine_vm(&xml).unwrap_err();
+        assert!(err.to_string().contains("<lockspace>"), "{err}");
     }
 
     #[test]

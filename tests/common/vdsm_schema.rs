@@ -312,7 +312,33 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
         | "Image.deleteVolumes"
         | "StoragePool.prepareMerge"
         | "StoragePool.finalizeMerge"
-        | "StoragePool.spmStart" => uuid_string(method, reply),
+        | "StoragePool.spmStart"
+        | "Lease.create"
+        | "Lease.delete" => uuid_string(method, reply),
+        "Lease.info" => fields(
+            method,
+            reply,
+            &[
+                ("sd_id", Ty::Str),
+                ("lease_id", Ty::Str),
+                ("path", Ty::Str),
+                ("offset", Ty::UInt),
+            ],
+        ),
+        // VDSM: `owners` a list of host ids (its schema says uint), `version` null while free.
+        "Lease.status" => {
+            let owners = &reply["owners"];
+            check_type("Lease.status owners", owners, Ty::Array)?;
+            owners
+                .as_array()
+                .into_iter()
+                .flatten()
+                .try_for_each(|id| check_type("Lease.status owner", id, Ty::UInt))?;
+            match &reply["version"] {
+                Value::Null => Ok(()),
+                version => check_type("Lease.status version", version, Ty::UInt),
+            }
+        }
         "Image.reconcileVolumeChain" => each(method, reply, uuid_string),
         "Volume.getSize" => fields(
             method,

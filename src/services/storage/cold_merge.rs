@@ -468,37 +468,6 @@ impl StorageService {
         })
         .await
     }
-
-    /// Runs `work` as a task of `verb` (registered with `first` as its work), ending it with
-    /// the work's outcome; returns the task id at once.
-    async fn run_task<F, Fut>(
-        &self,
-        verb: &'static str,
-        s: SubchainInfo,
-        first: TaskWork,
-        work: F,
-    ) -> Result<Uuid, ApiError>
-    where
-        F: FnOnce(StorageService, SubchainInfo, Uuid) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<(), ApiError>> + Send,
-    {
-        let task = Uuid::new_v4();
-        on_tasks(&self.inner.tasks, move |t| t.start(task, verb, first)).await?;
-        tracing::info!(%task, verb, image = %s.img_id, "cold merge task started");
-        let service = self.clone();
-        tokio::spawn(async move {
-            let outcome = work(service.clone(), s, task)
-                .await
-                .map_err(|e| (e.code(), e.to_string(), true));
-            if let Err(err) = &outcome {
-                tracing::warn!(%task, verb, error = %err.1, "cold merge task failed");
-            }
-            if let Err(err) = on_tasks(&service.inner.tasks, move |t| t.end(task, outcome)).await {
-                tracing::error!(%task, error = %err, "cannot record the task's end");
-            }
-        });
-        Ok(task)
-    }
 }
 
 /// The volumes from `volume` down to the base, by their recorded parents.

@@ -16,11 +16,13 @@
 //! - [`pool`]: hosts sharing the pool's domains: `StoragePool.connect`, `disconnect`,
 //!   `spmStart`, `spmStop`, `getSpmStatus`, `Host.getStorageRepoStats`, and the SPM check of
 //!   the pool's metadata verbs;
+//! - [`leases`]: `Lease.*`, the external (VM) leases;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
 
 mod cold_merge;
 pub use cold_merge::{CopyReading, MergeMark};
 mod domains;
+mod leases;
 mod merge_support;
 mod pool;
 mod snapshot_support;
@@ -223,6 +225,38 @@ impl StorageService {
         self.finish_interrupted().await;
     }
 
+    /// Runs `work` as a task of `verb` (registered with `first` as its work), ending it with
+    /// the work's outcome; returns the task id at once.
+    pub(super) async fn run_task<S, F, Fut>(
+        &self,
+        verb: &'static str,
+        s: S,
+        first: TaskWork,
+        work: F,
+    ) -> Result<Uuid, ApiError>
+    where
+        S: Send + 'static,
+        F: FnOnce(StorageService, S, Uuid) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), ApiError>> + Send,
+    {
+        let task = Uuid::new_v4();
+        on_tasks(&self.inner.tasks, move |t| t.start(task, verb, first)).await?;
+        tracing::info!(%task, verb, "task started");
+        let service = self.clone();
+        tokio::spawn(async move {
+            let outcome = work(service.clone(), s, task)
+                .await
+                .map_err(|e| (e.code(), e.to_string(), true));
+            if let Err(err) = &outcome {
+                tracing::warn!(%task, verb, error = %err.1, "task failed");
+            }
+            if let Err(err) = on_tasks(&service.inner.tasks, move |t| t.end(task, outcome)).await {
+                tracing::error!(%task, error = %err, "cannot record the task's end");
+            }
+        });
+        Ok(task)
+    }
+
     /// When this host stops being the SPM: its task records stay on this host only.
     pub(crate) fn stop_sharing_tasks(&self) {
         if let Err(err) = self.inner.tasks.share_to(None) {
@@ -239,7 +273,9 @@ impl StorageService {
     /// is finished (its volumes were already ILLEGAL), one that had not is dropped untouched.
     fn recover(&self, record: &TaskRecord) {
         let domain = match &record.work {
-            TaskWork::SpmStart { .. } => Ok(None),
+            TaskWork::SpmStart { .. }
+            | TaskWork::CreateLease { .. }
+            | TaskWork::DeleteLease { .. } => Ok(None),
             TaskWork::CreateVolume { domain, .. }
             | TaskWork::DeleteVolume { domain, .. }
             | TaskWork::DeleteVolumes { domain, .. }
@@ -290,7 +326,9 @@ impl StorageService {
                 | TaskWork::DeleteImage { .. }
                 | TaskWork::PrepareMerge { .. }
                 | TaskWork::FinalizeMerge { .. }
-                | TaskWork::SpmStart { .. } => Ok(()),
+                | TaskWork::SpmStart { .. }
+                | TaskWork::CreateLease { .. }
+                | TaskWork::DeleteLease { .. } => Ok(()),
             }
             .map_err(|e| e.to_string())
         });

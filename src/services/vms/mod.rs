@@ -1,5 +1,6 @@
 //! The VM lifecycle verbs: `VM.create` (an engine's domain XML on rvdsm's volumes: each drive
-//! prepared, its chain recorded in the definition, the VM defined and started, every step
+//! prepared, its chain recorded in the definition, each `<lease>` placed on its sanlock
+//! resource and checked held once the VM runs, the VM defined and started, every step
 //! undone when one fails), `VM.destroy` (SIGTERM, then SIGKILL, then the definition and the
 //! images released), `VM.pause`, `VM.cont`, `VM.shutdown`. Create and destroy are journaled
 //! ([`journal`]) and finished by [`VmService::recover`] after a crash. VMs keep running when
@@ -18,10 +19,11 @@ use crate::api::codes;
 use crate::api::lifecycle_types::{
     CreateVmParams, DestroyVmParams, EmptyVmList, ShutdownVmParams, VmShortStatus,
 };
+use crate::api::pool_types::{LeaseId, LeaseParams};
 use crate::api::types::VmStatus;
 use crate::services::StorageService;
 use crate::services::monitor::Monitor;
-use crate::virt::vm_xml::{self, PlacedDrive};
+use crate::virt::vm_xml::{self, PlacedDrive, PlacedLease};
 use crate::virt::{Hypervisor, VirtError};
 use journal::{DriveImage, Entry, Journal, Operation};
 
@@ -166,6 +168,9 @@ impl VmService {
                 .await?;
         }
         let mut xml = vm_xml::place_drives(&p.vm_params.xml, &placed).map_err(cannot_create)?;
+        if !engine.leases.is_empty() {
+            xml = self.place_leases(&engine, &xml).await?;
+        }
         if reverted {
             // The guest resumes from an earlier instant: software that keys on the VM's
             // generation (directory replicas, unique-id generators) must know.
@@ -199,6 +204,11 @@ impl VmService {
             self.undo_create(&entry).await;
             return Err(cannot_create(err));
         }
+        if let Err(err) = self.check_leases_held(&engine).await {
+            tracing::error!(vm = %engine.uuid, error = %err, "VM started without its lease; undoing");
+            self.undo_create(&entry).await;
+            return Err(err);
+        }
         self.journal_remove(engine.uuid).await;
         if reverted {
             for drive in &engine.drives {
@@ -215,6 +225,61 @@ impl VmService {
         self.inner.monitor.refresh(engine.uuid).await;
         tracing::info!(vm = %engine.uuid, name = %engine.name, drives = placed.len(), "VM created");
         Ok(self.short_status(engine.uuid))
+    }
+
+    /// The definition with each `<lease>` pointed at its sanlock resource (`Lease.info`), as
+    /// VDSM fills the engine's placeholders. Only a host sharing its domains through sanlock
+    /// can hold a lease.
+    async fn place_leases(&self, engine: &vm_xml::EngineVm, xml: &str) -> Result<String, ApiError> {
+        if self.inner.storage.host_id().is_none() {
+            return Err(cannot_create(
+                "the VM has a <lease>, and this host runs alone: VM leases need sanlock \
+                 ([cluster] host_id and StoragePool.connect)",
+            ));
+        }
+        let mut placed = Vec::with_capacity(engine.leases.len());
+        for lease in &engine.leases {
+            let id = LeaseId {
+                sd_id: lease.domain,
+                lease_id: lease.lease,
+            };
+            let info = self.inner.storage.external_lease(id).await?;
+            placed.push(PlacedLease {
+                lease: *lease,
+                path: info.path,
+                offset: info.offset,
+            });
+        }
+        vm_xml::place_leases(xml, &placed).map_err(cannot_create)
+    }
+
+    /// After the start: each of the VM's leases is held by this host. libvirt acquires them
+    /// only when its lock manager is sanlock; with another one it starts the VM without
+    /// them, which would let a second host run the same VM.
+    async fn check_leases_held(&self, engine: &vm_xml::EngineVm) -> Result<(), ApiError> {
+        let Some(host) = self.inner.storage.host_id() else {
+            return Ok(());
+        };
+        for lease in &engine.leases {
+            let id = LeaseId {
+                sd_id: lease.domain,
+                lease_id: lease.lease,
+            };
+            let status = self
+                .inner
+                .storage
+                .lease_status(LeaseParams { lease: id })
+                .await?;
+            if !status.owners.contains(&host) {
+                return Err(cannot_create(format!(
+                    "the VM started without holding its lease {} (holders: {:?}): libvirtd's \
+                     lock manager must be sanlock (lock_manager = \"sanlock\" in qemu.conf, \
+                     auto_disk_leases = 0 in qemu-sanlock.conf); the VM was stopped",
+                    lease.lease, status.owners
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Undoes a create: the definition goes, the images are released. Idempotent.
