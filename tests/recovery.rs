@@ -242,3 +242,45 @@ fn a_vm_destroyed_while_rvdsmd_was_down_is_recovered_by_what_its_volume_holds() 
     let problems = common::chain::chain_problems(&f, &p.image, &p.base);
     assert!(problems.is_empty(), "{problems:?}");
 }
+
+#[test]
+fn on_a_shared_domain_an_interrupted_snapshot_waits_for_the_host_s_lease_then_rolls_back() {
+    use common::chain::{assert_intact, new_top, snapshot_params, wait_job};
+    let Some(conn) = libvirt() else { return };
+    let mut host = common::cluster::SharedHost::start();
+    let (image, base, guest) = host.f.guest_on_volume(&conn, GuestOptions::default());
+    let top = new_top(&host.f, &image, &base);
+    let point = "snapshot:before-freeze";
+    let marker = host.f.daemon.restart_paused_at(point);
+    // The engine connects a restarted host again.
+    host.connect();
+    let job = new_id();
+    let params = snapshot_params(&host.f, &guest.uuid, &image, &base, &top, &job);
+    assert_eq!(host.f.daemon.ok("VM.snapshot", params), json!(true));
+    assert!(
+        wait_until(Duration::from_secs(60), || marker.exists()),
+        "{point} never reached; log:\n{}",
+        host.f.daemon.log()
+    );
+    host.f.daemon.restart_in_place(&[]);
+
+    // Not connected yet: the domain's metadata cannot be changed, so the job waits, shown
+    // running, its new volume still there.
+    std::thread::sleep(Duration::from_secs(3));
+    let jobs = host
+        .f
+        .daemon
+        .ok("Host.getJobs", json!({"job_ids": [job.clone()]}));
+    assert_eq!(jobs[&job]["status"], "running", "{jobs}");
+    assert!(host.f.image_dir(&image).join(&top).exists());
+
+    host.connect();
+    let info = wait_job(&host.f, &job, Duration::from_secs(60));
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_eq!(info["error"]["code"], 48, "{info}");
+    assert!(
+        !host.f.image_dir(&image).join(&top).exists(),
+        "the new volume leaked: {info}"
+    );
+    assert_intact(&host.f, &image, &guest, &base, point);
+}

@@ -11,52 +11,28 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::daemon::{Daemon, test_config};
-use common::domain::{Fixture, assert_success, new_id};
+use common::cluster::SharedHost;
+use common::domain::{assert_success, new_id};
 use common::engine::{Undefine, engine_xml, vm_name, wait_status};
-use common::sanlock::Sanlock;
 use common::{libvirt, libvirtd, wait_until};
 use serde_json::{Value, json};
 
 /// The tests of this binary reconfigure libvirtd: one at a time.
 static ALONE: Mutex<()> = Mutex::new(());
 
-/// One host sharing its domain through sanlock: its sanlock daemon, its rvdsmd (host id 1,
-/// io_timeout 3 s) connected to the pool and SPM, and a domain.
-struct Host {
-    f: Fixture,
-    sanlock: Sanlock,
+/// One host sharing its domain through sanlock, with the lease verbs.
+struct Host(SharedHost);
+
+impl std::ops::Deref for Host {
+    type Target = SharedHost;
+    fn deref(&self) -> &SharedHost {
+        &self.0
+    }
 }
 
 impl Host {
     fn start() -> Host {
-        let sanlock = Sanlock::start();
-        let dir = tempfile::Builder::new()
-            .prefix("rvdsmd-test")
-            .tempdir()
-            .unwrap();
-        let config = test_config(dir.path(), "[cluster]\nhost_id = 1\nio_timeout_secs = 3\n");
-        std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
-        let mut daemon = Daemon::spawn(dir, &[sanlock.env()]);
-        daemon.wait_ready();
-        let f = Fixture::on(daemon);
-        let connected = f.daemon.ok(
-            "StoragePool.connect",
-            json!({"storagepoolID": f.pool, "hostID": 1, "scsiKey": f.pool,
-                   "masterSdUUID": f.domain, "masterVersion": 1}),
-        );
-        assert_eq!(connected, json!(true));
-        let joined = wait_until(Duration::from_secs(60), || {
-            f.daemon.ok("Host.getStorageRepoStats", json!({}))[&f.domain]["acquired"] == json!(true)
-        });
-        assert!(joined, "never joined; log:\n{}", f.daemon.log());
-        let task = f.daemon.ok(
-            "StoragePool.spmStart",
-            json!({"storagepoolID": f.pool, "prevID": -1, "prevLver": "-1",
-                   "enableScsiFencing": "false"}),
-        );
-        assert_success(&f.daemon.wait_task(task.as_str().unwrap()));
-        Host { f, sanlock }
+        Host(SharedHost::start())
     }
 
     fn lease(&self, vm: &str) -> Value {

@@ -76,6 +76,20 @@ struct State {
     domains: HashMap<Uuid, DomainLease>,
     spm: Spm,
     registration: Option<Arc<Registration>>,
+    /// Lockspaces whose last inquiry has not returned (its thread blocked in a hung daemon).
+    inquiring: std::collections::HashSet<Uuid>,
+}
+
+/// An inquiry of a lockspace in flight: over when dropped (returned, panicked or never run).
+struct Inquiry {
+    cluster: Cluster,
+    domain: Uuid,
+}
+
+impl Drop for Inquiry {
+    fn drop(&mut self) {
+        self.cluster.state().inquiring.remove(&self.domain);
+    }
 }
 
 /// The lease areas of a domain.
@@ -368,9 +382,24 @@ impl Cluster {
         let limit = Duration::from_secs(u64::from(self.inner.settings.io_timeout));
         for (uuid, lockspace) in watched {
             let asked = Instant::now();
-            let answer = self
-                .call("inquire lockspace", limit, move || lockspace.joined())
-                .await;
+            let answer = if self.state().inquiring.insert(uuid) {
+                let inquiry = Inquiry {
+                    cluster: self.clone(),
+                    domain: uuid,
+                };
+                self.call("inquire lockspace", limit, move || {
+                    let _inquiry = inquiry;
+                    lockspace.joined()
+                })
+                .await
+            } else {
+                // The last inquiry still blocks its thread in the daemon: no second thread
+                // is sent after it, and the lease counts as unconfirmed.
+                Err(ClusterError::Timeout {
+                    op: "inquire lockspace",
+                    limit,
+                })
+            };
             let delay = asked.elapsed();
             let lost = {
                 let mut state = self.state();

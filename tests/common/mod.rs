@@ -12,6 +12,7 @@
 #![allow(dead_code, unused_imports)] // Each test binary uses a different part of the harness.
 
 pub mod chain;
+pub mod cluster;
 pub mod daemon;
 pub mod domain;
 pub mod engine;

@@ -183,7 +183,7 @@ impl SdmService {
     /// `StoragePool.finalizeMerge`: refused unless an `SDM.merge` of this subchain succeeded
     /// here, or on a shared domain on any host; then the storage's finalize task.
     pub async fn finalize_merge(&self, p: PoolSubchainParams) -> Result<Uuid, ApiError> {
-        self.inner.storage.require_spm()?;
+        let _spm = self.inner.storage.require_spm().await?;
         let s = p.subchain;
         let journal = self.inner.journal.clone();
         let shared = self.inner.storage.shared_records(s.sd_id, SHARED_MERGES);

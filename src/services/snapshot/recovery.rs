@@ -31,6 +31,13 @@ impl SnapshotService {
                     if entry.phase == Phase::Freezing {
                         self.thaw_if_frozen(entry.vm).await;
                     }
+                    if !self.storage.may_change(domains_of(&entry)) {
+                        // On a shared domain, before StoragePool.connect has joined its
+                        // lockspace: a rollback now could not delete the new volumes.
+                        tracing::warn!(job = %entry.job, vm = %entry.vm, "interrupted snapshot waits for this host's lease in its domains' lockspaces");
+                        self.resume_later(entry);
+                        continue;
+                    }
                     match self.settled_live(entry.vm).await {
                         Live::Unreadable(why) => {
                             tracing::warn!(job = %entry.job, vm = %entry.vm, %why, "interrupted snapshot not settled yet: the job is ended once it is");
@@ -49,8 +56,8 @@ impl SnapshotService {
         }
     }
 
-    /// Shows an interrupted job as running, and ends it once libvirt answers again and runs
-    /// no snapshot on the VM.
+    /// Shows an interrupted job as running, and ends it once this host may change its domains'
+    /// metadata and libvirt answers again and runs no snapshot on the VM.
     fn resume_later(&self, entry: Entry) {
         let claim = self.jobs.claim_vm(entry.vm).ok();
         if self.jobs.add(entry.job, entry.vm, "snapshot_vm").is_err() {
@@ -60,6 +67,7 @@ impl SnapshotService {
         tokio::spawn(async move {
             let _claim = claim;
             let _slot = service.jobs.run_slot(entry.job).await;
+            service.storage.wait_may_change(domains_of(&entry)).await;
             let live = service.wait_live(entry.vm).await;
             let outcome = service.end_interrupted(&entry, &live).await;
             service.finish_job(&entry, outcome).await;
@@ -119,4 +127,12 @@ impl SnapshotService {
             Err(_) => self.freezes.guard(vm).await,
         }
     }
+}
+
+/// The domains of an interrupted job's volumes.
+fn domains_of(entry: &Entry) -> Vec<Uuid> {
+    let mut domains: Vec<Uuid> = entry.drives.iter().map(|d| d.domain).collect();
+    domains.sort_unstable();
+    domains.dedup();
+    domains
 }

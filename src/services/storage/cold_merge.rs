@@ -142,7 +142,7 @@ impl StorageService {
     /// `StoragePool.prepareMerge`: checks, then grows the base's capacity to the top's.
     pub async fn prepare_merge(&self, p: PoolSubchainParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let s = p.subchain;
         self.check_subchain(&s).await?;
         let work = TaskWork::PrepareMerge {
@@ -226,7 +226,7 @@ impl StorageService {
         base_generation: u32,
     ) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         // An engine sends the subchain it gave SDM.merge, with the base's generation from
         // before the merge bumped it (VDSM's finalize does not check it): the base must be
         // as the merge left it instead.
@@ -428,7 +428,7 @@ impl StorageService {
     /// the image.
     pub async fn reconcile_chain(&self, p: ReconcileParams) -> Result<Vec<Uuid>, ApiError> {
         self.check_pool(p.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let domain = self.image_domain(p.pool, p.domain, p.image).await?;
         let _image = self.lock_image(p.domain, p.image).await;
         let volumes = {

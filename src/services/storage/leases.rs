@@ -67,7 +67,7 @@ impl StorageService {
             ));
         }
         self.check_connected()?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let lease = p.lease;
         require_shared(&*self.domain(lease.sd_id)?)?;
         let work = TaskWork::CreateLease {
@@ -86,7 +86,7 @@ impl StorageService {
     /// `Lease.delete`.
     pub async fn delete_lease(&self, p: LeaseParams) -> Result<Uuid, ApiError> {
         self.check_connected()?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let lease = p.lease;
         require_shared(&*self.domain(lease.sd_id)?)?;
         let work = TaskWork::DeleteLease {

@@ -79,6 +79,8 @@ struct Inner {
     cluster: Option<Cluster>,
     /// The pool's master domain, as the last `StoragePool.connect` named it.
     master: std::sync::Mutex<Option<Uuid>>,
+    /// Read by each verb between its SPM check and its task's start; written by `spmStop`.
+    spm_work: Arc<tokio::sync::RwLock<()>>,
     /// Interrupted tasks of a host sharing its domains, recovered once it is the SPM.
     deferred: std::sync::Mutex<Vec<TaskRecord>>,
 }
@@ -132,6 +134,7 @@ impl StorageService {
                 to_finish: std::sync::Mutex::default(),
                 cluster: settings.cluster.clone(),
                 master: std::sync::Mutex::default(),
+                spm_work: Arc::default(),
                 deferred: std::sync::Mutex::default(),
             }),
         };

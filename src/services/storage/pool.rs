@@ -23,6 +23,14 @@ use crate::jobs::tasks::TaskWork;
 use crate::storage::StorageError;
 use crate::storage::domain::Domain;
 
+/// How long `spmStop` waits for verbs that passed their SPM check to start their tasks.
+const SPM_STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// A verb of the pool's metadata between its SPM check and its task's start (see
+/// [`StorageService::require_spm`]).
+#[must_use = "the SPM check holds only while the guard lives"]
+pub(crate) struct SpmWork(#[allow(dead_code)] tokio::sync::OwnedRwLockReadGuard<()>);
+
 /// Bound of the read that checks a domain for `Host.getStorageRepoStats`.
 const DOMAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -36,11 +44,33 @@ impl StorageService {
     }
 
     /// Whether the pool's metadata verbs may run here: always on a host that runs alone;
-    /// on a shared pool only on the SPM whose lease is held.
-    pub(crate) fn require_spm(&self) -> Result<(), ApiError> {
-        match &self.inner.cluster {
-            None => Ok(()),
-            Some(cluster) => cluster.require_spm().map_err(Into::into),
+    /// on a shared pool only on the SPM whose lease is held. The guard is kept until the
+    /// verb's task is registered (or its change made): `spmStop` waits for it, so no task
+    /// starts between its check of the running tasks and the lease's release.
+    pub(crate) async fn require_spm(&self) -> Result<SpmWork, ApiError> {
+        let guard = Arc::clone(&self.inner.spm_work).read_owned().await;
+        if let Some(cluster) = &self.inner.cluster {
+            cluster.require_spm()?;
+        }
+        Ok(SpmWork(guard))
+    }
+
+    /// Exclusive of every verb between its SPM check and its task's start; waits (bounded)
+    /// without blocking new readers behind it, so that a verb that checks twice never
+    /// waits on itself.
+    async fn spm_work_exclusive(&self) -> Result<tokio::sync::OwnedRwLockWriteGuard<()>, ApiError> {
+        let started = Instant::now();
+        loop {
+            if let Ok(guard) = Arc::clone(&self.inner.spm_work).try_write_owned() {
+                return Ok(guard);
+            }
+            if started.elapsed() > SPM_STOP_WAIT {
+                return Err(ClusterError::SpmBusy(
+                    "requests of the pool's verbs are starting their tasks".into(),
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -73,6 +103,33 @@ impl StorageService {
             }
         };
         Ok(domains.iter().map(|d| areas_of(d)).collect())
+    }
+
+    /// Whether this host may change the metadata of each of `domains` now: always on its own
+    /// domains; on shared ones while it holds its lease in their lockspaces (after
+    /// `StoragePool.connect` and the join). A domain it does not know counts as writable:
+    /// the change itself says why not.
+    pub(crate) fn may_change(&self, domains: impl IntoIterator<Item = Uuid>) -> bool {
+        domains.into_iter().all(|id| {
+            self.domain(id)
+                .map(|d| d.shared().is_none_or(|leases| leases.check().is_ok()))
+                .unwrap_or(true)
+        })
+    }
+
+    /// Waits until [`Self::may_change`] holds for `domains`, logging now and then.
+    pub(crate) async fn wait_may_change(&self, domains: Vec<Uuid>) {
+        let mut attempt = 0u64;
+        while !self.may_change(domains.iter().copied()) {
+            attempt += 1;
+            if attempt.is_power_of_two() {
+                tracing::warn!(
+                    ?domains,
+                    "waiting until this host holds its lease in the domains' lockspaces (StoragePool.connect)"
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// When the daemon stops: the SPM role given up and the lockspaces left, so that other
@@ -199,6 +256,7 @@ impl StorageService {
     pub async fn spm_stop(&self, p: PoolIdParams) -> Result<(), ApiError> {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?;
+        let _exclusive = self.spm_work_exclusive().await?;
         let busy: Vec<String> = self
             .inner
             .tasks

@@ -83,7 +83,7 @@ impl StorageService {
     /// `Volume.create`: checks everything, then starts the task and returns its id.
     pub async fn create_volume(&self, p: CreateVolumeParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let domain = self.domain(p.domain)?;
         let request = validate::create_request(&p)?;
         {
@@ -205,7 +205,7 @@ impl StorageService {
     pub async fn delete_volume(&self, p: DeleteVolumeParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
         self.check_pool(ids.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let domain = self.image_domain(ids.pool, ids.domain, ids.image).await?;
         let (image, volume) = (ids.image, ids.volume);
         self.check_volume_delete(&domain, image, volume).await?;
@@ -251,7 +251,7 @@ impl StorageService {
     pub async fn delete_image(&self, p: DeleteImageParams) -> Result<Uuid, ApiError> {
         let ids = p.ids();
         self.check_pool(ids.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         let domain = self.image_domain(ids.pool, ids.domain, ids.image).await?;
         let image = ids.image;
         self.check_image_delete(&domain, image).await?;
@@ -280,7 +280,7 @@ impl StorageService {
     /// volume of a failed snapshot, which rvdsm already deleted).
     pub async fn delete_volumes(&self, p: DeleteVolumesParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
-        self.require_spm()?;
+        let _spm = self.require_spm().await?;
         if p.volumes.is_empty() {
             return Err(StorageError::InvalidParameter("volumeList is empty".into()).into());
         }
