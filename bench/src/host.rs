@@ -47,6 +47,11 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // RVDSM_BENCH_LOG=path keeps rvdsmd's log (run with RUST_LOG=rvdsm=debug for the
+        // duration of each libvirt call).
+        if let Ok(keep) = std::env::var("RVDSM_BENCH_LOG") {
+            let _ = std::fs::copy(self.dir.path().join("rvdsmd.log"), keep);
+        }
     }
 }
 

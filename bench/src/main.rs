@@ -52,6 +52,12 @@ struct Args {
     /// Paused VMs for the monitoring measurement.
     #[arg(long, default_value_t = 100)]
     monitor_vms: usize,
+    /// Chain depths at which snapshot latency is measured (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 25, 50, 100])]
+    depths: Vec<usize>,
+    /// Only the snapshot latency at chain depths (a quick look while working on it).
+    #[arg(long)]
+    only_depths: bool,
     /// Where results.json and REPORT.md go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
@@ -67,6 +73,7 @@ async fn main() -> Result<()> {
         args.max_guests = 2;
         args.monitor_vms = 4;
         args.life_mib = 16;
+        args.depths = vec![1, 3];
     }
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -92,6 +99,46 @@ async fn main() -> Result<()> {
         host.startup, idle_rss
     );
     let jobs = snap::JobWatcher::start(&host).await?;
+
+    let depth_reps = args.reps.clamp(1, 5);
+    eprintln!("snapshot latency by chain depth ({depth_reps} runs at each)");
+    let depths = {
+        let mut ours = host.boot_guest(&conn, 100).await?;
+        let mut floor = host.boot_guest(&conn, 101).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        snap::at_depths(
+            &host,
+            &jobs,
+            &mut ours,
+            &mut floor,
+            &args.depths,
+            depth_reps,
+        )
+        .await?
+    };
+    let depths: Vec<_> = depths
+        .iter()
+        .map(|row| {
+            (
+                row.depth,
+                Summary::of(&row.ours),
+                Summary::of(&row.floor),
+                Summary::of(&row.flow),
+            )
+        })
+        .collect();
+    if args.only_depths {
+        for (depth, ours, floor, flow) in &depths {
+            println!(
+                "depth {depth}: rvdsm {} ms (flow {}), floor {} ms, ratio {:.2}",
+                ours.show(),
+                flow.show(),
+                floor.show(),
+                ours.median / floor.median
+            );
+        }
+        return Ok(());
+    }
 
     eprintln!("booting the two latency guests");
     let mut guests = vec![
@@ -306,6 +353,7 @@ async fn main() -> Result<()> {
     let bench = report::Bench {
         latency,
         flow,
+        depths,
         stall,
         rpc: rpc_rows,
         stomp_load: stomp_load_rows,

@@ -307,3 +307,60 @@ pub async fn ping_during(host: &Host, stop: Arc<Notify>) -> Result<Vec<f64>> {
 fn millis(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
+
+/// Snapshot latency at one chain depth: rvdsm's and the floor's, and the job's own
+/// quiesce-switch-thaw time (milliseconds).
+pub struct DepthRow {
+    /// Volumes in the chain before the snapshot (the first of the measured ones).
+    pub depth: usize,
+    pub ours: Vec<f64>,
+    pub floor: Vec<f64>,
+    pub flow: Vec<f64>,
+}
+
+/// Snapshot latency as chains grow: for each of `depths`, both guests' chains are first grown
+/// to it (rvdsm's guest through rvdsm's snapshots, the floor's through the direct call), then
+/// `reps` snapshots of each alternate (so the chain holds `depth` to `depth + reps - 1`
+/// volumes while measured). Both guests start on a chain of one volume.
+pub async fn at_depths(
+    host: &Host,
+    jobs: &JobWatcher,
+    ours: &mut Guest,
+    floor: &mut Guest,
+    depths: &[usize],
+    reps: usize,
+) -> Result<Vec<DepthRow>> {
+    let mut chain = 1;
+    let mut overlay = 20_000;
+    let mut rows = Vec::new();
+    for &depth in depths {
+        while chain < depth {
+            rvdsm_snapshot(host, jobs, ours).await?;
+            floor_snapshot(host, floor, overlay).await?;
+            overlay += 1;
+            chain += 1;
+        }
+        let mut row = DepthRow {
+            depth,
+            ours: Vec::new(),
+            floor: Vec::new(),
+            flow: Vec::new(),
+        };
+        for _ in 0..reps {
+            let (took, timings) = rvdsm_snapshot(host, jobs, ours).await?;
+            row.ours.push(took);
+            row.flow
+                .push(timings["total_ms"].as_f64().unwrap_or(f64::NAN));
+            row.floor.push(floor_snapshot(host, floor, overlay).await?);
+            overlay += 1;
+            chain += 1;
+        }
+        eprintln!(
+            "  depth {depth}: rvdsm {:?} ms, floor {:?} ms",
+            row.ours.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            row.floor.iter().map(|v| v.round()).collect::<Vec<_>>()
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}

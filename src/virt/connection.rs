@@ -29,7 +29,18 @@ struct Inner {
     /// still running them on a blocking thread. Waited for by [`Hypervisor::settled`] before
     /// anyone reads the VM to decide what happened.
     in_flight: Mutex<HashMap<Uuid, Vec<tokio::task::JoinHandle<()>>>>,
+    /// Idle connections for [`Hypervisor::call_once_on`]: one is taken per call and given
+    /// back when the call returned in time, so that a call does not pay a connection's
+    /// opening (a few ms), and a hung call keeps its own.
+    spare: Mutex<Vec<Connect>>,
+    /// The agent timeout last set on each VM, with the domain id it was set on (a restarted
+    /// VM has a new id and libvirt's default again); libvirt keeps it in the domain's status,
+    /// across libvirtd restarts.
+    agent_timeouts: Mutex<HashMap<Uuid, (u32, i32)>>,
 }
+
+/// Most idle connections kept for [`Hypervisor::call_once_on`].
+const MAX_SPARE_CONNECTIONS: usize = 8;
 
 /// The open connection, if any, and a generation number that tells a dead connection from the
 /// fresh one another thread may already have opened in its place.
@@ -59,6 +70,8 @@ impl Hypervisor {
                 call_timeout,
                 conn: Mutex::new(Cached::default()),
                 in_flight: Mutex::default(),
+                spare: Mutex::default(),
+                agent_timeouts: Mutex::default(),
             }),
         }
     }
@@ -117,16 +130,40 @@ impl Hypervisor {
         F: FnOnce(&Connect) -> Result<T, VirtError> + Send + 'static,
     {
         let uri = self.inner.uri.clone();
+        let spare = self
+            .inner
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let inner = Arc::clone(&self.inner);
         let mut task = tokio::task::spawn_blocking(move || {
-            let conn = Connect::open(Some(&uri)).map_err(|e| VirtError::Connect {
-                uri: uri.clone(),
-                message: e.message().to_owned(),
-            })?;
-            f(&conn)
+            // A spare is checked with one round trip (libvirtd may have restarted since).
+            let conn = match spare.filter(|conn| conn.lib_version().is_ok()) {
+                Some(conn) => conn,
+                None => Connect::open(Some(&uri)).map_err(|e| VirtError::Connect {
+                    uri: uri.clone(),
+                    message: e.message().to_owned(),
+                })?,
+            };
+            let result = f(&conn);
+            // Back to the spares only from here: a call past its timeout never returns its
+            // connection to the pool before it ends.
+            if is_alive(&conn) {
+                let mut spare = inner.spare.lock().unwrap_or_else(|e| e.into_inner());
+                if spare.len() < MAX_SPARE_CONNECTIONS {
+                    spare.push(conn);
+                }
+            }
+            result
         });
         let timeout = self.inner.call_timeout;
+        let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, &mut task).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                log_call(op, started);
+                result
+            }
             Ok(Err(_)) => Err(VirtError::Panicked { op }),
             Err(_) => {
                 tracing::error!(%vm, op, secs = timeout.as_secs(), "libvirt call still running past its timeout; the VM stays busy until it returns");
@@ -146,6 +183,25 @@ impl Hypervisor {
                 })
             }
         }
+    }
+
+    /// Whether `seconds` is known to be `vm`'s agent timeout on its domain `id` already.
+    pub(super) fn agent_timeout_is(&self, vm: Uuid, id: u32, seconds: i32) -> bool {
+        self.inner
+            .agent_timeouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&vm)
+            == Some(&(id, seconds))
+    }
+
+    /// Records that `vm`'s agent timeout on its domain `id` is `seconds`.
+    pub(super) fn agent_timeout_set(&self, vm: Uuid, id: u32, seconds: i32) {
+        self.inner
+            .agent_timeouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm, (id, seconds));
     }
 
     /// Waits until no call that timed out on `vm` is still running in libvirt: only then does
@@ -169,9 +225,13 @@ impl Hypervisor {
         work: impl FnOnce() -> Result<T, VirtError> + Send + 'static,
     ) -> Result<T, VirtError> {
         let timeout = self.inner.call_timeout;
+        let started = std::time::Instant::now();
         let task = tokio::task::spawn_blocking(work);
         match tokio::time::timeout(timeout, task).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => {
+                log_call(op, started);
+                result
+            }
             Ok(Err(_)) => Err(VirtError::Panicked { op }),
             Err(_) => Err(VirtError::Timeout {
                 op,
@@ -179,6 +239,16 @@ impl Hypervisor {
             }),
         }
     }
+}
+
+/// Each libvirt call's duration, at debug level (`RUST_LOG=rvdsm::virt=debug`): where a
+/// request's time goes.
+fn log_call(op: &'static str, started: std::time::Instant) {
+    tracing::debug!(
+        op,
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        "libvirt call"
+    );
 }
 
 impl Inner {

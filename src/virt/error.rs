@@ -15,6 +15,10 @@ pub(crate) mod code {
     pub const AGENT_UNRESPONSIVE: i32 = 86;
 }
 
+/// What QEMU's guest agent answers to a command it refuses while the guest is frozen
+/// ("Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state").
+const AGENT_FROZEN: &str = "the agent is in frozen state";
+
 /// What kind of failure a [`VirtError`] is: what callers match on, so that no layer above
 /// this one reads libvirt's numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,9 @@ pub enum VirtErrorKind {
     InvalidState,
     /// The guest agent answered with an error or with something that is not QGA.
     AgentFailed,
+    /// The guest agent refused a freeze at once because the guest is frozen already (by
+    /// another tool): it froze nothing.
+    AgentFrozen,
     /// A libvirt call did not return within its deadline.
     Timeout,
     /// Any other failure.
@@ -113,6 +120,10 @@ impl VirtError {
         match self {
             Self::Connect { .. } => VirtErrorKind::Unavailable,
             Self::NoSuchDomain { .. } => VirtErrorKind::NoSuchDomain,
+            // QEMU's guest agent disables every command but status and thaw while frozen.
+            Self::Libvirt { message, .. } if message.contains(AGENT_FROZEN) => {
+                VirtErrorKind::AgentFrozen
+            }
             Self::Libvirt { code, .. } => match *code {
                 code::NO_SUPPORT | code::ARGUMENT_UNSUPPORTED => VirtErrorKind::AgentUnsupported,
                 code::AGENT_UNRESPONSIVE => VirtErrorKind::AgentUnresponsive,

@@ -129,8 +129,22 @@ impl Hypervisor {
     /// Bounds every later agent call on the VM (libvirt's default waits forever).
     pub async fn set_agent_timeout(&self, vm: Uuid, timeout: Duration) -> Result<(), VirtError> {
         let seconds = i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        let hypervisor = self.clone();
         self.call("set agent timeout", move |conn| {
-            ffi::set_agent_timeout(&lookup(conn, vm)?, seconds)
+            let domain = lookup(conn, vm)?;
+            // libvirt saves the domain's status file at each set: skipped when this very
+            // domain has it already.
+            let id = domain.id();
+            if let Some(id) = id
+                && hypervisor.agent_timeout_is(vm, id, seconds)
+            {
+                return Ok(());
+            }
+            ffi::set_agent_timeout(&domain, seconds)?;
+            if let Some(id) = id {
+                hypervisor.agent_timeout_set(vm, id, seconds);
+            }
+            Ok(())
         })
         .await
     }

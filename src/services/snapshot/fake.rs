@@ -28,6 +28,7 @@ pub struct Fake {
     pub snapshot: Option<Result<(), VirtError>>,
     pub timeout_fails: bool,
     pub journal_fails: bool,
+    pub disown_fails: bool,
     pub calls: Mutex<Vec<&'static str>>,
 }
 
@@ -76,6 +77,14 @@ impl VmOps for Fake {
         // Recorded only when it fails: the other tests' call lists stay about the hypervisor.
         if self.journal_fails {
             self.record("journal");
+            Err("disk full".into())
+        } else {
+            Ok(())
+        }
+    }
+    async fn disown_freeze(&self, _: Uuid) -> Result<(), String> {
+        self.record("disown");
+        if self.disown_fails {
             Err("disk full".into())
         } else {
             Ok(())

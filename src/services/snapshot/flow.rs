@@ -39,6 +39,9 @@ pub trait VmOps: Send + Sync {
     /// Records durably, before a freeze, that a guest frozen from now on may be this
     /// operation's to thaw (after a crash too). No freeze is made when this fails.
     fn record_freeze_intent(&self, vm: Uuid) -> impl Future<Output = Result<(), String>> + Send;
+    /// Records durably that this operation owns no freeze after all (the guest was frozen by
+    /// another tool), so that nothing thaws it on this operation's behalf.
+    fn disown_freeze(&self, vm: Uuid) -> impl Future<Output = Result<(), String>> + Send;
     /// Freezes all guest filesystems.
     fn freeze(&self, vm: Uuid) -> impl Future<Output = Result<u32, VirtError>> + Send;
     /// Thaws all guest filesystems.
@@ -236,6 +239,10 @@ async fn quiesce<V: VmOps>(
         tracing::warn!(vm = %plan.vm, error = %err, "cannot bound agent calls; not quiescing");
         return unavailable(Reason::NoAgent);
     }
+    // The status first, though it costs an agent round trip (~3 ms here): a freeze sent to
+    // a hung agent runs when the agent wakes, freezing the guest at a moment nobody chose
+    // (tried: the late freeze was then undone only by the freeze guard), while a status query
+    // that runs late harms nothing.
     match ops.freeze_state(plan.vm, plan.agent_timeout).await {
         Ok(FreezeState::Frozen) => return Ok((false, Some(Reason::AlreadyFrozen))),
         Ok(FreezeState::Thawed) => {}
@@ -252,6 +259,20 @@ async fn quiesce<V: VmOps>(
     timings.freeze_ms = millis(t);
     match frozen {
         Ok(_) => Ok((true, None)),
+        // Frozen by another tool between the status and the freeze: the agent refused at
+        // once and froze nothing, so this operation thaws nothing.
+        Err(err) if err.kind() == VirtErrorKind::AgentFrozen => {
+            if let Err(why) = ops.disown_freeze(plan.vm).await {
+                return Err(Failure::before_switch(
+                    format!(
+                        "the guest was frozen by another tool, and this could not be recorded \
+                         (a restart could then thaw it): {why}"
+                    ),
+                    None,
+                ));
+            }
+            Ok((false, Some(Reason::AlreadyFrozen)))
+        }
         Err(err) => {
             // Ambiguous: the freeze may have taken effect in the guest. Look, and thaw what
             // this operation froze.
@@ -472,6 +493,50 @@ mod tests {
         let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
         assert_eq!(outcome.reason, Some(Reason::AlreadyFrozen));
         assert_eq!(fake.calls(), ["state", "timeout", "status", "snapshot"]);
+    }
+
+    /// Another tool freezes the guest between the status and the freeze: the agent refuses
+    /// the freeze, and that freeze is never thawed (the ambiguous-failure path would see a
+    /// frozen guest and thaw it).
+    #[tokio::test]
+    async fn a_guest_frozen_by_another_tool_meanwhile_is_never_thawed() {
+        let fake = Fake {
+            freeze_states: Mutex::new(vec![Ok(FreezeState::Thawed), Ok(FreezeState::Frozen)]),
+            freeze: Some(Err(agent_frozen())),
+            ..Fake::running()
+        };
+        let outcome = go(&fake, Quiesce::Prefer).await.unwrap();
+        assert_eq!(outcome.reason, Some(Reason::AlreadyFrozen));
+        assert_eq!(
+            fake.calls(),
+            ["state", "timeout", "status", "freeze", "disown", "snapshot"],
+            "the freeze disowned, no thaw"
+        );
+        // If that cannot be recorded, nothing is switched (and nothing thawed).
+        let fake = Fake {
+            freeze: Some(Err(agent_frozen())),
+            disown_fails: true,
+            ..Fake::running()
+        };
+        let failure = go(&fake, Quiesce::Prefer).await.unwrap_err();
+        assert!(!failure.switch_attempted);
+        assert_eq!(
+            fake.calls(),
+            ["state", "timeout", "status", "freeze", "disown"]
+        );
+    }
+
+    /// libvirt's error for a freeze the agent refused because the guest is frozen (seen on
+    /// the fixture's guest).
+    fn agent_frozen() -> VirtError {
+        VirtError::Libvirt {
+            op: "freeze guest filesystems",
+            code: 1,
+            message: "internal error: unable to execute QEMU agent command \
+                      'guest-fsfreeze-freeze': Command guest-fsfreeze-freeze has been \
+                      disabled: the agent is in frozen state"
+                .into(),
+        }
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use crate::api::snapshot_types::{Consistency, SnapshotNote, SnapshotResult, Swit
 use crate::clock::epoch_secs;
 use crate::jobs::journal::{Entry, Phase};
 use crate::jobs::vm_jobs::{JobError, VmClaim};
-use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError};
+use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
 
 /// How often, at most, the journal is pruned while the daemon runs.
 const PRUNE_EVERY_SECS: u64 = 60;
@@ -75,9 +75,10 @@ impl SnapshotService {
         match result {
             Ok(outcome) => {
                 let reason = outcome.reason.map(|r| wire_name(&r));
-                self.note_consistency(&entry, outcome.consistency, reason)
-                    .await;
-                let unconfirmed_disks = self.unconfirmed(plan.vm, &drives).await;
+                let (_, unconfirmed_disks) = tokio::join!(
+                    self.note_consistency(&entry, outcome.consistency, reason),
+                    self.unconfirmed(plan.vm, &drives)
+                );
                 self.record_new_leaves(plan.vm, &drives, &unconfirmed_disks)
                     .await;
                 tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
@@ -200,10 +201,14 @@ impl SnapshotService {
             at: epoch_secs(),
             outcome: outcome.clone(),
         };
-        self.record(entry, phase).await;
-        if let Some(monitor) = &self.monitor {
-            monitor.refresh(entry.vm).await;
-        }
+        // The outcome made durable and the cache refreshed (a manager reading the VM after
+        // the job's event sees its new chain), side by side.
+        let refreshed = async {
+            if let Some(monitor) = &self.monitor {
+                monitor.refresh(entry.vm).await;
+            }
+        };
+        tokio::join!(self.record(entry, phase), refreshed);
         let outcome = outcome
             .map(Into::into)
             .map_err(|(code, message)| JobError { code, message });
@@ -266,13 +271,30 @@ impl VmOps for Journaled<'_> {
         };
         self.service.write_journal(entry).await
     }
+    async fn disown_freeze(&self, vm: Uuid) -> Result<(), String> {
+        self.unsettled.store(false, Ordering::SeqCst);
+        self.service.held_frozen().remove(&vm);
+        let entry = Entry {
+            phase: Phase::Scheduled,
+            ..self.entry.clone()
+        };
+        self.service.write_journal(entry).await
+    }
     async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
         crate::failpoint::pause("snapshot:before-freeze").await;
         // Before the call: a freeze that reports an error may still take effect.
         self.service.held_frozen().insert(vm);
         let frozen = self.service.hypervisor.freeze(vm, Vec::new()).await;
-        if frozen.is_err() {
-            self.unsettled.store(true, Ordering::SeqCst);
+        if let Err(err) = &frozen {
+            // Unless the agent certainly did not run it (none there, or refused at once).
+            let not_run = matches!(
+                err.kind(),
+                VirtErrorKind::AgentUnsupported | VirtErrorKind::AgentFrozen
+            );
+            self.unsettled.store(!not_run, Ordering::SeqCst);
+            if not_run {
+                self.service.held_frozen().remove(&vm);
+            }
         }
         frozen
     }
