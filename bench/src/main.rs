@@ -262,6 +262,7 @@ async fn main() -> Result<()> {
     // Past tokio's 10 s keep-alive of idle blocking threads (libvirt calls ran on up to 64).
     tokio::time::sleep(Duration::from_secs(15)).await;
     let rss_after_load = host.rss_kib();
+    let anon_after_load = host::status_kib(pid, "RssAnon:");
 
     eprintln!("monitoring with {} paused VMs", args.monitor_vms);
     let monitoring = monitoring::measure(&host, &conn, args.monitor_vms, args.rpc_seconds).await?;
@@ -347,6 +348,7 @@ async fn main() -> Result<()> {
         "libvirt_client_floor_kib": {"rss": libvirt_floor.0, "anon": libvirt_floor.1, "file": libvirt_floor.2},
         "rss_rpc_load_max_kib": rss_under_load,
         "rss_after_rpc_load_kib": rss_after_load,
+        "anon_after_rpc_load_kib": anon_after_load,
         "rss_with_vms_kib": rss_with_vms,
         "vms": guests.len(),
     });

@@ -251,6 +251,8 @@ impl Bench {
         md += &self.monitoring_section();
         let fp = &self.footprint;
         let idle = fp["rss_idle_kib"].as_f64().unwrap_or(f64::NAN);
+        let anon_idle = fp["rss_idle_anon_kib"].as_f64().unwrap_or(f64::NAN);
+        let anon_after = fp["anon_after_rpc_load_kib"].as_f64().unwrap_or(f64::NAN);
         md += &format!(
             "\n## Footprint\n\n| measure | value | target |\n|---|---|---|\n\
              | start-up to ready (all verbs served) | {:.0} ms | |\n\
@@ -258,6 +260,7 @@ impl Bench {
              | floor: `virsh` connected to qemu:///system, idle | {:.1} MiB ({:.1} anonymous, {:.1} file-backed code) | |\n\
              | resident memory, peak under RPC load | {:.1} MiB | |\n\
              | resident memory, 15 s after RPC load | {:.1} MiB | back within 2 MiB of idle: {} |\n\
+             | anonymous memory, idle / 15 s after RPC load | {:.1} / {:.1} MiB | ≤ 4 MiB idle: {}; back within 1 MiB of idle: {} |\n\
              | resident memory with {} VMs | {:.1} MiB | |\n",
             fp["startup_ms"].as_f64().unwrap_or(f64::NAN),
             idle / 1024.0,
@@ -279,6 +282,10 @@ impl Bench {
             fp["rss_rpc_load_max_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             fp["rss_after_rpc_load_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             verdict(fp["rss_after_rpc_load_kib"].as_f64().unwrap_or(f64::MAX) <= idle + 2048.0),
+            anon_idle / 1024.0,
+            anon_after / 1024.0,
+            verdict(anon_idle <= 4096.0),
+            verdict(anon_after <= anon_idle + 1024.0),
             fp["vms"],
             fp["rss_with_vms_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
         );
