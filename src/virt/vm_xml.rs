@@ -179,12 +179,17 @@ pub fn place_leases(xml: &str, placed: &[PlacedLease]) -> Result<String, VirtErr
             }
         }
     }
+    Ok(apply_edits(xml, edits))
+}
+
+/// `xml` with each byte range replaced by its text (ranges from one parse, not overlapping).
+fn apply_edits(xml: &str, mut edits: Vec<(std::ops::Range<usize>, String)>) -> String {
     edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
     let mut out = xml.to_owned();
     for (range, text) in edits {
         out.replace_range(range, &text);
     }
-    Ok(out)
+    out
 }
 
 /// The `<lease>` devices of the definition.
@@ -236,12 +241,7 @@ pub fn place_drives(xml: &str, placed: &[PlacedDrive]) -> Result<String, VirtErr
             }
         }
     }
-    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
-    let mut out = xml.to_owned();
-    for (range, text) in edits {
-        out.replace_range(range, &text);
-    }
-    Ok(out)
+    Ok(apply_edits(xml, edits))
 }
 
 /// The definition with a new VM generation id: any `<genid>` there is replaced by an empty
