@@ -8,207 +8,27 @@
 //!
 //! Lease names are at most 48 bytes and need no terminating NUL on disk; paths at most 1023.
 
-use std::ffi::{CStr, CString};
+//!
+//! - `ffi`: the C declarations;
+//! - `error`: [`SanlockError`] and the codes callers decide on;
+//! - this file: the safe types and calls.
+
+mod error;
+mod ffi;
+
+pub use error::{SanlockError, code};
+
+use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use error::check;
+use ffi::*;
+
 /// Longest lockspace or resource name.
-pub const NAME_LEN: usize = 48;
-const PATH_LEN: usize = 1024;
-
-const RES_LVER: u32 = 0x1;
-const ACQUIRE_OWNER_NOWAIT: u32 = 0x8;
-const ALIGN1M: u32 = 0x10;
-/// `SANLK_WRITE_CLEAR`: the written area reads as no lease.
-const WRITE_CLEAR: u32 = 0x1;
-const SECTOR512: u32 = 0x100;
-const SECTOR4K: u32 = 0x200;
-const ADD_ASYNC: u32 = 0x1;
-const REM_UNUSED: u32 = 0x2;
-const HOST_MASK: u32 = 0xf;
-/// sanlock's own return codes are -201 and below; above are negative errnos.
-const SANLOCK_OWN_CODES: c_int = -200;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawDisk {
-    path: [c_char; PATH_LEN],
-    offset: u64,
-    pad1: u32,
-    pad2: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawResource {
-    lockspace_name: [c_char; NAME_LEN],
-    name: [c_char; NAME_LEN],
-    lver: u64,
-    data64: u64,
-    data32: u32,
-    unused: u32,
-    flags: u32,
-    num_disks: u32,
-    // A flexible array of `num_disks` disks follows in C.
-}
-
-/// `struct sanlk_resource` followed by its one disk, as C lays a flexible array out.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawResourceOneDisk {
-    resource: RawResource,
-    disk: RawDisk,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawLockspace {
-    name: [c_char; NAME_LEN],
-    host_id: u64,
-    flags: u32,
-    host_id_disk: RawDisk,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawHost {
-    host_id: u64,
-    generation: u64,
-    timestamp: u64,
-    io_timeout: u32,
-    flags: u32,
-}
-
-#[link(name = "sanlock_client")]
-unsafe extern "C" {
-    fn sanlock_register() -> c_int;
-    fn sanlock_acquire(
-        sock: c_int,
-        pid: c_int,
-        flags: u32,
-        res_count: c_int,
-        res_args: *mut *mut RawResource,
-        opt_in: *mut std::ffi::c_void,
-    ) -> c_int;
-    fn sanlock_release(
-        sock: c_int,
-        pid: c_int,
-        flags: u32,
-        res_count: c_int,
-        res_args: *mut *mut RawResource,
-    ) -> c_int;
-    fn sanlock_add_lockspace_timeout(ls: *mut RawLockspace, flags: u32, io_timeout: u32) -> c_int;
-    fn sanlock_inq_lockspace(ls: *mut RawLockspace, flags: u32) -> c_int;
-    fn sanlock_rem_lockspace(ls: *mut RawLockspace, flags: u32) -> c_int;
-    fn sanlock_write_lockspace(
-        ls: *mut RawLockspace,
-        max_hosts: c_int,
-        flags: u32,
-        io_timeout: u32,
-    ) -> c_int;
-    fn sanlock_write_resource(
-        res: *mut RawResource,
-        max_hosts: c_int,
-        num_hosts: c_int,
-        flags: u32,
-    ) -> c_int;
-    fn sanlock_read_resource(res: *mut RawResource, flags: u32) -> c_int;
-    fn sanlock_read_resource_owners(
-        res: *mut RawResource,
-        flags: u32,
-        hss: *mut *mut RawHost,
-        hss_count: *mut c_int,
-    ) -> c_int;
-    fn sanlock_get_hosts(
-        ls_name: *const c_char,
-        host_id: u64,
-        hss: *mut *mut RawHost,
-        hss_count: *mut c_int,
-        flags: u32,
-    ) -> c_int;
-    fn sanlock_strerror(rv: c_int) -> *const c_char;
-}
-
-/// A failed sanlock call: which, and the code it returned (a negative errno, or one of
-/// sanlock's own codes from -201 down).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("sanlock {op}: {message} ({code})")]
-pub struct SanlockError {
-    /// The call.
-    pub op: &'static str,
-    /// Its return code.
-    pub code: i32,
-    /// sanlock's words for the code.
-    pub message: String,
-}
-
-/// Return codes a caller decides on.
-pub mod code {
-    /// The lockspace already exists (add).
-    pub const EEXIST: i32 = -17;
-    /// The lockspace is being added or removed already.
-    pub const EINPROGRESS: i32 = -115;
-    /// No such lockspace.
-    pub const ENOENT: i32 = -2;
-    /// The lockspace is being removed (add).
-    pub const EAGAIN: i32 = -11;
-    /// The lockspace is in use (remove of an unused one).
-    pub const EBUSY: i32 = -16;
-    /// The lease is held by a live host.
-    pub const ACQUIRE_IDLIVE: i32 = -243;
-    /// The lease is held by a host whose state is being checked, retry.
-    pub const ACQUIRE_OWNED: i32 = -244;
-    /// Another host acquired the lease meanwhile.
-    pub const ACQUIRE_OTHER: i32 = -245;
-    /// The lease's owner may be alive; retry later.
-    pub const ACQUIRE_OWNED_RETRY: i32 = -247;
-    /// The lockspace of the lease is not joined.
-    pub const ACQUIRE_LOCKSPACE: i32 = -241;
-}
-
-impl SanlockError {
-    fn new(op: &'static str, code: c_int) -> Self {
-        let message = if code > SANLOCK_OWN_CODES {
-            // A negative errno, which sanlock_strerror does not know.
-            std::io::Error::from_raw_os_error(-code).to_string()
-        } else {
-            // SAFETY: sanlock_strerror returns a pointer to a static string for any code.
-            unsafe { CStr::from_ptr(sanlock_strerror(code)) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        Self { op, code, message }
-    }
-
-    fn invalid(op: &'static str, message: String) -> Self {
-        Self {
-            op,
-            code: -22,
-            message,
-        }
-    }
-
-    /// Whether the lease is held by another host (alive, or not yet known dead).
-    pub fn is_held_elsewhere(&self) -> bool {
-        matches!(
-            self.code,
-            code::ACQUIRE_IDLIVE
-                | code::ACQUIRE_OWNED
-                | code::ACQUIRE_OTHER
-                | code::ACQUIRE_OWNED_RETRY
-        )
-    }
-}
-
-fn check(op: &'static str, rc: c_int) -> Result<c_int, SanlockError> {
-    if rc < 0 {
-        Err(SanlockError::new(op, rc))
-    } else {
-        Ok(rc)
-    }
-}
+pub const NAME_LEN: usize = ffi::NAME_LEN;
 
 /// The sector size a lease area is written with; the alignment is always 1 MiB, as VDSM's file
 /// domains use (2000 hosts at 512 bytes, 250 at 4 KiB).
