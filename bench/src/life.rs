@@ -39,8 +39,9 @@ pub async fn measure(
     eprintln!("full clone of {} MiB ({} runs each)", args.mib, args.reps);
     let clone = clones(host, jobs, args).await?;
     eprintln!("revert to boot ({} runs each)", args.reps);
-    let revert = reverts(host, conn, args).await?;
-    Ok(json!({"mib": args.mib, "merge": merge, "clone": clone, "revert": revert}))
+    let reverts = reverts(host, conn, args).await?;
+    Ok(json!({"mib": args.mib, "merge": merge, "clone": clone,
+              "revert": reverts["revert"], "vm_create": reverts["create"]}))
 }
 
 fn ms(started: Instant) -> f64 {
@@ -222,30 +223,38 @@ async fn reverts(host: &Host, conn: &Connect, args: &LifeArgs) -> Result<Value> 
         .arg(host.repo.join("fixtures/build/data.qcow2"))
         .arg(dir.join(&snapshot)))?;
     let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    let (mut ours_create, mut floor_create) = (Vec::new(), Vec::new());
     for n in 0..args.reps {
-        ours.push(rvdsm_revert(host, conn, &image, &snapshot, n).await?);
-        floor.push(floor_revert(host, conn, &dir.join(&snapshot), n).await?);
+        let (whole, create) = rvdsm_revert(host, conn, &image, &snapshot, n).await?;
+        ours.push(whole);
+        ours_create.push(create);
+        let (whole, create) = floor_revert(host, conn, &dir.join(&snapshot), n).await?;
+        floor.push(whole);
+        floor_create.push(create);
     }
-    Ok(pair(&ours, &floor))
+    Ok(json!({"revert": pair(&ours, &floor), "create": pair(&ours_create, &floor_create)}))
 }
 
 /// rvdsm: the preview volume (`Volume.create` on the snapshot), `VM.create` on it, the agent
-/// answering; then the VM destroyed and the preview deleted (not timed).
+/// answering; then the VM destroyed and the preview deleted (not timed). Milliseconds: the
+/// whole, and `VM.create` alone (request to reply: the domain defined and started).
 async fn rvdsm_revert(
     host: &Host,
     conn: &Connect,
     image: &str,
     snapshot: &str,
     n: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let vm = uuid::Uuid::new_v4().to_string();
     let name = format!("rvdsm-bench-{}-revert-{n}", std::process::id());
     let started = Instant::now();
     let preview = host.create_volume(image, Some(snapshot)).await?;
     let xml = engine_xml(host, &vm, &name, image, &preview)?;
+    let creating = Instant::now();
     host.client
         .call("VM.create", json!({"vmID": vm, "vmParams": {"xml": xml}}))
         .await?;
+    let create = ms(creating);
     let domain = conn.lookup_domain_by_uuid_string(&vm)?;
     wait_agent(&domain).await?;
     let took = ms(started);
@@ -260,12 +269,18 @@ async fn rvdsm_revert(
         )
         .await?;
     host.wait_task(task.as_str().context("no task id")?).await?;
-    Ok(took)
+    Ok((took, create))
 }
 
 /// Floor: `qemu-img create` of an overlay on the snapshot, `virsh create` of the fixture's
-/// definition on it, the agent answering.
-async fn floor_revert(host: &Host, conn: &Connect, snapshot: &Path, n: usize) -> Result<f64> {
+/// definition on it, the agent answering. Milliseconds: the whole, and libvirt's
+/// `virDomainCreateXML` alone (what `virsh create` calls, without virsh's own start).
+async fn floor_revert(
+    host: &Host,
+    conn: &Connect,
+    snapshot: &Path,
+    n: usize,
+) -> Result<(f64, f64)> {
     let overlay = host.dir.path().join(format!("floor-revert-{n}.qcow2"));
     let name = format!("rvdsm-bench-{}-floor-revert-{n}", std::process::id());
     let started = Instant::now();
@@ -280,12 +295,14 @@ async fn floor_revert(host: &Host, conn: &Connect, snapshot: &Path, n: usize) ->
             .arg("--disk")
             .arg(&overlay),
     )?;
+    let creating = Instant::now();
     let domain = conn.create_domain_xml(&xml, 0)?;
+    let create = ms(creating);
     wait_agent(&domain).await?;
     let took = ms(started);
     let _ = domain.destroy();
     std::fs::remove_file(&overlay)?;
-    Ok(took)
+    Ok((took, create))
 }
 
 async fn wait_agent(domain: &virt::domain::Domain) -> Result<()> {

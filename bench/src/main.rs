@@ -10,19 +10,18 @@
 mod host;
 mod life;
 mod monitoring;
+mod parallel;
 mod report;
 mod rpc;
 mod snap;
 mod stats;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use serde_json::{Value, json};
-use tokio::sync::Notify;
 
 use host::Host;
 use rpc::Transport;
@@ -55,12 +54,20 @@ struct Args {
     /// Chain depths at which snapshot latency is measured (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 25, 50, 100])]
     depths: Vec<usize>,
-    /// Only the snapshot latency at chain depths (a quick look while working on it).
-    #[arg(long)]
-    only_depths: bool,
+    /// Only one part, printed, nothing written (a quick look while working on it): the
+    /// snapshot latency at chain depths, or the parallel snapshots.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Where results.json and REPORT.md go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+}
+
+/// The parts `--only` can run alone.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    Depths,
+    Parallel,
 }
 
 #[tokio::main]
@@ -100,6 +107,10 @@ async fn main() -> Result<()> {
     );
     let jobs = snap::JobWatcher::start(&host).await?;
 
+    if args.only == Some(Only::Parallel) {
+        return only_parallel(&host, &conn, &jobs, &args).await;
+    }
+
     let depth_reps = args.reps.clamp(1, 5);
     eprintln!("snapshot latency by chain depth ({depth_reps} runs at each)");
     let depths = {
@@ -127,7 +138,7 @@ async fn main() -> Result<()> {
             )
         })
         .collect();
-    if args.only_depths {
+    if args.only == Some(Only::Depths) {
         for (depth, ours, floor, flow) in &depths {
             println!(
                 "depth {depth}: rvdsm {} ms (flow {}), floor {} ms, ratio {:.2}",
@@ -278,67 +289,7 @@ async fn main() -> Result<()> {
         guests.push(host.boot_guest(&conn, index).await?);
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut parallel_rows = Vec::new();
-    let mut ping_p99 = f64::NAN;
-    let counts: Vec<usize> = [1, 2, 4, 8, 16]
-        .into_iter()
-        .filter(|n| *n <= guests.len())
-        .collect();
-    let parallel_reps = args.reps.clamp(1, 3);
-    for &n in &counts {
-        let (mut par, mut seq) = (Vec::new(), Vec::new());
-        for _ in 0..parallel_reps {
-            let measure_ping = n == *counts.last().unwrap_or(&1) && par.is_empty();
-            let stop = Arc::new(Notify::new());
-            let pinger = measure_ping.then(|| {
-                let stop = Arc::clone(&stop);
-                let host = &host;
-                async move { snap::ping_during(host, stop).await }
-            });
-            let wall = match pinger {
-                Some(pinger) => {
-                    let (wall, pings) = tokio::join!(
-                        async {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            let wall = snap::many(&host, &jobs, &mut guests[..n], true).await;
-                            stop.notify_waiters();
-                            wall
-                        },
-                        pinger
-                    );
-                    let mut pings = pings?;
-                    pings.sort_by(f64::total_cmp);
-                    ping_p99 = stats::percentile(&pings, 99.0);
-                    eprintln!(
-                        "  Host.ping2 during {n} snapshots: {} pings, p99 {ping_p99:.3} ms",
-                        pings.len()
-                    );
-                    wall?
-                }
-                None => snap::many(&host, &jobs, &mut guests[..n], true).await?,
-            };
-            par.push(wall);
-            seq.push(snap::many(&host, &jobs, &mut guests[..n], false).await?);
-        }
-        let (par, seq) = (Summary::of(&par), Summary::of(&seq));
-        eprintln!(
-            "  {n} guests: parallel {} ms, sequential {} ms",
-            par.show(),
-            seq.show()
-        );
-        parallel_rows.push((n, par, seq));
-    }
-    let rss_with_vms = host.rss_kib();
-    // Last, as it leaves the guests on files rvdsm does not manage: the floor of the parallel
-    // runs, the direct libvirt call for every guest at once.
-    let mut floor_parallel = Vec::new();
-    for &n in &counts {
-        let mut walls = Vec::new();
-        for round in 0..parallel_reps {
-            walls.push(snap::floor_many(&host, &mut guests[..n], round * 100 + n).await?);
-        }
-        floor_parallel.push((n, Summary::of(&walls)));
-    }
+    let parallel = parallel::measure(&host, &jobs, &mut guests, args.reps.clamp(1, 3)).await?;
 
     let footprint = json!({
         "startup_ms": host.startup.as_secs_f64() * 1000.0,
@@ -349,7 +300,7 @@ async fn main() -> Result<()> {
         "rss_rpc_load_max_kib": rss_under_load,
         "rss_after_rpc_load_kib": rss_after_load,
         "anon_after_rpc_load_kib": anon_after_load,
-        "rss_with_vms_kib": rss_with_vms,
+        "rss_with_vms_kib": parallel.rss_with_vms,
         "vms": guests.len(),
     });
     let bench = report::Bench {
@@ -359,10 +310,10 @@ async fn main() -> Result<()> {
         stall,
         rpc: rpc_rows,
         stomp_load: stomp_load_rows,
-        parallel: parallel_rows,
-        floor_parallel,
+        parallel: parallel.rows,
+        floor_parallel: parallel.floor,
         phases,
-        ping_p99_during: ping_p99,
+        ping_p99_during: parallel.ping_p99,
         footprint,
         monitoring,
         life,
@@ -377,6 +328,33 @@ async fn main() -> Result<()> {
     )?;
     if !args.smoke {
         std::fs::write(args.out.join("REPORT.md"), markdown)?;
+    }
+    Ok(())
+}
+
+/// `--only parallel`: the parallel snapshots on `max_guests` fresh guests, printed.
+async fn only_parallel(
+    host: &Host,
+    conn: &virt::connect::Connect,
+    jobs: &snap::JobWatcher,
+    args: &Args,
+) -> Result<()> {
+    let mut guests = Vec::new();
+    for index in 0..args.max_guests {
+        guests.push(host.boot_guest(conn, index).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let parallel = parallel::measure(host, jobs, &mut guests, args.reps.clamp(1, 3)).await?;
+    let one = parallel.rows.first().map_or(f64::NAN, |r| r.1.median);
+    let floor_one = parallel.floor.first().map_or(f64::NAN, |r| r.1.median);
+    for ((n, par, _), (_, floor)) in parallel.rows.iter().zip(&parallel.floor) {
+        println!(
+            "{n} guests: rvdsm {} ms ({:.2}x one), floor {} ms ({:.2}x one)",
+            par.show(),
+            par.median / one,
+            floor.show(),
+            floor.median / floor_one
+        );
     }
     Ok(())
 }

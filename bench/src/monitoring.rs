@@ -1,4 +1,4 @@
-//! The monitoring figures: `Host.getAllVmStats` with many VMs (paused guests: started paused,
+//! The monitoring figures: `Host.getAllVmStats` with 10 and with many VMs (paused guests: started paused,
 //! they cost QEMU's start and no guest boot), and rvdsmd's memory per VM it watches.
 
 use std::process::Command;
@@ -23,13 +23,18 @@ impl Drop for PausedVms {
     }
 }
 
-/// Starts `count` paused VMs, each on its own qcow2 overlay of the fixture's data disk.
-pub fn start_paused(host: &Host, conn: &Connect, count: usize) -> Result<PausedVms> {
+/// Starts paused VMs numbered `numbers`, each on its own qcow2 overlay of the fixture's data
+/// disk.
+pub fn start_paused(
+    host: &Host,
+    conn: &Connect,
+    numbers: std::ops::Range<usize>,
+) -> Result<PausedVms> {
     let dir = host.dir.path().join("paused");
     std::fs::create_dir_all(&dir)?;
     let base = host.repo.join("fixtures/build/data.qcow2");
-    let mut vms = PausedVms(Vec::with_capacity(count));
-    for i in 0..count {
+    let mut vms = PausedVms(Vec::with_capacity(numbers.len()));
+    for i in numbers {
         let disk = dir.join(format!("vm-{i}.qcow2"));
         run(Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -66,7 +71,8 @@ pub async fn wait_listed(host: &Host, count: usize) -> Result<()> {
     }
 }
 
-/// `Host.getAllVmStats` under load with `vms` paused VMs; rvdsmd's anonymous memory with them.
+/// `Host.getAllVmStats` under load with 10 paused VMs, then with `vms`; rvdsmd's anonymous
+/// memory with them.
 pub async fn measure(host: &Host, conn: &Connect, vms: usize, seconds: f64) -> Result<Value> {
     let pid = host.daemon.id();
     let anon_before = status_kib(pid, "RssAnon:");
@@ -76,34 +82,42 @@ pub async fn measure(host: &Host, conn: &Connect, vms: usize, seconds: f64) -> R
         .await?
         .as_array()
         .map_or(0, Vec::len);
-    let paused = start_paused(host, conn, vms)?;
-    wait_listed(host, listed_before + vms).await?;
-    // One full sample of them all (the cache's interval is 15 s; two samples give rates).
-    tokio::time::sleep(Duration::from_secs(16)).await;
+    let few = vms.min(10);
     let mut loads = Vec::new();
-    for conns in [1, 8] {
-        let load = rpc::load(
-            host,
-            Transport::Stomp,
-            "Host.getAllVmStats",
-            json!({}),
-            conns,
-            Duration::from_secs_f64(seconds),
-        )
-        .await?;
-        loads.push(load);
+    let mut paused = Vec::new();
+    for (numbers, conns) in [(0..few, &[1][..]), (few..vms, &[1, 8][..])] {
+        paused.push(start_paused(host, conn, numbers)?);
+        let listed: usize = paused.iter().map(|p| p.0.len()).sum();
+        wait_listed(host, listed_before + listed).await?;
+        // One full sample of them all (the cache's interval is 15 s; two samples give rates).
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        for &conns in conns {
+            let load = rpc::load(
+                host,
+                Transport::Stomp,
+                "Host.getAllVmStats",
+                json!({}),
+                conns,
+                Duration::from_secs_f64(seconds),
+            )
+            .await?;
+            eprintln!(
+                "  Host.getAllVmStats, {listed} VMs, {conns} conns: {:.0} req/s p50 {:.3} ms p99 {:.3} ms",
+                load.rps, load.p50, load.p99
+            );
+            loads.push(load);
+        }
     }
-    let (all, all8) = (&loads[0], &loads[1]);
+    let (few_1, all_1, all_8) = (&loads[0], &loads[1], &loads[2]);
     let anon_with = status_kib(pid, "RssAnon:");
     drop(paused);
-    eprintln!(
-        "  Host.getAllVmStats, {vms} VMs: 1 conn {:.0} req/s p99 {:.3} ms; 8 conns {:.0} req/s p99 {:.3} ms; anon {} -> {} KiB",
-        all.rps, all.p99, all8.rps, all8.p99, anon_before, anon_with
-    );
+    eprintln!("  anon {anon_before} -> {anon_with} KiB");
     Ok(json!({
         "vms": vms,
-        "get_all_vm_stats_1": {"rps": all.rps, "p50_ms": all.p50, "p99_ms": all.p99},
-        "get_all_vm_stats_8": {"rps": all8.rps, "p50_ms": all8.p50, "p99_ms": all8.p99},
+        "few_vms": few,
+        "get_all_vm_stats_few_1": {"rps": few_1.rps, "p50_ms": few_1.p50, "p99_ms": few_1.p99},
+        "get_all_vm_stats_1": {"rps": all_1.rps, "p50_ms": all_1.p50, "p99_ms": all_1.p99},
+        "get_all_vm_stats_8": {"rps": all_8.rps, "p50_ms": all_8.p50, "p99_ms": all_8.p99},
         "anon_before_kib": anon_before,
         "anon_with_vms_kib": anon_with,
     }))

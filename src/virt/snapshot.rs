@@ -149,13 +149,16 @@ impl Hypervisor {
         .await
     }
 
-    /// `guest-fsfreeze-status` through the agent, bounded by `timeout`.
+    /// `guest-fsfreeze-status` through the agent, bounded by `timeout`. The agent calls run on
+    /// a connection of their own, as the switch does: libvirtd serves a client's calls a few
+    /// at a time (`max_client_requests`, 5), and the agent's round trips, slow on a busy
+    /// guest, then held up every VM's calls behind them when several snapshots ran at once.
     pub async fn freeze_state(
         &self,
         vm: Uuid,
         timeout: Duration,
     ) -> Result<FreezeState, VirtError> {
-        self.call("read freeze status", move |conn| {
+        self.call_once_on(vm, "read freeze status", move |conn| {
             let status = agent::execute(&lookup(conn, vm)?, guest_fsfreeze_status {}, timeout)?;
             Ok(match status {
                 GuestFsfreezeStatus::frozen => FreezeState::Frozen,
@@ -167,7 +170,7 @@ impl Hypervisor {
 
     /// Freezes the guest's filesystems (all when `mountpoints` is empty); returns how many.
     pub async fn freeze(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
-        self.call_once("freeze guest filesystems", move |conn| {
+        self.call_once_on(vm, "freeze guest filesystems", move |conn| {
             ffi::fs_freeze(&lookup(conn, vm)?, &mountpoints)
         })
         .await
@@ -175,7 +178,7 @@ impl Hypervisor {
 
     /// Thaws the guest's filesystems; returns how many (0 when none was frozen).
     pub async fn thaw(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
-        self.call_once("thaw guest filesystems", move |conn| {
+        self.call_once_on(vm, "thaw guest filesystems", move |conn| {
             ffi::fs_thaw(&lookup(conn, vm)?, &mountpoints)
         })
         .await
