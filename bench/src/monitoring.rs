@@ -1,5 +1,6 @@
-//! The monitoring figures: `Host.getAllVmStats` with 10 and with many VMs (paused guests: started paused,
-//! they cost QEMU's start and no guest boot), and rvdsmd's memory per VM it watches.
+//! The monitoring figures: `Host.getAllVmStats` with 10 and with many VMs (paused guests:
+//! started paused, they cost QEMU's start and no guest boot), and rvdsmd's memory per VM it
+//! watches.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
