@@ -2,10 +2,11 @@
 //! WebSocket) on a mutual-TLS TCP port and a Unix socket, tells systemd when it is ready,
 //! reloads its certificates on SIGHUP, and shuts down cleanly on SIGTERM or SIGINT.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -68,9 +69,32 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("rvdsmd")
+        .on_thread_park(collect_freed_pages_before_parking)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(config))
+}
+
+/// How often, at most, a runtime worker gives back its allocator's free pages as it goes idle.
+/// Collecting at every park undid mimalloc's reuse of just-emptied pages (pages given back and
+/// faulted in again: a third of the CPU at one connection); once per 100 ms per worker costs
+/// nothing measurable and bounds what a worker keeps after the load to its last 100 ms.
+const COLLECT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs as a runtime worker is about to park: gives back the pages mimalloc holds for blocks
+/// other workers freed (see [`rvdsm::sys::allocator`]). Measured with stomp-load, 64
+/// connections, two workers: anonymous memory 15 s after the load 1.0 MiB above idle without
+/// it, 0.4 MiB with it.
+fn collect_freed_pages_before_parking() {
+    thread_local!(static LAST_COLLECT: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    let due = LAST_COLLECT
+        .get()
+        .is_none_or(|last| now - last >= COLLECT_INTERVAL);
+    if due {
+        LAST_COLLECT.set(Some(now));
+        rvdsm::sys::allocator::collect_this_threads_pages();
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -230,7 +254,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     notify_systemd(sd_notify::NotifyState::Stopping);
     // One grace for both: the listeners (in-flight requests), then the work behind them.
     let grace = Duration::from_secs(config.server.shutdown_timeout_secs);
-    let stopping = std::time::Instant::now();
+    let stopping = Instant::now();
     server.shutdown(grace).await;
     services
         .stop(grace.saturating_sub(stopping.elapsed()))

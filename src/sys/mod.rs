@@ -5,8 +5,11 @@
 //!
 //! - `libvirt`: the libvirt calls the `virt` crate lacks or gets wrong; only [`crate::virt`]
 //!   uses them.
+//! - [`allocator`]: asking mimalloc, rvdsmd's allocator, to give back the pages a thread
+//!   holds for blocks other threads freed; only rvdsmd's runtime uses it.
 //! - [`sanlock`]: the client calls of sanlock, the lease manager of hosts sharing storage;
 //!   only [`crate::cluster`] uses them.
 
+pub mod allocator;
 pub(crate) mod libvirt;
 pub mod sanlock;

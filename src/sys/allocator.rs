@@ -1,0 +1,19 @@
+//! Giving back the memory mimalloc keeps for a thread after a burst of load.
+//!
+//! mimalloc gives each thread its own pages. A block freed by another thread than the one that
+//! allocated it only goes onto the owning page's list of foreign frees; the page becomes empty,
+//! and goes back to the system, only when its owner next collects, which it does while it
+//! allocates. rvdsmd's requests move between the runtime's workers, so after a load a worker
+//! that has gone idle keeps pages whose every block is already free: measured with stomp-load,
+//! 64 connections, ~0.8 MiB of mimalloc's pages stayed resident 15 s after the load.
+
+/// Collects the calling thread's mimalloc pages: takes in the blocks other threads freed,
+/// frees the pages left empty and hands their memory back to the system (at once when
+/// `MIMALLOC_PURGE_DELAY=0`, as the systemd unit sets it). Harmless, and without effect, in a
+/// process whose global allocator is not mimalloc.
+pub fn collect_this_threads_pages() {
+    // SAFETY: `mi_collect` takes no pointer and only touches the calling thread's own heap and
+    // the process's arenas under mimalloc's own locks; mimalloc documents it as callable from
+    // any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
