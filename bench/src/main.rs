@@ -208,6 +208,9 @@ async fn main() -> Result<()> {
     };
     let life = life::measure(&host, &conn, &jobs, &life_args).await?;
 
+    // The state the load finds (two running VMs, the jobs and tasks so far): what it leaves
+    // is measured against this, as well as against the empty daemon at start.
+    let anon_before_load = host::status_kib(pid, "RssAnon:");
     eprintln!("RPC load");
     let mut rpc_rows = Vec::new();
     let stats_params = json!({"vmID": guests[0].uuid});
@@ -299,6 +302,7 @@ async fn main() -> Result<()> {
         "libvirt_client_floor_kib": {"rss": libvirt_floor.0, "anon": libvirt_floor.1, "file": libvirt_floor.2},
         "rss_rpc_load_max_kib": rss_under_load,
         "rss_after_rpc_load_kib": rss_after_load,
+        "anon_before_rpc_load_kib": anon_before_load,
         "anon_after_rpc_load_kib": anon_after_load,
         "rss_with_vms_kib": parallel.rss_with_vms,
         "vms": guests.len(),

@@ -262,6 +262,7 @@ impl Bench {
         let idle = fp["rss_idle_kib"].as_f64().unwrap_or(f64::NAN);
         let anon_idle = fp["rss_idle_anon_kib"].as_f64().unwrap_or(f64::NAN);
         let anon_after = fp["anon_after_rpc_load_kib"].as_f64().unwrap_or(f64::NAN);
+        let anon_before_load = fp["anon_before_rpc_load_kib"].as_f64().unwrap_or(f64::NAN);
         md += &format!(
             "\n## Footprint\n\n| measure | value | target |\n|---|---|---|\n\
              | start-up to ready (all verbs served) | {:.0} ms | |\n\
@@ -270,6 +271,7 @@ impl Bench {
              | resident memory, peak under RPC load | {:.1} MiB | |\n\
              | resident memory, 15 s after RPC load | {:.1} MiB | back within 2 MiB of idle: {} |\n\
              | anonymous memory, idle / 15 s after RPC load | {:.1} / {:.1} MiB | ≤ 4 MiB idle: {}; back within 1 MiB of idle: {} |\n\
+             | anonymous memory, just before the RPC load (2 guests running, the jobs and tasks so far) / 15 s after it | {:.1} / {:.1} MiB | back within 1 MiB of before the load: {} |\n\
              | resident memory with {} VMs | {:.1} MiB | |\n",
             fp["startup_ms"].as_f64().unwrap_or(f64::NAN),
             idle / 1024.0,
@@ -295,6 +297,9 @@ impl Bench {
             anon_after / 1024.0,
             verdict(anon_idle <= 4096.0),
             verdict(anon_after <= anon_idle + 1024.0),
+            anon_before_load / 1024.0,
+            anon_after / 1024.0,
+            verdict(anon_after <= anon_before_load + 1024.0),
             fp["vms"],
             fp["rss_with_vms_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
         );
