@@ -83,7 +83,7 @@ const COLLECT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs as a runtime worker is about to park: gives back the pages mimalloc holds for blocks
 /// other workers freed (see [`rvdsm::sys::allocator`]). Measured with stomp-load, 64
-/// connections, two workers: anonymous memory 15 s after the load 1.0 MiB above idle without
+/// connections, two workers: anonymous memory 15 s after the load 1.5 MiB above idle without
 /// it, 0.4 MiB with it.
 fn collect_freed_pages_before_parking() {
     thread_local!(static LAST_COLLECT: Cell<Option<Instant>> = const { Cell::new(None) });
