@@ -39,12 +39,28 @@ impl StorageService {
 
     /// When the daemon stops: every running task is stopped (rolled back now rather than at
     /// the next start) and given until `deadline` to end.
+    /// Stopping a task persists its record (an fsync, on the shared domain too) and reading
+    /// them waits for any persist under way: off the reactor, and never waited for past
+    /// `deadline`, so a hung mount cannot hold the daemon's shutdown.
     pub async fn stop(&self, deadline: std::time::Instant) {
-        let stopped = self.inner.tasks.stop_all();
-        if !stopped.is_empty() {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let stopping = on_tasks(&self.inner.tasks, |t| Ok(t.stop_all()));
+        if let Ok(Ok(stopped)) = tokio::time::timeout_at(deadline, stopping).await
+            && !stopped.is_empty()
+        {
             tracing::warn!(tasks = ?stopped, "rvdsmd is stopping: running tasks stopped");
         }
-        while self.inner.tasks.any_at_work() && std::time::Instant::now() < deadline {
+        loop {
+            let at_work = on_tasks(&self.inner.tasks, |t| Ok(t.any_at_work()));
+            if !matches!(
+                tokio::time::timeout_at(deadline, at_work).await,
+                Ok(Ok(true))
+            ) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
