@@ -54,6 +54,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Sharing storage domains with other hosts (sanlock).
     pub cluster: ClusterConfig,
+    /// The host files a VM may use, and where rvdsm puts those it names.
+    pub vm: VmConfig,
 }
 
 /// The management listeners: JSON-RPC over STOMP, HTTP and WebSocket on one TCP port (mutual
@@ -234,6 +236,84 @@ impl Default for DaemonConfig {
     }
 }
 
+/// The host files a VM may use: a manager names volumes, never host paths, so the few host
+/// files a definition may name lie in directories listed here, and the files rvdsm makes for
+/// a VM go where this says.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// Directories a VM may boot a kernel and initrd from (`<os><kernel>`, `<initrd>`); none
+    /// by default.
+    pub boot_dirs: Vec<PathBuf>,
+    /// Directories of firmware images (`<loader>`, `<nvram template=...>`).
+    pub firmware_dirs: Vec<PathBuf>,
+    /// Where a VM's serial console log goes, as `<vmUUID>.log`, when its definition has a
+    /// file console.
+    pub console_log_dir: PathBuf,
+    /// Where a VM's serial console socket goes, as `<vmUUID>.sock` (ovirt-vmconsole's
+    /// directory), when its definition has a unix console.
+    pub console_socket_dir: PathBuf,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            boot_dirs: Vec::new(),
+            firmware_dirs: [
+                "/usr/share/OVMF",
+                "/usr/share/AAVMF",
+                "/usr/share/edk2",
+                "/usr/share/qemu",
+                "/usr/share/seabios",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
+            console_log_dir: PathBuf::from("/var/log/rvdsm/console"),
+            console_socket_dir: PathBuf::from("/run/ovirt-vmconsole-console"),
+        }
+    }
+}
+
+impl VmConfig {
+    /// The rules `VM.create` applies to a definition's host files.
+    pub fn file_rules(&self) -> crate::virt::vm_policy::VmFileRules {
+        crate::virt::vm_policy::VmFileRules {
+            boot_dirs: self.boot_dirs.clone(),
+            firmware_dirs: self.firmware_dirs.clone(),
+            console_log_dir: self.console_log_dir.clone(),
+            console_socket_dir: self.console_socket_dir.clone(),
+            // libvirt's own directory for NVRAM files (qemu.conf's nvram_dir default).
+            nvram_dir: PathBuf::from("/var/lib/libvirt/qemu/nvram"),
+        }
+    }
+
+    /// Every directory is absolute with no `.` or `..` in it: each is compared, as a prefix,
+    /// with the paths a definition names.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let dirs = self.boot_dirs.iter().chain(&self.firmware_dirs).chain([
+            &self.console_log_dir,
+            &self.console_socket_dir,
+        ]);
+        for dir in dirs {
+            let plain = dir.is_absolute()
+                && dir.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                })
+                && dir != Path::new("/");
+            if !plain {
+                return Err(ConfigError::Invalid(format!(
+                    "[vm]: {} must be an absolute directory other than / with no . or ..",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -303,7 +383,7 @@ impl Config {
         if self.libvirt.uri.is_empty() {
             return invalid("libvirt.uri must not be empty");
         }
-        Ok(())
+        self.vm.validate()
     }
 
     /// The bound of one libvirt call.
@@ -399,6 +479,16 @@ mod tests {
         let fixed = uuid::Uuid::new_v4();
         config.storage.pool_uuid = Some(fixed);
         assert_eq!(config.pool_uuid().unwrap(), fixed);
+    }
+
+    #[test]
+    fn vm_directories_must_be_plain_and_absolute() {
+        for bad in ["boot_dirs = [\"boot\"]", "boot_dirs = [\"/srv/../etc\"]", "console_log_dir = \"/\""] {
+            let c = Config::parse(&format!("[vm]\n{bad}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let c = Config::parse("[vm]\nboot_dirs = [\"/srv/boot\"]\n").unwrap();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

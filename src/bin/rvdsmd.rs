@@ -168,7 +168,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let vms = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
         let dir = config.daemon.state_dir.join("vms");
-        tokio::task::spawn_blocking(move || VmService::open(hypervisor, storage, monitor, &dir))
+        let rules = config.vm.file_rules();
+        tokio::task::spawn_blocking(move || {
+            VmService::open(hypervisor, storage, monitor, rules, &dir)
+        })
             .await
             .context("start-up panicked")?
             .context("cannot open the VM journal")?

@@ -369,10 +369,8 @@ fn check_device(device: Node) -> Result<(), VirtError> {
                 ));
             }
         }
-        "tpm" => {
-            if child(device, "backend").and_then(|b| b.attribute("type")) != Some("emulator") {
-                return Err(refused(describe(device), "only an emulated TPM"));
-            }
+        "tpm" if child(device, "backend").and_then(|b| b.attribute("type")) != Some("emulator") => {
+            return Err(refused(describe(device), "only an emulated TPM"));
         }
         "audio" => allowed(&["none", "spice"])?,
         _ => {}
