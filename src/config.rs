@@ -290,10 +290,11 @@ impl VmConfig {
     /// Every directory is absolute with no `.` or `..` in it: each is compared, as a prefix,
     /// with the paths a definition names.
     fn validate(&self) -> Result<(), ConfigError> {
-        let dirs = self.boot_dirs.iter().chain(&self.firmware_dirs).chain([
-            &self.console_log_dir,
-            &self.console_socket_dir,
-        ]);
+        let dirs = self
+            .boot_dirs
+            .iter()
+            .chain(&self.firmware_dirs)
+            .chain([&self.console_log_dir, &self.console_socket_dir]);
         for dir in dirs {
             let plain = dir.is_absolute()
                 && dir.components().all(|c| {
@@ -483,7 +484,11 @@ mod tests {
 
     #[test]
     fn vm_directories_must_be_plain_and_absolute() {
-        for bad in ["boot_dirs = [\"boot\"]", "boot_dirs = [\"/srv/../etc\"]", "console_log_dir = \"/\""] {
+        for bad in [
+            "boot_dirs = [\"boot\"]",
+            "boot_dirs = [\"/srv/../etc\"]",
+            "console_log_dir = \"/\"",
+        ] {
             let c = Config::parse(&format!("[vm]\n{bad}\n")).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }

@@ -172,9 +172,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || {
             VmService::open(hypervisor, storage, monitor, rules, &dir)
         })
-            .await
-            .context("start-up panicked")?
-            .context("cannot open the VM journal")?
+        .await
+        .context("start-up panicked")?
+        .context("cannot open the VM journal")?
     };
     let (merge, merges_left) = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());

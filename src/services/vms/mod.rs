@@ -191,7 +191,12 @@ impl VmService {
                 .host_files
                 .iter()
                 .map(|f| f.path.to_string_lossy().into_owned())
-                .chain(admitted.placed.iter().map(|p| p.to_string_lossy().into_owned()))
+                .chain(
+                    admitted
+                        .placed
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned()),
+                )
                 .collect(),
         };
         if !engine.leases.is_empty() {
@@ -296,12 +301,14 @@ impl VmService {
     /// Reads libvirt's parse of the definition just made and checks it against what rvdsm
     /// placed: libvirt's parser, not rvdsm's, decides what QEMU opens.
     async fn verify_definition(&self, vm: Uuid, expected: &Expected) -> Result<(), VirtError> {
-        let view = self
-            .inner
-            .hypervisor
-            .read_view(vm)
-            .await?
-            .ok_or_else(|| VirtError::NoSuchDomain { uuid: vm.to_string() })?;
+        let view =
+            self.inner
+                .hypervisor
+                .read_view(vm)
+                .await?
+                .ok_or_else(|| VirtError::NoSuchDomain {
+                    uuid: vm.to_string(),
+                })?;
         vm_policy::verify_defined(&view.xml, expected)
     }
 
