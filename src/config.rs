@@ -75,8 +75,9 @@ pub struct ServerConfig {
     pub max_response_bytes: u32,
     /// Most connections served at once on each listener.
     pub max_connections: u32,
-    /// Requests of one STOMP connection running at once, each call of a batch counted; past it
-    /// the connection is not read until one ends.
+    /// Requests of one STOMP or WebSocket connection running at once, each call of a batch
+    /// counted; past it a STOMP connection is not read until one ends, and a WebSocket's next
+    /// call waits.
     pub max_pending_requests: u32,
     /// Most calls in one JSON-RPC batch, on every transport; a larger batch is refused whole,
     /// none of its calls run. At most `max_pending_requests`, so that a batch can always run.

@@ -54,7 +54,8 @@ pub struct ServerOptions {
     pub max_response_bytes: u32,
     /// Most connections at once per listener; more are closed at once.
     pub max_connections: u32,
-    /// Requests of one STOMP connection running at once, each call of a batch counted.
+    /// Requests of one STOMP or WebSocket connection running at once, each call of a batch
+    /// counted.
     pub max_pending_requests: u32,
     /// Most calls in one batch, on every transport; a larger batch is refused whole.
     pub max_batch_calls: u32,
@@ -107,7 +108,11 @@ impl RunningServer {
             // STOMP dispatcher shares this configuration).
             .set_batch_request_config(BatchRequestConfig::Limit(options.max_batch_calls))
             .build();
-        let middleware = rpc_middleware(readiness, options.max_response_bytes);
+        let middleware = rpc_middleware(
+            readiness,
+            options.max_response_bytes,
+            options.max_pending_requests,
+        );
         let builder = Server::builder()
             .set_config(config.clone())
             .set_rpc_middleware(middleware.clone())
