@@ -227,7 +227,11 @@ fn http_call(wire: Wire, body: &str) -> Value {
 }
 
 /// A WebSocket session (RFC 6455, text frames), enough for one request at a time.
-struct WebSocket(Wire);
+struct WebSocket {
+    wire: Wire,
+    /// Bytes read past the last message returned.
+    buffered: Vec<u8>,
+}
 
 impl WebSocket {
     fn open(mut wire: Wire) -> WebSocket {
@@ -244,7 +248,11 @@ impl WebSocket {
             "{}",
             String::from_utf8_lossy(&answer)
         );
-        WebSocket(wire)
+        let head = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        WebSocket {
+            wire,
+            buffered: answer[head..].to_vec(),
+        }
     }
 
     /// Sends `text` as one masked text frame (the mask is zero: the payload goes as it is).
@@ -265,16 +273,32 @@ impl WebSocket {
         out.extend_from_slice(&[0, 0, 0, 0]);
         out.extend_from_slice(text.as_bytes());
         // A daemon that refuses a message too large may close before it is all written.
-        let _ = self.0.write_all(&out);
+        let _ = self.wire.write_all(&out);
     }
 
-    /// The next text message, or `None` if the daemon closed or sent nothing within 30 s.
+    /// The next text message within `time`, or `None` if the daemon closed or sent none.
+    fn receive_within(&mut self, time: Duration) -> Option<String> {
+        let end = Instant::now() + time;
+        loop {
+            if let Some((opcode, payload, used)) = whole_frame(&self.buffered) {
+                self.buffered.drain(..used);
+                match opcode {
+                    1 => return Some(String::from_utf8(payload).unwrap()),
+                    8 => return None,
+                    _ => continue,
+                }
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            let (got, _) = self.wire.read_until(left, |got| !got.is_empty());
+            if got.is_empty() {
+                return None;
+            }
+            self.buffered.extend_from_slice(&got);
+        }
+    }
+
     fn receive(&mut self) -> Option<String> {
-        let (got, _) = self
-            .0
-            .read_until(Duration::from_secs(30), |got| whole_frame(got).is_some());
-        let (opcode, payload) = whole_frame(&got)?;
-        (opcode == 1).then(|| String::from_utf8(payload).unwrap())
+        self.receive_within(Duration::from_secs(30))
     }
 
     fn call(&mut self, body: &str) -> Value {
@@ -284,8 +308,9 @@ impl WebSocket {
     }
 }
 
-/// The opcode and payload of the first whole (unmasked, unfragmented) frame in `bytes`.
-fn whole_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>)> {
+/// The opcode, payload and length of the first whole (unmasked, unfragmented) frame in
+/// `bytes`.
+fn whole_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     let (&first, rest) = bytes.split_first()?;
     let (&second, rest) = rest.split_first()?;
     let (len, rest) = match second & 0x7f {
@@ -299,7 +324,9 @@ fn whole_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>)> {
         ),
         short => (usize::from(short), rest),
     };
-    Some((first & 0x0f, rest.get(..len)?.to_vec()))
+    let payload = rest.get(..len)?.to_vec();
+    let used = bytes.len() - rest.len() + len;
+    Some((first & 0x0f, payload, used))
 }
 
 /// Asserts that `reply` is one JSON-RPC error object, id null, with `code`.
@@ -448,57 +475,124 @@ fn a_batch_over_max_request_bytes_is_refused_on_every_transport() {
     );
 }
 
-/// With `max_pending_requests = 2`, a STOMP batch of 2 calls whose first hangs (a storage call
-/// paused at the failpoint `storage:stat`, as on a hung mount) holds the connection's whole
-/// budget: the next request of that connection waits until the batch ends, then runs.
+/// A daemon with `max_pending_requests = 2` that will pause the first storage look-up (the
+/// failpoint `storage:stat`, as a hung mount would), and a batch of 2 calls whose first hangs
+/// there.
+struct HungBatch {
+    f: Fixture,
+    batch: String,
+    marker: std::path::PathBuf,
+}
+
+impl HungBatch {
+    fn new() -> HungBatch {
+        let mut f = Fixture::on(Daemon::start_configured(|dir| {
+            with_server(dir, "max_pending_requests = 2\nmax_batch_calls = 2\n")
+        }));
+        let (image, volume) = (
+            uuid::Uuid::new_v4().to_string(),
+            uuid::Uuid::new_v4().to_string(),
+        );
+        let created = f.create(&image, &volume, json!({}));
+        assert_eq!(created["taskResult"], "success", "{created}");
+        let marker = f.daemon.dir.path().join("paused");
+        let marker_text = marker.to_str().unwrap().to_owned();
+        f.daemon.restart_in_place(&[
+            ("RVDSM_TEST_PAUSE_AT", "storage:stat"),
+            ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
+        ]);
+        let info = f.volume_ids(&image, &volume);
+        let batch = Value::Array(vec![
+            json!({"jsonrpc": "2.0", "method": "Volume.getInfo", "params": info, "id": "hung"}),
+            json!({"jsonrpc": "2.0", "method": "Host.ping2", "params": {}, "id": "second"}),
+        ]);
+        HungBatch {
+            f,
+            batch: batch.to_string(),
+            marker,
+        }
+    }
+
+    /// Waits until the batch's first call hangs at the failpoint.
+    fn wait_hung(&self) {
+        assert!(
+            common::wait_until(Duration::from_secs(30), || self.marker.exists()),
+            "the batch's first call never reached the failpoint; log:\n{}",
+            self.f.daemon.log()
+        );
+    }
+
+    fn release(&self) {
+        std::fs::remove_file(&self.marker).unwrap();
+    }
+}
+
+/// The request sent on the connection while the batch hangs.
+const AFTER: &str = r#"{"jsonrpc": "2.0", "method": "Host.ping2", "params": {}, "id": "after"}"#;
+
+fn assert_batch_replied(reply: &Value) {
+    let replies = reply.as_array().unwrap_or_else(|| panic!("{reply}"));
+    assert_eq!(replies[0]["id"], "hung", "{reply}");
+    assert_eq!(replies[0]["result"]["legality"], "LEGAL", "{reply}");
+    assert_eq!(replies[1]["result"], true, "{reply}");
+}
+
+fn assert_after_replied(reply: &Value) {
+    assert_eq!(reply["id"], "after", "{reply}");
+    assert_eq!(reply["result"], true, "{reply}");
+}
+
+/// With `max_pending_requests = 2`, a STOMP batch of 2 calls whose first hangs holds the
+/// connection's whole budget: the next request of that connection waits until the batch
+/// ends, then runs.
 #[test]
 fn each_call_of_a_stomp_batch_counts_toward_max_pending_requests() {
     let Some(_libvirt) = common::libvirt() else {
         return;
     };
-    let mut f = Fixture::on(Daemon::start_configured(|dir| {
-        with_server(dir, "max_pending_requests = 2\nmax_batch_calls = 2\n")
-    }));
-    let (image, volume) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let created = f.create(&image.to_string(), &volume.to_string(), json!({}));
-    assert_eq!(created["taskResult"], "success", "{created}");
-    let marker = f.daemon.dir.path().join("paused");
-    let marker_text = marker.to_str().unwrap().to_owned();
-    f.daemon.restart_in_place(&[
-        ("RVDSM_TEST_PAUSE_AT", "storage:stat"),
-        ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
-    ]);
-
-    let mut stomp = Stomp::open(Wire::tcp(f.daemon.port));
-    let info = f.volume_ids(&image.to_string(), &volume.to_string());
-    let hung_batch = Value::Array(vec![
-        json!({"jsonrpc": "2.0", "method": "Volume.getInfo", "params": info, "id": "hung"}),
-        json!({"jsonrpc": "2.0", "method": "Host.ping2", "params": {}, "id": "second"}),
-    ]);
-    stomp.send(&hung_batch.to_string());
-    assert!(
-        common::wait_until(Duration::from_secs(30), || marker.exists()),
-        "the batch's first call never reached the failpoint; log:\n{}",
-        f.daemon.log()
-    );
-    stomp.send(r#"{"jsonrpc": "2.0", "method": "Host.ping2", "params": {}, "id": "after"}"#);
+    let hung = HungBatch::new();
+    let mut stomp = Stomp::open(Wire::tcp(hung.f.daemon.port));
+    stomp.send(&hung.batch);
+    hung.wait_hung();
+    stomp.send(AFTER);
     let (early, _) = stomp.next_frame(Duration::from_secs(3));
     assert!(
         early.is_none(),
         "a request ran while a batch of max_pending_requests calls was in flight: {early:?}"
     );
 
-    std::fs::remove_file(&marker).unwrap();
+    hung.release();
     let (first, _) = stomp.next_frame(Duration::from_secs(30));
-    let first = reply_body(&first.expect("the batch's reply"));
-    let first = first.as_array().unwrap_or_else(|| panic!("{first}"));
-    assert_eq!(first[0]["id"], "hung", "{first:?}");
-    assert_eq!(first[0]["result"]["legality"], "LEGAL", "{first:?}");
-    assert_eq!(first[1]["result"], true, "{first:?}");
+    assert_batch_replied(&reply_body(&first.expect("the batch's reply")));
     let (after, _) = stomp.next_frame(Duration::from_secs(30));
-    let after = reply_body(&after.expect("the waiting request's reply"));
-    assert_eq!(after["id"], "after", "{after}");
-    assert_eq!(after["result"], true, "{after}");
+    assert_after_replied(&reply_body(&after.expect("the waiting request's reply")));
+}
+
+/// The same on a WebSocket, whose reader (jsonrpsee's) starts every message it reads at once:
+/// the bound is kept by the RPC middleware, per connection.
+#[test]
+fn each_call_of_a_websocket_batch_counts_toward_max_pending_requests() {
+    let Some(_libvirt) = common::libvirt() else {
+        return;
+    };
+    let hung = HungBatch::new();
+    let mut ws = WebSocket::open(Wire::unix(&hung.f.daemon.socket));
+    ws.send(&hung.batch);
+    hung.wait_hung();
+    ws.send(AFTER);
+    let early = ws.receive_within(Duration::from_secs(3));
+    assert!(
+        early.is_none(),
+        "a request ran while a batch of max_pending_requests calls was in flight: {early:?}"
+    );
+    // Another connection is not held up by this one's budget.
+    assert_eq!(hung.f.daemon.ok("Host.ping2", Value::Null), json!(true));
+
+    hung.release();
+    let first = ws.receive().expect("the batch's reply");
+    assert_batch_replied(&serde_json::from_str(&first).unwrap());
+    let after = ws.receive().expect("the waiting request's reply");
+    assert_after_replied(&serde_json::from_str(&after).unwrap());
 }
 
 /// An address of this machine other than loopback, for a listener the test starts (only
