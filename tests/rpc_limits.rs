@@ -596,23 +596,69 @@ fn each_call_of_a_websocket_batch_counts_toward_max_pending_requests() {
 }
 
 /// An address of this machine other than loopback, for a listener the test starts (only
-/// connections from this machine to itself: nothing leaves it).
-fn non_loopback_address() -> IpAddr {
-    let output = std::process::Command::new("ip")
-        .args(["-o", "addr", "show", "scope", "global"])
-        .output()
-        .expect("ip(8) runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            fields.find(|f| *f == "inet" || *f == "inet6")?;
-            fields.next()?.split('/').next()?.parse::<IpAddr>().ok()
-        })
-        .find(|ip| !ip.is_loopback())
-        .unwrap_or_else(|| {
-            panic!("this machine has no address besides loopback (`ip -o addr`: {text})")
-        })
+/// connections from this machine to itself: nothing leaves it). On a machine with loopback
+/// alone, a documentation address (TEST-NET-2) is put on `lo` for the test's duration: it is
+/// not a loopback address, yet reachable only from this machine.
+struct OutsideAddress {
+    ip: IpAddr,
+    added: bool,
+}
+
+impl OutsideAddress {
+    const FALLBACK: &str = "198.51.100.26";
+
+    fn find() -> OutsideAddress {
+        let output = std::process::Command::new("ip")
+            .args(["-o", "addr", "show", "scope", "global"])
+            .output()
+            .expect("ip(8) runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let found = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                fields.find(|f| *f == "inet" || *f == "inet6")?;
+                fields.next()?.split('/').next()?.parse::<IpAddr>().ok()
+            })
+            .find(|ip| !ip.is_loopback());
+        if let Some(ip) = found {
+            return OutsideAddress { ip, added: false };
+        }
+        let status = std::process::Command::new("ip")
+            .args([
+                "addr",
+                "add",
+                &format!("{}/32", Self::FALLBACK),
+                "dev",
+                "lo",
+            ])
+            .status()
+            .expect("ip(8) runs");
+        assert!(
+            status.success(),
+            "no address besides loopback, and none could be added"
+        );
+        OutsideAddress {
+            ip: Self::FALLBACK.parse().unwrap(),
+            added: true,
+        }
+    }
+}
+
+impl Drop for OutsideAddress {
+    fn drop(&mut self) {
+        if self.added {
+            let _ = std::process::Command::new("ip")
+                .args([
+                    "addr",
+                    "del",
+                    &format!("{}/32", Self::FALLBACK),
+                    "dev",
+                    "lo",
+                ])
+                .status();
+        }
+    }
 }
 
 /// Plain TCP (`tls.enabled = false`) on the default address `::` stops rvdsmd at start, with an
@@ -623,7 +669,8 @@ fn plain_tcp_off_loopback_stops_the_daemon_unless_allowed() {
     let Some(_libvirt) = common::libvirt() else {
         return;
     };
-    let outside = non_loopback_address();
+    let address = OutsideAddress::find();
+    let outside = address.ip;
     let dir = tempfile::Builder::new()
         .prefix("rvdsmd-test")
         .tempdir()
