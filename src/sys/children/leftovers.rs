@@ -1,7 +1,7 @@
-//! Finding and ending the qemu-img and qemu-nbd processes an earlier run of rvdsmd left on a
-//! volume: read from `/proc` (each process's command line, resolved against its working
-//! directory, and the files it holds open), never from the storage, so a hung mount does not
-//! stall the scan. Blocking (file reads, a bounded wait): call it off the reactor.
+//! Finding and ending the qemu-img and qemu-nbd processes an earlier run of rvdsmd left
+//! writing a volume: read from `/proc` (each process's command line, resolved against its
+//! working directory, and the files it holds open and how), never from the storage, so a hung
+//! mount does not stall the scan. Blocking (file reads, a bounded wait): call it off the reactor.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,8 +26,9 @@ pub struct Leftover {
 }
 
 /// The live processes other than this one and its children whose program is one of
-/// `programs` and that name (in an argument, resolved against their working directory) or hold
-/// open a file whose path `matches`.
+/// `programs` and that may write a file whose path `matches`: they hold it open for writing,
+/// or name it (in an argument, resolved against their working directory) and have not opened
+/// it yet.
 pub fn find(programs: &[&str], matches: impl Fn(&Path) -> bool) -> Vec<Leftover> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -63,7 +64,14 @@ fn inspect(pid: i32, programs: &[&str], matches: &impl Fn(&Path) -> bool) -> Opt
         .iter()
         .flat_map(|a| argument_paths(a, cwd.as_deref()))
         .any(|p| matches(&p));
-    if !(named || holds_open(pid, matches)) {
+    // One that holds the file only for reading (`qemu-img info -U`) writes nothing: not a
+    // leftover. One that names it but has not opened it yet may be about to write.
+    let writes = match opened(pid, matches) {
+        Opened::ForWriting => true,
+        Opened::ForReading => false,
+        Opened::No => named,
+    };
+    if !writes {
         return None;
     }
     Some(Leftover {
@@ -95,15 +103,43 @@ fn argument_paths(arg: &str, cwd: Option<&Path>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether `pid` holds a file open whose path `matches` (a file handed over as a descriptor
-/// is named by no argument).
-fn holds_open(pid: i32, matches: &impl Fn(&Path) -> bool) -> bool {
+/// How a process holds the files that match.
+#[derive(Debug, PartialEq, Eq)]
+enum Opened {
+    /// At least one of them open for writing.
+    ForWriting,
+    /// Open, for reading only.
+    ForReading,
+    /// None of them.
+    No,
+}
+
+/// How `pid` holds the files whose path `matches` (a file handed over as a descriptor is named
+/// by no argument): the access mode of each descriptor, from `/proc/<pid>/fdinfo`.
+fn opened(pid: i32, matches: &impl Fn(&Path) -> bool) -> Opened {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
+        return Opened::No;
     };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .any(|target| matches(&target))
+    let mut found = Opened::No;
+    for fd in fds.flatten() {
+        if !std::fs::read_link(fd.path()).is_ok_and(|target| matches(&target)) {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ));
+        let flags = info.ok().and_then(|text| {
+            let octal = text.lines().find_map(|l| l.strip_prefix("flags:"))?;
+            u32::from_str_radix(octal.trim(), 8).ok()
+        });
+        // O_ACCMODE is 3, O_RDONLY 0; an unreadable mode counts as writing.
+        if flags.is_none_or(|f| f & 3 != 0) {
+            return Opened::ForWriting;
+        }
+        found = Opened::ForReading;
+    }
+    found
 }
 
 /// `(state, parent pid, start time)` of `pid`, from `/proc/<pid>/stat` (the fields after the
@@ -121,6 +157,29 @@ fn stat(pid: i32) -> Option<(char, i32, u64)> {
 /// Whether `found` is still running: the same pid, started at the same time, not a zombie.
 fn still_running(found: &Leftover) -> bool {
     stat(found.pid).is_some_and(|(state, _, started)| state != 'Z' && started == found.started)
+}
+
+/// How long recovery waits for a leftover killed with SIGKILL to be gone.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Ends what an earlier run left writing a file that `matches` before recovery touches it or
+/// calls its work retryable: each qemu-img or qemu-nbd [`find`] finds is logged (for `what`,
+/// the interrupted work) and killed with SIGKILL, then waited for up to [`GRACE`]. Returns
+/// those still running then. Killed rather than waited for, as the systemd unit's control
+/// group would have killed them: the work they did is over, and nothing else may write its
+/// volumes. Blocking.
+pub fn end_writers(what: &str, matches: impl Fn(&Path) -> bool) -> Vec<Leftover> {
+    let found = find(&VOLUME_TOOLS, matches);
+    for leftover in &found {
+        tracing::warn!(pid = leftover.pid, ppid = leftover.ppid, cmdline = %leftover.cmdline,
+            "killing a leftover of an earlier run writing a volume of {what}");
+    }
+    let alive = kill_and_wait(&found, GRACE);
+    for leftover in &alive {
+        tracing::error!(pid = leftover.pid, cmdline = %leftover.cmdline,
+            "a leftover writing a volume of {what} is still running {} s after SIGKILL", GRACE.as_secs());
+    }
+    alive
 }
 
 /// Kills each of `found` with SIGKILL and waits for all to be gone, up to `within`; returns
@@ -169,54 +228,65 @@ mod tests {
         assert!(argument_paths("vol", None).is_empty());
     }
 
-    /// A real qemu-nbd (not a child of this process's leftover search: it is found only when
-    /// it is not this process's child, so it is started through a shell that exits) holding
-    /// an image named relative to its working directory is found, and killed.
-    #[test]
-    fn a_qemu_nbd_on_a_volume_is_found_and_killed() {
-        let dir = tempfile::tempdir().unwrap();
-        let made = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "vol", "1M"])
-            .current_dir(dir.path())
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let socket = dir.path().join("nbd.sock");
-        // Through `sh -c '... &'`: the shell exits at once and qemu-nbd is reparented, as a
-        // leftover of a dead rvdsmd is.
+    /// Starts `qemu-nbd options... file` in `dir` through `sh -c '... &'`: the shell exits at
+    /// once and qemu-nbd is reparented, as a leftover of a dead rvdsmd is. Returns its pid
+    /// once it serves (it has opened the file).
+    fn orphan_qemu_nbd(dir: &Path, options: &str, file: &str) -> i32 {
+        let socket = dir.join(format!("{file}.sock"));
+        let line = format!(
+            "qemu-nbd {options} -f qcow2 -k {} {file} </dev/null >/dev/null 2>&1 & echo $!",
+            socket.display()
+        );
         let started = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "qemu-nbd -f qcow2 -k {} vol </dev/null >/dev/null 2>&1 & echo $!",
-                    socket.display()
-                ),
-            ])
-            .current_dir(dir.path())
+            .args(["-c", &line])
+            .current_dir(dir)
             .stderr(Stdio::null())
             .output()
             .unwrap();
-        let pid: i32 = String::from_utf8_lossy(&started.stdout)
+        let pid = String::from_utf8_lossy(&started.stdout)
             .trim()
             .parse()
             .unwrap();
-        let target = dir.path().join("vol");
-        let is_target = |p: &Path| p == target;
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut found = find(&VOLUME_TOOLS, is_target);
-        while found.is_empty() && Instant::now() < deadline {
+        while !socket.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
-            found = find(&VOLUME_TOOLS, is_target);
         }
-        let survivors = kill_and_wait(&found, Duration::from_secs(5));
+        pid
+    }
+
+    fn end(pid: i32) {
         if stat(pid).is_some_and(|(s, _, _)| s != 'Z') {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        assert_eq!(found.iter().map(|f| f.pid).collect::<Vec<_>>(), [pid]);
+    }
+
+    /// Real qemu-nbd processes, not children of this one, on images named relative to their
+    /// working directory: the one that writes its image is found, and killed; one that only
+    /// reads its image is not found.
+    #[test]
+    fn a_qemu_nbd_writing_a_volume_is_found_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["vol", "ro"] {
+            let made = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", name, "1M"])
+                .current_dir(dir.path())
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        let writer = orphan_qemu_nbd(dir.path(), "", "vol");
+        let reader = orphan_qemu_nbd(dir.path(), "-r", "ro");
+        let (vol, ro) = (dir.path().join("vol"), dir.path().join("ro"));
+        let found = find(&VOLUME_TOOLS, |p: &Path| p == vol);
+        let found_reading = find(&VOLUME_TOOLS, |p: &Path| p == ro);
+        let survivors = kill_and_wait(&found, Duration::from_secs(5));
+        let left = find(&VOLUME_TOOLS, |p: &Path| p == vol);
+        end(writer);
+        end(reader);
+        assert_eq!(found.iter().map(|f| f.pid).collect::<Vec<_>>(), [writer]);
         assert!(found[0].cmdline.starts_with("qemu-nbd"), "{found:?}");
         assert!(survivors.is_empty(), "{survivors:?}");
-        assert!(find(&VOLUME_TOOLS, is_target).is_empty());
-        // Another file is not matched.
-        assert!(find(&VOLUME_TOOLS, |p: &Path| p == dir.path().join("other")).is_empty());
+        assert!(left.is_empty(), "{left:?}");
+        assert!(found_reading.is_empty(), "{found_reading:?}");
     }
 }
