@@ -103,10 +103,13 @@ fn serve(requests: &mpsc::Receiver<Request>) {
         reply,
     } in requests.iter()
     {
-        let _inside = runtime.enter();
-        // A panic must not end this thread: every later child would fail to start.
-        let child = std::panic::catch_unwind(AssertUnwindSafe(|| command.spawn()))
-            .unwrap_or_else(|_| Err(io::Error::other("starting the child panicked")));
+        // A panic (a runtime gone, say) must not end this thread: every later child would
+        // fail to start.
+        let child = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let _inside = runtime.enter();
+            command.spawn()
+        }))
+        .unwrap_or_else(|_| Err(io::Error::other("starting the child panicked")));
         // A caller gone meanwhile drops the child here, killed if it asked for kill_on_drop.
         let _ = reply.send(child);
     }
