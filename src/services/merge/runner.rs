@@ -257,6 +257,7 @@ impl MergeService {
         for attempt in 1..=MAX_PIVOT_ATTEMPTS {
             match hv.pivot(entry.vm, entry.target.clone()).await {
                 Ok(Pivot::Done) => {
+                    crate::failpoint::pause("merge:pivot-asked").await;
                     if self.wait_pivoted(entry).await {
                         return Ok(attempt);
                     }
