@@ -104,10 +104,7 @@ fn a_live_merge_cancelled_midway_leaves_the_base_announced_unknown_not_clean() {
         base_info["revertBoot"]["outcome"], "clean",
         "a revert to the base would boot a mix of two instants: {base_info}"
     );
-    assert_eq!(
-        base_info["revertBoot"]["outcome"], "unknown",
-        "{base_info}"
-    );
+    assert_eq!(base_info["revertBoot"]["outcome"], "unknown", "{base_info}");
     assert_eq!(base_info["snapshot"]["reason"], "merging", "{base_info}");
     let message = info["error"]["message"].as_str().unwrap();
     assert!(
@@ -169,7 +166,10 @@ fn vm_destroy_is_refused_while_a_live_merge_runs_and_the_chain_stays_true() {
     let (code, message) = f.daemon.err("VM.destroy", json!({"vmID": vm.uuid}));
     assert_eq!(code, 42, "{message}");
     assert!(message.contains("merge"), "{message}");
-    assert!(message.contains(&job), "the refusal names the job: {message}");
+    assert!(
+        message.contains(&job),
+        "the refusal names the job: {message}"
+    );
     std::fs::remove_file(&marker).unwrap();
     let info = wait_job(&f, &job, Duration::from_secs(120));
     assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());

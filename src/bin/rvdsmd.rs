@@ -167,11 +167,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     refresh_changed_vms(changed_vms, monitor.clone());
     let vms = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
-        let dir = config.daemon.state_dir.join("vms");
-        tokio::task::spawn_blocking(move || VmService::open(hypervisor, storage, monitor, &dir))
-            .await
-            .context("start-up panicked")?
-            .context("cannot open the VM journal")?
+        let (jobs, dir) = (jobs_view.clone(), config.daemon.state_dir.join("vms"));
+        tokio::task::spawn_blocking(move || {
+            VmService::open(hypervisor, storage, monitor, jobs, &dir)
+        })
+        .await
+        .context("start-up panicked")?
+        .context("cannot open the VM journal")?
     };
     let (merge, merges_left) = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());

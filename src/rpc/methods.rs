@@ -232,6 +232,7 @@ mod tests {
             hv.clone(),
             storage.clone(),
             monitor.clone(),
+            jobs.clone(),
             &dir.path().join("vms"),
         )
         .unwrap();
