@@ -329,13 +329,20 @@ fn rvdsmd_killed_before_the_commit_starts_ends_the_job_failed_with_nothing_chang
         "{info}"
     );
     assert_intact(&f, &image, &guest, &top, "killed before the commit");
+    // Killed before the base's note was marked: nothing began, and the note stays true.
+    assert_eq!(
+        f.info(&image, &base)["revertBoot"]["outcome"],
+        "clean",
+        "{}",
+        f.info(&image, &base)
+    );
 }
 
 #[test]
 fn qemu_killed_mid_commit_leaves_the_chain_as_it_was() {
     let Some(_conn) = libvirt() else { return };
     let mut f = Fixture::new();
-    let (guest, image, _base, top, job, marker) =
+    let (guest, image, base, top, job, marker) =
         merge_paused_at(&mut f, "merge:committing", json!({"bandwidth": 1}));
     guest.domain().destroy().unwrap();
     std::fs::remove_file(&marker).unwrap();
@@ -351,6 +358,13 @@ fn qemu_killed_mid_commit_leaves_the_chain_as_it_was() {
     );
     assert_eq!(f.info(&image, &top)["legality"], "LEGAL");
     assert!(chain_problems(&f, &image, &top).is_empty());
+    // The commit began: the base may hold part of the top's data, and says so.
+    assert_eq!(
+        f.info(&image, &base)["revertBoot"]["outcome"],
+        "unknown",
+        "{}",
+        f.info(&image, &base)
+    );
 }
 
 #[test]
