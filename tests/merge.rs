@@ -301,18 +301,18 @@ fn rvdsmd_killed_before_the_commit_starts_ends_the_job_failed_with_nothing_chang
     let params = merge_params(&f, &guest.uuid, &image, &top, &base, &top);
     let job = params["jobUUID"].as_str().unwrap().to_owned();
     // The request hangs at the failpoint: send it from a thread that gives up on it.
+    // The parameters' file goes with the test's temporary directory, even on a panic.
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("merge.json");
+    std::fs::write(&file, params.to_string()).unwrap();
     let request = {
-        let (socket, params) = (f.daemon.socket.clone(), params.clone());
+        let socket = f.daemon.socket.clone();
         std::thread::spawn(move || {
             let _ = std::process::Command::new(env!("CARGO_BIN_EXE_rvdsm"))
                 .arg("--socket")
                 .arg(socket)
                 .args(["VM", "merge", "-f"])
-                .arg({
-                    let file = std::env::temp_dir().join(format!("merge-{}.json", new_id()));
-                    std::fs::write(&file, params.to_string()).unwrap();
-                    file
-                })
+                .arg(file)
                 .output();
         })
     };
