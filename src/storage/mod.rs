@@ -14,6 +14,8 @@
 //! - [`data_operation`]: generations and legality around a volume's data being written.
 //! - [`copy`]: a full copy of a chain into another volume.
 //! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
+//! - [`tool_files`]: the files handed to a tool that opens them by name (qemu-img, QEMU,
+//!   sanlock), held and checked first: no link, regular files, chains as the metadata says.
 
 pub mod copy;
 pub mod data_operation;
@@ -28,6 +30,7 @@ pub mod merge;
 pub mod meta;
 pub mod qemu_img;
 pub mod snapshot_volume;
+pub mod tool_files;
 pub mod volume;
 pub mod xleases;
 
