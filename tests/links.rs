@@ -318,3 +318,37 @@ fn a_lease_is_never_written_through_a_linked_leases_volume() {
     assert_refused_for_a_link("Lease.create", &refused);
     victim.assert_untouched();
 }
+
+#[test]
+fn the_shared_task_records_are_never_written_through_a_link_at_master() {
+    let Some(_conn) = libvirt() else { return };
+    let host = SharedHost::start();
+    let f = &host.f;
+    // A host directory with a `tasks/` in it, where `master/` now points.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let victim_dir = elsewhere.path().join("tasks");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("keep"), b"kept").unwrap();
+    let master = f.root().join("master");
+    std::fs::rename(&master, f.root().join("master.before")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), &master).unwrap();
+
+    // A task of the SPM: its record goes to master/tasks.
+    let image = new_id();
+    let params = f.create_params(&image, &new_id(), json!({"size": (4 * MIB).to_string()}));
+    let refused = match f
+        .daemon
+        .call(common::daemon::Via::Unix, "Volume.create", params)
+    {
+        Ok(task) => task_outcome(f.daemon.wait_task(task.as_str().unwrap()))
+            .expect_err("a task record was written through a link"),
+        Err(err) => err.to_string(),
+    };
+    assert_refused_for_a_link("the SPM's task record", &refused);
+    let names: Vec<_> = std::fs::read_dir(&victim_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["keep"], "written through the link at master/");
+    assert_eq!(std::fs::read(victim_dir.join("keep")).unwrap(), b"kept");
+}
