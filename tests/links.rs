@@ -2,7 +2,8 @@
 //! QEMU, sanlock). A co-tenant of a shared domain plants a symbolic link at the file an
 //! operation touches, pointing at a host file outside the domain (the victim): a copy's
 //! destination, a cold merge's base, a clone's parent, a revert's new leaf (swapped in while
-//! the create is paused), the leases volume `dom_md/xleases`, the shared `master/` records.
+//! the create is paused), the leases volume `dom_md/xleases`, a volume's `.lease` that sanlock
+//! takes for an SDM job, the shared `master/` records.
 //! Each operation fails with an error that says why, and the victim keeps its bytes. A qcow2
 //! header whose backing file names a host file is refused before the chain is written or a
 //! VM starts on it.
@@ -351,4 +352,23 @@ fn the_shared_task_records_are_never_written_through_a_link_at_master() {
         .collect();
     assert_eq!(names, ["keep"], "written through the link at master/");
     assert_eq!(std::fs::read(victim_dir.join("keep")).unwrap(), b"kept");
+}
+
+#[test]
+fn a_volume_lease_is_never_taken_through_a_link() {
+    let Some(_conn) = libvirt() else { return };
+    let host = SharedHost::start();
+    let f = &host.f;
+    let (src_image, dst_image) = (new_id(), new_id());
+    let source = volume(f, &src_image, 4, 4 * MIB, None);
+    let destination = volume(f, &dst_image, 4, 4 * MIB, None);
+    // The lease sanlock takes for the copy's destination, in a host file.
+    let victim = Victim::raw_disk(2 * MIB);
+    let lease = f.image_dir(&dst_image).join(format!("{destination}.lease"));
+    plant_link(&lease, &victim.path);
+
+    let info = copy(f, (&src_image, &source), (&dst_image, &destination));
+    assert_eq!(info["status"], "failed", "{info}");
+    assert_refused_for_a_link("the volume lease", &info["error"]["message"].to_string());
+    victim.assert_untouched();
 }
