@@ -54,6 +54,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Sharing storage domains with other hosts (sanlock).
     pub cluster: ClusterConfig,
+    /// The host files a VM may use, and where rvdsm puts those it names.
+    pub vm: VmConfig,
 }
 
 /// The management listeners: JSON-RPC over STOMP, HTTP and WebSocket on one TCP port (mutual
@@ -75,11 +77,19 @@ pub struct ServerConfig {
     pub max_response_bytes: u32,
     /// Most connections served at once on each listener.
     pub max_connections: u32,
-    /// Requests of one STOMP connection running at once; past it the connection is not read
-    /// until one ends.
+    /// Requests of one STOMP or WebSocket connection running at once, each call of a batch
+    /// counted; past it a STOMP connection is not read until one ends, and a WebSocket's next
+    /// call waits.
     pub max_pending_requests: u32,
+    /// Most calls in one JSON-RPC batch, on every transport; a larger batch is refused whole,
+    /// none of its calls run. At most `max_pending_requests`, so that a batch can always run.
+    pub max_batch_calls: u32,
     /// How long in-flight requests may run after SIGTERM before the daemon exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// Whether plain TCP (`tls.enabled = false`) may listen on an address other than loopback.
+    /// Without it, such a configuration is refused at start: plain TCP serves every verb to
+    /// anyone who reaches the port.
+    pub allow_insecure_network: bool,
     /// TLS on the TCP listener.
     pub tls: TlsConfig,
 }
@@ -89,8 +99,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// `false` serves plain TCP (VDSM's `ssl = false`), for isolated labs and tests only; the
-    /// daemon warns at start.
+    /// `false` serves plain TCP (VDSM's `ssl = false`), for isolated labs and tests only: on
+    /// loopback, or elsewhere with `server.allow_insecure_network`; the daemon warns at start.
     pub enabled: bool,
     /// The host certificate (PEM).
     pub cert: PathBuf,
@@ -126,9 +136,45 @@ impl Default for ServerConfig {
             max_response_bytes: 16 * 1024 * 1024,
             max_connections: 256,
             max_pending_requests: 64,
+            max_batch_calls: 64,
             shutdown_timeout_secs: 30,
+            allow_insecure_network: false,
             tls: TlsConfig::default(),
         }
+    }
+}
+
+impl ServerConfig {
+    /// A batch counts one pending request per call: one larger than `max_pending_requests`
+    /// could never run.
+    fn validate_batches(&self) -> Result<(), ConfigError> {
+        if self.max_batch_calls == 0 || self.max_batch_calls > self.max_pending_requests {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_batch_calls must be 1 to server.max_pending_requests ({}), not {}",
+                self.max_pending_requests, self.max_batch_calls
+            )));
+        }
+        Ok(())
+    }
+
+    /// Plain TCP serves every verb, `VM.create` included, to anyone who reaches the port: it
+    /// is refused on a non-loopback address unless the file says it is meant.
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
+        if self.exposes_plain_tcp() && !self.allow_insecure_network {
+            return Err(ConfigError::Invalid(format!(
+                "server.tls.enabled = false with server.address = {} would serve every verb \
+                 without authentication to the network; enable TLS, listen on loopback \
+                 (server.address = \"::1\" or \"127.0.0.1\"), or set \
+                 server.allow_insecure_network = true for an isolated network",
+                self.address
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the TCP listener is plain and reachable from other hosts.
+    pub fn exposes_plain_tcp(&self) -> bool {
+        self.tcp_enabled && !self.tls.enabled && !self.address.to_canonical().is_loopback()
     }
 }
 
@@ -234,6 +280,85 @@ impl Default for DaemonConfig {
     }
 }
 
+/// The host files a VM may use: a manager names volumes, never host paths, so the few host
+/// files a definition may name lie in directories listed here, and the files rvdsm makes for
+/// a VM go where this says.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// Directories a VM may boot a kernel and initrd from (`<os><kernel>`, `<initrd>`); none
+    /// by default.
+    pub boot_dirs: Vec<PathBuf>,
+    /// Directories of firmware images (`<loader>`, `<nvram template=...>`).
+    pub firmware_dirs: Vec<PathBuf>,
+    /// Where a VM's serial console log goes, as `<vmUUID>.log`, when its definition has a
+    /// file console.
+    pub console_log_dir: PathBuf,
+    /// Where a VM's serial console socket goes, as `<vmUUID>.sock` (ovirt-vmconsole's
+    /// directory), when its definition has a unix console.
+    pub console_socket_dir: PathBuf,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            boot_dirs: Vec::new(),
+            firmware_dirs: [
+                "/usr/share/OVMF",
+                "/usr/share/AAVMF",
+                "/usr/share/edk2",
+                "/usr/share/qemu",
+                "/usr/share/seabios",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
+            console_log_dir: PathBuf::from("/var/log/rvdsm/console"),
+            console_socket_dir: PathBuf::from("/run/ovirt-vmconsole-console"),
+        }
+    }
+}
+
+impl VmConfig {
+    /// The rules `VM.create` applies to a definition's host files.
+    pub fn file_rules(&self) -> crate::virt::vm_policy::VmFileRules {
+        crate::virt::vm_policy::VmFileRules {
+            boot_dirs: self.boot_dirs.clone(),
+            firmware_dirs: self.firmware_dirs.clone(),
+            console_log_dir: self.console_log_dir.clone(),
+            console_socket_dir: self.console_socket_dir.clone(),
+            // libvirt's own directory for NVRAM files (qemu.conf's nvram_dir default).
+            nvram_dir: PathBuf::from("/var/lib/libvirt/qemu/nvram"),
+        }
+    }
+
+    /// Every directory is absolute with no `.` or `..` in it: each is compared, as a prefix,
+    /// with the paths a definition names.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let dirs = self
+            .boot_dirs
+            .iter()
+            .chain(&self.firmware_dirs)
+            .chain([&self.console_log_dir, &self.console_socket_dir]);
+        for dir in dirs {
+            let plain = dir.is_absolute()
+                && dir.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                })
+                && dir != Path::new("/");
+            if !plain {
+                return Err(ConfigError::Invalid(format!(
+                    "[vm]: {} must be an absolute directory other than / with no . or ..",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -276,6 +401,8 @@ impl Config {
                 "server.max_connections and server.max_pending_requests must be at least 1",
             );
         }
+        self.server.validate_batches()?;
+        self.server.validate_exposure()?;
         if self.libvirt.call_timeout_secs == 0
             || self.libvirt.agent_timeout_secs == 0
             || self.libvirt.vm_sample_interval_secs == 0
@@ -303,7 +430,7 @@ impl Config {
         if self.libvirt.uri.is_empty() {
             return invalid("libvirt.uri must not be empty");
         }
-        Ok(())
+        self.vm.validate()
     }
 
     /// The bound of one libvirt call.
@@ -399,6 +526,75 @@ mod tests {
         let fixed = uuid::Uuid::new_v4();
         config.storage.pool_uuid = Some(fixed);
         assert_eq!(config.pool_uuid().unwrap(), fixed);
+    }
+
+    fn invalid_message(text: &str) -> String {
+        match Config::parse(text).unwrap().validate() {
+            Err(ConfigError::Invalid(message)) => message,
+            other => panic!("{text:?}: expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn batch_limit_is_1_to_max_pending_requests() {
+        assert_eq!(Config::default().server.max_batch_calls, 64);
+        let message = invalid_message("[server]\nmax_batch_calls = 0\n");
+        assert!(message.contains("server.max_batch_calls"), "{message}");
+        let message = invalid_message("[server]\nmax_pending_requests = 8\n");
+        assert!(
+            message.contains("server.max_batch_calls") && message.contains("(8)"),
+            "{message}"
+        );
+        let c = Config::parse("[server]\nmax_pending_requests = 8\nmax_batch_calls = 8\n").unwrap();
+        assert!(c.validate().is_ok());
+        let c = Config::parse("[server]\nmax_batch_calls = 1\n").unwrap();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn plain_tcp_off_loopback_is_refused_unless_allowed() {
+        for address in ["::", "0.0.0.0", "192.0.2.7", "::ffff:192.0.2.7"] {
+            let text =
+                format!("[server]\naddress = \"{address}\"\n[server.tls]\nenabled = false\n");
+            let message = invalid_message(&text);
+            for field in [
+                "server.tls.enabled",
+                "server.address",
+                "server.allow_insecure_network",
+            ] {
+                assert!(message.contains(field), "{address}: {message}");
+            }
+            let allowed = text.replace("[server]\n", "[server]\nallow_insecure_network = true\n");
+            assert!(
+                Config::parse(&allowed).unwrap().validate().is_ok(),
+                "{address}"
+            );
+        }
+        for address in ["::1", "127.0.0.1", "127.1.2.3", "::ffff:127.0.0.1"] {
+            let text =
+                format!("[server]\naddress = \"{address}\"\n[server.tls]\nenabled = false\n");
+            let c = Config::parse(&text).unwrap();
+            assert!(c.validate().is_ok(), "{address}");
+            assert!(!c.server.exposes_plain_tcp(), "{address}");
+        }
+        // No plain TCP on the network: TLS on, or no TCP listener at all.
+        assert!(Config::default().validate().is_ok());
+        let no_tcp = "[server]\ntcp_enabled = false\n[server.tls]\nenabled = false\n";
+        assert!(Config::parse(no_tcp).unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn vm_directories_must_be_plain_and_absolute() {
+        for bad in [
+            "boot_dirs = [\"boot\"]",
+            "boot_dirs = [\"/srv/../etc\"]",
+            "console_log_dir = \"/\"",
+        ] {
+            let c = Config::parse(&format!("[vm]\n{bad}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let c = Config::parse("[vm]\nboot_dirs = [\"/srv/boot\"]\n").unwrap();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::chain::{read_marker, take_snapshot, wait_job, write_marker};
 use common::domain::{Fixture, assert_success, new_id};
-use common::engine::EngineVm;
+use common::engine::{EngineVm, Undefine, engine_xml, vm_name};
 use common::guest::GuestSlot;
 use common::{libvirt, wait_until};
 use serde_json::{Value, json};
@@ -83,6 +83,17 @@ fn full_and_linked_clones_boot_with_the_snapshot_s_files_and_a_new_generation() 
                "volumeID": top}, "baseVolUUID": base, "topVolUUID": top}),
     );
     assert_eq!(code, 52, "{message}");
+    // Nor does a VM start on the image's leaf meanwhile: it would write under the copy.
+    let other = new_id();
+    let _undefine = Undefine(other.clone());
+    let files = tempfile::tempdir().unwrap();
+    let xml = engine_xml(&f, &other, &vm_name("copied"), &image, &next, files.path());
+    let (code, message) = f.daemon.err(
+        "VM.create",
+        json!({"vmID": other, "vmParams": {"xml": xml}}),
+    );
+    assert_eq!(code, 1000, "{message}");
+    assert!(message.contains("being copied"), "{message}");
     std::fs::remove_file(&marker).unwrap();
     let info = wait_job(&f, &job, Duration::from_secs(120));
     assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());

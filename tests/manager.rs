@@ -240,11 +240,12 @@ fn vm_create_refuses_bad_definitions_and_leaves_nothing_behind() {
         json!({"vmID": vm, "vmParams": {"xml": missing}}),
     );
     assert_eq!(code, 201, "{message}");
-    // A definition libvirt refuses (an emulator that does not exist): undone, code 9.
+    // A definition libvirt refuses (an action it does not know): undone, code 9.
     let broken = xml.replace(
-        "</devices>",
-        "<emulator>/nonexistent/qemu</emulator></devices>",
+        "<on_crash>destroy</on_crash>",
+        "<on_crash>explode</on_crash>",
     );
+    assert_ne!(broken, xml);
     let (code, message) = f.daemon.err(
         "VM.create",
         json!({"vmID": vm, "vmParams": {"xml": broken}}),

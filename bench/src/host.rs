@@ -74,10 +74,13 @@ impl Host {
         let config = format!(
             "[server]\naddress = \"127.0.0.1\"\nport = {port}\nunix_socket = \"{}\"\n\
              [server.tls]\nenabled = false\n[storage]\nrepository = \"{}\"\n\
-             [daemon]\nstate_dir = \"{}\"\n",
+             [daemon]\nstate_dir = \"{}\"\n\
+             [vm]\nboot_dirs = [\"{}\"]\nconsole_log_dir = \"{}\"\n",
             socket.display(),
             dir.path().join("repo").display(),
-            dir.path().join("state").display()
+            dir.path().join("state").display(),
+            repo.join("fixtures/build").display(),
+            dir.path().join("console").display()
         );
         std::fs::write(dir.path().join("rvdsm.toml"), config)?;
         let log = std::fs::File::create(dir.path().join("rvdsmd.log"))?;

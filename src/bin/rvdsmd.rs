@@ -168,10 +168,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let vms = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
         let dir = config.daemon.state_dir.join("vms");
-        tokio::task::spawn_blocking(move || VmService::open(hypervisor, storage, monitor, &dir))
-            .await
-            .context("start-up panicked")?
-            .context("cannot open the VM journal")?
+        let rules = config.vm.file_rules();
+        tokio::task::spawn_blocking(move || {
+            VmService::open(hypervisor, storage, monitor, rules, &dir)
+        })
+        .await
+        .context("start-up panicked")?
+        .context("cannot open the VM journal")?
     };
     let (merge, merges_left) = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
@@ -213,6 +216,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_response_bytes: config.server.max_response_bytes,
         max_connections: config.server.max_connections,
         max_pending_requests: config.server.max_pending_requests,
+        max_batch_calls: config.server.max_batch_calls,
         tls: tls.clone(),
     };
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -339,7 +343,9 @@ fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
         return Ok(None);
     }
     if !tls.enabled {
+        // Off loopback only with server.allow_insecure_network (Config::validate).
         tracing::warn!(
+            address = %config.server.address,
             "TLS is disabled: the TCP management port accepts unauthenticated plain-text \
              clients; use this only on an isolated network"
         );
@@ -352,7 +358,7 @@ fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
     };
     let loaded = ServerTls::load(files).context(
         "cannot load the TLS certificates (make lab ones with `rvdsm pki init DIR`, or set \
-         server.tls.enabled = false for plain TCP)",
+         server.tls.enabled = false for plain TCP on loopback)",
     )?;
     Ok(Some(Arc::new(loaded)))
 }

@@ -11,18 +11,25 @@ use tower::layer::util::{Identity, Stack};
 
 use super::json_style::vdsm_reply;
 use super::logging::{CorrelationId, RequestLogLayer};
+use super::pending::PendingLimitLayer;
 use super::readiness::{Readiness, RecoveryGateLayer};
 
 /// The RPC middleware every transport applies, outermost first.
-pub type RpcLayers = Stack<RecoveryGateLayer, Stack<RequestLogLayer, Identity>>;
+pub type RpcLayers =
+    Stack<RecoveryGateLayer, Stack<RequestLogLayer, Stack<PendingLimitLayer, Identity>>>;
 
-/// The middleware stack: one log span per request (batches taken apart), then the recovery
+/// The middleware stack: at most `max_pending_requests` calls running per WebSocket (batches
+/// counted per call), one log span per request (batches taken apart), then the recovery
 /// gate. `max_response_bytes` bounds a batch's reply.
 pub fn rpc_middleware(
     readiness: Readiness,
     max_response_bytes: u32,
+    max_pending_requests: u32,
 ) -> RpcServiceBuilder<RpcLayers> {
     RpcServiceBuilder::new()
+        .layer(PendingLimitLayer {
+            max: max_pending_requests as usize,
+        })
         .layer(RequestLogLayer {
             max_response_bytes: max_response_bytes as usize,
         })

@@ -5,6 +5,7 @@
 //! - [`methods`]: the one registry of verbs ([`jsonrpsee::RpcModule`]) every transport serves.
 //! - [`params`]: JSON parameters (by name or by position) into the typed structs of `api`.
 //! - [`logging`]: one tracing span and one log line per request.
+//! - [`pending`]: at most `max_pending_requests` calls running per WebSocket connection.
 //! - [`http_front`]: what HTTP answers before JSON-RPC: `GET /metrics`, 411 without a length.
 //! - [`readiness`]: the recovery gate (99 until the daemon has recovered).
 //! - [`handshakes`]: TLS handshakes of unauthenticated peers, in a budget of their own.
@@ -24,6 +25,7 @@ pub mod json_style;
 pub mod logging;
 pub mod methods;
 pub mod params;
+pub mod pending;
 pub mod readiness;
 pub mod server;
 pub mod stomp;

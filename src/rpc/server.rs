@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use jsonrpsee::Methods;
 use jsonrpsee::server::{
-    Server, ServerConfig, ServerHandle, StopHandle, serve_with_graceful_shutdown, stop_channel,
+    BatchRequestConfig, Server, ServerConfig, ServerHandle, StopHandle,
+    serve_with_graceful_shutdown, stop_channel,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -53,8 +54,11 @@ pub struct ServerOptions {
     pub max_response_bytes: u32,
     /// Most connections at once per listener; more are closed at once.
     pub max_connections: u32,
-    /// Requests of one STOMP connection running at once.
+    /// Requests of one STOMP or WebSocket connection running at once, each call of a batch
+    /// counted.
     pub max_pending_requests: u32,
+    /// Most calls in one batch, on every transport; a larger batch is refused whole.
+    pub max_batch_calls: u32,
 }
 
 /// Errors while starting the listeners.
@@ -100,8 +104,15 @@ impl RunningServer {
             .max_request_body_size(options.max_request_bytes)
             .max_response_body_size(options.max_response_bytes)
             .max_connections(options.max_connections)
+            // Checked before any call of the batch is parsed or run, on every transport (the
+            // STOMP dispatcher shares this configuration).
+            .set_batch_request_config(BatchRequestConfig::Limit(options.max_batch_calls))
             .build();
-        let middleware = rpc_middleware(readiness, options.max_response_bytes);
+        let middleware = rpc_middleware(
+            readiness,
+            options.max_response_bytes,
+            options.max_pending_requests,
+        );
         let builder = Server::builder()
             .set_config(config.clone())
             .set_rpc_middleware(middleware.clone())
@@ -123,6 +134,7 @@ impl RunningServer {
                     ..FrameLimits::default()
                 },
                 max_pending_requests: options.max_pending_requests as usize,
+                max_batch_calls: options.max_batch_calls as usize,
                 ..StompOptions::default()
             },
             connections.clone(),

@@ -120,6 +120,10 @@ impl From<VirtError> for ApiError {
             VirtError::Libvirt { .. } | VirtError::Xml { .. } | VirtError::Agent { .. } => {
                 Self::Hypervisor(err.to_string())
             }
+            VirtError::Refused { .. } => Self::Coded {
+                code: codes::CANNOT_CREATE_VM,
+                message: format!("Error creating the requested VM: {{'reason': '{err}'}}"),
+            },
             VirtError::Timeout { .. } => Self::Timeout(err.to_string()),
             VirtError::Panicked { .. } => Self::Unexpected(err.to_string()),
         }

@@ -89,6 +89,15 @@ pub enum VirtError {
         /// The parser's message.
         message: String,
     },
+    /// A definition holds something rvdsm cannot place or verify (a host path, a device that
+    /// reaches the host, an element in another namespace).
+    #[error("the domain XML is refused: {element}: {reason}")]
+    Refused {
+        /// The element, as the definition has it.
+        element: String,
+        /// Why.
+        reason: String,
+    },
     /// The guest agent answered with an error, or with something that is not QGA.
     #[error("guest agent command {command} failed: {message}")]
     Agent {
@@ -133,7 +142,7 @@ impl VirtError {
             },
             Self::Agent { .. } => VirtErrorKind::AgentFailed,
             Self::Timeout { .. } => VirtErrorKind::Timeout,
-            Self::Xml { .. } | Self::Panicked { .. } => VirtErrorKind::Other,
+            Self::Xml { .. } | Self::Refused { .. } | Self::Panicked { .. } => VirtErrorKind::Other,
         }
     }
 

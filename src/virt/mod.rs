@@ -16,6 +16,7 @@ mod lifecycle;
 mod sampling;
 mod snapshot;
 mod vm_control;
+pub mod vm_policy;
 pub mod vm_xml;
 pub mod xml;
 mod xml_edit;

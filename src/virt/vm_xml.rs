@@ -89,7 +89,7 @@ fn invalid(message: impl Into<String>) -> VirtError {
 pub fn parse_engine_vm(xml: &str) -> Result<EngineVm, VirtError> {
     let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
     let root = doc.root_element();
-    if !root.has_tag_name("domain") {
+    if !is_libvirt(root, "domain") {
         return Err(invalid("the document is not a <domain>"));
     }
     let text_of = |name: &str| child(root, name).and_then(|n| n.text()).map(str::trim);
@@ -100,6 +100,26 @@ pub fn parse_engine_vm(xml: &str) -> Result<EngineVm, VirtError> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| invalid("the domain has no <name>"))?
         .to_owned();
+    let vms = child(root, "metadata").map_or(0, |m| {
+        m.children()
+            .filter(|n| {
+                n.tag_name().name() == "vm" && n.tag_name().namespace() == Some(OVIRT_VM_NS)
+            })
+            .count()
+    });
+    if vms > 1 {
+        return Err(invalid("the metadata has a second <ovirt-vm:vm>"));
+    }
+    let mut named = std::collections::HashSet::new();
+    if let Some(twice) = metadata_devices(&doc)
+        .iter()
+        .filter_map(|d| d.attribute("name"))
+        .find(|name| !named.insert(*name))
+    {
+        return Err(invalid(format!(
+            "the metadata describes device {twice} twice"
+        )));
+    }
     let mut drives = Vec::new();
     for device in metadata_devices(&doc) {
         if device.attribute("devtype") != Some("disk") {
@@ -108,14 +128,10 @@ pub fn parse_engine_vm(xml: &str) -> Result<EngineVm, VirtError> {
         let Some(target) = device.attribute("name") else {
             continue;
         };
-        let ids: Vec<Option<Uuid>> = ["poolID", "domainID", "imageID", "volumeID"]
-            .iter()
-            .map(|tag| ns_child(device, tag).and_then(|n| n.text()))
-            .map(|text| text.and_then(|t| Uuid::parse_str(t.trim()).ok()))
-            .collect();
-        // A drive without the four ids is not on a storage domain (a direct LUN, a CD-ROM):
-        // it is left as the manager wrote it.
-        let [Some(pool), Some(domain), Some(image), Some(volume)] = ids[..] else {
+        let ids = drive_ids(device, target)?;
+        // A drive without the ids is not on a storage domain (a CD-ROM): the definition's
+        // admission decides whether its disk may stay.
+        let Some([pool, domain, image, volume]) = ids else {
             continue;
         };
         if find_disk(&doc, target).is_none() {
@@ -154,6 +170,34 @@ pub fn parse_engine_vm(xml: &str) -> Result<EngineVm, VirtError> {
     })
 }
 
+/// The four ids of a drive's metadata (`poolID`, `domainID`, `imageID`, `volumeID`), `None`
+/// when it has none; each at most once and a UUID, or the definition is refused.
+fn drive_ids(device: Node, target: &str) -> Result<Option<[Uuid; 4]>, VirtError> {
+    const TAGS: [&str; 4] = ["poolID", "domainID", "imageID", "volumeID"];
+    let mut ids = [Uuid::nil(); 4];
+    let mut found = 0;
+    for (tag, id) in TAGS.iter().zip(ids.iter_mut()) {
+        let mut nodes = device.children().filter(|n| {
+            n.tag_name().name() == *tag && n.tag_name().namespace() == Some(OVIRT_VM_NS)
+        });
+        let Some(node) = nodes.next() else { continue };
+        if nodes.next().is_some() {
+            return Err(invalid(format!("drive {target} has a second <{tag}>")));
+        }
+        let text = node.text().map(str::trim).unwrap_or("");
+        *id = Uuid::parse_str(text)
+            .map_err(|e| invalid(format!("drive {target}: <{tag}> {text:?}: {e}")))?;
+        found += 1;
+    }
+    match found {
+        0 => Ok(None),
+        4 => Ok(Some(ids)),
+        _ => Err(invalid(format!(
+            "drive {target} names only some of {TAGS:?}"
+        ))),
+    }
+}
+
 /// The definition with each placed lease's `<target>` pointing at its sanlock resource.
 pub fn place_leases(xml: &str, placed: &[PlacedLease]) -> Result<String, VirtError> {
     let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
@@ -183,7 +227,7 @@ pub fn place_leases(xml: &str, placed: &[PlacedLease]) -> Result<String, VirtErr
 }
 
 /// `xml` with each byte range replaced by its text (ranges from one parse, not overlapping).
-fn apply_edits(xml: &str, mut edits: Vec<(std::ops::Range<usize>, String)>) -> String {
+pub(super) fn apply_edits(xml: &str, mut edits: Vec<(std::ops::Range<usize>, String)>) -> String {
     edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
     let mut out = xml.to_owned();
     for (range, text) in edits {
@@ -195,7 +239,7 @@ fn apply_edits(xml: &str, mut edits: Vec<(std::ops::Range<usize>, String)>) -> S
 /// The `<lease>` devices of the definition.
 fn lease_nodes<'a, 'input>(doc: &'a Document<'input>) -> Vec<Node<'a, 'input>> {
     child(doc.root_element(), "devices")
-        .map(|d| d.children().filter(|n| n.has_tag_name("lease")).collect())
+        .map(|d| d.children().filter(|n| is_libvirt(*n, "lease")).collect())
         .unwrap_or_default()
 }
 
@@ -465,23 +509,33 @@ fn metadata_devices<'a, 'input>(doc: &'a Document<'input>) -> Vec<Node<'a, 'inpu
         return Vec::new();
     };
     vm.children()
-        .filter(|n| n.tag_name().name() == "device")
+        .filter(|n| {
+            n.tag_name().name() == "device" && n.tag_name().namespace() == Some(OVIRT_VM_NS)
+        })
         .collect()
 }
 
+/// The child `name` of an oVirt metadata element, in oVirt's namespace only.
 fn ns_child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| n.tag_name().name() == name)
+    node.children()
+        .find(|n| n.tag_name().name() == name && n.tag_name().namespace() == Some(OVIRT_VM_NS))
 }
 
 fn find_disk<'a, 'input>(doc: &'a Document<'input>, target: &str) -> Option<Node<'a, 'input>> {
     child(doc.root_element(), "devices")?.children().find(|d| {
-        d.has_tag_name("disk")
+        is_libvirt(*d, "disk")
             && child(*d, "target").and_then(|t| t.attribute("dev")) == Some(target)
     })
 }
 
+/// The child `name` of a libvirt element: in no namespace, as libvirt reads it (an `<x:disk>`
+/// is not a disk to libvirt, so it must not be one here).
 fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| n.has_tag_name(name))
+    node.children().find(|n| is_libvirt(*n, name))
+}
+
+fn is_libvirt(node: Node, name: &str) -> bool {
+    node.is_element() && node.tag_name().namespace().is_none() && node.tag_name().name() == name
 }
 
 #[cfg(test)]

@@ -411,6 +411,11 @@ pub fn test_config(dir: &std::path::Path, extra: &str) -> String {
     test_config_tls(dir, extra, None)
 }
 
+/// Where a test daemon whose files are in `dir` puts its VMs' console logs.
+pub fn console_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("console")
+}
+
 /// [`test_config`] with mutual TLS on TCP with the daemon's side of `tls`; plain TCP without.
 pub fn test_config_tls(
     dir: &std::path::Path,
@@ -429,9 +434,12 @@ pub fn test_config_tls(
     format!(
         "[server]\naddress = \"127.0.0.1\"\nport = {}\nunix_socket = \"{}\"\n\
          max_request_bytes = 65536\n[server.tls]\n{tls}\
+         [vm]\nboot_dirs = [\"{}\"]\nconsole_log_dir = \"{}\"\n\
          [storage]\nrepository = \"{}\"\n[daemon]\nstate_dir = \"{}\"\n{extra}",
         free_port(),
         dir.join("rvdsm.sock").display(),
+        super::fixture_dir().display(),
+        console_dir(dir).display(),
         dir.join("repo").display(),
         dir.join("state").display(),
     )

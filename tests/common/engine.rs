@@ -14,7 +14,8 @@ use super::wait_until;
 
 /// Engine-style domain XML for a fixture guest on `(image, volume)` of the fixture's domain:
 /// the fixture's definition with a `<uuid>`, a placeholder disk path (rvdsm puts the prepared
-/// one) and oVirt's drive metadata. The console goes to `dir/console.log`.
+/// one) and oVirt's drive metadata. The console log it names, `dir/console.log`, is replaced
+/// by rvdsm's own.
 pub fn engine_xml(
     f: &Fixture,
     vm: &str,
@@ -71,7 +72,7 @@ impl Drop for Undefine {
 }
 
 /// A fixture guest created by `VM.create` on a volume of the fixture's domain; its console
-/// log is its own file. Undefined when dropped if still there.
+/// log is where rvdsm puts it. Undefined when dropped if still there.
 pub struct EngineVm {
     /// The VM's id.
     pub uuid: String,
@@ -102,7 +103,8 @@ impl EngineVm {
             .ok("VM.create", json!({"vmID": vm, "vmParams": {"xml": xml}}));
         let engine_vm = EngineVm {
             uuid: vm.to_owned(),
-            console_log: files.path().join("console.log"),
+            // rvdsm names the console log, never the definition.
+            console_log: super::daemon::console_dir(f.daemon.dir.path()).join(format!("{vm}.log")),
             _files: files,
             _undefine: undefine,
         };

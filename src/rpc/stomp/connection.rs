@@ -6,8 +6,9 @@
 //! command, or a client that misses the heart-beats it promised closes the connection.
 //!
 //! The reader and the writer are separate tasks joined by a bounded queue. Requests run as
-//! their own tasks, at most `max_pending_requests` per connection; when that many are in
-//! flight the reader stops reading, so a flooding client slows only itself.
+//! their own tasks, at most `max_pending_requests` per connection, a batch counting one per
+//! call; when that many are in flight the reader stops reading, so a flooding client slows
+//! only itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,8 +39,10 @@ pub struct StompOptions {
     pub request_queues: Vec<String>,
     /// Frame size bounds.
     pub limits: FrameLimits,
-    /// Requests of one connection running at once.
+    /// Requests of one connection running at once, a batch counting one per call.
     pub max_pending_requests: usize,
+    /// Most calls in one batch (a larger one is refused without running).
+    pub max_batch_calls: usize,
     /// Frames queued for one connection before new ones are dropped.
     pub send_queue_frames: usize,
     /// Bytes queued for one connection before new messages are dropped.
@@ -55,6 +58,7 @@ impl Default for StompOptions {
             ],
             limits: FrameLimits::default(),
             max_pending_requests: 64,
+            max_batch_calls: 64,
             send_queue_frames: 1024,
             send_queue_bytes: queue::DEFAULT_QUEUE_BYTES,
         }
@@ -277,9 +281,11 @@ impl Connection {
         }
     }
 
-    /// Runs the body as JSON-RPC on its own task; the reply is published to `reply-to`.
+    /// Runs the body as JSON-RPC on its own task; the reply is published to `reply-to`. It
+    /// first takes one place among the connection's pending requests per call it holds.
     async fn run_request(&mut self, frame: Frame) {
-        let Ok(permit) = Arc::clone(&self.pending).acquire_owned().await else {
+        let places = self.places_for(&frame.body);
+        let Ok(permit) = Arc::clone(&self.pending).acquire_many_owned(places).await else {
             return;
         };
         let service = Arc::clone(&self.service);
@@ -299,6 +305,19 @@ impl Connection {
                 tracing::warn!(reply_to, "nobody subscribed to reply-to; reply dropped");
             }
         });
+    }
+
+    /// How many pending-request places a request body takes: one per call of a batch. A batch
+    /// over the limit is refused whole without running anything, and text that is not a batch
+    /// is one request (or one parse error): one place. Never more than the connection has, so
+    /// that no request can wait forever.
+    fn places_for(&self, body: &[u8]) -> u32 {
+        let options = &self.service.options;
+        let places = match batch_calls(body) {
+            Some(calls) if calls <= options.max_batch_calls => calls.max(1),
+            _ => 1,
+        };
+        u32::try_from(places.min(options.max_pending_requests)).unwrap_or(1)
     }
 
     async fn send_error(&self, message: &str) {
@@ -375,6 +394,18 @@ async fn write_frames<W: AsyncWrite>(
     let _ = tokio::time::timeout(WRITE_TIMEOUT, writer.shutdown()).await;
 }
 
+/// The number of entries of a JSON-RPC batch (calls, notifications and invalid entries alike,
+/// as JSON-RPC and jsonrpsee's limit count them), or `None` when `body` is not a JSON array.
+fn batch_calls(body: &[u8]) -> Option<usize> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'[' {
+        return None;
+    }
+    serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body[start..])
+        .ok()
+        .map(|entries| entries.len())
+}
+
 /// Whether a read error only says the peer went away.
 fn is_disconnect(err: &std::io::Error) -> bool {
     use std::io::ErrorKind;
@@ -399,5 +430,19 @@ mod tests {
         assert_eq!(parse_heart_beat(Some("500, 0")), Some((ms(500), None)));
         assert_eq!(parse_heart_beat(Some("x,1")), None);
         assert_eq!(parse_heart_beat(Some("1")), None);
+    }
+
+    #[test]
+    fn a_batch_is_counted_by_its_entries() {
+        assert_eq!(
+            batch_calls(br#"{"jsonrpc":"2.0","method":"a","id":1}"#),
+            None
+        );
+        assert_eq!(batch_calls(b"{not json"), None);
+        assert_eq!(batch_calls(b"[not json"), None);
+        assert_eq!(batch_calls(b" \n[]"), Some(0));
+        let three = br#"[{"method":"a","id":1}, {"method":"b"}, 7]"#;
+        assert_eq!(batch_calls(three), Some(3));
+        assert_eq!(batch_calls(br#"[[1,2],{"a":[3,4]}]"#), Some(2));
     }
 }

@@ -287,6 +287,7 @@ impl StorageService {
             | TaskWork::PrepareMerge { domain, .. }
             | TaskWork::FinalizeMerge { domain, .. } => self.domain(*domain).map(Some),
         };
+        end_leftover_writers(record);
         if matches!(record.work, TaskWork::FinalizeMerge { started: true, .. }) {
             // Forward, with qemu-img: once the daemon runs (see `finish_interrupted`).
             self.inner
@@ -428,6 +429,31 @@ impl StorageService {
         }
         Ok(domain)
     }
+}
+
+/// Ends the qemu-img an earlier run left writing a volume of the image of an interrupted task,
+/// before the task is rolled back or finished (see [`crate::sys::children::leftovers`]): a
+/// child that outlived its rvdsmd would race them. Blocking.
+fn end_leftover_writers(record: &TaskRecord) {
+    let (domain, image) = match &record.work {
+        TaskWork::CreateVolume {
+            domain, request, ..
+        } => (*domain, request.image),
+        TaskWork::DeleteVolume { domain, image, .. }
+        | TaskWork::DeleteVolumes { domain, image, .. }
+        | TaskWork::DeleteImage { domain, image, .. }
+        | TaskWork::PrepareMerge { domain, image }
+        | TaskWork::FinalizeMerge { domain, image, .. } => (*domain, *image),
+        TaskWork::SpmStart { .. } | TaskWork::CreateLease { .. } | TaskWork::DeleteLease { .. } => {
+            return;
+        }
+    };
+    // `<sd>/images/<img>`, however the domain is reached.
+    let dir = crate::storage::layout::DomainDir::new(Path::new(""), domain).image(image);
+    let what = format!("the interrupted task {} ({})", record.id, record.verb);
+    crate::sys::children::leftovers::end_writers(&what, |path| {
+        path.parent().is_some_and(|p| p.ends_with(&dir))
+    });
 }
 
 /// Runs a task-manager call off the reactor: it writes and fsyncs the task's file.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::{StorageService, blocking};
 use crate::api::ApiError;
-use crate::api::volume_types::BLANK_UUID;
+use crate::api::volume_types::{BLANK_UUID, VolumeRole};
 use crate::storage::{StorageError, copy, image, snapshot_volume, tool_files, volume};
 
 /// A drive's volume, ready for a VM.
@@ -128,5 +128,35 @@ impl StorageService {
         image: Uuid,
     ) -> Result<(), ApiError> {
         self.image_domain(pool, domain, image).await.map(drop)
+    }
+
+    /// Refuses a volume a VM must not write to: one that is not a LEAF (the backing file of a
+    /// snapshot: writing it corrupts every volume above), one with children (a leaf whose
+    /// metadata lags behind a snapshot made on it), or one of an image a full copy is reading
+    /// now (the copy would read a chain that changes under it).
+    pub async fn check_writable_leaf(
+        &self,
+        pool: Uuid,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<(), ApiError> {
+        if self.is_being_copied(domain, image) {
+            return Err(StorageError::InvalidParameter(format!(
+                "image {image} is being copied: a VM can run on it once the copy ends"
+            ))
+            .into());
+        }
+        let storage_domain = self.image_domain(pool, domain, image).await?;
+        blocking(move || {
+            let meta = volume::read_meta(&storage_domain, image, volume)?;
+            if meta.role != VolumeRole::Leaf
+                || !volume::children(&storage_domain, image, volume)?.is_empty()
+            {
+                return Err(StorageError::HasChildren(volume));
+            }
+            Ok(())
+        })
+        .await
     }
 }

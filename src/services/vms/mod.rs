@@ -23,6 +23,7 @@ use crate::api::pool_types::{LeaseId, LeaseParams};
 use crate::api::types::VmStatus;
 use crate::services::StorageService;
 use crate::services::monitor::Monitor;
+use crate::virt::vm_policy::{self, Admitted, Expected, VmFileRules};
 use crate::virt::vm_xml::{self, PlacedDrive, PlacedLease};
 use crate::virt::{Hypervisor, VirtError};
 use journal::{DriveImage, Entry, Journal, Operation};
@@ -38,6 +39,8 @@ pub struct VmService {
 
 struct Inner {
     hypervisor: Hypervisor,
+    /// Where a VM's host files may be and where rvdsm puts those it names.
+    file_rules: VmFileRules,
     storage: StorageService,
     monitor: Monitor,
     journal: Journal,
@@ -75,11 +78,13 @@ impl VmService {
         hypervisor: Hypervisor,
         storage: StorageService,
         monitor: Monitor,
+        file_rules: VmFileRules,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
                 hypervisor,
+                file_rules,
                 storage,
                 monitor,
                 journal: Journal::open(journal_dir, "VM lifecycle")?,
@@ -125,6 +130,14 @@ impl VmService {
                 twice.target
             )));
         }
+        let managed: Vec<&str> = engine.drives.iter().map(|d| d.target.as_str()).collect();
+        let admitted = vm_policy::admit(
+            &p.vm_params.xml,
+            engine.uuid,
+            &managed,
+            &self.inner.file_rules,
+        )?;
+        check_host_files(&admitted).await?;
         let _busy = self.claim(engine.uuid)?;
         if self
             .inner
@@ -150,6 +163,10 @@ impl VmService {
         let mut placed = Vec::with_capacity(engine.drives.len());
         let mut reverted = false;
         for drive in &engine.drives {
+            self.inner
+                .storage
+                .check_writable_leaf(drive.pool, drive.domain, drive.image, drive.volume)
+                .await?;
             let prepared = self
                 .inner
                 .storage
@@ -167,9 +184,25 @@ impl VmService {
                 .is_unbooted_revert(drive.pool, drive.domain, drive.image, drive.volume)
                 .await?;
         }
-        let mut xml = vm_xml::place_drives(&p.vm_params.xml, &placed).map_err(cannot_create)?;
+        let mut xml = vm_xml::place_drives(&admitted.xml, &placed).map_err(cannot_create)?;
+        let mut expected = Expected {
+            drives: placed.clone(),
+            paths: admitted
+                .host_files
+                .iter()
+                .map(|f| f.path.to_string_lossy().into_owned())
+                .chain(
+                    admitted
+                        .placed
+                        .iter()
+                        .map(|p| p.to_string_lossy().into_owned()),
+                )
+                .collect(),
+        };
         if !engine.leases.is_empty() {
-            xml = self.place_leases(&engine, &xml).await?;
+            let leases;
+            (xml, leases) = self.place_leases(&engine, &xml).await?;
+            expected.paths.extend(leases.into_iter().map(|l| l.path));
         }
         if reverted {
             // The guest resumes from an earlier instant: software that keys on the VM's
@@ -195,7 +228,14 @@ impl VmService {
         let started = match self.inner.hypervisor.define(xml).await {
             Ok(()) => {
                 crate::failpoint::pause("vm-create:defined").await;
-                self.inner.hypervisor.start(engine.uuid).await
+                match self.verify_definition(engine.uuid, &expected).await {
+                    Ok(()) => self.inner.hypervisor.start(engine.uuid).await,
+                    Err(refusal) => {
+                        tracing::error!(vm = %engine.uuid, error = %refusal, "libvirt's definition is not what rvdsm placed; undoing");
+                        self.undo_create(&entry).await;
+                        return Err(refusal.into());
+                    }
+                }
             }
             Err(err) => Err(err),
         };
@@ -230,7 +270,11 @@ impl VmService {
     /// The definition with each `<lease>` pointed at its sanlock resource (`Lease.info`), as
     /// VDSM fills the engine's placeholders. Only a host sharing its domains through sanlock
     /// can hold a lease.
-    async fn place_leases(&self, engine: &vm_xml::EngineVm, xml: &str) -> Result<String, ApiError> {
+    async fn place_leases(
+        &self,
+        engine: &vm_xml::EngineVm,
+        xml: &str,
+    ) -> Result<(String, Vec<PlacedLease>), ApiError> {
         if self.inner.storage.host_id().is_none() {
             return Err(cannot_create(
                 "the VM has a <lease>, and this host runs alone: VM leases need sanlock \
@@ -250,7 +294,22 @@ impl VmService {
                 offset: info.offset,
             });
         }
-        vm_xml::place_leases(xml, &placed).map_err(cannot_create)
+        let xml = vm_xml::place_leases(xml, &placed).map_err(cannot_create)?;
+        Ok((xml, placed))
+    }
+
+    /// Reads libvirt's parse of the definition just made and checks it against what rvdsm
+    /// placed: libvirt's parser, not rvdsm's, decides what QEMU opens.
+    async fn verify_definition(&self, vm: Uuid, expected: &Expected) -> Result<(), VirtError> {
+        let view =
+            self.inner
+                .hypervisor
+                .read_view(vm)
+                .await?
+                .ok_or_else(|| VirtError::NoSuchDomain {
+                    uuid: vm.to_string(),
+                })?;
+        vm_policy::verify_defined(&view.xml, expected)
     }
 
     /// After the start: each of the VM's leases is held by this host. libvirt acquires them
@@ -511,4 +570,30 @@ impl VmService {
             Err(err) => tracing::error!(%vm, error = %err, "VM journal removal panicked"),
         }
     }
+}
+
+/// Checks on disk each host file the definition names (regular, in its directory, reached
+/// without a link) and makes the directories of the files rvdsm names for the VM.
+async fn check_host_files(admitted: &Admitted) -> Result<(), ApiError> {
+    let files = admitted.host_files.clone();
+    let dirs: Vec<_> = admitted
+        .placed
+        .iter()
+        .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
+        .collect();
+    let checked = tokio::task::spawn_blocking(move || {
+        for file in &files {
+            file.check()?;
+        }
+        for dir in &dirs {
+            std::fs::create_dir_all(dir).map_err(|e| VirtError::Refused {
+                element: "the VM's files".into(),
+                reason: format!("cannot make {}: {e}", dir.display()),
+            })?;
+        }
+        Ok::<_, VirtError>(())
+    })
+    .await
+    .map_err(|e| ApiError::Unexpected(format!("host file check panicked: {e}")))?;
+    checked.map_err(ApiError::from)
 }
