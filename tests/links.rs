@@ -243,6 +243,9 @@ fn a_revert_s_new_leaf_is_never_written_through_a_link_planted_meanwhile() {
     victim.assert_untouched();
 }
 
+/// What the refusal of a qcow2 header naming a file other than its parent says.
+const FOREIGN_BACKING: &str = "qcow2 header names the backing file";
+
 /// `Volume.create`'s default size in the fixture (1 GiB, sparse).
 const GIB_SIZE: u64 = 1 << 30;
 
@@ -269,7 +272,7 @@ fn a_backing_file_outside_the_image_is_refused_before_use() {
 
     // A new leaf on it (a snapshot, a clone, a revert).
     let refused = try_create_on(&f, &image, &new_id(), &top).unwrap_err();
-    assert!(refused.contains("backing file"), "{refused}");
+    assert!(refused.contains(FOREIGN_BACKING), "{refused}");
 
     // A full copy of it.
     let dst_image = new_id();
@@ -279,7 +282,7 @@ fn a_backing_file_outside_the_image_is_refused_before_use() {
     assert!(
         info["error"]["message"]
             .to_string()
-            .contains("backing file"),
+            .contains(FOREIGN_BACKING),
         "{info}"
     );
 
@@ -294,7 +297,7 @@ fn a_backing_file_outside_the_image_is_refused_before_use() {
         json!({"vmID": vm, "vmParams": {"xml": xml}}),
     );
     let refused = created.expect_err("a VM started on a chain naming a host file");
-    assert!(refused.to_string().contains("backing file"), "{refused}");
+    assert!(refused.to_string().contains(FOREIGN_BACKING), "{refused}");
     victim.assert_untouched();
 }
 
