@@ -196,3 +196,35 @@ impl Cluster {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_domain_s_regular_files_reached_without_links_go_to_sanlock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let domain = Uuid::from_u128(5);
+        let dir = DomainDir::new(&tmp.path().join("mnt"), domain);
+        std::fs::create_dir_all(dir.dom_md()).unwrap();
+        let disk = |path: std::path::PathBuf| Disk { path, offset: 0 };
+        let lockspace = domain.to_string();
+        let ids = dir.dom_md().join("ids");
+        std::fs::write(&ids, b"").unwrap();
+        check_disk(&lockspace, &disk(ids.clone())).unwrap();
+        // A link at the file, at a directory on the way, a path outside the domain, a
+        // lockspace that names no domain: refused.
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"host").unwrap();
+        let leases = dir.dom_md().join("leases");
+        std::os::unix::fs::symlink(&victim, &leases).unwrap();
+        let err = check_disk(&lockspace, &disk(leases)).unwrap_err();
+        assert!(err.message.contains("symbolic link"), "{err}");
+        let images = dir.root().join("images");
+        std::os::unix::fs::symlink(tmp.path(), &images).unwrap();
+        assert!(check_disk(&lockspace, &disk(images.join("victim"))).is_err());
+        assert!(check_disk(&lockspace, &disk(victim.clone())).is_err());
+        assert!(check_disk("not-a-domain", &disk(ids)).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"host");
+    }
+}
