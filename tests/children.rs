@@ -66,7 +66,19 @@ fn live_cmdline(pid: i32) -> Option<Vec<String>> {
     )
 }
 
-/// The live processes whose program is `program` and whose command line names `word`.
+/// Whether `pid` holds open a file whose path contains `word` (rvdsm hands qemu-img the
+/// volume it writes as a descriptor: `/proc/<rvdsmd>/fd/<n>`, which names no volume).
+fn holds_open(pid: i32, word: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| target.to_string_lossy().contains(word))
+}
+
+/// The live processes whose program is `program` and whose command line names `word`, or
+/// that hold a file open whose path contains it.
 fn processes_naming(program: &str, word: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -78,7 +90,7 @@ fn processes_naming(program: &str, word: &str) -> Vec<i32> {
             live_cmdline(*pid).is_some_and(|args| {
                 args.first()
                     .is_some_and(|a| Path::new(a).file_name() == Some(program.as_ref()))
-                    && args.iter().any(|a| a.contains(word))
+                    && (args.iter().any(|a| a.contains(word)) || holds_open(*pid, word))
             })
         })
         .collect()

@@ -8,7 +8,37 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::{Cluster, ClusterError};
-use crate::sys::sanlock::{Disk, Registration, Resource};
+use crate::storage::layout::DomainDir;
+use crate::storage::tool_files::HeldFile;
+use crate::sys::sanlock::{Disk, Registration, Resource, SanlockError};
+
+/// Checks, right before sanlock is given its name, that `disk`'s file is a regular file of
+/// the domain whose lockspace is `lockspace` (the domain's UUID), reached from the domain's
+/// directory without any link: the sanlock daemon opens it by name, as root, and writes it.
+/// Blocks (two opens).
+pub(super) fn check_disk(lockspace: &str, disk: &Disk) -> Result<(), SanlockError> {
+    let refused = |message: String| SanlockError {
+        op: "check the lease file",
+        code: -nix::libc::ELOOP,
+        message,
+    };
+    let domain = Uuid::parse_str(lockspace)
+        .map_err(|_| refused(format!("lockspace {lockspace:?} is not a domain's UUID")))?;
+    let root = disk
+        .path
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|name| *name == *lockspace))
+        .ok_or_else(|| {
+            refused(format!(
+                "{} is not inside domain {domain}",
+                disk.path.display()
+            ))
+        })?;
+    let dir = DomainDir::new(root.parent().unwrap_or(Path::new("/")), domain);
+    HeldFile::open(&dir, &disk.path, false)
+        .map(drop)
+        .map_err(|e| refused(e.to_string()))
+}
 
 /// Whether an acquire that may outlive its caller's bound was taken by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +114,7 @@ impl Cluster {
         let held = lease.clone();
         let result = self
             .call("acquire", limit, move || {
+                check_disk(&held.lockspace, &held.disk)?;
                 registration.acquire(&held, None)?;
                 let mut handoff = late.lock().unwrap_or_else(|e| e.into_inner());
                 if *handoff == Handoff::Abandoned {
@@ -163,5 +194,37 @@ impl Cluster {
         Ok(Arc::clone(
             self.state().registration.get_or_insert(registration),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_domain_s_regular_files_reached_without_links_go_to_sanlock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let domain = Uuid::from_u128(5);
+        let dir = DomainDir::new(&tmp.path().join("mnt"), domain);
+        std::fs::create_dir_all(dir.dom_md()).unwrap();
+        let disk = |path: std::path::PathBuf| Disk { path, offset: 0 };
+        let lockspace = domain.to_string();
+        let ids = dir.dom_md().join("ids");
+        std::fs::write(&ids, b"").unwrap();
+        check_disk(&lockspace, &disk(ids.clone())).unwrap();
+        // A link at the file, at a directory on the way, a path outside the domain, a
+        // lockspace that names no domain: refused.
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, b"host").unwrap();
+        let leases = dir.dom_md().join("leases");
+        std::os::unix::fs::symlink(&victim, &leases).unwrap();
+        let err = check_disk(&lockspace, &disk(leases)).unwrap_err();
+        assert!(err.message.contains("symbolic link"), "{err}");
+        let images = dir.root().join("images");
+        std::os::unix::fs::symlink(tmp.path(), &images).unwrap();
+        assert!(check_disk(&lockspace, &disk(images.join("victim"))).is_err());
+        assert!(check_disk(&lockspace, &disk(victim.clone())).is_err());
+        assert!(check_disk("not-a-domain", &disk(ids)).is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"host");
     }
 }

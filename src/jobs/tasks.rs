@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::fsutil::{remove_if_exists, write_atomic};
+use crate::storage::shared_records::SharedRecords;
 use crate::storage::volume::{CreateProgress, CreateRequest};
 
 /// A task's internal state (VDSM's names, the subset rvdsm goes through).
@@ -201,7 +202,7 @@ pub struct TaskManager {
     tasks: Arc<Mutex<HashMap<Uuid, Entry>>>,
     /// While this host is the SPM of a shared pool: the master domain's task directory, where
     /// each record is written too, so that the next SPM can end what this one left.
-    shared: Arc<Mutex<Option<PathBuf>>>,
+    shared: Arc<Mutex<Option<SharedRecords>>>,
 }
 
 impl TaskManager {
@@ -236,11 +237,11 @@ impl TaskManager {
 
     /// Writes every record from now on to `dir` as well (the SPM's shared task directory), or
     /// stops doing so (`None`).
-    pub fn share_to(&self, dir: Option<PathBuf>) -> Result<(), TaskError> {
+    pub fn share_to(&self, dir: Option<SharedRecords>) -> Result<(), TaskError> {
         if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir).map_err(|e| TaskError::Persist {
+            dir.ensure().map_err(|e| TaskError::Persist {
                 id: Uuid::nil(),
-                message: format!("{}: {e}", dir.display()),
+                message: format!("{}: {e}", dir.path().display()),
             })?;
         }
         *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = dir;
@@ -258,8 +259,13 @@ impl TaskManager {
         else {
             return Vec::new();
         };
-        read_records(&dir)
+        let records = dir.all(".json").unwrap_or_else(|err| {
+            tracing::warn!(dir = %dir.path().display(), error = %err, "shared tasks unreadable");
+            Vec::new()
+        });
+        records
             .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<TaskRecord>(&bytes).ok())
             .filter(|r| !r.state.is_done())
             .collect()
     }
@@ -271,7 +277,8 @@ impl TaskManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
-        read_record(&dir.join(format!("{}.json", id.hyphenated())))
+        let bytes = dir.read(&format!("{}.json", id.hyphenated())).ok()??;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Takes over an unfinished task another run of an SPM left (this host's before a restart
@@ -389,7 +396,7 @@ impl TaskManager {
             .as_ref()
         {
             // A record another SPM may still read: gone once its task is cleared.
-            let _ = remove_if_exists(&dir.join(format!("{}.json", id.hyphenated())));
+            let _ = dir.remove(&format!("{}.json", id.hyphenated()));
         }
         tasks.remove(&id);
         Ok(())
@@ -454,10 +461,10 @@ impl TaskManager {
         if let Some(dir) = shared
             && !matches!(record.work, TaskWork::SpmStart { .. })
         {
-            let path = dir.join(format!("{}.json", record.id.hyphenated()));
-            write_atomic(&path, &bytes, 0o600).map_err(|e| TaskError::Persist {
+            let name = format!("{}.json", record.id.hyphenated());
+            dir.write(&name, &bytes).map_err(|e| TaskError::Persist {
                 id: record.id,
-                message: format!("{}: {e}", path.display()),
+                message: format!("{}/{name}: {e}", dir.path().display()),
             })?;
         }
         Ok(())
