@@ -4,10 +4,16 @@
 //! Every task is persisted (one JSON file per task in `<state_dir>/tasks/`, replaced atomically
 //! at each change) together with the progress of its work, so that after a restart of rvdsmd
 //! an unfinished task is rolled back and reported, never forgotten.
+//!
+//! On a shared pool the SPM writes each record to the master domain's `master/tasks/` too.
+//! `Task.clear` there leaves a tombstone (`<id>.cleared`, fsynced, written before the record
+//! goes), so that no later SPM, the host that began the task included, recovers a cleared task
+//! again; tombstones older than [`TOMBSTONE_MAX_AGE`] are pruned when a host becomes the SPM.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +21,18 @@ use uuid::Uuid;
 
 use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::storage::volume::{CreateProgress, CreateRequest};
+
+/// How long the tombstone of a task cleared on a shared pool is kept: longer than any host
+/// is expected to stay away and come back with its own record of the task.
+pub const TOMBSTONE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a tombstone holds: which task, and when it was cleared (epoch seconds, the clearing
+/// host's clock), by which its age is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Tombstone {
+    id: Uuid,
+    cleared_at: u64,
+}
 
 /// A task's internal state (VDSM's names, the subset rvdsm goes through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,8 +278,64 @@ impl TaskManager {
         };
         read_records(&dir)
             .into_iter()
-            .filter(|r| !r.state.is_done())
+            .filter(|r| !r.state.is_done() && !has_tombstone(&dir, r.id))
             .collect()
+    }
+
+    /// Whether `id` was cleared on the shared pool (its tombstone is in the shared task
+    /// directory). Blocks (file I/O).
+    pub fn shared_cleared(&self, id: Uuid) -> bool {
+        self.shared_dir().is_some_and(|dir| has_tombstone(&dir, id))
+    }
+
+    /// Removes the tombstones of the shared task directory older than `max_age`; returns how
+    /// many. One whose content cannot be read is judged by its file's modification time.
+    /// Blocks (file I/O).
+    pub fn prune_tombstones(&self, max_age: Duration) -> usize {
+        let Some(dir) = self.shared_dir() else {
+            return 0;
+        };
+        let now = crate::clock::epoch_secs();
+        let old = |path: &Path| {
+            let cleared_at = std::fs::read(path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Tombstone>(&bytes).ok())
+                .map(|t| t.cleared_at)
+                .or_else(|| {
+                    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+                    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+                    Some(since.as_secs())
+                });
+            cleared_at.is_some_and(|at| now.saturating_sub(at) > max_age.as_secs())
+        };
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|e| e == TOMBSTONE_EXTENSION))
+            .filter(|path| old(path))
+            .filter(|path| remove_if_exists(path).is_ok_and(|removed| removed))
+            .count()
+    }
+
+    /// Forgets a task of this host that was cleared on the shared pool while this host was
+    /// away (its record here is stale: the pool's task list no longer has it).
+    pub fn forget(&self, id: Uuid) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
+            id,
+            message: e.to_string(),
+        })?;
+        tasks.remove(&id);
+        Ok(())
+    }
+
+    fn shared_dir(&self) -> Option<PathBuf> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The shared record of `id`, if there is one.
@@ -378,17 +452,19 @@ impl TaskManager {
             let (state, _) = entry.record.state.wire();
             return Err(TaskError::State(format!("can't clean in state {state}")));
         }
+        let shared = self.shared_dir();
+        if let Some(dir) = &shared {
+            // The tombstone first: once it is there, no SPM recovers the task again, whatever
+            // record of it a host still holds.
+            write_tombstone(dir, id)?;
+        }
         remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
             id,
             message: e.to_string(),
         })?;
-        if let Some(dir) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            // A record another SPM may still read: gone once its task is cleared.
+        if let Some(dir) = &shared {
+            // A record another SPM may still read: gone once its task is cleared (a crash
+            // before this leaves it beside its tombstone, which wins).
             let _ = remove_if_exists(&dir.join(format!("{}.json", id.hyphenated())));
         }
         tasks.remove(&id);
@@ -462,6 +538,29 @@ impl TaskManager {
         }
         Ok(())
     }
+}
+
+/// The extension of a tombstone in the shared task directory (`<id>.cleared`).
+const TOMBSTONE_EXTENSION: &str = "cleared";
+
+fn tombstone_path(dir: &Path, id: Uuid) -> PathBuf {
+    dir.join(format!("{}.{TOMBSTONE_EXTENSION}", id.hyphenated()))
+}
+
+fn has_tombstone(dir: &Path, id: Uuid) -> bool {
+    std::fs::symlink_metadata(tombstone_path(dir, id)).is_ok()
+}
+
+/// Writes the tombstone of `id` in `dir`, atomically and durably.
+fn write_tombstone(dir: &Path, id: Uuid) -> Result<(), TaskError> {
+    let tombstone = Tombstone {
+        id,
+        cleared_at: crate::clock::epoch_secs(),
+    };
+    let persist = |message: String| TaskError::Persist { id, message };
+    let bytes = serde_json::to_vec(&tombstone).map_err(|e| persist(e.to_string()))?;
+    let path = tombstone_path(dir, id);
+    write_atomic(&path, &bytes, 0o600).map_err(|e| persist(format!("{}: {e}", path.display())))
 }
 
 /// Every readable record in `dir` (unreadable ones logged and skipped).
