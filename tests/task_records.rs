@@ -318,7 +318,8 @@ impl Pair {
 }
 
 #[test]
-fn a_task_cleared_by_the_next_spm_is_not_recovered_again_by_the_host_that_began_it() {
+fn a_task_cleared_by_the_next_spm_is_not_recovered_again_and_a_confirmed_begun_delete_is_finished()
+{
     let _conn = common::libvirt();
     let mut pair = Pair::start();
     pair.spm_start(&pair.hosts[0]);
@@ -358,16 +359,30 @@ fn a_task_cleared_by_the_next_spm_is_not_recovered_again_by_the_host_that_began_
     );
     let retried = snapshot_of(&pair.image_dir(&image));
 
-    // Host 1 comes back and becomes the SPM again: its own record of the create is not
-    // recovered a second time (the retried volume stays), and the cleared task stays cleared.
-    pair.hosts[0].daemon.restart_in_place(&[]);
-    let (a, b) = (&pair.hosts[0], &pair.hosts[1]);
-    pair.connect(a);
-    assert_eq!(
-        b.daemon
-            .ok("StoragePool.spmStop", json!({"storagepoolID": pair.pool})),
-        json!(true)
+    // Host 2 then dies in a delete it began (the volume ILLEGAL, its files still there).
+    let (other, doomed) = (new_id(), new_id());
+    pair.create(&pair.hosts[1], &other, &doomed, BLANK);
+    let marker = pair.hosts[1].daemon.restart_paused_at("delete:illegal");
+    pair.connect(&pair.hosts[1]);
+    pair.spm_start(&pair.hosts[1]);
+    let delete = pair.hosts[1].daemon.ok(
+        "Volume.delete",
+        json!({"volumeID": doomed, "storagepoolID": pair.pool,
+               "storagedomainID": pair.domain, "imageID": other}),
     );
+    let delete = delete.as_str().unwrap().to_owned();
+    assert!(
+        wait_until(Duration::from_secs(30), || marker.exists()),
+        "the delete never reached its failpoint"
+    );
+    pair.hosts[1].daemon.kill9();
+
+    // Host 1 comes back and becomes the SPM again: its own record of the create is not
+    // recovered a second time (the retried volume stays, the cleared task stays cleared),
+    // and host 2's begun delete, which the disk confirms, is finished.
+    pair.hosts[0].daemon.restart_in_place(&[]);
+    let a = &pair.hosts[0];
+    pair.connect(a);
     pair.spm_start(a);
     assert_eq!(
         snapshot_of(&pair.image_dir(&image)),
@@ -380,4 +395,15 @@ fn a_task_cleared_by_the_next_spm_is_not_recovered_again_by_the_host_that_began_
         .daemon
         .err("Task.getStatus", json!({"taskID": interrupted}));
     assert_eq!(code, 401, "{message}");
+    let status = a.daemon.ok("Task.getStatus", json!({"taskID": delete}));
+    assert_eq!(status["taskResult"], "cleanSuccess", "{status}");
+    for suffix in ["", ".meta", ".lease"] {
+        assert!(
+            !pair
+                .image_dir(&other)
+                .join(format!("{doomed}{suffix}"))
+                .exists(),
+            "{suffix} of the begun delete left"
+        );
+    }
 }

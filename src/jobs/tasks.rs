@@ -658,6 +658,54 @@ mod tests {
     }
 
     #[test]
+    fn a_task_cleared_on_a_shared_pool_leaves_a_tombstone_that_outlives_its_record() {
+        let (dir, shared) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (tasks, _) = TaskManager::open(dir.path()).unwrap();
+        tasks.share_to(Some(shared.path().to_owned())).unwrap();
+        let id = Uuid::new_v4();
+        tasks.start(id, "Volume.create", work()).unwrap();
+        let record = shared.path().join(format!("{id}.json"));
+        let unfinished = std::fs::read(&record).unwrap();
+        tasks
+            .end(id, Err((411, "interrupted".into(), true)))
+            .unwrap();
+        assert!(!tasks.shared_cleared(id));
+        tasks.clear(id).unwrap();
+        assert!(tasks.shared_cleared(id));
+        assert!(!record.exists());
+
+        // Its unfinished record met again (a crash between tombstone and removal, or a host
+        // that kept one): not work left over.
+        std::fs::write(&record, &unfinished).unwrap();
+        assert!(tasks.shared_unfinished().is_empty());
+
+        // A recent tombstone stays; one cleared longer ago than the limit goes.
+        assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 0);
+        let old = Uuid::new_v4();
+        let stone = serde_json::to_vec(&Tombstone {
+            id: old,
+            cleared_at: crate::clock::epoch_secs() - TOMBSTONE_MAX_AGE.as_secs() - 60,
+        })
+        .unwrap();
+        std::fs::write(tombstone_path(shared.path(), old), stone).unwrap();
+        assert!(tasks.shared_cleared(old));
+        assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 1);
+        assert!(!tasks.shared_cleared(old));
+        assert!(tasks.shared_cleared(id));
+    }
+
+    #[test]
+    fn forget_drops_a_local_record_whatever_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, _) = TaskManager::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        tasks.start(id, "Volume.create", work()).unwrap();
+        tasks.forget(id).unwrap();
+        assert!(matches!(tasks.get(id).unwrap_err(), TaskError::Unknown(_)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn stop_cancels_only_running_tasks() {
         let dir = tempfile::tempdir().unwrap();
         let (tasks, _) = TaskManager::open(dir.path()).unwrap();
