@@ -73,7 +73,7 @@ fn become_spm_again(host: &SharedHost) {
 }
 
 #[test]
-fn a_forged_started_image_delete_does_not_delete_an_intact_legal_image() {
+fn forged_started_image_delete_and_finalize_do_not_touch_an_intact_legal_image() {
     let _conn = common::libvirt();
     let host = SharedHost::start();
     let f = &host.f;
@@ -92,15 +92,28 @@ fn a_forged_started_image_delete_does_not_delete_an_intact_legal_image() {
             "work": {"kind": "deleteImage", "domain": f.domain, "image": image, "started": true},
         }),
     );
+    // And one that says a finalize of a cold merge of top into base had rebased top's child:
+    // finished forward, it would delete top.
+    let finalize = plant(
+        &f.root(),
+        &json!({
+            "id": Uuid::new_v4(), "verb": "StoragePool.finalizeMerge", "state": "running",
+            "code": 0, "error": "",
+            "work": {"kind": "finalizeMerge", "domain": f.domain, "image": image, "base": base,
+                     "top": top, "child": null, "started": true},
+        }),
+    );
     become_spm_again(&host);
 
-    let status = f.daemon.ok("Task.getStatus", json!({"taskID": forged}));
-    assert_eq!(status["taskState"], "finished", "{status}");
-    assert_eq!(status["taskResult"], "cleanFailure", "{status}");
-    assert!(
-        status["message"].as_str().unwrap().contains("LEGAL"),
-        "{status}"
-    );
+    for task in [&forged, &finalize] {
+        let status = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
+        assert_eq!(status["taskState"], "finished", "{status}");
+        assert_eq!(status["taskResult"], "cleanFailure", "{status}");
+        assert!(
+            status["message"].as_str().unwrap().contains("LEGAL"),
+            "{status}"
+        );
+    }
     assert_eq!(
         snapshot_of(&f.image_dir(&image)),
         before,

@@ -13,6 +13,8 @@
 //! - A begun delete is finished only on volumes that are ILLEGAL (a delete marks each volume
 //!   ILLEGAL before its files go), have no child left and that no VM of this host uses; at the
 //!   first LEGAL volume it stops: the record says the delete began, the disk does not.
+//! - A finalize whose rebase had begun is finished forward only once its merged volume is
+//!   ILLEGAL or gone (see [`finalize_begun`]).
 
 use std::path::PathBuf;
 
@@ -147,6 +149,21 @@ pub(super) fn finish_image_delete(
         .remove_dir(&dir)
         .map_err(StorageError::io("remove image directory", &dir))?;
     Ok(())
+}
+
+/// Whether a finalize the record says had begun its rebase may be finished forward (the
+/// merged `top` unlinked): only when `top` is gone or ILLEGAL already, which a finalize makes
+/// it once the rebase is done. A LEGAL `top` is kept (the finalize can be asked again: its
+/// steps are idempotent); nothing else shows that `top`'s data is in `base`. Blocks.
+pub(super) fn finalize_begun(domain: &Domain, image: Uuid, top: Uuid) -> Result<(), ClaimError> {
+    match volume::read_meta(domain, image, top) {
+        Ok(meta) if meta.legality == Legality::Legal => Err(ClaimError::Unverified(format!(
+            "the record says the finalize's rebase began, but the merged volume {top} is \
+             LEGAL: it is kept (finalize the merge again)"
+        ))),
+        Ok(_) | Err(StorageError::VolumeDoesNotExist(_)) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Whether any file of the volume is there (data, `.meta` or `.lease`).

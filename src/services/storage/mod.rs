@@ -304,7 +304,24 @@ impl StorageService {
     /// destructive step is taken only once the disk matches it ([`claims`], with the paths VMs
     /// use); a claim that does not hold ends the task failed, saying why, with nothing deleted.
     fn recover(&self, record: &TaskRecord, checked: Option<&claims::InUse>) {
-        if matches!(record.work, TaskWork::FinalizeMerge { started: true, .. }) {
+        if let TaskWork::FinalizeMerge {
+            domain,
+            image,
+            top,
+            started: true,
+            ..
+        } = &record.work
+        {
+            let begun = match checked {
+                None => Ok(()),
+                Some(_) => self
+                    .pool_domain(*domain)
+                    .and_then(|domain| claims::finalize_begun(&domain, *image, *top)),
+            };
+            if let Err(refused) = begun {
+                self.end_recovery(record, Err(refused));
+                return;
+            }
             // Forward, with qemu-img: once the daemon runs (see `finish_interrupted`).
             self.inner
                 .to_finish
@@ -313,7 +330,25 @@ impl StorageService {
                 .push(record.clone());
             return;
         }
-        let outcome = match self.recover_work(&record.work, checked) {
+        let result = self.recover_work(&record.work, checked);
+        self.end_recovery(record, result);
+    }
+
+    /// A domain of this host's pool, as a record of a shared pool may name.
+    fn pool_domain(&self, id: Uuid) -> Result<Arc<Domain>, claims::ClaimError> {
+        let domain = self
+            .domain(id)
+            .map_err(|_| StorageError::DomainDoesNotExist(id))?;
+        if domain.pool != self.inner.pool {
+            return Err(claims::ClaimError::OutsidePool(id));
+        }
+        Ok(domain)
+    }
+
+    /// Ends a recovered task: interrupted, cleanly when its recovery succeeded; failed when it
+    /// failed or its record's claim was refused (saying why).
+    fn end_recovery(&self, record: &TaskRecord, result: Result<(), claims::ClaimError>) {
+        let outcome = match result {
             Ok(()) => {
                 let interrupted = StorageError::Interrupted;
                 Err((storage_code(&interrupted), interrupted.to_string(), true))
@@ -353,16 +388,13 @@ impl StorageService {
             | TaskWork::PrepareMerge { domain, .. }
             | TaskWork::FinalizeMerge { domain, .. } => *domain,
         };
-        let domain = match self.domain(domain) {
-            Ok(domain) => domain,
-            Err(_) => return Err(StorageError::DomainDoesNotExist(domain).into()),
-        };
         let Some(in_use) = checked else {
+            let domain = self
+                .domain(domain)
+                .map_err(|_| StorageError::DomainDoesNotExist(domain))?;
             return Ok(trusted_recovery(&domain, work)?);
         };
-        if domain.pool != self.inner.pool {
-            return Err(claims::ClaimError::OutsidePool(domain.uuid));
-        }
+        let domain = self.pool_domain(domain)?;
         match work {
             TaskWork::CreateVolume {
                 request, progress, ..
