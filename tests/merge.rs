@@ -301,18 +301,18 @@ fn rvdsmd_killed_before_the_commit_starts_ends_the_job_failed_with_nothing_chang
     let params = merge_params(&f, &guest.uuid, &image, &top, &base, &top);
     let job = params["jobUUID"].as_str().unwrap().to_owned();
     // The request hangs at the failpoint: send it from a thread that gives up on it.
+    // The parameters' file goes with the test's temporary directory, even on a panic.
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("merge.json");
+    std::fs::write(&file, params.to_string()).unwrap();
     let request = {
-        let (socket, params) = (f.daemon.socket.clone(), params.clone());
+        let socket = f.daemon.socket.clone();
         std::thread::spawn(move || {
             let _ = std::process::Command::new(env!("CARGO_BIN_EXE_rvdsm"))
                 .arg("--socket")
                 .arg(socket)
                 .args(["VM", "merge", "-f"])
-                .arg({
-                    let file = std::env::temp_dir().join(format!("merge-{}.json", new_id()));
-                    std::fs::write(&file, params.to_string()).unwrap();
-                    file
-                })
+                .arg(file)
                 .output();
         })
     };
@@ -329,13 +329,20 @@ fn rvdsmd_killed_before_the_commit_starts_ends_the_job_failed_with_nothing_chang
         "{info}"
     );
     assert_intact(&f, &image, &guest, &top, "killed before the commit");
+    // Killed before the base's note was marked: nothing began, and the note stays true.
+    assert_eq!(
+        f.info(&image, &base)["revertBoot"]["outcome"],
+        "clean",
+        "{}",
+        f.info(&image, &base)
+    );
 }
 
 #[test]
 fn qemu_killed_mid_commit_leaves_the_chain_as_it_was() {
     let Some(_conn) = libvirt() else { return };
     let mut f = Fixture::new();
-    let (guest, image, _base, top, job, marker) =
+    let (guest, image, base, top, job, marker) =
         merge_paused_at(&mut f, "merge:committing", json!({"bandwidth": 1}));
     guest.domain().destroy().unwrap();
     std::fs::remove_file(&marker).unwrap();
@@ -351,6 +358,13 @@ fn qemu_killed_mid_commit_leaves_the_chain_as_it_was() {
     );
     assert_eq!(f.info(&image, &top)["legality"], "LEGAL");
     assert!(chain_problems(&f, &image, &top).is_empty());
+    // The commit began: the base may hold part of the top's data, and says so.
+    assert_eq!(
+        f.info(&image, &base)["revertBoot"]["outcome"],
+        "unknown",
+        "{}",
+        f.info(&image, &base)
+    );
 }
 
 #[test]

@@ -177,7 +177,8 @@ impl From<RollbackReport> for JobResult {
 pub struct SnapshotNote {
     /// What the data is worth.
     pub consistency: Consistency,
-    /// Why not quiesced ([`Reason`]'s wire name), or `recovered`, `late-switch`.
+    /// Why not quiesced ([`Reason`]'s wire name), or `recovered`, `late-switch`; or
+    /// [`SnapshotNote::MERGING`]: a live merge into the volume began and has not completed.
     pub reason: Option<String>,
     /// Epoch seconds.
     pub time: u64,
@@ -202,8 +203,34 @@ pub struct RevertBoot {
 }
 
 impl SnapshotNote {
+    /// The reason of the note a live merge writes before its commit begins: from then on,
+    /// the volume may hold part of the data of the volume merged into it.
+    pub const MERGING: &'static str = "merging";
+
+    /// The note of a volume a live merge of `top` (its child) into it is about to change:
+    /// the snapshot's instant is no longer known to be intact.
+    pub fn merge_begun(vm_id: Uuid, top: Uuid, time: u64) -> Self {
+        Self {
+            consistency: Consistency::Unknown,
+            reason: Some(Self::MERGING.to_owned()),
+            time,
+            vm_id,
+            volume: top,
+        }
+    }
+
     /// What a guest reverted to this snapshot will see at boot.
     pub fn revert_boot(&self) -> RevertBoot {
+        if self.reason.as_deref() == Some(Self::MERGING) {
+            return RevertBoot {
+                outcome: "unknown",
+                message: "a merge of the next volume into this one began and has not \
+                          completed: it may hold data of two instants (this snapshot's and a later one's); a \
+                          guest reverted to it may not boot, or may need a filesystem check and \
+                          still miss or mix files"
+                    .into(),
+            };
+        }
         // A guest frozen by the caller (or by another tool) for the switch is as consistent
         // as one rvdsm froze: its journals were committed before the switch.
         let frozen_by_other = matches!(
@@ -318,5 +345,21 @@ mod tests {
             outcome(note(Consistency::Unknown, Some("recovered"))),
             "unknown"
         );
+    }
+
+    #[test]
+    fn a_volume_a_merge_began_to_change_is_never_announced_clean() {
+        let marked = SnapshotNote::merge_begun(Uuid::nil(), Uuid::from_u128(1), 5);
+        assert_eq!(marked.revert_boot().outcome, "unknown");
+        assert!(marked.revert_boot().message.contains("two instants"));
+        // Even were its consistency read back as quiesced, the merge's reason wins.
+        let quiesced = SnapshotNote {
+            consistency: Consistency::Quiesced,
+            ..marked.clone()
+        };
+        assert_eq!(quiesced.revert_boot().outcome, "unknown");
+        let wire = serde_json::to_value(&marked).unwrap();
+        assert_eq!(wire["reason"], "merging");
+        assert_eq!(wire["consistency"], "unknown");
     }
 }

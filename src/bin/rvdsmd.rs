@@ -167,10 +167,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     refresh_changed_vms(changed_vms, monitor.clone());
     let vms = {
         let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
-        let dir = config.daemon.state_dir.join("vms");
+        let (jobs, dir) = (jobs_view.clone(), config.daemon.state_dir.join("vms"));
         let rules = config.vm.file_rules();
         tokio::task::spawn_blocking(move || {
-            VmService::open(hypervisor, storage, monitor, rules, &dir)
+            VmService::open(hypervisor, storage, monitor, jobs, rules, &dir)
         })
         .await
         .context("start-up panicked")?

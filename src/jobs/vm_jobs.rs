@@ -81,7 +81,7 @@ pub enum JobRefusal {
     #[error("Job {0} exists")]
     Exists(Uuid),
     /// Another operation on the VM is in progress.
-    #[error("VM {0} is busy: another snapshot, freeze or merge is in progress")]
+    #[error("VM {0} is busy: another snapshot, freeze, merge or destroy is in progress")]
     VmBusy(Uuid),
 }
 
@@ -143,6 +143,26 @@ impl JobRegistry {
             vm,
             busy: Arc::clone(&self.busy),
         })
+    }
+
+    /// What holds `vm` (for a refusal): its pending or running job, named with its id, or
+    /// an operation without a job (a `VM.freeze` call, a `VM.destroy`).
+    pub fn holder_of(&self, vm: Uuid) -> String {
+        let jobs = self.lock();
+        let mut active = jobs.values().filter(|e| {
+            e.info.vm_id == Some(vm)
+                && matches!(e.info.status, JobStatus::Pending | JobStatus::Running)
+        });
+        match active.next() {
+            Some(e) if e.info.description == "merge_vm" => {
+                format!("a live merge (job {}) is running on the VM", e.info.id)
+            }
+            Some(e) => format!(
+                "job {} ({}) is running on the VM",
+                e.info.id, e.info.description
+            ),
+            None => "another operation (a freeze or a destroy) is in progress on the VM".into(),
+        }
     }
 
     /// Whether a job (a snapshot) is pending or running on `vm`.
@@ -357,6 +377,27 @@ mod tests {
         );
         drop(claim);
         assert!(jobs.claim_vm(vm).is_ok());
+    }
+
+    #[test]
+    fn the_holder_of_a_vm_is_named_for_a_refusal() {
+        let jobs = JobRegistry::new(4);
+        let (vm, merge, snapshot) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(jobs.holder_of(vm).contains("another operation"));
+        jobs.add(merge, vm, "merge_vm").unwrap();
+        jobs.mark_running(merge);
+        let holder = jobs.holder_of(vm);
+        assert!(holder.contains("live merge") && holder.contains(&merge.to_string()));
+        jobs.finish(
+            merge,
+            Err(JobError {
+                code: 52,
+                message: "Merge failed".into(),
+            }),
+        );
+        jobs.add(snapshot, vm, "snapshot_vm").unwrap();
+        assert!(jobs.holder_of(vm).contains("snapshot_vm"));
+        assert!(jobs.holder_of(Uuid::new_v4()).contains("another operation"));
     }
 
     #[tokio::test]

@@ -232,6 +232,7 @@ mod tests {
             hv.clone(),
             storage.clone(),
             monitor.clone(),
+            jobs.clone(),
             crate::config::VmConfig::default().file_rules(),
             &dir.path().join("vms"),
         )

@@ -1,9 +1,11 @@
 //! What merging a snapshot away changes in a domain's metadata: the pair checked before a
-//! merge (`top` a LEGAL child of a LEGAL `base`, nothing else based on `base`), the leaf
-//! marked ILLEGAL before an active commit's pivot (and LEGAL again when the pivot fails), and
-//! the merged `top` unlinked once QEMU no longer uses it: its child (if any) based on `base`,
-//! `base` taking its place (its capacity, its role, its snapshot note), then `top` deleted.
-//! Every step is idempotent, so recovery after a crash finishes it. Blocking file I/O.
+//! merge (`top` a LEGAL child of a LEGAL `base`, nothing else based on `base`), `base`'s
+//! snapshot note marked before a live commit begins (its instant may be overwritten from
+//! then on), the leaf marked ILLEGAL before an active commit's pivot (and LEGAL again when
+//! the pivot fails), and the merged `top` unlinked once QEMU no longer uses it: its child (if
+//! any) based on `base`, `base` taking its place (its capacity, its role, its snapshot note),
+//! then `top` deleted. Every step is idempotent, so recovery after a crash finishes it.
+//! Blocking file I/O.
 
 use uuid::Uuid;
 
@@ -12,6 +14,7 @@ use super::error::StorageError;
 use super::meta::VolumeMeta;
 use super::snapshot_volume;
 use super::volume::{self, children, read_meta, write_meta};
+use crate::api::snapshot_types::SnapshotNote;
 use crate::api::volume_types::{Legality, VolumeRole};
 
 /// A checked merge of `top` into `base`.
@@ -74,6 +77,36 @@ pub fn check_pair(
     })
 }
 
+/// Marks `base`'s snapshot note before a live commit of `top` into it begins, durably
+/// (written, synced, renamed): from the commit's first write on, `base` may hold data of two
+/// instants, and a failed, cancelled or interrupted commit leaves it so. The note then says
+/// that a revert to it is unknown ([`SnapshotNote::merge_begun`]), never `clean`; a merge
+/// that ends replaces it ([`unlink_merged`]). Written even when `base` had no note.
+pub fn note_merge_begun(
+    domain: &Domain,
+    image: Uuid,
+    base: Uuid,
+    top: Uuid,
+    vm: Uuid,
+) -> Result<(), StorageError> {
+    read_meta(domain, image, base)?;
+    let note = SnapshotNote::merge_begun(vm, top, crate::clock::epoch_secs());
+    snapshot_volume::write_note(domain, image, base, &note)
+}
+
+/// A volume's legality; `None` when it is gone.
+pub fn legality(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+) -> Result<Option<Legality>, StorageError> {
+    match read_meta(domain, image, volume) {
+        Ok(meta) => Ok(Some(meta.legality)),
+        Err(StorageError::VolumeDoesNotExist(_)) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// Sets a volume's legality (the leaf ILLEGAL before a pivot, LEGAL again after a failed
 /// one). A volume already gone is left alone.
 pub fn set_legality(
@@ -97,9 +130,10 @@ pub fn set_legality(
 
 /// Takes the merged `top` out of the image once QEMU no longer uses it (the live chain, or
 /// the qemu images of a stopped VM, go from `base` to `top`'s child): the child is based on
-/// `base`; `base` grows to `top`'s capacity and takes `top`'s snapshot note (an internal
-/// merge: `base` now holds the data of `top`'s snapshot instant) or drops its own (an active
-/// merge: `base` is the leaf); `top` is marked ILLEGAL, then its files go. Idempotent.
+/// `base`; `base` grows to `top`'s capacity and takes `top`'s snapshot note, or none when
+/// `top` had none (an internal merge: `base` now holds the data of `top`'s snapshot instant,
+/// not its own) or drops its own (an active merge: `base` is the leaf); `top` is marked
+/// ILLEGAL, then its files go. Idempotent.
 pub fn unlink_merged(
     domain: &Domain,
     image: Uuid,
@@ -130,13 +164,11 @@ pub fn unlink_merged(
             Some(note) if internal => {
                 snapshot_volume::write_note(domain, image, base, &note)?;
             }
-            _ if internal => {}
+            // Its own note told of an instant it no longer holds.
+            _ if internal => remove_note(domain, &base_note)?,
             _ => {
                 base_meta.role = VolumeRole::Leaf;
-                domain
-                    .dir
-                    .remove(&base_note)
-                    .map_err(StorageError::io("remove", &base_note))?;
+                remove_note(domain, &base_note)?;
             }
         }
         write_meta(domain, image, base, &base_meta)?;
@@ -146,6 +178,15 @@ pub fn unlink_merged(
         }
     }
     volume::remove_files(domain, image, top)
+}
+
+/// Removes a snapshot note (one already gone is fine).
+fn remove_note(domain: &Domain, note: &std::path::Path) -> Result<(), StorageError> {
+    domain
+        .dir
+        .remove(note)
+        .map(drop)
+        .map_err(StorageError::io("remove", note))
 }
 
 /// A cold merge's data step: `top`'s data written into `base` (`qemu-img commit -d`: `top`
@@ -371,6 +412,7 @@ mod tests {
         let t = chain(&[a, b, c]);
         let (d, i) = (&t.domain, t.image);
         snapshot_volume::write_note(d, i, b, &note(c)).unwrap();
+        note_merge_begun(d, i, a, b, Uuid::nil()).unwrap();
         let pair = check_pair(d, i, a, b).unwrap();
         assert_eq!(pair.child, Some(c));
         unlink_merged(d, i, a, b).unwrap();
@@ -408,6 +450,7 @@ mod tests {
         let t = chain(&[a, b]);
         let (d, i) = (&t.domain, t.image);
         snapshot_volume::write_note(d, i, a, &note(b)).unwrap();
+        note_merge_begun(d, i, a, b, Uuid::nil()).unwrap();
         set_legality(d, i, b, Legality::Illegal).unwrap();
         unlink_merged(d, i, a, b).unwrap();
         let base = read_meta(d, i, a).unwrap();
@@ -415,6 +458,31 @@ mod tests {
         assert_eq!(base.legality, Legality::Legal);
         assert_eq!(snapshot_volume::read_note(d, i, a), None);
         assert_eq!(d.volumes(i).unwrap(), vec![a]);
+    }
+
+    #[test]
+    fn a_merge_begun_marks_the_base_unknown_until_it_ends() {
+        let [a, b, c] = [1, 2, 3].map(Uuid::from_u128);
+        let t = chain(&[a, b, c]);
+        let (d, i) = (&t.domain, t.image);
+        snapshot_volume::write_note(d, i, a, &note(b)).unwrap();
+        assert_eq!(
+            snapshot_volume::read_note(d, i, a)
+                .unwrap()
+                .revert_boot()
+                .outcome,
+            "clean"
+        );
+        note_merge_begun(d, i, a, b, Uuid::from_u128(9)).unwrap();
+        let marked = snapshot_volume::read_note(d, i, a).unwrap();
+        assert_eq!(marked.revert_boot().outcome, "unknown");
+        assert_eq!(marked.reason.as_deref(), Some(SnapshotNote::MERGING));
+        assert_eq!(marked.volume, b);
+        // A merge that fails leaves the mark; one that ends gives the base the top's note,
+        // or none when the top had none: its own told of an instant it no longer holds.
+        unlink_merged(d, i, a, b).unwrap();
+        assert_eq!(snapshot_volume::read_note(d, i, a), None);
+        assert!(note_merge_begun(d, i, Uuid::from_u128(4), c, Uuid::nil()).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Running qemu-img: an argument vector (never a shell), at the lowest CPU and I/O priority
 //! (`nice -n 19 ionice -c 3`, as VDSM runs it), bounded by a timeout, stoppable, and with its
-//! error text kept for the task's error.
+//! error text kept for the task's error. It dies with rvdsmd, even killed with SIGKILL.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -38,7 +38,7 @@ pub async fn run(
     timeout: Duration,
     stop: &CancellationToken,
 ) -> Result<String, QemuImgError> {
-    let child = spawn(args, cwd)?;
+    let child = spawn(args, cwd).await?;
     // Dropping the wait future kills the child (kill_on_drop), on timeout and on stop alike.
     let output = tokio::select! {
         output = child.wait_with_output() => output.map_err(|e| QemuImgError::Spawn(e.to_string()))?,
@@ -65,7 +65,7 @@ pub async fn run_with_progress(
     mut progress: impl FnMut(f64) + Send,
 ) -> Result<(), QemuImgError> {
     use tokio::io::AsyncReadExt;
-    let mut child = spawn(args, cwd)?;
+    let mut child = spawn(args, cwd).await?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let work = async {
@@ -117,16 +117,20 @@ fn parse_progress(line: &str) -> Option<f64> {
     inner.trim().parse().ok()
 }
 
-fn spawn(args: &[&str], cwd: &Path) -> Result<tokio::process::Child, QemuImgError> {
-    Command::new("nice")
+/// Starts `nice -n 19 ionice -c 3 qemu-img args...` in `cwd`, tied to rvdsmd: killed when its
+/// handle is dropped (timeout, stop) and when rvdsmd dies (see [`crate::sys::children`]).
+async fn spawn(args: &[&str], cwd: &Path) -> Result<tokio::process::Child, QemuImgError> {
+    let mut command = Command::new("nice");
+    command
         .args(["-n", "19", "ionice", "-c", "3", "qemu-img"])
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
+        .kill_on_drop(true);
+    crate::sys::children::spawn_tied(command)
+        .await
         .map_err(|e| QemuImgError::Spawn(e.to_string()))
 }
 

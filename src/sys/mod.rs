@@ -9,7 +9,11 @@
 //!   holds for blocks other threads freed; only rvdsmd's runtime uses it.
 //! - [`sanlock`]: the client calls of sanlock, the lease manager of hosts sharing storage;
 //!   only [`crate::cluster`] uses them.
+//! - [`children`]: starting the children that touch volumes (qemu-img) so that they die with
+//!   rvdsmd, and finding those an earlier run left; [`crate::storage`] starts them, recovery
+//!   looks for leftovers.
 
 pub mod allocator;
+pub mod children;
 pub(crate) mod libvirt;
 pub mod sanlock;

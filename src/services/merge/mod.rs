@@ -10,9 +10,12 @@
 //! - `journal.rs`: the journal of intent each phase is written to first;
 //! - `error.rs`: VDSM's codes.
 //!
-//! Safety: the job holds the VM (no snapshot or freeze meanwhile) and the image's lock from
-//! the checks to its end; the leaf is ILLEGAL only between a ready commit and its pivot, and
-//! LEGAL again when the pivot fails; `top` is deleted only once QEMU no longer uses it.
+//! Safety: the job holds the VM (no snapshot, freeze or `VM.destroy` meanwhile) and the
+//! image's lock from the checks to its end; `base`'s snapshot note says its revert outcome is
+//! unknown from before the commit begins (a merge that ends gives it `top`'s note, or none);
+//! the leaf is ILLEGAL only between a ready commit and its pivot, LEGAL again when the pivot
+//! is known not to have happened, and left ILLEGAL when nothing can tell any more (the VM and
+//! its definition gone); `top` is deleted only once QEMU no longer uses it.
 
 mod error;
 mod journal;
@@ -221,6 +224,21 @@ impl MergeService {
         }
         self.show(&entry);
         crate::failpoint::pause("merge:journaled").await;
+        // Before the commit's first write into `base`: a failed, cancelled or interrupted
+        // commit leaves `base` holding data of two instants, and its note must not promise
+        // a clean revert any more (a crash before this line leaves it true: nothing began).
+        let marked = self
+            .inner
+            .storage
+            .note_merge_begun(domain, image, (p.base, p.top), p.vm_id)
+            .await;
+        if let Err(err) = marked {
+            let err = fail(format!(
+                "cannot mark the base's snapshot note before the commit, so it was not begun: {err}"
+            ));
+            self.end(&mut entry, Err(err.clone())).await;
+            return Err(err);
+        }
         tracing::info!(%job, vm = %p.vm_id, disk = %target, base = %p.base, top = %p.top, active = entry.active, "live merge starting");
         let started = self
             .inner
@@ -235,7 +253,11 @@ impl MergeService {
             )
             .await;
         if let Err(err) = started {
-            let err = fail(format!("libvirt refused the commit: {err}"));
+            let err = fail(format!(
+                "libvirt refused the commit: {err}; volume {}'s snapshot note stays marked \
+                 unknown (an error after a timeout may hide a commit that began)",
+                p.base
+            ));
             self.end(&mut entry, Err(err.clone())).await;
             return Err(err);
         }

@@ -15,7 +15,7 @@ use crate::api::types::VmStatus;
 use crate::api::volume_types::Legality;
 use crate::jobs::vm_jobs::VmClaim;
 use crate::services::storage::MergeMark;
-use crate::virt::{BlockJobEvent, Pivot};
+use crate::virt::{BlockJobEvent, Pivot, VirtError};
 
 /// Pivots asked before the job gives up (VDSM retries forever: vdsm#197).
 pub(super) const MAX_PIVOT_ATTEMPTS: u32 = 5;
@@ -169,9 +169,12 @@ impl MergeService {
                 }
                 Ok(true) => Some(CommitEnd::Failed(MergeError::failed(
                     job,
-                    "no block commit runs on the disk and the volume is still in its chain \
-                     (the commit never started, was cancelled, or QEMU failed: see libvirtd's \
-                     log); nothing changed",
+                    format!(
+                        "no block commit runs on the disk and the volume is still in its chain \
+                         (the commit never started, was cancelled, or QEMU failed: see \
+                         libvirtd's log); {}",
+                        base_left(entry)
+                    ),
                 ))),
                 Err(err) => Some(CommitEnd::Failed(err)),
             };
@@ -193,8 +196,9 @@ impl MergeService {
                 job,
                 format!(
                     "the VM stopped before the merge ended; nothing was merged and volume {} \
-                     stays in the chain",
-                    entry.top
+                     stays in the chain; {}",
+                    entry.top,
+                    base_left(entry)
                 ),
             )),
             Err(err) => CommitEnd::Failed(MergeError::from_api(job, err)),
@@ -225,11 +229,31 @@ impl MergeService {
 
     /// Whether the disk is on `base` now (the pivot happened).
     async fn pivoted(&self, entry: &Entry) -> bool {
+        matches!(self.disk_on_base(entry).await, Ok(Some(true)))
+    }
+
+    /// Where the domain shows the disk: `Some(true)` on `base` (the pivot happened),
+    /// `Some(false)` still on `top` (live, or in a stopped VM's definition, which libvirt
+    /// rewrites at a pivot), `None` when the VM, with its definition, or the disk is gone:
+    /// then nothing tells any more whether QEMU pivoted.
+    async fn disk_on_base(&self, entry: &Entry) -> Result<Option<bool>, VirtError> {
         let base = entry.base.to_string();
-        matches!(
-            self.inner.hypervisor.disk(entry.vm, entry.target.clone()).await,
-            Ok(Some(disk)) if disk.path.as_deref().and_then(|p| std::path::Path::new(p).file_name()).and_then(|f| f.to_str()) == Some(base.as_str())
-        )
+        match self
+            .inner
+            .hypervisor
+            .disk(entry.vm, entry.target.clone())
+            .await
+        {
+            Ok(Some(disk)) => Ok(Some(
+                disk.path
+                    .as_deref()
+                    .and_then(|p| std::path::Path::new(p).file_name())
+                    .and_then(|f| f.to_str())
+                    == Some(base.as_str()),
+            )),
+            Ok(None) | Err(VirtError::NoSuchDomain { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// The active commit's pivot: the leaf ILLEGAL first (a crash then leaves it unusable
@@ -244,9 +268,10 @@ impl MergeService {
             return Ok(0);
         }
         if self.vm_running(entry).await == Some(false) {
-            return Err(self
-                .keep_top(entry, "the VM stopped before the pivot")
-                .await);
+            // A recovered job may have asked the pivot before the VM stopped.
+            return self
+                .settle_unpivoted(entry, 0, "the VM stopped before the pivot")
+                .await;
         }
         storage
             .set_legality(domain, image, top, Legality::Illegal)
@@ -257,6 +282,7 @@ impl MergeService {
         for attempt in 1..=MAX_PIVOT_ATTEMPTS {
             match hv.pivot(entry.vm, entry.target.clone()).await {
                 Ok(Pivot::Done) => {
+                    crate::failpoint::pause("merge:pivot-asked").await;
                     if self.wait_pivoted(entry).await {
                         return Ok(attempt);
                     }
@@ -272,25 +298,74 @@ impl MergeService {
             if self.pivoted(entry).await {
                 return Ok(attempt);
             }
+            if self.vm_running(entry).await == Some(false) {
+                // A stopped VM pivots no more; what is left of it tells whether it did.
+                let why = format!("the VM stopped during the pivot (last: {last})");
+                return self.settle_unpivoted(entry, attempt, &why).await;
+            }
             tracing::warn!(job = %entry.job, attempt, reason = %last, "pivot failed");
             tokio::time::sleep(PIVOT_RETRY).await;
         }
         let aborted = hv.abort_block_job(entry.vm, entry.target.clone()).await;
-        if self.pivoted(entry).await {
-            return Ok(MAX_PIVOT_ATTEMPTS);
-        }
         let abort_note = match aborted {
             Ok(()) => "the commit was cancelled".to_owned(),
             Err(err) => format!("cancelling the commit failed too ({err})"),
         };
-        Err(self
-            .keep_top(
-                entry,
-                &format!(
-                    "the pivot failed {MAX_PIVOT_ATTEMPTS} times (last: {last}); {abort_note}"
-                ),
-            )
-            .await)
+        let why =
+            format!("the pivot failed {MAX_PIVOT_ATTEMPTS} times (last: {last}); {abort_note}");
+        self.settle_unpivoted(entry, MAX_PIVOT_ATTEMPTS, &why).await
+    }
+
+    /// Ends a pivot not seen done by what the domain shows, waiting (bounded) while libvirt
+    /// does not answer: the disk on `base` after all is a pivot made (`Ok(attempts)`); on
+    /// `top`, the leaf is LEGAL again ([`Self::keep_top`]); the VM gone with its definition,
+    /// nothing can tell, and the leaf stays as it is ([`Self::top_unknown`]).
+    async fn settle_unpivoted(
+        &self,
+        entry: &Entry,
+        attempts: u32,
+        why: &str,
+    ) -> Result<u32, MergeError> {
+        let since = Instant::now();
+        loop {
+            match self.disk_on_base(entry).await {
+                Ok(Some(true)) => return Ok(attempts),
+                Ok(Some(false)) => return Err(self.keep_top(entry, why).await),
+                Ok(None) => return Err(self.top_unknown(entry, why).await),
+                Err(err) if since.elapsed() > UNREADABLE_BUDGET => {
+                    let why = format!(
+                        "{why}; libvirt did not show the disk for {UNREADABLE_BUDGET:?} ({err})"
+                    );
+                    return Err(self.top_unknown(entry, &why).await);
+                }
+                Err(err) => {
+                    tracing::warn!(job = %entry.job, error = %err, "cannot read the disk to judge the pivot");
+                    tokio::time::sleep(PIVOT_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// The failure of a merge whose pivot nothing can judge any more. A leaf marked ILLEGAL
+    /// for the pivot stays ILLEGAL: if QEMU pivoted, the guest's later writes are in `base`
+    /// only and the leaf is stale; unusable is better than stale (VDSM's order, and what
+    /// `Image.reconcileVolumeChain` expects). A leaf still LEGAL was never offered to a pivot
+    /// (it is marked first), so the VM was still on it.
+    async fn top_unknown(&self, entry: &Entry, why: &str) -> MergeError {
+        let (domain, image, top, base) =
+            (entry.drive.domain, entry.drive.image, entry.top, entry.base);
+        let tail = match self.inner.storage.legality(domain, image, top).await {
+            Ok(Some(Legality::Legal)) => {
+                format!("no pivot was asked: the VM was on volume {top}, which stays LEGAL")
+            }
+            Ok(_) => format!(
+                "the VM is gone with its definition, so whether QEMU pivoted to volume {base} \
+                 cannot be told: volume {top} stays ILLEGAL (if it pivoted, {base} holds every \
+                 write and {top} is stale); Image.reconcileVolumeChain leaves it out"
+            ),
+            Err(err) => format!("volume {top}'s legality cannot be read ({err}): left as it is"),
+        };
+        MergeError::failed(entry.job, format!("{why}; {tail}"))
     }
 
     /// The failure of a merge whose pivot did not happen: the leaf is LEGAL again, and the VM
@@ -314,8 +389,11 @@ impl MergeService {
     async fn wait_pivoted(&self, entry: &Entry) -> bool {
         let deadline = Instant::now() + PIVOT_SETTLE;
         while Instant::now() < deadline {
-            if self.pivoted(entry).await {
-                return true;
+            match self.disk_on_base(entry).await {
+                Ok(Some(true)) => return true,
+                // Gone: nothing will show it.
+                Ok(None) => return false,
+                Ok(Some(false)) | Err(_) => {}
             }
             tokio::time::sleep(PIVOT_SETTLE_POLL).await;
         }
@@ -351,6 +429,15 @@ impl MergeService {
         self.inner.monitor.refresh(entry.vm).await;
         Ok(())
     }
+}
+
+/// What a commit that did not end leaves in `base`, for the job's error.
+fn base_left(entry: &Entry) -> String {
+    format!(
+        "if the commit began, volume {} may hold part of {}'s data (its snapshot note, marked \
+         before the commit, says a revert to it is unknown, not clean)",
+        entry.base, entry.top
+    )
 }
 
 /// The next block job event on the merge's disk (`None` once no events can come; pending

@@ -21,6 +21,7 @@ use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
 use crate::services::StorageService;
 use crate::services::storage::CopyReading;
 use crate::storage::StorageError;
+use crate::storage::layout::DomainDir;
 
 /// The records of successful `SDM.merge`s on a shared domain (`<domain>/master/sdm-merges`).
 const SHARED_MERGES: &str = "sdm-merges";
@@ -69,6 +70,48 @@ struct Entry {
     finished: Option<(u64, Outcome)>,
 }
 
+impl Work {
+    /// The volume the job writes, `(domain, image, volume)`: a merge's base, a copy's
+    /// destination.
+    fn written(&self) -> (Uuid, Uuid, Uuid) {
+        match self {
+            Self::Merge { subchain: s, .. } => (s.sd_id, s.img_id, s.base_id),
+            Self::Copy { destination: d, .. } => (d.sd_id, d.img_id, d.vol_id),
+        }
+    }
+}
+
+/// Why a job a restart interrupted failed, once what an earlier run left writing its volume
+/// is ended: a qemu-img that outlived its rvdsmd (stuck in the kernel when its parent-death
+/// SIGKILL came, or started by a run without one) would go on writing under a retry. One
+/// still running after the grace makes the job not retryable yet, and the reason says so.
+/// Readers of a copy's source are left alone: they harm no retry. Blocking.
+fn interrupted_reason(job: Uuid, work: &Work) -> String {
+    let (sd, image, volume) = work.written();
+    // `<sd>/images/<img>/<vol>`: how any path to the volume ends, whichever mount it is
+    // reached through, named in an argument or held open.
+    let written = DomainDir::new(std::path::Path::new(""), sd).volume(image, volume);
+    let what = work.description();
+    let alive = crate::sys::children::leftovers::end_writers(
+        &format!("the interrupted SDM job {job} ({what})"),
+        |path| path.ends_with(&written),
+    );
+    let err = StorageError::Interrupted;
+    if alive.is_empty() {
+        return format!(
+            "{err}: the {what} stopped midway; nothing was removed, and it can be retried"
+        );
+    }
+    let pids: Vec<String> = alive.iter().map(|l| l.pid.to_string()).collect();
+    format!(
+        "{err}: the {what} stopped midway; nothing was removed, but it cannot be retried yet: \
+         a process of an earlier run (pid {}) still writes its volume {volume}, {} s after \
+         SIGKILL",
+        pids.join(", "),
+        crate::sys::children::leftovers::GRACE.as_secs()
+    )
+}
+
 /// The SDM jobs; cheap to clone.
 #[derive(Clone)]
 pub struct SdmService {
@@ -101,12 +144,8 @@ impl SdmService {
         };
         for mut entry in service.inner.journal.entries() {
             if entry.finished.is_none() {
-                let err = StorageError::Interrupted;
-                let reason = format!(
-                    "{err}: the {} stopped midway; nothing was removed, and it can be retried",
-                    entry.work.description()
-                );
-                let code = ApiError::from(err).code();
+                let reason = interrupted_reason(entry.job, &entry.work);
+                let code = ApiError::from(StorageError::Interrupted).code();
                 entry.finished = Some((crate::clock::epoch_secs(), Err((code, reason))));
                 let _ = service.inner.journal.write(entry.job, &entry);
             }

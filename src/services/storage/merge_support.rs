@@ -1,6 +1,7 @@
-//! What a live merge asks of the storage: the pair checked before the commit, the leaf's
-//! legality around a pivot, the merged volume unlinked and deleted, and a stopped VM's real
-//! chain read from its images. Not verbs: parts of the merge job, which holds the image lock.
+//! What a live merge asks of the storage: the pair checked before the commit, the base's
+//! snapshot note marked before it, the leaf's legality around a pivot, the merged volume
+//! unlinked and deleted, and a stopped VM's real chain read from its images. Not verbs: parts
+//! of the merge job, which holds the image lock.
 
 use uuid::Uuid;
 
@@ -20,6 +21,30 @@ impl StorageService {
     ) -> Result<MergePair, ApiError> {
         let domain = self.domain_with_image(domain, image).await?;
         blocking(move || merge::check_pair(&domain, image, base, top)).await
+    }
+
+    /// Marks `base`'s snapshot note before a live commit of `top` into it begins
+    /// ([`merge::note_merge_begun`]).
+    pub async fn note_merge_begun(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        (base, top): (Uuid, Uuid),
+        vm: Uuid,
+    ) -> Result<(), ApiError> {
+        let domain = self.domain(domain)?;
+        blocking(move || merge::note_merge_begun(&domain, image, base, top, vm)).await
+    }
+
+    /// A volume's legality; `None` when it is gone.
+    pub async fn legality(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<Option<Legality>, ApiError> {
+        let domain = self.domain(domain)?;
+        blocking(move || merge::legality(&domain, image, volume)).await
     }
 
     /// Sets a volume's legality (a volume already gone is left alone).

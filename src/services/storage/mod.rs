@@ -304,6 +304,7 @@ impl StorageService {
     /// destructive step is taken only once the disk matches it ([`claims`], with the paths VMs
     /// use); a claim that does not hold ends the task failed, saying why, with nothing deleted.
     fn recover(&self, record: &TaskRecord, checked: Option<&claims::InUse>) {
+        end_leftover_writers(record);
         if let TaskWork::FinalizeMerge {
             domain,
             image,
@@ -536,6 +537,31 @@ fn trusted_recovery(domain: &Domain, work: &TaskWork) -> Result<(), StorageError
         | TaskWork::CreateLease { .. }
         | TaskWork::DeleteLease { .. } => Ok(()),
     }
+}
+
+/// Ends the qemu-img an earlier run left writing a volume of the image of an interrupted task,
+/// before the task is rolled back or finished (see [`crate::sys::children::leftovers`]): a
+/// child that outlived its rvdsmd would race them. Blocking.
+fn end_leftover_writers(record: &TaskRecord) {
+    let (domain, image) = match &record.work {
+        TaskWork::CreateVolume {
+            domain, request, ..
+        } => (*domain, request.image),
+        TaskWork::DeleteVolume { domain, image, .. }
+        | TaskWork::DeleteVolumes { domain, image, .. }
+        | TaskWork::DeleteImage { domain, image, .. }
+        | TaskWork::PrepareMerge { domain, image }
+        | TaskWork::FinalizeMerge { domain, image, .. } => (*domain, *image),
+        TaskWork::SpmStart { .. } | TaskWork::CreateLease { .. } | TaskWork::DeleteLease { .. } => {
+            return;
+        }
+    };
+    // `<sd>/images/<img>`, however the domain is reached.
+    let dir = crate::storage::layout::DomainDir::new(Path::new(""), domain).image(image);
+    let what = format!("the interrupted task {} ({})", record.id, record.verb);
+    crate::sys::children::leftovers::end_writers(&what, |path| {
+        path.parent().is_some_and(|p| p.ends_with(&dir))
+    });
 }
 
 /// Runs a task-manager call off the reactor: it writes and fsyncs the task's file.

@@ -21,6 +21,7 @@ use crate::api::lifecycle_types::{
 };
 use crate::api::pool_types::{LeaseId, LeaseParams};
 use crate::api::types::VmStatus;
+use crate::jobs::vm_jobs::JobRegistry;
 use crate::services::StorageService;
 use crate::services::monitor::Monitor;
 use crate::virt::vm_policy::{self, Admitted, Expected, VmFileRules};
@@ -43,6 +44,8 @@ struct Inner {
     file_rules: VmFileRules,
     storage: StorageService,
     monitor: Monitor,
+    /// The per-VM claims of the virt jobs: a destroy takes the VM's as a merge does.
+    jobs: JobRegistry,
     journal: Journal,
     /// VMs being created or destroyed: a second such call on one waits for nothing and is
     /// refused, so two never interleave their steps.
@@ -78,6 +81,7 @@ impl VmService {
         hypervisor: Hypervisor,
         storage: StorageService,
         monitor: Monitor,
+        jobs: JobRegistry,
         file_rules: VmFileRules,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<Self> {
@@ -87,6 +91,7 @@ impl VmService {
                 file_rules,
                 storage,
                 monitor,
+                jobs,
                 journal: Journal::open(journal_dir, "VM lifecycle")?,
                 busy: Mutex::default(),
             }),
@@ -370,11 +375,21 @@ impl VmService {
         }
     }
 
-    /// `VM.destroy`.
+    /// `VM.destroy`; refused (42) while a live merge, a snapshot or a freeze call holds the
+    /// VM, and holding it until done, so that none starts meanwhile: a merge that saw its VM
+    /// killed and undefined could no longer tell whether QEMU had pivoted.
     pub async fn destroy(&self, p: DestroyVmParams) -> Result<(), ApiError> {
         let vm = p.vm_id;
         let _busy = self.claim(vm)?;
         let view = self.existing_view(vm).await?;
+        let _held = self.inner.jobs.claim_vm(vm).map_err(|_| ApiError::Coded {
+            code: codes::VM_DESTROY_FAILED,
+            message: format!(
+                "Virtual machine destroy error: {{'reason': '{}: the VM was not destroyed; \
+                 try again once it ends (Host.getJobs)'}}",
+                self.inner.jobs.holder_of(vm)
+            ),
+        })?;
         let drives = vm_xml::managed_drives(&view.xml).unwrap_or_default();
         let entry = Entry {
             vm,
