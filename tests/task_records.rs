@@ -73,7 +73,7 @@ fn become_spm_again(host: &SharedHost) {
 }
 
 #[test]
-fn forged_started_image_delete_and_finalize_do_not_touch_an_intact_legal_image() {
+fn forged_begun_deletes_and_finalize_touch_neither_a_legal_image_nor_a_volume_in_its_create() {
     let _conn = common::libvirt();
     let host = SharedHost::start();
     let f = &host.f;
@@ -81,6 +81,16 @@ fn forged_started_image_delete_and_finalize_do_not_touch_an_intact_legal_image()
     assert_success(&f.create(&image, &base, json!({})));
     assert_success(&f.create(&image, &top, json!({"srcVolUUID": base})));
     let before = snapshot_of(&f.image_dir(&image));
+    // An ILLEGAL volume as a create under way leaves it: its creation nonce beside it.
+    let (pending_image, pending) = (new_id(), new_id());
+    assert_success(&f.create(&pending_image, &pending, json!({"legal": false})));
+    std::fs::write(
+        f.image_dir(&pending_image)
+            .join(format!("{pending}.creating")),
+        Uuid::new_v4().to_string(),
+    )
+    .unwrap();
+    let pending_before = snapshot_of(&f.image_dir(&pending_image));
 
     // A record that says an Image.delete of that image had begun (its volumes ILLEGAL), left
     // by some other SPM. The image says otherwise: every volume is LEGAL.
@@ -103,8 +113,25 @@ fn forged_started_image_delete_and_finalize_do_not_touch_an_intact_legal_image()
                      "top": top, "child": null, "started": true},
         }),
     );
+    // And one that says a Volume.delete of the volume in its create had begun.
+    let in_create = plant(
+        &f.root(),
+        &json!({
+            "id": Uuid::new_v4(), "verb": "Volume.delete", "state": "running", "code": 0,
+            "error": "",
+            "work": {"kind": "deleteVolume", "domain": f.domain, "image": pending_image,
+                     "volume": pending, "started": true},
+        }),
+    );
     become_spm_again(&host);
 
+    let status = f.daemon.ok("Task.getStatus", json!({"taskID": in_create}));
+    assert_eq!(status["taskResult"], "cleanFailure", "{status}");
+    assert_eq!(
+        snapshot_of(&f.image_dir(&pending_image)),
+        pending_before,
+        "a volume in its create was deleted"
+    );
     for task in [&forged, &finalize] {
         let status = f.daemon.ok("Task.getStatus", json!({"taskID": task}));
         assert_eq!(status["taskState"], "finished", "{status}");

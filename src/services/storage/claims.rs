@@ -90,7 +90,8 @@ pub(super) fn rollback_create(
 }
 
 /// Finishes a begun delete of `volumes` (leaf first) of `image`: each volume still there must
-/// be ILLEGAL and childless, and no VM may use any of them. Blocks.
+/// be ILLEGAL, childless and not in a create (no creation nonce beside it), and no VM of this
+/// host may use any of them. Blocks.
 pub(super) fn finish_volumes_delete(
     domain: &Domain,
     image: Uuid,
@@ -119,6 +120,12 @@ pub(super) fn finish_volumes_delete(
         if meta.legality == Legality::Legal {
             return Err(ClaimError::Unverified(format!(
                 "the record says the delete began, but volume {vol} is LEGAL: it is kept"
+            )));
+        }
+        if volume::creation_nonce(domain, image, *vol)?.is_some() {
+            // Being created, or a create's leftover its own record rolls back: no delete's.
+            return Err(ClaimError::Unverified(format!(
+                "volume {vol} is ILLEGAL because a create of it has not ended: it is kept"
             )));
         }
         if !volume::children(domain, image, *vol)?.is_empty() {
