@@ -8,7 +8,8 @@
 //! On a shared pool the SPM writes each record to the master domain's `master/tasks/` too.
 //! `Task.clear` there leaves a tombstone (`<id>.cleared`, fsynced, written before the record
 //! goes), so that no later SPM, the host that began the task included, recovers a cleared task
-//! again; tombstones older than [`TOMBSTONE_MAX_AGE`] are pruned when a host becomes the SPM.
+//! again; tombstones older than [`TOMBSTONE_MAX_AGE`] (by the time written in them) are
+//! pruned when a host becomes the SPM.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -288,34 +289,22 @@ impl TaskManager {
         self.shared_dir().is_some_and(|dir| has_tombstone(&dir, id))
     }
 
-    /// Removes the tombstones of the shared task directory older than `max_age`; returns how
-    /// many. One whose content cannot be read is judged by its file's modification time.
+    /// Removes the tombstones of the shared task directory older than `max_age`, and any
+    /// file there named as one that holds no tombstone (not rvdsm's); returns how many.
     /// Blocks (file I/O).
     pub fn prune_tombstones(&self, max_age: Duration) -> usize {
         let Some(dir) = self.shared_dir() else {
             return 0;
         };
         let now = crate::clock::epoch_secs();
-        let old = |path: &Path| {
-            let cleared_at = std::fs::read(path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice::<Tombstone>(&bytes).ok())
-                .map(|t| t.cleared_at)
-                .or_else(|| {
-                    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
-                    let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
-                    Some(since.as_secs())
-                });
-            cleared_at.is_some_and(|at| now.saturating_sub(at) > max_age.as_secs())
-        };
-        std::fs::read_dir(&dir)
+        tombstones(&dir)
             .into_iter()
-            .flatten()
-            .flatten()
-            .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|e| e == TOMBSTONE_EXTENSION))
-            .filter(|path| old(path))
-            .filter(|path| remove_if_exists(path).is_ok_and(|removed| removed))
+            .filter(|(_, stone)| {
+                stone
+                    .as_ref()
+                    .is_none_or(|s| now.saturating_sub(s.cleared_at) > max_age.as_secs())
+            })
+            .filter(|(path, _)| remove_if_exists(path).is_ok_and(|removed| removed))
             .count()
     }
 
@@ -551,6 +540,23 @@ fn has_tombstone(dir: &Path, id: Uuid) -> bool {
     std::fs::symlink_metadata(tombstone_path(dir, id)).is_ok()
 }
 
+/// Every file named as a tombstone in `dir`, with the tombstone it holds (`None`: not one).
+fn tombstones(dir: &Path) -> Vec<(PathBuf, Option<Tombstone>)> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == TOMBSTONE_EXTENSION))
+        .map(|path| {
+            let stone = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            (path, stone)
+        })
+        .collect()
+}
+
 /// Writes the tombstone of `id` in `dir`, atomically and durably.
 fn write_tombstone(dir: &Path, id: Uuid) -> Result<(), TaskError> {
     let tombstone = Tombstone {
@@ -679,8 +685,11 @@ mod tests {
         std::fs::write(&record, &unfinished).unwrap();
         assert!(tasks.shared_unfinished().is_empty());
 
-        // A recent tombstone stays; one cleared longer ago than the limit goes.
+        // A recent tombstone stays; one cleared longer ago than the limit goes, and so does a
+        // file named as one that holds none.
         assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 0);
+        let garbage = tombstone_path(shared.path(), Uuid::new_v4());
+        std::fs::write(&garbage, "not a tombstone").unwrap();
         let old = Uuid::new_v4();
         let stone = serde_json::to_vec(&Tombstone {
             id: old,
@@ -689,7 +698,8 @@ mod tests {
         .unwrap();
         std::fs::write(tombstone_path(shared.path(), old), stone).unwrap();
         assert!(tasks.shared_cleared(old));
-        assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 1);
+        assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 2);
+        assert!(!garbage.exists());
         assert!(!tasks.shared_cleared(old));
         assert!(tasks.shared_cleared(id));
     }
