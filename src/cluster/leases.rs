@@ -8,7 +8,37 @@ use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 use super::{Cluster, ClusterError};
-use crate::sys::sanlock::{Disk, Registration, Resource};
+use crate::storage::layout::DomainDir;
+use crate::storage::tool_files::HeldFile;
+use crate::sys::sanlock::{Disk, Registration, Resource, SanlockError};
+
+/// Checks, right before sanlock is given its name, that `disk`'s file is a regular file of
+/// the domain whose lockspace is `lockspace` (the domain's UUID), reached from the domain's
+/// directory without any link: the sanlock daemon opens it by name, as root, and writes it.
+/// Blocks (two opens).
+pub(super) fn check_disk(lockspace: &str, disk: &Disk) -> Result<(), SanlockError> {
+    let refused = |message: String| SanlockError {
+        op: "check the lease file",
+        code: -nix::libc::ELOOP,
+        message,
+    };
+    let domain = Uuid::parse_str(lockspace)
+        .map_err(|_| refused(format!("lockspace {lockspace:?} is not a domain's UUID")))?;
+    let root = disk
+        .path
+        .ancestors()
+        .find(|a| a.file_name().is_some_and(|name| *name == *lockspace))
+        .ok_or_else(|| {
+            refused(format!(
+                "{} is not inside domain {domain}",
+                disk.path.display()
+            ))
+        })?;
+    let dir = DomainDir::new(root.parent().unwrap_or(Path::new("/")), domain);
+    HeldFile::open(&dir, &disk.path, false)
+        .map(drop)
+        .map_err(|e| refused(e.to_string()))
+}
 
 /// Whether an acquire that may outlive its caller's bound was taken by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +114,7 @@ impl Cluster {
         let held = lease.clone();
         let result = self
             .call("acquire", limit, move || {
+                check_disk(&held.lockspace, &held.disk)?;
                 registration.acquire(&held, None)?;
                 let mut handoff = late.lock().unwrap_or_else(|e| e.into_inner());
                 if *handoff == Handoff::Abandoned {

@@ -142,20 +142,23 @@ impl SharedLeases for DomainLeases {
     }
 
     fn format_volume_lease(&self, volume: Uuid, file: &Path) -> Result<(), String> {
-        volume_lease(self.domain, volume, file)
-            .format(self.sector)
+        let resource = volume_lease(self.domain, volume, file);
+        leases::check_disk(&resource.lockspace, &resource.disk)
+            .and_then(|()| resource.format(self.sector))
             .map_err(|e| e.to_string())
     }
 
     fn format_lease(&self, lease: Uuid, file: &Path, offset: u64) -> Result<(), String> {
-        external_lease(self.domain, lease, file, offset)
-            .format(self.sector)
+        let resource = external_lease(self.domain, lease, file, offset);
+        leases::check_disk(&resource.lockspace, &resource.disk)
+            .and_then(|()| resource.format(self.sector))
             .map_err(|e| e.to_string())
     }
 
     fn clear_lease(&self, lease: Uuid, file: &Path, offset: u64) -> Result<(), String> {
-        external_lease(self.domain, lease, file, offset)
-            .clear(self.sector)
+        let resource = external_lease(self.domain, lease, file, offset);
+        leases::check_disk(&resource.lockspace, &resource.disk)
+            .and_then(|()| resource.clear(self.sector))
             .map_err(|e| e.to_string())
     }
 
@@ -166,6 +169,7 @@ impl SharedLeases for DomainLeases {
         offset: u64,
     ) -> Result<(Vec<u64>, Option<u64>), String> {
         let resource = external_lease(self.domain, lease, file, offset);
+        leases::check_disk(&resource.lockspace, &resource.disk).map_err(|e| e.to_string())?;
         let owners = resource.owners().map_err(|e| e.to_string())?;
         // An owner recorded by an earlier generation of its host (it joined again since)
         // holds nothing: sanlock treats the lease as free, as VDSM's `inspect` does.
@@ -249,6 +253,8 @@ impl Cluster {
         // Writing 2000 delta leases with direct I/O takes a few seconds on a slow export.
         let limit = self.inner.settings.call_timeout * 4;
         self.call("format lease areas", limit, move || {
+            leases::check_disk(&lockspace.name, &lockspace.disk)?;
+            leases::check_disk(&sdm.lockspace, &sdm.disk)?;
             lockspace.format(sector, io_timeout)?;
             sdm.format(sector)
         })
@@ -279,6 +285,7 @@ impl Cluster {
             let limit = self.inner.settings.call_timeout;
             let started = self
                 .call("add lockspace", limit, move || {
+                    leases::check_disk(&joining.name, &joining.disk)?;
                     match joining.join(io_timeout, false) {
                         Err(e) if e.code == sanlock::code::EEXIST => Ok(()),
                         Err(e) if e.code == sanlock::code::EINPROGRESS => Ok(()),

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::fsutil::{remove_if_exists, write_atomic};
+use crate::storage::shared_records::SharedRecords;
 use crate::storage::volume::{CreateProgress, CreateRequest};
 
 /// How long the tombstone of a task cleared on a shared pool is kept: longer than any host
@@ -220,7 +221,7 @@ pub struct TaskManager {
     tasks: Arc<Mutex<HashMap<Uuid, Entry>>>,
     /// While this host is the SPM of a shared pool: the master domain's task directory, where
     /// each record is written too, so that the next SPM can end what this one left.
-    shared: Arc<Mutex<Option<PathBuf>>>,
+    shared: Arc<Mutex<Option<SharedRecords>>>,
 }
 
 impl TaskManager {
@@ -255,11 +256,11 @@ impl TaskManager {
 
     /// Writes every record from now on to `dir` as well (the SPM's shared task directory), or
     /// stops doing so (`None`).
-    pub fn share_to(&self, dir: Option<PathBuf>) -> Result<(), TaskError> {
+    pub fn share_to(&self, dir: Option<SharedRecords>) -> Result<(), TaskError> {
         if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir).map_err(|e| TaskError::Persist {
+            dir.ensure().map_err(|e| TaskError::Persist {
                 id: Uuid::nil(),
-                message: format!("{}: {e}", dir.display()),
+                message: format!("{}: {e}", dir.path().display()),
             })?;
         }
         *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = dir;
@@ -277,8 +278,13 @@ impl TaskManager {
         else {
             return Vec::new();
         };
-        read_records(&dir)
+        let records = dir.all(".json").unwrap_or_else(|err| {
+            tracing::warn!(dir = %dir.path().display(), error = %err, "shared tasks unreadable");
+            Vec::new()
+        });
+        records
             .into_iter()
+            .filter_map(|(_, bytes)| serde_json::from_slice::<TaskRecord>(&bytes).ok())
             .filter(|r| !r.state.is_done() && !has_tombstone(&dir, r.id))
             .collect()
     }
@@ -304,7 +310,7 @@ impl TaskManager {
                     .as_ref()
                     .is_none_or(|s| now.saturating_sub(s.cleared_at) > max_age.as_secs())
             })
-            .filter(|(path, _)| remove_if_exists(path).is_ok_and(|removed| removed))
+            .filter(|(name, _)| dir.remove(name).is_ok_and(|removed| removed))
             .count()
     }
 
@@ -320,7 +326,7 @@ impl TaskManager {
         Ok(())
     }
 
-    fn shared_dir(&self) -> Option<PathBuf> {
+    fn shared_dir(&self) -> Option<SharedRecords> {
         self.shared
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -334,7 +340,8 @@ impl TaskManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
-        read_record(&dir.join(format!("{}.json", id.hyphenated())))
+        let bytes = dir.read(&format!("{}.json", id.hyphenated())).ok()??;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Takes over an unfinished task another run of an SPM left (this host's before a restart
@@ -454,7 +461,7 @@ impl TaskManager {
         if let Some(dir) = &shared {
             // A record another SPM may still read: gone once its task is cleared (a crash
             // before this leaves it beside its tombstone, which wins).
-            let _ = remove_if_exists(&dir.join(format!("{}.json", id.hyphenated())));
+            let _ = dir.remove(&format!("{}.json", id.hyphenated()));
         }
         tasks.remove(&id);
         Ok(())
@@ -519,10 +526,10 @@ impl TaskManager {
         if let Some(dir) = shared
             && !matches!(record.work, TaskWork::SpmStart { .. })
         {
-            let path = dir.join(format!("{}.json", record.id.hyphenated()));
-            write_atomic(&path, &bytes, 0o600).map_err(|e| TaskError::Persist {
+            let name = format!("{}.json", record.id.hyphenated());
+            dir.write(&name, &bytes).map_err(|e| TaskError::Persist {
                 id: record.id,
-                message: format!("{}: {e}", path.display()),
+                message: format!("{}/{name}: {e}", dir.path().display()),
             })?;
         }
         Ok(())
@@ -532,41 +539,35 @@ impl TaskManager {
 /// The extension of a tombstone in the shared task directory (`<id>.cleared`).
 const TOMBSTONE_EXTENSION: &str = "cleared";
 
-fn tombstone_path(dir: &Path, id: Uuid) -> PathBuf {
-    dir.join(format!("{}.{TOMBSTONE_EXTENSION}", id.hyphenated()))
+fn tombstone_name(id: Uuid) -> String {
+    format!("{}.{TOMBSTONE_EXTENSION}", id.hyphenated())
 }
 
-fn has_tombstone(dir: &Path, id: Uuid) -> bool {
-    std::fs::symlink_metadata(tombstone_path(dir, id)).is_ok()
+fn has_tombstone(dir: &SharedRecords, id: Uuid) -> bool {
+    // Unreadable counts as there: a tombstone only ever stops a recovery.
+    !matches!(dir.read(&tombstone_name(id)), Ok(None))
 }
 
-/// Every file named as a tombstone in `dir`, with the tombstone it holds (`None`: not one).
-fn tombstones(dir: &Path) -> Vec<(PathBuf, Option<Tombstone>)> {
-    std::fs::read_dir(dir)
+/// Every record named as a tombstone in `dir`, with the tombstone it holds (`None`: not one).
+fn tombstones(dir: &SharedRecords) -> Vec<(String, Option<Tombstone>)> {
+    dir.all(&format!(".{TOMBSTONE_EXTENSION}"))
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|e| e == TOMBSTONE_EXTENSION))
-        .map(|path| {
-            let stone = std::fs::read(&path)
-                .ok()
-                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-            (path, stone)
-        })
+        .map(|(name, bytes)| (name, serde_json::from_slice(&bytes).ok()))
         .collect()
 }
 
 /// Writes the tombstone of `id` in `dir`, atomically and durably.
-fn write_tombstone(dir: &Path, id: Uuid) -> Result<(), TaskError> {
+fn write_tombstone(dir: &SharedRecords, id: Uuid) -> Result<(), TaskError> {
     let tombstone = Tombstone {
         id,
         cleared_at: crate::clock::epoch_secs(),
     };
     let persist = |message: String| TaskError::Persist { id, message };
     let bytes = serde_json::to_vec(&tombstone).map_err(|e| persist(e.to_string()))?;
-    let path = tombstone_path(dir, id);
-    write_atomic(&path, &bytes, 0o600).map_err(|e| persist(format!("{}: {e}", path.display())))
+    let name = tombstone_name(id);
+    dir.write(&name, &bytes)
+        .map_err(|e| persist(format!("{}/{name}: {e}", dir.path().display())))
 }
 
 /// Every readable record in `dir` (unreadable ones logged and skipped).
@@ -665,12 +666,16 @@ mod tests {
 
     #[test]
     fn a_task_cleared_on_a_shared_pool_leaves_a_tombstone_that_outlives_its_record() {
-        let (dir, shared) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (dir, mount) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let domain = crate::storage::layout::DomainDir::new(mount.path(), Uuid::new_v4());
+        std::fs::create_dir(domain.root()).unwrap();
+        let records = SharedRecords::new(domain, "tasks");
+        let shared = records.path();
         let (tasks, _) = TaskManager::open(dir.path()).unwrap();
-        tasks.share_to(Some(shared.path().to_owned())).unwrap();
+        tasks.share_to(Some(records)).unwrap();
         let id = Uuid::new_v4();
         tasks.start(id, "Volume.create", work()).unwrap();
-        let record = shared.path().join(format!("{id}.json"));
+        let record = shared.join(format!("{id}.json"));
         let unfinished = std::fs::read(&record).unwrap();
         tasks
             .end(id, Err((411, "interrupted".into(), true)))
@@ -688,7 +693,7 @@ mod tests {
         // A recent tombstone stays; one cleared longer ago than the limit goes, and so does a
         // file named as one that holds none.
         assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 0);
-        let garbage = tombstone_path(shared.path(), Uuid::new_v4());
+        let garbage = shared.join(tombstone_name(Uuid::new_v4()));
         std::fs::write(&garbage, "not a tombstone").unwrap();
         let old = Uuid::new_v4();
         let stone = serde_json::to_vec(&Tombstone {
@@ -696,7 +701,7 @@ mod tests {
             cleared_at: crate::clock::epoch_secs() - TOMBSTONE_MAX_AGE.as_secs() - 60,
         })
         .unwrap();
-        std::fs::write(tombstone_path(shared.path(), old), stone).unwrap();
+        std::fs::write(shared.join(tombstone_name(old)), stone).unwrap();
         assert!(tasks.shared_cleared(old));
         assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 2);
         assert!(!garbage.exists());

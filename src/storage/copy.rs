@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use super::domain::Domain;
 use super::error::StorageError;
+use super::layout::DomainDir;
 use super::qemu_img::{self, QemuImgError};
+use super::tool_files::{HeldFile, check_chain, recheck_all};
 use super::volume::read_meta;
 
 /// One end of a copy.
@@ -21,11 +23,44 @@ pub struct Endpoint<'a> {
     pub volume: Uuid,
 }
 
+/// The files a copy hands to qemu-img, checked: the source's chain (read by names) and the
+/// destination (written through this descriptor).
+pub struct CopyFiles {
+    chain: Vec<HeldFile>,
+    target: HeldFile,
+}
+
+/// Checks the files of a copy (see [`super::tool_files`]): the source's chain and the
+/// destination's opened without any link, regular files, their qcow2 headers naming only
+/// their parents; the destination held open for writing. Blocks.
+pub fn check_files(
+    source: Endpoint<'_>,
+    destination: Endpoint<'_>,
+) -> Result<CopyFiles, StorageError> {
+    let chain = check_chain(source.domain, source.image, source.volume)?;
+    check_chain(destination.domain, destination.image, destination.volume)?;
+    let dst = destination
+        .domain
+        .dir
+        .volume(destination.image, destination.volume);
+    let target = HeldFile::open(&destination.domain.dir, &dst, true)?;
+    Ok(CopyFiles { chain, target })
+}
+
+/// Checks that the source chain's names still lead to the checked files; right before
+/// qemu-img opens them. Blocks.
+fn recheck(source: &DomainDir, files: CopyFiles) -> Result<CopyFiles, StorageError> {
+    recheck_all(source, &files.chain)?;
+    Ok(files)
+}
+
 /// Copies what the guest sees through `source` (its whole chain) into `destination`, which
-/// must exist (created by `Volume.create`) with a capacity no smaller than the source's.
+/// must exist (created by `Volume.create`) with a capacity no smaller than the source's,
+/// through `files` ([`check_files`]).
 pub async fn convert(
     source: Endpoint<'_>,
     destination: Endpoint<'_>,
+    files: CopyFiles,
     (timeout, stop): (std::time::Duration, &tokio_util::sync::CancellationToken),
     progress: impl FnMut(f64) + Send,
 ) -> Result<(), StorageError> {
@@ -37,12 +72,16 @@ pub async fn convert(
             dst_meta.capacity, src_meta.capacity
         )));
     }
-    let src = source.domain.dir.volume(source.image, source.volume);
-    let dst = destination
-        .domain
-        .dir
-        .volume(destination.image, destination.volume);
-    let (src, dst) = (src.to_string_lossy(), dst.to_string_lossy());
+    let files = {
+        let dir = source.domain.dir.clone();
+        tokio::task::spawn_blocking(move || recheck(&dir, files))
+            .await
+            .map_err(|e| StorageError::Copy(format!("check panicked: {e}")))??
+    };
+    // The source by its name in the image directory (its backing files are found beside
+    // it); the destination by rvdsm's descriptor, which no link can redirect.
+    let src = files.chain[0].path().to_string_lossy().into_owned();
+    let dst = files.target.fd_name();
     let args = [
         "convert",
         "-p",
@@ -60,12 +99,12 @@ pub async fn convert(
         &dst,
     ];
     let dir = source.domain.dir.image(source.image);
-    qemu_img::run_with_progress(&args, &dir, timeout, stop, progress)
-        .await
-        .map_err(|e| match e {
-            QemuImgError::Stopped => StorageError::Aborted,
-            other => StorageError::Copy(other.to_string()),
-        })
+    let copied = qemu_img::run_with_progress(&args, &dir, timeout, stop, progress).await;
+    drop(files);
+    copied.map_err(|e| match e {
+        QemuImgError::Stopped => StorageError::Aborted,
+        other => StorageError::Copy(other.to_string()),
+    })
 }
 
 /// Marks `volume` as a full copy not yet booted (see [`Domain`]'s `clone_mark`).

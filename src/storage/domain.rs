@@ -334,13 +334,16 @@ fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageE
     }
     for file in DOM_MD_FILES {
         let path = dom_md.join(file);
-        std::fs::OpenOptions::new()
+        let created = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
             .map_err(StorageError::io("create", &path))?;
+        if *file == "xleases" {
+            super::xleases::Xleases::format(&created, &path, new.uuid, LEASE_ALIGNMENT)?;
+        }
     }
-    super::xleases::Xleases::format(&dom_md.join("xleases"), new.uuid, LEASE_ALIGNMENT)?;
     let keys: BTreeMap<String, String> = [
         ("ALIGNMENT", LEASE_ALIGNMENT.to_string()),
         ("BLOCK_SIZE", new.block_size.to_string()),

@@ -106,6 +106,36 @@ impl DomainDir {
         File::from(self.open_beneath(path, OFlag::O_PATH, 0)?).metadata()
     }
 
+    /// Opens the regular file `path` for reading, or reading and writing, refusing a link at
+    /// any component and anything but a regular file (a FIFO would block the opener, a device
+    /// node would let a tool write a host's disk). Never creates it.
+    pub fn open_regular(&self, path: &Path, write: bool) -> io::Result<File> {
+        let access = if write {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        // Non-blocking: opening a FIFO planted at the name must not hang; on a regular file
+        // the flag changes nothing.
+        let file = File::from(self.open_beneath(path, access | OFlag::O_NONBLOCK, 0)?);
+        if !file.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file (refused: a tool must not open it)",
+            ));
+        }
+        Ok(file)
+    }
+
+    /// Whether `path`, resolved now without following any link, is still the file `held`
+    /// (same device and inode): what a tool that opens `path` by name will open.
+    pub fn is_still(&self, path: &Path, held: &File) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let now = self.stat(path)?;
+        let held = held.metadata()?;
+        Ok(now.file_type().is_file() && (now.dev(), now.ino()) == (held.dev(), held.ino()))
+    }
+
     /// Replaces `path` with `bytes` atomically and durably: written to `<name>.new` (created
     /// afresh with `O_EXCL` after whatever sat at that name is removed), fsynced, given `mode`,
     /// renamed over `path`, and the directory fsynced.

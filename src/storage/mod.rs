@@ -14,6 +14,9 @@
 //! - [`data_operation`]: generations and legality around a volume's data being written.
 //! - [`copy`]: a full copy of a chain into another volume.
 //! - [`qemu_img`]: bounded, stoppable, low-priority qemu-img runs.
+//! - [`shared_records`]: the hosts' shared record directories in a domain's `master/`.
+//! - [`tool_files`]: the files handed to a tool that opens them by name (qemu-img, QEMU,
+//!   sanlock), held and checked first: no link, regular files, chains as the metadata says.
 
 pub mod copy;
 pub mod data_operation;
@@ -27,7 +30,9 @@ pub mod lock;
 pub mod merge;
 pub mod meta;
 pub mod qemu_img;
+pub mod shared_records;
 pub mod snapshot_volume;
+pub mod tool_files;
 pub mod volume;
 pub mod xleases;
 

@@ -18,6 +18,7 @@ use super::domain::Domain;
 use super::error::StorageError;
 use super::meta::VolumeMeta;
 use super::qemu_img::{self, QemuImgError};
+use super::tool_files::HeldFile;
 use crate::api::volume_types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
 use crate::failpoint::pause_if_requested;
 
@@ -165,6 +166,9 @@ pub fn check_create(
             request.capacity, parent.capacity
         )));
     }
+    // The new volume's chain must be what its metadata says: no link, no foreign backing
+    // file in a header, before anything is created on it.
+    super::tool_files::check_chain(domain, request.image, parent_id)?;
     Ok(Some(parent))
 }
 
@@ -250,7 +254,6 @@ pub async fn write_data(
         return Err(StorageError::Aborted);
     }
     let image_dir = domain.dir.image(request.image);
-    let name = request.volume.hyphenated().to_string();
     let capacity = request.capacity.to_string();
     let preallocation = match request.allocation {
         Preallocation::Preallocated => "preallocation=falloc",
@@ -270,15 +273,24 @@ pub async fn write_data(
             args.extend(["-b", &parent_name, "-F", parent_format, "-u"]);
         }
     }
-    args.extend([name.as_str(), capacity.as_str()]);
-    qemu_img::run(&args, &image_dir, timeout, stop)
-        .await
-        .map_err(|err| match err {
-            QemuImgError::Stopped => StorageError::Aborted,
-            other if request.parent.is_some() => StorageError::Clone(other.to_string()),
-            other => StorageError::Creation(other.to_string()),
-        })?;
+    // qemu-img writes the data file `reserve` created through rvdsm's descriptor of it: a
+    // link planted at its name since is refused here, and none can be planted afterwards.
     let data = domain.dir.volume(request.image, request.volume);
+    let held = {
+        let (dir, data) = (domain.dir.clone(), data.clone());
+        tokio::task::spawn_blocking(move || HeldFile::open(&dir, &data, true))
+            .await
+            .map_err(|e| StorageError::Creation(format!("open panicked: {e}")))??
+    };
+    let target = held.fd_name();
+    args.extend([target.as_str(), capacity.as_str()]);
+    let written = qemu_img::run(&args, &image_dir, timeout, stop).await;
+    drop(held);
+    written.map_err(|err| match err {
+        QemuImgError::Stopped => StorageError::Aborted,
+        other if request.parent.is_some() => StorageError::Clone(other.to_string()),
+        other => StorageError::Creation(other.to_string()),
+    })?;
     // qemu-img may recreate the file with its own mode; a link found there now is refused.
     // fsync can take long on a slow mount: off the reactor.
     let dir = domain.dir.clone();

@@ -12,8 +12,13 @@
 //! metadata (magic, version, lockspace, mtime, updating flag), then 64-byte records (resource
 //! name, its offset for humans, flags). An empty record is a free slot. A record's slot is
 //! computed from its position, never read from the record: two records cannot share a slot.
+//!
+//! The volume is opened once per operation through the domain's no-link rule and read and
+//! written through that descriptor only; sanlock, which opens it by name, gets the name only
+//! after it was found to be the same regular file right before (a co-tenant could plant a
+//! link there: a host file grown to 1 GiB and overwritten).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +26,7 @@ use uuid::Uuid;
 
 use super::domain::{Domain, LEASE_ALIGNMENT};
 use super::error::StorageError;
+use super::tool_files::HeldFile;
 
 /// The size VDSM gives a file domain's `xleases` (sparse): 1021 leases at 1 MiB alignment.
 pub const VOLUME_SIZE: u64 = 1 << 30;
@@ -39,6 +45,7 @@ const FLAG_UPDATING: u8 = b'u';
 
 /// The domain's leases volume and its index, as read when opened.
 pub struct Xleases {
+    file: File,
     path: PathBuf,
     alignment: u64,
     block_size: usize,
@@ -93,18 +100,17 @@ fn now() -> u64 {
 }
 
 impl Xleases {
-    /// Formats the index of an empty or new leases volume at `path` for the domain
-    /// `lockspace`: every record free, the volume grown to [`VOLUME_SIZE`]. Refuses a volume
-    /// that holds a valid index already (formatting forgets every lease). Blocks.
-    pub fn format(path: &Path, lockspace: Uuid, alignment: u64) -> Result<(), StorageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(StorageError::io("open", path))?;
-        if Self::read_index(&file, path, alignment).is_ok_and(|(_, index)| index.is_some()) {
+    /// Formats the index of the empty or new leases volume `file` (at `path`, opened for
+    /// reading and writing) for the domain `lockspace`: every record free, the volume grown
+    /// to [`VOLUME_SIZE`]. Refuses a volume that holds a valid index already (formatting
+    /// forgets every lease). Blocks.
+    pub fn format(
+        file: &File,
+        path: &Path,
+        lockspace: Uuid,
+        alignment: u64,
+    ) -> Result<(), StorageError> {
+        if Self::read_index(file, path, alignment).is_ok_and(|(_, index)| index.is_some()) {
             return Err(invalid(
                 path,
                 "holds an index already; formatting would lose its leases",
@@ -152,16 +158,19 @@ impl Xleases {
         Ok((size, Some(index)))
     }
 
-    /// Whether the volume at `path` holds an index (valid or not). Blocks.
-    pub fn formatted(path: &Path, alignment: u64) -> Result<bool, StorageError> {
-        let file = File::open(path).map_err(StorageError::io("open", path))?;
-        Ok(Self::read_index(&file, path, alignment)?.1.is_some())
+    /// Whether the volume `file` (at `path`) holds an index (valid or not). Blocks.
+    pub fn formatted(file: &File, path: &Path, alignment: u64) -> Result<bool, StorageError> {
+        Ok(Self::read_index(file, path, alignment)?.1.is_some())
     }
 
-    /// Opens the volume at `path` of a domain with `alignment` and `block_size` and reads its
-    /// index. Blocks.
-    pub fn open(path: &Path, alignment: u64, block_size: u32) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(StorageError::io("open", path))?;
+    /// Reads the index of the volume `file` (at `path`; opened for writing too if records
+    /// are to be written) of a domain with `alignment` and `block_size`. Blocks.
+    pub fn open(
+        file: File,
+        path: &Path,
+        alignment: u64,
+        block_size: u32,
+    ) -> Result<Self, StorageError> {
         let (size, index) = Self::read_index(&file, path, alignment)?;
         let index = index.ok_or_else(|| invalid(path, "no index: the volume is not formatted"))?;
         let meta = &index[..METADATA_SIZE];
@@ -184,6 +193,7 @@ impl Xleases {
             .to_owned();
         let slots = (size / alignment).saturating_sub(RESERVED_SLOTS);
         Ok(Self {
+            file,
             path: path.to_owned(),
             alignment,
             block_size: usize::try_from(block_size.max(512)).unwrap_or(512),
@@ -298,10 +308,7 @@ impl Xleases {
         let mut updated = self.index.clone();
         updated[start..start + RECORD_SIZE].copy_from_slice(record);
         let block = start - start % self.block_size;
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&self.path)
-            .map_err(StorageError::io("open", &self.path))?;
+        let file = &self.file;
         file.write_all_at(
             &updated[block..block + self.block_size],
             self.alignment + block as u64,
@@ -314,13 +321,19 @@ impl Xleases {
     }
 }
 
-/// The domain's leases volume, its index checked to be the domain's.
-fn open_of(domain: &Domain) -> Result<Xleases, StorageError> {
-    let index = Xleases::open(
-        &domain.dir.dom_md().join("xleases"),
-        LEASE_ALIGNMENT,
-        domain.block_size,
-    )?;
+/// The domain's leases volume, opened without following any link (for writing too when
+/// `write`), a regular file.
+fn volume_of(domain: &Domain, write: bool) -> Result<HeldFile, StorageError> {
+    HeldFile::open(&domain.dir, &domain.dir.dom_md().join("xleases"), write)
+}
+
+/// The domain's leases volume read from `held`, its index checked to be the domain's.
+fn open_of(domain: &Domain, held: &HeldFile) -> Result<Xleases, StorageError> {
+    let file = held
+        .file()
+        .try_clone()
+        .map_err(StorageError::io("open", held.path()))?;
+    let index = Xleases::open(file, held.path(), LEASE_ALIGNMENT, domain.block_size)?;
     if index.lockspace() != domain.uuid.to_string() {
         return Err(invalid(
             &index.path,
@@ -346,7 +359,7 @@ pub fn manager_of(domain: &Domain) -> Result<&dyn super::lock::SharedLeases, Sto
 
 /// Where `lease` lives in `domain`. Blocks.
 pub fn lookup(domain: &Domain, lease: Uuid) -> Result<LeaseSlot, StorageError> {
-    open_of(domain)?.lookup(lease)
+    open_of(domain, &volume_of(domain, false)?)?.lookup(lease)
 }
 
 /// Creates `lease` in `domain` under its metadata lock: its sanlock resource formatted in a
@@ -355,12 +368,13 @@ pub fn lookup(domain: &Domain, lease: Uuid) -> Result<LeaseSlot, StorageError> {
 pub fn create(domain: &Domain, lease: Uuid) -> Result<LeaseSlot, StorageError> {
     let manager = manager_of(domain)?;
     let _lock = domain.lock().acquire()?;
-    let path = domain.dir.dom_md().join("xleases");
-    if !Xleases::formatted(&path, LEASE_ALIGNMENT)? {
+    let held = volume_of(domain, true)?;
+    if !Xleases::formatted(held.file(), held.path(), LEASE_ALIGNMENT)? {
         tracing::info!(domain = %domain.uuid, "formatting the external leases volume");
-        Xleases::format(&path, domain.uuid, LEASE_ALIGNMENT)?;
+        Xleases::format(held.file(), held.path(), domain.uuid, LEASE_ALIGNMENT)?;
     }
-    open_of(domain)?.add(lease, |slot| {
+    open_of(domain, &held)?.add(lease, |slot| {
+        held.recheck(&domain.dir)?;
         manager
             .format_lease(lease, &slot.path, slot.offset)
             .map_err(|e| StorageError::LeasesVolume(format!("lease {lease}: {e}")))
@@ -371,7 +385,9 @@ pub fn create(domain: &Domain, lease: Uuid) -> Result<LeaseSlot, StorageError> {
 pub fn delete(domain: &Domain, lease: Uuid) -> Result<(), StorageError> {
     let manager = manager_of(domain)?;
     let _lock = domain.lock().acquire()?;
-    open_of(domain)?.remove(lease, |slot| {
+    let held = volume_of(domain, true)?;
+    open_of(domain, &held)?.remove(lease, |slot| {
+        held.recheck(&domain.dir)?;
         manager
             .clear_lease(lease, &slot.path, slot.offset)
             .map_err(StorageError::LeasesVolume)
@@ -384,7 +400,9 @@ pub fn status(
     lease: Uuid,
 ) -> Result<(LeaseSlot, Vec<u64>, Option<u64>), StorageError> {
     let manager = manager_of(domain)?;
-    let slot = lookup(domain, lease)?;
+    let held = volume_of(domain, false)?;
+    let slot = open_of(domain, &held)?.lookup(lease)?;
+    held.recheck(&domain.dir)?;
     let (owners, version) = manager
         .lease_status(lease, &slot.path, slot.offset)
         .map_err(|e| StorageError::LeasesVolume(format!("lease {lease}: {e}")))?;
@@ -394,6 +412,7 @@ pub fn status(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     const ALIGN: u64 = 1 << 20;
     /// [`ALIGN`] as an index into the volume's bytes.
@@ -402,8 +421,22 @@ mod tests {
     fn formatted(dir: &tempfile::TempDir) -> (PathBuf, Uuid) {
         let path = dir.path().join("xleases");
         let domain = Uuid::new_v4();
-        Xleases::format(&path, domain, ALIGN).unwrap();
+        Xleases::format(&rw(&path), &path, domain, ALIGN).unwrap();
         (path, domain)
+    }
+
+    fn rw(path: &Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .unwrap()
+    }
+
+    fn open(path: &Path, block_size: u32) -> Result<Xleases, StorageError> {
+        Xleases::open(rw(path), path, ALIGN, block_size)
     }
 
     #[test]
@@ -421,7 +454,7 @@ mod tests {
         let first = &bytes[AT + 512..AT + 576];
         assert_eq!(&first[49..60], b"00000000000");
         assert_eq!(&first[61..64], b"--\n");
-        let index = Xleases::open(&path, ALIGN, 512).unwrap();
+        let index = open(&path, 512).unwrap();
         assert_eq!(index.lockspace(), domain.to_string());
         assert!(index.leases().is_empty());
         assert_eq!(index.usable, 1021);
@@ -431,7 +464,7 @@ mod tests {
     fn format_refuses_an_index_holding_leases() {
         let dir = tempfile::tempdir().unwrap();
         let (path, domain) = formatted(&dir);
-        let err = Xleases::format(&path, domain, ALIGN).unwrap_err();
+        let err = Xleases::format(&rw(&path), &path, domain, ALIGN).unwrap_err();
         assert!(matches!(err, StorageError::LeasesVolume(_)), "{err}");
     }
 
@@ -440,7 +473,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = formatted(&dir);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut index = Xleases::open(&path, ALIGN, 4096).unwrap();
+        let mut index = open(&path, 4096).unwrap();
         let slot_a = index.add(a, |_| Ok(())).unwrap();
         let slot_b = index.add(b, |_| Ok(())).unwrap();
         assert_eq!(slot_a.offset, 3 * ALIGN);
@@ -450,7 +483,7 @@ mod tests {
             Err(StorageError::LeaseExists(id)) if id == a
         ));
         // What another host reads.
-        let other = Xleases::open(&path, ALIGN, 4096).unwrap();
+        let other = open(&path, 4096).unwrap();
         assert_eq!(other.lookup(b).unwrap(), slot_b);
         let record = &std::fs::read(&path).unwrap()[AT + 512 + 64..][..64];
         assert_eq!(&record[..36], b.to_string().as_bytes());
@@ -463,7 +496,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(cleared, Some(3 * ALIGN));
-        let reread = Xleases::open(&path, ALIGN, 4096).unwrap();
+        let reread = open(&path, 4096).unwrap();
         assert!(matches!(
             reread.lookup(a),
             Err(StorageError::NoSuchLease(_))
@@ -482,7 +515,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (path, _) = formatted(&dir);
         let before = std::fs::read(&path).unwrap();
-        let mut index = Xleases::open(&path, ALIGN, 512).unwrap();
+        let mut index = open(&path, 512).unwrap();
         let lease = Uuid::new_v4();
         let err = index
             .add(lease, |_| {
@@ -499,12 +532,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("xleases");
         std::fs::write(&path, b"").unwrap();
-        let err = Xleases::open(&path, ALIGN, 512).err().unwrap();
+        let err = open(&path, 512).err().unwrap();
         assert!(err.to_string().contains("not formatted"), "{err}");
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(4 * ALIGN).unwrap();
         file.write_all_at(b"garbage", ALIGN).unwrap();
-        let err = Xleases::open(&path, ALIGN, 512).err().unwrap();
+        let err = open(&path, 512).err().unwrap();
         assert!(err.to_string().contains("bad magic"), "{err}");
     }
 
@@ -519,7 +552,7 @@ mod tests {
             .unwrap()
             .set_len(4 * ALIGN)
             .unwrap();
-        let mut index = Xleases::open(&path, ALIGN, 512).unwrap();
+        let mut index = open(&path, 512).unwrap();
         index.add(Uuid::new_v4(), |_| Ok(())).unwrap();
         let err = index.add(Uuid::new_v4(), |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("no free lease slot"), "{err}");

@@ -229,8 +229,12 @@ impl SdmService {
         let merged = tokio::task::spawn_blocking(move || {
             let mut entries = journal.entries();
             if let Some(dir) = shared {
-                match RecordDir::<Entry>::open(&dir, "shared SDM merge") {
-                    Ok(records) => entries.extend(records.entries()),
+                match dir.all(".json") {
+                    Ok(records) => entries.extend(
+                        records
+                            .into_iter()
+                            .filter_map(|(_, bytes)| serde_json::from_slice::<Entry>(&bytes).ok()),
+                    ),
                     Err(err) => tracing::warn!(error = %err, "cannot read the shared merges"),
                 }
             }
@@ -403,7 +407,8 @@ impl SdmService {
         };
         let entry = entry.clone();
         tokio::task::spawn_blocking(move || {
-            RecordDir::<Entry>::open(&dir, "shared SDM merge")?.write(entry.job, &entry)
+            let bytes = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+            dir.write(&format!("{}.json", entry.job), &bytes)
         })
         .await
         .map_err(std::io::Error::other)?

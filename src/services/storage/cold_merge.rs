@@ -22,7 +22,7 @@ use crate::storage::copy::{self, Endpoint};
 use crate::storage::domain::Domain;
 use crate::storage::merge::{self, MergePair};
 use crate::storage::volume::{read_meta, write_meta};
-use crate::storage::{StorageError, data_operation};
+use crate::storage::{StorageError, data_operation, tool_files};
 
 /// An image a full copy reads: its VMs are refused snapshots and merges until it drops.
 pub struct CopyReading {
@@ -189,6 +189,12 @@ impl StorageService {
         let _merging = self.merging(s.sd_id, s.img_id)?;
         self.check_subchain(&s).await?;
         let domain = self.domain(s.sd_id)?;
+        // qemu-img opens the chain by names: checked before anything is written (no link,
+        // headers naming only their parents), each name rechecked right before it runs.
+        let chain = {
+            let domain = Arc::clone(&domain);
+            blocking(move || tool_files::check_chain(&domain, s.img_id, s.top_id)).await?
+        };
         {
             let domain = Arc::clone(&domain);
             blocking(move || {
@@ -203,7 +209,11 @@ impl StorageService {
             .await?;
         }
         let limits = (self.inner.qemu_img_timeout, stop);
-        merge::commit(
+        let chain = {
+            let dir = domain.dir.clone();
+            blocking(move || tool_files::recheck_all(&dir, &chain).map(|()| chain)).await?
+        };
+        let committed = merge::commit(
             &domain,
             s.img_id,
             s.base_id,
@@ -212,7 +222,9 @@ impl StorageService {
             limits,
             progress,
         )
-        .await?;
+        .await;
+        drop(chain);
+        committed?;
         blocking(move || data_operation::end(&domain, s.img_id, s.base_id)).await
     }
 
@@ -272,6 +284,14 @@ impl StorageService {
     ) -> Result<(), ApiError> {
         let domain = self.domain(domain)?;
         if let Some(child) = child {
+            // qemu-img rewrites the child's header by its name: the name must lead, without
+            // any link, to a regular file of the image right before it runs.
+            let dir = domain.dir.clone();
+            blocking(move || {
+                let path = dir.volume(image, child);
+                tool_files::HeldFile::open(&dir, &path, false)?.recheck(&dir)
+            })
+            .await?;
             merge::rebase_onto(&domain, image, child, base, self.inner.qemu_img_timeout).await?;
         }
         crate::failpoint::pause("finalize:rebased").await;
@@ -328,6 +348,20 @@ impl StorageService {
         self.check_copy(&source, &destination).await?;
         let src_domain = self.domain(source.sd_id)?;
         let dst_domain = self.domain(destination.sd_id)?;
+        // Checked before anything is written: a refused copy leaves the destination as it was.
+        let files = {
+            let (src, dst) = (Arc::clone(&src_domain), Arc::clone(&dst_domain));
+            let (s, d) = (source, destination);
+            blocking(move || {
+                let end = |domain, e: CopyEndpoint| Endpoint {
+                    domain,
+                    image: e.img_id,
+                    volume: e.vol_id,
+                };
+                copy::check_files(end(&src, s), end(&dst, d))
+            })
+            .await?
+        };
         {
             let domain = Arc::clone(&dst_domain);
             let (image, volume) = (destination.img_id, destination.vol_id);
@@ -349,6 +383,7 @@ impl StorageService {
         copy::convert(
             ends.0,
             ends.1,
+            files,
             (self.inner.qemu_img_timeout, stop),
             progress,
         )

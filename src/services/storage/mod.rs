@@ -46,6 +46,7 @@ use crate::jobs::tasks::{TaskError, TaskManager, TaskRecord, TaskWork};
 use crate::services::errors::storage_code;
 use crate::storage::domain::Domain;
 use crate::storage::layout::Repository;
+use crate::storage::shared_records::SharedRecords;
 use crate::storage::{StorageError, image, volume};
 use crate::virt::Hypervisor;
 
@@ -173,7 +174,7 @@ impl StorageService {
     /// [`claims`]). Blocking file I/O runs off the reactor.
     pub(crate) async fn take_over_tasks(&self, master: Uuid) {
         let dir = match self.domain(master) {
-            Ok(domain) => domain.dir.root().join("master").join("tasks"),
+            Ok(domain) => SharedRecords::new(domain.dir.clone(), "tasks"),
             Err(err) => {
                 tracing::error!(error = %err, "no master domain: tasks not shared");
                 return;

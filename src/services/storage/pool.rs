@@ -142,10 +142,17 @@ impl StorageService {
 
     /// Where the hosts sharing `domain` keep records of `kind` (`<domain>/master/<kind>`);
     /// `None` on a host that runs alone.
-    pub(crate) fn shared_records(&self, domain: Uuid, kind: &str) -> Option<std::path::PathBuf> {
+    pub(crate) fn shared_records(
+        &self,
+        domain: Uuid,
+        kind: &'static str,
+    ) -> Option<crate::storage::shared_records::SharedRecords> {
         self.inner.cluster.as_ref()?;
         let domain = self.domain(domain).ok()?;
-        Some(domain.dir.root().join("master").join(kind))
+        let dir = domain.dir.clone();
+        Some(crate::storage::shared_records::SharedRecords::new(
+            dir, kind,
+        ))
     }
 
     /// The lease of the volume a storage job writes, held until released, on a shared
@@ -340,7 +347,9 @@ async fn check_domain(domain: Arc<Domain>) -> (i32, Duration) {
     let started = Instant::now();
     let read = blocking(move || {
         let path = domain.dir.metadata();
-        std::fs::read(&path)
+        domain
+            .dir
+            .read(&path)
             .map(drop)
             .map_err(StorageError::io("read", &path))
     });

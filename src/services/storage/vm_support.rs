@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{StorageService, blocking};
 use crate::api::ApiError;
 use crate::api::volume_types::{BLANK_UUID, VolumeRole};
-use crate::storage::{StorageError, copy, image, snapshot_volume, volume};
+use crate::storage::{StorageError, copy, image, snapshot_volume, tool_files, volume};
 
 /// A drive's volume, ready for a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,8 +27,8 @@ pub struct PreparedDrive {
 const MAX_CHAIN: usize = 1024;
 
 impl StorageService {
-    /// Prepares `volume` of the image for a VM (every volume LEGAL, the pool's link made) and
-    /// reads its chain. Refused with VDSM's codes for unknown ids and ILLEGAL volumes.
+    /// Prepares `volume` of the image for a VM (every volume LEGAL, the pool's link made,
+    /// the chain checked as `tool_files::check_chain` does) and reads its chain. Refused with VDSM's codes for unknown ids and ILLEGAL volumes.
     pub async fn prepare_drive(
         &self,
         pool: Uuid,
@@ -40,6 +40,9 @@ impl StorageService {
         let pool_dir = self.inner.repo.pool_dir(self.inner.pool);
         blocking(move || {
             let domain = &*storage_domain;
+            // QEMU opens the chain by names, as root: each data file must be a regular file
+            // reached without a link, each qcow2 header name only its parent.
+            tool_files::check_chain(domain, image, volume)?;
             let leaf = image::prepare(domain, &pool_dir, image, volume, false)?;
             let image_dir = leaf.parent().map(std::path::Path::to_path_buf);
             let path_of = |v: Uuid| {
