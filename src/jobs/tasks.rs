@@ -4,10 +4,17 @@
 //! Every task is persisted (one JSON file per task in `<state_dir>/tasks/`, replaced atomically
 //! at each change) together with the progress of its work, so that after a restart of rvdsmd
 //! an unfinished task is rolled back and reported, never forgotten.
+//!
+//! On a shared pool the SPM writes each record to the master domain's `master/tasks/` too.
+//! `Task.clear` there leaves a tombstone (`<id>.cleared`, fsynced, written before the record
+//! goes), so that no later SPM, the host that began the task included, recovers a cleared task
+//! again; tombstones older than [`TOMBSTONE_MAX_AGE`] (by the time written in them) are
+//! pruned when a host becomes the SPM.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +23,18 @@ use uuid::Uuid;
 use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::storage::shared_records::SharedRecords;
 use crate::storage::volume::{CreateProgress, CreateRequest};
+
+/// How long the tombstone of a task cleared on a shared pool is kept: longer than any host
+/// is expected to stay away and come back with its own record of the task.
+pub const TOMBSTONE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// What a tombstone holds: which task, and when it was cleared (epoch seconds, the clearing
+/// host's clock), by which its age is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Tombstone {
+    id: Uuid,
+    cleared_at: u64,
+}
 
 /// A task's internal state (VDSM's names, the subset rvdsm goes through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,8 +285,52 @@ impl TaskManager {
         records
             .into_iter()
             .filter_map(|(_, bytes)| serde_json::from_slice::<TaskRecord>(&bytes).ok())
-            .filter(|r| !r.state.is_done())
+            .filter(|r| !r.state.is_done() && !has_tombstone(&dir, r.id))
             .collect()
+    }
+
+    /// Whether `id` was cleared on the shared pool (its tombstone is in the shared task
+    /// directory). Blocks (file I/O).
+    pub fn shared_cleared(&self, id: Uuid) -> bool {
+        self.shared_dir().is_some_and(|dir| has_tombstone(&dir, id))
+    }
+
+    /// Removes the tombstones of the shared task directory older than `max_age`, and any
+    /// file there named as one that holds no tombstone (not rvdsm's); returns how many.
+    /// Blocks (file I/O).
+    pub fn prune_tombstones(&self, max_age: Duration) -> usize {
+        let Some(dir) = self.shared_dir() else {
+            return 0;
+        };
+        let now = crate::clock::epoch_secs();
+        tombstones(&dir)
+            .into_iter()
+            .filter(|(_, stone)| {
+                stone
+                    .as_ref()
+                    .is_none_or(|s| now.saturating_sub(s.cleared_at) > max_age.as_secs())
+            })
+            .filter(|(name, _)| dir.remove(name).is_ok_and(|removed| removed))
+            .count()
+    }
+
+    /// Forgets a task of this host that was cleared on the shared pool while this host was
+    /// away (its record here is stale: the pool's task list no longer has it).
+    pub fn forget(&self, id: Uuid) -> Result<(), TaskError> {
+        let mut tasks = self.lock();
+        remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
+            id,
+            message: e.to_string(),
+        })?;
+        tasks.remove(&id);
+        Ok(())
+    }
+
+    fn shared_dir(&self) -> Option<SharedRecords> {
+        self.shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The shared record of `id`, if there is one.
@@ -385,17 +448,19 @@ impl TaskManager {
             let (state, _) = entry.record.state.wire();
             return Err(TaskError::State(format!("can't clean in state {state}")));
         }
+        let shared = self.shared_dir();
+        if let Some(dir) = &shared {
+            // The tombstone first: once it is there, no SPM recovers the task again, whatever
+            // record of it a host still holds.
+            write_tombstone(dir, id)?;
+        }
         remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
             id,
             message: e.to_string(),
         })?;
-        if let Some(dir) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            // A record another SPM may still read: gone once its task is cleared.
+        if let Some(dir) = &shared {
+            // A record another SPM may still read: gone once its task is cleared (a crash
+            // before this leaves it beside its tombstone, which wins).
             let _ = dir.remove(&format!("{}.json", id.hyphenated()));
         }
         tasks.remove(&id);
@@ -469,6 +534,40 @@ impl TaskManager {
         }
         Ok(())
     }
+}
+
+/// The extension of a tombstone in the shared task directory (`<id>.cleared`).
+const TOMBSTONE_EXTENSION: &str = "cleared";
+
+fn tombstone_name(id: Uuid) -> String {
+    format!("{}.{TOMBSTONE_EXTENSION}", id.hyphenated())
+}
+
+fn has_tombstone(dir: &SharedRecords, id: Uuid) -> bool {
+    // Unreadable counts as there: a tombstone only ever stops a recovery.
+    !matches!(dir.read(&tombstone_name(id)), Ok(None))
+}
+
+/// Every record named as a tombstone in `dir`, with the tombstone it holds (`None`: not one).
+fn tombstones(dir: &SharedRecords) -> Vec<(String, Option<Tombstone>)> {
+    dir.all(&format!(".{TOMBSTONE_EXTENSION}"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, bytes)| (name, serde_json::from_slice(&bytes).ok()))
+        .collect()
+}
+
+/// Writes the tombstone of `id` in `dir`, atomically and durably.
+fn write_tombstone(dir: &SharedRecords, id: Uuid) -> Result<(), TaskError> {
+    let tombstone = Tombstone {
+        id,
+        cleared_at: crate::clock::epoch_secs(),
+    };
+    let persist = |message: String| TaskError::Persist { id, message };
+    let bytes = serde_json::to_vec(&tombstone).map_err(|e| persist(e.to_string()))?;
+    let name = tombstone_name(id);
+    dir.write(&name, &bytes)
+        .map_err(|e| persist(format!("{}/{name}: {e}", dir.path().display())))
 }
 
 /// Every readable record in `dir` (unreadable ones logged and skipped).
@@ -563,6 +662,62 @@ mod tests {
         assert_eq!(unfinished[0].id, running);
         assert_eq!(unfinished[0].work, progressed);
         assert_eq!(tasks.get(done).unwrap().state, TaskState::Finished);
+    }
+
+    #[test]
+    fn a_task_cleared_on_a_shared_pool_leaves_a_tombstone_that_outlives_its_record() {
+        let (dir, mount) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let domain = crate::storage::layout::DomainDir::new(mount.path(), Uuid::new_v4());
+        std::fs::create_dir(domain.root()).unwrap();
+        let records = SharedRecords::new(domain, "tasks");
+        let shared = records.path();
+        let (tasks, _) = TaskManager::open(dir.path()).unwrap();
+        tasks.share_to(Some(records)).unwrap();
+        let id = Uuid::new_v4();
+        tasks.start(id, "Volume.create", work()).unwrap();
+        let record = shared.join(format!("{id}.json"));
+        let unfinished = std::fs::read(&record).unwrap();
+        tasks
+            .end(id, Err((411, "interrupted".into(), true)))
+            .unwrap();
+        assert!(!tasks.shared_cleared(id));
+        tasks.clear(id).unwrap();
+        assert!(tasks.shared_cleared(id));
+        assert!(!record.exists());
+
+        // Its unfinished record met again (a crash between tombstone and removal, or a host
+        // that kept one): not work left over.
+        std::fs::write(&record, &unfinished).unwrap();
+        assert!(tasks.shared_unfinished().is_empty());
+
+        // A recent tombstone stays; one cleared longer ago than the limit goes, and so does a
+        // file named as one that holds none.
+        assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 0);
+        let garbage = shared.join(tombstone_name(Uuid::new_v4()));
+        std::fs::write(&garbage, "not a tombstone").unwrap();
+        let old = Uuid::new_v4();
+        let stone = serde_json::to_vec(&Tombstone {
+            id: old,
+            cleared_at: crate::clock::epoch_secs() - TOMBSTONE_MAX_AGE.as_secs() - 60,
+        })
+        .unwrap();
+        std::fs::write(shared.join(tombstone_name(old)), stone).unwrap();
+        assert!(tasks.shared_cleared(old));
+        assert_eq!(tasks.prune_tombstones(TOMBSTONE_MAX_AGE), 2);
+        assert!(!garbage.exists());
+        assert!(!tasks.shared_cleared(old));
+        assert!(tasks.shared_cleared(id));
+    }
+
+    #[test]
+    fn forget_drops_a_local_record_whatever_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tasks, _) = TaskManager::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        tasks.start(id, "Volume.create", work()).unwrap();
+        tasks.forget(id).unwrap();
+        assert!(matches!(tasks.get(id).unwrap_err(), TaskError::Unknown(_)));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

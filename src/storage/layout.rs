@@ -109,6 +109,14 @@ impl DomainDir {
             .join(format!("{}.clone", volume.hyphenated()))
     }
 
+    /// `<vol>.creating`: the nonce of the create that is making this volume (the one its task
+    /// record holds), there from before the data file until the volume is published, so that
+    /// a recovery can tell a half-made volume of that create from any other.
+    pub fn creation_nonce(&self, image: Uuid, volume: Uuid) -> PathBuf {
+        self.image(image)
+            .join(format!("{}.creating", volume.hyphenated()))
+    }
+
     /// `<vol>.lease`.
     pub fn lease(&self, image: Uuid, volume: Uuid) -> PathBuf {
         self.image(image)

@@ -123,6 +123,10 @@ pub struct CreateProgress {
     pub parent_internal: bool,
     /// The `.lease` file is being created.
     pub lease: bool,
+    /// The create's nonce, chosen before its first file and written beside the volume
+    /// (`<vol>.creating`) before the data file; `None` in records made before nonces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<Uuid>,
 }
 
 /// Checks a create against the domain as it is now. Repeated under the lock when the task runs.
@@ -135,6 +139,7 @@ pub fn check_create(
         domain.dir.volume(image, volume),
         domain.dir.meta(image, volume),
         domain.dir.lease(image, volume),
+        domain.dir.creation_nonce(image, volume),
     ];
     // Anything at one of the volume's names (a link too, even a dangling one) holds it.
     let taken = |path: &std::path::Path| !matches!(domain.dir.stat(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
@@ -190,6 +195,17 @@ pub fn reserve(
             .dir
             .ensure_dir(&image_dir, IMAGE_DIR_MODE)
             .map_err(StorageError::io("create", &image_dir))?;
+    }
+    let nonce = Uuid::new_v4();
+    progress.nonce = Some(nonce);
+    record(progress)?;
+    if let Err(err) = write_nonce(domain, request, nonce) {
+        if matches!(err, StorageError::VolumeAlreadyExists(_)) {
+            // Someone else's file: never ours to delete.
+            progress.nonce = None;
+            record(progress)?;
+        }
+        return Err(err);
     }
     progress.data_file = true;
     record(progress)?;
@@ -312,6 +328,12 @@ pub fn publish(
     };
     let meta = new_meta(domain, request, legality);
     write_meta(domain, request.image, request.volume, &meta)?;
+    // Published: from here no record may roll the volume back.
+    let nonce = domain.dir.creation_nonce(request.image, request.volume);
+    domain
+        .dir
+        .remove(&nonce)
+        .map_err(StorageError::io("remove", &nonce))?;
     drop(lock);
     pause_if_requested("create:published");
     Ok(())
@@ -332,6 +354,45 @@ fn new_meta(domain: &Domain, request: &CreateRequest, legality: Legality) -> Vol
         sequence: request.sequence,
         allocation: request.allocation,
         role: VolumeRole::Leaf,
+    }
+}
+
+/// Writes the create's nonce beside the volume (`<vol>.creating`, `O_EXCL`), durably.
+fn write_nonce(domain: &Domain, request: &CreateRequest, nonce: Uuid) -> Result<(), StorageError> {
+    use std::io::Write;
+    let path = domain.dir.creation_nonce(request.image, request.volume);
+    let mut file = domain
+        .dir
+        .create_exclusive(&path, VOLUME_MODE)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                StorageError::VolumeAlreadyExists(request.volume)
+            } else {
+                StorageError::io("create", &path)(e)
+            }
+        })?;
+    file.write_all(nonce.hyphenated().to_string().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(StorageError::io("write", &path))?;
+    let image_dir = domain.dir.image(request.image);
+    domain
+        .dir
+        .sync_dir(&image_dir)
+        .map_err(StorageError::io("sync", &image_dir))
+}
+
+/// The nonce of the create that is making `volume` (`<vol>.creating`), if one is there.
+pub fn creation_nonce(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+) -> Result<Option<Uuid>, StorageError> {
+    let path = domain.dir.creation_nonce(image, volume);
+    match domain.dir.read_to_string(&path) {
+        // Unreadable text is no nonce of ours: it proves nothing.
+        Ok(text) => Ok(Uuid::parse_str(text.trim()).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StorageError::io("read", &path)(e)),
     }
 }
 
@@ -365,6 +426,14 @@ pub fn rollback(
             .dir
             .remove(&meta)
             .map_err(StorageError::io("remove", &meta))?;
+    }
+    // The nonce goes last: a crash before it leaves what a recovery needs to prove the rest.
+    if progress.nonce.is_some() {
+        let nonce = domain.dir.creation_nonce(image, volume);
+        domain
+            .dir
+            .remove(&nonce)
+            .map_err(StorageError::io("remove", &nonce))?;
     }
     if let Some(parent_id) = request.parent.filter(|_| progress.parent_internal) {
         recheck_leaf(domain, image, parent_id)?;
@@ -449,6 +518,7 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
         domain.dir.volume(image, volume),
         domain.dir.lease(image, volume),
         domain.dir.clone_mark(image, volume),
+        domain.dir.creation_nonce(image, volume),
         note.clone(),
         with_suffix(&note, ".new"),
     ] {

@@ -17,8 +17,10 @@
 //!   `spmStart`, `spmStop`, `getSpmStatus`, `Host.getStorageRepoStats`, and the SPM check of
 //!   the pool's metadata verbs;
 //! - [`leases`]: `Lease.*`, the external (VM) leases;
+//! - [`claims`]: the checks of the disk before a recovery a shared pool's record asks for;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
 
+mod claims;
 mod cold_merge;
 pub use cold_merge::{CopyReading, MergeMark};
 mod domains;
@@ -154,8 +156,10 @@ impl StorageService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = unfinished;
         } else {
+            // Alone, its own state directory is the only writer of these records and nothing
+            // else changes its domains: they are trusted.
             for record in unfinished {
-                service.recover(&record);
+                service.recover(&record, None);
             }
         }
         Ok(service)
@@ -165,7 +169,9 @@ impl StorageService {
     /// domain's `master/tasks` too, and it ends the tasks that the SPMs before it left
     /// unfinished, its own from before a restart and other hosts' alike (rolled back, or
     /// finished forward). One of its own that another SPM ended already is only marked
-    /// ended: what that SPM did since stays. Blocking file I/O runs off the reactor.
+    /// ended, and one cleared on the pool since (its tombstone) is forgotten: what that SPM
+    /// did since stays. Every destructive step is checked against the disk first (see
+    /// [`claims`]). Blocking file I/O runs off the reactor.
     pub(crate) async fn take_over_tasks(&self, master: Uuid) {
         let dir = match self.domain(master) {
             Ok(domain) => SharedRecords::new(domain.dir.clone(), "tasks"),
@@ -181,11 +187,24 @@ impl StorageService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
+        // Asked once, before the records are read: a begun delete is finished only on
+        // volumes no VM of this host uses.
+        let in_use: claims::InUse = self
+            .inner
+            .hypervisor
+            .disk_paths_in_use()
+            .await
+            .map(|paths| paths.into_iter().map(std::path::PathBuf::from).collect())
+            .map_err(|e| e.to_string());
         let service = self.clone();
         let done = tokio::task::spawn_blocking(move || {
             let tasks = &service.inner.tasks;
             if let Err(err) = tasks.share_to(Some(dir)) {
                 tracing::error!(error = %err, "cannot share the SPM's tasks");
+            }
+            let pruned = tasks.prune_tombstones(crate::jobs::tasks::TOMBSTONE_MAX_AGE);
+            if pruned > 0 {
+                tracing::info!(pruned, "old tombstones of cleared tasks removed");
             }
             // Tasks this process runs now are not left over: never recovered under them.
             let running: Vec<Uuid> = tasks
@@ -203,6 +222,13 @@ impl StorageService {
                 if left.iter().any(|l| l.id == record.id) {
                     continue;
                 }
+                if tasks.shared_cleared(record.id) {
+                    tracing::warn!(task = %record.id, "interrupted task ended and cleared on the pool meanwhile: forgotten, not recovered again");
+                    if let Err(err) = tasks.forget(record.id) {
+                        tracing::error!(task = %record.id, error = %err, "cannot forget the cleared task");
+                    }
+                    continue;
+                }
                 match tasks.shared_record(record.id) {
                     Some(ended) if ended.state.is_done() => {
                         tracing::warn!(task = %record.id, "interrupted task already ended by the SPM that followed");
@@ -211,13 +237,13 @@ impl StorageService {
                             tracing::error!(task = %record.id, error = %err, "cannot record the task's end");
                         }
                     }
-                    _ => service.recover(record),
+                    _ => service.recover(record, Some(&in_use)),
                 }
             }
             for record in left {
                 tracing::warn!(task = %record.id, verb = %record.verb, "taking over a task an earlier SPM left");
                 match tasks.adopt(record.clone()) {
-                    Ok(()) => service.recover(&record),
+                    Ok(()) => service.recover(&record, Some(&in_use)),
                     Err(err) => tracing::error!(task = %record.id, error = %err, "cannot take the task over"),
                 }
             }
@@ -275,20 +301,29 @@ impl StorageService {
 
     /// Ends a task interrupted by a restart: a create is rolled back; a delete that had begun
     /// is finished (its volumes were already ILLEGAL), one that had not is dropped untouched.
-    fn recover(&self, record: &TaskRecord) {
-        let domain = match &record.work {
-            TaskWork::SpmStart { .. }
-            | TaskWork::CreateLease { .. }
-            | TaskWork::DeleteLease { .. } => Ok(None),
-            TaskWork::CreateVolume { domain, .. }
-            | TaskWork::DeleteVolume { domain, .. }
-            | TaskWork::DeleteVolumes { domain, .. }
-            | TaskWork::DeleteImage { domain, .. }
-            | TaskWork::PrepareMerge { domain, .. }
-            | TaskWork::FinalizeMerge { domain, .. } => self.domain(*domain).map(Some),
-        };
+    /// `checked`: the record comes from a shared pool (or may be stale there), and each
+    /// destructive step is taken only once the disk matches it ([`claims`], with the paths VMs
+    /// use); a claim that does not hold ends the task failed, saying why, with nothing deleted.
+    fn recover(&self, record: &TaskRecord, checked: Option<&claims::InUse>) {
         end_leftover_writers(record);
-        if matches!(record.work, TaskWork::FinalizeMerge { started: true, .. }) {
+        if let TaskWork::FinalizeMerge {
+            domain,
+            image,
+            top,
+            started: true,
+            ..
+        } = &record.work
+        {
+            let begun = match checked {
+                None => Ok(()),
+                Some(_) => self
+                    .pool_domain(*domain)
+                    .and_then(|domain| claims::finalize_begun(&domain, *image, *top)),
+            };
+            if let Err(refused) = begun {
+                self.end_recovery(record, Err(refused));
+                return;
+            }
             // Forward, with qemu-img: once the daemon runs (see `finish_interrupted`).
             self.inner
                 .to_finish
@@ -297,58 +332,93 @@ impl StorageService {
                 .push(record.clone());
             return;
         }
-        let result = domain.map_err(|e| e.to_string()).and_then(|domain| {
-            let Some(domain) = domain else {
-                return Ok(());
-            };
-            match &record.work {
-                TaskWork::CreateVolume {
-                    request, progress, ..
-                } => volume::rollback(&domain, request, progress),
-                TaskWork::DeleteVolume {
-                    image,
-                    volume,
-                    started: true,
-                    ..
-                } => volume::remove_files(&domain, *image, *volume),
-                TaskWork::DeleteImage {
-                    image,
-                    started: true,
-                    ..
-                } => image::remove(&domain, *image),
-                TaskWork::DeleteVolumes {
-                    image,
-                    volumes,
-                    started: true,
-                    ..
-                } => volumes
-                    .iter()
-                    .try_for_each(|v| volume::remove_files(&domain, *image, *v)),
-                // Nothing to undo: a prepare only grows the base's capacity; a finalize that
-                // had not begun its rebase changed nothing.
-                TaskWork::DeleteVolume { .. }
-                | TaskWork::DeleteVolumes { .. }
-                | TaskWork::DeleteImage { .. }
-                | TaskWork::PrepareMerge { .. }
-                | TaskWork::FinalizeMerge { .. }
-                | TaskWork::SpmStart { .. }
-                | TaskWork::CreateLease { .. }
-                | TaskWork::DeleteLease { .. } => Ok(()),
+        let result = self.recover_work(&record.work, checked);
+        self.end_recovery(record, result);
+    }
+
+    /// A domain of this host's pool, as a record of a shared pool may name.
+    fn pool_domain(&self, id: Uuid) -> Result<Arc<Domain>, claims::ClaimError> {
+        let domain = self
+            .domain(id)
+            .map_err(|_| StorageError::DomainDoesNotExist(id))?;
+        if domain.pool != self.inner.pool {
+            return Err(claims::ClaimError::OutsidePool(id));
+        }
+        Ok(domain)
+    }
+
+    /// Ends a recovered task: interrupted, cleanly when its recovery succeeded; failed when it
+    /// failed or its record's claim was refused (saying why).
+    fn end_recovery(&self, record: &TaskRecord, result: Result<(), claims::ClaimError>) {
+        let outcome = match result {
+            Ok(()) => {
+                let interrupted = StorageError::Interrupted;
+                Err((storage_code(&interrupted), interrupted.to_string(), true))
             }
-            .map_err(|e| e.to_string())
-        });
-        let clean = match result {
-            Ok(()) => true,
-            Err(err) => {
+            Err(claims::ClaimError::Storage(err)) => {
                 tracing::error!(task = %record.id, error = %err, "recovery of an interrupted task failed");
-                false
+                let interrupted = StorageError::Interrupted;
+                Err((storage_code(&interrupted), interrupted.to_string(), false))
+            }
+            Err(refused) => {
+                tracing::error!(task = %record.id, verb = %record.verb, error = %refused, "interrupted task not recovered: its record is not what the disk shows");
+                let interrupted = StorageError::Interrupted;
+                let message = format!("{interrupted}; not recovered: {refused}");
+                Err((storage_code(&interrupted), message, false))
             }
         };
-        tracing::warn!(task = %record.id, verb = %record.verb, clean, "task interrupted by a restart recovered");
-        let interrupted = StorageError::Interrupted;
-        let outcome = Err((storage_code(&interrupted), interrupted.to_string(), clean));
+        tracing::warn!(task = %record.id, verb = %record.verb, clean = matches!(outcome, Err((_, _, true))), "task interrupted by a restart recovered");
         if let Err(err) = self.inner.tasks.end(record.id, outcome) {
             tracing::error!(task = %record.id, error = %err, "cannot record the recovered task");
+        }
+    }
+
+    /// The recovery of one task's work (see [`Self::recover`]). Blocks.
+    fn recover_work(
+        &self,
+        work: &TaskWork,
+        checked: Option<&claims::InUse>,
+    ) -> Result<(), claims::ClaimError> {
+        let domain = match work {
+            TaskWork::SpmStart { .. }
+            | TaskWork::CreateLease { .. }
+            | TaskWork::DeleteLease { .. } => return Ok(()),
+            TaskWork::CreateVolume { domain, .. }
+            | TaskWork::DeleteVolume { domain, .. }
+            | TaskWork::DeleteVolumes { domain, .. }
+            | TaskWork::DeleteImage { domain, .. }
+            | TaskWork::PrepareMerge { domain, .. }
+            | TaskWork::FinalizeMerge { domain, .. } => *domain,
+        };
+        let Some(in_use) = checked else {
+            let domain = self
+                .domain(domain)
+                .map_err(|_| StorageError::DomainDoesNotExist(domain))?;
+            return Ok(trusted_recovery(&domain, work)?);
+        };
+        let domain = self.pool_domain(domain)?;
+        match work {
+            TaskWork::CreateVolume {
+                request, progress, ..
+            } => claims::rollback_create(&domain, request, progress),
+            TaskWork::DeleteVolume {
+                image,
+                volume,
+                started: true,
+                ..
+            } => claims::finish_volumes_delete(&domain, *image, &[*volume], in_use),
+            TaskWork::DeleteVolumes {
+                image,
+                volumes,
+                started: true,
+                ..
+            } => claims::finish_volumes_delete(&domain, *image, volumes, in_use),
+            TaskWork::DeleteImage {
+                image,
+                started: true,
+                ..
+            } => claims::finish_image_delete(&domain, *image, in_use),
+            _ => Ok(trusted_recovery(&domain, work)?),
         }
     }
 
@@ -428,6 +498,45 @@ impl StorageService {
             .into());
         }
         Ok(domain)
+    }
+}
+
+/// The recovery of a record this host trusts (its own, on a host that runs alone), and the
+/// steps of any record that change nothing a claim could misuse. Blocks.
+fn trusted_recovery(domain: &Domain, work: &TaskWork) -> Result<(), StorageError> {
+    match work {
+        TaskWork::CreateVolume {
+            request, progress, ..
+        } => volume::rollback(domain, request, progress),
+        TaskWork::DeleteVolume {
+            image,
+            volume,
+            started: true,
+            ..
+        } => volume::remove_files(domain, *image, *volume),
+        TaskWork::DeleteImage {
+            image,
+            started: true,
+            ..
+        } => image::remove(domain, *image),
+        TaskWork::DeleteVolumes {
+            image,
+            volumes,
+            started: true,
+            ..
+        } => volumes
+            .iter()
+            .try_for_each(|v| volume::remove_files(domain, *image, *v)),
+        // Nothing to undo: a delete that had not begun changed nothing; a prepare only grows
+        // the base's capacity; a finalize that had not begun its rebase changed nothing.
+        TaskWork::DeleteVolume { .. }
+        | TaskWork::DeleteVolumes { .. }
+        | TaskWork::DeleteImage { .. }
+        | TaskWork::PrepareMerge { .. }
+        | TaskWork::FinalizeMerge { .. }
+        | TaskWork::SpmStart { .. }
+        | TaskWork::CreateLease { .. }
+        | TaskWork::DeleteLease { .. } => Ok(()),
     }
 }
 
