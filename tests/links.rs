@@ -13,10 +13,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::chain::wait_job;
+use common::chain::{take_snapshot, wait_job};
 use common::cluster::SharedHost;
 use common::domain::{Fixture, assert_success, new_id};
-use common::engine::{Undefine, engine_xml, vm_name};
+use common::engine::{EngineVm, Undefine, engine_xml, vm_name};
 use common::guest::{qemu_img, qemu_io};
 use common::libvirt;
 use serde_json::{Value, json};
@@ -374,4 +374,41 @@ fn a_volume_lease_is_never_taken_through_a_link() {
     assert_eq!(info["status"], "failed", "{info}");
     assert_refused_for_a_link("the volume lease", &info["error"]["message"].to_string());
     victim.assert_untouched();
+}
+
+/// A live merge: QEMU reopens the base by its name to commit into it. A link swapped in at
+/// the base's name while the VM runs (the VM keeps the real file open) is refused before
+/// libvirt is asked.
+#[test]
+fn a_live_merge_never_commits_into_a_link_at_its_base() {
+    let Some(_conn) = libvirt() else { return };
+    let _slot = common::guest::GuestSlot::acquire();
+    let f = Fixture::new();
+    let (image, base, _) = f.data_volume();
+    let vm = new_id();
+    let (guest, _) = EngineVm::create(&f, &vm, &image, &base, None);
+    let top = take_snapshot(&f, &vm, &image, &base, json!({}));
+    let base_file = f.image_dir(&image).join(&base);
+    let victim = Victim::qcow2_copy(&base_file);
+    let moved = base_file.with_extension("moved");
+    std::fs::rename(&base_file, &moved).unwrap();
+    plant_link(&base_file, &victim.path);
+
+    let job = new_id();
+    let params = json!({"vmID": vm, "jobUUID": job, "baseVolUUID": base, "topVolUUID": top,
+        "drive": {"poolID": f.pool, "domainID": f.domain, "imageID": image, "volumeID": top}});
+    let message = match f.daemon.call(common::daemon::Via::Unix, "VM.merge", params) {
+        Ok(_) => {
+            let info = wait_job(&f, &job, Duration::from_secs(120));
+            assert_eq!(info["status"], "failed", "{info}");
+            info["error"]["message"].to_string()
+        }
+        Err(err) => err.to_string(),
+    };
+    assert_refused_for_a_link("VM.merge", &message);
+    victim.assert_untouched();
+    std::fs::remove_file(&base_file).unwrap();
+    std::fs::rename(&moved, &base_file).unwrap();
+    f.daemon.ok("VM.destroy", json!({"vmID": vm}));
+    drop(guest);
 }

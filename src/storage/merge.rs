@@ -38,6 +38,10 @@ pub fn check_pair(
     top: Uuid,
 ) -> Result<MergePair, StorageError> {
     let refuse = |why: String| StorageError::InvalidParameter(why);
+    // QEMU reopens the base by its name to write into it (a live commit), and qemu-img opens
+    // the chain by names (a cold one): every name must still lead, without a link, to the
+    // volume the metadata and the qcow2 headers say.
+    super::tool_files::check_chain(domain, image, top)?;
     let top_meta = read_meta(domain, image, top)?;
     let base_meta = read_meta(domain, image, base)?;
     if top_meta.parent != base {
