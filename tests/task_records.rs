@@ -137,7 +137,7 @@ fn forged_begun_deletes_and_finalize_touch_neither_a_legal_image_nor_a_volume_in
         assert_eq!(status["taskState"], "finished", "{status}");
         assert_eq!(status["taskResult"], "cleanFailure", "{status}");
         assert!(
-            status["message"].as_str().unwrap().contains("LEGAL"),
+            status["message"].as_str().unwrap().contains("is LEGAL"),
             "{status}"
         );
     }

@@ -292,7 +292,10 @@ impl TaskManager {
     /// Whether `id` was cleared on the shared pool (its tombstone is in the shared task
     /// directory). Blocks (file I/O).
     pub fn shared_cleared(&self, id: Uuid) -> bool {
-        self.shared_dir().is_some_and(|dir| has_tombstone(&dir, id))
+        // Only a tombstone read whole: this answer makes a host forget its own record, which
+        // an unreadable name (a hiccup of the mount, something planted there) must not do.
+        self.shared_dir()
+            .is_some_and(|dir| matches!(dir.read(&tombstone_name(id)), Ok(Some(_))))
     }
 
     /// Removes the tombstones of the shared task directory older than `max_age`, and any
@@ -442,12 +445,16 @@ impl TaskManager {
 
     /// Forgets a finished task (`Task.clear`).
     pub fn clear(&self, id: Uuid) -> Result<(), TaskError> {
-        let mut tasks = self.lock();
-        let entry = tasks.get(&id).ok_or(TaskError::Unknown(id))?;
-        if !entry.record.state.is_done() {
-            let (state, _) = entry.record.state.wire();
-            return Err(TaskError::State(format!("can't clean in state {state}")));
+        {
+            let tasks = self.lock();
+            let entry = tasks.get(&id).ok_or(TaskError::Unknown(id))?;
+            if !entry.record.state.is_done() {
+                let (state, _) = entry.record.state.wire();
+                return Err(TaskError::State(format!("can't clean in state {state}")));
+            }
         }
+        // The files without the lock: a shared domain's hung mount must not hold every other
+        // task's verb behind this one (a done task changes no more, so nothing moves meanwhile).
         let shared = self.shared_dir();
         if let Some(dir) = &shared {
             // The tombstone first: once it is there, no SPM recovers the task again, whatever
@@ -463,7 +470,7 @@ impl TaskManager {
             // before this leaves it beside its tombstone, which wins).
             let _ = dir.remove(&format!("{}.json", id.hyphenated()));
         }
-        tasks.remove(&id);
+        self.lock().remove(&id);
         Ok(())
     }
 

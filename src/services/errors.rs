@@ -112,6 +112,14 @@ impl From<JobRefusal> for ApiError {
     }
 }
 
+/// VDSM's "cannot create the VM" (9) with its reason, as VDSM words it.
+pub(crate) fn cannot_create(reason: impl std::fmt::Display) -> ApiError {
+    ApiError::Coded {
+        code: codes::CANNOT_CREATE_VM,
+        message: format!("Error creating the requested VM: {{'reason': '{reason}'}}"),
+    }
+}
+
 impl From<VirtError> for ApiError {
     fn from(err: VirtError) -> Self {
         match err {
@@ -120,10 +128,7 @@ impl From<VirtError> for ApiError {
             VirtError::Libvirt { .. } | VirtError::Xml { .. } | VirtError::Agent { .. } => {
                 Self::Hypervisor(err.to_string())
             }
-            VirtError::Refused { .. } => Self::Coded {
-                code: codes::CANNOT_CREATE_VM,
-                message: format!("Error creating the requested VM: {{'reason': '{err}'}}"),
-            },
+            VirtError::Refused { .. } => cannot_create(err),
             VirtError::Timeout { .. } => Self::Timeout(err.to_string()),
             VirtError::Panicked { .. } => Self::Unexpected(err.to_string()),
         }

@@ -262,15 +262,15 @@ pub async fn bitmaps(
 pub async fn rebase_onto(
     domain: &Domain,
     image: Uuid,
-    child: Uuid,
+    child: &super::tool_files::HeldFile,
     base: Uuid,
     timeout: std::time::Duration,
 ) -> Result<(), StorageError> {
     let dir = domain.dir.image(image);
-    let (base_name, child_name) = (
-        base.hyphenated().to_string(),
-        child.hyphenated().to_string(),
-    );
+    let base_name = base.hyphenated().to_string();
+    // The child by rvdsm's own descriptor: no name in the domain is looked up, so a link
+    // planted at the child's name since it was opened cannot redirect the write.
+    let child_name = child.fd_name();
     let base_format = read_meta(domain, image, base)?.format.qemu_name();
     let args = [
         "rebase",

@@ -291,8 +291,8 @@ pub async fn write_data(
         other if request.parent.is_some() => StorageError::Clone(other.to_string()),
         other => StorageError::Creation(other.to_string()),
     })?;
-    // qemu-img may recreate the file with its own mode; a link found there now is refused.
-    // fsync can take long on a slow mount: off the reactor.
+    // The mode and the sync by name, through the no-link rule: a link planted at the name
+    // meanwhile is refused. fsync can take long on a slow mount: off the reactor.
     let dir = domain.dir.clone();
     let synced = {
         let data = data.clone();

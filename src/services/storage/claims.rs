@@ -98,11 +98,16 @@ pub(super) fn finish_volumes_delete(
     volumes: &[Uuid],
     in_use: &InUse,
 ) -> Result<(), ClaimError> {
-    let present: Vec<Uuid> = volumes
-        .iter()
-        .copied()
-        .filter(|v| domain.dir.stat(&domain.dir.meta(image, *v)).is_ok())
-        .collect();
+    let mut present = Vec::with_capacity(volumes.len());
+    for vol in volumes {
+        let meta = domain.dir.meta(image, *vol);
+        match domain.dir.stat(&meta) {
+            Ok(_) => present.push(*vol),
+            // Its `.meta` goes last: the delete had removed it already.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("stat", &meta)(e).into()),
+        }
+    }
     if present.is_empty() {
         return Ok(());
     }
@@ -110,30 +115,42 @@ pub(super) fn finish_volumes_delete(
         .as_ref()
         .map_err(|e| ClaimError::InUseUnknown(e.clone()))?;
     image::refuse_if_in_use(domain, image, &present, in_use)?;
-    for vol in volumes {
-        let meta = match volume::read_meta(domain, image, *vol) {
-            Ok(meta) => meta,
-            // Its `.meta` goes last: the delete had removed it already.
-            Err(StorageError::VolumeDoesNotExist(_)) => continue,
-            Err(err) => return Err(err.into()),
-        };
-        if meta.legality == Legality::Legal {
-            return Err(ClaimError::Unverified(format!(
-                "the record says the delete began, but volume {vol} is LEGAL: it is kept"
-            )));
-        }
-        if volume::creation_nonce(domain, image, *vol)?.is_some() {
-            // Being created, or a create's leftover its own record rolls back: no delete's.
-            return Err(ClaimError::Unverified(format!(
-                "volume {vol} is ILLEGAL because a create of it has not ended: it is kept"
-            )));
-        }
-        if !volume::children(domain, image, *vol)?.is_empty() {
-            return Err(ClaimError::Unverified(format!(
-                "volume {vol} still has children: it is kept"
-            )));
-        }
+    // Every volume is checked before any is removed: a claim the disk refuses for one volume
+    // deletes none of the others.
+    for vol in &present {
+        check_deletable(domain, image, *vol, &present)?;
+    }
+    for vol in &present {
         volume::remove_files(domain, image, *vol)?;
+    }
+    Ok(())
+}
+
+/// Whether the disk confirms that a begun delete may remove `vol`: ILLEGAL, not in a create
+/// (no creation nonce beside it), and no child outside the volumes being deleted.
+fn check_deletable(
+    domain: &Domain,
+    image: Uuid,
+    vol: Uuid,
+    deleted: &[Uuid],
+) -> Result<(), ClaimError> {
+    let meta = volume::read_meta(domain, image, vol)?;
+    if meta.legality == Legality::Legal {
+        return Err(ClaimError::Unverified(format!(
+            "the record says the delete began, but volume {vol} is LEGAL: it is kept"
+        )));
+    }
+    if volume::creation_nonce(domain, image, vol)?.is_some() {
+        // Being created, or a create's leftover its own record rolls back: no delete's.
+        return Err(ClaimError::Unverified(format!(
+            "volume {vol} is ILLEGAL because a create of it has not ended: it is kept"
+        )));
+    }
+    let children = volume::children(domain, image, vol)?;
+    if children.iter().any(|c| !deleted.contains(c)) {
+        return Err(ClaimError::Unverified(format!(
+            "volume {vol} still has children: it is kept"
+        )));
     }
     Ok(())
 }

@@ -284,15 +284,15 @@ impl StorageService {
     ) -> Result<(), ApiError> {
         let domain = self.domain(domain)?;
         if let Some(child) = child {
-            // qemu-img rewrites the child's header by its name: the name must lead, without
-            // any link, to a regular file of the image right before it runs.
+            // qemu-img rewrites the child's header: it gets the child opened without any
+            // link, by rvdsm's descriptor, held until it is done.
             let dir = domain.dir.clone();
-            blocking(move || {
+            let held = blocking(move || {
                 let path = dir.volume(image, child);
-                tool_files::HeldFile::open(&dir, &path, false)?.recheck(&dir)
+                tool_files::HeldFile::open(&dir, &path, true)
             })
             .await?;
-            merge::rebase_onto(&domain, image, child, base, self.inner.qemu_img_timeout).await?;
+            merge::rebase_onto(&domain, image, &held, base, self.inner.qemu_img_timeout).await?;
         }
         crate::failpoint::pause("finalize:rebased").await;
         blocking(move || merge::unlink_merged(&domain, image, base, top)).await

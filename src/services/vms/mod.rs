@@ -23,6 +23,7 @@ use crate::api::pool_types::{LeaseId, LeaseParams};
 use crate::api::types::VmStatus;
 use crate::jobs::vm_jobs::JobRegistry;
 use crate::services::StorageService;
+use crate::services::errors::cannot_create;
 use crate::services::monitor::Monitor;
 use crate::virt::vm_policy::{self, Admitted, Expected, VmFileRules};
 use crate::virt::vm_xml::{self, PlacedDrive, PlacedLease};
@@ -65,13 +66,6 @@ impl Drop for Busy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.vm);
-    }
-}
-
-fn cannot_create(reason: impl std::fmt::Display) -> ApiError {
-    ApiError::Coded {
-        code: codes::CANNOT_CREATE_VM,
-        message: format!("Error creating the requested VM: {{'reason': '{reason}'}}"),
     }
 }
 
@@ -159,6 +153,7 @@ impl VmService {
                 ),
             });
         }
+        make_placed_dirs(&admitted).await?;
         // The images stay locked until the VM uses them: no delete slips in between.
         let _locks = self
             .inner
@@ -311,8 +306,9 @@ impl VmService {
                 .hypervisor
                 .read_view(vm)
                 .await?
-                .ok_or_else(|| VirtError::NoSuchDomain {
-                    uuid: vm.to_string(),
+                .ok_or_else(|| VirtError::Refused {
+                    element: "the definition".into(),
+                    reason: "libvirt lost it between the define and the check".into(),
                 })?;
         vm_policy::verify_defined(&view.xml, expected)
     }
@@ -588,27 +584,20 @@ impl VmService {
 }
 
 /// Checks on disk each host file the definition names (regular, in its directory, reached
-/// without a link) and makes the directories of the files rvdsm names for the VM.
+/// without a link).
 async fn check_host_files(admitted: &Admitted) -> Result<(), ApiError> {
     let files = admitted.host_files.clone();
-    let dirs: Vec<_> = admitted
-        .placed
-        .iter()
-        .filter_map(|p| p.parent().map(std::path::Path::to_path_buf))
-        .collect();
-    let checked = tokio::task::spawn_blocking(move || {
-        for file in &files {
-            file.check()?;
-        }
-        for dir in &dirs {
-            std::fs::create_dir_all(dir).map_err(|e| VirtError::Refused {
-                element: "the VM's files".into(),
-                reason: format!("cannot make {}: {e}", dir.display()),
-            })?;
-        }
-        Ok::<_, VirtError>(())
-    })
-    .await
-    .map_err(|e| ApiError::Unexpected(format!("host file check panicked: {e}")))?;
-    checked.map_err(ApiError::from)
+    tokio::task::spawn_blocking(move || files.iter().try_for_each(|file| file.check()))
+        .await
+        .map_err(|e| ApiError::Unexpected(format!("host file check panicked: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// Makes the directories of the files rvdsm names for the VM (its console log or socket).
+async fn make_placed_dirs(admitted: &Admitted) -> Result<(), ApiError> {
+    let placed = admitted.placed.clone();
+    tokio::task::spawn_blocking(move || vm_policy::host_files::make_dirs(&placed))
+        .await
+        .map_err(|e| ApiError::Unexpected(format!("making the VM's directories panicked: {e}")))?
+        .map_err(|e| cannot_create(format!("cannot make the directory of a VM's file: {e}")))
 }

@@ -83,6 +83,19 @@ impl HostFile {
     }
 }
 
+/// Makes the directories of the files rvdsm names for a VM (owner only: a console log holds
+/// what the guest printed). Blocking.
+pub fn make_dirs(placed: &[PathBuf]) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in placed.iter().filter_map(|p| p.parent()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -634,7 +634,7 @@ fn path_refs<'a, 'input>(root: Node<'a, 'input>) -> Vec<(Node<'a, 'input>, Strin
     found
 }
 
-/// `<name>` with the device it is in, for messages: `<source> of <serial>`.
+/// `<name>` with the device it is in, for messages: `<source> in <serial>`.
 fn describe(node: Node) -> String {
     let name = |n: Node| match n.tag_name().namespace() {
         Some(ns) => format!("<{{{ns}}}{}>", n.tag_name().name()),
