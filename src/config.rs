@@ -307,7 +307,6 @@ impl Default for VmConfig {
                 "/usr/share/OVMF",
                 "/usr/share/AAVMF",
                 "/usr/share/edk2",
-                "/usr/share/qemu",
                 "/usr/share/seabios",
             ]
             .map(PathBuf::from)
@@ -340,15 +339,7 @@ impl VmConfig {
             .chain(&self.firmware_dirs)
             .chain([&self.console_log_dir, &self.console_socket_dir]);
         for dir in dirs {
-            let plain = dir.is_absolute()
-                && dir.components().all(|c| {
-                    matches!(
-                        c,
-                        std::path::Component::RootDir | std::path::Component::Normal(_)
-                    )
-                })
-                && dir != Path::new("/");
-            if !plain {
+            if !crate::fsutil::is_plain_absolute(dir) || dir == Path::new("/") {
                 return Err(ConfigError::Invalid(format!(
                     "[vm]: {} must be an absolute directory other than / with no . or ..",
                     dir.display()

@@ -6,7 +6,16 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Component, Path};
+
+/// Whether `path` is absolute and plain: no `.` or `..` component, so a prefix comparison
+/// with it means what it says.
+pub fn is_plain_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+}
 
 /// Replaces `path` with `bytes` atomically: a reader sees the old or the new content, never a
 /// mix, and after return the new content survives a crash.

@@ -206,6 +206,29 @@ fn hostile_cases(xml: &str, victim: &Victim) -> Vec<(&'static str, String, &'sta
             "<emulator>",
         ),
         (
+            "a writable flash on a host firmware file",
+            in_os(
+                "<loader readonly='no' type='pflash'>/usr/share/seabios/bios-256k.bin</loader>"
+                    .to_owned(),
+            ),
+            "read-only",
+        ),
+        (
+            "a render node named by the definition",
+            add_device(format!(
+                "<graphics type='egl-headless'><gl rendernode='{v}'/></graphics>"
+            )),
+            "<graphics>",
+        ),
+        (
+            "a definition nested forty thousand deep (it overflowed rvdsmd's stack)",
+            xml.replace(
+                "<on_crash>",
+                &format!("{}{}<on_crash>", "<a>".repeat(40_000), "</a>".repeat(40_000)),
+            ),
+            "deeper",
+        ),
+        (
             "a serial port on a TCP socket",
             add_device(
                 "<serial type='tcp'><source mode='connect' host='127.0.0.1' service='9'/>\
@@ -270,6 +293,7 @@ fn hostile_definitions_are_refused_and_leave_nothing_behind() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    f.daemon.ok("Host.ping2", json!({}));
     victim.assert_intact("all cases");
 }
 

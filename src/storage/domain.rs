@@ -2,7 +2,7 @@
 //! and space, and the listing of images and volumes.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -296,10 +296,7 @@ fn mount_dir(repo: &Repository, new: &NewDomain) -> Result<PathBuf, StorageError
     match new.kind {
         DomainType::LocalFs => {
             let path = Path::new(remote);
-            let plain = path
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-            if !path.is_absolute() || !plain || !path.is_dir() {
+            if !crate::fsutil::is_plain_absolute(path) || !path.is_dir() {
                 return Err(bad());
             }
             match std::fs::read_link(&mount) {

@@ -530,11 +530,12 @@ fn find_disk<'a, 'input>(doc: &'a Document<'input>, target: &str) -> Option<Node
 
 /// The child `name` of a libvirt element: in no namespace, as libvirt reads it (an `<x:disk>`
 /// is not a disk to libvirt, so it must not be one here).
-fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
+pub(super) fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
     node.children().find(|n| is_libvirt(*n, name))
 }
 
-fn is_libvirt(node: Node, name: &str) -> bool {
+/// Whether `node` is libvirt's element `name` (in no namespace).
+pub(super) fn is_libvirt(node: Node, name: &str) -> bool {
     node.is_element() && node.tag_name().namespace().is_none() && node.tag_name().name() == name
 }
 

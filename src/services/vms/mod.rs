@@ -115,6 +115,12 @@ impl VmService {
                 "{'action': 'VM.create', 'parameter': 'vmParams', 'reason': 'vmParams.xml, the libvirt domain XML, is required'}",
             ));
         }
+        if !vm_policy::depth::within_depth(&p.vm_params.xml) {
+            return Err(cannot_create(format!(
+                "the domain XML nests elements deeper than {} levels",
+                vm_policy::depth::MAX_DEPTH
+            )));
+        }
         let engine = vm_xml::parse_engine_vm(&p.vm_params.xml).map_err(cannot_create)?;
         if engine.uuid != p.vm_id {
             return Err(ApiError::invalid_parameter(format!(

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
-use super::{is_plain_absolute, refused};
+use super::refused;
+use crate::fsutil::is_plain_absolute;
 use crate::virt::VirtError;
 
 /// A host file of a definition, inside one of the configured directories.

@@ -15,18 +15,19 @@
 //! [`verify_defined`] reads libvirt's own parse of the definition back, before the start, and
 //! checks that every disk is the one rvdsm placed and every host path one rvdsm chose.
 
+pub mod depth;
 pub mod host_files;
 pub mod rules;
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use roxmltree::{Document, Node};
 use uuid::Uuid;
 
 use super::error::VirtError;
-use super::vm_xml::{PlacedDrive, apply_edits};
+use super::vm_xml::{PlacedDrive, apply_edits, child, is_libvirt as is};
 use super::xml_edit::escape;
 pub use host_files::HostFile;
 
@@ -76,6 +77,12 @@ pub fn admit(
     managed: &[&str],
     rules: &VmFileRules,
 ) -> Result<Admitted, VirtError> {
+    if !depth::within_depth(xml) {
+        return Err(refused(
+            "the definition",
+            format!("it nests elements deeper than {} levels", depth::MAX_DEPTH),
+        ));
+    }
     let doc = Document::parse(xml).map_err(|e| refused("the definition", e.to_string()))?;
     let root = doc.root_element();
     check_shape(root, Mode::Input)?;
@@ -252,7 +259,11 @@ fn check_shape(root: Node, mode: Mode) -> Result<(), VirtError> {
             os,
             &["type", "loader", "nvram", "kernel", "initrd", "cmdline"],
         )?;
+        if let Some(loader) = child(os, "loader") {
+            check_loader(loader)?;
+        }
     }
+    check_host_reach(root)?;
     for device in child(root, "devices").into_iter().flat_map(elements) {
         let name = device.tag_name().name();
         if !rules::DEVICES.contains(&name) || (mode == Mode::Input && name == "emulator") {
@@ -262,6 +273,48 @@ fn check_shape(root: Node, mode: Mode) -> Result<(), VirtError> {
             ));
         }
         check_device(device)?;
+    }
+    Ok(())
+}
+
+/// A firmware image is shared by every VM of the host: a writable flash on it would let a
+/// guest rewrite it (a `pflash` loader must be read-only; a `rom` one is).
+fn check_loader(loader: Node) -> Result<(), VirtError> {
+    let read_only = loader.attribute("readonly") == Some("yes");
+    if (loader.attribute("type") == Some("pflash") && !read_only)
+        || loader.attribute("readonly") == Some("no")
+    {
+        return Err(refused(
+            describe(loader),
+            "a firmware loader must be read-only (readonly='yes'): the file is the host's",
+        ));
+    }
+    Ok(())
+}
+
+/// What a definition may ask of the host beyond files: its VM's cgroup stays in libvirt's
+/// machine slice, and no vCPU or I/O thread runs at a real-time priority that starves the
+/// host.
+fn check_host_reach(root: Node) -> Result<(), VirtError> {
+    if let Some(partition) = child(root, "resource").and_then(|r| child(r, "partition")) {
+        let name = partition.text().map(str::trim).unwrap_or("");
+        if name != "/machine" && !name.starts_with("/machine/") {
+            return Err(refused(
+                describe(partition),
+                format!("{name:?}: a VM's cgroup stays under /machine"),
+            ));
+        }
+    }
+    if let Some(cputune) = child(root, "cputune") {
+        for node in elements(cputune) {
+            let scheduler = node.attribute("scheduler").unwrap_or("");
+            if matches!(scheduler, "fifo" | "rr") {
+                return Err(refused(
+                    describe(node),
+                    format!("scheduler {scheduler:?}: a real-time vCPU starves the host"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -373,6 +426,23 @@ fn check_device(device: Node) -> Result<(), VirtError> {
             return Err(refused(describe(device), "only an emulated TPM"));
         }
         "audio" => allowed(&["none", "spice"])?,
+        "graphics" => {
+            allowed(&["vnc", "spice"])?;
+            if let Some(gl) = child(device, "gl") {
+                return Err(refused(
+                    describe(gl),
+                    "OpenGL opens a host render node; rvdsm starts VMs without it",
+                ));
+            }
+        }
+        "video"
+            if child(device, "driver").and_then(|d| d.attribute("name")) == Some("vhostuser") =>
+        {
+            return Err(refused(
+                describe(device),
+                "a vhost-user GPU runs a host helper; rvdsm starts VMs without it",
+            ));
+        }
         _ => {}
     }
     Ok(())
@@ -439,6 +509,10 @@ impl<'r> Placement<'r> {
                 }
                 _ => continue,
             };
+            if node.children().count() > 1 {
+                // libvirt joins every text and drops comments; rvdsm checks one text.
+                return Err(refused(describe(node), "a path must be one plain text"));
+            }
             let path = node.text().map(str::trim).unwrap_or("");
             let file = HostFile::inside(describe(node), Path::new(path), dirs)?;
             self.host_files.push(file);
@@ -610,8 +684,11 @@ fn path_refs<'a, 'input>(root: Node<'a, 'input>) -> Vec<(Node<'a, 'input>, Strin
     while let Some(node) = stack.pop() {
         for attribute in node.attributes() {
             let name = attribute.name();
-            let names_path =
-                rules::PATH_ATTRIBUTES.contains(&name) || (name == "dev" && is(node, "source"));
+            // By name, and by value: an attribute naming an absolute path is a host path
+            // whatever its name (libvirt keeps adding such attributes).
+            let names_path = rules::PATH_ATTRIBUTES.contains(&name)
+                || (name == "dev" && is(node, "source"))
+                || attribute.value().trim_start().starts_with('/');
             if names_path && !attribute.value().is_empty() {
                 found.push((
                     node,
@@ -653,25 +730,8 @@ fn elements<'a, 'input>(node: Node<'a, 'input>) -> impl Iterator<Item = Node<'a,
     node.children().filter(Node::is_element)
 }
 
-/// Whether `node` is libvirt's element `name` (no namespace).
-fn is(node: Node, name: &str) -> bool {
-    node.is_element() && node.tag_name().namespace().is_none() && node.tag_name().name() == name
-}
-
 fn is_in(node: Node, name: &str) -> bool {
     node.ancestors().skip(1).any(|a| is(a, name))
-}
-
-fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| is(*n, name))
-}
-
-/// Whether `path` is absolute and plain: no `.` or `..` component.
-fn is_plain_absolute(path: &Path) -> bool {
-    path.is_absolute()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 #[cfg(test)]

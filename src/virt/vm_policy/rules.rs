@@ -85,7 +85,16 @@ pub const DEVICES: &[&str] = &[
 
 /// Attributes that name a host file, socket, directory or device, on any element.
 pub const PATH_ATTRIBUTES: &[&str] = &[
-    "file", "path", "dir", "socket", "evdev", "tap", "vhost", "template",
+    "file",
+    "path",
+    "dir",
+    "socket",
+    "evdev",
+    "tap",
+    "vhost",
+    "template",
+    "rendernode",
+    "xauth",
 ];
 
 /// Elements whose text is a host path.

@@ -364,3 +364,73 @@ fn a_drive_libvirt_lost_is_refused() {
     let err = verify_defined(&defined("/rhev/p/d/images/i/v", ""), &two).unwrap_err();
     assert!(err.to_string().contains("lost it"), "{err}");
 }
+
+#[test]
+fn what_reaches_the_host_beyond_files_is_refused() {
+    let with_os = |os: &str| engine("").replace("<bios useserial=\"yes\"/>", os);
+    for (xml, named) in [
+        (
+            with_os("<loader readonly='no' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"),
+            "read-only",
+        ),
+        (
+            with_os("<loader type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>"),
+            "read-only",
+        ),
+        (
+            with_os("<kernel>/srv/boot/vmlinuz<!-- x -->X</kernel>"),
+            "one plain text",
+        ),
+        (engine("<graphics type='egl-headless'/>"), "<graphics>"),
+        (engine("<graphics type='sdl' display=':0'/>"), "<graphics>"),
+        (
+            engine("<graphics type='spice'><gl enable='yes'/></graphics>"),
+            "<gl>",
+        ),
+        (
+            engine("<video><driver name='vhostuser'/><model type='virtio'/></video>"),
+            "vhost-user",
+        ),
+        (
+            engine("<graphics type='vnc'><x attribute='/etc/shadow'/></graphics>"),
+            "/etc/shadow",
+        ),
+        (
+            engine("").replace(
+                "<cputune/>",
+                "<cputune><vcpusched vcpus='0' scheduler='fifo' priority='1'/></cputune>",
+            ),
+            "real-time",
+        ),
+        (
+            engine("").replace(
+                "<cputune/>",
+                "<cputune/><resource><partition>/system.slice</partition></resource>",
+            ),
+            "/machine",
+        ),
+    ] {
+        let err = refusal(&xml);
+        assert!(err.contains(named), "{named}: {err}");
+    }
+    let rom = with_os("<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE.fd</loader>");
+    assert!(admit_engine(&rom).is_ok());
+    let machine = engine("").replace(
+        "<cputune/>",
+        "<cputune/><resource><partition>/machine</partition></resource>",
+    );
+    assert!(admit_engine(&machine).is_ok());
+}
+
+#[test]
+fn a_deeply_nested_definition_is_refused_before_it_is_parsed() {
+    let deep = engine("").replace(
+        "<features><acpi/></features>",
+        &format!(
+            "<features>{}{}</features>",
+            "<a>".repeat(40_000),
+            "</a>".repeat(40_000)
+        ),
+    );
+    assert!(refusal(&deep).contains("deeper"));
+}
