@@ -412,3 +412,63 @@ fn a_live_merge_never_commits_into_a_link_at_its_base() {
     f.daemon.ok("VM.destroy", json!({"vmID": vm}));
     drop(guest);
 }
+
+/// A raw parent read as qcow2 (the leaf's header changed to say so) would make its content,
+/// which a guest or a co-tenant writes, name any host file as a backing file: a copy of the
+/// leaf then pulled a host file into the destination. Refused before the copy reads anything.
+#[test]
+fn a_raw_parent_read_as_qcow2_never_pulls_a_host_file_into_a_copy() {
+    let Some(_conn) = libvirt() else { return };
+    let f = Fixture::new();
+    let (image, dst_image) = (new_id(), new_id());
+    let base = volume(&f, &image, 5, 4 * MIB, None);
+    let leaf = volume(&f, &image, 4, 4 * MIB, Some(&base));
+    let destination = volume(&f, &dst_image, 5, 4 * MIB, None);
+    let victim = Victim::text();
+    // The co-tenant: a qcow2 header naming the victim inside the raw base's data, and the
+    // leaf's header saying its backing file is qcow2 (its backing name unchanged).
+    let scratch = tempfile::tempdir().unwrap();
+    let header = scratch.path().join("header.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        victim.path.to_str().unwrap(),
+        "-F",
+        "raw",
+        header.to_str().unwrap(),
+        "4M",
+    ]);
+    let bytes = std::fs::read(&header).unwrap();
+    let base_file = f.image_dir(&image).join(&base);
+    let mut data = std::fs::read(&base_file).unwrap();
+    data[..bytes.len()].copy_from_slice(&bytes);
+    std::fs::write(&base_file, data).unwrap();
+    let leaf_file = f.image_dir(&image).join(&leaf);
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-b",
+        &base,
+        "-F",
+        "qcow2",
+        leaf_file.to_str().unwrap(),
+    ]);
+
+    let info = copy(&f, (&image, &leaf), (&dst_image, &destination));
+    assert_eq!(info["status"], "failed", "{info}");
+    let message = info["error"]["message"].to_string();
+    assert!(message.contains("reads its backing file as"), "{message}");
+    let copied = std::fs::read(f.image_dir(&dst_image).join(&destination)).unwrap();
+    assert!(
+        !copied
+            .windows(victim.bytes.len())
+            .any(|w| w == victim.bytes),
+        "the host file was copied into the volume"
+    );
+    victim.assert_untouched();
+}

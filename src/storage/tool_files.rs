@@ -34,6 +34,12 @@ const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
 const EXTERNAL_DATA_FILE: u64 = 1 << 2;
 /// The longest backing file name QEMU accepts.
 const MAX_BACKING_NAME: u32 = 1023;
+/// The header extension naming the backing file's format; without it QEMU probes the
+/// backing file's content, which a guest (a raw parent's data) or a co-tenant writes.
+const BACKING_FORMAT_EXTENSION: u32 = 0xE279_2ACA;
+/// How much of the file the header and its extensions may take: they lie in the first
+/// cluster, and rvdsm's own take a few hundred bytes.
+const MAX_HEADER_AREA: usize = 64 << 10;
 
 /// A file of a domain opened without following any link, known to be a regular file.
 #[derive(Debug)]
@@ -122,6 +128,8 @@ struct Qcow2Refs {
     backing: Option<Vec<u8>>,
     /// The image keeps its data in an external file named in the header.
     external_data: bool,
+    /// The backing file's format, as the header extension names it.
+    backing_format: Option<Vec<u8>>,
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -151,6 +159,7 @@ fn qcow2_refs(file: &File) -> Result<Option<Qcow2Refs>, String> {
         return Ok(Some(Qcow2Refs {
             backing: None,
             external_data,
+            backing_format: None,
         }));
     }
     if size > MAX_BACKING_NAME {
@@ -159,16 +168,57 @@ fn qcow2_refs(file: &File) -> Result<Option<Qcow2Refs>, String> {
     let mut name = vec![0u8; size as usize];
     file.read_exact_at(&mut name, offset)
         .map_err(|e| format!("cannot read its backing file name: {e}"))?;
+    let header_length = if version >= 3 && read >= 104 {
+        u32_at(&header, 100) as usize
+    } else {
+        72
+    };
     Ok(Some(Qcow2Refs {
         backing: Some(name),
         external_data,
+        backing_format: backing_format(file, header_length)?,
     }))
+}
+
+/// The backing format the header extensions (after the fixed header, up to the end marker)
+/// name; `None` without that extension.
+fn backing_format(file: &File, header_length: usize) -> Result<Option<Vec<u8>>, String> {
+    let mut area = vec![0u8; MAX_HEADER_AREA];
+    let read = file
+        .read_at(&mut area, 0)
+        .map_err(|e| format!("cannot read its header extensions: {e}"))?;
+    let area = &area[..read];
+    let mut at = header_length;
+    let mut found = None;
+    loop {
+        if at + 8 > area.len() {
+            return Err("its header extensions run past their area".into());
+        }
+        let (kind, length) = (u32_at(area, at), u32_at(area, at + 4) as usize);
+        if kind == 0 {
+            return Ok(found);
+        }
+        let data = at + 8;
+        let end = data
+            .checked_add(length)
+            .filter(|end| *end <= area.len())
+            .ok_or("a header extension runs past its area")?;
+        if kind == BACKING_FORMAT_EXTENSION {
+            found = Some(area[data..end].to_vec());
+        }
+        at = data + length.div_ceil(8) * 8;
+    }
 }
 
 /// Checks what the header of a COW volume names against its metadata: a backing file that is
 /// exactly the bare UUID of `parent` (none for a base), and no external data file. An empty
 /// file names nothing and passes.
-fn check_header(file: &File, volume: Uuid, parent: Uuid) -> Result<(), StorageError> {
+fn check_header(
+    file: &File,
+    volume: Uuid,
+    parent: Uuid,
+    parent_format: Option<&str>,
+) -> Result<(), StorageError> {
     let inspect = |message: String| StorageError::Inspect { volume, message };
     let Some(refs) = qcow2_refs(file).map_err(inspect)? else {
         // Not written yet (a create's reserved file): it names nothing, and QEMU refuses it.
@@ -187,7 +237,16 @@ fn check_header(file: &File, volume: Uuid, parent: Uuid) -> Result<(), StorageEr
         .as_deref()
         .map(|b| String::from_utf8_lossy(b).into_owned());
     if found == expected {
-        return Ok(());
+        let format = refs.backing_format.as_deref().map(String::from_utf8_lossy);
+        if format.as_deref() == parent_format || refs.backing.is_none() {
+            return Ok(());
+        }
+        return Err(inspect(format!(
+            "its qcow2 header reads its backing file as {} where the parent is {} (refused: \
+             QEMU would read the parent's data as that format, or probe it)",
+            format.map_or_else(|| "a probed format".to_owned(), |f| format!("{f:?}")),
+            parent_format.unwrap_or("nothing"),
+        )));
     }
     let wanted = expected.map_or_else(|| "none".to_owned(), |p| format!("{p:?}"));
     Err(inspect(format!(
@@ -217,7 +276,12 @@ pub fn check_chain(domain: &Domain, image: Uuid, top: Uuid) -> Result<Vec<HeldFi
         let meta = read_meta(domain, image, current)?;
         let file = HeldFile::open(&domain.dir, &domain.dir.volume(image, current), false)?;
         if meta.format == VolumeFormat::Cow {
-            check_header(file.file(), current, meta.parent)?;
+            let parent_format = if meta.parent == BLANK_UUID {
+                None
+            } else {
+                Some(read_meta(domain, image, meta.parent)?.format.qemu_name())
+            };
+            check_header(file.file(), current, meta.parent, parent_format)?;
         }
         held.push(file);
         if meta.parent == BLANK_UUID {
@@ -232,9 +296,14 @@ mod tests {
     use super::*;
 
     fn qcow2(dir: &Path, name: &str, backing: Option<&str>) -> File {
+        qcow2_on(dir, name, backing, "raw")
+    }
+
+    /// A qcow2 image whose header names `backing` (if any), read as `format`.
+    fn qcow2_on(dir: &Path, name: &str, backing: Option<&str>, format: &str) -> File {
         let mut args = vec!["create", "-q", "-f", "qcow2"];
         if let Some(b) = backing {
-            args.extend(["-b", b, "-F", "raw", "-u"]);
+            args.extend(["-b", b, "-F", format, "-u"]);
         }
         args.extend([name, "1M"]);
         let status = std::process::Command::new("qemu-img")
@@ -251,11 +320,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (volume, parent) = (Uuid::from_u128(1), Uuid::from_u128(2));
         let base = qcow2(dir.path(), "base", None);
-        check_header(&base, volume, BLANK_UUID).unwrap();
-        assert!(check_header(&base, volume, parent).is_err());
+        check_header(&base, volume, BLANK_UUID, None).unwrap();
+        assert!(check_header(&base, volume, parent, Some("raw")).is_err());
         let good = qcow2(dir.path(), "good", Some(&parent.to_string()));
-        check_header(&good, volume, parent).unwrap();
-        assert!(check_header(&good, volume, BLANK_UUID).is_err());
+        check_header(&good, volume, parent, Some("raw")).unwrap();
+        assert!(check_header(&good, volume, BLANK_UUID, None).is_err());
         for bad in [
             "/etc/passwd".to_owned(),
             format!("../{parent}"),
@@ -263,8 +332,11 @@ mod tests {
             r#"json:{"file.filename":"/etc/passwd"}"#.to_owned(),
         ] {
             let file = qcow2(dir.path(), "bad", Some(&bad));
-            let err = check_header(&file, volume, parent).unwrap_err();
-            assert!(err.to_string().contains("refused"), "{bad}: {err}");
+            let err = check_header(&file, volume, parent, Some("raw")).unwrap_err();
+            assert!(
+                err.to_string().contains("names the backing file"),
+                "{bad}: {err}"
+            );
             std::fs::remove_file(dir.path().join("bad")).unwrap();
         }
         // A reserved, not yet written file names nothing.
@@ -273,11 +345,28 @@ mod tests {
             &File::open(dir.path().join("empty")).unwrap(),
             volume,
             parent,
+            Some("raw"),
         )
         .unwrap();
         std::fs::write(dir.path().join("raw"), b"not qcow2").unwrap();
         let raw = File::open(dir.path().join("raw")).unwrap();
-        assert!(check_header(&raw, volume, BLANK_UUID).is_err());
+        assert!(check_header(&raw, volume, BLANK_UUID, None).is_err());
+    }
+
+    /// A raw parent read as qcow2 would let its content (a guest's writes, or a co-tenant's)
+    /// name any backing file: the header's backing format must be the parent's.
+    #[test]
+    fn the_backing_format_must_be_the_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let (volume, parent) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let name = parent.to_string();
+        let as_qcow2 = qcow2_on(dir.path(), "as-qcow2", Some(&name), "qcow2");
+        check_header(&as_qcow2, volume, parent, Some("qcow2")).unwrap();
+        let err = check_header(&as_qcow2, volume, parent, Some("raw")).unwrap_err();
+        assert!(
+            err.to_string().contains("reads its backing file as"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -299,7 +388,7 @@ mod tests {
             .unwrap();
         assert!(status.success());
         let file = File::open(dir.path().join("img")).unwrap();
-        let err = check_header(&file, Uuid::from_u128(1), BLANK_UUID).unwrap_err();
+        let err = check_header(&file, Uuid::from_u128(1), BLANK_UUID, None).unwrap_err();
         assert!(err.to_string().contains("external data file"), "{err}");
     }
 }
