@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -115,16 +115,20 @@ impl DomainDir {
         } else {
             OFlag::O_RDONLY
         };
-        // Non-blocking: opening a FIFO planted at the name must not hang; on a regular file
-        // the flag changes nothing.
-        let file = File::from(self.open_beneath(path, access | OFlag::O_NONBLOCK, 0)?);
-        if !file.metadata()?.file_type().is_file() {
+        // The name is resolved once, as a path only (O_PATH opens nothing: a device node
+        // planted there by a co-tenant's root is not opened, so no driver's open runs, and a
+        // FIFO does not block); the descriptor is opened for real only once it is known to be
+        // a regular file, through its own /proc entry, which no name in the domain can change.
+        let located = File::from(self.open_beneath(path, OFlag::O_PATH, 0)?);
+        if !located.metadata()?.file_type().is_file() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file (refused: a tool must not open it)",
             ));
         }
-        Ok(file)
+        let reopened = format!("/proc/self/fd/{}", located.as_raw_fd());
+        let how = OpenHow::new().flags(access | OFlag::O_CLOEXEC);
+        Ok(File::from(openat2(nix::fcntl::AT_FDCWD, reopened.as_str(), how)?))
     }
 
     /// Whether `path`, resolved now without following any link, is still the file `held`
