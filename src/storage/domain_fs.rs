@@ -128,7 +128,11 @@ impl DomainDir {
         }
         let reopened = format!("/proc/self/fd/{}", located.as_raw_fd());
         let how = OpenHow::new().flags(access | OFlag::O_CLOEXEC);
-        Ok(File::from(openat2(nix::fcntl::AT_FDCWD, reopened.as_str(), how)?))
+        Ok(File::from(openat2(
+            nix::fcntl::AT_FDCWD,
+            reopened.as_str(),
+            how,
+        )?))
     }
 
     /// Whether `path`, resolved now without following any link, is still the file `held`

@@ -130,6 +130,19 @@ impl StorageService {
         self.image_domain(pool, domain, image).await.map(drop)
     }
 
+    /// Checks a drive's chain again ([`tool_files::check_chain`]) right before its VM starts:
+    /// QEMU opens it by names, and the check at its preparation was a define and a read-back
+    /// ago.
+    pub async fn recheck_drive_chain(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+        volume: Uuid,
+    ) -> Result<(), ApiError> {
+        let domain = self.domain_with_image(domain, image).await?;
+        blocking(move || tool_files::check_chain(&domain, image, volume).map(drop)).await
+    }
+
     /// Refuses a volume a VM must not write to: one that is not a LEAF (the backing file of a
     /// snapshot: writing it corrupts every volume above), one with children (a leaf whose
     /// metadata lags behind a snapshot made on it), or one of an image a full copy is reading

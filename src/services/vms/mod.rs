@@ -235,7 +235,14 @@ impl VmService {
             Ok(()) => {
                 crate::failpoint::pause("vm-create:defined").await;
                 match self.verify_definition(engine.uuid, &expected).await {
-                    Ok(()) => self.inner.hypervisor.start(engine.uuid).await,
+                    Ok(()) => match self.recheck_chains(&engine).await {
+                        Ok(()) => self.inner.hypervisor.start(engine.uuid).await,
+                        Err(refusal) => {
+                            tracing::error!(vm = %engine.uuid, error = %refusal, "a drive's chain changed before the start; undoing");
+                            self.undo_create(&entry).await;
+                            return Err(refusal);
+                        }
+                    },
                     Err(refusal) => {
                         tracing::error!(vm = %engine.uuid, error = %refusal, "libvirt's definition is not what rvdsm placed; undoing");
                         self.undo_create(&entry).await;
@@ -302,6 +309,18 @@ impl VmService {
         }
         let xml = vm_xml::place_leases(xml, &placed).map_err(cannot_create)?;
         Ok((xml, placed))
+    }
+
+    /// Every drive's chain checked again right before the start (see
+    /// `StorageService::recheck_drive_chain`).
+    async fn recheck_chains(&self, engine: &vm_xml::EngineVm) -> Result<(), ApiError> {
+        for drive in &engine.drives {
+            self.inner
+                .storage
+                .recheck_drive_chain(drive.domain, drive.image, drive.volume)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Reads libvirt's parse of the definition just made and checks it against what rvdsm
