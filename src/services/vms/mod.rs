@@ -231,32 +231,8 @@ impl VmService {
                 .collect(),
         };
         self.journal_write(entry.clone()).await?;
-        let started = match self.inner.hypervisor.define(xml).await {
-            Ok(()) => {
-                crate::failpoint::pause("vm-create:defined").await;
-                match self.verify_definition(engine.uuid, &expected).await {
-                    Ok(()) => match self.recheck_chains(&engine).await {
-                        Ok(()) => self.inner.hypervisor.start(engine.uuid).await,
-                        Err(refusal) => {
-                            tracing::error!(vm = %engine.uuid, error = %refusal, "a drive's chain changed before the start; undoing");
-                            self.undo_create(&entry).await;
-                            return Err(refusal);
-                        }
-                    },
-                    Err(refusal) => {
-                        tracing::error!(vm = %engine.uuid, error = %refusal, "libvirt's definition is not what rvdsm placed; undoing");
-                        self.undo_create(&entry).await;
-                        return Err(refusal.into());
-                    }
-                }
-            }
-            Err(err) => Err(err),
-        };
-        if let Err(err) = started {
-            tracing::warn!(vm = %engine.uuid, error = %err, "VM.create failed; undoing");
-            self.undo_create(&entry).await;
-            return Err(cannot_create(err));
-        }
+        self.define_and_start(&engine, xml, &expected, &entry)
+            .await?;
         if let Err(err) = self.check_leases_held(&engine).await {
             tracing::error!(vm = %engine.uuid, error = %err, "VM started without its lease; undoing");
             self.undo_create(&entry).await;
@@ -278,6 +254,40 @@ impl VmService {
         self.inner.monitor.refresh(engine.uuid).await;
         tracing::info!(vm = %engine.uuid, name = %engine.name, drives = placed.len(), "VM created");
         Ok(self.short_status(engine.uuid))
+    }
+
+    /// Defines the VM, checks libvirt's parse of it and the drives' chains, and starts it;
+    /// whatever fails is undone (definition, images, journal entry).
+    async fn define_and_start(
+        &self,
+        engine: &vm_xml::EngineVm,
+        xml: String,
+        expected: &Expected,
+        entry: &Entry,
+    ) -> Result<(), ApiError> {
+        let vm = engine.uuid;
+        if let Err(err) = self.inner.hypervisor.define(xml).await {
+            tracing::warn!(%vm, error = %err, "VM.create failed; undoing");
+            self.undo_create(entry).await;
+            return Err(cannot_create(err));
+        }
+        crate::failpoint::pause("vm-create:defined").await;
+        if let Err(refusal) = self.verify_definition(vm, expected).await {
+            tracing::error!(%vm, error = %refusal, "libvirt's definition is not what rvdsm placed; undoing");
+            self.undo_create(entry).await;
+            return Err(refusal.into());
+        }
+        if let Err(refusal) = self.recheck_chains(engine).await {
+            tracing::error!(%vm, error = %refusal, "a drive's chain changed before the start; undoing");
+            self.undo_create(entry).await;
+            return Err(refusal);
+        }
+        if let Err(err) = self.inner.hypervisor.start(vm).await {
+            tracing::warn!(%vm, error = %err, "VM.create failed; undoing");
+            self.undo_create(entry).await;
+            return Err(cannot_create(err));
+        }
+        Ok(())
     }
 
     /// The definition with each `<lease>` pointed at its sanlock resource (`Lease.info`), as
