@@ -11,8 +11,9 @@
 //!   record's nonce and the volume is not LEGAL; a record without a nonce (older than nonces)
 //!   removes nothing.
 //! - A begun delete is finished only on volumes that are ILLEGAL (a delete marks each volume
-//!   ILLEGAL before its files go), have no child left and that no VM of this host uses; at the
-//!   first LEGAL volume it stops: the record says the delete began, the disk does not.
+//!   ILLEGAL before its files go), carry no creation nonce, have no child outside the delete
+//!   and that no VM of this host uses; every volume is checked before any file goes, so one
+//!   LEGAL volume (the record says the delete began, the disk does not) keeps them all.
 //! - A finalize whose rebase had begun is finished forward only once its merged volume is
 //!   ILLEGAL or gone (see [`finalize_begun`]).
 
