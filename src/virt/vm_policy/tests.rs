@@ -1,6 +1,7 @@
 //! The admission and the read-back check on engine-style definitions and hostile variants.
 
 use super::*;
+use crate::virt::vm_xml::PlacedDrive;
 
 const VM: &str = "11111111-2222-3333-4444-555555555555";
 
