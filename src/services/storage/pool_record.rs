@@ -456,3 +456,68 @@ pub(super) async fn blocking_storage<T: Send + 'static>(
         Err(e) => Err(format!("storage work panicked: {e}").into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(master: Uuid, domains: Vec<Uuid>) -> CreatePoolParams {
+        CreatePoolParams {
+            pool: Uuid::from_u128(1),
+            name: "dc".into(),
+            master,
+            master_version: 1,
+            domains,
+            lock_renewal_interval: None,
+            lease_time: None,
+            io_op_timeout: None,
+            lease_retries: None,
+        }
+    }
+
+    fn member(pool: Option<Uuid>, master: Option<PoolRecord>) -> Result<Membership, StorageError> {
+        Ok(Membership { pool, master })
+    }
+
+    #[test]
+    fn a_create_names_its_master_among_distinct_domains() {
+        let (d1, d2) = (Uuid::from_u128(2), Uuid::from_u128(3));
+        assert!(new_record(&params(d1, vec![d1, d2])).is_ok());
+        assert!(new_record(&params(d1, vec![d2])).is_err());
+        assert!(new_record(&params(d1, vec![d1, d1])).is_err());
+    }
+
+    #[test]
+    fn a_create_is_refused_over_another_pool_and_finished_over_its_own() {
+        let (d1, d2, other) = (Uuid::from_u128(2), Uuid::from_u128(3), Uuid::from_u128(9));
+        let record = new_record(&params(d1, vec![d1, d2])).unwrap();
+        let pool = record.pool;
+        // Fresh domains, or a create cut short after the regular domain's write: go on.
+        let fresh = vec![(d1, member(None, None)), (d2, member(None, None))];
+        assert!(!check_creatable(&record, d1, &fresh).unwrap());
+        let half = vec![(d1, member(None, None)), (d2, member(Some(pool), None))];
+        assert!(!check_creatable(&record, d1, &half).unwrap());
+        // Done as asked: nothing to write.
+        let done = vec![
+            (d1, member(Some(pool), Some(record.clone()))),
+            (d2, member(Some(pool), None)),
+        ];
+        assert!(check_creatable(&record, d1, &done).unwrap());
+        // A domain of another pool, or the pool existing otherwise: refused.
+        let taken = vec![(d1, member(None, None)), (d2, member(Some(other), None))];
+        assert!(matches!(
+            check_creatable(&record, d1, &taken),
+            Err(StorageError::Pool(PoolError::AlreadyAttached { .. }))
+        ));
+        let mut later = record.clone();
+        later.version = 2;
+        let moved = vec![
+            (d1, member(None, None)),
+            (d2, member(Some(pool), Some(later))),
+        ];
+        assert!(matches!(
+            check_creatable(&record, d1, &moved),
+            Err(StorageError::Pool(PoolError::WrongMaster { .. }))
+        ));
+    }
+}
