@@ -42,7 +42,9 @@ impl StorageService {
             )))
             .into());
         }
-        cluster.join(vec![areas_of(&domain)]).await?;
+        // Joined for the write only, as VDSM's attach releases the host id it took: the
+        // domain's lockspace is the pool's business once it is activated.
+        let joined_before = cluster.joined().contains(&p.domain);
         let pool = p.pool;
         let named = Arc::clone(&domain);
         let write = async move {
@@ -63,7 +65,14 @@ impl StorageService {
             })
             .await
         };
-        cluster.with_sdm_lease(areas_of(&domain), write).await?;
+        let attached = match cluster.join(vec![areas_of(&domain)]).await {
+            Ok(()) => cluster.with_sdm_lease(areas_of(&domain), write).await,
+            Err(err) => Err(err),
+        };
+        if !joined_before && let Err(err) = cluster.leave(p.domain).await {
+            tracing::warn!(domain = %p.domain, error = %err, "cannot leave a lockspace joined for the attach");
+        }
+        attached?;
         self.change_record(p.pool, move |record| {
             record.domains.insert(p.domain, DomainStatus::Attached);
             Ok(())

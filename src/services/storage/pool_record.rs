@@ -48,13 +48,28 @@ impl StorageService {
         }
         let master = self.domain(p.master)?;
         let areas: Vec<_> = domains.iter().map(|d| areas_of(d)).collect();
-        cluster.join(areas).await?;
+        // The lockspaces are joined for the write only, as VDSM's temporary cluster lock
+        // releases its host id: the connect joins what the pool needs.
+        let joined_before = cluster.joined();
+        let joined_here: Vec<Uuid> = areas
+            .iter()
+            .map(|a| a.uuid)
+            .filter(|d| !joined_before.contains(d))
+            .collect();
         let write = async move {
             blocking_storage(move || write_new_pool(&domains, &master, &record)).await
         };
-        cluster
-            .with_sdm_lease(areas_of(self.domain(p.master)?.as_ref()), write)
-            .await?;
+        let master_areas = areas_of(self.domain(p.master)?.as_ref());
+        let created = match cluster.join(areas).await {
+            Ok(()) => cluster.with_sdm_lease(master_areas, write).await,
+            Err(err) => Err(err),
+        };
+        for domain in joined_here {
+            if let Err(err) = cluster.leave(domain).await {
+                tracing::warn!(%domain, error = %err, "cannot leave a lockspace joined for StoragePool.create");
+            }
+        }
+        created?;
         self.reload_domains().await?;
         tracing::info!(pool = %p.pool, master = %p.master, version = p.master_version, "pool created");
         Ok(())
@@ -252,6 +267,8 @@ impl StorageService {
             record.domains.insert(old, DomainStatus::Attached);
         }
         let (old_domain, new_domain) = (self.domain(old)?, self.domain(new)?);
+        // An activated domain's lockspace may still be joining.
+        cluster.join(vec![areas_of(&new_domain)]).await?;
         let write = async move {
             blocking_storage(move || {
                 new_domain.update_keys(|keys| {
