@@ -205,11 +205,16 @@ impl StorageService {
                 why,
             }))
         };
-        if let Some((master, version)) = self.master()
-            && let Ok(record) = self.verified_master(self.inner.pool, master, version).await
-            && record.domains.contains_key(&p.domain)
-        {
-            return Err(in_use("it is a domain of the connected pool".into()));
+        // Any master of this host's pool that lists the domain, whatever version this host
+        // connected at (the master may have moved since): the pool still has it.
+        let listed_by = self.memberships().await?.into_iter().find_map(|(id, m)| {
+            m.ok()?
+                .master
+                .filter(|r| r.pool == self.inner.pool && r.domains.contains_key(&p.domain))
+                .map(|_| id)
+        });
+        if let Some(master) = listed_by {
+            return Err(in_use(format!("the pool's master {master} lists it")));
         }
         let member = {
             let domain = Arc::clone(&domain);

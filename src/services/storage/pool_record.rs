@@ -223,6 +223,9 @@ impl StorageService {
         deactivate: bool,
     ) -> Result<(), ApiError> {
         let cluster = self.cluster()?.clone();
+        // Held for the whole move: spmStop waits for it, never releases a lease the move is
+        // taking or giving up.
+        let _spm = self.require_spm().await?;
         if new == old {
             return Err(StorageError::from(PoolError::InvalidParameter(format!(
                 "the new master {new} is the master"
@@ -275,10 +278,17 @@ impl StorageService {
                     set_master(keys, &record);
                     Ok(())
                 })?;
-                old_domain.update_keys(|keys| {
+                // The point of no return: the new master, at the higher version, is the one
+                // verified from now on. The old one is made regular as well as can be; a
+                // failure is logged and changes nothing (its lower version refuses it).
+                let demoted = old_domain.update_keys(|keys| {
                     set_regular(keys, Some(pool));
                     Ok(())
-                })
+                });
+                if let Err(err) = demoted {
+                    tracing::error!(domain = %old_domain.uuid, error = %err, "the old master still says it is master; its lower version refuses it");
+                }
+                Ok(())
             })
             .await
         };
@@ -319,13 +329,20 @@ impl StorageService {
         .await
     }
 
-    /// The SPM tasks not ended yet (but an spmStart).
+    /// The SPM tasks not ended yet (but an spmStart, and a switchMaster: the move runs in it,
+    /// and a second one finds the master moved).
     pub(super) fn running_spm_tasks(&self) -> Vec<String> {
         self.inner
             .tasks
             .all()
             .into_iter()
-            .filter(|t| !t.state.is_done() && !matches!(t.work, TaskWork::SpmStart { .. }))
+            .filter(|t| {
+                !t.state.is_done()
+                    && !matches!(
+                        t.work,
+                        TaskWork::SpmStart { .. } | TaskWork::SwitchMaster { .. }
+                    )
+            })
             .map(|t| format!("{} ({})", t.id, t.verb))
             .collect()
     }
