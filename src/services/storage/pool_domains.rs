@@ -196,10 +196,10 @@ impl StorageService {
             })
         })
         .await;
-        if !joined_before || written.is_ok() {
-            if let Err(err) = cluster.leave(p.domain).await {
-                tracing::warn!(domain = %p.domain, error = %err, "detached, but its lockspace is still joined");
-            }
+        if (!joined_before || written.is_ok())
+            && let Err(err) = cluster.leave(p.domain).await
+        {
+            tracing::warn!(domain = %p.domain, error = %err, "detached, but its lockspace is still joined");
         }
         written?;
         self.refresh_domain(p.domain).await?;
