@@ -221,16 +221,25 @@ impl StorageService {
                 why,
             }))
         };
-        // Any master of this host's pool that lists the domain, whatever version this host
-        // connected at (the master may have moved since): the pool still has it.
-        let listed_by = self.memberships().await?.into_iter().find_map(|(id, m)| {
-            m.ok()?
-                .master
-                .filter(|r| r.pool == self.inner.pool && r.domains.contains_key(&p.domain))
-                .map(|_| id)
-        });
-        if let Some(master) = listed_by {
-            return Err(in_use(format!("the pool's master {master} lists it")));
+        // Any master, of this host's pool or another, that lists the domain, whatever version
+        // this host connected at (the master may have moved since): that pool still has it,
+        // `autoDetach` or not. A domain whose metadata cannot be read may be such a master:
+        // the format is refused (fail closed).
+        for (id, found) in self.memberships().await? {
+            let found = found.map_err(|err| {
+                StorageError::from(PoolError::Unreadable {
+                    domain: id,
+                    source: Box::new(err),
+                })
+            })?;
+            if let Some(record) = found.master
+                && record.domains.contains_key(&p.domain)
+            {
+                return Err(in_use(format!(
+                    "the master {id} of pool {} lists it",
+                    record.pool
+                )));
+            }
         }
         let member = {
             let domain = Arc::clone(&domain);

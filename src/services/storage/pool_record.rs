@@ -44,7 +44,7 @@ impl StorageService {
             .map(|d| self.domain(*d))
             .collect::<Result<_, _>>()?;
         let seen = self.memberships().await?;
-        if check_creatable(&record, p.master, &seen)? {
+        if check_creatable(&record, p.master, seen)? {
             tracing::info!(pool = %p.pool, master = %p.master, "the pool exists as asked");
             return Ok(());
         }
@@ -435,21 +435,17 @@ fn new_record(p: &CreatePoolParams) -> Result<PoolRecord, StorageError> {
 fn check_creatable(
     record: &PoolRecord,
     master: Uuid,
-    seen: &[(Uuid, Result<Membership, StorageError>)],
+    seen: Vec<(Uuid, Result<Membership, StorageError>)>,
 ) -> Result<bool, StorageError> {
     let mut exists = false;
     for (id, found) in seen {
-        let found = match found {
-            Ok(m) => m,
-            Err(_) if !record.domains.contains_key(id) => continue,
-            Err(err) => {
-                return Err(PoolError::Record {
-                    domain: *id,
-                    why: err.to_string(),
-                }
-                .into());
-            }
-        };
+        // Any domain read: one that cannot be may be the pool's master already (fail closed).
+        let found = found.map_err(|err| PoolError::Unreadable {
+            domain: id,
+            source: Box::new(err),
+        })?;
+        let id = &id;
+        let found = &found;
         if let Some(other) = &found.master
             && other.pool == record.pool
         {
@@ -535,19 +531,19 @@ mod tests {
         let pool = record.pool;
         // Fresh domains, or a create cut short after the regular domain's write: go on.
         let fresh = vec![(d1, member(None, None)), (d2, member(None, None))];
-        assert!(!check_creatable(&record, d1, &fresh).unwrap());
+        assert!(!check_creatable(&record, d1, fresh).unwrap());
         let half = vec![(d1, member(None, None)), (d2, member(Some(pool), None))];
-        assert!(!check_creatable(&record, d1, &half).unwrap());
+        assert!(!check_creatable(&record, d1, half).unwrap());
         // Done as asked: nothing to write.
         let done = vec![
             (d1, member(Some(pool), Some(record.clone()))),
             (d2, member(Some(pool), None)),
         ];
-        assert!(check_creatable(&record, d1, &done).unwrap());
+        assert!(check_creatable(&record, d1, done).unwrap());
         // A domain of another pool, or the pool existing otherwise: refused.
         let taken = vec![(d1, member(None, None)), (d2, member(Some(other), None))];
         assert!(matches!(
-            check_creatable(&record, d1, &taken),
+            check_creatable(&record, d1, taken),
             Err(StorageError::Pool(PoolError::AlreadyAttached { .. }))
         ));
         let mut later = record.clone();
@@ -557,7 +553,7 @@ mod tests {
             (d2, member(Some(pool), Some(later))),
         ];
         assert!(matches!(
-            check_creatable(&record, d1, &moved),
+            check_creatable(&record, d1, moved),
             Err(StorageError::Pool(PoolError::WrongMaster { .. }))
         ));
     }
