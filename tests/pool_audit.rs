@@ -1,0 +1,376 @@
+//! An outside audit of issue 27's change (the pool lives on storage), with hostile values tried
+//! for real: real rvdsmd, a real sanlock daemon per simulated host (io_timeout 3 s), real files
+//! on disk. Each test here is a finding of the audit and failed on the code it was written
+//! against; what it shows is in its comment.
+//!
+//! Who controls what: the manager sends every verb's parameters; a host sharing a domain can
+//! rewrite the domain's `dom_md/metadata` (any key, with a valid `_SHA_CKSUM`); the storage can
+//! fail a write. The hosts share one repository on disk, as `/rhev/data-center` on each host.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::daemon::{Daemon, test_config};
+use common::domain::assert_success;
+use common::sanlock::{Sanlock, disk_dir};
+use rvdsm::client::ClientError;
+use rvdsm::storage::domain_md;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const BLANK: &str = "00000000-0000-0000-0000-000000000000";
+
+/// One simulated host: its sanlock daemon and its rvdsmd (host id `id`, io_timeout 3 s).
+struct Host {
+    id: u64,
+    daemon: Daemon,
+    _sanlock: Sanlock,
+}
+
+impl Host {
+    fn start(id: u64, shared: &Path, pool: &str) -> Host {
+        let sanlock = Sanlock::start();
+        let dir = tempfile::Builder::new()
+            .prefix("rvdsmd-test")
+            .tempdir()
+            .unwrap();
+        let config = test_config(
+            dir.path(),
+            &format!("[cluster]\nhost_id = {id}\nio_timeout_secs = 3\n"),
+        );
+        let own_repo = format!("repository = \"{}\"", dir.path().join("repo").display());
+        assert!(config.contains(&own_repo));
+        let config = config.replace(
+            &own_repo,
+            &format!(
+                "repository = \"{}\"\npool_uuid = \"{pool}\"",
+                shared.join("repo").display()
+            ),
+        );
+        std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
+        let mut daemon = Daemon::spawn(dir, &[sanlock.env()]);
+        daemon.wait_ready();
+        Host {
+            id,
+            daemon,
+            _sanlock: sanlock,
+        }
+    }
+}
+
+/// Hosts sharing a repository and a pool's domains, each domain in its own directory.
+struct Site {
+    hosts: Vec<Host>,
+    pool: String,
+    domains: Vec<String>,
+    dirs: Vec<PathBuf>,
+    shared: tempfile::TempDir,
+}
+
+impl Site {
+    /// `hosts` hosts and `domains` LOCALFS domains, made by host 1; no pool yet.
+    fn start(hosts: u64, domains: usize) -> Site {
+        let shared = disk_dir("pool-audit");
+        let pool = Uuid::new_v4().to_string();
+        let hosts: Vec<Host> = (1..=hosts)
+            .map(|id| Host::start(id, shared.path(), &pool))
+            .collect();
+        let mut site = Site {
+            hosts,
+            pool,
+            domains: Vec::new(),
+            dirs: Vec::new(),
+            shared,
+        };
+        for n in 0..domains {
+            let dir = site.shared.path().join(format!("data{n}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let domain = Uuid::new_v4().to_string();
+            let created = site.hosts[0].daemon.ok(
+                "StorageDomain.create",
+                json!({"storagedomainID": domain, "domainType": 4,
+                       "typeArgs": dir.to_str().unwrap(), "name": format!("d{n}"),
+                       "domainClass": 1, "version": "5"}),
+            );
+            assert_eq!(created, json!(true));
+            site.domains.push(domain);
+            site.dirs.push(dir);
+        }
+        site
+    }
+
+    /// The pool made by host 1: master `domains[0]` at version 1, every domain in it.
+    fn create_pool(&self) {
+        let list: Vec<&str> = self.domains.iter().map(String::as_str).collect();
+        let created = self.hosts[0].daemon.ok(
+            "StoragePool.create",
+            json!({"storagepoolID": self.pool, "name": "audit", "masterSdUUID": list[0],
+                   "masterVersion": 1, "domainList": list}),
+        );
+        assert_eq!(created, json!(true));
+    }
+
+    fn connect(&self, host: usize, master: usize, version: i64) -> Result<Value, ClientError> {
+        let h = &self.hosts[host];
+        h.daemon.call(
+            common::daemon::Via::Unix,
+            "StoragePool.connect",
+            json!({"storagepoolID": self.pool, "hostID": h.id, "scsiKey": self.pool,
+                   "masterSdUUID": self.domains[master], "masterVersion": version}),
+        )
+    }
+
+    /// `spmStart` on `host`, to its task's end; returns the task's status.
+    fn spm_start(&self, host: usize) -> Value {
+        let d = &self.hosts[host].daemon;
+        let task = d.ok(
+            "StoragePool.spmStart",
+            json!({"storagepoolID": self.pool, "prevID": -1, "prevLver": "-1",
+                   "enableScsiFencing": "false"}),
+        );
+        d.wait_task(task.as_str().unwrap())
+    }
+
+    fn spm_status(&self, host: usize) -> Value {
+        self.hosts[host].daemon.ok(
+            "StoragePool.getSpmStatus",
+            json!({"storagepoolID": self.pool}),
+        )
+    }
+
+    /// The hosts that answer `SPM` now.
+    fn spms(&self) -> Vec<u64> {
+        (0..self.hosts.len())
+            .filter(|h| self.spm_status(*h)["spmStatus"] == "SPM")
+            .map(|h| self.hosts[h].id)
+            .collect()
+    }
+
+    /// Host 1 connected at master `domains[0]`, version 1, and SPM; the other hosts connected.
+    fn spm_on_host1(&self) {
+        for host in 0..self.hosts.len() {
+            assert_eq!(self.connect(host, 0, 1).unwrap(), json!(true));
+        }
+        assert_success(&self.spm_start(0));
+    }
+
+    fn root(&self, domain: usize) -> PathBuf {
+        self.dirs[domain].join(&self.domains[domain])
+    }
+
+    fn metadata_file(&self, domain: usize) -> PathBuf {
+        self.root(domain).join("dom_md").join("metadata")
+    }
+
+    fn keys(&self, domain: usize) -> BTreeMap<String, String> {
+        domain_md::parse(&std::fs::read_to_string(self.metadata_file(domain)).unwrap()).unwrap()
+    }
+
+    /// What another host sharing the domain can do: rewrite its metadata, with a valid
+    /// checksum.
+    fn forge(&self, domain: usize, change: impl FnOnce(&mut BTreeMap<String, String>)) {
+        let mut keys = self.keys(domain);
+        change(&mut keys);
+        std::fs::write(self.metadata_file(domain), domain_md::format(&keys)).unwrap();
+    }
+
+    /// `Volume.create` of a new 1 GiB image on `domain` through `host`; returns the task's
+    /// status, or the refusal.
+    fn create_volume(&self, host: usize, domain: usize) -> Result<Value, ClientError> {
+        let d = &self.hosts[host].daemon;
+        let params = json!({
+            "volumeID": Uuid::new_v4().to_string(), "storagepoolID": self.pool,
+            "storagedomainID": self.domains[domain], "imageID": Uuid::new_v4().to_string(),
+            "size": (1u64 << 30).to_string(), "volFormat": 4, "preallocate": 2,
+            "diskType": "DATA", "desc": "audit", "srcImgUUID": BLANK, "srcVolUUID": BLANK,
+        });
+        let task = d.call(common::daemon::Via::Unix, "Volume.create", params)?;
+        Ok(d.wait_task(task.as_str().unwrap()))
+    }
+}
+
+/// A directory made immutable (`chattr +i`: even root cannot create or rename in it), made
+/// mutable again when dropped, panics included: a storage that refuses a write.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: PathBuf) -> Immutable {
+        let status = Command::new("chattr").arg("+i").arg(&dir).status().unwrap();
+        assert!(status.success(), "chattr +i {}", dir.display());
+        Immutable(dir)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// Finding 1 (high): a move of the master whose second write (the old master made regular)
+/// fails gives the new master's SDM lease back although the new master's record, at the
+/// higher version, is already on storage. The new master is then the pool's one verified
+/// master, its lease is free, and the old SPM keeps its role: a host connected at the new
+/// master becomes SPM too, and both answer `SPM` (both then run `Volume.create` on the same
+/// domain). No hostile party is needed: a storage that refuses one write (here `chattr +i` on
+/// the old master's `dom_md`).
+#[test]
+fn a_master_move_whose_second_write_fails_never_leaves_two_spms() {
+    let site = Site::start(2, 2);
+    site.create_pool();
+    site.spm_on_host1();
+    let moved = {
+        let _refusing = Immutable::set(site.root(0).join("dom_md"));
+        site.hosts[0].daemon.call(
+            common::daemon::Via::Unix,
+            "StorageDomain.deactivate",
+            json!({"storagedomainID": site.domains[0], "storagepoolID": site.pool,
+                   "masterSdUUID": site.domains[1], "masterVersion": 2}),
+        )
+    };
+    assert!(moved.is_err(), "the move should have failed: {moved:?}");
+    let on_storage = site.keys(1);
+    eprintln!(
+        "after the failed move: domain 1 ROLE={:?} MASTER_VERSION={:?}",
+        on_storage.get("ROLE"),
+        on_storage.get("MASTER_VERSION")
+    );
+    // A manager that reads the storage (or a retry of the move on another host) connects host
+    // 2 at the master the storage shows.
+    if site.connect(1, 1, 2).is_ok() {
+        let started = site.spm_start(1);
+        eprintln!("host 2's spmStart: {started}");
+    }
+    let spms = site.spms();
+    if spms.len() > 1 {
+        let creates: Vec<_> = (0..2).map(|h| site.create_volume(h, 1)).collect();
+        eprintln!("Volume.create on domain 1 from each host: {creates:?}");
+    }
+    assert!(spms.len() <= 1, "hosts {spms:?} all answer SPM");
+}
+
+/// Finding 2 (medium: needs a host that breaks the protocol): a record another host forged in a
+/// second domain (`ROLE=Master` of the same pool at a higher version) is the pool's verified
+/// master for any host connected at it, and its SDM lease is free: that host becomes SPM while
+/// the SPM of the real master keeps its role. Nothing checks the SDM leases of the pool's other
+/// domains, and the running SPM never looks at its master again before a metadata verb.
+#[test]
+fn a_forged_higher_master_never_makes_a_second_spm() {
+    let site = Site::start(2, 2);
+    site.create_pool();
+    site.spm_on_host1();
+    let (pool, d1) = (site.pool.clone(), site.domains[1].clone());
+    site.forge(1, |keys| {
+        keys.insert("ROLE".into(), "Master".into());
+        keys.insert("POOL_UUID".into(), pool);
+        keys.insert("MASTER_VERSION".into(), "2".into());
+        keys.insert("POOL_DESCRIPTION".into(), "forged".into());
+        keys.insert("POOL_DOMAINS".into(), format!("{d1}:Active"));
+        keys.insert("POOL_SPM_ID".into(), "-1".into());
+        keys.insert("POOL_SPM_LVER".into(), "-1".into());
+    });
+    if site.connect(1, 1, 2).is_ok() {
+        let started = site.spm_start(1);
+        eprintln!("host 2's spmStart at the forged master: {started}");
+    }
+    let spms = site.spms();
+    if spms.len() > 1 {
+        let creates: Vec<_> = (0..2).map(|h| site.create_volume(h, 1)).collect();
+        eprintln!("Volume.create on domain 1 from each host: {creates:?}");
+    }
+    assert!(spms.len() <= 1, "hosts {spms:?} all answer SPM");
+}
+
+/// Finding 3 (medium): `StorageDomain.format` on a host whose connect is stale (the SPM moved
+/// the master since) skips the "domain of the connected pool" check (its master is no longer
+/// verified, and the failure of that verification is taken as "not in the pool") and, with
+/// `autoDetach`, deletes an active domain of the pool while another host is its SPM.
+#[test]
+fn format_on_a_stale_connect_never_deletes_an_active_domain_of_the_pool() {
+    let site = Site::start(2, 3);
+    site.create_pool();
+    site.spm_on_host1();
+    // The SPM moves the master; host 2 stays connected at the old one.
+    site.hosts[0].daemon.ok(
+        "StorageDomain.deactivate",
+        json!({"storagedomainID": site.domains[0], "storagepoolID": site.pool,
+               "masterSdUUID": site.domains[1], "masterVersion": 2}),
+    );
+    assert_eq!(site.keys(1)["ROLE"], "Master");
+    let formatted = site.hosts[1].daemon.call(
+        common::daemon::Via::Unix,
+        "StorageDomain.format",
+        json!({"storagedomainID": site.domains[2], "autoDetach": true}),
+    );
+    eprintln!("host 2's format of active domain 2: {formatted:?}");
+    assert!(
+        site.root(2).join("dom_md").join("metadata").exists(),
+        "an active domain of the pool was deleted by a host connected to the pool"
+    );
+    assert!(
+        matches!(formatted, Err(ClientError::Server { code: 392, .. })),
+        "{formatted:?}"
+    );
+}
+
+/// `StoragePool.switchMaster` as an engine calls it, on the SPM with nothing else running: the
+/// task must move the master.
+#[test]
+fn switch_master_moves_the_master() {
+    let site = Site::start(1, 2);
+    site.create_pool();
+    site.spm_on_host1();
+    let d = &site.hosts[0].daemon;
+    let task = d.ok(
+        "StoragePool.switchMaster",
+        json!({"storagepoolID": site.pool, "oldMasterUUID": site.domains[0],
+               "newMasterUUID": site.domains[1], "masterVersion": 2}),
+    );
+    let status = d.wait_task(task.as_str().unwrap());
+    assert_eq!(status["taskResult"], "success", "{status}");
+    assert_eq!(site.keys(1)["ROLE"], "Master");
+    assert_eq!(site.keys(1)["MASTER_VERSION"], "2");
+    assert_eq!(site.keys(0)["ROLE"], "Regular");
+}
+
+/// The peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Finding 4 (medium, availability): a domain's `dom_md/metadata` is read whole, unbounded,
+/// by every verb that looks at the pool (connect, spmStart, getInfo, each change of the
+/// record: every domain in the repository, not only the pool's). Another host sharing any
+/// domain makes it a sparse file of any size: each read allocates that much (a few GiB and
+/// rvdsmd, the SPM's lease with it, is killed by the kernel). VDSM's metadata is a few hundred
+/// bytes; a bound of, say, 1 MiB refuses it without reading it.
+#[test]
+fn a_huge_metadata_file_is_refused_without_reading_it_whole() {
+    let site = Site::start(1, 2);
+    site.create_pool();
+    let d = &site.hosts[0].daemon;
+    let before = peak_kib(d.pid());
+    // A co-tenant of domain 1 pads its metadata (valid keys first, then 96 MiB of a hole).
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(site.metadata_file(1))
+        .unwrap();
+    file.set_len(96 << 20).unwrap();
+    drop(file);
+    let connected = site.connect(0, 0, 1);
+    let after = peak_kib(d.pid());
+    eprintln!("connect: {connected:?}; peak RSS {before} KiB -> {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "rvdsmd's peak memory grew by {} KiB reading one domain's metadata",
+        after - before
+    );
+}
