@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::daemon::{Daemon, test_config};
 use common::domain::assert_success;
@@ -373,4 +374,64 @@ fn a_huge_metadata_file_is_refused_without_reading_it_whole() {
         "rvdsmd's peak memory grew by {} KiB reading one domain's metadata",
         after - before
     );
+}
+
+/// Finding 5 (medium, availability): `StorageDomain.deactivate` of the master with a new master
+/// moves the SPM role without the guard every other SPM verb holds (`require_spm`'s) and
+/// without a task, so `spmStop` runs in the middle of the move: it gives the old master's lease
+/// back and sets the role free, then the move ends by recording the new master as this host's
+/// and keeps the new master's SDM lease. This host no longer answers SPM, and no host can start
+/// as SPM of the new master (its lease is held by a process that does not know it holds it)
+/// until rvdsmd restarts. The window is held open here by the domain's metadata lock (the
+/// `flock` of `dom_md/rvdsm.lock`, which the move takes after the new lease); in production it
+/// is the time of a sanlock acquire and two synced writes.
+#[test]
+fn spm_stop_during_a_master_move_never_strands_the_new_master_s_lease() {
+    let site = Site::start(2, 2);
+    site.create_pool();
+    site.spm_on_host1();
+    let lock_file = site.root(1).join("dom_md").join("rvdsm.lock");
+    let held = nix::fcntl::Flock::lock(
+        std::fs::File::open(&lock_file).unwrap(),
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| e)
+    .unwrap();
+    let moved = std::thread::scope(|scope| {
+        let mover = scope.spawn(|| {
+            site.hosts[0].daemon.call(
+                common::daemon::Via::Unix,
+                "StorageDomain.deactivate",
+                json!({"storagedomainID": site.domains[0], "storagepoolID": site.pool,
+                       "masterSdUUID": site.domains[1], "masterVersion": 2}),
+            )
+        });
+        // The move has taken the new master's lease and waits for the metadata lock.
+        std::thread::sleep(Duration::from_secs(3));
+        let stopped = site.hosts[0].daemon.call(
+            common::daemon::Via::Unix,
+            "StoragePool.spmStop",
+            json!({"storagepoolID": site.pool}),
+        );
+        eprintln!("spmStop during the move: {stopped:?}");
+        drop(held);
+        mover.join().unwrap()
+    });
+    eprintln!("the move: {moved:?}");
+    let master = if site.keys(1)["ROLE"] == "Master" {
+        1
+    } else {
+        0
+    };
+    let version = site.keys(master)["MASTER_VERSION"].parse::<i64>().unwrap();
+    // Whoever is not SPM now can become it at the master the storage shows.
+    if site.spms().is_empty() {
+        assert_eq!(site.connect(1, master, version).unwrap(), json!(true));
+        let started = site.spm_start(1);
+        assert_eq!(
+            started["taskResult"], "success",
+            "no host is SPM and none can become it: {started}; host 1 says {}",
+            site.spm_status(0)
+        );
+    }
 }
