@@ -435,3 +435,156 @@ fn spm_stop_during_a_master_move_never_strands_the_new_master_s_lease() {
         );
     }
 }
+
+/// The metadata files of every domain of the site, as text.
+fn snapshot(site: &Site) -> Vec<String> {
+    (0..site.domains.len())
+        .map(|d| std::fs::read_to_string(site.metadata_file(d)).unwrap())
+        .collect()
+}
+
+/// Not a finding (it passed): the manager's hostile values are refused with VDSM's codes and
+/// change no domain's metadata.
+#[test]
+fn a_manager_s_hostile_values_are_refused_and_change_nothing() {
+    let site = Site::start(1, 3);
+    let d = &site.hosts[0].daemon;
+    let (d0, d1, d2) = (&site.domains[0], &site.domains[1], &site.domains[2]);
+    let pool = &site.pool;
+    let create = |master: &str, list: Value, name: &str, version: Value| {
+        json!({"storagepoolID": pool, "name": name, "masterSdUUID": master,
+               "masterVersion": version, "domainList": list})
+    };
+    let before = snapshot(&site);
+    let refused = |method: &str, params: Value, codes: &[i32]| {
+        let got = d.call(common::daemon::Via::Unix, method, params.clone());
+        match &got {
+            Err(ClientError::Server { code, .. }) if codes.contains(code) => {}
+            other => panic!("{method} {params}: expected one of {codes:?}, got {other:?}"),
+        }
+    };
+    let many: Vec<String> = (0..101).map(|_| Uuid::new_v4().to_string()).collect();
+    for (params, codes) in [
+        (create(d0, json!([d1]), "p", json!(1)), &[1000][..]),
+        (create(d0, json!([d0, d0]), "p", json!(1)), &[1000]),
+        (create(d0, json!(many), "p", json!(1)), &[1000]),
+        (create(d0, json!([d0]), &"n".repeat(10_000), json!(1)), &[1000]),
+        (create(d0, json!([d0]), "p", json!(-1)), &[1000]),
+        (create(d0, json!([d0]), "p", json!("x")), &[-32602, 1000]),
+        (create(d0, json!([d0, BLANK]), "p", json!(1)), &[358, 1000]),
+        (
+            create(d0, json!([d0, Uuid::new_v4().to_string()]), "p", json!(1)),
+            &[358],
+        ),
+    ] {
+        refused("StoragePool.create", params, codes);
+    }
+    assert_eq!(snapshot(&site), before, "a refused create changed metadata");
+
+    // A name with line breaks and `=`: one line of metadata, read back as written.
+    assert_eq!(
+        d.ok(
+            "StoragePool.create",
+            create(d0, json!([d0, d1]), "a\nROLE=Regular\r=x", json!(1))
+        ),
+        json!(true)
+    );
+    assert_eq!(site.keys(0)["ROLE"], "Master");
+    assert_eq!(site.keys(0)["POOL_DESCRIPTION"], "a ROLE=Regular =x");
+    // The same create again: done already; another version or master: refused.
+    assert_eq!(
+        d.ok(
+            "StoragePool.create",
+            create(d0, json!([d0, d1]), "a", json!(1))
+        ),
+        json!(true)
+    );
+    refused(
+        "StoragePool.create",
+        create(d0, json!([d0, d1]), "a", json!(2)),
+        &[324],
+    );
+    refused(
+        "StoragePool.create",
+        create(d1, json!([d0, d1]), "a", json!(5)),
+        &[324, 380],
+    );
+    assert_eq!(site.connect(0, 0, 1).unwrap(), json!(true));
+    assert_success(&site.spm_start(0));
+    let before = snapshot(&site);
+    let other = Uuid::new_v4().to_string();
+    let sd = |domain: &str, pool: &str| json!({"storagedomainID": domain, "storagepoolID": pool});
+    let deactivate = |domain: &str, master: &str, version: Value| {
+        json!({"storagedomainID": domain, "storagepoolID": pool,
+               "masterSdUUID": master, "masterVersion": version})
+    };
+    for (method, params, codes) in [
+        ("StoragePool.getInfo", json!({"storagepoolID": other}), &[309][..]),
+        ("StorageDomain.attach", sd(d2, &other), &[309]),
+        ("StorageDomain.activate", sd(d1, &other), &[309]),
+        ("StorageDomain.detach", sd(d1, &other), &[309]),
+        (
+            "StoragePool.destroy",
+            json!({"storagepoolID": other, "hostID": 1, "scsiKey": other}),
+            &[309],
+        ),
+        (
+            "StoragePool.destroy",
+            json!({"storagepoolID": pool, "hostID": 1, "scsiKey": pool}),
+            &[350],
+        ),
+        ("StorageDomain.detach", sd(d0, pool), &[383]),
+        ("StorageDomain.detach", sd(d1, pool), &[381]),
+        ("StorageDomain.activate", sd(d2, pool), &[353]),
+        (
+            "StorageDomain.format",
+            json!({"storagedomainID": d0, "autoDetach": true}),
+            &[392],
+        ),
+        (
+            "StorageDomain.format",
+            json!({"storagedomainID": d1, "autoDetach": true}),
+            &[392],
+        ),
+        (
+            "StoragePool.switchMaster",
+            json!({"storagepoolID": pool, "oldMasterUUID": d0, "newMasterUUID": d1,
+                   "masterVersion": 1}),
+            &[324],
+        ),
+        (
+            "StoragePool.switchMaster",
+            json!({"storagepoolID": pool, "oldMasterUUID": d1, "newMasterUUID": d0,
+                   "masterVersion": 3}),
+            &[324],
+        ),
+        ("StorageDomain.deactivate", deactivate(d0, d2, json!(2)), &[353]),
+        ("StorageDomain.deactivate", deactivate(d0, d1, json!(0)), &[324]),
+        (
+            "StorageDomain.deactivate",
+            deactivate(d0, &other, json!(2)),
+            &[353, 358],
+        ),
+    ] {
+        refused(method, params, codes);
+    }
+    // The master deactivated with BLANK: ignored, as VDSM does.
+    assert_eq!(
+        d.ok("StorageDomain.deactivate", deactivate(d0, BLANK, json!(1))),
+        json!(true)
+    );
+    assert_eq!(snapshot(&site), before, "a refused verb changed metadata");
+    // A domain of another pool (its metadata says so) is not attached.
+    let foreign = Uuid::new_v4().to_string();
+    site.forge(2, |keys| {
+        keys.insert("POOL_UUID".into(), foreign);
+    });
+    let before = snapshot(&site);
+    refused("StorageDomain.attach", sd(d2, pool), &[380]);
+    refused(
+        "StorageDomain.format",
+        json!({"storagedomainID": d2, "autoDetach": false}),
+        &[391],
+    );
+    assert_eq!(snapshot(&site), before, "a refused verb changed metadata");
+}
