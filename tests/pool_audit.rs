@@ -588,3 +588,179 @@ fn a_manager_s_hostile_values_are_refused_and_change_nothing() {
     );
     assert_eq!(snapshot(&site), before, "a refused verb changed metadata");
 }
+
+/// gdb attached to a process, which kills it (SIGKILL, as a crash) the first time it enters a
+/// function: a crash exactly between two writes, without a failpoint in the code.
+struct KillAt(std::process::Child);
+
+impl KillAt {
+    /// Attaches to `pid` and returns once the breakpoint at `function` is set (gdb's `shell`
+    /// runs in order, and the process continues right after it: a call made meanwhile waits).
+    fn arm(pid: u32, function: &str) -> KillAt {
+        let marker = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        let marker = marker.keep().unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        let child = Command::new("gdb")
+            .args(["-nx", "-batch", "-p", &pid.to_string()])
+            .args(["-ex", "set pagination off"])
+            .args(["-ex", "handle SIGPIPE SIGUSR1 SIGUSR2 nostop noprint pass"])
+            .args(["-ex", &format!("break {function}")])
+            .args(["-ex", &format!("shell touch {}", marker.display())])
+            .args(["-ex", "continue", "-ex", "kill"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gdb");
+        let armed = KillAt(child);
+        let set = common::wait_until(Duration::from_secs(60), || marker.exists());
+        let _ = std::fs::remove_file(&marker);
+        assert!(set, "gdb never set its breakpoint at {function}");
+        armed
+    }
+
+    /// Waits until gdb has killed the process and quit.
+    fn wait(mut self) {
+        let quit = common::wait_until(Duration::from_secs(60), || {
+            self.0.try_wait().ok().flatten().is_some()
+        });
+        assert!(quit, "the breakpoint was never reached");
+    }
+}
+
+impl Drop for KillAt {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Not a finding (it passed): rvdsmd killed between the two writes of a master move (the new
+/// master written at version 2, the old one still `ROLE=Master` at 1). The old master is
+/// refused everywhere (spmStart of a host connected at it, a connect at it, the restarted host's
+/// connect), the new one is verified, and exactly one host becomes SPM.
+#[test]
+fn a_crash_between_the_writes_of_a_master_move_leaves_one_verified_master() {
+    let mut site = Site::start(2, 2);
+    site.create_pool();
+    site.spm_on_host1();
+    let gdb = KillAt::arm(
+        site.hosts[0].daemon.pid(),
+        "rvdsm::storage::pool::set_regular",
+    );
+    let moved = site.hosts[0].daemon.call(
+        common::daemon::Via::Unix,
+        "StorageDomain.deactivate",
+        json!({"storagedomainID": site.domains[0], "storagepoolID": site.pool,
+               "masterSdUUID": site.domains[1], "masterVersion": 2}),
+    );
+    gdb.wait();
+    assert!(moved.is_err(), "{moved:?}");
+    let (old, new) = (site.keys(0), site.keys(1));
+    assert_eq!((old["ROLE"].as_str(), old["MASTER_VERSION"].as_str()), ("Master", "1"));
+    assert_eq!((new["ROLE"].as_str(), new["MASTER_VERSION"].as_str()), ("Master", "2"));
+    // Host 2, connected at the old master, is refused.
+    let started = site.spm_start(1);
+    assert_eq!(started["taskResult"], "cleanSuccess", "{started}");
+    assert!(started["message"].as_str().unwrap().contains("324"), "{started}");
+    assert!(matches!(
+        site.connect(1, 0, 1),
+        Err(ClientError::Server { code: 324, .. })
+    ));
+    assert_eq!(site.connect(1, 1, 2).unwrap(), json!(true));
+    assert_success(&site.spm_start(1));
+    site.hosts[0].daemon.restart_in_place(&[]);
+    assert!(matches!(
+        site.connect(0, 0, 1),
+        Err(ClientError::Server { code: 324, .. })
+    ));
+    assert_eq!(site.connect(0, 1, 2).unwrap(), json!(true));
+    let refused = site.spm_start(0);
+    assert_eq!(refused["taskResult"], "cleanSuccess", "{refused}");
+    assert_eq!(site.spms(), vec![2]);
+}
+
+/// Not a finding (it passed): rvdsmd killed between the writes of `StoragePool.create` (every
+/// domain names the pool, the master not written yet): no connect verifies the pool, and the
+/// same call again, after the restart, finishes it.
+#[test]
+fn a_crash_between_the_writes_of_create_is_finished_by_a_retry() {
+    let mut site = Site::start(1, 2);
+    let gdb = KillAt::arm(site.hosts[0].daemon.pid(), "rvdsm::storage::pool::set_master");
+    let list: Vec<&str> = site.domains.iter().map(String::as_str).collect();
+    let create = json!({"storagepoolID": site.pool, "name": "audit", "masterSdUUID": list[0],
+                        "masterVersion": 1, "domainList": list});
+    let created = site.hosts[0].daemon.call(
+        common::daemon::Via::Unix,
+        "StoragePool.create",
+        create.clone(),
+    );
+    gdb.wait();
+    assert!(created.is_err(), "{created:?}");
+    assert_eq!(site.keys(1)["POOL_UUID"], site.pool);
+    assert_ne!(site.keys(0)["ROLE"], "Master");
+    site.hosts[0].daemon.restart_in_place(&[]);
+    assert!(matches!(
+        site.connect(0, 0, 1),
+        Err(ClientError::Server { code: 324, .. })
+    ));
+    assert_eq!(site.hosts[0].daemon.ok("StoragePool.create", create), json!(true));
+    assert_eq!(site.keys(0)["ROLE"], "Master");
+    site.spm_on_host1();
+}
+
+/// Finding 6 (medium): a detach writes the domain's own metadata through the lock gated by
+/// this host's lease in the domain's lockspace, but a deactivated domain's lockspace is left by
+/// the next `StoragePool.connect` (the engine's reconnect, a restart of rvdsmd) and the detach
+/// does not join it (VDSM's `detachSD` takes the host id for the write). The detach then fails
+/// with 661 AFTER the master forgot the domain: the refused request changed the pool, and the
+/// domain names the pool for ever (every retry fails the same way; another pool's attach
+/// refuses it, 380). The same stops a retry of a detach cut short by a crash between its two
+/// writes (second half).
+#[test]
+fn a_detach_after_a_reconnect_or_cut_short_is_finished() {
+    let mut site = Site::start(1, 3);
+    site.create_pool();
+    site.spm_on_host1();
+    let sd = |domain: usize| {
+        json!({"storagedomainID": site.domains[domain], "storagepoolID": site.pool,
+               "masterSdUUID": site.domains[0], "masterVersion": 1})
+    };
+    // A deactivated domain, a reconnect (same master and version), then the detach.
+    site.hosts[0].daemon.ok("StorageDomain.deactivate", sd(1));
+    assert_eq!(site.connect(0, 0, 1).unwrap(), json!(true));
+    let detached =
+        site.hosts[0]
+            .daemon
+            .call(common::daemon::Via::Unix, "StorageDomain.detach", sd(1));
+    eprintln!(
+        "detach after a reconnect: {detached:?}; the master lists {}; the domain names {:?}",
+        site.keys(0)["POOL_DOMAINS"],
+        site.keys(1)["POOL_UUID"]
+    );
+    assert_eq!(detached.unwrap(), json!(true));
+    assert_eq!(site.keys(1)["POOL_UUID"], "");
+
+    // A detach killed between its writes (the master forgot the domain, the domain still
+    // names the pool), retried after the restart.
+    site.hosts[0].daemon.ok("StorageDomain.deactivate", sd(2));
+    let gdb = KillAt::arm(
+        site.hosts[0].daemon.pid(),
+        "rvdsm::storage::pool::set_regular",
+    );
+    let detached =
+        site.hosts[0]
+            .daemon
+            .call(common::daemon::Via::Unix, "StorageDomain.detach", sd(2));
+    gdb.wait();
+    assert!(detached.is_err(), "{detached:?}");
+    assert!(!site.keys(0)["POOL_DOMAINS"].contains(&site.domains[2]));
+    assert_eq!(site.keys(2)["POOL_UUID"], site.pool);
+    site.hosts[0].daemon.restart_in_place(&[]);
+    site.spm_on_host1();
+    let retried =
+        site.hosts[0]
+            .daemon
+            .call(common::daemon::Via::Unix, "StorageDomain.detach", sd(2));
+    assert_eq!(retried.unwrap(), json!(true));
+    assert_eq!(site.keys(2)["POOL_UUID"], "");
+}
