@@ -764,3 +764,88 @@ fn a_detach_after_a_reconnect_or_cut_short_is_finished() {
     assert_eq!(retried.unwrap(), json!(true));
     assert_eq!(site.keys(2)["POOL_UUID"], "");
 }
+
+/// Finding 7 (low): `StoragePool.destroy` on the SPM while a task of the pool runs makes the
+/// master a regular, unattached domain first, and only then asks `spmStop`, which refuses
+/// (653): the refused destroy has removed the pool from storage, the host stays SPM of a pool
+/// that no longer exists (its task writing on), and every retry now fails 324.
+#[test]
+fn destroy_while_a_task_runs_is_refused_and_changes_nothing() {
+    let mut site = Site::start(1, 1);
+    site.create_pool();
+    let marker = site.hosts[0].daemon.restart_paused_at("create:writing");
+    site.spm_on_host1();
+    let task = site.hosts[0].daemon.ok(
+        "Volume.create",
+        json!({
+            "volumeID": Uuid::new_v4().to_string(), "storagepoolID": site.pool,
+            "storagedomainID": site.domains[0], "imageID": Uuid::new_v4().to_string(),
+            "size": (1u64 << 30).to_string(), "volFormat": 4, "preallocate": 2,
+            "diskType": "DATA", "desc": "audit", "srcImgUUID": BLANK, "srcVolUUID": BLANK,
+        }),
+    );
+    assert!(common::wait_until(Duration::from_secs(60), || marker.exists()));
+    let before = snapshot(&site);
+    let destroyed = site.hosts[0].daemon.call(
+        common::daemon::Via::Unix,
+        "StoragePool.destroy",
+        json!({"storagepoolID": site.pool, "hostID": 1, "scsiKey": site.pool}),
+    );
+    eprintln!(
+        "destroy while {task} runs: {destroyed:?}; the master's ROLE is now {:?}; host 1 is {}",
+        site.keys(0).get("ROLE"),
+        site.spm_status(0)["spmStatus"]
+    );
+    let _ = site.hosts[0]
+        .daemon
+        .call(common::daemon::Via::Unix, "Task.stop", json!({"taskID": task}));
+    assert!(destroyed.is_err(), "{destroyed:?}");
+    assert_eq!(snapshot(&site), before, "a refused destroy changed the pool");
+}
+
+/// Not a finding (it passed): `StorageDomain.format`, even with `autoDetach`, of a domain whose
+/// volume a running VM of this host uses is refused (392) and removes nothing.
+#[test]
+fn format_of_a_domain_a_running_vm_uses_is_refused() {
+    let Some(conn) = common::libvirt() else {
+        return;
+    };
+    let f = common::domain::Fixture::new();
+    let (_image, _volume, guest) = f.guest_on_volume(&conn, common::GuestOptions::default());
+    let before = f.files();
+    for auto_detach in [true, false] {
+        let (code, message) = f.daemon.err(
+            "StorageDomain.format",
+            json!({"storagedomainID": f.domain, "autoDetach": auto_detach}),
+        );
+        assert!([391, 392].contains(&code), "{code}: {message}");
+    }
+    assert_eq!(f.files(), before);
+    drop(guest);
+}
+
+/// Not a finding (it passed): a `REMOTE_PATH` another host aimed at a host directory before a
+/// format changes nothing of what the format removes: the domain found under its mount, never
+/// the path its metadata names.
+#[test]
+fn format_never_follows_a_forged_remote_path() {
+    let site = Site::start(1, 2);
+    let elsewhere = disk_dir("not-a-domain");
+    let canary = elsewhere.path().join(&site.domains[0]).join("dom_md");
+    std::fs::create_dir_all(&canary).unwrap();
+    std::fs::write(canary.join("metadata"), b"keep").unwrap();
+    let target = elsewhere.path().to_str().unwrap().to_owned();
+    site.forge(0, |keys| {
+        keys.insert("REMOTE_PATH".into(), target);
+    });
+    assert_eq!(
+        site.hosts[0].daemon.ok(
+            "StorageDomain.format",
+            json!({"storagedomainID": site.domains[0], "autoDetach": false}),
+        ),
+        json!(true)
+    );
+    assert!(!site.root(0).exists());
+    assert_eq!(std::fs::read(canary.join("metadata")).unwrap(), b"keep");
+    assert!(site.root(1).join("dom_md").join("metadata").exists());
+}
