@@ -430,7 +430,8 @@ fn spm_stop_during_a_master_move_never_strands_the_new_master_s_lease() {
         assert_eq!(site.connect(1, master, version).unwrap(), json!(true));
         let started = site.spm_start(1);
         assert_eq!(
-            started["taskResult"], "success",
+            started["taskResult"],
+            "success",
             "no host is SPM and none can become it: {started}; host 1 says {}",
             site.spm_status(0)
         );
@@ -469,7 +470,10 @@ fn a_manager_s_hostile_values_are_refused_and_change_nothing() {
         (create(d0, json!([d1]), "p", json!(1)), &[1000][..]),
         (create(d0, json!([d0, d0]), "p", json!(1)), &[1000]),
         (create(d0, json!(many), "p", json!(1)), &[1000]),
-        (create(d0, json!([d0]), &"n".repeat(10_000), json!(1)), &[1000]),
+        (
+            create(d0, json!([d0]), &"n".repeat(10_000), json!(1)),
+            &[1000],
+        ),
         (create(d0, json!([d0]), "p", json!(-1)), &[1000]),
         (create(d0, json!([d0]), "p", json!("x")), &[-32602, 1000]),
         (create(d0, json!([d0, BLANK]), "p", json!(1)), &[358, 1000]),
@@ -520,7 +524,11 @@ fn a_manager_s_hostile_values_are_refused_and_change_nothing() {
                "masterSdUUID": master, "masterVersion": version})
     };
     for (method, params, codes) in [
-        ("StoragePool.getInfo", json!({"storagepoolID": other}), &[309][..]),
+        (
+            "StoragePool.getInfo",
+            json!({"storagepoolID": other}),
+            &[309][..],
+        ),
         ("StorageDomain.attach", sd(d2, &other), &[309]),
         ("StorageDomain.activate", sd(d1, &other), &[309]),
         ("StorageDomain.detach", sd(d1, &other), &[309]),
@@ -559,8 +567,16 @@ fn a_manager_s_hostile_values_are_refused_and_change_nothing() {
                    "masterVersion": 3}),
             &[324],
         ),
-        ("StorageDomain.deactivate", deactivate(d0, d2, json!(2)), &[353]),
-        ("StorageDomain.deactivate", deactivate(d0, d1, json!(0)), &[324]),
+        (
+            "StorageDomain.deactivate",
+            deactivate(d0, d2, json!(2)),
+            &[353],
+        ),
+        (
+            "StorageDomain.deactivate",
+            deactivate(d0, d1, json!(0)),
+            &[324],
+        ),
         (
             "StorageDomain.deactivate",
             deactivate(d0, &other, json!(2)),
@@ -657,12 +673,21 @@ fn a_crash_between_the_writes_of_a_master_move_leaves_one_verified_master() {
     gdb.wait();
     assert!(moved.is_err(), "{moved:?}");
     let (old, new) = (site.keys(0), site.keys(1));
-    assert_eq!((old["ROLE"].as_str(), old["MASTER_VERSION"].as_str()), ("Master", "1"));
-    assert_eq!((new["ROLE"].as_str(), new["MASTER_VERSION"].as_str()), ("Master", "2"));
+    assert_eq!(
+        (old["ROLE"].as_str(), old["MASTER_VERSION"].as_str()),
+        ("Master", "1")
+    );
+    assert_eq!(
+        (new["ROLE"].as_str(), new["MASTER_VERSION"].as_str()),
+        ("Master", "2")
+    );
     // Host 2, connected at the old master, is refused.
     let started = site.spm_start(1);
     assert_eq!(started["taskResult"], "cleanSuccess", "{started}");
-    assert!(started["message"].as_str().unwrap().contains("324"), "{started}");
+    assert!(
+        started["message"].as_str().unwrap().contains("324"),
+        "{started}"
+    );
     assert!(matches!(
         site.connect(1, 0, 1),
         Err(ClientError::Server { code: 324, .. })
@@ -686,7 +711,10 @@ fn a_crash_between_the_writes_of_a_master_move_leaves_one_verified_master() {
 #[test]
 fn a_crash_between_the_writes_of_create_is_finished_by_a_retry() {
     let mut site = Site::start(1, 2);
-    let gdb = KillAt::arm(site.hosts[0].daemon.pid(), "rvdsm::storage::pool::set_master");
+    let gdb = KillAt::arm(
+        site.hosts[0].daemon.pid(),
+        "rvdsm::storage::pool::set_master",
+    );
     let list: Vec<&str> = site.domains.iter().map(String::as_str).collect();
     let create = json!({"storagepoolID": site.pool, "name": "audit", "masterSdUUID": list[0],
                         "masterVersion": 1, "domainList": list});
@@ -704,7 +732,10 @@ fn a_crash_between_the_writes_of_create_is_finished_by_a_retry() {
         site.connect(0, 0, 1),
         Err(ClientError::Server { code: 324, .. })
     ));
-    assert_eq!(site.hosts[0].daemon.ok("StoragePool.create", create), json!(true));
+    assert_eq!(
+        site.hosts[0].daemon.ok("StoragePool.create", create),
+        json!(true)
+    );
     assert_eq!(site.keys(0)["ROLE"], "Master");
     site.spm_on_host1();
 }
@@ -797,11 +828,17 @@ fn destroy_while_a_task_runs_is_refused_and_changes_nothing() {
         site.keys(0).get("ROLE"),
         site.spm_status(0)["spmStatus"]
     );
-    let _ = site.hosts[0]
-        .daemon
-        .call(common::daemon::Via::Unix, "Task.stop", json!({"taskID": task}));
+    let _ = site.hosts[0].daemon.call(
+        common::daemon::Via::Unix,
+        "Task.stop",
+        json!({"taskID": task}),
+    );
     assert!(destroyed.is_err(), "{destroyed:?}");
-    assert_eq!(snapshot(&site), before, "a refused destroy changed the pool");
+    assert_eq!(
+        snapshot(&site),
+        before,
+        "a refused destroy changed the pool"
+    );
 }
 
 /// Not a finding (it passed): `StorageDomain.format`, even with `autoDetach`, of a domain whose
@@ -849,4 +886,95 @@ fn format_never_follows_a_forged_remote_path() {
     assert!(!site.root(0).exists());
     assert_eq!(std::fs::read(canary.join("metadata")).unwrap(), b"keep");
     assert!(site.root(1).join("dom_md").join("metadata").exists());
+}
+
+/// Finding 2b (medium: a domain's metadata unreadable for a moment, an I/O error or a co-tenant):
+/// `StoragePool.create` skips a domain whose metadata it cannot read when the domain is not in
+/// the new list, so a second record of an existing pool is written in another domain while the
+/// pool's master cannot be read. Once the master reads again, a host connected at the new
+/// record (a higher version) is verified and becomes SPM beside the running one.
+#[test]
+fn create_never_writes_a_second_record_of_a_pool_whose_master_it_cannot_read() {
+    let site = Site::start(2, 3);
+    let first: Vec<&str> = site.domains[..2].iter().map(String::as_str).collect();
+    assert_eq!(
+        site.hosts[0].daemon.ok(
+            "StoragePool.create",
+            json!({"storagepoolID": site.pool, "name": "audit", "masterSdUUID": first[0],
+                   "masterVersion": 1, "domainList": first}),
+        ),
+        json!(true)
+    );
+    site.spm_on_host1();
+    // The master's metadata cannot be read for a moment (here: its checksum broken).
+    let good = std::fs::read(site.metadata_file(0)).unwrap();
+    let mut broken = good.clone();
+    broken.extend_from_slice(b"X=1\n");
+    std::fs::write(site.metadata_file(0), &broken).unwrap();
+    let second = site.hosts[1].daemon.call(
+        common::daemon::Via::Unix,
+        "StoragePool.create",
+        json!({"storagepoolID": site.pool, "name": "again", "masterSdUUID": site.domains[2],
+               "masterVersion": 2, "domainList": [site.domains[2]]}),
+    );
+    std::fs::write(site.metadata_file(0), &good).unwrap();
+    eprintln!("a second create of the pool while its master is unreadable: {second:?}");
+    if second.is_ok() && site.connect(1, 2, 2).is_ok() {
+        eprintln!("host 2's spmStart: {}", site.spm_start(1));
+    }
+    let spms = site.spms();
+    assert!(spms.len() <= 1, "hosts {spms:?} all answer SPM");
+    assert!(second.is_err(), "{second:?}");
+}
+
+/// Finding 8 (medium, VDSM does the same with autoDetach): a host of another pool formats, with
+/// `autoDetach`, an active domain of a pool whose hosts are joined to its lockspace and run
+/// tasks in it. Only the masters of this host's own pool are looked at; sanlock knows the live
+/// hosts of the domain's lockspace (and a live SPM of its pool) and is not asked.
+#[test]
+fn format_never_deletes_a_domain_live_hosts_of_another_pool_use() {
+    let shared = disk_dir("pool-audit");
+    let (p, q) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let mut site = Site {
+        hosts: vec![
+            Host::start(1, shared.path(), &p),
+            Host::start(2, shared.path(), &q),
+        ],
+        pool: p,
+        domains: Vec::new(),
+        dirs: Vec::new(),
+        shared,
+    };
+    for n in 0..2 {
+        let dir = site.shared.path().join(format!("data{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let domain = Uuid::new_v4().to_string();
+        site.hosts[0].daemon.ok(
+            "StorageDomain.create",
+            json!({"storagedomainID": domain, "domainType": 4,
+                   "typeArgs": dir.to_str().unwrap(), "name": format!("d{n}"),
+                   "domainClass": 1, "version": "5"}),
+        );
+        site.domains.push(domain);
+        site.dirs.push(dir);
+    }
+    site.create_pool();
+    assert_eq!(site.connect(0, 0, 1).unwrap(), json!(true));
+    assert_success(&site.spm_start(0));
+    assert_success(&site.create_volume(0, 1).unwrap());
+    // Host 2 finds the shared domains as it starts.
+    site.hosts[1].daemon.restart_in_place(&[]);
+    let formatted = site.hosts[1].daemon.call(
+        common::daemon::Via::Unix,
+        "StorageDomain.format",
+        json!({"storagedomainID": site.domains[1], "autoDetach": true}),
+    );
+    eprintln!(
+        "pool {q}'s host formats pool {}'s active domain: {formatted:?}",
+        site.pool
+    );
+    assert!(
+        site.metadata_file(1).exists(),
+        "a domain the SPM of another pool uses was deleted"
+    );
 }
