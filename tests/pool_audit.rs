@@ -978,3 +978,105 @@ fn format_never_deletes_a_domain_live_hosts_of_another_pool_use() {
         "a domain the SPM of another pool uses was deleted"
     );
 }
+
+/// Not a finding (it passed): forged values of the master's record (another host's writes)
+/// make a connect refuse (324), so nothing is joined or started on them; the
+/// record restored, the same host connects and starts.
+#[test]
+fn forged_master_records_are_refused_by_connect() {
+    let site = Site::start(1, 2);
+    site.create_pool();
+    let (d0, d1) = (site.domains[0].clone(), site.domains[1].clone());
+    let many: Vec<String> = (0..10_000)
+        .map(|_| format!("{}:Active", Uuid::new_v4()))
+        .chain([format!("{d0}:Active")])
+        .collect();
+    let forgeries: Vec<(&str, String)> = vec![
+        ("POOL_DOMAINS", format!("{d0}:Active,{d0}:Attached")),
+        ("POOL_DOMAINS", format!("{d0}:Active,{d1}:Owner")),
+        ("POOL_DOMAINS", many.join(",")),
+        ("POOL_DOMAINS", format!("{d1}:Active")),
+        ("MASTER_VERSION", i64::MAX.to_string()),
+        ("MASTER_VERSION", "-1".into()),
+        ("MASTER_VERSION", "one".into()),
+        ("POOL_UUID", Uuid::new_v4().to_string()),
+        ("ROLE", "Regular".into()),
+        ("ROLE", "Owner".into()),
+    ];
+    let good = std::fs::read(site.metadata_file(0)).unwrap();
+    for (key, value) in forgeries {
+        site.forge(0, |keys| {
+            keys.insert(key.into(), value.clone());
+        });
+        let connected = site.connect(0, 0, 1);
+        let short: String = value.chars().take(60).collect();
+        assert!(
+            matches!(connected, Err(ClientError::Server { code: 324, .. })),
+            "{key}={short}: {connected:?}"
+        );
+        std::fs::write(site.metadata_file(0), &good).unwrap();
+    }
+    // Another domain claiming the pool at a version above any a manager sends: every connect
+    // is refused (fail closed), the pool's own master included.
+    let pool = site.pool.clone();
+    site.forge(1, |keys| {
+        keys.insert("ROLE".into(), "Master".into());
+        keys.insert("POOL_UUID".into(), pool);
+        keys.insert("MASTER_VERSION".into(), i64::MAX.to_string());
+        keys.insert("POOL_DOMAINS".into(), format!("{d1}:Active"));
+    });
+    assert!(matches!(
+        site.connect(0, 0, 1),
+        Err(ClientError::Server { code: 324, .. })
+    ));
+    site.forge(1, |keys| {
+        keys.insert("ROLE".into(), "Regular".into());
+        keys.remove("MASTER_VERSION");
+        keys.remove("POOL_DOMAINS");
+    });
+    site.spm_on_host1();
+}
+
+/// Not a finding (it passed): while the SPM moves the master (`switchMaster`, three times, each
+/// to a higher version), the other host calls `spmStart` again and again, connected at the old
+/// master, then at the new one; sampled between calls, at most one host answers SPM, and the
+/// other host's spmStart never succeeds.
+#[test]
+fn spm_start_racing_master_moves_never_makes_two_spms() {
+    let site = Site::start(2, 2);
+    site.create_pool();
+    site.spm_on_host1();
+    let mut master = 0;
+    for version in 2..=4 {
+        let new = 1 - master;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let contender = scope.spawn(|| {
+                let mut started = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    if site.spm_start(1)["taskResult"] == "success" {
+                        started += 1;
+                    }
+                    let spms = site.spms();
+                    assert!(spms.len() <= 1, "hosts {spms:?} all answer SPM");
+                }
+                started
+            });
+            let d = &site.hosts[0].daemon;
+            let task = d.ok(
+                "StoragePool.switchMaster",
+                json!({"storagepoolID": site.pool, "oldMasterUUID": site.domains[master],
+                       "newMasterUUID": site.domains[new], "masterVersion": version}),
+            );
+            assert_success(&d.wait_task(task.as_str().unwrap()));
+            std::thread::sleep(Duration::from_secs(1));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(contender.join().unwrap(), 0, "host 2 became SPM");
+        });
+        master = new;
+        // The manager moves host 2 to the new master; it still cannot start.
+        assert_eq!(site.connect(1, master, version).unwrap(), json!(true));
+        assert_ne!(site.spm_start(1)["taskResult"], "success");
+        assert_eq!(site.spms(), vec![1]);
+    }
+}
