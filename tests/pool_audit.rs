@@ -1,7 +1,8 @@
 //! An outside audit of issue 27's change (the pool lives on storage), with hostile values tried
 //! for real: real rvdsmd, a real sanlock daemon per simulated host (io_timeout 3 s), real files
-//! on disk. Each test here is a finding of the audit and failed on the code it was written
-//! against; what it shows is in its comment.
+//! on disk. A "Finding" test failed on the code it was written against (0e79d35) and its
+//! comment says what it showed and whether main fixed it since; a "Not a finding" test
+//! passed from the start and stays as a guard.
 //!
 //! Who controls what: the manager sends every verb's parameters; a host sharing a domain can
 //! rewrite the domain's `dom_md/metadata` (any key, with a valid `_SHA_CKSUM`); the storage can
@@ -218,6 +219,7 @@ impl Drop for Immutable {
 /// master becomes SPM too, and both answer `SPM` (both then run `Volume.create` on the same
 /// domain). No hostile party is needed: a storage that refuses one write (here `chattr +i` on
 /// the old master's `dom_md`).
+/// Failed on 0e79d35 (both hosts SPM, both created volumes); passes since 070625e.
 #[test]
 fn a_master_move_whose_second_write_fails_never_leaves_two_spms() {
     let site = Site::start(2, 2);
@@ -259,6 +261,7 @@ fn a_master_move_whose_second_write_fails_never_leaves_two_spms() {
 /// master for any host connected at it, and its SDM lease is free: that host becomes SPM while
 /// the SPM of the real master keeps its role. Nothing checks the SDM leases of the pool's other
 /// domains, and the running SPM never looks at its master again before a metadata verb.
+/// Fails on main (ddf03b9 merge): both hosts SPM, both create volumes on domain 1.
 #[test]
 fn a_forged_higher_master_never_makes_a_second_spm() {
     let site = Site::start(2, 2);
@@ -290,6 +293,7 @@ fn a_forged_higher_master_never_makes_a_second_spm() {
 /// the master since) skips the "domain of the connected pool" check (its master is no longer
 /// verified, and the failure of that verification is taken as "not in the pool") and, with
 /// `autoDetach`, deletes an active domain of the pool while another host is its SPM.
+/// Failed on 0e79d35 (the domain deleted, `true`); passes since 070625e (392).
 #[test]
 fn format_on_a_stale_connect_never_deletes_an_active_domain_of_the_pool() {
     let site = Site::start(2, 3);
@@ -318,8 +322,9 @@ fn format_on_a_stale_connect_never_deletes_an_active_domain_of_the_pool() {
     );
 }
 
-/// `StoragePool.switchMaster` as an engine calls it, on the SPM with nothing else running: the
-/// task must move the master.
+/// Finding 0 (high, functional): `StoragePool.switchMaster` as an engine calls it, on the SPM
+/// with nothing else running, must move the master. Failed on 0e79d35 (the task counted itself
+/// as a running SPM task: 350 "SPM tasks run: <its own id>"); passes since 070625e.
 #[test]
 fn switch_master_moves_the_master() {
     let site = Site::start(1, 2);
@@ -354,6 +359,7 @@ fn peak_kib(pid: u32) -> u64 {
 /// domain makes it a sparse file of any size: each read allocates that much (a few GiB and
 /// rvdsmd, the SPM's lease with it, is killed by the kernel). VDSM's metadata is a few hundred
 /// bytes; a bound of, say, 1 MiB refuses it without reading it.
+/// Failed on 0e79d35 (peak RSS +559 MiB for a 96-MiB file); passes since 070625e.
 #[test]
 fn a_huge_metadata_file_is_refused_without_reading_it_whole() {
     let site = Site::start(1, 2);
@@ -386,6 +392,7 @@ fn a_huge_metadata_file_is_refused_without_reading_it_whole() {
 /// until rvdsmd restarts. The window is held open here by the domain's metadata lock (the
 /// `flock` of `dom_md/rvdsm.lock`, which the move takes after the new lease); in production it
 /// is the time of a sanlock acquire and two synced writes.
+/// Failed on 0e79d35 (host 1 Free, host 2 651 "owned by another host"); passes since 070625e.
 #[test]
 fn spm_stop_during_a_master_move_never_strands_the_new_master_s_lease() {
     let site = Site::start(2, 2);
@@ -748,6 +755,7 @@ fn a_crash_between_the_writes_of_create_is_finished_by_a_retry() {
 /// domain names the pool for ever (every retry fails the same way; another pool's attach
 /// refuses it, 380). The same stops a retry of a detach cut short by a crash between its two
 /// writes (second half).
+/// Failed on 0e79d35 (661, the master forgot the domain); passes since f264714.
 #[test]
 fn a_detach_after_a_reconnect_or_cut_short_is_finished() {
     let mut site = Site::start(1, 3);
@@ -801,6 +809,7 @@ fn a_detach_after_a_reconnect_or_cut_short_is_finished() {
 /// master a regular, unattached domain first, and only then asks `spmStop`, which refuses
 /// (653): the refused destroy has removed the pool from storage, the host stays SPM of a pool
 /// that no longer exists (its task writing on), and every retry now fails 324.
+/// Failed on 0e79d35 (653 with the master already regular); passes since f264714.
 #[test]
 fn destroy_while_a_task_runs_is_refused_and_changes_nothing() {
     let mut site = Site::start(1, 1);
@@ -893,6 +902,7 @@ fn format_never_follows_a_forged_remote_path() {
 /// the new list, so a second record of an existing pool is written in another domain while the
 /// pool's master cannot be read. Once the master reads again, a host connected at the new
 /// record (a higher version) is verified and becomes SPM beside the running one.
+/// Fails on main (ddf03b9 merge): the second create answers true, both hosts SPM.
 #[test]
 fn create_never_writes_a_second_record_of_a_pool_whose_master_it_cannot_read() {
     let site = Site::start(2, 3);
@@ -931,6 +941,7 @@ fn create_never_writes_a_second_record_of_a_pool_whose_master_it_cannot_read() {
 /// `autoDetach`, an active domain of a pool whose hosts are joined to its lockspace and run
 /// tasks in it. Only the masters of this host's own pool are looked at; sanlock knows the live
 /// hosts of the domain's lockspace (and a live SPM of its pool) and is not asked.
+/// Fails on main (ddf03b9 merge): the format answers true and the domain is gone.
 #[test]
 fn format_never_deletes_a_domain_live_hosts_of_another_pool_use() {
     let shared = disk_dir("pool-audit");
