@@ -186,6 +186,21 @@ impl Domain {
     /// Every domain found under the repository's mounts (`mnt/*/<uuid>/dom_md/metadata`).
     /// Unreadable ones are logged and skipped.
     pub fn discover(repo: &Repository) -> Vec<Domain> {
+        Self::discover_all(repo)
+            .into_iter()
+            .filter_map(|(uuid, found)| match found {
+                Ok(domain) => Some(domain),
+                Err(err) => {
+                    tracing::warn!(domain = %uuid, error = %err, "skipping storage domain");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Every directory named as a domain under the repository's mounts, each read or with why
+    /// it cannot be: a check that must fail closed sees the unreadable ones too.
+    pub fn discover_all(repo: &Repository) -> Vec<(Uuid, Result<Domain, StorageError>)> {
         let mut found = Vec::new();
         let Ok(mounts) = std::fs::read_dir(repo.mounts()) else {
             return found;
@@ -199,12 +214,7 @@ impl Domain {
                 let Some(uuid) = name.to_str().and_then(|n| Uuid::parse_str(n).ok()) else {
                     continue;
                 };
-                match Domain::load(DomainDir::new(&mount.path(), uuid)) {
-                    Ok(domain) => found.push(domain),
-                    Err(err) => {
-                        tracing::warn!(path = %entry.path().display(), error = %err, "skipping storage domain")
-                    }
-                }
+                found.push((uuid, Domain::load(DomainDir::new(&mount.path(), uuid))));
             }
         }
         found

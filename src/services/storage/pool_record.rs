@@ -368,9 +368,9 @@ impl StorageService {
     ) -> Result<Vec<(Uuid, Result<Membership, StorageError>)>, ApiError> {
         let repo = self.inner.repo.clone();
         let scan = blocking(move || {
-            Ok(Domain::discover(&repo)
+            Ok(Domain::discover_all(&repo)
                 .into_iter()
-                .map(|d| (d.uuid, d.membership()))
+                .map(|(uuid, found)| (uuid, found.and_then(|d| d.membership())))
                 .collect())
         });
         match tokio::time::timeout(DOMAINS_SCAN_TIMEOUT, scan).await {
