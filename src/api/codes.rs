@@ -79,6 +79,24 @@ pub const NO_SUCH_LEASE: i32 = 936;
 pub const IMAGE_DOES_NOT_EXIST_IN_SD: i32 = 268;
 /// Unknown pool id.
 pub const STORAGE_POOL_UNKNOWN: i32 = 309;
+/// The pool's master domain is not found (`StoragePoolMasterNotFound`).
+pub const STORAGE_POOL_MASTER_NOT_FOUND: i32 = 304;
+/// The domain named master is not the pool's master at that version.
+pub const STORAGE_POOL_WRONG_MASTER: i32 = 324;
+/// An action on a storage domain failed (`StorageDomainActionError`).
+pub const STORAGE_DOMAIN_ACTION_ERROR: i32 = 350;
+/// The domain is not one of the pool's.
+pub const STORAGE_DOMAIN_NOT_IN_POOL: i32 = 353;
+/// The domain is attached to a pool already.
+pub const STORAGE_DOMAIN_ALREADY_ATTACHED: i32 = 380;
+/// The domain cannot go from its state to the one asked.
+pub const STORAGE_DOMAIN_STATE_TRANSITION_ILLEGAL: i32 = 381;
+/// The master domain cannot be detached.
+pub const CANNOT_DETACH_MASTER_STORAGE_DOMAIN: i32 = 383;
+/// A domain attached to a pool is not formatted without `autoDetach`.
+pub const CANNOT_FORMAT_ATTACHED_STORAGE_DOMAIN: i32 = 391;
+/// A domain of the connected pool is not formatted.
+pub const CANNOT_FORMAT_STORAGE_DOMAIN_IN_CONNECTED_POOL: i32 = 392;
 /// Storage domain does not exist.
 pub const STORAGE_DOMAIN_DOES_NOT_EXIST: i32 = 358;
 /// Storage domain already exists.

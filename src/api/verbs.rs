@@ -14,8 +14,9 @@ use super::merge_types::{
 };
 use super::params::{from_object, serde_fields};
 use super::pool_types::{
-    ConnectPoolParams, CreateLeaseParams, DisconnectPoolParams, LeaseParams, PoolIdParams,
-    RepoStatsParams, SpmStartParams,
+    ConnectPoolParams, CreateLeaseParams, CreatePoolParams, DeactivateDomainParams,
+    DestroyPoolParams, DetachDomainParams, DisconnectPoolParams, FormatDomainParams, LeaseParams,
+    PoolDomainParams, PoolIdParams, RepoStatsParams, SpmStartParams, SwitchMasterParams,
 };
 use super::schema::{Param, ParamType, Verb, optional, required};
 use super::storage_types::DeleteVolumesParams;
@@ -202,10 +203,54 @@ verbs! {
             optional("bandwidth", ParamType::UInt, "I/O limit in MiB/s (0: none)."),
             optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
         ];
+    StoragePoolCreate SP_CREATE "StoragePool.create" (CreatePoolParams)
+        "Creates the pool on storage: the master domain records the pool (role \
+        Master, its version, its domains Active) and every listed domain names it; \
+        written under the master's SDM lease. The same call again returns true. \
+        Returns true."
+        [
+            POOL_ID,
+            required("name", ParamType::String, "The pool's name (50 characters at most)."),
+            required("masterSdUUID", ParamType::Uuid, "The master domain (in domainList)."),
+            required("masterVersion", ParamType::Int, "The master's first version."),
+            required("domainList", ParamType::UuidList, "The pool's domains."),
+            optional("lockRenewalIntervalSec", ParamType::Int, "Unused ([cluster])."),
+            optional("leaseTimeSec", ParamType::Int, "Unused ([cluster])."),
+            optional("ioOpTimeoutSec", ParamType::Int, "Unused ([cluster])."),
+            optional("leaseRetries", ParamType::Int, "Unused ([cluster])."),
+        ];
+    StoragePoolGetInfo SP_GET_INFO "StoragePool.getInfo" (PoolIdParams)
+        "{info: {master_uuid, master_ver, name, domains, spm_id, lver, version, type, \
+        isoprefix, pool_status}, dominfo: {sdUUID: {status, alerts, isoprefix, \
+        version, diskfree, disktotal}}}: the pool as its master records it now."
+        [
+            POOL_ID,
+        ];
+    StoragePoolSwitchMaster SP_SWITCH_MASTER "StoragePool.switchMaster" (SwitchMasterParams)
+        "On the SPM: moves the master to another active domain at a higher version, \
+        the SPM role with it; hosts connected at the old master or version are \
+        refused after (324). Returns a task id."
+        [
+            POOL_ID,
+            required("oldMasterUUID", ParamType::Uuid, "The master now."),
+            required("newMasterUUID", ParamType::Uuid, "The master after."),
+            required("masterVersion", ParamType::Int, "The version after (higher)."),
+        ];
+    StoragePoolDestroy SP_DESTROY "StoragePool.destroy" (DestroyPoolParams)
+        "On the SPM of a pool whose only domain is its master: the master becomes an \
+        unattached domain, the SPM role is given up and the lockspaces left. \
+        Returns true."
+        [
+            POOL_ID,
+            required("hostID", ParamType::Int, "This host's id."),
+            optional("scsiKey", ParamType::String, "Unused."),
+        ];
     StoragePoolConnect SP_CONNECT "StoragePool.connect" (ConnectPoolParams)
-        "Connects this host to its pool: begins joining the sanlock lockspace of each of \
-        the pool's domains with hostID (the host's [cluster] host_id). Returns true at \
-        once; Host.getStorageRepoStats shows each join (acquired)."
+        "Connects this host to its pool: verifies on storage that masterSdUUID is the \
+        pool's master at masterVersion (304 when not found, 324 when not), then begins \
+        joining the sanlock lockspace of each active domain the master lists, with \
+        hostID (the host's [cluster] host_id). Returns true at once; \
+        Host.getStorageRepoStats shows each join (acquired)."
         [
             POOL_ID,
             required("hostID", ParamType::Int, "This host's id (1-250), as configured."),
@@ -213,7 +258,7 @@ verbs! {
             required("masterSdUUID", ParamType::Uuid, "The domain holding the SPM lease."),
             required("masterVersion", ParamType::Int, "The master domain's version."),
             optional("domainDict", ParamType::Object,
-                "{sdUUID: status}: the pool's domains (absent: every attached domain)."),
+                "Unused: the master's record on storage lists the pool's domains."),
         ];
     StoragePoolDisconnect SP_DISCONNECT "StoragePool.disconnect" (DisconnectPoolParams)
         "Leaves the lockspaces of the pool's domains (refused while this host is the \
@@ -226,8 +271,9 @@ verbs! {
         ];
     StoragePoolSpmStart SP_SPM_START "StoragePool.spmStart" (SpmStartParams)
         "Contends for the pool's SPM role: the SDM lease of the master domain, held by \
-        this host until spmStop or its death. Returns a task id; the task fails (651) \
-        when another live host holds it."
+        this host until spmStop or its death, taken only while the master is still \
+        the pool's at the connected version (else the task fails, 324). Returns a \
+        task id; the task fails (651) when another live host holds it."
         [
             POOL_ID,
             optional("prevID", ParamType::Int, "Deprecated."),
@@ -349,8 +395,9 @@ verbs! {
         ];
     StorageDomainCreate SD_CREATE "StorageDomain.create" (CreateDomainParams)
         "Creates a file storage domain in VDSM's layout in a directory (LOCALFS) \
-        or a mounted export (NFS, POSIXFS), attached to the host's pool. \
-        Returns true."
+        or a mounted export (NFS, POSIXFS). With [cluster] it is unattached until \
+        StoragePool.create or StorageDomain.attach; a host that runs alone keeps it \
+        in its own pool. Returns true."
         [
             DOMAIN_ID,
             required("domainType", ParamType::UInt, "1 NFS, 4 LOCALFS, 6 POSIXFS."),
@@ -361,6 +408,52 @@ verbs! {
             required("version", ParamType::UInt, "5."),
             optional("blockSize", ParamType::UInt, "512 (default) or 4096."),
             optional("maxHosts", ParamType::UInt, "Most hosts sharing it (250)."),
+        ];
+    StorageDomainAttach SD_ATTACH "StorageDomain.attach" (PoolDomainParams)
+        "On the SPM: attaches an unattached domain to the pool (its metadata names \
+        the pool, the master lists it Attached; 380 when another pool has it). \
+        Returns true."
+        [
+            DOMAIN_ID,
+            POOL_ID,
+        ];
+    StorageDomainActivate SD_ACTIVATE "StorageDomain.activate" (PoolDomainParams)
+        "On the SPM: an attached domain of the pool becomes Active (353 when it is \
+        not the pool's). Returns true."
+        [
+            DOMAIN_ID,
+            POOL_ID,
+        ];
+    StorageDomainDeactivate SD_DEACTIVATE "StorageDomain.deactivate"
+        (DeactivateDomainParams)
+        "On the SPM: an active domain becomes Attached (refused while a VM of this \
+        host or a task uses it). For the master, masterSdUUID (another active \
+        domain) and a higher masterVersion move the master there first; without \
+        them the request is ignored, as VDSM does. Returns true."
+        [
+            DOMAIN_ID,
+            POOL_ID,
+            required("masterSdUUID", ParamType::Uuid, "The master after the change."),
+            required("masterVersion", ParamType::Int, "The master's version after."),
+        ];
+    StorageDomainDetach SD_DETACH "StorageDomain.detach" (DetachDomainParams)
+        "On the SPM: a deactivated domain leaves the pool (381 while Active, 383 for \
+        the master); its metadata names no pool after. Returns true."
+        [
+            DOMAIN_ID,
+            POOL_ID,
+            optional("masterSdUUID", ParamType::Uuid, "Unused."),
+            optional("masterVersion", ParamType::Int, "Unused."),
+            optional("force", ParamType::Bool, "Unused: no forced detach."),
+        ];
+    StorageDomainFormat SD_FORMAT "StorageDomain.format" (FormatDomainParams)
+        "Removes a domain and everything in it: refused for a domain of the pool \
+        this host is connected to (392), attached to a pool without autoDetach \
+        (391), or used by a VM or a task here (392). Returns true."
+        [
+            DOMAIN_ID,
+            required("autoDetach", ParamType::Bool,
+                "Format a domain still attached to a pool this host is not connected to."),
         ];
     StorageDomainGetInfo SD_GET_INFO "StorageDomain.getInfo" (DomainParams)
         "Describes a storage domain: uuid, type, class, name, role, pool, \

@@ -22,7 +22,7 @@ mod leases;
 mod spm;
 mod state;
 
-pub use error::ClusterError;
+pub use error::{BoxError, ClusterError};
 pub use leases::{VolumeLease, external_lease, volume_lease};
 pub use state::{LeaseState, RepoStat, SpmRole, SpmStatus};
 
@@ -311,6 +311,57 @@ impl Cluster {
             tracing::info!(domain = %uuid, host_id, "joining the domain's lockspace");
         }
         Ok(())
+    }
+
+    /// Joins the lockspaces of `domains` and waits until this host holds its lease in each
+    /// (see [`Cluster::connect`]; a few io_timeouts).
+    pub async fn join(&self, domains: Vec<DomainAreas>) -> Result<(), ClusterError> {
+        let ids: Vec<Uuid> = domains.iter().map(|d| d.uuid).collect();
+        self.connect(domains).await?;
+        for id in ids {
+            self.wait_joined(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the lockspace of `domain` (a domain detached or formatted). Refused while the SPM
+    /// role is held in it.
+    pub async fn leave(&self, domain: Uuid) -> Result<(), ClusterError> {
+        let lockspace = {
+            let mut state = self.state();
+            if state.spm.master == Some(domain) && state.spm.role != SpmRole::Free {
+                return Err(ClusterError::IsSpm);
+            }
+            let Some(entry) = state.domains.get_mut(&domain) else {
+                return Ok(());
+            };
+            if entry.state == LeaseState::Left {
+                state.domains.remove(&domain);
+                return Ok(());
+            }
+            entry.set(LeaseState::Left);
+            entry.areas.lockspace(self.host_id())
+        };
+        let limit = self.inner.settings.call_timeout * 2;
+        let left = self
+            .call("remove lockspace", limit, move || lockspace.leave(true))
+            .await;
+        match left {
+            Ok(()) => {
+                self.state().domains.remove(&domain);
+                tracing::info!(%domain, "left the domain's lockspace");
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(d) = self.state().domains.get_mut(&domain) {
+                    d.set(LeaseState::Joined);
+                }
+                Err(ClusterError::Leave {
+                    domain,
+                    why: e.to_string(),
+                })
+            }
+        }
     }
 
     /// Leaves every lockspace. Refused while this host is the SPM.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::state::{LeaseState, Spm, SpmRole, SpmStatus};
-use super::{Cluster, ClusterError, DomainAreas};
+use super::{BoxError, Cluster, ClusterError, DomainAreas};
 
 impl Cluster {
     /// Whether this host may run the pool's metadata verbs now: it is the SPM, and its lease
@@ -26,8 +26,14 @@ impl Cluster {
 
     /// The SPM lease of this host's pool, in `master`, acquired for this process: waits (up to
     /// the join's bound) for this host's lease in the master's lockspace, then takes the SDM
-    /// lease at once or fails (another live host holds it).
-    pub async fn spm_start(&self, master: Uuid) -> Result<SpmStatus, ClusterError> {
+    /// lease at once or fails (another live host holds it). `verify` runs with the lease held
+    /// and before the role is taken: it reads the master's record again (the master may have
+    /// moved since the connect), and its refusal gives the lease back.
+    pub async fn spm_start(
+        &self,
+        master: Uuid,
+        verify: impl Future<Output = Result<(), BoxError>>,
+    ) -> Result<SpmStatus, ClusterError> {
         let areas = {
             let mut state = self.state();
             match state.spm.role {
@@ -48,7 +54,16 @@ impl Cluster {
             };
             areas
         };
-        let outcome = self.contend(&areas).await;
+        let outcome = match self.contend(&areas).await {
+            Ok(lver) => match verify.await {
+                Ok(()) => Ok(lver),
+                Err(refusal) => {
+                    self.release_sdm(&areas).await;
+                    Err(ClusterError::MasterRefused(refusal.into()))
+                }
+            },
+            Err(err) => Err(err),
+        };
         let mut state = self.state();
         match outcome {
             Ok(lver) => {
@@ -61,6 +76,97 @@ impl Cluster {
                 state.spm = Spm::default();
                 Err(err)
             }
+        }
+    }
+
+    /// Runs `write` holding the SDM lease of `master`, for a pool no host is the SPM of yet
+    /// (VDSM's temporary cluster lock of `StoragePool.create`): joins the master's lockspace,
+    /// takes the lease at once or fails, and gives it back after. On the SPM of that master
+    /// the lease is held already.
+    pub async fn with_sdm_lease<T>(
+        &self,
+        master: DomainAreas,
+        write: impl Future<Output = Result<T, BoxError>>,
+    ) -> Result<T, ClusterError> {
+        let held = {
+            let state = self.state();
+            match state.spm.role {
+                SpmRole::Spm => state.spm.master == Some(master.uuid),
+                SpmRole::Contend => return Err(ClusterError::SpmContending),
+                SpmRole::Free => false,
+            }
+        };
+        if held {
+            return write
+                .await
+                .map_err(|e| ClusterError::MasterRefused(e.into()));
+        }
+        self.connect(vec![master.clone()]).await?;
+        self.contend(&master).await?;
+        let written = write
+            .await
+            .map_err(|e| ClusterError::MasterRefused(e.into()));
+        self.release_sdm(&master).await;
+        written
+    }
+
+    /// Moves the SPM role to `new_master` with the pool's master: takes its SDM lease while
+    /// the old one is still held (no host can be SPM on either meanwhile), runs `write` (the
+    /// records of the move), then gives the old lease up. A refused `write` gives the new
+    /// lease back and leaves the role where it was.
+    pub async fn move_spm(
+        &self,
+        new_master: Uuid,
+        write: impl Future<Output = Result<(), BoxError>>,
+    ) -> Result<(), ClusterError> {
+        let (old, new) = {
+            let state = self.state();
+            let old = match (state.spm.role, state.spm.master) {
+                (SpmRole::Spm, Some(master)) => master,
+                _ => return Err(ClusterError::NotSpm),
+            };
+            let areas = |d: Uuid| {
+                state
+                    .domains
+                    .get(&d)
+                    .map(|d| d.areas.clone())
+                    .ok_or(ClusterError::NotJoined {
+                        domain: d,
+                        host_id: self.host_id(),
+                    })
+            };
+            (areas(old)?, areas(new_master)?)
+        };
+        self.gate(new_master)?;
+        let lver = self.contend(&new).await?;
+        if let Err(refusal) = write.await {
+            self.release_sdm(&new).await;
+            return Err(ClusterError::MasterRefused(refusal.into()));
+        }
+        {
+            let mut state = self.state();
+            state.spm.master = Some(new_master);
+            state.spm.lver = lver;
+        }
+        self.release_sdm(&old).await;
+        tracing::info!(from = %old.uuid, to = %new_master, lver, "the SPM role moved with the master");
+        Ok(())
+    }
+
+    /// Gives the SDM lease of `areas` back; a failure is logged (the lease stays held by this
+    /// process, so no other host takes it meanwhile: safe, and released at the daemon's exit).
+    async fn release_sdm(&self, areas: &DomainAreas) {
+        let Some(registration) = self.state().registration.clone() else {
+            return;
+        };
+        let lease = areas.sdm_lease();
+        let released = self
+            .call("release", self.inner.settings.call_timeout, move || {
+                registration.release(&lease)
+            })
+            .await;
+        if let Err(err) = released {
+            tracing::error!(domain = %areas.uuid, error = %err, "cannot release the SDM lease");
         }
     }
 
@@ -78,7 +184,7 @@ impl Cluster {
     /// Waits for this host's lease in `domain`'s lockspace, polling the daemon, for at most the
     /// time a join takes with this io_timeout (sanlock: about 2 × io_timeout when the host id
     /// is free, up to 8 × io_timeout + the watchdog's 60 s when a dead host held it).
-    async fn wait_joined(&self, domain: Uuid) -> Result<(), ClusterError> {
+    pub(super) async fn wait_joined(&self, domain: Uuid) -> Result<(), ClusterError> {
         let io = u64::from(self.inner.settings.io_timeout);
         let deadline = Instant::now() + Duration::from_secs(8 * io + 70);
         loop {

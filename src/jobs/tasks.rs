@@ -133,6 +133,17 @@ pub enum TaskWork {
         /// The pool.
         pool: Uuid,
     },
+    /// `StoragePool.switchMaster`: nothing to undo after a restart (the new master is written
+    /// first with the higher version: an interrupted move leaves it the one verified master,
+    /// and the SDM leases go with the process that held them).
+    SwitchMaster {
+        /// The pool.
+        pool: Uuid,
+        /// The master it moves from.
+        old: Uuid,
+        /// The master it moves to.
+        new: Uuid,
+    },
     /// `Lease.create`: nothing to undo (a resource written without its record is a free
     /// slot).
     CreateLease {
@@ -531,7 +542,10 @@ impl TaskManager {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(dir) = shared
-            && !matches!(record.work, TaskWork::SpmStart { .. })
+            && !matches!(
+                record.work,
+                TaskWork::SpmStart { .. } | TaskWork::SwitchMaster { .. }
+            )
         {
             let name = format!("{}.json", record.id.hyphenated());
             dir.write(&name, &bytes).map_err(|e| TaskError::Persist {

@@ -8,12 +8,14 @@ use crate::cluster::ClusterError;
 use crate::jobs::tasks::TaskError;
 use crate::jobs::vm_jobs::JobRefusal;
 use crate::storage::StorageError;
+use crate::storage::pool::PoolError;
 use crate::virt::VirtError;
 
 /// VDSM's storage error code for a storage failure.
 pub fn storage_code(err: &StorageError) -> i32 {
     use StorageError as E;
     match err {
+        E::Pool(e) => pool_code(e),
         E::PoolUnknown(_) => codes::STORAGE_POOL_UNKNOWN,
         E::LeaseNotHeld(_) => codes::ACQUIRE_HOST_ID_FAILURE,
         E::NoSuchLease(_) => codes::NO_SUCH_LEASE,
@@ -44,6 +46,24 @@ pub fn storage_code(err: &StorageError) -> i32 {
         E::Io { .. } | E::Inspect { .. } => codes::STORAGE_EXCEPTION,
         E::Persist(_) => codes::TASK_PERSIST_ERROR,
         E::Aborted | E::Interrupted => codes::TASK_ABORTED,
+    }
+}
+
+/// VDSM's code for a refusal of the pool's record.
+pub fn pool_code(err: &PoolError) -> i32 {
+    use PoolError as E;
+    match err {
+        E::MasterNotFound { .. } => codes::STORAGE_POOL_MASTER_NOT_FOUND,
+        E::WrongMaster { .. } => codes::STORAGE_POOL_WRONG_MASTER,
+        E::AlreadyAttached { .. } => codes::STORAGE_DOMAIN_ALREADY_ATTACHED,
+        E::NotInPool { .. } => codes::STORAGE_DOMAIN_NOT_IN_POOL,
+        E::StateTransition { .. } => codes::STORAGE_DOMAIN_STATE_TRANSITION_ILLEGAL,
+        E::DetachMaster(_) => codes::CANNOT_DETACH_MASTER_STORAGE_DOMAIN,
+        E::FormatAttached(_) => codes::CANNOT_FORMAT_ATTACHED_STORAGE_DOMAIN,
+        E::FormatInUse { .. } => codes::CANNOT_FORMAT_STORAGE_DOMAIN_IN_CONNECTED_POOL,
+        E::DomainAction { .. } => codes::STORAGE_DOMAIN_ACTION_ERROR,
+        E::Record { .. } => codes::INVALID_METADATA,
+        E::InvalidParameter(_) => codes::INVALID_PARAMETER_EXCEPTION,
     }
 }
 
@@ -80,6 +100,9 @@ pub fn cluster_code(err: &ClusterError) -> i32 {
         E::HostIdMismatch { .. } => codes::HOST_ID_MISMATCH,
         E::NotClustered => codes::INVALID_PARAMETER,
         E::Sanlock(_) | E::Timeout { .. } | E::SpmContending => codes::SPM_START_ERROR,
+        E::MasterRefused(source) => source
+            .downcast_ref::<StorageError>()
+            .map_or(codes::STORAGE_POOL_WRONG_MASTER, storage_code),
         E::Unexpected(_) => codes::GENERAL,
     }
 }

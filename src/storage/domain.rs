@@ -93,8 +93,10 @@ pub struct Domain {
     pub version: u32,
     /// Its block size.
     pub block_size: u32,
-    /// The pool it belongs to.
+    /// The pool it belongs to (nil: unattached).
     pub pool: Uuid,
+    /// `Master` or `Regular`, as its metadata said when read.
+    pub role: String,
     lock: Arc<dyn MetadataLock>,
     shared: Option<Arc<dyn SharedLeases>>,
 }
@@ -109,9 +111,14 @@ impl std::fmt::Debug for Domain {
 }
 
 impl Domain {
-    /// Creates a domain in VDSM's layout. It appears complete or not at all: it is built under
-    /// a temporary name and renamed into place.
-    pub fn create(repo: &Repository, new: &NewDomain, pool: Uuid) -> Result<Domain, StorageError> {
+    /// Creates a domain in VDSM's layout, in `pool` (`None`: unattached, as VDSM creates them,
+    /// until `StoragePool.create` or `StorageDomain.attach`). It appears complete or not at
+    /// all: it is built under a temporary name and renamed into place.
+    pub fn create(
+        repo: &Repository,
+        new: &NewDomain,
+        pool: Option<Uuid>,
+    ) -> Result<Domain, StorageError> {
         if new.block_size != 512 && new.block_size != 4096 {
             return Err(StorageError::InvalidParameter(format!(
                 "blockSize={}",
@@ -164,6 +171,12 @@ impl Domain {
             version: get("VERSION").parse().map_err(|_| invalid("VERSION"))?,
             block_size: get("BLOCK_SIZE").parse().unwrap_or(512),
             pool: Uuid::parse_str(get("POOL_UUID")).unwrap_or(Uuid::nil()),
+            role: if get("ROLE") == "Master" {
+                "Master"
+            } else {
+                "Regular"
+            }
+            .to_owned(),
             lock: Arc::new(FileLock::new(dir.clone())),
             shared: None,
             dir,
@@ -195,6 +208,34 @@ impl Domain {
             }
         }
         found
+    }
+
+    /// Removes the domain (`StorageDomain.format`): renamed out of the discovered names first,
+    /// so that it is gone at once or still whole, then deleted (links inside are removed, never
+    /// followed); a LOCALFS mount link left with no domain behind it goes too. Blocks.
+    pub fn remove(&self, repo: &Repository) -> Result<(), StorageError> {
+        let root = self.dir.root();
+        let mount = root
+            .parent()
+            .ok_or_else(|| StorageError::InvalidParameter(format!("domain {}", self.uuid)))?;
+        let doomed = mount.join(format!(".{}.removing", self.uuid.hyphenated()));
+        std::fs::rename(root, &doomed).map_err(StorageError::io("rename", root))?;
+        crate::fsutil::sync_parent(root).map_err(StorageError::io("sync", mount))?;
+        std::fs::remove_dir_all(&doomed).map_err(StorageError::io("remove", &doomed))?;
+        if self.kind == DomainType::LocalFs {
+            let link = repo.mount_of(&self.remote_path);
+            let others = std::fs::read_dir(&link)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                })
+                .unwrap_or(true);
+            if !others && link.is_symlink() {
+                std::fs::remove_file(&link).map_err(StorageError::io("remove", &link))?;
+            }
+        }
+        Ok(())
     }
 
     /// Shares the domain with other hosts through `leases`: its metadata lock taken only while
@@ -323,7 +364,7 @@ fn mount_dir(repo: &Repository, new: &NewDomain) -> Result<PathBuf, StorageError
     Ok(mount)
 }
 
-fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageError> {
+fn build_domain(root: &Path, new: &NewDomain, pool: Option<Uuid>) -> Result<(), StorageError> {
     let dom_md = root.join("dom_md");
     // A fresh directory, then fresh entries in it: nothing planted there is followed.
     for dir in [root, &dom_md, &root.join("images")] {
@@ -352,7 +393,10 @@ fn build_domain(root: &Path, new: &NewDomain, pool: Uuid) -> Result<(), StorageE
         ("LOCKPOLICY", String::new()),
         ("LOCKRENEWALINTERVALSEC", "5".to_owned()),
         ("MAX_HOSTS", new.max_hosts.to_string()),
-        ("POOL_UUID", pool.hyphenated().to_string()),
+        (
+            "POOL_UUID",
+            pool.map(|p| p.hyphenated().to_string()).unwrap_or_default(),
+        ),
         ("REMOTE_PATH", new.remote_path.clone()),
         ("ROLE", "Regular".to_owned()),
         ("SDUUID", new.uuid.hyphenated().to_string()),
@@ -390,7 +434,7 @@ mod tests {
         let repo = Repository::new(repo_dir.path());
         let pool = Uuid::new_v4();
         let new = new_local(data.path());
-        let domain = Domain::create(&repo, &new, pool).unwrap();
+        let domain = Domain::create(&repo, &new, Some(pool)).unwrap();
         assert_eq!(
             (domain.uuid, domain.pool, domain.version),
             (new.uuid, pool, 5)
@@ -411,7 +455,7 @@ mod tests {
         assert_eq!(found[0].uuid, new.uuid);
         assert_eq!(found[0].name, "test domain");
 
-        let again = Domain::create(&repo, &new, pool).unwrap_err();
+        let again = Domain::create(&repo, &new, Some(pool)).unwrap_err();
         assert!(matches!(again, StorageError::DomainExists(_)));
     }
 
@@ -422,7 +466,7 @@ mod tests {
         for path in ["relative/dir", "/nonexistent/dir", "/tmp/../etc", ""] {
             let mut new = new_local(Path::new("/"));
             new.remote_path = path.to_owned();
-            let err = Domain::create(&repo, &new, Uuid::nil()).unwrap_err();
+            let err = Domain::create(&repo, &new, None).unwrap_err();
             assert!(
                 matches!(err, StorageError::InvalidParameter(_)),
                 "{path}: {err}"
@@ -441,7 +485,7 @@ mod tests {
             let mut new = new_local(Path::new("/"));
             new.kind = DomainType::PosixFs;
             new.remote_path = path.to_owned();
-            let err = Domain::create(&repo, &new, Uuid::nil()).unwrap_err();
+            let err = Domain::create(&repo, &new, None).unwrap_err();
             assert!(
                 matches!(err, StorageError::InvalidParameter(_)),
                 "{path}: {err}"

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::domain_md::DomainMetaError;
 use super::meta::MetaError;
+use super::pool::PoolError;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum StorageError {
     /// The domain's leases volume cannot be used: not formatted, damaged or full (100).
     #[error("External leases volume: {0}")]
     LeasesVolume(String),
+    /// The pool's record refuses the change (its own codes).
+    #[error(transparent)]
+    Pool(#[from] PoolError),
     /// The pool id is not this host's pool (309).
     #[error("Unknown pool id, pool not connected: ('{0}',)")]
     PoolUnknown(Uuid),

@@ -372,7 +372,7 @@ mod tests {
         let domain = Domain::create(
             &Repository::new(dir.path().join("repo")),
             &new,
-            Uuid::from_u128(8),
+            Some(Uuid::from_u128(8)),
         )
         .unwrap();
         let image = Uuid::from_u128(9);

@@ -6,6 +6,8 @@
 //! - [`layout`]: every path, built only from UUIDs.
 //! - [`lock`]: the per-domain metadata lock behind a small trait.
 //! - [`domain`]: creating, discovering and describing domains.
+//! - [`pool`]: the pool on storage: which domain is its master, at which version, and its
+//!   domains.
 //! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
 //! - [`image`]: deleting and preparing images, and telling whether a VM uses their volumes.
 //! - [`snapshot_volume`]: what a live snapshot needs of its volumes.
@@ -29,6 +31,7 @@ pub mod layout;
 pub mod lock;
 pub mod merge;
 pub mod meta;
+pub mod pool;
 pub mod qemu_img;
 pub mod shared_records;
 pub mod snapshot_volume;

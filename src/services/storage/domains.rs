@@ -26,8 +26,10 @@ impl StorageService {
             return Err(StorageError::DomainExists(new.uuid).into());
         }
         let service = self.clone();
-        let mut domain =
-            blocking(move || Domain::create(&service.inner.repo, &new, service.inner.pool)).await?;
+        // On a shared pool a new domain is unattached until the pool's verbs attach it, as
+        // VDSM's; a host that runs alone keeps its domains in its own pool at once.
+        let pool = self.inner.cluster.is_none().then_some(self.inner.pool);
+        let mut domain = blocking(move || Domain::create(&service.inner.repo, &new, pool)).await?;
         if let Some(cluster) = &self.inner.cluster {
             // A new domain: no other host uses its lease areas yet.
             if let Err(err) = cluster.format_domain(super::pool::areas_of(&domain)).await {
@@ -58,8 +60,12 @@ impl StorageService {
             kind: domain.kind.name().to_owned(),
             class: "Data".to_owned(),
             name: domain.name.clone(),
-            role: "Regular".to_owned(),
-            pool: vec![domain.pool],
+            role: domain.role.clone(),
+            pool: if domain.pool.is_nil() {
+                Vec::new()
+            } else {
+                vec![domain.pool]
+            },
             version: domain.version.to_string(),
             block_size: domain.block_size,
             alignment: FILE_DOMAIN_ALIGNMENT,

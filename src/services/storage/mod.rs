@@ -16,6 +16,8 @@
 //! - [`pool`]: hosts sharing the pool's domains: `StoragePool.connect`, `disconnect`,
 //!   `spmStart`, `spmStop`, `getSpmStatus`, `Host.getStorageRepoStats`, and the SPM check of
 //!   the pool's metadata verbs;
+//! - [`pool_domains`]: the pool on storage: `StoragePool.create/getInfo/switchMaster/destroy`,
+//!   `StorageDomain.attach/activate/deactivate/detach/format`;
 //! - [`leases`]: `Lease.*`, the external (VM) leases;
 //! - [`claims`]: the checks of the disk before a recovery a shared pool's record asks for;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
@@ -27,6 +29,7 @@ mod domains;
 mod leases;
 mod merge_support;
 mod pool;
+mod pool_domains;
 mod snapshot_support;
 mod tasks;
 mod validate;
@@ -80,8 +83,9 @@ struct Inner {
     to_finish: std::sync::Mutex<Vec<TaskRecord>>,
     /// The leases of hosts sharing domains; `None` when this host runs alone.
     cluster: Option<Cluster>,
-    /// The pool's master domain, as the last `StoragePool.connect` named it.
-    master: std::sync::Mutex<Option<Uuid>>,
+    /// The pool's master domain and its version, as the last `StoragePool.connect` verified
+    /// them.
+    master: std::sync::Mutex<Option<(Uuid, i64)>>,
     /// Read by each verb between its SPM check and its task's start; written by `spmStop`.
     spm_work: Arc<tokio::sync::RwLock<()>>,
     /// Interrupted tasks of a host sharing its domains, recovered once it is the SPM.
@@ -288,6 +292,17 @@ impl StorageService {
     }
 
     /// When this host stops being the SPM: its task records stay on this host only.
+    /// The task records go to `master`'s `master/tasks` from now on (the master moved).
+    pub(crate) fn share_tasks_in(&self, master: Uuid) {
+        let Ok(domain) = self.domain(master) else {
+            return;
+        };
+        let dir = SharedRecords::new(domain.dir.clone(), "tasks");
+        if let Err(err) = self.inner.tasks.share_to(Some(dir)) {
+            tracing::error!(error = %err, "cannot share tasks in the new master");
+        }
+    }
+
     pub(crate) fn stop_sharing_tasks(&self) {
         if let Err(err) = self.inner.tasks.share_to(None) {
             tracing::error!(error = %err, "cannot stop sharing tasks");
@@ -381,6 +396,7 @@ impl StorageService {
     ) -> Result<(), claims::ClaimError> {
         let domain = match work {
             TaskWork::SpmStart { .. }
+            | TaskWork::SwitchMaster { .. }
             | TaskWork::CreateLease { .. }
             | TaskWork::DeleteLease { .. } => return Ok(()),
             TaskWork::CreateVolume { domain, .. }
@@ -478,8 +494,29 @@ impl StorageService {
         domain: Uuid,
         image: Uuid,
     ) -> Result<Arc<Domain>, ApiError> {
-        self.check_pool(pool)?;
+        self.member_domain(pool, domain).await?;
         self.domain_with_image(domain, image).await
+    }
+
+    /// `domain`, which must be one of `pool`'s: on a shared pool its metadata must name the
+    /// pool (read again once when the copy here does not: another host's SPM may have
+    /// attached it since), else 353. A host that runs alone keeps its domains in its pool.
+    async fn member_domain(&self, pool: Uuid, domain: Uuid) -> Result<Arc<Domain>, ApiError> {
+        self.check_pool(pool)?;
+        let found = self.domain(domain)?;
+        if self.inner.cluster.is_none() || found.pool == pool {
+            return Ok(found);
+        }
+        self.refresh_domain(domain).await?;
+        let found = self.domain(domain)?;
+        if found.pool == pool {
+            Ok(found)
+        } else {
+            Err(
+                StorageError::from(crate::storage::pool::PoolError::NotInPool { domain, pool })
+                    .into(),
+            )
+        }
     }
 
     /// The domain, which must hold `image` (268 otherwise). The look at the image's directory
@@ -535,6 +572,7 @@ fn trusted_recovery(domain: &Domain, work: &TaskWork) -> Result<(), StorageError
         | TaskWork::PrepareMerge { .. }
         | TaskWork::FinalizeMerge { .. }
         | TaskWork::SpmStart { .. }
+        | TaskWork::SwitchMaster { .. }
         | TaskWork::CreateLease { .. }
         | TaskWork::DeleteLease { .. } => Ok(()),
     }
@@ -553,9 +591,10 @@ fn end_leftover_writers(record: &TaskRecord) {
         | TaskWork::DeleteImage { domain, image, .. }
         | TaskWork::PrepareMerge { domain, image }
         | TaskWork::FinalizeMerge { domain, image, .. } => (*domain, *image),
-        TaskWork::SpmStart { .. } | TaskWork::CreateLease { .. } | TaskWork::DeleteLease { .. } => {
-            return;
-        }
+        TaskWork::SpmStart { .. }
+        | TaskWork::SwitchMaster { .. }
+        | TaskWork::CreateLease { .. }
+        | TaskWork::DeleteLease { .. } => return,
     };
     // `<sd>/images/<img>`, however the domain is reached.
     let dir = crate::storage::layout::DomainDir::new(Path::new(""), domain).image(image);

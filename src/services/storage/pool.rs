@@ -22,6 +22,7 @@ use crate::cluster::{Cluster, ClusterError, DomainAreas, VolumeLease};
 use crate::jobs::tasks::TaskWork;
 use crate::storage::StorageError;
 use crate::storage::domain::Domain;
+use crate::storage::pool::DomainStatus;
 
 /// How long `spmStop` waits for verbs that passed their SPM check to start their tasks.
 const SPM_STOP_WAIT: Duration = Duration::from_secs(10);
@@ -36,7 +37,7 @@ const DOMAIN_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl StorageService {
     /// This host's cluster side, or the refusal of a host that runs alone.
-    fn cluster(&self) -> Result<&Cluster, ApiError> {
+    pub(super) fn cluster(&self) -> Result<&Cluster, ApiError> {
         self.inner
             .cluster
             .as_ref()
@@ -171,23 +172,41 @@ impl StorageService {
         Ok(Some(lease))
     }
 
-    /// `StoragePool.connect`.
+    /// `StoragePool.connect`: the master verified on storage first (it says it is the pool's
+    /// master at `masterVersion`, and no other domain claims more: 304, 324), then this host
+    /// joins the lockspaces of the pool's active domains, as the master lists them.
     pub async fn connect_pool(&self, p: ConnectPoolParams) -> Result<(), ApiError> {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?;
         self.check_host_id(cluster, p.host_id)?;
-        self.attach_new_domains(cluster).await?;
-        self.domain(p.master)?;
-        let mut only = p.domains.map(|d| d.into_keys().collect::<Vec<_>>());
-        if let Some(ids) = &mut only
-            && !ids.contains(&p.master)
+        self.reload_domains().await?;
+        let record = self
+            .verified_master(p.pool, p.master, p.master_version)
+            .await?;
+        if let Some((master, version)) = self.master()
+            && (master, version) != (p.master, p.master_version)
+            && cluster.require_spm().is_ok()
         {
-            ids.push(p.master);
+            return Err(ClusterError::IsSpm.into());
         }
-        let areas = self.areas(only)?;
+        let active: Vec<Uuid> = record
+            .domains
+            .iter()
+            .filter(|(_, s)| **s == DomainStatus::Active)
+            .map(|(d, _)| *d)
+            .filter(|d| {
+                let known = self.domain(*d).is_ok();
+                if !known {
+                    tracing::warn!(domain = %d, "a domain of the pool is not found on this host");
+                }
+                known
+            })
+            .collect();
+        let areas = self.areas(Some(active))?;
         cluster.connect(areas).await?;
-        *self.inner.master.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.master);
-        tracing::info!(pool = %p.pool, master = %p.master, host_id = p.host_id, "connected to the pool");
+        *self.inner.master.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((p.master, p.master_version));
+        tracing::info!(pool = %p.pool, master = %p.master, version = p.master_version, host_id = p.host_id, "connected to the pool");
         Ok(())
     }
 
@@ -201,37 +220,19 @@ impl StorageService {
         Ok(())
     }
 
-    /// Attaches the domains another host created in the repository since this one started
-    /// (as VDSM's connect finds the pool's domains on their mounts).
-    async fn attach_new_domains(&self, cluster: &Cluster) -> Result<(), ApiError> {
-        let repo = self.inner.repo.clone();
-        let found = blocking(move || Ok(Domain::discover(&repo))).await?;
-        let mut domains = self
-            .inner
-            .domains
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        for mut domain in found {
-            if domains.contains_key(&domain.uuid) {
-                continue;
-            }
-            domain.share(cluster.domain_leases(domain.uuid, domain.block_size));
-            tracing::info!(domain = %domain.uuid, root = %domain.dir.root().display(), "storage domain attached");
-            domains.insert(domain.uuid, Arc::new(domain));
-        }
-        Ok(())
-    }
-
-    fn master(&self) -> Option<Uuid> {
+    pub(super) fn master(&self) -> Option<(Uuid, i64)> {
         *self.inner.master.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `StoragePool.spmStart`: a task that contends for the SDM lease of the master domain.
+    /// `StoragePool.spmStart`: a task that contends for the SDM lease of the master this host
+    /// connected to, only while the storage still says it is the pool's master at that version
+    /// (checked before the lease is asked for and again once it is held), then records this
+    /// host as the pool's SPM in the master.
     pub async fn spm_start(&self, p: SpmStartParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?.clone();
         // VDSM's answer for a pool this host has not connected to.
-        let master = self.master().ok_or(StorageError::PoolUnknown(p.pool))?;
+        let (master, version) = self.master().ok_or(StorageError::PoolUnknown(p.pool))?;
         let task = Uuid::new_v4();
         let work = TaskWork::SpmStart { pool: p.pool };
         super::on_tasks(&self.inner.tasks, move |t| {
@@ -240,14 +241,33 @@ impl StorageService {
         .await?;
         let service = self.clone();
         let already = cluster.require_spm().is_ok();
+        let pool = p.pool;
         tokio::spawn(async move {
-            let started = cluster.spm_start(master).await;
-            if started.is_ok() && !already {
+            let started = match service.verified_master(pool, master, version).await {
+                Ok(_) => {
+                    let checker = service.clone();
+                    let verify = async move {
+                        checker
+                            .verified_master(pool, master, version)
+                            .await
+                            .map(drop)
+                            .map_err(crate::cluster::BoxError::from)
+                    };
+                    cluster
+                        .spm_start(master, verify)
+                        .await
+                        .map_err(ApiError::from)
+                }
+                Err(refused) => Err(ApiError::from(refused)),
+            };
+            if let Ok(status) = &started
+                && !already
+            {
+                service.record_spm(pool, master, version, status.lver).await;
                 service.take_over_tasks(master).await;
             }
             let outcome = started.map(drop).map_err(|e| {
                 tracing::warn!(%task, error = %e, "spmStart failed");
-                let e = ApiError::from(e);
                 (e.code(), e.to_string(), true)
             });
             if let Err(err) =
@@ -259,19 +279,47 @@ impl StorageService {
         Ok(task)
     }
 
+    /// Writes this host as the pool's SPM into the master's record (`POOL_SPM_ID`,
+    /// `POOL_SPM_LVER`), as VDSM's SPM does; a failure is logged: the lease, not the record,
+    /// makes the SPM.
+    async fn record_spm(&self, pool: Uuid, master: Uuid, version: i64, lver: i64) {
+        let Ok(cluster) = self.cluster() else {
+            return;
+        };
+        let spm_id = i64::try_from(cluster.host_id()).unwrap_or(-1);
+        let domain = match self.domain(master) {
+            Ok(domain) => domain,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot record the SPM in the master");
+                return;
+            }
+        };
+        let written = blocking(move || {
+            domain.update_keys(|keys| {
+                let found = crate::storage::pool::membership(master, keys)?;
+                if let Some(mut record) = found.master
+                    && record.pool == pool
+                    && record.version == version
+                {
+                    record.spm_id = spm_id;
+                    record.lver = lver;
+                    crate::storage::pool::set_master(keys, &record);
+                }
+                Ok(())
+            })
+        })
+        .await;
+        if let Err(err) = written {
+            tracing::warn!(error = %err, "cannot record the SPM in the master");
+        }
+    }
+
     /// `StoragePool.spmStop`: refused while a task of the pool's metadata verbs runs.
     pub async fn spm_stop(&self, p: PoolIdParams) -> Result<(), ApiError> {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?;
         let _exclusive = self.spm_work_exclusive().await?;
-        let busy: Vec<String> = self
-            .inner
-            .tasks
-            .all()
-            .into_iter()
-            .filter(|t| !t.state.is_done() && !matches!(t.work, TaskWork::SpmStart { .. }))
-            .map(|t| format!("{} ({})", t.id, t.verb))
-            .collect();
+        let busy = self.running_spm_tasks();
         let busy = (!busy.is_empty()).then(|| busy.join(", "));
         cluster.spm_stop(busy).await?;
         self.stop_sharing_tasks();
@@ -282,7 +330,7 @@ impl StorageService {
     pub async fn spm_status(&self, p: PoolIdParams) -> Result<SpmStatusInfo, ApiError> {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?;
-        let master = self.master().ok_or(StorageError::PoolUnknown(p.pool))?;
+        let (master, _) = self.master().ok_or(StorageError::PoolUnknown(p.pool))?;
         let status = cluster.spm_status(Some(master)).await?;
         Ok(SpmStatusInfo {
             status: status.role.name().to_owned(),

@@ -84,7 +84,7 @@ impl StorageService {
     pub async fn create_volume(&self, p: CreateVolumeParams) -> Result<Uuid, ApiError> {
         self.check_pool(p.pool)?;
         let _spm = self.require_spm().await?;
-        let domain = self.domain(p.domain)?;
+        let domain = self.member_domain(p.pool, p.domain).await?;
         let request = validate::create_request(&p)?;
         {
             let (domain, request) = (Arc::clone(&domain), request.clone());
