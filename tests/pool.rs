@@ -126,14 +126,7 @@ impl Pool {
 
     /// Domains whose lockspace `host` holds a lease in.
     fn joined(&self, host: &Host) -> Vec<String> {
-        let stats = host.daemon.ok("Host.getStorageRepoStats", json!({}));
-        stats
-            .as_object()
-            .unwrap()
-            .iter()
-            .filter(|(_, v)| v["acquired"] == json!(true))
-            .map(|(sd, _)| sd.clone())
-            .collect()
+        joined_in(&host.daemon.ok("Host.getStorageRepoStats", json!({})))
     }
 
     /// `StoragePool.spmStart` on `host` to its task's end: the task's status, or the verb's
@@ -925,14 +918,21 @@ fn an_engine_sets_up_a_data_center_over_stomp_with_mutual_tls() {
         json!(true)
     );
     assert_eq!(err("StoragePool.getInfo", pool_id).0, 309);
-    assert_eq!(
-        ok(
-            "StorageDomain.format",
-            json!({"storagedomainID": d1, "autoDetach": true})
-        ),
-        json!(true)
+    assert!(
+        joined_in(&ok("Host.getStorageRepoStats", json!({}))).is_empty(),
+        "a lockspace is left after the disconnect"
     );
-    assert!(!dir1.join(&d1).exists(), "D1's directory is left");
+}
+
+/// The domains a `Host.getStorageRepoStats` answer says this host holds a lease in.
+fn joined_in(stats: &Value) -> Vec<String> {
+    stats
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["acquired"] == json!(true))
+        .map(|(sd, _)| sd.clone())
+        .collect()
 }
 
 #[test]
@@ -989,6 +989,7 @@ fn refusals_of_the_pool_s_verbs_change_nothing_on_storage() {
     create_pool(&ours.daemon, &p.pool, &d1, &[&d1, &d2], 1);
 
     // Connecting to a domain that is not the master joins nothing.
+    let joined = p.joined(ours);
     refused(
         ours,
         "StoragePool.connect",
@@ -1001,7 +1002,11 @@ fn refusals_of_the_pool_s_verbs_change_nothing_on_storage() {
         connect_params(&p.pool, ours.id, &d3, 1),
         &[WRONG_MASTER],
     );
-    assert!(p.joined(ours).is_empty(), "{:?}", p.joined(ours));
+    assert_eq!(
+        p.joined(ours),
+        joined,
+        "a refused connect joined a lockspace"
+    );
     assert_eq!(p.connect(ours, &d1, 1), Ok(json!(true)));
     p.wait_joined(ours, &d1);
 
@@ -1038,4 +1043,21 @@ fn refusals_of_the_pool_s_verbs_change_nothing_on_storage() {
 
     p.spm_stop(ours);
     p.disconnect(ours);
+}
+
+#[test]
+fn creating_a_pool_leaves_no_lockspace_behind() {
+    // VDSM's `StoragePool.create` holds the master's lockspace and SDM lease only for the
+    // write (`_acquireTemporaryClusterLock`, then `_releaseTemporaryClusterLock`): a host joins
+    // the pool's lockspaces when it connects, and leaves them when it disconnects.
+    let p = Pool::start(1, 2);
+    let host = &p.hosts[0];
+    let ids: Vec<String> = p.dirs.keys().cloned().collect();
+    create_pool(&host.daemon, &p.pool, &ids[0], &[&ids[0], &ids[1]], 1);
+    assert_eq!(metadata(p.dir(&ids[0]), &ids[0])["ROLE"], "Master");
+    assert!(
+        p.joined(host).is_empty(),
+        "StoragePool.create left this host in the lockspaces of {:?}",
+        p.joined(host)
+    );
 }
