@@ -676,8 +676,15 @@ fn switch_master(
     );
     assert_eq!(p.connect(heir, new, version), Ok(json!(true)));
     p.wait_joined(heir, new);
+    let starting = Instant::now();
     let taken = p.spm_start(heir);
     assert_eq!(code_of(&taken), 0, "{taken:?}");
+    eprintln!(
+        "pool: after the switch, the heir's spmStart took {:?}; {:?} from the old SPM's stop \
+         (with the heir's disconnect, connect and join)",
+        starting.elapsed(),
+        stopped.elapsed()
+    );
     let takeover = stopped.elapsed();
     p.create_volume(heir, new)
         .expect("the new SPM's create on the new master");
