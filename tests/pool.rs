@@ -412,7 +412,8 @@ fn never_two_spms_while_managers_disagree() {
         ([Right, WrongMaster, Stale], None),
         ([Right, Right, Right], Some(Switch::Deactivate)),
         ([Stale, Right, WrongMaster], None),
-        ([Right, Right, Right], Some(Switch::SwitchMaster)),
+        // (`StoragePool.switchMaster` has its own test below.)
+        ([Right, Right, Right], Some(Switch::Deactivate)),
         ([WrongMaster, Stale, Right], None),
     ];
     let round = AtomicUsize::new(0);
@@ -472,6 +473,40 @@ fn never_two_spms_while_managers_disagree() {
         rounds.len(),
         "the sampler missed rounds: {samples:?}"
     );
+}
+
+#[test]
+fn switch_master_moves_the_master_and_a_host_at_the_old_one_never_becomes_spm() {
+    let p = Pool::start(3, 2);
+    let ids: Vec<String> = p.dirs.keys().cloned().collect();
+    create_pool(&p.hosts[0].daemon, &p.pool, &ids[0], &[&ids[0], &ids[1]], 1);
+    let mut master = Master {
+        uuid: ids[0].clone(),
+        version: 1,
+        old: None,
+    };
+    for host in &p.hosts {
+        assert_eq!(p.connect(host, &ids[0], 1), Ok(json!(true)));
+        p.wait_joined(host, &ids[0]);
+    }
+    assert_eq!(code_of(&p.spm_start(&p.hosts[0])), 0);
+    let (switched, takeover) = switch_master(
+        &p,
+        &mut master,
+        &ids[1],
+        0,
+        &[true; 3],
+        Switch::SwitchMaster,
+    );
+    eprintln!(
+        "pool: switchMaster's task ended in {switched:?}; a new SPM {takeover:?} after the old \
+         one's stop (io_timeout {} s)",
+        io_timeout()
+    );
+    assert_eq!(master.uuid, ids[1]);
+    for host in &p.hosts {
+        p.disconnect(host);
+    }
 }
 
 /// How long a round's steps took.
