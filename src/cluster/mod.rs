@@ -324,6 +324,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// The domains whose lockspace this host joined or is joining.
+    pub fn joined(&self) -> Vec<Uuid> {
+        self.state()
+            .domains
+            .iter()
+            .filter(|(_, d)| {
+                matches!(
+                    d.state,
+                    LeaseState::Joining | LeaseState::Joined | LeaseState::Lost
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// Leaves the lockspace of `domain` (a domain detached or formatted). Refused while the SPM
     /// role is held in it.
     pub async fn leave(&self, domain: Uuid) -> Result<(), ClusterError> {

@@ -219,20 +219,24 @@ impl Domain {
             .parent()
             .ok_or_else(|| StorageError::InvalidParameter(format!("domain {}", self.uuid)))?;
         let doomed = mount.join(format!(".{}.removing", self.uuid.hyphenated()));
+        // What a format cut short left under that name is this domain's too.
+        if std::fs::symlink_metadata(&doomed).is_ok() {
+            std::fs::remove_dir_all(&doomed).map_err(StorageError::io("remove", &doomed))?;
+        }
         std::fs::rename(root, &doomed).map_err(StorageError::io("rename", root))?;
         crate::fsutil::sync_parent(root).map_err(StorageError::io("sync", mount))?;
         std::fs::remove_dir_all(&doomed).map_err(StorageError::io("remove", &doomed))?;
-        if self.kind == DomainType::LocalFs {
-            let link = repo.mount_of(&self.remote_path);
-            let others = std::fs::read_dir(&link)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                })
-                .unwrap_or(true);
-            if !others && link.is_symlink() {
-                std::fs::remove_file(&link).map_err(StorageError::io("remove", &link))?;
+        // The mount of a LOCALFS domain is rvdsm's link under `mnt/` to the directory: it goes
+        // when no other domain is behind it. The link itself is removed, never its target.
+        let ours = mount.parent() == Some(repo.mounts().as_path()) && mount.is_symlink();
+        if self.kind == DomainType::LocalFs && ours {
+            let others = std::fs::read_dir(mount).map_or(true, |entries| {
+                entries
+                    .flatten()
+                    .any(|e| Uuid::parse_str(&e.file_name().to_string_lossy()).is_ok())
+            });
+            if !others {
+                std::fs::remove_file(mount).map_err(StorageError::io("remove", mount))?;
             }
         }
         Ok(())
@@ -457,6 +461,31 @@ mod tests {
 
         let again = Domain::create(&repo, &new, Some(pool)).unwrap_err();
         assert!(matches!(again, StorageError::DomainExists(_)));
+    }
+
+    #[test]
+    fn remove_takes_the_domain_and_its_link_never_the_directory_behind() {
+        let repo_dir = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let repo = Repository::new(repo_dir.path());
+        let keep = data.path().join("not-a-domain");
+        std::fs::write(&keep, b"user data").unwrap();
+        let first = Domain::create(&repo, &new_local(data.path()), None).unwrap();
+        let second = Domain::create(&repo, &new_local(data.path()), None).unwrap();
+        // A link inside the domain is removed, never followed.
+        std::os::unix::fs::symlink(&keep, first.dir.images().join("link")).unwrap();
+        first.remove(&repo).unwrap();
+        assert!(!data.path().join(first.uuid.to_string()).exists());
+        assert_eq!(std::fs::read(&keep).unwrap(), b"user data");
+        let link = repo.mount_of(data.path().to_str().unwrap());
+        assert!(
+            link.is_symlink(),
+            "the second domain is still behind the link"
+        );
+        second.remove(&repo).unwrap();
+        assert!(!link.exists() && !link.is_symlink());
+        assert!(data.path().is_dir() && keep.exists());
+        assert!(Domain::discover(&repo).is_empty());
     }
 
     #[test]

@@ -16,8 +16,10 @@
 //! - [`pool`]: hosts sharing the pool's domains: `StoragePool.connect`, `disconnect`,
 //!   `spmStart`, `spmStop`, `getSpmStatus`, `Host.getStorageRepoStats`, and the SPM check of
 //!   the pool's metadata verbs;
-//! - [`pool_domains`]: the pool on storage: `StoragePool.create/getInfo/switchMaster/destroy`,
-//!   `StorageDomain.attach/activate/deactivate/detach/format`;
+//! - [`pool_record`]: the pool on storage and its master: `StoragePool.create/getInfo/
+//!   switchMaster/destroy`, and the master's check every pool verb makes;
+//! - [`pool_domains`]: a domain's life in the pool: `StorageDomain.attach/activate/
+//!   deactivate/detach/format`;
 //! - [`leases`]: `Lease.*`, the external (VM) leases;
 //! - [`claims`]: the checks of the disk before a recovery a shared pool's record asks for;
 //! - [`tasks`]: `Task.*` and `Host.getAllTasksStatuses`.
@@ -30,6 +32,7 @@ mod leases;
 mod merge_support;
 mod pool;
 mod pool_domains;
+mod pool_record;
 mod snapshot_support;
 mod tasks;
 mod validate;

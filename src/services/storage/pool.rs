@@ -202,8 +202,15 @@ impl StorageService {
                 known
             })
             .collect();
-        let areas = self.areas(Some(active))?;
+        let areas = self.areas(Some(active.clone()))?;
         cluster.connect(areas).await?;
+        // Domains the pool no longer has active (deactivated, detached, formatted since the
+        // last connect): their lockspaces are left, as VDSM stops monitoring them.
+        for gone in cluster.joined().into_iter().filter(|d| !active.contains(d)) {
+            if let Err(err) = cluster.leave(gone).await {
+                tracing::warn!(domain = %gone, error = %err, "cannot leave the lockspace of a domain the pool no longer has active");
+            }
+        }
         *self.inner.master.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((p.master, p.master_version));
         tracing::info!(pool = %p.pool, master = %p.master, version = p.master_version, host_id = p.host_id, "connected to the pool");
