@@ -143,10 +143,19 @@ impl Cluster {
             self.release_sdm(&new).await;
             return Err(ClusterError::MasterRefused(refusal.into()));
         }
-        {
+        let moved = {
             let mut state = self.state();
-            state.spm.master = Some(new_master);
-            state.spm.lver = lver;
+            let still = state.spm.role == SpmRole::Spm && state.spm.master == Some(old.uuid);
+            if still {
+                state.spm.master = Some(new_master);
+                state.spm.lver = lver;
+            }
+            still
+        };
+        if !moved {
+            // The role went meanwhile (a lost lease): the new lease is not kept either.
+            self.release_sdm(&new).await;
+            return Err(ClusterError::NotSpm);
         }
         self.release_sdm(&old).await;
         tracing::info!(from = %old.uuid, to = %new_master, lver, "the SPM role moved with the master");

@@ -23,6 +23,9 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::layout::DomainDir;
 
+/// The most [`DomainDir::read`] reads: the metadata and records it is for are a few KiB.
+pub const MAX_READ: u64 = 1 << 20;
+
 /// Resolution below the domain's directory: no link, no way out.
 fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -88,10 +91,19 @@ impl DomainDir {
         Ok((dir, name))
     }
 
-    /// The content of `path`.
+    /// The content of `path`: a small file (metadata, a record), at most [`MAX_READ`] bytes.
+    /// Another host writes these files: a huge one is refused, never read into memory.
     pub fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        File::from(self.open_beneath(path, OFlag::O_RDONLY, 0)?).read_to_end(&mut bytes)?;
+        File::from(self.open_beneath(path, OFlag::O_RDONLY, 0)?)
+            .take(MAX_READ + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_READ {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is larger than {MAX_READ} bytes", path.display()),
+            ));
+        }
         Ok(bytes)
     }
 
@@ -304,6 +316,22 @@ mod tests {
             [format!("{}.meta", Uuid::from_u128(3))],
             "no temporary left"
         );
+    }
+
+    #[test]
+    fn a_huge_file_is_refused_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DomainDir::new(tmp.path(), uuid::Uuid::from_u128(5));
+        std::fs::create_dir_all(dir.root()).unwrap();
+        let path = dir.root().join("metadata");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_READ + 1).unwrap();
+        assert_eq!(
+            dir.read(&path).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        file.set_len(MAX_READ).unwrap();
+        assert_eq!(dir.read(&path).unwrap().len() as u64, MAX_READ);
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl StorageService {
             )))
             .into());
         }
-        cluster.join(vec![areas_of(&domain)]).await?;
+        // Joined for the write only, as VDSM's attach releases the host id it took: the
+        // domain's lockspace is the pool's business once it is activated.
+        let joined_before = cluster.joined().contains(&p.domain);
         let pool = p.pool;
         let named = Arc::clone(&domain);
         let write = async move {
@@ -63,7 +65,14 @@ impl StorageService {
             })
             .await
         };
-        cluster.with_sdm_lease(areas_of(&domain), write).await?;
+        let attached = match cluster.join(vec![areas_of(&domain)]).await {
+            Ok(()) => cluster.with_sdm_lease(areas_of(&domain), write).await,
+            Err(err) => Err(err),
+        };
+        if !joined_before && let Err(err) = cluster.leave(p.domain).await {
+            tracing::warn!(domain = %p.domain, error = %err, "cannot leave a lockspace joined for the attach");
+        }
+        attached?;
         self.change_record(p.pool, move |record| {
             record.domains.insert(p.domain, DomainStatus::Attached);
             Ok(())
@@ -196,11 +205,16 @@ impl StorageService {
                 why,
             }))
         };
-        if let Some((master, version)) = self.master()
-            && let Ok(record) = self.verified_master(self.inner.pool, master, version).await
-            && record.domains.contains_key(&p.domain)
-        {
-            return Err(in_use("it is a domain of the connected pool".into()));
+        // Any master of this host's pool that lists the domain, whatever version this host
+        // connected at (the master may have moved since): the pool still has it.
+        let listed_by = self.memberships().await?.into_iter().find_map(|(id, m)| {
+            m.ok()?
+                .master
+                .filter(|r| r.pool == self.inner.pool && r.domains.contains_key(&p.domain))
+                .map(|_| id)
+        });
+        if let Some(master) = listed_by {
+            return Err(in_use(format!("the pool's master {master} lists it")));
         }
         let member = {
             let domain = Arc::clone(&domain);

@@ -48,13 +48,28 @@ impl StorageService {
         }
         let master = self.domain(p.master)?;
         let areas: Vec<_> = domains.iter().map(|d| areas_of(d)).collect();
-        cluster.join(areas).await?;
+        // The lockspaces are joined for the write only, as VDSM's temporary cluster lock
+        // releases its host id: the connect joins what the pool needs.
+        let joined_before = cluster.joined();
+        let joined_here: Vec<Uuid> = areas
+            .iter()
+            .map(|a| a.uuid)
+            .filter(|d| !joined_before.contains(d))
+            .collect();
         let write = async move {
             blocking_storage(move || write_new_pool(&domains, &master, &record)).await
         };
-        cluster
-            .with_sdm_lease(areas_of(self.domain(p.master)?.as_ref()), write)
-            .await?;
+        let master_areas = areas_of(self.domain(p.master)?.as_ref());
+        let created = match cluster.join(areas).await {
+            Ok(()) => cluster.with_sdm_lease(master_areas, write).await,
+            Err(err) => Err(err),
+        };
+        for domain in joined_here {
+            if let Err(err) = cluster.leave(domain).await {
+                tracing::warn!(%domain, error = %err, "cannot leave a lockspace joined for StoragePool.create");
+            }
+        }
+        created?;
         self.reload_domains().await?;
         tracing::info!(pool = %p.pool, master = %p.master, version = p.master_version, "pool created");
         Ok(())
@@ -208,6 +223,9 @@ impl StorageService {
         deactivate: bool,
     ) -> Result<(), ApiError> {
         let cluster = self.cluster()?.clone();
+        // Held for the whole move: spmStop waits for it, never releases a lease the move is
+        // taking or giving up.
+        let _spm = self.require_spm().await?;
         if new == old {
             return Err(StorageError::from(PoolError::InvalidParameter(format!(
                 "the new master {new} is the master"
@@ -252,16 +270,25 @@ impl StorageService {
             record.domains.insert(old, DomainStatus::Attached);
         }
         let (old_domain, new_domain) = (self.domain(old)?, self.domain(new)?);
+        // An activated domain's lockspace may still be joining.
+        cluster.join(vec![areas_of(&new_domain)]).await?;
         let write = async move {
             blocking_storage(move || {
                 new_domain.update_keys(|keys| {
                     set_master(keys, &record);
                     Ok(())
                 })?;
-                old_domain.update_keys(|keys| {
+                // The point of no return: the new master, at the higher version, is the one
+                // verified from now on. The old one is made regular as well as can be; a
+                // failure is logged and changes nothing (its lower version refuses it).
+                let demoted = old_domain.update_keys(|keys| {
                     set_regular(keys, Some(pool));
                     Ok(())
-                })
+                });
+                if let Err(err) = demoted {
+                    tracing::error!(domain = %old_domain.uuid, error = %err, "the old master still says it is master; its lower version refuses it");
+                }
+                Ok(())
             })
             .await
         };
@@ -302,13 +329,20 @@ impl StorageService {
         .await
     }
 
-    /// The SPM tasks not ended yet (but an spmStart).
+    /// The SPM tasks not ended yet (but an spmStart, and a switchMaster: the move runs in it,
+    /// and a second one finds the master moved).
     pub(super) fn running_spm_tasks(&self) -> Vec<String> {
         self.inner
             .tasks
             .all()
             .into_iter()
-            .filter(|t| !t.state.is_done() && !matches!(t.work, TaskWork::SpmStart { .. }))
+            .filter(|t| {
+                !t.state.is_done()
+                    && !matches!(
+                        t.work,
+                        TaskWork::SpmStart { .. } | TaskWork::SwitchMaster { .. }
+                    )
+            })
             .map(|t| format!("{} ({})", t.id, t.verb))
             .collect()
     }
