@@ -153,11 +153,14 @@ impl StorageService {
     pub async fn detach_domain(&self, p: DetachDomainParams) -> Result<(), ApiError> {
         self.check_pool(p.pool)?;
         let _spm = self.require_spm().await?;
+        let cluster = self.cluster()?.clone();
         let (master, _) = self.connected_master(p.pool)?;
         if p.domain == master {
             return Err(StorageError::from(PoolError::DetachMaster(p.domain)).into());
         }
+        self.refresh_domain(p.domain).await?;
         let domain = self.domain(p.domain)?;
+        let names_pool = domain.pool == p.pool;
         self.change_record(p.pool, move |record| {
             match record.domains.get(&p.domain) {
                 Some(DomainStatus::Attached) => {
@@ -170,13 +173,21 @@ impl StorageService {
                 }),
                 // Forgotten already (a detach cut short after this step): its own metadata
                 // is finished below.
-                None => Ok(()),
+                None if names_pool => Ok(()),
+                None => Err(PoolError::NotInPool {
+                    domain: p.domain,
+                    pool: p.pool,
+                }),
             }
         })
         .await?;
+        // The domain's lockspace was left when it was deactivated (or at a reconnect): joined
+        // again for its metadata's write only.
+        let joined_before = cluster.joined().contains(&p.domain);
+        cluster.join(vec![areas_of(&domain)]).await?;
         let pool = p.pool;
         let named = Arc::clone(&domain);
-        blocking(move || {
+        let written = blocking(move || {
             named.update_keys(|keys| {
                 if crate::storage::pool::membership(named.uuid, keys)?.pool == Some(pool) {
                     set_regular(keys, None);
@@ -184,11 +195,14 @@ impl StorageService {
                 Ok(())
             })
         })
-        .await?;
-        self.refresh_domain(p.domain).await?;
-        if let Err(err) = self.cluster()?.leave(p.domain).await {
+        .await;
+        if (!joined_before || written.is_ok())
+            && let Err(err) = cluster.leave(p.domain).await
+        {
             tracing::warn!(domain = %p.domain, error = %err, "detached, but its lockspace is still joined");
         }
+        written?;
+        self.refresh_domain(p.domain).await?;
         tracing::info!(domain = %p.domain, pool = %p.pool, "storage domain detached");
         Ok(())
     }

@@ -181,6 +181,11 @@ impl StorageService {
         let (master_id, version) = self.connected_master(p.pool)?;
         {
             let _spm = self.require_spm().await?;
+            // Refused before anything is written: the spmStop below would refuse it after.
+            let busy = self.running_spm_tasks();
+            if !busy.is_empty() {
+                return Err(crate::cluster::ClusterError::SpmBusy(busy.join(", ")).into());
+            }
             let record = self.verified_master(p.pool, master_id, version).await?;
             if let Some(other) = record.domains.keys().find(|d| **d != master_id) {
                 return Err(StorageError::from(PoolError::DomainAction {
