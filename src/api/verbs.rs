@@ -210,7 +210,8 @@ verbs! {
         Returns true."
         [
             POOL_ID,
-            required("name", ParamType::String, "The pool's name (50 characters at most)."),
+            required("name", ParamType::String,
+                "The pool's name (50 characters at most; newlines and commas become spaces)."),
             required("masterSdUUID", ParamType::Uuid, "The master domain (in domainList)."),
             required("masterVersion", ParamType::Int, "The master's first version."),
             required("domainList", ParamType::UuidList, "The pool's domains."),
@@ -447,9 +448,11 @@ verbs! {
             optional("force", ParamType::Bool, "Unused: no forced detach."),
         ];
     StorageDomainFormat SD_FORMAT "StorageDomain.format" (FormatDomainParams)
-        "Removes a domain and everything in it: refused for a domain of the pool \
-        this host is connected to (392), attached to a pool without autoDetach \
-        (391), or used by a VM or a task here (392). Returns true."
+        "Removes a domain and everything in it: refused for a domain a master of \
+        this host's pool lists (392), for a pool's master on a [cluster] host (392, \
+        even with autoDetach), for one attached to a pool without autoDetach (391; a \
+        host that runs alone keeps its domains in its own pool: autoDetach=true), or \
+        used by a VM or a task here (392). Returns true."
         [
             DOMAIN_ID,
             required("autoDetach", ParamType::Bool,

@@ -4,9 +4,6 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-/// The error of a check the caller hands in (the storage's, when the master is read).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 use crate::sys::sanlock::SanlockError;
 
 /// A cluster failure.
@@ -109,10 +106,6 @@ pub enum ClusterError {
         /// Its bound.
         limit: Duration,
     },
-    /// The master's record, read with its SDM lease held, refuses the SPM role or the move
-    /// (the storage's code: 324 when it is no longer the pool's master at that version).
-    #[error("{0}")]
-    MasterRefused(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
     /// A bug (100).
     #[error("{0}")]
     Unexpected(String),

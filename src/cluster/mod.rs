@@ -22,7 +22,7 @@ mod leases;
 mod spm;
 mod state;
 
-pub use error::{BoxError, ClusterError};
+pub use error::ClusterError;
 pub use leases::{VolumeLease, external_lease, volume_lease};
 pub use state::{LeaseState, RepoStat, SpmRole, SpmStatus};
 

@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::state::{LeaseState, Spm, SpmRole, SpmStatus};
-use super::{BoxError, Cluster, ClusterError, DomainAreas};
+use super::{Cluster, ClusterError, DomainAreas};
+
+/// Bound of the work a caller does holding an SDM lease: a few small metadata reads and
+/// writes, which take milliseconds on healthy storage.
+const SDM_WORK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Cluster {
     /// Whether this host may run the pool's metadata verbs now: it is the SPM, and its lease
@@ -28,16 +32,16 @@ impl Cluster {
     /// the join's bound) for this host's lease in the master's lockspace, then takes the SDM
     /// lease at once or fails (another live host holds it). `verify` runs with the lease held
     /// and before the role is taken: it reads the master's record again (the master may have
-    /// moved since the connect), and its refusal gives the lease back.
-    pub async fn spm_start(
+    /// moved since the connect), and its refusal (`Ok(Err(..))`) gives the lease back.
+    pub async fn spm_start<E>(
         &self,
         master: Uuid,
-        verify: impl Future<Output = Result<(), BoxError>>,
-    ) -> Result<SpmStatus, ClusterError> {
+        verify: impl Future<Output = Result<(), E>>,
+    ) -> Result<Result<SpmStatus, E>, ClusterError> {
         let areas = {
             let mut state = self.state();
             match state.spm.role {
-                SpmRole::Spm => return Ok(state.spm.status(self.host_id())),
+                SpmRole::Spm => return Ok(Ok(state.spm.status(self.host_id()))),
                 SpmRole::Contend => return Err(ClusterError::SpmContending),
                 SpmRole::Free => {}
             }
@@ -55,22 +59,27 @@ impl Cluster {
             areas
         };
         let outcome = match self.contend(&areas).await {
-            Ok(lver) => match verify.await {
-                Ok(()) => Ok(lver),
-                Err(refusal) => {
+            Ok(lver) => match self.under_lease(&areas, verify).await {
+                Ok(Ok(())) => Ok(Ok(lver)),
+                Ok(Err(refusal)) => {
                     self.release_sdm(&areas).await;
-                    Err(ClusterError::MasterRefused(refusal.into()))
+                    Ok(Err(refusal))
                 }
+                Err(err) => Err(err),
             },
             Err(err) => Err(err),
         };
         let mut state = self.state();
         match outcome {
-            Ok(lver) => {
+            Ok(Ok(lver)) => {
                 state.spm.role = SpmRole::Spm;
                 state.spm.lver = lver;
                 tracing::info!(domain = %master, lver, "this host is the SPM");
-                Ok(state.spm.status(self.host_id()))
+                Ok(Ok(state.spm.status(self.host_id())))
+            }
+            Ok(Err(refusal)) => {
+                state.spm = Spm::default();
+                Ok(Err(refusal))
             }
             Err(err) => {
                 state.spm = Spm::default();
@@ -82,12 +91,12 @@ impl Cluster {
     /// Runs `write` holding the SDM lease of `master`, for a pool no host is the SPM of yet
     /// (VDSM's temporary cluster lock of `StoragePool.create`): joins the master's lockspace,
     /// takes the lease at once or fails, and gives it back after. On the SPM of that master
-    /// the lease is held already.
-    pub async fn with_sdm_lease<T>(
+    /// the lease is held already. `write`'s own error comes back as `Ok(Err(..))`.
+    pub async fn with_sdm_lease<T, E>(
         &self,
         master: DomainAreas,
-        write: impl Future<Output = Result<T, BoxError>>,
-    ) -> Result<T, ClusterError> {
+        write: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, ClusterError> {
         let held = {
             let state = self.state();
             match state.spm.role {
@@ -97,28 +106,45 @@ impl Cluster {
             }
         };
         if held {
-            return write
-                .await
-                .map_err(|e| ClusterError::MasterRefused(e.into()));
+            return self.under_lease(&master, write).await;
         }
         self.connect(vec![master.clone()]).await?;
         self.contend(&master).await?;
-        let written = write
-            .await
-            .map_err(|e| ClusterError::MasterRefused(e.into()));
+        let written = self.under_lease(&master, write).await?;
         self.release_sdm(&master).await;
-        written
+        Ok(written)
+    }
+
+    /// Runs `work` while an SDM lease is held, bounded by [`SDM_WORK_TIMEOUT`]. Past it the
+    /// work may still be writing (a hung mount, a blocking write): the lease is then kept by
+    /// this process, so that no other host takes it and writes meanwhile; sanlock frees it
+    /// when rvdsmd exits.
+    async fn under_lease<T, E>(
+        &self,
+        areas: &DomainAreas,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<Result<T, E>, ClusterError> {
+        match tokio::time::timeout(SDM_WORK_TIMEOUT, work).await {
+            Ok(done) => Ok(done),
+            Err(_) => {
+                tracing::error!(domain = %areas.uuid, "the work under the SDM lease did not end in time: the lease stays held until rvdsmd exits");
+                Err(ClusterError::Timeout {
+                    op: "metadata work under the SDM lease",
+                    limit: SDM_WORK_TIMEOUT,
+                })
+            }
+        }
     }
 
     /// Moves the SPM role to `new_master` with the pool's master: takes its SDM lease while
     /// the old one is still held (no host can be SPM on either meanwhile), runs `write` (the
-    /// records of the move), then gives the old lease up. A refused `write` gives the new
-    /// lease back and leaves the role where it was.
-    pub async fn move_spm(
+    /// records of the move), then gives the old lease up. A refused `write` (`Ok(Err(..))`)
+    /// gives the new lease back and leaves the role where it was.
+    pub async fn move_spm<E>(
         &self,
         new_master: Uuid,
-        write: impl Future<Output = Result<(), BoxError>>,
-    ) -> Result<(), ClusterError> {
+        write: impl Future<Output = Result<(), E>>,
+    ) -> Result<Result<(), E>, ClusterError> {
         let (old, new) = {
             let state = self.state();
             let old = match (state.spm.role, state.spm.master) {
@@ -139,9 +165,9 @@ impl Cluster {
         };
         self.gate(new_master)?;
         let lver = self.contend(&new).await?;
-        if let Err(refusal) = write.await {
+        if let Err(refusal) = self.under_lease(&new, write).await? {
             self.release_sdm(&new).await;
-            return Err(ClusterError::MasterRefused(refusal.into()));
+            return Ok(Err(refusal));
         }
         let moved = {
             let mut state = self.state();
@@ -159,7 +185,7 @@ impl Cluster {
         }
         self.release_sdm(&old).await;
         tracing::info!(from = %old.uuid, to = %new_master, lver, "the SPM role moved with the master");
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Gives the SDM lease of `areas` back; a failure is logged (the lease stays held by this

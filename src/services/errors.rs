@@ -62,6 +62,7 @@ pub fn pool_code(err: &PoolError) -> i32 {
         E::FormatAttached(_) => codes::CANNOT_FORMAT_ATTACHED_STORAGE_DOMAIN,
         E::FormatInUse { .. } => codes::CANNOT_FORMAT_STORAGE_DOMAIN_IN_CONNECTED_POOL,
         E::DomainAction { .. } => codes::STORAGE_DOMAIN_ACTION_ERROR,
+        E::Unreadable { source, .. } => storage_code(source),
         E::Record { .. } => codes::INVALID_METADATA,
         E::InvalidParameter(_) => codes::INVALID_PARAMETER_EXCEPTION,
     }
@@ -100,9 +101,6 @@ pub fn cluster_code(err: &ClusterError) -> i32 {
         E::HostIdMismatch { .. } => codes::HOST_ID_MISMATCH,
         E::NotClustered => codes::INVALID_PARAMETER,
         E::Sanlock(_) | E::Timeout { .. } | E::SpmContending => codes::SPM_START_ERROR,
-        E::MasterRefused(source) => source
-            .downcast_ref::<StorageError>()
-            .map_or(codes::STORAGE_POOL_WRONG_MASTER, storage_code),
         E::Unexpected(_) => codes::GENERAL,
     }
 }

@@ -91,7 +91,7 @@ impl DomainDir {
         Ok((dir, name))
     }
 
-    /// The content of `path`: a small file (metadata, a record), at most [`MAX_READ`] bytes.
+    /// The content of `path`: a small file (metadata, a record), at most `MAX_READ` (1 MiB).
     /// Another host writes these files: a huge one is refused, never read into memory.
     pub fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();

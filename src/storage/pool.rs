@@ -103,6 +103,15 @@ pub enum PoolError {
         /// Why.
         why: String,
     },
+    /// A domain's metadata cannot be read (the read's own code).
+    #[error("Cannot read the metadata of domain {domain}: {source}")]
+    Unreadable {
+        /// The domain.
+        domain: Uuid,
+        /// Why.
+        #[source]
+        source: Box<StorageError>,
+    },
     /// A value of the pool's record, as stored, cannot be read (751).
     #[error("Invalid pool metadata in domain {domain}: {why}")]
     Record {
@@ -176,7 +185,7 @@ impl PoolRecord {
         let description = description.replace(['\n', '\r', ','], " ");
         if description.chars().count() > MAX_DESCRIPTION {
             return Err(PoolError::InvalidParameter(format!(
-                "poolName longer than {MAX_DESCRIPTION} characters"
+                "name longer than {MAX_DESCRIPTION} characters"
             )));
         }
         let domains: BTreeMap<Uuid, DomainStatus> = domains
@@ -298,17 +307,27 @@ pub fn set_regular(keys: &mut BTreeMap<String, String>, pool: Option<Uuid>) {
 /// must say it is, and no other domain may claim to be the pool's master at this version or a
 /// later one (a move of the master interrupted between its two writes, or a forged record:
 /// two hosts could then each hold an SDM lease). Returns the master's record.
-pub fn verify_master<E: std::fmt::Display>(
+pub fn verify_master(
     pool: Uuid,
     master: Uuid,
     version: i64,
-    domains: &[(Uuid, Result<Membership, E>)],
+    domains: Vec<(Uuid, Result<Membership, StorageError>)>,
 ) -> Result<PoolRecord, PoolError> {
     let wrong = |why: String| PoolError::WrongMaster { pool, master, why };
-    let record = match domains.iter().find(|(id, _)| *id == master) {
+    let mut domains = domains;
+    let found = domains
+        .iter()
+        .position(|(id, _)| *id == master)
+        .map(|at| domains.swap_remove(at).1);
+    let record = match found {
         None => return Err(PoolError::MasterNotFound { pool, master }),
-        Some((_, Err(err))) => return Err(wrong(err.to_string())),
-        Some((_, Ok(m))) => match &m.master {
+        Some(Err(err)) => {
+            return Err(PoolError::Unreadable {
+                domain: master,
+                source: Box::new(err),
+            });
+        }
+        Some(Ok(m)) => match &m.master {
             None => return Err(wrong("the domain is not a master".into())),
             Some(r) if r.pool != pool => {
                 return Err(wrong(format!(
@@ -325,7 +344,7 @@ pub fn verify_master<E: std::fmt::Display>(
     if !record.domains.contains_key(&master) {
         return Err(wrong("the master is not among the pool's domains".into()));
     }
-    for (id, found) in domains {
+    for (id, found) in &domains {
         let Ok(Membership {
             master: Some(other),
             ..
@@ -333,7 +352,7 @@ pub fn verify_master<E: std::fmt::Display>(
         else {
             continue;
         };
-        if *id != master && other.pool == pool && other.version >= version {
+        if other.pool == pool && other.version >= version {
             return Err(wrong(format!(
                 "domain {id} claims to be the pool's master at version {}",
                 other.version
@@ -427,7 +446,7 @@ mod tests {
         assert_eq!(parse_domains("").unwrap().len(), 0);
     }
 
-    fn master_of(pool: Uuid, version: i64, me: Uuid) -> Result<Membership, PoolError> {
+    fn master_of(pool: Uuid, version: i64, me: Uuid) -> Result<Membership, StorageError> {
         Ok(Membership {
             pool: Some(pool),
             master: Some(PoolRecord::new(pool, version, "p", [me]).unwrap()),
@@ -437,34 +456,42 @@ mod tests {
     #[test]
     fn only_the_pool_s_one_master_at_its_version_is_verified() {
         let (pool, d1, d2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let regular = Ok(Membership {
-            pool: Some(pool),
-            master: None,
-        });
-        let seen = vec![(d1, master_of(pool, 1, d1)), (d2, regular)];
-        assert!(verify_master(pool, d1, 1, &seen).is_ok());
+        let regular = || {
+            Ok(Membership {
+                pool: Some(pool),
+                master: None,
+            })
+        };
+        let seen = || vec![(d1, master_of(pool, 1, d1)), (d2, regular())];
+        assert!(verify_master(pool, d1, 1, seen()).is_ok());
         for (master, version) in [(d1, 2), (d2, 1)] {
             assert!(matches!(
-                verify_master(pool, master, version, &seen),
+                verify_master(pool, master, version, seen()),
                 Err(PoolError::WrongMaster { .. })
             ));
         }
         assert!(matches!(
-            verify_master(pool, Uuid::new_v4(), 1, &seen),
+            verify_master(pool, Uuid::new_v4(), 1, seen()),
             Err(PoolError::MasterNotFound { .. })
         ));
         assert!(matches!(
-            verify_master(Uuid::new_v4(), d1, 1, &seen),
+            verify_master(Uuid::new_v4(), d1, 1, seen()),
             Err(PoolError::WrongMaster { .. })
+        ));
+        // An unreadable master keeps its read's error.
+        let unreadable = vec![(d1, Err(StorageError::DomainDoesNotExist(d1)))];
+        assert!(matches!(
+            verify_master(pool, d1, 1, unreadable),
+            Err(PoolError::Unreadable { .. })
         ));
         // A move interrupted after the new master's write: the old one is no longer verified,
         // the new one is.
-        let moving = vec![(d1, master_of(pool, 1, d1)), (d2, master_of(pool, 2, d2))];
-        assert!(verify_master(pool, d1, 1, &moving).is_err());
-        assert!(verify_master(pool, d2, 2, &moving).is_ok());
+        let moving = || vec![(d1, master_of(pool, 1, d1)), (d2, master_of(pool, 2, d2))];
+        assert!(verify_master(pool, d1, 1, moving()).is_err());
+        assert!(verify_master(pool, d2, 2, moving()).is_ok());
         // Two at one version: neither.
-        let forged = vec![(d1, master_of(pool, 2, d1)), (d2, master_of(pool, 2, d2))];
-        assert!(verify_master(pool, d1, 2, &forged).is_err());
-        assert!(verify_master(pool, d2, 2, &forged).is_err());
+        let forged = || vec![(d1, master_of(pool, 2, d1)), (d2, master_of(pool, 2, d2))];
+        assert!(verify_master(pool, d1, 2, forged()).is_err());
+        assert!(verify_master(pool, d2, 2, forged()).is_err());
     }
 }

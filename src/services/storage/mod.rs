@@ -294,7 +294,6 @@ impl StorageService {
         Ok(task)
     }
 
-    /// When this host stops being the SPM: its task records stay on this host only.
     /// The task records go to `master`'s `master/tasks` from now on (the master moved).
     pub(crate) fn share_tasks_in(&self, master: Uuid) {
         let Ok(domain) = self.domain(master) else {
@@ -306,6 +305,7 @@ impl StorageService {
         }
     }
 
+    /// When this host stops being the SPM: its task records stay on this host only.
     pub(crate) fn stop_sharing_tasks(&self) {
         if let Err(err) = self.inner.tasks.share_to(None) {
             tracing::error!(error = %err, "cannot stop sharing tasks");

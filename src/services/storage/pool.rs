@@ -258,14 +258,14 @@ impl StorageService {
                             .verified_master(pool, master, version)
                             .await
                             .map(drop)
-                            .map_err(crate::cluster::BoxError::from)
                     };
                     cluster
                         .spm_start(master, verify)
                         .await
                         .map_err(ApiError::from)
+                        .and_then(|verified| verified)
                 }
-                Err(refused) => Err(ApiError::from(refused)),
+                Err(refused) => Err(refused),
             };
             if let Ok(status) = &started
                 && !already
@@ -326,7 +326,7 @@ impl StorageService {
         self.check_pool(p.pool)?;
         let cluster = self.cluster()?;
         let _exclusive = self.spm_work_exclusive().await?;
-        let busy = self.running_spm_tasks();
+        let busy = self.tasks_blocking_spm_stop();
         let busy = (!busy.is_empty()).then(|| busy.join(", "));
         cluster.spm_stop(busy).await?;
         self.stop_sharing_tasks();

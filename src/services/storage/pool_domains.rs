@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::pool_record::blocking_storage;
 use super::{StorageService, blocking, pool::areas_of};
 use crate::api::ApiError;
 use crate::api::pool_types::{
@@ -48,7 +47,7 @@ impl StorageService {
         let pool = p.pool;
         let named = Arc::clone(&domain);
         let write = async move {
-            blocking_storage(move || {
+            blocking(move || {
                 named.update_keys(|keys| {
                     match crate::storage::pool::membership(named.uuid, keys)?.pool {
                         Some(other) if other != pool => Err(PoolError::AlreadyAttached {
@@ -68,7 +67,9 @@ impl StorageService {
         let attached = match cluster.join(vec![areas_of(&domain)]).await {
             Ok(()) => cluster.with_sdm_lease(areas_of(&domain), write).await,
             Err(err) => Err(err),
-        };
+        }
+        .map_err(ApiError::from)
+        .and_then(|written| written);
         if !joined_before && let Err(err) = cluster.leave(p.domain).await {
             tracing::warn!(domain = %p.domain, error = %err, "cannot leave a lockspace joined for the attach");
         }
@@ -126,12 +127,13 @@ impl StorageService {
             return Ok(());
         }
         let _spm = self.require_spm().await?;
-        self.refuse_in_use(p.domain).await.map_err(|why| {
-            StorageError::from(PoolError::DomainAction {
+        if let Some(why) = self.in_use_reason(p.domain).await? {
+            return Err(StorageError::from(PoolError::DomainAction {
                 domain: p.domain,
                 why,
             })
-        })?;
+            .into());
+        }
         self.change_record(p.pool, move |record| {
             let status = record
                 .domains
@@ -243,7 +245,9 @@ impl StorageService {
         {
             return Err(in_use(format!("it is the master of pool {}", record.pool)));
         }
-        self.refuse_in_use(p.domain).await.map_err(in_use)?;
+        if let Some(why) = self.in_use_reason(p.domain).await? {
+            return Err(in_use(why));
+        }
         if let Some(cluster) = &self.inner.cluster {
             cluster.leave(p.domain).await?;
         }
@@ -263,10 +267,11 @@ impl StorageService {
         Ok(())
     }
 
-    /// Why a VM of this host or a running task uses `domain`, if one does.
-    pub(super) async fn refuse_in_use(&self, domain: Uuid) -> Result<(), String> {
+    /// Why a VM of this host or a running task uses `domain`, if one does; `Err` when that
+    /// cannot be told (libvirt does not answer).
+    pub(super) async fn in_use_reason(&self, domain: Uuid) -> Result<Option<String>, ApiError> {
         let Ok(found) = self.domain(domain) else {
-            return Ok(());
+            return Ok(None);
         };
         let root = found.dir.root().to_owned();
         let mut roots = vec![
@@ -276,29 +281,27 @@ impl StorageService {
                 .pool_dir(self.inner.pool)
                 .join(domain.to_string()),
         ];
-        if let Ok(real) = tokio::task::spawn_blocking(move || std::fs::canonicalize(&root))
-            .await
-            .map_err(|e| e.to_string())?
+        // The domain's real path too: libvirt reports the paths it was given, which may be
+        // through the LOCALFS link or not.
+        if let Ok(real) = blocking(move || {
+            std::fs::canonicalize(&root).map_err(StorageError::io("resolve", &root))
+        })
+        .await
         {
             roots.push(real);
         }
-        let paths = self
-            .inner
-            .hypervisor
-            .disk_paths_in_use()
-            .await
-            .map_err(|e| format!("cannot tell which volumes VMs use: {e}"))?;
+        let paths = self.inner.hypervisor.disk_paths_in_use().await?;
         if let Some(path) = paths
             .iter()
             .find(|p| roots.iter().any(|r| std::path::Path::new(p).starts_with(r)))
         {
-            return Err(format!("a VM of this host uses {path}"));
+            return Ok(Some(format!("a VM of this host uses {path}")));
         }
-        let busy = self.running_spm_tasks();
+        let busy = self.tasks_blocking_spm_stop();
         if !busy.is_empty() {
-            return Err(format!("SPM tasks run: {}", busy.join(", ")));
+            return Ok(Some(format!("SPM tasks run: {}", busy.join(", "))));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Reads `domain`'s metadata again (another host may have attached or detached it).

@@ -19,13 +19,15 @@ use crate::api::pool_types::{
     CreatePoolParams, DestroyPoolParams, PoolDomainInfo, PoolFullInfo, PoolIdParams, PoolInfo,
     SwitchMasterParams,
 };
-use crate::cluster::BoxError;
 use crate::jobs::tasks::TaskWork;
 use crate::storage::StorageError;
 use crate::storage::domain::Domain;
 use crate::storage::pool::{
     DomainStatus, Membership, PoolError, PoolRecord, set_master, set_regular, verify_master,
 };
+
+/// Bound of one read of every domain's metadata (a few small files per domain).
+const DOMAINS_SCAN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl StorageService {
     /// `StoragePool.create`: the master gets the pool's record, every listed domain names the
@@ -56,14 +58,15 @@ impl StorageService {
             .map(|a| a.uuid)
             .filter(|d| !joined_before.contains(d))
             .collect();
-        let write = async move {
-            blocking_storage(move || write_new_pool(&domains, &master, &record)).await
-        };
+        let write =
+            async move { blocking(move || write_new_pool(&domains, &master, &record)).await };
         let master_areas = areas_of(self.domain(p.master)?.as_ref());
         let created = match cluster.join(areas).await {
             Ok(()) => cluster.with_sdm_lease(master_areas, write).await,
             Err(err) => Err(err),
-        };
+        }
+        .map_err(ApiError::from)
+        .and_then(|written| written);
         for domain in joined_here {
             if let Err(err) = cluster.leave(domain).await {
                 tracing::warn!(%domain, error = %err, "cannot leave a lockspace joined for StoragePool.create");
@@ -182,7 +185,7 @@ impl StorageService {
         {
             let _spm = self.require_spm().await?;
             // Refused before anything is written: the spmStop below would refuse it after.
-            let busy = self.running_spm_tasks();
+            let busy = self.tasks_blocking_spm_stop();
             if !busy.is_empty() {
                 return Err(crate::cluster::ClusterError::SpmBusy(busy.join(", ")).into());
             }
@@ -199,9 +202,15 @@ impl StorageService {
             blocking(move || {
                 master.update_keys(|keys| {
                     let record = crate::storage::pool::membership(master.uuid, keys)?.master;
-                    if record.is_some_and(|r| r.pool == pool && r.version == version) {
-                        set_regular(keys, None);
+                    if !record.is_some_and(|r| r.pool == pool && r.version == version) {
+                        return Err(PoolError::WrongMaster {
+                            pool,
+                            master: master.uuid,
+                            why: "the master changed before the destroy".into(),
+                        }
+                        .into());
                     }
+                    set_regular(keys, None);
                     Ok(())
                 })
             })
@@ -228,8 +237,8 @@ impl StorageService {
         deactivate: bool,
     ) -> Result<(), ApiError> {
         let cluster = self.cluster()?.clone();
-        // Held for the whole move: spmStop waits for it, never releases a lease the move is
-        // taking or giving up.
+        // Held for the whole move: spmStop waits for it (then refuses, after 10 s), and never
+        // releases a lease the move is taking or giving up.
         let _spm = self.require_spm().await?;
         if new == old {
             return Err(StorageError::from(PoolError::InvalidParameter(format!(
@@ -248,7 +257,7 @@ impl StorageService {
             })
             .into());
         }
-        let busy = self.running_spm_tasks();
+        let busy = self.tasks_blocking_spm_stop();
         if !busy.is_empty() {
             return Err(StorageError::from(PoolError::DomainAction {
                 domain: old,
@@ -278,7 +287,7 @@ impl StorageService {
         // An activated domain's lockspace may still be joining.
         cluster.join(vec![areas_of(&new_domain)]).await?;
         let write = async move {
-            blocking_storage(move || {
+            blocking(move || {
                 new_domain.update_keys(|keys| {
                     set_master(keys, &record);
                     Ok(())
@@ -297,7 +306,7 @@ impl StorageService {
             })
             .await
         };
-        cluster.move_spm(new, write).await?;
+        cluster.move_spm(new, write).await??;
         *self.inner.master.lock().unwrap_or_else(|e| e.into_inner()) = Some((new, version));
         self.share_tasks_in(new);
         self.reload_domains().await?;
@@ -336,7 +345,7 @@ impl StorageService {
 
     /// The SPM tasks not ended yet (but an spmStart, and a switchMaster: the move runs in it,
     /// and a second one finds the master moved).
-    pub(super) fn running_spm_tasks(&self) -> Vec<String> {
+    pub(super) fn tasks_blocking_spm_stop(&self) -> Vec<String> {
         self.inner
             .tasks
             .all()
@@ -352,18 +361,30 @@ impl StorageService {
             .collect()
     }
 
-    /// Every domain under the repository, with its place in a pool read now.
+    /// Every domain under the repository, with its place in a pool read now; bounded by
+    /// [`DOMAINS_SCAN_TIMEOUT`] (a hung mount must not hang the pool's verbs).
     pub(super) async fn memberships(
         &self,
     ) -> Result<Vec<(Uuid, Result<Membership, StorageError>)>, ApiError> {
         let repo = self.inner.repo.clone();
-        blocking(move || {
+        let scan = blocking(move || {
             Ok(Domain::discover(&repo)
                 .into_iter()
                 .map(|d| (d.uuid, d.membership()))
                 .collect())
-        })
-        .await
+        });
+        match tokio::time::timeout(DOMAINS_SCAN_TIMEOUT, scan).await {
+            Ok(scanned) => scanned,
+            Err(_) => Err(
+                StorageError::io("read the domains' metadata", self.inner.repo.mounts())(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {DOMAINS_SCAN_TIMEOUT:?}"),
+                    ),
+                )
+                .into(),
+            ),
+        }
     }
 
     /// The record of `pool`'s master `master` at `version`, verified on storage now (see
@@ -373,18 +394,9 @@ impl StorageService {
         pool: Uuid,
         master: Uuid,
         version: i64,
-    ) -> Result<PoolRecord, StorageError> {
-        let repo = self.inner.repo.clone();
-        let verified = tokio::task::spawn_blocking(move || {
-            let seen: Vec<_> = Domain::discover(&repo)
-                .into_iter()
-                .map(|d| (d.uuid, d.membership()))
-                .collect();
-            verify_master(pool, master, version, &seen)
-        })
-        .await
-        .map_err(|e| StorageError::Persist(format!("master check panicked: {e}")))?;
-        Ok(verified?)
+    ) -> Result<PoolRecord, ApiError> {
+        let seen = self.memberships().await?;
+        Ok(verify_master(pool, master, version, seen).map_err(StorageError::from)?)
     }
 
     /// The master and version the last `StoragePool.connect` verified (309 before one).
@@ -484,16 +496,6 @@ fn write_new_pool(
         set_master(keys, record);
         Ok(())
     })
-}
-
-/// Runs blocking storage work off the reactor, its error boxed for the cluster's checks.
-pub(super) async fn blocking_storage<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, BoxError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(BoxError::from),
-        Err(e) => Err(format!("storage work panicked: {e}").into()),
-    }
 }
 
 #[cfg(test)]
