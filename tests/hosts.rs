@@ -6,88 +6,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, Via, test_config};
-use common::sanlock::{Sanlock, disk_dir};
+use common::daemon::Via;
+use common::hosts::{Host, io_timeout};
+use common::pool::{create_domain, create_pool};
+use common::sanlock::disk_dir;
 use common::wait_until;
 use rvdsm::client::ClientError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// sanlock's io_timeout in these tests: 3 s, so that a dead host's lease expires in 84 s.
-/// `RVDSM_HOSTS_IO_TIMEOUT=10` runs them with VDSM's production value (by hand: a takeover
-/// then takes 140 s).
-fn io_timeout() -> u32 {
-    std::env::var("RVDSM_HOSTS_IO_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-}
 const BLANK: &str = "00000000-0000-0000-0000-000000000000";
-
-/// One simulated host: its sanlock daemon and its rvdsmd.
-struct Host {
-    id: u64,
-    daemon: Daemon,
-    sanlock: Sanlock,
-}
-
-impl Host {
-    fn start(id: u64, shared: &Path, pool: &str) -> Host {
-        let sanlock = Sanlock::start();
-        let dir = tempfile::Builder::new()
-            .prefix("rvdsmd-test")
-            .tempdir()
-            .unwrap();
-        let config = test_config(
-            dir.path(),
-            &format!(
-                "[cluster]\nhost_id = {id}\nio_timeout_secs = {}\n",
-                io_timeout()
-            ),
-        );
-        // One repository for all: the shared mounts, as /rhev/data-center on each host.
-        let own_repo = format!("repository = \"{}\"", dir.path().join("repo").display());
-        assert!(config.contains(&own_repo));
-        let config = config.replace(
-            &own_repo,
-            &format!(
-                "repository = \"{}\"\npool_uuid = \"{pool}\"",
-                shared.join("repo").display()
-            ),
-        );
-        std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
-        let mut daemon = Daemon::spawn(dir, &[sanlock.env()]);
-        daemon.wait_ready();
-        Host {
-            id,
-            daemon,
-            sanlock,
-        }
-    }
-
-    /// Kills rvdsmd (not its sanlock) and starts it again on the same state.
-    fn restart_rvdsmd(&mut self) {
-        self.daemon.restart_in_place(&[]);
-    }
-
-    /// The whole host dies: its rvdsmd and its sanlock killed with SIGKILL.
-    fn kill(&mut self) {
-        self.daemon.kill9();
-        self.sanlock.kill9();
-    }
-
-    /// The host comes back: a new sanlock daemon, rvdsmd started again on its state.
-    fn boot(&mut self) {
-        self.sanlock = Sanlock::start();
-        let (key, value) = self.sanlock.env();
-        let value = value.to_owned();
-        self.daemon.keep_env(key, &value);
-        self.daemon.restart_in_place(&[]);
-    }
-}
 
 /// Three hosts sharing one domain, each connected to the pool.
 struct Cluster {
@@ -101,21 +31,13 @@ impl Cluster {
     fn start() -> Cluster {
         let shared = disk_dir("shared-storage");
         let data = shared.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
         let pool = Uuid::new_v4().to_string();
         let hosts: Vec<Host> = (1..=3)
             .map(|id| Host::start(id, shared.path(), &pool))
             .collect();
-        let domain = Uuid::new_v4().to_string();
-        let created = hosts[0].daemon.ok(
-            "StorageDomain.create",
-            json!({
-                "storagedomainID": domain, "domainType": 4,
-                "typeArgs": data.to_str().unwrap(), "name": "shared",
-                "domainClass": 1, "version": "5",
-            }),
-        );
-        assert_eq!(created, json!(true));
+        let domain = create_domain(&hosts[0].daemon, &data, "shared");
+        // The engine's next step: the domain made the pool's master, at version 1.
+        create_pool(&hosts[0].daemon, &pool, &domain, &[&domain], 1);
         let cluster = Cluster {
             hosts,
             pool,

@@ -844,6 +844,11 @@ fn a_host_without_a_host_id_runs_alone_and_says_so() {
 
     // The pool verbs of shared domains are refused, naming the setting.
     let (code, message) = f.daemon.err(
+        "StoragePool.create",
+        common::pool::create_pool_params(&f.pool, &f.domain, &[&f.domain], 1),
+    );
+    assert_eq!(code, 91, "{message}");
+    let (code, message) = f.daemon.err(
         "StoragePool.connect",
         json!({"storagepoolID": f.pool, "hostID": 1, "scsiKey": "",
                "masterSdUUID": f.domain, "masterVersion": 1}),

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::cluster::SharedHost;
-use common::daemon::{Daemon, test_config};
 use common::domain::{assert_success, new_id};
-use common::sanlock::{Sanlock, disk_dir};
+use common::hosts::Host;
+use common::pool::{create_domain, create_pool};
+use common::sanlock::disk_dir;
 use common::wait_until;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -203,44 +204,6 @@ fn a_forged_create_rollback_keeps_a_volume_it_cannot_prove_half_made() {
     assert_eq!(f.info(&other, &illegal)["legality"], "ILLEGAL");
 }
 
-/// One host of the two-host test: its sanlock daemon and its rvdsmd on the shared repository.
-struct Host {
-    id: u64,
-    daemon: Daemon,
-    _sanlock: Sanlock,
-}
-
-impl Host {
-    fn start(id: u64, shared: &Path, pool: &str) -> Host {
-        let sanlock = Sanlock::start();
-        let dir = tempfile::Builder::new()
-            .prefix("rvdsmd-test")
-            .tempdir()
-            .unwrap();
-        let config = test_config(
-            dir.path(),
-            &format!("[cluster]\nhost_id = {id}\nio_timeout_secs = 3\n"),
-        );
-        let own_repo = format!("repository = \"{}\"", dir.path().join("repo").display());
-        assert!(config.contains(&own_repo));
-        let config = config.replace(
-            &own_repo,
-            &format!(
-                "repository = \"{}\"\npool_uuid = \"{pool}\"",
-                shared.join("repo").display()
-            ),
-        );
-        std::fs::write(dir.path().join("rvdsm.toml"), config).unwrap();
-        let mut daemon = Daemon::spawn(dir, &[sanlock.env()]);
-        daemon.wait_ready();
-        Host {
-            id,
-            daemon,
-            _sanlock: sanlock,
-        }
-    }
-}
-
 /// Two hosts on one shared domain.
 struct Pair {
     hosts: [Host; 2],
@@ -253,22 +216,14 @@ impl Pair {
     fn start() -> Pair {
         let shared = disk_dir("shared-storage");
         let data = shared.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
         let pool = Uuid::new_v4().to_string();
         let hosts = [
             Host::start(1, shared.path(), &pool),
             Host::start(2, shared.path(), &pool),
         ];
-        let domain = Uuid::new_v4().to_string();
-        let created = hosts[0].daemon.ok(
-            "StorageDomain.create",
-            json!({
-                "storagedomainID": domain, "domainType": 4,
-                "typeArgs": data.to_str().unwrap(), "name": "shared",
-                "domainClass": 1, "version": "5",
-            }),
-        );
-        assert_eq!(created, json!(true));
+        let domain = create_domain(&hosts[0].daemon, &data, "shared");
+        // The engine's next step: the domain made the pool's master, at version 1.
+        create_pool(&hosts[0].daemon, &pool, &domain, &[&domain], 1);
         let pair = Pair {
             hosts,
             pool,

@@ -1,5 +1,6 @@
 //! One host that shares its storage domain through sanlock (io_timeout 3 s): its own sanlock
-//! daemon, an rvdsmd with host id 1, a domain, connected to the pool, joined and SPM.
+//! daemon, an rvdsmd with host id 1, a domain made the master of the pool (`StoragePool.create`,
+//! version 1), connected to the pool, joined and SPM.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use serde_json::json;
 
 use super::daemon::{Daemon, test_config};
 use super::domain::{Fixture, assert_success};
+use super::pool::create_pool;
 use super::sanlock::Sanlock;
 use super::wait_until;
 
@@ -20,7 +22,8 @@ pub struct SharedHost {
 }
 
 impl SharedHost {
-    /// Starts it: sanlock, rvdsmd, the domain, connected, joined, SPM.
+    /// Starts it: sanlock, rvdsmd, the domain, the pool created on it (master version 1),
+    /// connected, joined, SPM.
     pub fn start() -> SharedHost {
         let sanlock = Sanlock::start();
         let dir = tempfile::Builder::new()
@@ -35,6 +38,9 @@ impl SharedHost {
             f: Fixture::on(daemon),
             sanlock,
         };
+        // On a `[cluster]` host a new domain belongs to no pool until the pool is created.
+        let f = &host.f;
+        create_pool(&f.daemon, &f.pool, &f.domain, &[&f.domain], 1);
         host.connect();
         let f = &host.f;
         let task = f.daemon.ok(

@@ -8,6 +8,8 @@
 //!   files when dropped, panics included. At most `RVDSM_TEST_MAX_GUESTS` (default 2) guests
 //!   run at once per test binary, so a 2-core machine is not overloaded.
 //! - [`Daemon`] runs `rvdsmd` on a free port and a temporary socket and calls it.
+//! - [`hosts`] simulated hosts sharing storage (rvdsmd with `[cluster]`, each with its own
+//!   sanlock daemon); [`pool`] the engine's verbs that set a pool up on them.
 //! - [`stomp`] STOMP clients (rvdsm's own, over TCP, TLS or Unix; and a raw socket).
 #![allow(dead_code, unused_imports)] // Each test binary uses a different part of the harness.
 
@@ -17,7 +19,9 @@ pub mod daemon;
 pub mod domain;
 pub mod engine;
 pub mod guest;
+pub mod hosts;
 pub mod libvirtd;
+pub mod pool;
 pub mod sanlock;
 pub mod stomp;
 pub mod vdsm_schema;

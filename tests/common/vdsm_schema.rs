@@ -262,6 +262,65 @@ fn domain_vitals(what: &str, v: &Value) -> Result<(), String> {
     )
 }
 
+/// The states of a domain in a pool (`POOL_DOMAINS` and `StoragePool.getInfo`).
+const POOL_DOMAIN_STATES: &[&str] = &["Active", "Attached"];
+
+/// VDSM's `StoragePoolInfo` (`info`) and its `dominfo` map (`StoragePool.getInfo`).
+fn pool_info(what: &str, v: &Value) -> Result<(), String> {
+    fields(what, v, &[("info", Ty::Object), ("dominfo", Ty::Object)])?;
+    let info = &v["info"];
+    fields(
+        &format!("{what}.info"),
+        info,
+        &[
+            ("master_uuid", Ty::Str),
+            ("master_ver", Ty::Int),
+            ("name", Ty::Str),
+            ("domains", Ty::Str),
+            ("spm_id", Ty::Int),
+            ("lver", Ty::Int),
+            ("version", Ty::Str),
+            ("type", Ty::Str),
+            ("isoprefix", Ty::Str),
+            ("pool_status", Ty::Str),
+        ],
+    )?;
+    uuid_string(&format!("{what}.info.master_uuid"), &info["master_uuid"])?;
+    // "<sd>:<state>,..." (VDSM's `POOL_DOMAINS`), empty for a pool of no domain.
+    let listed = info["domains"].as_str().unwrap_or_default();
+    for entry in listed.split(',').filter(|e| !e.is_empty()) {
+        let (sd, state) = entry
+            .split_once(':')
+            .ok_or_else(|| format!("{what}.info.domains: {entry:?} is not <sd>:<state>"))?;
+        uuid_string(&format!("{what}.info.domains"), &Value::from(sd))?;
+        if !POOL_DOMAIN_STATES.contains(&state) {
+            return Err(format!("{what}.info.domains: state {state:?} of {sd}"));
+        }
+    }
+    for (sd, dom) in v["dominfo"].as_object().into_iter().flatten() {
+        let what = format!("{what}.dominfo.{sd}");
+        fields(
+            &what,
+            dom,
+            &[
+                ("status", Ty::Str),
+                ("alerts", Ty::Array),
+                ("isoprefix", Ty::Str),
+                ("version", Ty::Int),
+                ("diskfree", Ty::UIntStr),
+                ("disktotal", Ty::UIntStr),
+            ],
+        )?;
+        let status = dom["status"].as_str().unwrap_or_default();
+        if !POOL_DOMAIN_STATES.contains(&status) {
+            return Err(format!(
+                "{what}.status {status:?} is not a pool domain state"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a successful reply of `method` against VDSM's types; `Err` says what is wrong.
 pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
     match method {
@@ -284,7 +343,14 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
         | "SDM.copy_data"
         | "StoragePool.connect"
         | "StoragePool.disconnect"
-        | "StoragePool.spmStop" => check_type(method, reply, Ty::Bool),
+        | "StoragePool.spmStop"
+        | "StoragePool.create"
+        | "StorageDomain.attach"
+        | "StorageDomain.activate"
+        | "StorageDomain.deactivate"
+        | "StorageDomain.detach"
+        | "StorageDomain.format" => check_type(method, reply, Ty::Bool),
+        "StoragePool.getInfo" => pool_info(method, reply),
         "StoragePool.getSpmStatus" => fields(
             method,
             reply,
@@ -313,6 +379,7 @@ pub fn check_reply(method: &str, reply: &Value) -> Result<(), String> {
         | "StoragePool.prepareMerge"
         | "StoragePool.finalizeMerge"
         | "StoragePool.spmStart"
+        | "StoragePool.switchMaster"
         | "Lease.create"
         | "Lease.delete" => uuid_string(method, reply),
         "Lease.info" => fields(
@@ -382,4 +449,25 @@ fn the_checker_catches_what_a_manager_would_trip_on() {
             .unwrap_err()
             .contains("exitCode")
     );
+}
+
+#[test]
+fn the_checker_knows_the_pool_s_info() {
+    let mut good = serde_json::json!({
+        "info": {"master_uuid": "9b5c8d5e-2c4a-4a35-8a7e-3b7f7c1f0a01", "master_ver": 1,
+                 "name": "pool", "spm_id": 1, "lver": 2, "version": "5", "type": "LOCALFS",
+                 "isoprefix": "", "pool_status": "connected",
+                 "domains": "9b5c8d5e-2c4a-4a35-8a7e-3b7f7c1f0a01:Active"},
+        "dominfo": {"9b5c8d5e-2c4a-4a35-8a7e-3b7f7c1f0a01": {"status": "Active", "alerts": [],
+                    "isoprefix": "", "version": 5, "diskfree": "10", "disktotal": "20"}},
+    });
+    assert_eq!(check_reply("StoragePool.getInfo", &good), Ok(()));
+    let mut string_version = good.clone();
+    string_version["info"]["master_ver"] = "1".into();
+    let err = check_reply("StoragePool.getInfo", &string_version).unwrap_err();
+    assert!(err.contains("master_ver"), "{err}");
+    good["info"]["domains"] = "9b5c8d5e-2c4a-4a35-8a7e-3b7f7c1f0a01:Master".into();
+    let err = check_reply("StoragePool.getInfo", &good).unwrap_err();
+    assert!(err.contains("Master"), "{err}");
+    assert!(check_reply("StoragePool.create", &serde_json::json!(null)).is_err());
 }
