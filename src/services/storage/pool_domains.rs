@@ -146,6 +146,11 @@ impl StorageService {
             Ok(())
         })
         .await?;
+        // As VDSM's domain monitor releases its host id: the domain is the pool's no more
+        // until activated (the other hosts leave it at their next connect).
+        if let Err(err) = self.cluster()?.leave(p.domain).await {
+            tracing::warn!(domain = %p.domain, error = %err, "deactivated, but its lockspace is still joined");
+        }
         tracing::info!(domain = %p.domain, pool = %p.pool, "storage domain deactivated");
         Ok(())
     }
@@ -225,6 +230,7 @@ impl StorageService {
         // this host connected at (the master may have moved since): that pool still has it,
         // `autoDetach` or not. A domain whose metadata cannot be read may be such a master:
         // the format is refused (fail closed).
+        let mut listed_by = None;
         for (id, found) in self.memberships().await? {
             let found = found.map_err(|err| {
                 StorageError::from(PoolError::Unreadable {
@@ -235,11 +241,19 @@ impl StorageService {
             if let Some(record) = found.master
                 && record.domains.contains_key(&p.domain)
             {
-                return Err(in_use(format!(
-                    "the master {id} of pool {} lists it",
-                    record.pool
-                )));
+                listed_by = Some((id, record.pool));
             }
+        }
+        let listed = |(master, pool): (Uuid, Uuid)| {
+            in_use(format!("the master {master} of pool {pool} lists it"))
+        };
+        // VDSM's order: a domain of the connected pool first (392), then an attached one
+        // without autoDetach (391).
+        if let Some((master, pool)) = listed_by
+            && pool == self.inner.pool
+            && self.master().is_some()
+        {
+            return Err(listed((master, pool)));
         }
         let member = {
             let domain = Arc::clone(&domain);
@@ -248,6 +262,9 @@ impl StorageService {
         let alone = self.inner.cluster.is_none();
         if member.pool.is_some() && !p.auto_detach {
             return Err(StorageError::from(PoolError::FormatAttached(p.domain)).into());
+        }
+        if let Some(found) = listed_by {
+            return Err(listed(found));
         }
         if let Some(record) = &member.master
             && !alone
