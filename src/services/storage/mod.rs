@@ -294,6 +294,23 @@ impl StorageService {
         Ok(task)
     }
 
+    /// Records the end of the task `task` (`verb` names it in the log): its outcome as
+    /// VDSM's task result.
+    pub(super) async fn end_task(
+        &self,
+        task: Uuid,
+        verb: &'static str,
+        outcome: Result<(), ApiError>,
+    ) {
+        let outcome = outcome.map_err(|e| {
+            tracing::warn!(%task, error = %e, "{verb} failed");
+            (e.code(), e.to_string(), true)
+        });
+        if let Err(err) = on_tasks(&self.inner.tasks, move |t| t.end(task, outcome)).await {
+            tracing::error!(%task, error = %err, "cannot record the task's end");
+        }
+    }
+
     /// The task records go to `master`'s `master/tasks` from now on (the master moved).
     pub(crate) fn share_tasks_in(&self, master: Uuid) {
         let Ok(domain) = self.domain(master) else {

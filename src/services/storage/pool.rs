@@ -273,15 +273,7 @@ impl StorageService {
                 service.record_spm(pool, master, version, status.lver).await;
                 service.take_over_tasks(master).await;
             }
-            let outcome = started.map(drop).map_err(|e| {
-                tracing::warn!(%task, error = %e, "spmStart failed");
-                (e.code(), e.to_string(), true)
-            });
-            if let Err(err) =
-                super::on_tasks(&service.inner.tasks, move |t| t.end(task, outcome)).await
-            {
-                tracing::error!(%task, error = %err, "cannot record the task's end");
-            }
+            service.end_task(task, "spmStart", started.map(drop)).await;
         });
         Ok(task)
     }

@@ -90,18 +90,8 @@ impl StorageService {
         self.check_pool(p.pool)?;
         let _spm = self.require_spm().await?;
         let domain = self.domain(p.domain)?;
-        self.change_record(p.pool, move |record| {
-            let status = record
-                .domains
-                .get_mut(&p.domain)
-                .ok_or(PoolError::NotInPool {
-                    domain: p.domain,
-                    pool: p.pool,
-                })?;
-            *status = DomainStatus::Active;
-            Ok(())
-        })
-        .await?;
+        self.set_domain_status(p.pool, p.domain, DomainStatus::Active)
+            .await?;
         self.cluster()?.connect(vec![areas_of(&domain)]).await?;
         tracing::info!(domain = %p.domain, pool = %p.pool, "storage domain activated");
         Ok(())
@@ -134,18 +124,8 @@ impl StorageService {
             })
             .into());
         }
-        self.change_record(p.pool, move |record| {
-            let status = record
-                .domains
-                .get_mut(&p.domain)
-                .ok_or(PoolError::NotInPool {
-                    domain: p.domain,
-                    pool: p.pool,
-                })?;
-            *status = DomainStatus::Attached;
-            Ok(())
-        })
-        .await?;
+        self.set_domain_status(p.pool, p.domain, DomainStatus::Attached)
+            .await?;
         // As VDSM's domain monitor releases its host id: the domain is the pool's no more
         // until activated (the other hosts leave it at their next connect).
         if let Err(err) = self.cluster()?.leave(p.domain).await {
@@ -291,6 +271,25 @@ impl StorageService {
         }
         tracing::info!(domain = %p.domain, "storage domain formatted");
         Ok(())
+    }
+
+    /// The master lists `domain`, one of the pool's (353 otherwise), as `status`.
+    async fn set_domain_status(
+        &self,
+        pool: Uuid,
+        domain: Uuid,
+        status: DomainStatus,
+    ) -> Result<(), ApiError> {
+        self.change_record(pool, move |record| {
+            let listed = record
+                .domains
+                .get_mut(&domain)
+                .ok_or(PoolError::NotInPool { domain, pool })?;
+            *listed = status;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     /// Why a VM of this host or a running task uses `domain`, if one does; `Err` when that

@@ -156,15 +156,7 @@ impl StorageService {
             let moved = service
                 .move_master(p.pool, p.old, p.new, p.master_version, false)
                 .await;
-            let outcome = moved.map_err(|e| {
-                tracing::warn!(%task, error = %e, "switchMaster failed");
-                (e.code(), e.to_string(), true)
-            });
-            if let Err(err) =
-                super::on_tasks(&service.inner.tasks, move |t| t.end(task, outcome)).await
-            {
-                tracing::error!(%task, error = %err, "cannot record the task's end");
-            }
+            service.end_task(task, "switchMaster", moved).await;
         });
         Ok(task)
     }
