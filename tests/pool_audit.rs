@@ -794,6 +794,7 @@ fn a_detach_after_a_reconnect_or_cut_short_is_finished() {
         site.hosts[0]
             .daemon
             .call(common::daemon::Via::Unix, "StorageDomain.detach", sd(2));
+    eprintln!("the detach under gdb: {detached:?}");
     gdb.wait();
     assert!(detached.is_err(), "{detached:?}");
     assert!(!site.keys(0)["POOL_DOMAINS"].contains(&site.domains[2]));

@@ -321,6 +321,11 @@ pub fn verify_master(
         .map(|at| domains.swap_remove(at).1);
     let record = match found {
         None => return Err(PoolError::MasterNotFound { pool, master }),
+        // A record that cannot be parsed is a wrong master (324), as VDSM answers a master it
+        // cannot verify; a read that failed keeps its own error.
+        Some(Err(StorageError::Pool(record @ PoolError::Record { .. }))) => {
+            return Err(wrong(record.to_string()));
+        }
         Some(Err(err)) => {
             return Err(PoolError::Unreadable {
                 domain: master,
