@@ -354,9 +354,12 @@ impl Cluster {
                 state.domains.remove(&domain);
                 return Ok(());
             }
+            let before = entry.state;
             entry.set(LeaseState::Left);
-            entry.areas.lockspace(self.host_id())
+            (before, entry.areas.lockspace(self.host_id()))
         };
+        let (before, lockspace) = lockspace;
+        // Releasing the delta lease waits for one renewal interval at most (as disconnect).
         let limit = self.inner.settings.call_timeout * 2;
         let left = self
             .call("remove lockspace", limit, move || lockspace.leave(true))
@@ -368,8 +371,9 @@ impl Cluster {
                 Ok(())
             }
             Err(e) => {
+                // Still held (EBUSY: a lease is held in it): as it was.
                 if let Some(d) = self.state().domains.get_mut(&domain) {
-                    d.set(LeaseState::Joined);
+                    d.set(before);
                 }
                 Err(ClusterError::Leave {
                     domain,
