@@ -201,85 +201,36 @@ pub fn error_object(err: ApiError) -> ErrorObjectOwned {
 mod tests {
     use super::*;
     use crate::api::names;
-    use crate::jobs::vm_jobs::JobRegistry;
-    use crate::services::{
-        FreezeService, HostService, MergeService, Monitor, SdmService, SnapshotService,
-        StorageService, StorageSettings, VmService,
-    };
-    use crate::virt::Hypervisor;
+    use crate::virt::Libvirt;
     use serde_json::json;
     use std::time::Duration;
 
-    fn offline_services() -> (Services, tempfile::TempDir) {
+    async fn offline_services() -> (Services, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.repository = dir.path().join("repo");
+        config.storage.pool_uuid = Some(uuid::Uuid::nil());
+        config.daemon.state_dir = dir.path().to_owned();
         // A URI nothing answers on: only verbs that don't need libvirt can succeed.
-        let hv = Hypervisor::new(
+        let hypervisor = Libvirt::new(
             "qemu+unix:///system?socket=/nonexistent",
             Duration::from_secs(5),
         );
-        let dir = tempfile::tempdir().unwrap();
-        let storage = StorageService::open(&StorageSettings {
-            repository: &dir.path().join("repo"),
-            pool: uuid::Uuid::nil(),
-            tasks_dir: &dir.path().join("tasks"),
-            qemu_img_timeout: Duration::from_secs(60),
-            hypervisor: hv.clone(),
-            cluster: None,
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        let jobs = JobRegistry::new(2);
-        let secs = Duration::from_secs(5);
-        let freeze = FreezeService::start(
-            hv.clone(),
-            jobs.clone(),
-            dir.path().join("freezes"),
-            secs,
-            secs,
-        );
-        let block_jobs = crate::jobs::block_jobs::BlockJobTable::default();
-        let monitor = Monitor::new(hv.clone(), secs, freeze.clone(), None, block_jobs.clone());
-        let vms = VmService::open(
-            hv.clone(),
-            storage.clone(),
-            monitor.clone(),
-            jobs.clone(),
-            crate::config::VmConfig::default().file_rules(),
-            &dir.path().join("vms"),
-        )
-        .unwrap();
-        let (merge, _) = MergeService::open(
-            (hv.clone(), storage.clone(), monitor.clone()),
-            jobs.clone(),
-            block_jobs,
-            None,
-            &dir.path().join("merges"),
-        )
-        .unwrap();
-        let sdm = SdmService::open(storage.clone(), jobs.clone(), &dir.path().join("sdm")).unwrap();
-        let services = Services {
-            host: HostService::new(hv.clone(), uuid::Uuid::nil(), monitor.clone()),
-            vms,
-            merge,
-            sdm,
-            monitor,
-            snapshot: SnapshotService::open(
-                hv,
-                storage.clone(),
-                jobs,
-                freeze.clone(),
-                &dir.path().join("snapshots"),
-                secs,
-            )
-            .unwrap()
-            .0,
-            freeze,
-            storage,
+        let deps = crate::services::Deps {
+            hypervisor: std::sync::Arc::new(hypervisor),
+            events: None,
+            block_job_events: None,
+            changed_vms: None,
         };
+        let (services, _) = Services::open(&config, deps)
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::error_chain(&e)));
         (services, dir)
     }
 
     #[tokio::test]
     async fn every_schema_verb_is_registered() {
-        let (services, _dir) = offline_services();
+        let (services, _dir) = offline_services().await;
         let module = registry(services);
         let names: Vec<_> = module.method_names().collect();
         for verb in VERBS {
@@ -289,7 +240,7 @@ mod tests {
 
     #[tokio::test]
     async fn ping_answers_true_without_libvirt() {
-        let (services, _dir) = offline_services();
+        let (services, _dir) = offline_services().await;
         let module = registry(services);
         let result: bool = module.call(names::HOST_PING2, [(); 0]).await.unwrap();
         assert!(result);
@@ -297,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn libvirt_down_is_a_clear_error() {
-        let (services, _dir) = offline_services();
+        let (services, _dir) = offline_services().await;
         let module = registry(services);
         let err = module
             .call::<_, Value>(names::HOST_GET_CAPABILITIES, [(); 0])
@@ -358,7 +309,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn extreme_numbers_for_every_numeric_parameter_are_answered_cleanly() {
         use crate::api::ParamType;
-        let (services, dir) = offline_services();
+        let (services, dir) = offline_services().await;
         let module = registry(services);
         let extremes = [
             json!(0),
@@ -430,7 +381,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let (services, dir) = runtime.block_on(async { offline_services() });
+        let (services, dir) = runtime.block_on(offline_services());
         let module = registry(services);
         // A real domain under one of the ids the strategy sends (the pool is the nil UUID, the
         // other one), so that random calls reach the storage logic, not only its lookups.

@@ -16,13 +16,13 @@ use crate::api::types::{
 };
 use crate::hostinfo;
 use crate::services::Monitor;
-use crate::virt::Hypervisor;
+use crate::virt::SharedHypervisor;
 use serde_json::value::RawValue;
 
 /// Answers inventory questions about the host and its VMs.
 #[derive(Clone)]
 pub struct HostService {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     pool: Uuid,
     monitor: Monitor,
     started: Instant,
@@ -31,7 +31,7 @@ pub struct HostService {
 impl HostService {
     /// A service over `hypervisor`, on a host whose storage pool is `pool`; `monitor` holds
     /// the sampled VMs.
-    pub fn new(hypervisor: Hypervisor, pool: Uuid, monitor: Monitor) -> Self {
+    pub fn new(hypervisor: SharedHypervisor, pool: Uuid, monitor: Monitor) -> Self {
         Self {
             hypervisor,
             pool,

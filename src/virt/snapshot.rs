@@ -11,7 +11,7 @@ use virt::domain::DomainState;
 use virt::enumutil::Enum;
 use virt::sys;
 
-use super::connection::Hypervisor;
+use super::connection::Libvirt;
 use super::domains::lookup;
 use super::error::VirtError;
 use super::xml_edit::{DefinedSwitch, escape, switch_disk_sources};
@@ -55,7 +55,7 @@ pub enum Conflict {
     BlockJob(String),
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// A migration of the VM, or a block job on one of `targets`, if any.
     pub async fn conflict(
         &self,

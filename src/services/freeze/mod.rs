@@ -22,7 +22,7 @@ use crate::api::vm_types::FreezeParams;
 use crate::clock::epoch_secs;
 use crate::fsutil::{remove_if_exists, write_atomic};
 use crate::jobs::vm_jobs::{JobRefusal, JobRegistry};
-use crate::virt::{FreezeState, Hypervisor, RunState};
+use crate::virt::{FreezeState, RunState, SharedHypervisor};
 
 mod error;
 
@@ -56,7 +56,7 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 /// Freezes and thaws guests, and keeps the auto-thaw promise.
 #[derive(Clone)]
 pub struct FreezeService {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     jobs: JobRegistry,
     dir: PathBuf,
     agent_timeout: Duration,
@@ -68,7 +68,7 @@ impl FreezeService {
     /// Loads the freezes a previous run recorded and re-arms their deadlines (thawing at once
     /// those already past). Call inside the runtime.
     pub fn start(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         jobs: JobRegistry,
         dir: PathBuf,
         agent_timeout: Duration,

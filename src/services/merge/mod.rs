@@ -33,9 +33,11 @@ use crate::api::types::VmStatus;
 use crate::jobs::block_jobs::BlockJobTable;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
 use crate::services::{Monitor, StorageService};
-use crate::virt::{BlockJobEvent, Conflict, Hypervisor, VirtError};
+use crate::virt::{BlockJobEvent, Conflict, SharedHypervisor, VirtError};
 
 pub use error::MergeError;
+/// A merge a previous run left, as its journal has it.
+pub(crate) use journal::Entry as InterruptedMerge;
 use journal::{Entry, Journal, Phase};
 
 /// The `Host.getJobs` description of a merge job.
@@ -48,7 +50,7 @@ pub struct MergeService {
 }
 
 struct Inner {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     storage: StorageService,
     jobs: JobRegistry,
     journal: Journal,
@@ -72,7 +74,7 @@ impl MergeService {
     /// job events published on `block_job_events` (when the daemon watches them), else on
     /// their next poll. Blocking.
     pub fn open(
-        (hypervisor, storage, monitor): (Hypervisor, StorageService, Monitor),
+        (hypervisor, storage, monitor): (SharedHypervisor, StorageService, Monitor),
         jobs: JobRegistry,
         block_jobs: BlockJobTable,
         block_job_events: Option<tokio::sync::broadcast::Sender<BlockJobEvent>>,

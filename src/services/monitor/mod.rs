@@ -24,7 +24,7 @@ use crate::api::types::VmStatus;
 use crate::events::EventBus;
 use crate::jobs::block_jobs::BlockJobTable;
 use crate::services::FreezeService;
-use crate::virt::{DomainView, Hypervisor, vm_xml, xml};
+use crate::virt::{DomainView, SharedHypervisor, vm_xml, xml};
 use serde_json::value::RawValue;
 use vm_stats::{Inputs, Sample};
 
@@ -38,7 +38,7 @@ pub struct Monitor {
 }
 
 struct Inner {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     interval: Duration,
     freezes: FreezeService,
     events: Option<EventBus>,
@@ -125,7 +125,7 @@ impl Parsed {
 impl Monitor {
     /// A cache over `hypervisor`, empty until [`Monitor::start`] or a refresh fills it.
     pub fn new(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         interval: Duration,
         freezes: FreezeService,
         events: Option<EventBus>,
@@ -529,10 +529,10 @@ mod tests {
     use super::*;
 
     fn monitor(dir: &std::path::Path) -> Monitor {
-        let hv = Hypervisor::new(
+        let hv: SharedHypervisor = std::sync::Arc::new(crate::virt::Libvirt::new(
             "qemu+unix:///system?socket=/nonexistent",
             Duration::from_secs(1),
-        );
+        ));
         let jobs = crate::jobs::vm_jobs::JobRegistry::new(1);
         let secs = Duration::from_secs(1);
         let freezes = FreezeService::start(hv.clone(), jobs, dir.join("freezes"), secs, secs);

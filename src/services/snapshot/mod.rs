@@ -32,7 +32,7 @@ use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::journal::{Entry, Journal, JournalDrive, Phase};
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, JobStatus};
 use crate::services::{FreezeService, StorageService};
-use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, Hypervisor};
+use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, SharedHypervisor};
 
 pub use error::SnapshotError;
 use flow::Plan;
@@ -46,7 +46,7 @@ const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
 /// Snapshots and their jobs.
 #[derive(Clone)]
 pub struct SnapshotService {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     storage: StorageService,
     jobs: JobRegistry,
     journal: Journal,
@@ -69,7 +69,7 @@ impl SnapshotService {
     /// its journal of intent in `journal`; `freezes` takes over the freezes it cannot undo.
     /// Returns the entries a previous run left, for [`SnapshotService::recover`].
     pub fn open(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         storage: StorageService,
         jobs: JobRegistry,
         freezes: FreezeService,
