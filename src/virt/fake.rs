@@ -5,7 +5,9 @@
 //!
 //! Rules: a VM the test did not add answers [`VirtError::NoSuchDomain`]; an operation with a
 //! queued failure ([`FakeHypervisor::fail_next`]) fails once with it, before any effect;
-//! block-job answers are a queue whose last entry repeats.
+//! block-job answers are a queue whose last entry repeats; `define` adds (or redefines) the
+//! VM its XML names, stopped, with that XML as its definition; a pivot answered `Done` moves
+//! the disk onto the first volume of its backing chain, as QEMU's does.
 //!
 //! [`Libvirt`]: super::Libvirt
 
@@ -22,7 +24,7 @@ use super::{
     BlockJob, Conflict, DefinedSwitch, DiskSwitch, DomainInfo, DomainStats, DomainView,
     FreezeState, HostInfo, Pivot, RunState, Stopped, VirtError,
 };
-use crate::api::types::{DiskStats, VmStatus};
+use crate::api::types::{ChainLink, DiskStats, VmStatus};
 
 /// A libvirt failure with `code`, as the real connection reports one.
 pub fn libvirt_error(op: &'static str, code: i32) -> VirtError {
@@ -73,6 +75,22 @@ impl FakeVm {
     /// The same VM with `status`.
     pub fn with_status(mut self, status: VmStatus) -> Self {
         self.view.status = status;
+        self
+    }
+
+    /// The same VM with a file disk `target` whose chain is `chain`, leaf first (the leaf is
+    /// the disk's source, the others its backing chain).
+    pub fn with_chain(mut self, target: &str, chain: &[String]) -> Self {
+        let (leaf, backing) = chain.split_first().expect("a chain has a leaf");
+        self = self.with_disk(target, leaf);
+        let disk = self.disks.last_mut().expect("just added");
+        disk.backing_chain = backing
+            .iter()
+            .map(|path| ChainLink {
+                path: path.clone(),
+                format: Some("qcow2".into()),
+            })
+            .collect();
         self
     }
 
@@ -188,6 +206,14 @@ impl FakeHypervisor {
     }
 }
 
+/// The text of the first `<tag>` element of `xml` (enough for a domain's `<uuid>` and `<name>`).
+fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..start + end].trim())
+}
+
 fn info(vm: &FakeVm) -> DomainInfo {
     DomainInfo {
         uuid: vm.view.uuid,
@@ -237,8 +263,21 @@ impl Hypervisor for FakeHypervisor {
         self.lock().calls.push(format!("settled {vm}"));
     }
     async fn define(&self, xml: String) -> Result<(), VirtError> {
-        drop(self.enter("define".into())?);
-        let _ = xml;
+        let mut state = self.enter("define".into())?;
+        let uuid = element_text(&xml, "uuid")
+            .and_then(|u| Uuid::parse_str(u).ok())
+            .ok_or_else(|| VirtError::Refused {
+                element: "the definition".into(),
+                reason: "the fake found no <uuid> in it".into(),
+            })?;
+        let vm = state
+            .vms
+            .entry(uuid)
+            .or_insert_with(|| FakeVm::running(uuid).with_status(VmStatus::Down));
+        if let Some(name) = element_text(&xml, "name") {
+            vm.view.name = name.to_owned();
+        }
+        vm.view.xml = xml;
         Ok(())
     }
     async fn start(&self, vm: Uuid) -> Result<(), VirtError> {
@@ -376,7 +415,14 @@ impl Hypervisor for FakeHypervisor {
     }
     async fn pivot(&self, vm: Uuid, target: String) -> Result<Pivot, VirtError> {
         self.on_vm(format!("pivot {target}"), vm, |v| {
-            v.pivots.pop_front().unwrap_or(Pivot::Done)
+            let answer = v.pivots.pop_front().unwrap_or(Pivot::Done);
+            if answer == Pivot::Done
+                && let Some(disk) = v.disks.iter_mut().find(|d| d.target == target)
+                && !disk.backing_chain.is_empty()
+            {
+                disk.path = Some(disk.backing_chain.remove(0).path);
+            }
+            answer
         })
     }
     async fn abort_block_job(&self, vm: Uuid, target: String) -> Result<(), VirtError> {
