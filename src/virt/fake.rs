@@ -7,7 +7,10 @@
 //! queued failure ([`FakeHypervisor::fail_next`]) fails once with it, before any effect;
 //! block-job answers are a queue whose last entry repeats; `define` adds (or redefines) the
 //! VM its XML names, stopped, with that XML as its definition; a pivot answered `Done` moves
-//! the disk onto the first volume of its backing chain, as QEMU's does.
+//! the disk onto the first volume of its backing chain, as QEMU's does; `freeze_state`
+//! answers from [`FakeVm::freeze_states`] while it has answers, then from `frozen`; an
+//! operation told to hang ([`FakeHypervisor::hang_next`]; `pivot`, `freeze`, `thaw` and
+//! `block_commit`) is recorded and never returns, as a call stuck in libvirt.
 //!
 //! [`Libvirt`]: super::Libvirt
 
@@ -50,6 +53,8 @@ pub struct FakeVm {
     pub pivots: VecDeque<Pivot>,
     /// What `conflict` answers.
     pub conflict: Option<Conflict>,
+    /// Scripted answers to `freeze_state`, first first; `frozen` answers once they are out.
+    pub freeze_states: VecDeque<Result<FreezeState, VirtError>>,
 }
 
 impl FakeVm {
@@ -69,6 +74,7 @@ impl FakeVm {
             block_jobs: HashMap::new(),
             pivots: VecDeque::new(),
             conflict: None,
+            freeze_states: VecDeque::new(),
         }
     }
 
@@ -114,6 +120,8 @@ impl FakeVm {
 struct State {
     vms: HashMap<Uuid, FakeVm>,
     failures: HashMap<&'static str, VecDeque<VirtError>>,
+    /// How many of the next calls of each operation hang.
+    hangs: HashMap<&'static str, usize>,
     calls: Vec<String>,
 }
 
@@ -156,6 +164,13 @@ impl FakeHypervisor {
         self
     }
 
+    /// The next call of `op` (one of those the module's rules name) is recorded and never
+    /// returns.
+    pub fn hang_next(&self, op: &'static str) -> &Self {
+        *self.lock().hangs.entry(op).or_default() += 1;
+        self
+    }
+
     /// Every call so far, as `op` or `op target`, in order.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
@@ -172,6 +187,25 @@ impl FakeHypervisor {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// If the call's operation was told to hang: records the call and never returns.
+    async fn hang_if_told(&self, call: &str) {
+        let op = call.split(' ').next().unwrap_or_default();
+        let hang = {
+            let mut state = self.lock();
+            match state.hangs.get_mut(op) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    state.calls.push(call.to_owned());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Records the call, then answers the injected failure, if any.
@@ -348,15 +382,16 @@ impl Hypervisor for FakeHypervisor {
     async fn freeze_state(&self, vm: Uuid, timeout: Duration) -> Result<FreezeState, VirtError> {
         let _ = timeout;
         self.on_vm("freeze_state".into(), vm, |v| {
-            if v.frozen {
-                FreezeState::Frozen
+            v.freeze_states.pop_front().unwrap_or(if v.frozen {
+                Ok(FreezeState::Frozen)
             } else {
-                FreezeState::Thawed
-            }
-        })
+                Ok(FreezeState::Thawed)
+            })
+        })?
     }
     async fn freeze(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         let _ = mountpoints;
+        self.hang_if_told("freeze").await;
         self.on_vm("freeze".into(), vm, |v| {
             v.frozen = true;
             1
@@ -364,6 +399,7 @@ impl Hypervisor for FakeHypervisor {
     }
     async fn thaw(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         let _ = mountpoints;
+        self.hang_if_told("thaw").await;
         self.on_vm("thaw".into(), vm, |v| {
             u32::from(std::mem::take(&mut v.frozen))
         })
@@ -401,7 +437,9 @@ impl Hypervisor for FakeHypervisor {
         active: bool,
     ) -> Result<(), VirtError> {
         let _ = (base, top, bandwidth_mib, active);
-        self.on_vm(format!("block_commit {target}"), vm, |_| ())
+        let call = format!("block_commit {target}");
+        self.hang_if_told(&call).await;
+        self.on_vm(call, vm, |_| ())
     }
     async fn block_job(&self, vm: Uuid, target: String) -> Result<Option<BlockJob>, VirtError> {
         self.on_vm(format!("block_job {target}"), vm, |v| {
@@ -414,7 +452,9 @@ impl Hypervisor for FakeHypervisor {
         })
     }
     async fn pivot(&self, vm: Uuid, target: String) -> Result<Pivot, VirtError> {
-        self.on_vm(format!("pivot {target}"), vm, |v| {
+        let call = format!("pivot {target}");
+        self.hang_if_told(&call).await;
+        self.on_vm(call, vm, |v| {
             let answer = v.pivots.pop_front().unwrap_or(Pivot::Done);
             if answer == Pivot::Done
                 && let Some(disk) = v.disks.iter_mut().find(|d| d.target == target)

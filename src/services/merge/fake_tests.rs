@@ -247,6 +247,8 @@ async fn an_interrupted_merge_is_ended_by_what_the_domain_shows_after_a_restart(
             .await
             .expect("VM.merge accepted");
         bed.services.merge.stop();
+        // No qemu-img runs from here to the job's end: its timeout cannot fire early.
+        tokio::time::pause();
 
         let after = FakeHypervisor::new();
         let chain = if pivoted {
@@ -274,6 +276,7 @@ async fn an_interrupted_merge_is_ended_by_what_the_domain_shows_after_a_restart(
             assert_eq!(end.status, JobStatus::Failed, "{end:?}");
             assert_eq!(bed.info(image, top).await.unwrap().legality, "LEGAL");
         }
+        tokio::time::resume();
     }
 }
 
@@ -291,6 +294,7 @@ async fn a_finished_merge_is_shown_again_after_a_restart() {
         .merge(p)
         .await
         .expect("VM.merge accepted");
+    tokio::time::pause();
     assert_eq!(job_end(&bed.services, id).await.status, JobStatus::Done);
 
     let after = FakeHypervisor::new();
@@ -300,4 +304,101 @@ async fn a_finished_merge_is_shown_again_after_a_restart() {
     assert_eq!(shown.status, JobStatus::Done);
     assert_eq!(shown.vm_id, Some(vm));
     assert_eq!(decisions(&after), Vec::<String>::new());
+}
+
+/// What the domain shows after a restart that interrupted a pivot.
+#[derive(Debug, Clone, Copy)]
+enum AfterRestart {
+    /// The VM is gone with its definition: nothing tells whether QEMU pivoted.
+    Gone,
+    /// The VM stopped, its definition still on `top`: no pivot happened.
+    StoppedOnTop,
+    /// The VM runs on `base`: QEMU pivoted before rvdsmd stopped.
+    RunningOnBase,
+    /// The VM runs on `top` with the commit still ready: the pivot is asked again.
+    RunningOnTop,
+}
+
+/// A merge stopped while libvirt's pivot call hung (journaled in its pivot phase, the leaf
+/// ILLEGAL first) is judged at the next start by what the domain shows: a pivot that
+/// happened is finished, one that did not leaves `top` LEGAL, a VM still running is pivoted
+/// again, and a VM gone with its definition leaves `top` ILLEGAL (unusable, never stale).
+#[tokio::test]
+async fn a_merge_interrupted_in_its_pivot_is_judged_by_the_domain_after_a_restart() {
+    use AfterRestart::*;
+    for after_restart in [Gone, StoppedOnTop, RunningOnBase, RunningOnTop] {
+        let bed = Bed::open().await;
+        let (vm, image, [base, top]) = vm_on_two_volumes(&bed).await;
+        set_block_jobs(&bed.fake, vm, vec![commit(true)]);
+        bed.fake.hang_next("pivot");
+        let id = Uuid::new_v4();
+        let p = merge_params(&bed, vm, image, top, (base, top), id);
+        bed.services
+            .merge
+            .merge(p)
+            .await
+            .expect("VM.merge accepted");
+        tokio::time::pause();
+        let asked = std::time::Instant::now();
+        while bed.fake.count("pivot") == 0 {
+            assert!(
+                asked.elapsed() < std::time::Duration::from_secs(30),
+                "no pivot"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let illegal = bed.info(image, top).await.unwrap().legality;
+        assert_eq!(
+            illegal, "ILLEGAL",
+            "the leaf is marked before the pivot is asked"
+        );
+
+        let after = FakeHypervisor::new();
+        let on_top = bed.leaf_first(image, &[base, top]);
+        let on_base = bed.leaf_first(image, &[base]);
+        match after_restart {
+            Gone => {}
+            StoppedOnTop => {
+                let stopped = FakeVm::running(vm).with_status(crate::api::types::VmStatus::Down);
+                after.add(stopped.with_chain("vda", &on_top));
+            }
+            RunningOnBase => {
+                after.add(FakeVm::running(vm).with_chain("vda", &on_base));
+            }
+            RunningOnTop => {
+                after.add(FakeVm::running(vm).with_chain("vda", &on_top));
+                set_block_jobs(&after, vm, vec![commit(true)]);
+            }
+        }
+        let (services, interrupted) = bed.reopen(&after).await;
+        services.recover(interrupted).await;
+        let end = job_end(&services, id).await;
+
+        let top_now = bed.info(image, top).await.map(|i| i.legality);
+        match after_restart {
+            Gone => {
+                assert_eq!(end.status, JobStatus::Failed, "{end:?}");
+                assert!(end.error.unwrap().message.contains("stays ILLEGAL"));
+                assert_eq!(top_now.unwrap(), "ILLEGAL");
+                assert_eq!(decisions(&after), Vec::<String>::new());
+            }
+            StoppedOnTop => {
+                assert_eq!(end.status, JobStatus::Failed, "{end:?}");
+                assert_eq!(top_now.unwrap(), "LEGAL");
+                assert_eq!(decisions(&after), Vec::<String>::new());
+            }
+            RunningOnBase => {
+                assert_eq!(end.status, JobStatus::Done, "{end:?}");
+                assert!(top_now.is_err(), "top is deleted");
+                assert_eq!(decisions(&after), ["record_merge vda"]);
+            }
+            RunningOnTop => {
+                assert_eq!(end.status, JobStatus::Done, "{end:?}");
+                assert!(top_now.is_err(), "top is deleted");
+                assert_eq!(decisions(&after), ["pivot vda", "record_merge vda"]);
+            }
+        }
+        // The next bed creates volumes with qemu-img, under the real clock.
+        tokio::time::resume();
+    }
 }
