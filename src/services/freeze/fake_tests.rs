@@ -3,6 +3,7 @@
 //! by another tool is never taken over; a second freeze renews the deadline), and the records
 //! a restarted rvdsmd keeps its promise from.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use serde_json::json;
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use crate::services::FreezeErrorKind;
 use crate::services::testing::{Bed, params};
+use crate::virt::FreezeState;
 use crate::virt::fake::{FakeHypervisor, FakeVm, libvirt_error};
 
 /// A bed with a running VM; the clock paused from here on.
@@ -167,4 +169,77 @@ async fn a_restart_keeps_the_deadline_of_a_recorded_freeze() {
     );
     assert!(frozen(&after_restart, other), "never rvdsm's to thaw");
     assert_eq!(services.freeze.owned_until(vm), None);
+}
+
+/// A freeze that failed ambiguously (the agent timed out, and nobody can tell whether the
+/// freeze took effect) is reported failed, and guarded: rvdsmd thaws the guest as soon as
+/// the agent answers, retrying until then.
+#[tokio::test]
+async fn an_ambiguous_freeze_failure_is_guarded_until_the_agent_answers() {
+    let (bed, vm) = bed_with_vm().await;
+    bed.fake.edit(vm, |v| {
+        v.freeze_states =
+            VecDeque::from([Ok(FreezeState::Thawed), Err(libvirt_error("status", 86))]);
+    });
+    bed.fake
+        .fail_next("freeze", libvirt_error("freeze", 86))
+        .fail_next("thaw", libvirt_error("thaw", 86));
+    let err = bed
+        .services
+        .freeze
+        .freeze(freeze(vm, 30))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), FreezeErrorKind::AgentUnresponsive, "{err}");
+    let (by, _) = bed.services.freeze.owned_until(vm).expect("guarded");
+    assert_eq!(by, "VM.snapshot");
+    // The hung agent wakes and runs the freeze after all.
+    bed.fake.edit(vm, |v| v.frozen = true);
+    after(0).await;
+    assert_eq!(bed.fake.count("thaw"), 1, "tried at once");
+    assert!(frozen(&bed.fake, vm));
+    after(1).await;
+    assert_eq!(bed.fake.count("thaw"), 2);
+    assert!(!frozen(&bed.fake, vm), "thawed once the agent answered");
+    assert_eq!(bed.services.freeze.owned_until(vm), None);
+}
+
+/// A freeze whose call reported an error but took effect (the guest is frozen after it)
+/// counts as a freeze: rvdsm owns it and thaws it at its deadline.
+#[tokio::test]
+async fn a_freeze_error_that_took_effect_counts_as_a_freeze() {
+    let (bed, vm) = bed_with_vm().await;
+    bed.fake.edit(vm, |v| {
+        v.freeze_states = VecDeque::from([Ok(FreezeState::Thawed), Ok(FreezeState::Frozen)]);
+        v.frozen = true;
+    });
+    bed.fake.fail_next("freeze", libvirt_error("freeze", 86));
+    bed.services
+        .freeze
+        .freeze(freeze(vm, 30))
+        .await
+        .expect("a freeze all the same");
+    let (by, _) = bed.services.freeze.owned_until(vm).expect("rvdsm owns it");
+    assert_eq!(by, "VM.freeze");
+    after(31).await;
+    assert!(!frozen(&bed.fake, vm));
+    assert_eq!(bed.fake.count("thaw"), 1);
+}
+
+/// A freeze whose agent call never returns (libvirt bounds it with the agent timeout) holds
+/// no lock a thaw needs: `VM.thaw` meanwhile still reaches the agent and answers.
+#[tokio::test]
+async fn a_hung_freeze_call_does_not_block_a_thaw() {
+    let (bed, vm) = bed_with_vm().await;
+    bed.fake.hang_next("freeze");
+    let service = bed.services.freeze.clone();
+    let hung = tokio::spawn(async move { service.freeze(freeze(vm, 30)).await });
+    while bed.fake.count("freeze") == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let thawed = bed.services.freeze.thaw(vm).await;
+    assert!(!hung.is_finished(), "the freeze call still hangs");
+    hung.abort();
+    thawed.expect("VM.thaw answers during a hung freeze");
+    assert_eq!(bed.fake.count("thaw"), 1);
 }
