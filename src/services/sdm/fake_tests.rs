@@ -159,3 +159,31 @@ async fn sdm_jobs_are_shown_again_after_a_restart() {
         (JobStatus::Done, "merge_subchain")
     );
 }
+
+/// An `SDM.merge` of a top whose file is not the qcow2 image its metadata says is refused
+/// (200) before any job; the chain is unchanged, and a finalize is then refused too.
+#[tokio::test]
+async fn an_sdm_merge_of_a_broken_top_starts_no_job_and_allows_no_finalize() {
+    let bed = Bed::open().await;
+    let (image, volumes) = bed.chain(3).await;
+    let [base, top, leaf] = [volumes[0], volumes[1], volumes[2]];
+    std::fs::write(bed.path(image, top), b"not a qcow2 image").unwrap();
+    let id = Uuid::new_v4();
+    let err = bed
+        .services
+        .sdm
+        .merge(sdm_merge(&bed, id, image, base, top))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 200, "{err}");
+    assert!(job(&bed.services, id).is_none());
+    let err = bed
+        .services
+        .sdm
+        .finalize_merge(finalize(&bed, image, base, top))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no SDM.merge"), "{err}");
+    assert_eq!(bed.info(image, leaf).await.unwrap().parent, top);
+    assert_eq!(bed.info(image, top).await.unwrap().parent, base);
+}

@@ -189,3 +189,25 @@ async fn prepare_merge_grows_the_base_unless_a_vm_uses_the_image() {
         (2u64 << 30).to_string()
     );
 }
+
+/// A create on a parent whose file is not the qcow2 image its metadata says is refused
+/// (200) before any task starts: no file of the new volume, no child of the parent.
+#[tokio::test]
+async fn a_create_on_a_broken_parent_is_refused_before_its_task() {
+    let bed = Bed::open().await;
+    let (image, volumes) = bed.chain(1).await;
+    let parent = volumes[0];
+    std::fs::write(bed.path(image, parent), b"not a qcow2 image").unwrap();
+    let before = image_files(&bed, image);
+    let child = Uuid::new_v4();
+    let p = bed.create_params(image, child, Some(parent), json!({}));
+    let err = bed
+        .services
+        .storage
+        .create_volume(params(p))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), 200, "{err}");
+    assert_eq!(image_files(&bed, image), before, "nothing changed");
+    assert!(bed.info(image, parent).await.unwrap().children.is_empty());
+}

@@ -256,3 +256,51 @@ async fn a_forced_shutdown_destroys_only_a_vm_still_up_after_the_timeout() {
     assert_eq!(bed.fake.count("destroy"), 1);
     assert_eq!(bed.fake.vm(stubborn).unwrap().view.status, VmStatus::Down);
 }
+
+/// A drive on a volume that is not its image's leaf is refused before anything is defined.
+#[tokio::test]
+async fn a_create_on_a_volume_that_is_not_the_leaf_defines_nothing() {
+    let bed = Bed::open().await;
+    let (image, volumes) = bed.chain(2).await;
+    let vm = Uuid::new_v4();
+    let xml = engine_xml(&bed, vm, image, volumes[0]);
+    let create = params(json!({ "vmID": vm, "vmParams": { "xml": xml } }));
+    let err = bed.services.vms.create(create).await.unwrap_err();
+    assert_ne!(err.code(), 0, "{err}");
+    assert_eq!(lifecycle(&bed.fake), Vec::<String>::new());
+    assert!(bed.fake.vm(vm).is_none());
+}
+
+/// A destroy while a live merge runs on the VM is refused (42) and stops nothing: a merge
+/// whose VM was killed and undefined could no longer tell whether QEMU pivoted.
+#[tokio::test]
+async fn a_destroy_during_a_live_merge_is_refused() {
+    let bed = Bed::open().await;
+    let (image, volumes) = bed.chain(2).await;
+    let vm = Uuid::new_v4();
+    let chain = bed.leaf_first(image, &volumes);
+    bed.fake.add(FakeVm::running(vm).with_chain("vda", &chain));
+    let running = crate::virt::BlockJob {
+        cur: 1,
+        end: 100,
+        bandwidth: 0,
+        ready: false,
+    };
+    bed.fake.edit(vm, |v| {
+        v.block_jobs.insert(
+            "vda".into(),
+            std::collections::VecDeque::from([Some(running)]),
+        );
+    });
+    let merge = params(json!({
+        "vmID": vm,
+        "drive": {"poolID": bed.pool, "domainID": bed.domain, "imageID": image, "volumeID": volumes[1]},
+        "baseVolUUID": volumes[0], "topVolUUID": volumes[1],
+    }));
+    bed.services.merge.merge(merge).await.expect("VM.merge");
+    let err = bed.services.vms.destroy(destroy(vm)).await.unwrap_err();
+    assert_eq!(err.code(), codes::VM_DESTROY_FAILED, "{err}");
+    assert_eq!(bed.fake.count("destroy"), 0);
+    assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Up);
+    bed.services.merge.stop();
+}
