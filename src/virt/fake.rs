@@ -507,6 +507,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn define_pivot_freeze_states_and_hangs_follow_the_rules() {
+        use futures_util::FutureExt;
+        let hv = FakeHypervisor::new();
+        let vm = Uuid::from_u128(7);
+        hv.define(format!("<domain><name>n</name><uuid>{vm}</uuid></domain>"))
+            .await
+            .unwrap();
+        let defined = hv.vm(vm).expect("define adds the VM");
+        assert_eq!(
+            (defined.view.status, defined.view.name.as_str()),
+            (VmStatus::Down, "n")
+        );
+        assert!(hv.define("<domain/>".into()).await.is_err(), "no <uuid>");
+
+        hv.add(FakeVm::running(vm).with_chain("vda", &["/i/top".into(), "/i/base".into()]));
+        hv.edit(vm, |v| v.pivots = VecDeque::from([Pivot::NotReady]));
+        assert_eq!(hv.pivot(vm, "vda".into()).await.unwrap(), Pivot::NotReady);
+        let disk = hv.vm(vm).unwrap().disks[0].clone();
+        assert_eq!(
+            disk.path.as_deref(),
+            Some("/i/top"),
+            "not moved by a pivot not done"
+        );
+        assert_eq!(hv.pivot(vm, "vda".into()).await.unwrap(), Pivot::Done);
+        let disk = hv.vm(vm).unwrap().disks[0].clone();
+        assert_eq!(disk.path.as_deref(), Some("/i/base"));
+        assert!(disk.backing_chain.is_empty());
+
+        hv.edit(vm, |v| {
+            v.freeze_states = VecDeque::from([Err(libvirt_error("s", 86))])
+        });
+        assert!(hv.freeze_state(vm, Duration::ZERO).await.is_err());
+        assert_eq!(
+            hv.freeze_state(vm, Duration::ZERO).await.unwrap(),
+            FreezeState::Thawed
+        );
+
+        hv.hang_next("thaw");
+        assert!(hv.thaw(vm, vec![]).now_or_never().is_none(), "hangs");
+        assert_eq!(hv.count("thaw"), 1, "recorded");
+        assert!(hv.thaw(vm, vec![]).now_or_never().is_some(), "only once");
+    }
+
+    #[tokio::test]
     async fn block_job_answers_are_a_queue_whose_last_entry_repeats() {
         let hv = FakeHypervisor::new();
         let vm = Uuid::from_u128(7);
