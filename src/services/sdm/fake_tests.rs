@@ -155,8 +155,8 @@ async fn sdm_jobs_are_shown_again_after_a_restart() {
     services.recover(interrupted).await;
     let shown = job(&services, id).expect("shown again");
     assert_eq!(
-        (shown.status, shown.description.as_str()),
-        (JobStatus::Done, "merge_subchain")
+        (shown.status, shown.description.to_string()),
+        (JobStatus::Done, "merge_subchain".to_owned())
     );
 }
 
