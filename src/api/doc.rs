@@ -20,14 +20,14 @@ pub fn api_reference(codes_source: &str) -> String {
     let mut out = String::new();
     out.push_str(&generated_header("src/api/verbs.rs and src/api/codes.rs"));
     out.push_str(API_INTRO);
-    out.push_str("\n## Verbs\n\n| verb | kind | what it does |\n|---|---|---|\n");
+    out.push_str("\n## Verbs\n\n| verb | read-only | what it does |\n|---|---|---|\n");
     for verb in VERBS {
         let _ = writeln!(
             out,
             "| [`{}`](#{}) | {} | {} |",
             verb.name,
             anchor(verb.name),
-            kind(verb),
+            if verb.read_only { "yes" } else { "no" },
             cell(first_sentence(verb.description))
         );
     }
@@ -59,10 +59,10 @@ logged and ignored; a string where a boolean or a number is expected is taken fo
 spells (`\"false\"`, `\"1\"`), as VDSM takes it. Errors are `{code, message}` with VDSM's codes
 (below) and message forms ([the wire](wire.md#errors)).
 
-A verb's kind is *reads* or *changes*, as its entry in the verb table says. A verb that
-changes state runs on a task of its own to its end, even when its client hangs up (what it
-did is then logged); a verb that only reads may be cut short, and its successes are logged
-at debug level, since managers poll them.
+Whether a verb is read-only is said by its entry in the verb table (`reads` or `changes`),
+never guessed from its name. A verb that changes state runs on a task of its own to its end,
+even when its client hangs up (what it did is then logged); a read-only verb may be cut
+short, and its successes are logged at debug level, since managers poll them.
 
 The shapes of the larger results (`VmStats`, `Host.getCapabilities`, jobs) and what each verb
 does step by step are in [VMs](vms.md), [storage](storage.md), [snapshots](snapshots.md) and
@@ -113,8 +113,13 @@ fn param_row(param: &Param) -> String {
     )
 }
 
+/// How a verb's section starts: what its kind means for a call whose client hangs up.
 fn kind(verb: &Verb) -> &'static str {
-    if verb.read_only { "reads" } else { "changes" }
+    if verb.read_only {
+        "Read-only"
+    } else {
+        "Changes state"
+    }
 }
 
 /// GitHub's anchor of a heading made of the verb's name in backticks.
