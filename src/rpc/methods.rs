@@ -107,18 +107,32 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
 }
 
 /// A verb's result as JSON.
-fn answer<R: Serialize, E: Into<ApiError>>(result: Result<R, E>) -> Result<Reply, ApiError> {
-    let value = result.map_err(Into::into)?;
+fn answer<R: Serialize, E: VerbError>(result: Result<R, E>) -> Result<Reply, ApiError> {
+    let value = result.map_err(to_wire)?;
     serde_json::to_value(value)
         .map(Reply::Value)
         .map_err(|e| ApiError::Unexpected(e.to_string()))
 }
 
 /// A verb with no value answers `true`, as VDSM's do.
-fn done<E: Into<ApiError>>(result: Result<(), E>) -> Result<Reply, ApiError> {
+fn done<E: VerbError>(result: Result<(), E>) -> Result<Reply, ApiError> {
     result
         .map(|()| Reply::Value(Value::Bool(true)))
-        .map_err(Into::into)
+        .map_err(to_wire)
+}
+
+/// A service's error, as a verb returns it: typed, with its sources.
+trait VerbError: std::error::Error + Into<ApiError> {}
+impl<E: std::error::Error + Into<ApiError>> VerbError for E {}
+
+/// The one place a service's error becomes VDSM's code and message. The wire carries the
+/// message; the log line carries the whole chain of causes behind it, which the message may
+/// summarize.
+fn to_wire<E: VerbError>(err: E) -> ApiError {
+    if err.source().is_some() {
+        tracing::info!(error = %crate::error_chain(&err), "verb failed");
+    }
+    err.into()
 }
 
 /// Registers `verb`: parse, dispatch (to its end for a verb that changes state), answer.
