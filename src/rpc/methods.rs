@@ -47,9 +47,9 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::HostGetStats(_) => answer(s.host.stats().await),
         Call::HostGetVmList(p) => answer(Ok::<_, ApiError>(s.host.vm_list(p))),
         Call::HostGetVmFullList(p) => answer(Ok::<_, ApiError>(s.host.vm_full_list(&p.vm_list))),
-        Call::HostGetAllVmStats(_) => s.host.all_vm_stats_json().map(Reply::Raw),
+        Call::HostGetAllVmStats(_) => raw(s.host.all_vm_stats_json()),
         Call::HostDumpxmls(p) => answer(s.host.dump_xmls(&p.vm_list)),
-        Call::VmGetStats(p) => s.host.vm_stats_json(p.vm_id).map(Reply::Raw),
+        Call::VmGetStats(p) => raw(s.host.vm_stats_json(p.vm_id)),
         Call::VmCreate(p) => answer(s.vms.create(p).await),
         Call::VmDestroy(p) => done(s.vms.destroy(p).await),
         Call::VmPause(p) => answer(s.vms.pause(p.vm_id).await),
@@ -112,6 +112,13 @@ fn answer<R: Serialize, E: VerbError>(result: Result<R, E>) -> Result<Reply, Api
     serde_json::to_value(value)
         .map(Reply::Value)
         .map_err(|e| ApiError::Unexpected(e.to_string()))
+}
+
+/// A verb's result already as JSON text.
+fn raw<E: VerbError>(
+    result: Result<Box<serde_json::value::RawValue>, E>,
+) -> Result<Reply, ApiError> {
+    result.map(Reply::Raw).map_err(to_wire)
 }
 
 /// A verb with no value answers `true`, as VDSM's do.
