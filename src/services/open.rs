@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::merge::InterruptedMerge;
+use super::snapshot::journal::Entry as InterruptedSnapshot;
 use super::{
     FreezeService, HostService, MergeService, Monitor, SdmService, Services, SnapshotService,
     StorageService, StorageSettings, VmService,
@@ -21,7 +22,6 @@ use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, ConfigError};
 use crate::events::EventBus;
 use crate::jobs::block_jobs::BlockJobTable;
-use crate::jobs::journal::Entry as InterruptedSnapshot;
 use crate::jobs::vm_jobs::JobRegistry;
 use crate::virt::vm_policy::VmFileRules;
 use crate::virt::{BlockJobEvent, SharedHypervisor};
