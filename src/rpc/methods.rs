@@ -47,9 +47,9 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::HostGetStats(_) => answer(s.host.stats().await),
         Call::HostGetVmList(p) => answer(Ok::<_, ApiError>(s.host.vm_list(p))),
         Call::HostGetVmFullList(p) => answer(Ok::<_, ApiError>(s.host.vm_full_list(&p.vm_list))),
-        Call::HostGetAllVmStats(_) => s.host.all_vm_stats_json().map(Reply::Raw),
+        Call::HostGetAllVmStats(_) => raw(s.host.all_vm_stats_json()),
         Call::HostDumpxmls(p) => answer(s.host.dump_xmls(&p.vm_list)),
-        Call::VmGetStats(p) => s.host.vm_stats_json(p.vm_id).map(Reply::Raw),
+        Call::VmGetStats(p) => raw(s.host.vm_stats_json(p.vm_id)),
         Call::VmCreate(p) => answer(s.vms.create(p).await),
         Call::VmDestroy(p) => done(s.vms.destroy(p).await),
         Call::VmPause(p) => answer(s.vms.pause(p.vm_id).await),
@@ -107,18 +107,39 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
 }
 
 /// A verb's result as JSON.
-fn answer<R: Serialize, E: Into<ApiError>>(result: Result<R, E>) -> Result<Reply, ApiError> {
-    let value = result.map_err(Into::into)?;
+fn answer<R: Serialize, E: VerbError>(result: Result<R, E>) -> Result<Reply, ApiError> {
+    let value = result.map_err(to_wire)?;
     serde_json::to_value(value)
         .map(Reply::Value)
         .map_err(|e| ApiError::Unexpected(e.to_string()))
 }
 
+/// A verb's result already as JSON text.
+fn raw<E: VerbError>(
+    result: Result<Box<serde_json::value::RawValue>, E>,
+) -> Result<Reply, ApiError> {
+    result.map(Reply::Raw).map_err(to_wire)
+}
+
 /// A verb with no value answers `true`, as VDSM's do.
-fn done<E: Into<ApiError>>(result: Result<(), E>) -> Result<Reply, ApiError> {
+fn done<E: VerbError>(result: Result<(), E>) -> Result<Reply, ApiError> {
     result
         .map(|()| Reply::Value(Value::Bool(true)))
-        .map_err(Into::into)
+        .map_err(to_wire)
+}
+
+/// A service's error, as a verb returns it: typed, with its sources.
+trait VerbError: std::error::Error + Into<ApiError> {}
+impl<E: std::error::Error + Into<ApiError>> VerbError for E {}
+
+/// The one place a service's error becomes VDSM's code and message. The wire carries the
+/// message; the log line carries the whole chain of causes behind it, which the message may
+/// summarize.
+fn to_wire<E: VerbError>(err: E) -> ApiError {
+    if err.source().is_some() {
+        tracing::info!(error = %crate::error_chain(&err), "verb failed");
+    }
+    err.into()
 }
 
 /// Registers `verb`: parse, dispatch (to its end for a verb that changes state), answer.

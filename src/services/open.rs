@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use super::merge::InterruptedMerge;
+use super::snapshot::journal::Entry as InterruptedSnapshot;
 use super::{
     FreezeService, HostService, MergeService, Monitor, SdmService, Services, SnapshotService,
     StorageService, StorageSettings, VmService,
@@ -21,8 +22,8 @@ use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, ConfigError};
 use crate::events::EventBus;
 use crate::jobs::block_jobs::BlockJobTable;
-use crate::jobs::journal::Entry as InterruptedSnapshot;
 use crate::jobs::vm_jobs::JobRegistry;
+use crate::virt::vm_policy::VmFileRules;
 use crate::virt::{BlockJobEvent, SharedHypervisor};
 
 /// How often the sanlock daemon is asked about this host's leases.
@@ -139,7 +140,7 @@ impl Services {
             let (hypervisor, storage, monitor) =
                 (hypervisor.clone(), storage.clone(), monitor.clone());
             let (jobs, dir) = (jobs.clone(), state_dir.join("vms"));
-            let rules = config.vm.file_rules();
+            let rules = VmFileRules::from_config(&config.vm);
             blocking(move || VmService::open(hypervisor, storage, monitor, jobs, rules, &dir))
                 .await?
                 .map_err(journal("VM"))?

@@ -53,6 +53,7 @@ impl Libvirt {
         self.call_once_on(vm, "start block commit", move |conn| {
             let domain = lookup(conn, vm)?;
             ffi::block_commit(&domain, &target, &base, &top, bandwidth_mib, active)
+                .map_err(VirtError::from)
         })
         .await
     }
@@ -86,8 +87,8 @@ impl Libvirt {
             let domain = lookup(conn, vm)?;
             match ffi::block_job_abort(&domain, &target, true) {
                 Ok(()) => Ok(Pivot::Done),
-                Err(err) if err.libvirt_code() == Some(BLOCK_COPY_ACTIVE) => Ok(Pivot::NotReady),
-                Err(err) => Err(err),
+                Err(err) if err.code == BLOCK_COPY_ACTIVE => Ok(Pivot::NotReady),
+                Err(err) => Err(err.into()),
             }
         })
         .await
@@ -97,7 +98,7 @@ impl Libvirt {
     pub async fn abort_block_job(&self, vm: Uuid, target: String) -> Result<(), VirtError> {
         self.call_once_on(vm, "abort block job", move |conn| {
             let domain = lookup(conn, vm)?;
-            ffi::block_job_abort(&domain, &target, false)
+            ffi::block_job_abort(&domain, &target, false).map_err(VirtError::from)
         })
         .await
     }

@@ -171,7 +171,7 @@ impl Libvirt {
     /// Freezes the guest's filesystems (all when `mountpoints` is empty); returns how many.
     pub async fn freeze(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         self.call_once_on(vm, "freeze guest filesystems", move |conn| {
-            ffi::fs_freeze(&lookup(conn, vm)?, &mountpoints)
+            ffi::fs_freeze(&lookup(conn, vm)?, &mountpoints).map_err(VirtError::from)
         })
         .await
     }
@@ -179,7 +179,7 @@ impl Libvirt {
     /// Thaws the guest's filesystems; returns how many (0 when none was frozen).
     pub async fn thaw(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         self.call_once_on(vm, "thaw guest filesystems", move |conn| {
-            ffi::fs_thaw(&lookup(conn, vm)?, &mountpoints)
+            ffi::fs_thaw(&lookup(conn, vm)?, &mountpoints).map_err(VirtError::from)
         })
         .await
     }

@@ -33,6 +33,9 @@ use uuid::Uuid;
 use crate::api::merge_types::{DriveSpec, MergeParams, VmBlockJob};
 use crate::api::types::VmStatus;
 use crate::jobs::block_jobs::BlockJobTable;
+use crate::jobs::journal::Finished;
+use crate::jobs::kind::JobKind;
+use crate::jobs::results::MergeResult;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
 use crate::services::{Monitor, StorageService};
 use crate::virt::{BlockJobEvent, Conflict, SharedHypervisor, VirtError};
@@ -41,9 +44,6 @@ pub use error::MergeError;
 /// A merge a previous run left, as its journal has it.
 pub(crate) use journal::Entry as InterruptedMerge;
 use journal::{Entry, Journal, Phase};
-
-/// The `Host.getJobs` description of a merge job.
-const DESCRIPTION: &str = "merge_vm";
 
 /// Live merges and their jobs; cheap to clone.
 #[derive(Clone)]
@@ -82,8 +82,7 @@ impl MergeService {
         block_job_events: Option<tokio::sync::broadcast::Sender<BlockJobEvent>>,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<(Self, Vec<Entry>)> {
-        let journal = Journal::open(journal_dir, "merge")?;
-        let entries = journal.entries();
+        let (journal, entries) = Journal::open(journal_dir, "merge")?;
         let service = Self {
             inner: Arc::new(Inner {
                 hypervisor,
@@ -204,7 +203,7 @@ impl MergeService {
         }
         self.inner
             .jobs
-            .add(job, p.vm_id, DESCRIPTION)
+            .add(job, Some(p.vm_id), JobKind::LiveMerge)
             .map_err(|e| fail(e.to_string()))?;
         let mut entry = Entry {
             job,
@@ -325,26 +324,20 @@ impl MergeService {
     async fn write(&self, entry: &Entry) -> std::io::Result<()> {
         let journal = self.inner.journal.clone();
         let entry = entry.clone();
-        tokio::task::spawn_blocking(move || journal.write(entry.job, &entry))
+        tokio::task::spawn_blocking(move || journal.write(&entry))
             .await
             .map_err(std::io::Error::other)?
     }
 
     /// Ends the job: journaled as finished, shown in `Host.getJobs` (with its event), gone
     /// from `vmJobs`.
-    async fn end(
-        &self,
-        entry: &mut Entry,
-        outcome: Result<crate::api::merge_types::MergeResult, MergeError>,
-    ) {
+    async fn end(&self, entry: &mut Entry, outcome: Result<MergeResult, MergeError>) {
         let recorded = outcome.clone().map_err(|e| e.code_and_message());
-        entry.phase = Phase::Finished {
-            at: crate::clock::epoch_secs(),
-            outcome: recorded,
-        };
+        entry.phase = Phase::Finished(Finished::now(recorded));
         if let Err(err) = self.write(entry).await {
             tracing::error!(job = %entry.job, error = %err, "cannot journal the merge's end");
         }
+        self.inner.journal.prune_now_and_then();
         self.inner.block_jobs.remove(entry.vm, entry.job);
         match outcome {
             Ok(result) => {

@@ -88,7 +88,7 @@ impl VmService {
                 storage,
                 monitor,
                 jobs,
-                journal: Journal::open(journal_dir, "VM lifecycle")?,
+                journal: Journal::open(journal_dir, "VM lifecycle")?.0,
                 busy: Mutex::default(),
             }),
         })
@@ -593,7 +593,7 @@ impl VmService {
     async fn journal_write(&self, entry: Entry) -> Result<(), ApiError> {
         let journal = self.inner.journal.clone();
         let operation = entry.operation;
-        let written = tokio::task::spawn_blocking(move || journal.write(entry.vm, &entry))
+        let written = tokio::task::spawn_blocking(move || journal.write(&entry))
             .await
             .map_err(|e| ApiError::Unexpected(e.to_string()))?;
         written.map_err(|e| {
@@ -611,7 +611,7 @@ impl VmService {
     async fn journal_remove(&self, vm: Uuid) {
         let journal = self.inner.journal.clone();
         match tokio::task::spawn_blocking(move || journal.remove(vm)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(err)) => {
                 tracing::error!(%vm, error = %err, "cannot remove the VM journal entry")
             }
