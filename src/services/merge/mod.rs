@@ -32,6 +32,7 @@ use crate::api::merge_types::{DriveSpec, MergeParams, VmBlockJob};
 use crate::api::types::VmStatus;
 use crate::jobs::block_jobs::BlockJobTable;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
+use crate::services::storage::ImageRef;
 use crate::services::{Monitor, StorageService};
 use crate::virt::{BlockJobEvent, Conflict, Hypervisor, VirtError};
 
@@ -165,21 +166,22 @@ impl MergeService {
         let mark = self
             .inner
             .storage
-            .merging(domain, image)
-            .map_err(|e| MergeError::from_api(job, e))?;
-        let locks = self.inner.storage.lock_images(vec![(domain, image)]).await;
-        let pair = self
+            .merging(ImageRef::new(domain, image))
+            .map_err(|e| MergeError::storage(job, e))?;
+        let image = self
             .inner
             .storage
-            .merge_pair(domain, image, p.base, p.top)
+            .open_image(ImageRef::new(domain, image))
             .await
-            .map_err(|e| MergeError::from_api(job, e))?;
-        let bitmaps = self
-            .inner
-            .storage
-            .volume_bitmaps(domain, image, p.top)
+            .map_err(|e| MergeError::storage(job, e))?;
+        let pair = image
+            .merge_pair(p.base, p.top)
             .await
-            .map_err(|e| MergeError::from_api(job, e))?;
+            .map_err(|e| MergeError::storage(job, e))?;
+        let bitmaps = image
+            .bitmaps(p.top)
+            .await
+            .map_err(|e| MergeError::storage(job, e))?;
         if pair.child != live_child {
             return Err(fail(format!(
                 "the metadata bases {:?} on topVolUUID, the VM's disk {:?}",
@@ -227,11 +229,7 @@ impl MergeService {
         // Before the commit's first write into `base`: a failed, cancelled or interrupted
         // commit leaves `base` holding data of two instants, and its note must not promise
         // a clean revert any more (a crash before this line leaves it true: nothing began).
-        let marked = self
-            .inner
-            .storage
-            .note_merge_begun(domain, image, (p.base, p.top), p.vm_id)
-            .await;
+        let marked = image.note_merge_begun(p.base, p.top, p.vm_id).await;
         if let Err(err) = marked {
             let err = fail(format!(
                 "cannot mark the base's snapshot note before the commit, so it was not begun: {err}"
@@ -263,6 +261,7 @@ impl MergeService {
         }
         self.inner.jobs.mark_running(job);
         let service = self.clone();
+        let locks = image.into_lock().into_iter().collect();
         tokio::spawn(async move { service.follow(entry, (claim, mark), locks).await });
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::api::merge_types::{
 use crate::jobs::records::RecordDir;
 use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
 use crate::services::StorageService;
-use crate::services::storage::CopyReading;
+use crate::services::storage::{CopyReading, ImageRef};
 use crate::storage::StorageError;
 use crate::storage::layout::DomainDir;
 
@@ -207,7 +207,7 @@ impl SdmService {
         let reading = self
             .inner
             .storage
-            .reading(p.source.sd_id, p.source.img_id)?;
+            .reading(ImageRef::new(p.source.sd_id, p.source.img_id))?;
         self.inner
             .storage
             .check_copy(&p.source, &p.destination)

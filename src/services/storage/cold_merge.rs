@@ -20,95 +20,12 @@ use crate::api::volume_types::{BLANK_UUID, Legality};
 use crate::jobs::tasks::{TaskRecord, TaskWork};
 use crate::storage::copy::{self, Endpoint};
 use crate::storage::domain::Domain;
+use crate::storage::image::ImageRef;
 use crate::storage::merge::{self, MergePair};
 use crate::storage::volume::{read_meta, write_meta};
 use crate::storage::{StorageError, data_operation, tool_files};
 
-/// An image a full copy reads: its VMs are refused snapshots and merges until it drops.
-pub struct CopyReading {
-    service: StorageService,
-    key: (Uuid, Uuid),
-}
-
-/// An image a merge changes: copies of it are refused until it drops.
-pub struct MergeMark {
-    service: StorageService,
-    key: (Uuid, Uuid),
-}
-
-/// The `copying` count of an image a live merge changes.
-const MERGING: isize = -1;
-
-impl Drop for CopyReading {
-    fn drop(&mut self) {
-        let mut copying = self.service.activity();
-        if let Some(count) = copying.get_mut(&self.key) {
-            *count -= 1;
-            if *count <= 0 {
-                copying.remove(&self.key);
-            }
-        }
-    }
-}
-
-impl Drop for MergeMark {
-    fn drop(&mut self) {
-        self.service.activity().remove(&self.key);
-    }
-}
-
 impl StorageService {
-    fn activity(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Uuid, Uuid), isize>> {
-        self.inner.copying.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether a full copy is reading the image now.
-    pub fn is_being_copied(&self, domain: Uuid, image: Uuid) -> bool {
-        self.activity()
-            .get(&(domain, image))
-            .is_some_and(|count| *count > 0)
-    }
-
-    /// Marks the image as read by a full copy until the guard drops; refused while a live
-    /// merge changes it.
-    pub fn reading(&self, domain: Uuid, image: Uuid) -> Result<CopyReading, ApiError> {
-        let mut activity = self.activity();
-        let count = activity.entry((domain, image)).or_default();
-        if *count == MERGING {
-            return Err(StorageError::InvalidParameter(format!(
-                "image {image} is being merged: it can be copied once the merge ends"
-            ))
-            .into());
-        }
-        *count += 1;
-        Ok(CopyReading {
-            service: self.clone(),
-            key: (domain, image),
-        })
-    }
-
-    /// Marks the image as changed by a merge (live, or a cold merge's commit) until the guard
-    /// drops; refused while a copy reads it.
-    pub fn merging(&self, domain: Uuid, image: Uuid) -> Result<MergeMark, ApiError> {
-        let mut activity = self.activity();
-        let count = activity.entry((domain, image)).or_default();
-        if *count != 0 {
-            let why = if *count > 0 {
-                "is being copied (SDM.copy_data): its chain cannot change until the copy ends"
-            } else {
-                "is being merged"
-            };
-            return Err(StorageError::InvalidParameter(format!("image {image} {why}")).into());
-        }
-        *count = MERGING;
-        Ok(MergeMark {
-            service: self.clone(),
-            key: (domain, image),
-        })
-    }
-
     /// Checks a subchain for a cold merge: `top` a LEGAL child of a LEGAL `base` (nothing else
     /// based on `base`), the base at the expected generation, no VM of this host using the
     /// image's volumes, no copy reading them.
@@ -130,7 +47,7 @@ impl StorageService {
         }
         let volumes: Vec<Uuid> = [base, top].into_iter().chain(pair.child).collect();
         self.refuse_if_in_use(&domain, image, &volumes).await?;
-        if self.is_being_copied(s.sd_id, image) {
+        if self.is_being_copied(ImageRef::new(s.sd_id, image)) {
             return Err(StorageError::InvalidParameter(format!(
                 "image {image} is being copied: its chain cannot change until the copy ends"
             ))
@@ -186,7 +103,7 @@ impl StorageService {
         let _image = self.lock_image(s.sd_id, s.img_id).await;
         // Taken before the checks: a copy starting after them would read a chain being
         // rewritten.
-        let _merging = self.merging(s.sd_id, s.img_id)?;
+        let _merging = self.merging(ImageRef::new(s.sd_id, s.img_id))?;
         self.check_subchain(&s).await?;
         let domain = self.domain(s.sd_id)?;
         // qemu-img opens the chain by names: checked before anything is written (no link,
