@@ -1,10 +1,11 @@
 //! Reading libvirt's XML: a domain's disks with their backing chains, and the host UUID from
 //! the capabilities document. Pure functions over text, so they are tested without libvirt.
 
-use roxmltree::{Document, Node};
+use roxmltree::Node;
 
-use super::error::VirtError;
+use super::{child, parse};
 use crate::api::types::{ChainLink, DiskStats};
+use crate::virt::error::VirtError;
 
 /// The disks of a domain, in the order of its XML.
 pub fn parse_disks(domain_xml: &str) -> Result<Vec<DiskStats>, VirtError> {
@@ -91,17 +92,6 @@ pub fn host_uuid(capabilities_xml: &str) -> Result<String, VirtError> {
             what: "capabilities",
             message: "no host UUID".into(),
         })
-}
-
-fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| n.has_tag_name(name))
-}
-
-fn parse<'a>(what: &'static str, text: &'a str) -> Result<Document<'a>, VirtError> {
-    Document::parse(text).map_err(|e| VirtError::Xml {
-        what,
-        message: e.to_string(),
-    })
 }
 
 #[cfg(test)]
