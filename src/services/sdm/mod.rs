@@ -380,6 +380,7 @@ impl SdmService {
                 .storage
                 .commit_subchain(subchain, merge_bitmaps, stop, progress)
                 .await
+                .map_err(ApiError::from)
                 .map(|generation| SdmResult {
                     volume: subchain.base_id,
                     generation,
@@ -392,6 +393,7 @@ impl SdmService {
                 .storage
                 .copy_volume(source, destination, stop, progress)
                 .await
+                .map_err(ApiError::from)
                 .map(|generation| SdmResult {
                     volume: destination.vol_id,
                     generation,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{StorageService, blocking, on_tasks};
+use super::{StorageService, StorageServiceError, blocking, off_reactor, on_tasks};
 use crate::api::ApiError;
 use crate::api::merge_types::{CopyEndpoint, PoolSubchainParams, ReconcileParams, SubchainInfo};
 use crate::api::names;
@@ -29,12 +29,12 @@ impl StorageService {
     /// Checks a subchain for a cold merge: `top` a LEGAL child of a LEGAL `base` (nothing else
     /// based on `base`), the base at the expected generation, no VM of this host using the
     /// image's volumes, no copy reading them.
-    pub async fn check_subchain(&self, s: &SubchainInfo) -> Result<MergePair, ApiError> {
+    pub async fn check_subchain(&self, s: &SubchainInfo) -> Result<MergePair, StorageServiceError> {
         let domain = self.domain_with_image(s.sd_id, s.img_id).await?;
         let (image, base, top) = (s.img_id, s.base_id, s.top_id);
         let pair = {
             let domain = Arc::clone(&domain);
-            blocking(move || merge::check_pair(&domain, image, base, top)).await?
+            off_reactor(move || merge::check_pair(&domain, image, base, top)).await?
         };
         if let Some(expected) = s.base_generation
             && expected != pair.base.generation
@@ -99,7 +99,7 @@ impl StorageService {
         merge_bitmaps: bool,
         stop: &CancellationToken,
         progress: impl FnMut(f64) + Send,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<u32, StorageServiceError> {
         let _image = self.lock_image(s.sd_id, s.img_id).await;
         // Taken before the checks: a copy starting after them would read a chain being
         // rewritten.
@@ -110,11 +110,11 @@ impl StorageService {
         // headers naming only their parents), each name rechecked right before it runs.
         let chain = {
             let domain = Arc::clone(&domain);
-            blocking(move || tool_files::check_chain(&domain, s.img_id, s.top_id)).await?
+            off_reactor(move || tool_files::check_chain(&domain, s.img_id, s.top_id)).await?
         };
         {
             let domain = Arc::clone(&domain);
-            blocking(move || {
+            off_reactor(move || {
                 data_operation::begin(&domain, s.img_id, s.base_id, s.base_generation, false)?;
                 let note = domain.dir.snapshot_note(s.img_id, s.base_id);
                 domain
@@ -128,7 +128,7 @@ impl StorageService {
         let limits = (self.inner.qemu_img_timeout, stop);
         let chain = {
             let dir = domain.dir.clone();
-            blocking(move || tool_files::recheck_all(&dir, &chain).map(|()| chain)).await?
+            off_reactor(move || tool_files::recheck_all(&dir, &chain).map(|()| chain)).await?
         };
         let committed = merge::commit(
             &domain,
@@ -142,7 +142,7 @@ impl StorageService {
         .await;
         drop(chain);
         committed?;
-        blocking(move || data_operation::end(&domain, s.img_id, s.base_id)).await
+        Ok(off_reactor(move || data_operation::end(&domain, s.img_id, s.base_id)).await?)
     }
 
     /// `StoragePool.finalizeMerge`, once the caller checked that an `SDM.merge` of this
@@ -260,7 +260,7 @@ impl StorageService {
         destination: CopyEndpoint,
         stop: &CancellationToken,
         progress: impl FnMut(f64) + Send,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<u32, StorageServiceError> {
         let _image = self.lock_image(destination.sd_id, destination.img_id).await;
         self.check_copy(&source, &destination).await?;
         let src_domain = self.domain(source.sd_id)?;
@@ -269,7 +269,7 @@ impl StorageService {
         let files = {
             let (src, dst) = (Arc::clone(&src_domain), Arc::clone(&dst_domain));
             let (s, d) = (source, destination);
-            blocking(move || {
+            off_reactor(move || {
                 let end = |domain, e: CopyEndpoint| Endpoint {
                     domain,
                     image: e.img_id,
@@ -283,7 +283,8 @@ impl StorageService {
             let domain = Arc::clone(&dst_domain);
             let (image, volume) = (destination.img_id, destination.vol_id);
             let expected = destination.generation;
-            blocking(move || data_operation::begin(&domain, image, volume, expected, true)).await?;
+            off_reactor(move || data_operation::begin(&domain, image, volume, expected, true))
+                .await?;
         }
         let ends = (
             Endpoint {
@@ -306,11 +307,11 @@ impl StorageService {
         )
         .await?;
         let (image, volume) = (destination.img_id, destination.vol_id);
-        blocking(move || {
+        Ok(off_reactor(move || {
             copy::mark_clone(&dst_domain, image, volume)?;
             data_operation::end(&dst_domain, image, volume)
         })
-        .await
+        .await?)
     }
 
     /// Checks a copy: both volumes exist and differ; the source is not the leaf a VM writes
@@ -320,8 +321,8 @@ impl StorageService {
         &self,
         source: &CopyEndpoint,
         destination: &CopyEndpoint,
-    ) -> Result<(), ApiError> {
-        let invalid = |why: String| ApiError::from(StorageError::InvalidParameter(why));
+    ) -> Result<(), StorageServiceError> {
+        let invalid = |why: String| StorageServiceError::from(StorageError::InvalidParameter(why));
         if (source.sd_id, source.img_id, source.vol_id)
             == (destination.sd_id, destination.img_id, destination.vol_id)
         {
@@ -336,7 +337,7 @@ impl StorageService {
         let (s, d) = (*source, *destination);
         let (src_leaf, in_chain) = {
             let (src, dst) = (Arc::clone(&src), Arc::clone(&dst));
-            blocking(move || {
+            off_reactor(move || {
                 let meta = read_meta(&src, s.img_id, s.vol_id)?;
                 if meta.legality != Legality::Legal {
                     return Err(StorageError::InvalidParameter(format!(

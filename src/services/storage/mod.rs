@@ -8,6 +8,7 @@
 //! - [`validate`]: requests into what the storage module takes (pure, unit-tested);
 //! - [`domains`]: domain and image verbs (`StorageDomain.*`, `Image.prepare`...);
 //! - [`volumes`]: `Volume.create` and the deletes, as tasks, and `Volume.getInfo`;
+//! - [`error`]: what the functions other services call fail with;
 //! - [`images`]: the images other services change (a live snapshot, a live merge,
 //!   `VM.create`): their locks, their [`ImageHandle`]s, the copy and merge marks;
 //! - [`cold_merge`]: `StoragePool.prepareMerge`/`finalizeMerge`, `Image.reconcileVolumeChain`,
@@ -26,6 +27,7 @@
 mod claims;
 mod cold_merge;
 mod domains;
+pub mod error;
 mod images;
 mod leases;
 mod pool;
@@ -36,6 +38,7 @@ mod validate;
 mod volumes;
 
 pub use crate::storage::image::{CopyReading, ImageHandle, ImageLock, ImageRef, MergeMark};
+pub use error::StorageServiceError;
 
 use std::collections::HashMap;
 use std::path::Path;
