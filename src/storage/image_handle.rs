@@ -283,3 +283,25 @@ fn image_exists(domain: &Domain, image: Uuid) -> Result<(), StorageError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_per_image_and_images_apart() {
+        let locks = ImageLocks::default();
+        let a = ImageRef::new(Uuid::from_u128(1), Uuid::from_u128(2));
+        let b = ImageRef::new(Uuid::from_u128(1), Uuid::from_u128(3));
+        let held = locks.lock_all(vec![b, a, b]).await;
+        assert_eq!(held.len(), 2, "each image locked once");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), locks.lock(a)).await;
+        assert!(waiting.is_err(), "a second holder waits");
+        drop(held);
+        let again = tokio::time::timeout(Duration::from_secs(5), locks.lock(a)).await;
+        assert!(again.is_ok(), "free once the first holder is gone");
+        let other = ImageRef::new(Uuid::from_u128(4), Uuid::from_u128(2));
+        let apart = tokio::time::timeout(Duration::from_secs(5), locks.lock(other)).await;
+        assert!(apart.is_ok(), "another domain's image is another lock");
+    }
+}
