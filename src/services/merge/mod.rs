@@ -34,6 +34,7 @@ use crate::jobs::block_jobs::BlockJobTable;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
 use crate::services::storage::ImageRef;
 use crate::services::{Monitor, StorageService};
+use crate::virt::xml::{DiskVolume, disk_volume};
 use crate::virt::{BlockJobEvent, Conflict, Hypervisor, VirtError};
 
 pub use error::MergeError;
@@ -281,12 +282,15 @@ impl MergeService {
             let paths =
                 std::iter::once(source).chain(disk.backing_chain.into_iter().map(|l| l.path));
             let chain: LiveChain = paths
-                .map_while(|path| volume_of(&path).map(|v| (v, path)))
+                .map_while(|path| disk_volume(&path).map(|v| (v.volume, path)))
                 .collect();
-            let in_image = chain
-                .first()
-                .is_some_and(|(v, path)| *v == drive.volume && image_of(path) == Some(drive.image));
-            if in_image {
+            let on_drive = chain.first().and_then(|(_, path)| disk_volume(path))
+                == Some(DiskVolume {
+                    domain: drive.domain,
+                    image: drive.image,
+                    volume: drive.volume,
+                });
+            if on_drive {
                 return Ok((disk.target, chain));
             }
         }
@@ -354,32 +358,5 @@ impl MergeService {
                     .finish(entry.job, Err(JobError { code, message }));
             }
         }
-    }
-}
-
-/// The volume a path names (its file name), if it is a UUID.
-fn volume_of(path: &str) -> Option<Uuid> {
-    let name = std::path::Path::new(path).file_name()?.to_str()?;
-    Uuid::parse_str(name).ok()
-}
-
-/// The image a volume path names (its directory's name), if it is a UUID.
-fn image_of(path: &str) -> Option<Uuid> {
-    let dir = std::path::Path::new(path).parent()?.file_name()?.to_str()?;
-    Uuid::parse_str(dir).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volumes_and_images_are_read_from_paths() {
-        let path = "/rhev/data-center/p/d/images/00000000-0000-0000-0000-000000000001/\
-                    00000000-0000-0000-0000-000000000002";
-        assert_eq!(volume_of(path), Some(Uuid::from_u128(2)));
-        assert_eq!(image_of(path), Some(Uuid::from_u128(1)));
-        assert_eq!(volume_of("/var/lib/libvirt/images/disk.qcow2"), None);
-        assert_eq!(image_of("disk"), None);
     }
 }

@@ -11,7 +11,7 @@ pub mod disks;
 pub mod edit;
 pub mod vm;
 
-pub use disks::{host_uuid, parse_disks};
+pub use disks::{DiskVolume, disk_volume, host_uuid, parse_disks};
 
 use roxmltree::{Document, Node};
 
