@@ -46,6 +46,7 @@ pub fn storage_code(err: &StorageError) -> i32 {
         E::Io { .. } | E::Inspect { .. } => codes::STORAGE_EXCEPTION,
         E::Persist(_) => codes::TASK_PERSIST_ERROR,
         E::Aborted | E::Interrupted => codes::TASK_ABORTED,
+        E::Panicked(_) => codes::UNEXPECTED,
     }
 }
 
@@ -77,12 +78,21 @@ pub fn task_code(err: &TaskError) -> i32 {
     }
 }
 
+/// VDSM's code and message for a storage failure: the one mapping of a [`StorageError`],
+/// owned or shared (a typed error another service keeps as its source).
+pub fn storage_api_error(err: &StorageError) -> ApiError {
+    if let StorageError::Panicked(why) = err {
+        return ApiError::Unexpected(format!("storage task panicked: {why}"));
+    }
+    ApiError::Coded {
+        code: storage_code(err),
+        message: err.to_string(),
+    }
+}
+
 impl From<StorageError> for ApiError {
     fn from(err: StorageError) -> Self {
-        Self::Coded {
-            code: storage_code(&err),
-            message: err.to_string(),
-        }
+        storage_api_error(&err)
     }
 }
 

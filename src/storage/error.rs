@@ -152,6 +152,67 @@ pub enum StorageError {
     /// A restart of rvdsmd interrupted the task (411).
     #[error("Task is aborted: interrupted by a restart of rvdsmd")]
     Interrupted,
+    /// The blocking work run off the reactor panicked (VDSM's unexpected exception, 16).
+    #[error("storage task panicked: {0}")]
+    Panicked(String),
+}
+
+/// What kind of failure a [`StorageError`] is, for a caller that decides by it rather than by
+/// VDSM's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// Something named does not exist: a pool, a domain, an image, a volume, a lease.
+    NotFound,
+    /// The request is refused as it stands: bad parameters, an illegal or busy volume, a
+    /// generation or a pool's record that does not match. Nothing changed.
+    Refused,
+    /// The work was stopped or interrupted.
+    Stopped,
+    /// The storage failed: I/O, metadata, qemu-img, a panic.
+    Failed,
+}
+
+impl StorageError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> StorageErrorKind {
+        use StorageErrorKind as K;
+        match self {
+            Self::NoSuchLease(_)
+            | Self::PoolUnknown(_)
+            | Self::DomainDoesNotExist(_)
+            | Self::ImageDoesNotExist { .. }
+            | Self::VolumeDoesNotExist(_) => K::NotFound,
+            Self::LeaseNotHeld(_)
+            | Self::LeaseExists(_)
+            | Self::Pool(_)
+            | Self::DomainExists(_)
+            | Self::ImagePath(_)
+            | Self::VolumeAlreadyExists(_)
+            | Self::IncorrectFormat(_)
+            | Self::IncorrectType(_)
+            | Self::IllegalParent(_)
+            | Self::PrepareIllegal(_)
+            | Self::Size(_)
+            | Self::NoSpace { .. }
+            | Self::HasChildren(_)
+            | Self::InUse(_)
+            | Self::InvalidParameter(_)
+            | Self::GenerationMismatch(_) => K::Refused,
+            Self::Aborted | Self::Interrupted => K::Stopped,
+            Self::LeasesVolume(_)
+            | Self::Creation(_)
+            | Self::Clone(_)
+            | Self::Merge(_)
+            | Self::Copy(_)
+            | Self::MetadataRead { .. }
+            | Self::MetadataOverflow(_)
+            | Self::DomainMetadata { .. }
+            | Self::Io { .. }
+            | Self::Inspect { .. }
+            | Self::Persist(_)
+            | Self::Panicked(_) => K::Failed,
+        }
+    }
 }
 
 impl StorageError {

@@ -1,6 +1,7 @@
-//! Images as a whole: deleting every volume of one, preparing one for a VM (every volume
-//! usable, a path through the pool's link as VDSM's paths are), and telling whether a VM uses
-//! any of its volumes. Blocking file I/O: callers run these off the reactor.
+//! Images as a whole: their names ([`ImageRef`], [`VolumeRef`]), deleting every volume of
+//! one, preparing one for a VM (every volume usable, a path through the pool's link as VDSM's
+//! paths are, its chain read), and telling whether a VM uses any of its volumes. Blocking file
+//! I/O: callers run these off the reactor (the [`ImageHandle`] does).
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,59 @@ use uuid::Uuid;
 
 use super::domain::Domain;
 use super::error::StorageError;
-use super::volume;
-use crate::api::volume_types::Legality;
+use super::{snapshot_volume, tool_files, volume};
+use crate::api::volume_types::{BLANK_UUID, Legality, VolumeRole};
+
+pub use super::image_handle::{ImageHandle, ImageLock, ImageLocks};
+pub use super::image_marks::{CopyReading, ImageActivity, MergeMark};
+
+/// An image: its domain and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageRef {
+    /// The storage domain.
+    pub domain: Uuid,
+    /// The image in it.
+    pub image: Uuid,
+}
+
+impl ImageRef {
+    /// The image `image` of `domain`.
+    pub fn new(domain: Uuid, image: Uuid) -> Self {
+        Self { domain, image }
+    }
+}
+
+/// A volume: its domain, its image and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeRef {
+    /// The storage domain.
+    pub domain: Uuid,
+    /// The image in it.
+    pub image: Uuid,
+    /// The volume of the image.
+    pub volume: Uuid,
+}
+
+impl VolumeRef {
+    /// The image the volume is in.
+    pub fn image_ref(&self) -> ImageRef {
+        ImageRef::new(self.domain, self.image)
+    }
+}
+
+/// A drive's volume, ready for a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedDrive {
+    /// The path the VM uses (through the pool's link).
+    pub path: String,
+    /// `qcow2` or `raw`.
+    pub format: &'static str,
+    /// `(volume, path)` from the base to `path`'s volume.
+    pub chain: Vec<(Uuid, String)>,
+}
+
+/// The longest chain walked: a loop in corrupt metadata must not hang the walk.
+const MAX_CHAIN: usize = 1024;
 
 /// Deletes every volume of an image, leaf first, then the image directory. Idempotent, so
 /// that recovery can finish an interrupted delete.
@@ -75,4 +127,73 @@ pub fn refuse_if_in_use(
         }
     }
     Ok(())
+}
+
+/// Prepares `volume` of the image for a VM (every volume LEGAL, the pool's link made, the
+/// chain checked as [`tool_files::check_chain`] does) and reads its chain from the base up.
+pub fn prepare_drive(
+    domain: &Domain,
+    pool_dir: &Path,
+    image: Uuid,
+    volume: Uuid,
+) -> Result<PreparedDrive, StorageError> {
+    // QEMU opens the chain by names, as root: each data file must be a regular file reached
+    // without a link, each qcow2 header name only its parent.
+    tool_files::check_chain(domain, image, volume)?;
+    let leaf = prepare(domain, pool_dir, image, volume, false)?;
+    let image_dir = leaf.parent().map(Path::to_path_buf);
+    let path_of = |v: Uuid| {
+        image_dir.as_ref().map_or_else(String::new, |d| {
+            d.join(v.hyphenated().to_string())
+                .to_string_lossy()
+                .into_owned()
+        })
+    };
+    let format = volume::read_meta(domain, image, volume)?.format.qemu_name();
+    let mut chain = vec![(volume, path_of(volume))];
+    let mut current = volume;
+    loop {
+        let parent = volume::read_meta(domain, image, current)?.parent;
+        if parent == BLANK_UUID {
+            break;
+        }
+        if chain.len() >= MAX_CHAIN || chain.iter().any(|(v, _)| *v == parent) {
+            return Err(StorageError::Inspect {
+                volume,
+                message: format!("its chain loops or exceeds {MAX_CHAIN} volumes"),
+            });
+        }
+        chain.push((parent, path_of(parent)));
+        current = parent;
+    }
+    chain.reverse();
+    Ok(PreparedDrive {
+        path: leaf.to_string_lossy().into_owned(),
+        format,
+        chain,
+    })
+}
+
+/// Refuses a volume a VM must not write to: one that is not a LEAF (the backing file of a
+/// snapshot: writing it corrupts every volume above), or one with children (a leaf whose
+/// metadata lags behind a snapshot made on it).
+pub fn check_writable_leaf(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), StorageError> {
+    let meta = volume::read_meta(domain, image, volume)?;
+    if meta.role != VolumeRole::Leaf || !volume::children(domain, image, volume)?.is_empty() {
+        return Err(StorageError::HasChildren(volume));
+    }
+    Ok(())
+}
+
+/// Whether `volume` branches off a snapshot: its parent's snapshot note names another volume
+/// (the one the snapshot's VM switched to), so `volume` is a preview or a linked clone.
+pub fn is_snapshot_branch(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+) -> Result<bool, StorageError> {
+    let parent = volume::read_meta(domain, image, volume)?.parent;
+    Ok(parent != BLANK_UUID
+        && snapshot_volume::read_note(domain, image, parent)
+            .is_some_and(|note| note.volume != volume))
 }

@@ -9,7 +9,9 @@
 //! - [`pool`]: the pool on storage: which domain is its master, at which version, and its
 //!   domains.
 //! - [`volume`]: volume metadata, chains, and the steps of a create with their rollback.
-//! - [`image`]: deleting and preparing images, and telling whether a VM uses their volumes.
+//! - [`image`]: images and volumes named, deleted, prepared for a VM; whether a VM uses
+//!   their volumes; the [`image::ImageHandle`] other services hold on an image they change,
+//!   with its lock, and the marks that keep a copy and a merge of one image apart.
 //! - [`snapshot_volume`]: what a live snapshot needs of its volumes.
 //! - [`merge`]: what merging a snapshot away changes in the metadata, and a cold merge's
 //!   qemu-img steps.
@@ -27,6 +29,8 @@ mod domain_fs;
 pub mod domain_md;
 mod error;
 pub mod image;
+mod image_handle;
+mod image_marks;
 pub mod layout;
 pub mod lock;
 pub mod merge;
@@ -39,4 +43,4 @@ pub mod tool_files;
 pub mod volume;
 pub mod xleases;
 
-pub use error::StorageError;
+pub use error::{StorageError, StorageErrorKind};

@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::hypervisor::Hypervisor;
-use super::vm_xml::NewLeaf;
+use super::xml::vm::NewLeaf;
 use super::{
     BlockJob, Conflict, DefinedSwitch, DiskSwitch, DomainInfo, DomainStats, DomainView,
     FreezeState, HostInfo, Pivot, RunState, Stopped, VirtError,

@@ -18,8 +18,8 @@ use super::error::VirtError;
 use super::sampling::{DomainStats, DomainView};
 use super::snapshot::{Conflict, DiskSwitch, FreezeState, RunState};
 use super::vm_control::Stopped;
-use super::vm_xml::NewLeaf;
-use super::xml_edit::DefinedSwitch;
+use super::xml::edit::DefinedSwitch;
+use super::xml::vm::NewLeaf;
 use super::{BlockJob, Pivot};
 use crate::api::types::DiskStats;
 

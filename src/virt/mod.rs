@@ -23,9 +23,7 @@ mod sampling;
 mod snapshot;
 mod vm_control;
 pub mod vm_policy;
-pub mod vm_xml;
 pub mod xml;
-mod xml_edit;
 
 pub use block_jobs::{BlockJob, Pivot};
 pub use connection::Libvirt;
@@ -36,4 +34,6 @@ pub use lifecycle::{BlockJobEvent, BlockJobStatus, watch_lifecycle};
 pub use sampling::{DomainStats, DomainView, ExitInfo, StatValue};
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};
 pub use vm_control::Stopped;
-pub use xml_edit::DefinedSwitch;
+pub use xml::edit::DefinedSwitch;
+/// oVirt's `VM.create` definition (the name the rest of the crate knows it by).
+pub use xml::vm as vm_xml;

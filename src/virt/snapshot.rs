@@ -14,7 +14,8 @@ use virt::sys;
 use super::connection::Libvirt;
 use super::domains::lookup;
 use super::error::VirtError;
-use super::xml_edit::{DefinedSwitch, escape, switch_disk_sources};
+use super::xml::edit::{DefinedSwitch, switch_disk_sources};
+use super::xml::escape;
 use super::{agent, ffi};
 
 /// Whether the VM runs, for the purpose of a snapshot.

@@ -2,9 +2,12 @@
 //! unknown VM, 13 (`ImageFileNotFound`) for a disk the VM does not have, 52 (`MergeFailed`)
 //! for everything else, with the job and the reason in VDSM's `{'key': 'value'}` form.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use crate::api::{ApiError, codes};
+use crate::storage::StorageError;
 use crate::virt::VirtError;
 
 /// A refused `VM.merge` or a failed merge job.
@@ -26,6 +29,15 @@ pub enum MergeError {
         /// The job.
         job: Uuid,
     },
+    /// The storage refused or failed a step (52), with the storage's words as the reason.
+    #[error("Merge failed: {{'reason': '{}', 'job': '{job}'}}", quote(&storage_reason(source)))]
+    Storage {
+        /// Why.
+        #[source]
+        source: Arc<StorageError>,
+        /// The job.
+        job: Uuid,
+    },
     /// libvirt could not read the VM (1 when it does not exist).
     #[error(transparent)]
     Virt(#[from] VirtError),
@@ -40,9 +52,12 @@ impl MergeError {
         }
     }
 
-    /// A merge failure for a reason a lower layer gave.
-    pub fn from_api(job: Uuid, err: ApiError) -> Self {
-        Self::failed(job, err)
+    /// A merge failure the storage caused.
+    pub fn storage(job: Uuid, err: StorageError) -> Self {
+        Self::Storage {
+            source: Arc::new(err),
+            job,
+        }
     }
 
     /// VDSM's code and message, for `Host.getJobs`.
@@ -50,6 +65,11 @@ impl MergeError {
         let err = ApiError::from(self.clone());
         (err.code(), err.to_string())
     }
+}
+
+/// The storage's words for `err`, as its VDSM message says them.
+fn storage_reason(err: &StorageError) -> String {
+    crate::services::errors::storage_api_error(err).to_string()
 }
 
 /// Text inside a Python-style single-quoted string.
@@ -62,7 +82,7 @@ impl From<MergeError> for ApiError {
         let code = match &err {
             MergeError::Virt(err) => return err.clone().into(),
             MergeError::NoSuchDrive { .. } => codes::IMAGE_FILE_NOT_FOUND,
-            MergeError::Failed { .. } => codes::MERGE_FAILED,
+            MergeError::Failed { .. } | MergeError::Storage { .. } => codes::MERGE_FAILED,
         };
         Self::Coded {
             code,
@@ -83,6 +103,23 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("Merge failed: {{'reason': 'the VM\\'s \\'vda\\' is busy', 'job': '{job}'}}")
+        );
+        let volume = Uuid::from_u128(7);
+        let storage = ApiError::from(MergeError::storage(
+            job,
+            StorageError::VolumeDoesNotExist(volume),
+        ));
+        let flattened = ApiError::from(MergeError::failed(
+            job,
+            ApiError::from(StorageError::VolumeDoesNotExist(volume)),
+        ));
+        assert_eq!(storage.code(), 52);
+        assert_eq!(storage.to_string(), flattened.to_string());
+        let typed = MergeError::storage(job, StorageError::VolumeDoesNotExist(volume));
+        let source = std::error::Error::source(&typed).expect("the storage error is kept");
+        assert_eq!(
+            source.to_string(),
+            format!("Volume does not exist: ('{volume}',)")
         );
         let err = ApiError::from(MergeError::NoSuchDrive {
             reason: "no disk".into(),

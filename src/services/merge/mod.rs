@@ -37,7 +37,9 @@ use crate::jobs::journal::Finished;
 use crate::jobs::kind::JobKind;
 use crate::jobs::results::MergeResult;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
+use crate::services::storage::ImageRef;
 use crate::services::{Monitor, StorageService};
+use crate::virt::xml::{DiskVolume, disk_volume};
 use crate::virt::{BlockJobEvent, Conflict, SharedHypervisor, VirtError};
 
 pub use error::MergeError;
@@ -168,21 +170,22 @@ impl MergeService {
         let mark = self
             .inner
             .storage
-            .merging(domain, image)
-            .map_err(|e| MergeError::from_api(job, e))?;
-        let locks = self.inner.storage.lock_images(vec![(domain, image)]).await;
-        let pair = self
+            .merging(ImageRef::new(domain, image))
+            .map_err(|e| MergeError::storage(job, e))?;
+        let image = self
             .inner
             .storage
-            .merge_pair(domain, image, p.base, p.top)
+            .open_image(ImageRef::new(domain, image))
             .await
-            .map_err(|e| MergeError::from_api(job, e))?;
-        let bitmaps = self
-            .inner
-            .storage
-            .volume_bitmaps(domain, image, p.top)
+            .map_err(|e| MergeError::storage(job, e))?;
+        let pair = image
+            .merge_pair(p.base, p.top)
             .await
-            .map_err(|e| MergeError::from_api(job, e))?;
+            .map_err(|e| MergeError::storage(job, e))?;
+        let bitmaps = image
+            .bitmaps(p.top)
+            .await
+            .map_err(|e| MergeError::storage(job, e))?;
         if pair.child != live_child {
             return Err(fail(format!(
                 "the metadata bases {:?} on topVolUUID, the VM's disk {:?}",
@@ -230,11 +233,7 @@ impl MergeService {
         // Before the commit's first write into `base`: a failed, cancelled or interrupted
         // commit leaves `base` holding data of two instants, and its note must not promise
         // a clean revert any more (a crash before this line leaves it true: nothing began).
-        let marked = self
-            .inner
-            .storage
-            .note_merge_begun(domain, image, (p.base, p.top), p.vm_id)
-            .await;
+        let marked = image.note_merge_begun(p.base, p.top, p.vm_id).await;
         if let Err(err) = marked {
             let err = fail(format!(
                 "cannot mark the base's snapshot note before the commit, so it was not begun: {err}"
@@ -266,6 +265,7 @@ impl MergeService {
         }
         self.inner.jobs.mark_running(job);
         let service = self.clone();
+        let locks = image.into_lock().into_iter().collect();
         tokio::spawn(async move { service.follow(entry, (claim, mark), locks).await });
         Ok(())
     }
@@ -285,12 +285,15 @@ impl MergeService {
             let paths =
                 std::iter::once(source).chain(disk.backing_chain.into_iter().map(|l| l.path));
             let chain: LiveChain = paths
-                .map_while(|path| volume_of(&path).map(|v| (v, path)))
+                .map_while(|path| disk_volume(&path).map(|v| (v.volume, path)))
                 .collect();
-            let in_image = chain
-                .first()
-                .is_some_and(|(v, path)| *v == drive.volume && image_of(path) == Some(drive.image));
-            if in_image {
+            let on_drive = chain.first().and_then(|(_, path)| disk_volume(path))
+                == Some(DiskVolume {
+                    domain: drive.domain,
+                    image: drive.image,
+                    volume: drive.volume,
+                });
+            if on_drive {
                 return Ok((disk.target, chain));
             }
         }
@@ -352,32 +355,5 @@ impl MergeService {
                     .finish(entry.job, Err(JobError { code, message }));
             }
         }
-    }
-}
-
-/// The volume a path names (its file name), if it is a UUID.
-fn volume_of(path: &str) -> Option<Uuid> {
-    let name = std::path::Path::new(path).file_name()?.to_str()?;
-    Uuid::parse_str(name).ok()
-}
-
-/// The image a volume path names (its directory's name), if it is a UUID.
-fn image_of(path: &str) -> Option<Uuid> {
-    let dir = std::path::Path::new(path).parent()?.file_name()?.to_str()?;
-    Uuid::parse_str(dir).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volumes_and_images_are_read_from_paths() {
-        let path = "/rhev/data-center/p/d/images/00000000-0000-0000-0000-000000000001/\
-                    00000000-0000-0000-0000-000000000002";
-        assert_eq!(volume_of(path), Some(Uuid::from_u128(2)));
-        assert_eq!(image_of(path), Some(Uuid::from_u128(1)));
-        assert_eq!(volume_of("/var/lib/libvirt/images/disk.qcow2"), None);
-        assert_eq!(image_of("disk"), None);
     }
 }

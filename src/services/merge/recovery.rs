@@ -5,6 +5,7 @@
 //! by the chain QEMU uses, a pivot that happened is finished, one that did not is undone).
 
 use super::journal::{Entry, Phase};
+use super::runner::drive_image;
 use super::{MergeError, MergeService};
 use crate::jobs::kind::JobKind;
 
@@ -45,14 +46,10 @@ impl MergeService {
                 return;
             }
         };
-        let mark = match self
-            .inner
-            .storage
-            .merging(entry.drive.domain, entry.drive.image)
-        {
+        let mark = match self.inner.storage.merging(drive_image(&entry)) {
             Ok(mark) => mark,
             Err(err) => {
-                let err = MergeError::from_api(entry.job, err);
+                let err = MergeError::storage(entry.job, err);
                 self.end(&mut entry, Err(err)).await;
                 return;
             }
@@ -61,7 +58,7 @@ impl MergeService {
         let locks = self
             .inner
             .storage
-            .lock_images(vec![(entry.drive.domain, entry.drive.image)])
+            .lock_images(vec![drive_image(&entry)])
             .await;
         self.show(&entry);
         let service = self.clone();

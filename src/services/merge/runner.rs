@@ -6,15 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedMutexGuard;
-
 use super::journal::{Entry, Phase};
 use super::{MergeError, MergeService};
 use crate::api::types::VmStatus;
 use crate::api::volume_types::Legality;
 use crate::jobs::results::MergeResult;
 use crate::jobs::vm_jobs::VmClaim;
-use crate::services::storage::MergeMark;
+use crate::services::storage::{ImageHandle, ImageLock, ImageRef, MergeMark};
+use crate::storage::StorageError;
 use crate::virt::{BlockJobEvent, Pivot, VirtError};
 
 /// Pivots asked before the job gives up (VDSM retries forever: vdsm#197).
@@ -38,13 +37,24 @@ enum CommitEnd {
     Failed(MergeError),
 }
 
+/// The image the merge changes.
+pub(super) fn drive_image(entry: &Entry) -> ImageRef {
+    ImageRef::new(entry.drive.domain, entry.drive.image)
+}
+
 impl MergeService {
+    /// The merge's image, whose lock the job holds from its start to its end (see
+    /// [`Self::follow`]).
+    fn image(&self, entry: &Entry) -> Result<ImageHandle, StorageError> {
+        self.inner.storage.image(drive_image(entry))
+    }
+
     /// Follows a started (or recovered) merge to its end, holding the VM and the image.
     pub(super) async fn follow(
         self,
         mut entry: Entry,
         held: (VmClaim, MergeMark),
-        locks: Vec<OwnedMutexGuard<()>>,
+        locks: Vec<ImageLock>,
     ) {
         let _held = (held, locks);
         match self.run_phases(&mut entry).await {
@@ -182,12 +192,13 @@ impl MergeService {
         // A stopped VM: its images tell. An active commit that never pivoted left the VM on
         // `top`; an internal one merged if `top`'s child is based on `base` now.
         let merged = match entry.child {
-            Some(child) if !entry.active => self
-                .inner
-                .storage
-                .backing_of(entry.drive.domain, entry.drive.image, child)
-                .await
-                .map(|backing| backing == Some(entry.base)),
+            Some(child) if !entry.active => match self.image(entry) {
+                Ok(image) => image
+                    .backing_of(child)
+                    .await
+                    .map(|backing| backing == Some(entry.base)),
+                Err(err) => Err(err),
+            },
             _ => Ok(false),
         };
         Some(match merged {
@@ -201,7 +212,7 @@ impl MergeService {
                     base_left(entry)
                 ),
             )),
-            Err(err) => CommitEnd::Failed(MergeError::from_api(job, err)),
+            Err(err) => CommitEnd::Failed(MergeError::storage(job, err)),
         })
     }
 
@@ -260,8 +271,7 @@ impl MergeService {
     /// rather than stale), at most [`MAX_PIVOT_ATTEMPTS`] pivots, then an abort and the leaf
     /// LEGAL again. Returns the attempts made.
     async fn pivot(&self, entry: &Entry) -> Result<u32, MergeError> {
-        let (domain, image, top) = (entry.drive.domain, entry.drive.image, entry.top);
-        let storage = &self.inner.storage;
+        let top = entry.top;
         let hv = &self.inner.hypervisor;
         // A recovered job may find the pivot done already.
         if self.pivoted(entry).await {
@@ -273,10 +283,13 @@ impl MergeService {
                 .settle_unpivoted(entry, 0, "the VM stopped before the pivot")
                 .await;
         }
-        storage
-            .set_legality(domain, image, top, Legality::Illegal)
+        let image = self
+            .image(entry)
+            .map_err(|e| MergeError::storage(entry.job, e))?;
+        image
+            .set_legality(top, Legality::Illegal)
             .await
-            .map_err(|e| MergeError::from_api(entry.job, e))?;
+            .map_err(|e| MergeError::storage(entry.job, e))?;
         crate::failpoint::pause("merge:ready").await;
         let mut last = String::new();
         for attempt in 1..=MAX_PIVOT_ATTEMPTS {
@@ -352,9 +365,12 @@ impl MergeService {
     /// `Image.reconcileVolumeChain` expects). A leaf still LEGAL was never offered to a pivot
     /// (it is marked first), so the VM was still on it.
     async fn top_unknown(&self, entry: &Entry, why: &str) -> MergeError {
-        let (domain, image, top, base) =
-            (entry.drive.domain, entry.drive.image, entry.top, entry.base);
-        let tail = match self.inner.storage.legality(domain, image, top).await {
+        let (top, base) = (entry.top, entry.base);
+        let legality = match self.image(entry) {
+            Ok(image) => image.legality(top).await,
+            Err(err) => Err(err),
+        };
+        let tail = match legality {
             Ok(Some(Legality::Legal)) => {
                 format!("no pivot was asked: the VM was on volume {top}, which stays LEGAL")
             }
@@ -371,12 +387,11 @@ impl MergeService {
     /// The failure of a merge whose pivot did not happen: the leaf is LEGAL again, and the VM
     /// stays on it.
     async fn keep_top(&self, entry: &Entry, why: &str) -> MergeError {
-        let (domain, image, top) = (entry.drive.domain, entry.drive.image, entry.top);
-        let restored = self
-            .inner
-            .storage
-            .set_legality(domain, image, top, Legality::Legal)
-            .await;
+        let top = entry.top;
+        let restored = match self.image(entry) {
+            Ok(image) => image.set_legality(top, Legality::Legal).await,
+            Err(err) => Err(err),
+        };
         let tail = match restored {
             Ok(()) => format!("the VM stays on volume {top}, which is LEGAL"),
             Err(err) => format!("volume {top} could not be made LEGAL again: {err}"),
@@ -412,12 +427,11 @@ impl MergeService {
             tracing::error!(job = %entry.job, error = %err, "going on with the merge's cleanup unjournaled");
         }
         crate::failpoint::pause("merge:pivoted").await;
-        let (domain, image) = (entry.drive.domain, entry.drive.image);
-        self.inner
-            .storage
-            .unlink_merged(domain, image, entry.base, entry.top)
+        self.image(entry)
+            .map_err(|e| MergeError::storage(entry.job, e))?
+            .unlink_merged(entry.base, entry.top)
             .await
-            .map_err(|e| MergeError::from_api(entry.job, e))?;
+            .map_err(|e| MergeError::storage(entry.job, e))?;
         let recorded = self
             .inner
             .hypervisor

@@ -24,7 +24,7 @@ use crate::jobs::kind::JobKind;
 use crate::jobs::results::SdmResult;
 use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
 use crate::services::StorageService;
-use crate::services::storage::CopyReading;
+use crate::services::storage::{CopyReading, ImageRef};
 use crate::storage::StorageError;
 use crate::storage::layout::DomainDir;
 
@@ -215,7 +215,7 @@ impl SdmService {
         let reading = self
             .inner
             .storage
-            .reading(p.source.sd_id, p.source.img_id)?;
+            .reading(ImageRef::new(p.source.sd_id, p.source.img_id))?;
         self.inner
             .storage
             .check_copy(&p.source, &p.destination)
@@ -393,6 +393,7 @@ impl SdmService {
                 .storage
                 .commit_subchain(subchain, merge_bitmaps, stop, progress)
                 .await
+                .map_err(ApiError::from)
                 .map(|generation| SdmResult {
                     volume: subchain.base_id,
                     generation,
@@ -405,6 +406,7 @@ impl SdmService {
                 .storage
                 .copy_volume(source, destination, stop, progress)
                 .await
+                .map_err(ApiError::from)
                 .map(|generation| SdmResult {
                     volume: destination.vol_id,
                     generation,

@@ -1,7 +1,11 @@
 //! Why `VM.snapshot` refuses a request (before any job exists), with VDSM's code for each.
 
+use std::sync::Arc;
+
 use crate::api::{ApiError, codes};
 use crate::jobs::vm_jobs::JobRefusal;
+use crate::services::errors::storage_api_error;
+use crate::storage::StorageError;
 use crate::virt::VirtError;
 
 /// A refused `VM.snapshot`.
@@ -21,7 +25,7 @@ pub enum SnapshotError {
     Virt(#[from] VirtError),
     /// The storage refused a volume (with its storage code).
     #[error(transparent)]
-    Storage(#[from] ApiError),
+    Storage(Arc<StorageError>),
     /// The job could not be journaled, so it was not started (100).
     #[error("General Exception: cannot journal snapshot job {job}: {message}")]
     Journal {
@@ -51,6 +55,12 @@ impl SnapshotError {
     }
 }
 
+impl From<StorageError> for SnapshotError {
+    fn from(err: StorageError) -> Self {
+        Self::Storage(Arc::new(err))
+    }
+}
+
 /// Text inside a Python-style single-quoted string.
 fn quote(text: &str) -> String {
     text.replace('\\', "\\\\").replace('\'', "\\'")
@@ -61,7 +71,7 @@ impl From<SnapshotError> for ApiError {
         let code = match err {
             SnapshotError::Busy(err) => return err.into(),
             SnapshotError::Virt(err) => return err.into(),
-            SnapshotError::Storage(err) => return err,
+            SnapshotError::Storage(err) => return storage_api_error(&err),
             SnapshotError::InvalidParameter(_) => codes::INVALID_PARAMETER,
             SnapshotError::MigrationInProgress => codes::MIGRATION_IN_PROGRESS,
             SnapshotError::Journal { .. } => codes::GENERAL,
@@ -94,6 +104,15 @@ mod tests {
             err.to_string(),
             "Invalid parameter: {'action': 'VM.snapshot', 'parameter': 'timeout', 'value': 0, \
              'reason': 'must be positive'}"
+        );
+        let volume = uuid::Uuid::from_u128(7);
+        let err = ApiError::from(SnapshotError::from(StorageError::VolumeDoesNotExist(
+            volume,
+        )));
+        assert_eq!(err.code(), 201);
+        assert_eq!(
+            err.to_string(),
+            format!("Volume does not exist: ('{volume}',)")
         );
         let err = ApiError::from(SnapshotError::MigrationInProgress);
         assert_eq!(err.code(), 51);

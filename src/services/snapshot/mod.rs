@@ -33,6 +33,7 @@ use uuid::Uuid;
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
 use crate::jobs::kind::JobKind;
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, JobStatus};
+use crate::services::storage::ImageRef;
 use crate::services::{FreezeService, StorageService};
 use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, SharedHypervisor};
 
@@ -117,11 +118,10 @@ impl SnapshotService {
         }
         let claim = self.jobs.claim_vm(p.vm_id)?;
         let checked = self.check_drives(&p).await?;
-        if let Some(copied) = checked
-            .drives
-            .iter()
-            .find(|d| self.storage.is_being_copied(d.domain, d.image))
-        {
+        if let Some(copied) = checked.drives.iter().find(|d| {
+            self.storage
+                .is_being_copied(ImageRef::new(d.domain, d.image))
+        }) {
             return Err(SnapshotError::invalid(format!(
                 "image {} is being copied (SDM.copy_data): its chain cannot change until the \
                  copy ends",

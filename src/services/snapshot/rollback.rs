@@ -14,6 +14,7 @@ use super::journal::Entry;
 use crate::api::codes;
 use crate::api::snapshot_types::Consistency;
 use crate::jobs::results::{RollbackReport, SnapshotResult};
+use crate::services::storage::ImageRef;
 use crate::virt::VirtError;
 
 /// What the live domain shows of a VM's disks, after a switch that may have happened.
@@ -73,21 +74,22 @@ impl SnapshotService {
                 Live::Disks(disks) => must_keep(Some(disks), &drive.target, real),
                 Live::Unreadable(_) => true,
                 // No VM runs on it any more: it matters only if the guest wrote to it.
-                Live::Gone => self
-                    .storage
-                    .volume_has_data(drive.domain, drive.image, drive.volume)
-                    .await
-                    .unwrap_or(real.is_some()),
+                Live::Gone => match self.storage.image(ImageRef::new(drive.domain, drive.image)) {
+                    Ok(image) => image.has_data(drive.volume).await,
+                    Err(err) => Err(err),
+                }
+                .unwrap_or(real.is_some()),
             };
             if keep {
                 report.kept.push(drive.volume);
                 continue;
             }
-            match self
-                .storage
-                .discard_volume(drive.domain, drive.image, drive.volume, drive.base)
-                .await
-            {
+            let discarded = match self.storage.image(ImageRef::new(drive.domain, drive.image)) {
+                // The job holds the image's lock (`lock_images`).
+                Ok(image) => image.discard_volume(drive.volume, drive.base).await,
+                Err(err) => Err(err),
+            };
+            match discarded {
                 Ok(()) => report.deleted.push(drive.volume),
                 Err(err) => {
                     tracing::error!(volume = %drive.volume, error = %err, "cannot delete the new volume of a failed snapshot");

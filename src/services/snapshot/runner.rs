@@ -18,6 +18,7 @@ use crate::clock::epoch_secs;
 use crate::jobs::journal::Finished;
 use crate::jobs::results::{SnapshotResult, Switched};
 use crate::jobs::vm_jobs::VmClaim;
+use crate::services::storage::ImageRef;
 use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
 
 /// How a job ended: its result, or VDSM's code and message.
@@ -163,11 +164,11 @@ impl SnapshotService {
                 vm_id: entry.vm,
                 volume: drive.volume,
             };
-            if let Err(err) = self
-                .storage
-                .note_snapshot(drive.domain, drive.image, drive.base, note)
-                .await
-            {
+            let written = match self.storage.image(ImageRef::new(drive.domain, drive.image)) {
+                Ok(image) => image.write_snapshot_note(drive.base, note).await,
+                Err(err) => Err(err),
+            };
+            if let Err(err) = written {
                 tracing::warn!(job = %entry.job, error = %err, "cannot record the snapshot's consistency");
             }
         }
@@ -302,8 +303,12 @@ impl VmOps for Journaled<'_> {
 }
 
 /// The images a job changes: `(domain, image)` of each drive.
-pub(super) fn images_of(entry: &Entry) -> Vec<(Uuid, Uuid)> {
-    entry.drives.iter().map(|d| (d.domain, d.image)).collect()
+pub(super) fn images_of(entry: &Entry) -> Vec<ImageRef> {
+    entry
+        .drives
+        .iter()
+        .map(|d| ImageRef::new(d.domain, d.image))
+        .collect()
 }
 
 /// Adds a switched snapshot to the operators' metrics.

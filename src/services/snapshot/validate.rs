@@ -12,6 +12,7 @@ use super::error::SnapshotError;
 use super::rollback::canonical_all;
 use crate::api::types::DiskStats;
 use crate::api::vm_types::{SnapDrive, SnapshotParams};
+use crate::services::storage::ImageRef;
 
 /// One drive of a validated request.
 #[derive(Debug, Clone)]
@@ -147,7 +148,8 @@ impl SnapshotService {
             let (domain, image, base, volume) = drive_ids(drive)?;
             let (base_path, new_path) = self
                 .storage
-                .snapshot_target(domain, image, base, volume)
+                .image(ImageRef::new(domain, image))?
+                .snapshot_target(base, volume)
                 .await?;
             let real = canonical_all(vec![base_path, new_path]).await;
             let (base_real, new_real) = (real[0].clone(), real[1].clone());

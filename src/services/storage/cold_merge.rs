@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{StorageService, blocking, on_tasks};
+use super::{StorageService, StorageServiceError, blocking, off_reactor, on_tasks};
 use crate::api::ApiError;
 use crate::api::merge_types::{CopyEndpoint, PoolSubchainParams, ReconcileParams, SubchainInfo};
 use crate::api::names;
@@ -20,104 +20,21 @@ use crate::api::volume_types::{BLANK_UUID, Legality};
 use crate::jobs::tasks::{TaskRecord, TaskWork};
 use crate::storage::copy::{self, Endpoint};
 use crate::storage::domain::Domain;
+use crate::storage::image::ImageRef;
 use crate::storage::merge::{self, MergePair};
 use crate::storage::volume::{read_meta, write_meta};
 use crate::storage::{StorageError, data_operation, tool_files};
 
-/// An image a full copy reads: its VMs are refused snapshots and merges until it drops.
-pub struct CopyReading {
-    service: StorageService,
-    key: (Uuid, Uuid),
-}
-
-/// An image a merge changes: copies of it are refused until it drops.
-pub struct MergeMark {
-    service: StorageService,
-    key: (Uuid, Uuid),
-}
-
-/// The `copying` count of an image a live merge changes.
-const MERGING: isize = -1;
-
-impl Drop for CopyReading {
-    fn drop(&mut self) {
-        let mut copying = self.service.activity();
-        if let Some(count) = copying.get_mut(&self.key) {
-            *count -= 1;
-            if *count <= 0 {
-                copying.remove(&self.key);
-            }
-        }
-    }
-}
-
-impl Drop for MergeMark {
-    fn drop(&mut self) {
-        self.service.activity().remove(&self.key);
-    }
-}
-
 impl StorageService {
-    fn activity(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(Uuid, Uuid), isize>> {
-        self.inner.copying.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether a full copy is reading the image now.
-    pub fn is_being_copied(&self, domain: Uuid, image: Uuid) -> bool {
-        self.activity()
-            .get(&(domain, image))
-            .is_some_and(|count| *count > 0)
-    }
-
-    /// Marks the image as read by a full copy until the guard drops; refused while a live
-    /// merge changes it.
-    pub fn reading(&self, domain: Uuid, image: Uuid) -> Result<CopyReading, ApiError> {
-        let mut activity = self.activity();
-        let count = activity.entry((domain, image)).or_default();
-        if *count == MERGING {
-            return Err(StorageError::InvalidParameter(format!(
-                "image {image} is being merged: it can be copied once the merge ends"
-            ))
-            .into());
-        }
-        *count += 1;
-        Ok(CopyReading {
-            service: self.clone(),
-            key: (domain, image),
-        })
-    }
-
-    /// Marks the image as changed by a merge (live, or a cold merge's commit) until the guard
-    /// drops; refused while a copy reads it.
-    pub fn merging(&self, domain: Uuid, image: Uuid) -> Result<MergeMark, ApiError> {
-        let mut activity = self.activity();
-        let count = activity.entry((domain, image)).or_default();
-        if *count != 0 {
-            let why = if *count > 0 {
-                "is being copied (SDM.copy_data): its chain cannot change until the copy ends"
-            } else {
-                "is being merged"
-            };
-            return Err(StorageError::InvalidParameter(format!("image {image} {why}")).into());
-        }
-        *count = MERGING;
-        Ok(MergeMark {
-            service: self.clone(),
-            key: (domain, image),
-        })
-    }
-
     /// Checks a subchain for a cold merge: `top` a LEGAL child of a LEGAL `base` (nothing else
     /// based on `base`), the base at the expected generation, no VM of this host using the
     /// image's volumes, no copy reading them.
-    pub async fn check_subchain(&self, s: &SubchainInfo) -> Result<MergePair, ApiError> {
+    pub async fn check_subchain(&self, s: &SubchainInfo) -> Result<MergePair, StorageServiceError> {
         let domain = self.domain_with_image(s.sd_id, s.img_id).await?;
         let (image, base, top) = (s.img_id, s.base_id, s.top_id);
         let pair = {
             let domain = Arc::clone(&domain);
-            blocking(move || merge::check_pair(&domain, image, base, top)).await?
+            off_reactor(move || merge::check_pair(&domain, image, base, top)).await?
         };
         if let Some(expected) = s.base_generation
             && expected != pair.base.generation
@@ -130,7 +47,7 @@ impl StorageService {
         }
         let volumes: Vec<Uuid> = [base, top].into_iter().chain(pair.child).collect();
         self.refuse_if_in_use(&domain, image, &volumes).await?;
-        if self.is_being_copied(s.sd_id, image) {
+        if self.is_being_copied(ImageRef::new(s.sd_id, image)) {
             return Err(StorageError::InvalidParameter(format!(
                 "image {image} is being copied: its chain cannot change until the copy ends"
             ))
@@ -182,22 +99,22 @@ impl StorageService {
         merge_bitmaps: bool,
         stop: &CancellationToken,
         progress: impl FnMut(f64) + Send,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<u32, StorageServiceError> {
         let _image = self.lock_image(s.sd_id, s.img_id).await;
         // Taken before the checks: a copy starting after them would read a chain being
         // rewritten.
-        let _merging = self.merging(s.sd_id, s.img_id)?;
+        let _merging = self.merging(ImageRef::new(s.sd_id, s.img_id))?;
         self.check_subchain(&s).await?;
         let domain = self.domain(s.sd_id)?;
         // qemu-img opens the chain by names: checked before anything is written (no link,
         // headers naming only their parents), each name rechecked right before it runs.
         let chain = {
             let domain = Arc::clone(&domain);
-            blocking(move || tool_files::check_chain(&domain, s.img_id, s.top_id)).await?
+            off_reactor(move || tool_files::check_chain(&domain, s.img_id, s.top_id)).await?
         };
         {
             let domain = Arc::clone(&domain);
-            blocking(move || {
+            off_reactor(move || {
                 data_operation::begin(&domain, s.img_id, s.base_id, s.base_generation, false)?;
                 let note = domain.dir.snapshot_note(s.img_id, s.base_id);
                 domain
@@ -211,7 +128,7 @@ impl StorageService {
         let limits = (self.inner.qemu_img_timeout, stop);
         let chain = {
             let dir = domain.dir.clone();
-            blocking(move || tool_files::recheck_all(&dir, &chain).map(|()| chain)).await?
+            off_reactor(move || tool_files::recheck_all(&dir, &chain).map(|()| chain)).await?
         };
         let committed = merge::commit(
             &domain,
@@ -225,7 +142,7 @@ impl StorageService {
         .await;
         drop(chain);
         committed?;
-        blocking(move || data_operation::end(&domain, s.img_id, s.base_id)).await
+        Ok(off_reactor(move || data_operation::end(&domain, s.img_id, s.base_id)).await?)
     }
 
     /// `StoragePool.finalizeMerge`, once the caller checked that an `SDM.merge` of this
@@ -343,7 +260,7 @@ impl StorageService {
         destination: CopyEndpoint,
         stop: &CancellationToken,
         progress: impl FnMut(f64) + Send,
-    ) -> Result<u32, ApiError> {
+    ) -> Result<u32, StorageServiceError> {
         let _image = self.lock_image(destination.sd_id, destination.img_id).await;
         self.check_copy(&source, &destination).await?;
         let src_domain = self.domain(source.sd_id)?;
@@ -352,7 +269,7 @@ impl StorageService {
         let files = {
             let (src, dst) = (Arc::clone(&src_domain), Arc::clone(&dst_domain));
             let (s, d) = (source, destination);
-            blocking(move || {
+            off_reactor(move || {
                 let end = |domain, e: CopyEndpoint| Endpoint {
                     domain,
                     image: e.img_id,
@@ -366,7 +283,8 @@ impl StorageService {
             let domain = Arc::clone(&dst_domain);
             let (image, volume) = (destination.img_id, destination.vol_id);
             let expected = destination.generation;
-            blocking(move || data_operation::begin(&domain, image, volume, expected, true)).await?;
+            off_reactor(move || data_operation::begin(&domain, image, volume, expected, true))
+                .await?;
         }
         let ends = (
             Endpoint {
@@ -389,11 +307,11 @@ impl StorageService {
         )
         .await?;
         let (image, volume) = (destination.img_id, destination.vol_id);
-        blocking(move || {
+        Ok(off_reactor(move || {
             copy::mark_clone(&dst_domain, image, volume)?;
             data_operation::end(&dst_domain, image, volume)
         })
-        .await
+        .await?)
     }
 
     /// Checks a copy: both volumes exist and differ; the source is not the leaf a VM writes
@@ -403,8 +321,8 @@ impl StorageService {
         &self,
         source: &CopyEndpoint,
         destination: &CopyEndpoint,
-    ) -> Result<(), ApiError> {
-        let invalid = |why: String| ApiError::from(StorageError::InvalidParameter(why));
+    ) -> Result<(), StorageServiceError> {
+        let invalid = |why: String| StorageServiceError::from(StorageError::InvalidParameter(why));
         if (source.sd_id, source.img_id, source.vol_id)
             == (destination.sd_id, destination.img_id, destination.vol_id)
         {
@@ -419,7 +337,7 @@ impl StorageService {
         let (s, d) = (*source, *destination);
         let (src_leaf, in_chain) = {
             let (src, dst) = (Arc::clone(&src), Arc::clone(&dst));
-            blocking(move || {
+            off_reactor(move || {
                 let meta = read_meta(&src, s.img_id, s.vol_id)?;
                 if meta.legality != Legality::Legal {
                     return Err(StorageError::InvalidParameter(format!(

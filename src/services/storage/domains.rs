@@ -138,8 +138,7 @@ impl StorageService {
 
     /// `Image.teardown`: nothing to release on a file domain once the ids are checked.
     pub async fn teardown_image(&self, p: TeardownImageParams) -> Result<(), ApiError> {
-        self.image_domain(p.pool, p.domain, p.image)
-            .await
-            .map(|_| ())
+        self.image_domain(p.pool, p.domain, p.image).await?;
+        Ok(())
     }
 }

@@ -8,11 +8,11 @@
 //! - [`validate`]: requests into what the storage module takes (pure, unit-tested);
 //! - [`domains`]: domain and image verbs (`StorageDomain.*`, `Image.prepare`...);
 //! - [`volumes`]: `Volume.create` and the deletes, as tasks, and `Volume.getInfo`;
-//! - [`snapshot_support`]: what `VM.snapshot` asks of the storage;
-//! - [`merge_support`]: what `VM.merge` asks of the storage;
+//! - [`error`]: what the functions other services call fail with;
+//! - [`images`]: the images other services change (a live snapshot, a live merge,
+//!   `VM.create`): their locks, their [`ImageHandle`]s, the copy and merge marks;
 //! - [`cold_merge`]: `StoragePool.prepareMerge`/`finalizeMerge`, `Image.reconcileVolumeChain`,
 //!   and what the SDM jobs (cold merge, copy) ask of the storage;
-//! - [`vm_support`]: what `VM.create` asks of the storage;
 //! - [`pool`]: hosts sharing the pool's domains: `StoragePool.connect`, `disconnect`,
 //!   `spmStart`, `spmStop`, `getSpmStatus`, `Host.getStorageRepoStats`, and the SPM check of
 //!   the pool's metadata verbs;
@@ -26,20 +26,21 @@
 
 mod claims;
 mod cold_merge;
-pub use cold_merge::{CopyReading, MergeMark};
 mod domains;
+pub mod error;
 #[cfg(test)]
 mod fake_tests;
+mod images;
 mod leases;
-mod merge_support;
 mod pool;
 mod pool_domains;
 mod pool_record;
-mod snapshot_support;
 mod tasks;
 mod validate;
-mod vm_support;
 mod volumes;
+
+pub use crate::storage::image::{CopyReading, ImageHandle, ImageLock, ImageRef, MergeMark};
+pub use error::StorageServiceError;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -53,13 +54,11 @@ use crate::cluster::Cluster;
 use crate::jobs::tasks::{TaskError, TaskManager, TaskRecord, TaskWork};
 use crate::services::errors::storage_code;
 use crate::storage::domain::Domain;
+use crate::storage::image::{ImageActivity, ImageLocks};
 use crate::storage::layout::Repository;
 use crate::storage::shared_records::SharedRecords;
 use crate::storage::{StorageError, image, volume};
 use crate::virt::SharedHypervisor;
-
-/// An image: `(domain, image)`.
-type ImageKey = (Uuid, Uuid);
 
 /// The storage side of the host.
 #[derive(Clone)]
@@ -78,11 +77,11 @@ struct Inner {
     /// One exclusive lock per image, held by every task that changes the image for its whole
     /// run (as VDSM's image resource): a delete never runs inside a create, nor a create on a
     /// parent a delete is removing. A std lock guards the map only.
-    image_locks: std::sync::Mutex<HashMap<ImageKey, Arc<tokio::sync::Mutex<()>>>>,
-    /// Images a full copy is reading now (how many copies) or a live merge is changing
-    /// (`MERGING`): a copy and a merge of one image exclude each other (the chain must not
-    /// change under a copy), and snapshots wait for the copies to end.
-    copying: std::sync::Mutex<HashMap<ImageKey, isize>>,
+    image_locks: ImageLocks,
+    /// Images a full copy is reading now or a merge is changing: a copy and a merge of one
+    /// image exclude each other (the chain must not change under a copy), and snapshots wait
+    /// for the copies to end.
+    activity: ImageActivity,
     /// Interrupted tasks that recovery finishes forward once the daemon runs (they need
     /// qemu-img): finalized merges whose rebase had begun.
     to_finish: std::sync::Mutex<Vec<TaskRecord>>,
@@ -141,8 +140,8 @@ impl StorageService {
                 domains: RwLock::new(domains),
                 tasks,
                 qemu_img_timeout: settings.qemu_img_timeout,
-                image_locks: std::sync::Mutex::default(),
-                copying: std::sync::Mutex::default(),
+                image_locks: ImageLocks::default(),
+                activity: ImageActivity::default(),
                 to_finish: std::sync::Mutex::default(),
                 cluster: settings.cluster.clone(),
                 master: std::sync::Mutex::default(),
@@ -460,53 +459,24 @@ impl StorageService {
         }
     }
 
-    /// Waits for the image's exclusive lock (see `Inner::image_locks`). Held across a
-    /// task's qemu-img run, which is bounded by its timeout; it blocks only this image.
-    async fn lock_image(&self, domain: Uuid, image: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self
-                .inner
-                .image_locks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            // Forget the locks nobody holds or waits for, so the map stays as small as the
-            // set of images being changed.
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-            Arc::clone(locks.entry((domain, image)).or_default())
-        };
-        lock.lock_owned().await
-    }
-
-    /// Waits for the exclusive locks of several images (in one order, so that two holders
-    /// never wait for each other), for an operation that changes their chains as a whole: a
-    /// snapshot job holds its drives' images from its start to its end, so no delete or
-    /// create on them runs inside its switch or its rollback.
-    pub async fn lock_images(
-        &self,
-        mut images: Vec<(Uuid, Uuid)>,
-    ) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
-        images.sort();
-        images.dedup();
-        let mut guards = Vec::with_capacity(images.len());
-        for (domain, image) in images {
-            guards.push(self.lock_image(domain, image).await);
-        }
-        guards
-    }
-
-    fn domain(&self, id: Uuid) -> Result<Arc<Domain>, ApiError> {
+    fn domain(&self, id: Uuid) -> Result<Arc<Domain>, StorageError> {
         let domains = self.inner.domains.read().unwrap_or_else(|e| e.into_inner());
         domains
             .get(&id)
             .cloned()
-            .ok_or_else(|| StorageError::DomainDoesNotExist(id).into())
+            .ok_or(StorageError::DomainDoesNotExist(id))
     }
 
-    fn check_pool(&self, pool: Uuid) -> Result<(), ApiError> {
+    /// The domain `id` of this host (358 when unknown).
+    fn storage_domain(&self, id: Uuid) -> Result<Arc<Domain>, StorageError> {
+        self.domain(id)
+    }
+
+    fn check_pool(&self, pool: Uuid) -> Result<(), StorageError> {
         if pool == self.inner.pool {
             Ok(())
         } else {
-            Err(StorageError::PoolUnknown(pool).into())
+            Err(StorageError::PoolUnknown(pool))
         }
     }
 
@@ -515,7 +485,7 @@ impl StorageService {
         pool: Uuid,
         domain: Uuid,
         image: Uuid,
-    ) -> Result<Arc<Domain>, ApiError> {
+    ) -> Result<Arc<Domain>, StorageError> {
         self.member_domain(pool, domain).await?;
         self.domain_with_image(domain, image).await
     }
@@ -523,7 +493,7 @@ impl StorageService {
     /// `domain`, which must be one of `pool`'s: on a shared pool its metadata must name the
     /// pool (read again once when the copy here does not: another host's SPM may have
     /// attached it since), else 353. A host that runs alone keeps its domains in its pool.
-    async fn member_domain(&self, pool: Uuid, domain: Uuid) -> Result<Arc<Domain>, ApiError> {
+    async fn member_domain(&self, pool: Uuid, domain: Uuid) -> Result<Arc<Domain>, StorageError> {
         self.check_pool(pool)?;
         let found = self.domain(domain)?;
         if self.inner.cluster.is_none() || found.pool == pool {
@@ -534,27 +504,29 @@ impl StorageService {
         if found.pool == pool {
             Ok(found)
         } else {
-            Err(
-                StorageError::from(crate::storage::pool::PoolError::NotInPool { domain, pool })
-                    .into(),
-            )
+            Err(StorageError::from(
+                crate::storage::pool::PoolError::NotInPool { domain, pool },
+            ))
         }
     }
 
     /// The domain, which must hold `image` (268 otherwise). The look at the image's directory
     /// runs off the reactor: a hung mount must not stall the daemon.
-    async fn domain_with_image(&self, domain: Uuid, image: Uuid) -> Result<Arc<Domain>, ApiError> {
+    async fn domain_with_image(
+        &self,
+        domain: Uuid,
+        image: Uuid,
+    ) -> Result<Arc<Domain>, StorageError> {
         let domain = self.domain(domain)?;
         let found = {
             let domain = Arc::clone(&domain);
-            blocking(move || domain.has_image(image)).await?
+            off_reactor(move || domain.has_image(image)).await?
         };
         if !found {
             return Err(StorageError::ImageDoesNotExist {
                 image,
                 domain: domain.uuid,
-            }
-            .into());
+            });
         }
         Ok(domain)
     }
@@ -640,12 +612,19 @@ async fn on_tasks<T: Send + 'static>(
     }
 }
 
-/// Runs blocking storage work off the reactor.
+/// Runs blocking storage work off the reactor, for a verb.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    Ok(off_reactor(f).await?)
+}
+
+/// Runs blocking storage work off the reactor (a panic there is [`StorageError::Panicked`]).
+async fn off_reactor<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::Unexpected(format!("storage task panicked: {e}"))),
+        Ok(result) => result,
+        Err(e) => Err(StorageError::Panicked(e.to_string())),
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{StorageService, blocking, pool::areas_of};
+use super::{StorageService, blocking, off_reactor, pool::areas_of};
 use crate::api::ApiError;
 use crate::api::pool_types::{
     DeactivateDomainParams, DetachDomainParams, FormatDomainParams, PoolDomainParams,
@@ -330,9 +330,9 @@ impl StorageService {
     }
 
     /// Reads `domain`'s metadata again (another host may have attached or detached it).
-    pub(super) async fn refresh_domain(&self, domain: Uuid) -> Result<(), ApiError> {
+    pub(super) async fn refresh_domain(&self, domain: Uuid) -> Result<(), StorageError> {
         let dir = self.domain(domain)?.dir.clone();
-        let mut fresh = blocking(move || Domain::load(dir)).await?;
+        let mut fresh = off_reactor(move || Domain::load(dir)).await?;
         if let Some(cluster) = &self.inner.cluster {
             fresh.share(cluster.domain_leases(fresh.uuid, fresh.block_size));
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{StorageService, blocking, on_tasks, validate};
+use super::{StorageService, StorageServiceError, blocking, off_reactor, on_tasks, validate};
 use crate::api::ApiError;
 use crate::api::names;
 use crate::api::snapshot_types::SnapshotNote;
@@ -244,7 +244,7 @@ impl StorageService {
             let domain = Arc::clone(domain);
             blocking(move || volume::check_delete(&domain, image, volume).map(|_| ())).await?;
         }
-        self.refuse_if_in_use(domain, image, &[volume]).await
+        Ok(self.refuse_if_in_use(domain, image, &[volume]).await?)
     }
 
     /// `Image.delete`: checks, then starts the task and returns its id.
@@ -371,7 +371,7 @@ impl StorageService {
             let domain = Arc::clone(domain);
             blocking(move || domain.volumes(image)).await?
         };
-        self.refuse_if_in_use(domain, image, &volumes).await
+        Ok(self.refuse_if_in_use(domain, image, &volumes).await?)
     }
 
     /// Starts a delete task on the image `(domain, image)`: persisted with `work(false)`; then,
@@ -437,7 +437,7 @@ impl StorageService {
         domain: &Arc<Domain>,
         image: Uuid,
         volumes: &[Uuid],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), StorageServiceError> {
         let in_use: Vec<PathBuf> = self
             .inner
             .hypervisor
@@ -448,7 +448,7 @@ impl StorageService {
             .collect();
         let (domain, volumes) = (Arc::clone(domain), volumes.to_vec());
         // Resolving paths can block on a slow mount: off the reactor.
-        blocking(move || image::refuse_if_in_use(&domain, image, &volumes, &in_use)).await
+        Ok(off_reactor(move || image::refuse_if_in_use(&domain, image, &volumes, &in_use)).await?)
     }
 }
 

@@ -27,6 +27,7 @@ use crate::jobs::vm_jobs::JobRegistry;
 use crate::services::StorageService;
 use crate::services::errors::cannot_create;
 use crate::services::monitor::Monitor;
+use crate::services::storage::ImageRef;
 use crate::virt::vm_policy::{self, Admitted, Expected, VmFileRules};
 use crate::virt::vm_xml::{self, PlacedDrive, PlacedLease};
 use crate::virt::{SharedHypervisor, VirtError};
@@ -166,31 +167,26 @@ impl VmService {
         let _locks = self
             .inner
             .storage
-            .lock_images(engine.drives.iter().map(|d| (d.domain, d.image)).collect())
+            .lock_images(engine.drives.iter().map(drive_image).collect())
             .await;
         let mut placed = Vec::with_capacity(engine.drives.len());
         let mut reverted = false;
         for drive in &engine.drives {
-            self.inner
-                .storage
-                .check_writable_leaf(drive.pool, drive.domain, drive.image, drive.volume)
-                .await?;
-            let prepared = self
+            self.inner.storage.refuse_if_copied(drive_image(drive))?;
+            let image = self
                 .inner
                 .storage
-                .prepare_drive(drive.pool, drive.domain, drive.image, drive.volume)
+                .drive_image(drive.pool, drive_image(drive))
                 .await?;
+            image.check_writable_leaf(drive.volume).await?;
+            let prepared = image.prepare_drive(drive.volume).await?;
             placed.push(PlacedDrive {
                 target: drive.target.clone(),
                 path: prepared.path,
                 format: prepared.format.to_owned(),
                 chain: prepared.chain,
             });
-            reverted |= self
-                .inner
-                .storage
-                .is_unbooted_revert(drive.pool, drive.domain, drive.image, drive.volume)
-                .await?;
+            reverted |= image.is_unbooted_revert(drive.volume).await?;
         }
         let mut xml = vm_xml::place_drives(&admitted.xml, &placed).map_err(cannot_create)?;
         let mut expected = Expected {
@@ -243,11 +239,10 @@ impl VmService {
         self.journal_remove(engine.uuid).await;
         if reverted {
             for drive in &engine.drives {
-                let booted = self
-                    .inner
-                    .storage
-                    .booted(drive.domain, drive.image, drive.volume)
-                    .await;
+                let booted = match self.inner.storage.image(drive_image(drive)) {
+                    Ok(image) => image.clear_clone_mark(drive.volume).await,
+                    Err(err) => Err(err),
+                };
                 if let Err(err) = booted {
                     tracing::warn!(vm = %engine.uuid, error = %err, "cannot clear a clone's mark");
                 }
@@ -324,12 +319,13 @@ impl VmService {
     }
 
     /// Every drive's chain checked again right before the start (see
-    /// `StorageService::recheck_drive_chain`).
+    /// `ImageHandle::recheck_chain`).
     async fn recheck_chains(&self, engine: &vm_xml::EngineVm) -> Result<(), ApiError> {
         for drive in &engine.drives {
             self.inner
                 .storage
-                .recheck_drive_chain(drive.domain, drive.image, drive.volume)
+                .image(drive_image(drive))?
+                .recheck_chain(drive.volume)
                 .await?;
         }
         Ok(())
@@ -400,7 +396,7 @@ impl VmService {
             if let Err(err) = self
                 .inner
                 .storage
-                .teardown_drive(image.pool, image.domain, image.image)
+                .teardown_drive(image.pool, ImageRef::new(image.domain, image.image))
                 .await
             {
                 tracing::warn!(image = %image.image, error = %err, "cannot tear the image down");
@@ -637,4 +633,9 @@ async fn make_placed_dirs(admitted: &Admitted) -> Result<(), ApiError> {
         .await
         .map_err(|e| ApiError::Unexpected(format!("making the VM's directories panicked: {e}")))?
         .map_err(|e| cannot_create(format!("cannot make the directory of a VM's file: {e}")))
+}
+
+/// The image a drive of an engine's VM is on.
+fn drive_image(drive: &vm_xml::EngineDrive) -> ImageRef {
+    ImageRef::new(drive.domain, drive.image)
 }

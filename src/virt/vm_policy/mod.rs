@@ -29,7 +29,7 @@ use roxmltree::{Document, Node};
 use uuid::Uuid;
 
 use super::error::VirtError;
-use super::vm_xml::{apply_edits, child, is_libvirt as is};
+use super::xml::{apply_edits, child, is_libvirt as is};
 pub use host_files::HostFile;
 use placement::Placement;
 use shape::{Mode, check_shape};

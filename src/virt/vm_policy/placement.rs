@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use super::{HostFile, VmFileRules, check_empty_cdrom, describe, disk_target, elements, refused};
 use crate::virt::VirtError;
-use crate::virt::vm_xml::child;
-use crate::virt::xml_edit::escape;
+use crate::virt::xml::child;
+use crate::virt::xml::escape;
 
 /// The placement of a definition's host paths, built while its devices are checked.
 pub(super) struct Placement<'r> {

@@ -9,7 +9,7 @@ use roxmltree::Node;
 
 use super::{describe, elements, is, refused, rules};
 use crate::virt::VirtError;
-use crate::virt::vm_xml::child;
+use crate::virt::xml::child;
 
 /// Whether the definition is read as the manager sent it, or as libvirt gives it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

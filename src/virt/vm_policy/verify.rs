@@ -10,7 +10,8 @@ use roxmltree::{Document, Node};
 use super::shape::{Mode, check_shape};
 use super::{check_empty_cdrom, describe, disk_target, elements, is, is_in, path_refs, refused};
 use crate::virt::VirtError;
-use crate::virt::vm_xml::{PlacedDrive, child};
+use crate::virt::vm_xml::PlacedDrive;
+use crate::virt::xml::child;
 
 /// libvirt's directory for the files it names itself (agent channel sockets).
 const LIBVIRT_QEMU_DIR: &str = "/var/lib/libvirt/qemu/";

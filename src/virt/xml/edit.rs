@@ -8,7 +8,8 @@
 
 use roxmltree::{Document, Node};
 
-use super::error::VirtError;
+use super::{apply_edits, child, escape, find_disk};
+use crate::virt::error::VirtError;
 
 /// One disk of a stopped VM to point at its new volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,11 +22,8 @@ pub struct DefinedSwitch {
     pub new_path: String,
 }
 
-/// A replacement of `range` of the document by `text`.
-struct Edit {
-    range: std::ops::Range<usize>,
-    text: String,
-}
+/// A replacement of a byte range of the document by a text.
+type Edit = (std::ops::Range<usize>, String);
 
 /// The domain XML with each switch applied (see the module's documentation).
 pub fn switch_disk_sources(xml: &str, switches: &[DefinedSwitch]) -> Result<String, VirtError> {
@@ -49,24 +47,13 @@ pub fn switch_disk_sources(xml: &str, switches: &[DefinedSwitch]) -> Result<Stri
                 switch.old_path
             )));
         }
-        edits.push(Edit {
-            range: source.range_value(),
-            text: escape(&switch.new_path),
-        });
+        edits.push((source.range_value(), escape(&switch.new_path)));
         edits.push(driver_edit(disk)?);
         if let Some(backing) = child(disk, "backingStore") {
-            edits.push(Edit {
-                range: backing.range(),
-                text: String::new(),
-            });
+            edits.push((backing.range(), String::new()));
         }
     }
-    edits.sort_by_key(|e| std::cmp::Reverse(e.range.start));
-    let mut out = xml.to_owned();
-    for edit in edits {
-        out.replace_range(edit.range, &edit.text);
-    }
-    Ok(out)
+    Ok(apply_edits(xml, edits))
 }
 
 /// Sets the disk's driver type to qcow2: the attribute's value, or a new attribute, or a new
@@ -75,48 +62,18 @@ fn driver_edit(disk: Node) -> Result<Edit, VirtError> {
     const QCOW2: &str = "qcow2";
     match child(disk, "driver") {
         Some(driver) => match driver.attribute_node("type") {
-            Some(kind) => Ok(Edit {
-                range: kind.range_value(),
-                text: QCOW2.to_owned(),
-            }),
+            Some(kind) => Ok((kind.range_value(), QCOW2.to_owned())),
             None => {
                 // Right after `<driver`.
                 let at = driver.range().start + "<driver".len();
-                Ok(Edit {
-                    range: at..at,
-                    text: format!(" type='{QCOW2}'"),
-                })
+                Ok((at..at, format!(" type='{QCOW2}'")))
             }
         },
         None => {
             let at = child(disk, "source").map_or(disk.range().end, |s| s.range().start);
-            Ok(Edit {
-                range: at..at,
-                text: format!("<driver name='qemu' type='{QCOW2}'/>"),
-            })
+            Ok((at..at, format!("<driver name='qemu' type='{QCOW2}'/>")))
         }
     }
-}
-
-fn find_disk<'a, 'input>(doc: &'a Document<'input>, target: &str) -> Option<Node<'a, 'input>> {
-    let devices = child(doc.root_element(), "devices")?;
-    devices.children().find(|disk| {
-        disk.has_tag_name("disk")
-            && child(*disk, "target").and_then(|t| t.attribute("dev")) == Some(target)
-    })
-}
-
-fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| n.has_tag_name(name))
-}
-
-/// Text as an XML attribute value (either quote).
-pub(super) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('\'', "&apos;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 use roxmltree::{Document, Node};
 use uuid::Uuid;
 
-use super::error::VirtError;
-use super::xml_edit::escape;
+use super::{apply_edits, child, escape, find_disk, is_libvirt};
+use crate::virt::error::VirtError;
 
 /// oVirt's VM metadata namespace.
 pub const OVIRT_VM_NS: &str = "http://ovirt.org/vm/1.0";
@@ -224,16 +224,6 @@ pub fn place_leases(xml: &str, placed: &[PlacedLease]) -> Result<String, VirtErr
         }
     }
     Ok(apply_edits(xml, edits))
-}
-
-/// `xml` with each byte range replaced by its text (ranges from one parse, not overlapping).
-pub(super) fn apply_edits(xml: &str, mut edits: Vec<(std::ops::Range<usize>, String)>) -> String {
-    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
-    let mut out = xml.to_owned();
-    for (range, text) in edits {
-        out.replace_range(range, &text);
-    }
-    out
 }
 
 /// The `<lease>` devices of the definition.
@@ -521,24 +511,6 @@ fn ns_child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, '
         .find(|n| n.tag_name().name() == name && n.tag_name().namespace() == Some(OVIRT_VM_NS))
 }
 
-fn find_disk<'a, 'input>(doc: &'a Document<'input>, target: &str) -> Option<Node<'a, 'input>> {
-    child(doc.root_element(), "devices")?.children().find(|d| {
-        is_libvirt(*d, "disk")
-            && child(*d, "target").and_then(|t| t.attribute("dev")) == Some(target)
-    })
-}
-
-/// The child `name` of a libvirt element: in no namespace, as libvirt reads it (an `<x:disk>`
-/// is not a disk to libvirt, so it must not be one here).
-pub(super) fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| is_libvirt(*n, name))
-}
-
-/// Whether `node` is libvirt's element `name` (in no namespace).
-pub(super) fn is_libvirt(node: Node, name: &str) -> bool {
-    node.is_element() && node.tag_name().namespace().is_none() && node.tag_name().name() == name
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,7 +623,7 @@ mod tests {
             ],
         };
         let xml = place_drives(&engine_xml(), &[placed]).unwrap();
-        let disks = super::super::xml::parse_disks(&xml).unwrap();
+        let disks = crate::virt::xml::parse_disks(&xml).unwrap();
         assert_eq!(disks[0].path.as_deref(), Some("/run/rvdsm/leaf"));
         assert_eq!(disks[0].format.as_deref(), Some("qcow2"));
         assert!(

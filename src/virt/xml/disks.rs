@@ -1,10 +1,12 @@
 //! Reading libvirt's XML: a domain's disks with their backing chains, and the host UUID from
 //! the capabilities document. Pure functions over text, so they are tested without libvirt.
 
-use roxmltree::{Document, Node};
+use roxmltree::Node;
+use uuid::Uuid;
 
-use super::error::VirtError;
+use super::{child, parse};
 use crate::api::types::{ChainLink, DiskStats};
+use crate::virt::error::VirtError;
 
 /// The disks of a domain, in the order of its XML.
 pub fn parse_disks(domain_xml: &str) -> Result<Vec<DiskStats>, VirtError> {
@@ -80,6 +82,41 @@ fn source_path(node: Node, disk_type: &str) -> Option<String> {
     source.attribute(attribute).map(str::to_owned)
 }
 
+/// The storage volume a disk's path names: `(domain, image, volume)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskVolume {
+    /// The storage domain.
+    pub domain: Uuid,
+    /// The image.
+    pub image: Uuid,
+    /// The volume.
+    pub volume: Uuid,
+}
+
+/// The volume a disk's path (its source, or a link of its backing chain) is on, by the one
+/// layout every file domain has, whether the path goes through the pool's link or the
+/// domain's mount: `<...>/<domain>/images/<image>/<volume>`, the three ids UUIDs. `None` for
+/// any other path (a file outside the storage domains, a network disk): such a disk is on no
+/// volume rvdsm knows.
+pub fn disk_volume(path: &str) -> Option<DiskVolume> {
+    let path = std::path::Path::new(path);
+    let uuid = |p: Option<&std::path::Path>| {
+        p.and_then(std::path::Path::file_name)
+            .and_then(|n| n.to_str())
+            .and_then(|n| Uuid::parse_str(n).ok())
+    };
+    let image_dir = path.parent();
+    let images = image_dir.and_then(std::path::Path::parent);
+    if images.and_then(std::path::Path::file_name) != Some(std::ffi::OsStr::new("images")) {
+        return None;
+    }
+    Some(DiskVolume {
+        domain: uuid(images.and_then(std::path::Path::parent))?,
+        image: uuid(image_dir)?,
+        volume: uuid(Some(path))?,
+    })
+}
+
 /// The host UUID from libvirt's capabilities document.
 pub fn host_uuid(capabilities_xml: &str) -> Result<String, VirtError> {
     let doc = parse("capabilities", capabilities_xml)?;
@@ -91,17 +128,6 @@ pub fn host_uuid(capabilities_xml: &str) -> Result<String, VirtError> {
             what: "capabilities",
             message: "no host UUID".into(),
         })
-}
-
-fn child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
-    node.children().find(|n| n.has_tag_name(name))
-}
-
-fn parse<'a>(what: &'static str, text: &'a str) -> Result<Document<'a>, VirtError> {
-    Document::parse(text).map_err(|e| VirtError::Xml {
-        what,
-        message: e.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -169,6 +195,31 @@ mod tests {
     fn garbage_is_an_error() {
         assert!(parse_disks("<domain").is_err());
         assert!(host_uuid("<capabilities><host/></capabilities>").is_err());
+    }
+
+    #[test]
+    fn a_path_names_its_volume_only_by_the_domain_layout() {
+        let (sd, img, vol) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let named = DiskVolume {
+            domain: sd,
+            image: img,
+            volume: vol,
+        };
+        for prefix in ["/rhev/data-center/p", "/var/lib/rvdsm/repo/mnt/nfs"] {
+            let path = format!("{prefix}/{sd}/images/{img}/{vol}");
+            assert_eq!(disk_volume(&path), Some(named), "{path}");
+        }
+        for path in [
+            format!("/x/{sd}/other/{img}/{vol}"),
+            format!("/x/d/images/{img}/{vol}"),
+            format!("/x/{sd}/images/i/{vol}"),
+            format!("/x/{sd}/images/{img}/disk.qcow2"),
+            format!("images/{img}/{vol}"),
+            "/var/lib/libvirt/images/disk.qcow2".into(),
+            String::new(),
+        ] {
+            assert_eq!(disk_volume(&path), None, "{path}");
+        }
     }
 
     #[test]
