@@ -346,7 +346,7 @@ impl SdmService {
                 }
                 outcome
             }
-            Err(err) => Err(err),
+            Err(err) => Err(err.into()),
         };
         let recorded = outcome.clone().map_err(|e| (e.code(), e.to_string()));
         entry.finished = Some(Finished::now(recorded));

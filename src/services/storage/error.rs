@@ -4,6 +4,7 @@
 //! once, with the codes of [`crate::services::errors`].
 
 use crate::api::ApiError;
+use crate::cluster::ClusterError;
 use crate::services::errors::storage_api_error;
 use crate::storage::{StorageError, StorageErrorKind};
 use crate::virt::VirtError;
@@ -18,6 +19,9 @@ pub enum StorageServiceError {
     /// was refused.
     #[error(transparent)]
     Hypervisor(#[from] VirtError),
+    /// This host's part among the hosts sharing the domain refused (not the SPM, no lease).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// What kind of failure a [`StorageServiceError`] is.
@@ -27,6 +31,8 @@ pub enum ServiceErrorKind {
     Storage(StorageErrorKind),
     /// libvirt failed.
     Hypervisor,
+    /// The cluster refused.
+    Cluster,
 }
 
 impl StorageServiceError {
@@ -35,6 +41,7 @@ impl StorageServiceError {
         match self {
             Self::Storage(err) => ServiceErrorKind::Storage(err.kind()),
             Self::Hypervisor(_) => ServiceErrorKind::Hypervisor,
+            Self::Cluster(_) => ServiceErrorKind::Cluster,
         }
     }
 }
@@ -44,6 +51,7 @@ impl From<StorageServiceError> for ApiError {
         match err {
             StorageServiceError::Storage(err) => storage_api_error(&err),
             StorageServiceError::Hypervisor(err) => err.into(),
+            StorageServiceError::Cluster(err) => err.into(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::{StorageService, blocking};
+use super::{StorageService, off_reactor};
 use crate::api::ApiError;
 use crate::api::pool_types::{CreateLeaseParams, LeaseId, LeaseInfo, LeaseParams, LeaseStatus};
 use crate::api::verbs::names;
@@ -23,15 +23,14 @@ const LEASE_IO_TIMEOUT: Duration = Duration::from_secs(20);
 async fn bounded<T: Send + 'static>(
     what: &str,
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::time::timeout(LEASE_IO_TIMEOUT, blocking(work))
+) -> Result<T, StorageError> {
+    tokio::time::timeout(LEASE_IO_TIMEOUT, off_reactor(work))
         .await
         .unwrap_or_else(|_| {
             Err(StorageError::LeasesVolume(format!(
                 "{what} did not end within {} s: the storage does not answer",
                 LEASE_IO_TIMEOUT.as_secs()
-            ))
-            .into())
+            )))
         })
 }
 
@@ -43,7 +42,7 @@ fn require_shared(domain: &Domain) -> Result<(), ApiError> {
 impl StorageService {
     /// VDSM's check that the host is connected to its pool (309): a host that shares its
     /// domains knows them only once connected.
-    fn check_connected(&self) -> Result<(), ApiError> {
+    pub(crate) fn require_connected(&self) -> Result<(), StorageError> {
         let connected = self.inner.cluster.is_none()
             || self
                 .inner
@@ -54,7 +53,7 @@ impl StorageService {
         if connected {
             Ok(())
         } else {
-            Err(StorageError::PoolUnknown(self.inner.pool).into())
+            Err(StorageError::PoolUnknown(self.inner.pool))
         }
     }
 
@@ -66,7 +65,7 @@ impl StorageService {
                  block (job fencing) is not supported'}",
             ));
         }
-        self.check_connected()?;
+        self.require_connected()?;
         let _spm = self.require_spm().await?;
         let lease = p.lease;
         require_shared(&*self.domain(lease.sd_id)?)?;
@@ -85,7 +84,7 @@ impl StorageService {
 
     /// `Lease.delete`.
     pub async fn delete_lease(&self, p: LeaseParams) -> Result<Uuid, ApiError> {
-        self.check_connected()?;
+        self.require_connected()?;
         let _spm = self.require_spm().await?;
         let lease = p.lease;
         require_shared(&*self.domain(lease.sd_id)?)?;
@@ -104,12 +103,12 @@ impl StorageService {
 
     /// `Lease.info`.
     pub async fn lease_info(&self, p: LeaseParams) -> Result<LeaseInfo, ApiError> {
-        self.check_connected()?;
-        self.external_lease(p.lease).await
+        self.require_connected()?;
+        Ok(self.external_lease(p.lease).await?)
     }
 
     /// Where `lease` lives, for a VM's `<lease>`.
-    pub(crate) async fn external_lease(&self, lease: LeaseId) -> Result<LeaseInfo, ApiError> {
+    pub(crate) async fn external_lease(&self, lease: LeaseId) -> Result<LeaseInfo, StorageError> {
         let domain = self.domain(lease.sd_id)?;
         let slot = bounded("reading the leases index", move || {
             xleases::lookup(&domain, lease.lease_id)
@@ -125,11 +124,17 @@ impl StorageService {
 
     /// `Lease.status`.
     pub async fn lease_status(&self, p: LeaseParams) -> Result<LeaseStatus, ApiError> {
-        self.check_connected()?;
-        let domain = self.domain(p.lease.sd_id)?;
-        let lease = p.lease.lease_id;
-        let (_, owners, version) =
-            bounded("reading the lease", move || xleases::status(&domain, lease)).await?;
+        self.require_connected()?;
+        Ok(self.lease_owners(p.lease).await?)
+    }
+
+    /// Who holds `lease` now (a VM's lease, checked after its start).
+    pub(crate) async fn lease_owners(&self, lease: LeaseId) -> Result<LeaseStatus, StorageError> {
+        let domain = self.domain(lease.sd_id)?;
+        let (_, owners, version) = bounded("reading the lease", move || {
+            xleases::status(&domain, lease.lease_id)
+        })
+        .await?;
         Ok(LeaseStatus { owners, version })
     }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use super::error::StorageServiceError;
 use super::{StorageService, blocking};
 use crate::api::ApiError;
 use crate::api::pool_types::{
@@ -48,7 +49,7 @@ impl StorageService {
     /// on a shared pool only on the SPM whose lease is held. The guard is kept until the
     /// verb's task is registered (or its change made): `spmStop` waits for it, so no task
     /// starts between its check of the running tasks and the lease's release.
-    pub(crate) async fn require_spm(&self) -> Result<SpmWork, ApiError> {
+    pub(crate) async fn require_spm(&self) -> Result<SpmWork, ClusterError> {
         let guard = Arc::clone(&self.inner.spm_work).read_owned().await;
         if let Some(cluster) = &self.inner.cluster {
             cluster.require_spm()?;
@@ -163,7 +164,7 @@ impl StorageService {
         domain: Uuid,
         image: Uuid,
         volume: Uuid,
-    ) -> Result<Option<VolumeLease>, ApiError> {
+    ) -> Result<Option<VolumeLease>, StorageServiceError> {
         let Some(cluster) = &self.inner.cluster else {
             return Ok(None);
         };

@@ -21,7 +21,7 @@ use crate::api::codes;
 use crate::api::lifecycle_types::{
     CreateVmParams, DestroyVmParams, EmptyVmList, ShutdownVmParams, VmShortStatus,
 };
-use crate::api::pool_types::{LeaseId, LeaseParams};
+use crate::api::pool_types::LeaseId;
 use crate::api::types::VmStatus;
 use crate::jobs::vm_jobs::JobRegistry;
 use crate::services::StorageService;
@@ -358,11 +358,8 @@ impl VmService {
                 sd_id: lease.domain,
                 lease_id: lease.lease,
             };
-            let status = self
-                .inner
-                .storage
-                .lease_status(LeaseParams { lease: id })
-                .await?;
+            self.inner.storage.require_connected()?;
+            let status = self.inner.storage.lease_owners(id).await?;
             if !status.owners.contains(&host) {
                 return Err(cannot_create(format!(
                     "the VM started without holding its lease {} (holders: {:?}): libvirtd's \
