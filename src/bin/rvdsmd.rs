@@ -42,7 +42,7 @@ const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
 
 /// The rvdsm host agent daemon.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = rvdsm::failpoint::VERSION_LINE, about)]
 struct Args {
     /// Configuration file [default: /etc/rvdsm/rvdsm.toml if it exists, else built-in defaults].
     #[arg(long, value_name = "FILE")]

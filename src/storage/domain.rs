@@ -307,7 +307,7 @@ impl Domain {
     /// domains.
     pub fn has_image(&self, image: Uuid) -> Result<bool, StorageError> {
         // Test seam: a hung mount, as a stat on a dead NFS server blocks.
-        crate::failpoint::pause_if_requested("storage:stat");
+        crate::failpoint::pause_thread!("storage:stat");
         let path = self.dir.image(image);
         match self.dir.stat(&path) {
             Ok(meta) if meta.file_type().is_dir() => Ok(true),
