@@ -372,7 +372,7 @@ async fn reload_tls(tls: Option<&ServerTls>) {
     match tokio::task::block_in_place(|| tls.reload()) {
         Ok(()) => tracing::info!("SIGHUP received; TLS certificates reloaded"),
         Err(err) => {
-            tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use")
+            tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use");
         }
     }
 }

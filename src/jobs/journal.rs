@@ -108,7 +108,7 @@ impl Journal {
                 }
                 Some(entry) => entries.push(entry),
                 None => {
-                    tracing::warn!(path = %path.display(), "unreadable snapshot journal entry skipped")
+                    tracing::warn!(path = %path.display(), "unreadable snapshot journal entry skipped");
                 }
             }
         }

@@ -158,7 +158,7 @@ impl Domain {
             path: path.clone(),
             source: domain_md::DomainMetaError::Line(what.to_owned()),
         };
-        let get = |key: &str| keys.get(key).map(String::as_str).unwrap_or("");
+        let get = |key: &str| keys.get(key).map_or("", String::as_str);
         let uuid = Uuid::parse_str(get("SDUUID")).map_err(|_| invalid("SDUUID"))?;
         if dir.root().file_name() != Some(uuid.hyphenated().to_string().as_ref()) {
             return Err(invalid("SDUUID does not match the directory"));

@@ -322,9 +322,7 @@ impl Daemon {
 
     /// How many file descriptors the daemon has open.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|dir| dir.count())
-            .unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |dir| dir.count())
     }
 
     /// `GET /metrics` over the Unix socket: the Prometheus text.

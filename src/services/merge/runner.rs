@@ -50,7 +50,7 @@ impl MergeService {
         match self.run_phases(&mut entry).await {
             Some(outcome) => self.end(&mut entry, outcome).await,
             None => {
-                tracing::info!(job = %entry.job, "rvdsmd stopping: the merge is left to QEMU and resumed at the next start")
+                tracing::info!(job = %entry.job, "rvdsmd stopping: the merge is left to QEMU and resumed at the next start");
             }
         }
     }

@@ -611,7 +611,7 @@ impl VmService {
         match tokio::task::spawn_blocking(move || journal.remove(vm)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
-                tracing::error!(%vm, error = %err, "cannot remove the VM journal entry")
+                tracing::error!(%vm, error = %err, "cannot remove the VM journal entry");
             }
             Err(err) => tracing::error!(%vm, error = %err, "VM journal removal panicked"),
         }
