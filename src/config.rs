@@ -318,18 +318,6 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
-    /// The rules `VM.create` applies to a definition's host files.
-    pub fn file_rules(&self) -> crate::virt::vm_policy::VmFileRules {
-        crate::virt::vm_policy::VmFileRules {
-            boot_dirs: self.boot_dirs.clone(),
-            firmware_dirs: self.firmware_dirs.clone(),
-            console_log_dir: self.console_log_dir.clone(),
-            console_socket_dir: self.console_socket_dir.clone(),
-            // libvirt's own directory for NVRAM files (qemu.conf's nvram_dir default).
-            nvram_dir: PathBuf::from("/var/lib/libvirt/qemu/nvram"),
-        }
-    }
-
     /// Every directory is absolute with no `.` or `..` in it: each is compared, as a prefix,
     /// with the paths a definition names.
     fn validate(&self) -> Result<(), ConfigError> {

@@ -64,5 +64,18 @@ pub mod storage;
 pub mod sys;
 pub mod virt;
 
+/// An error and its sources, outermost first, joined with `: ` as one line: what a log line
+/// or a start-up failure shows, so that no cause is lost behind a summary.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The version of this build, reported by `Host.getCapabilities`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

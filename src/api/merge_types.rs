@@ -1,6 +1,7 @@
 //! The live merge's wire vocabulary: `VM.merge`'s parameters (VDSM's `DriveSpecVolume`,
 //! `baseVolUUID`, `topVolUUID`, `bandwidth`, `jobUUID`), the block job a VM's stats show in
-//! `vmJobs` (VDSM's `BlockJobInfo`), and what a done merge did (its `Host.getJobs` result).
+//! `vmJobs` (VDSM's `BlockJobInfo`), and the cold merge's and the copy's parameters (what
+//! those jobs did lives with the jobs, in `jobs::results`).
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -66,24 +67,6 @@ pub struct VmBlockJob {
     pub cur: String,
     /// Bytes to do, as a string.
     pub end: String,
-}
-
-/// What a done merge did (its `result` in `Host.getJobs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MergeResult {
-    /// The volume that received the data.
-    pub base: Uuid,
-    /// The volume merged away, and deleted.
-    pub top: Uuid,
-    /// Whether `top` was the disk's active layer (the VM now writes to `base`).
-    pub active: bool,
-    /// The pivots asked of libvirt (active merges).
-    pub pivot_attempts: u32,
-    /// `top`'s dirty bitmaps, gone with it: libvirt's commit does not carry bitmaps it did
-    /// not make (its checkpoints), so the next incremental backup must be a full one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dropped_bitmaps: Vec<String>,
 }
 
 /// VDSM's `SubchainInfo`: a cold merge of `top_id` into its parent `base_id`.
@@ -181,14 +164,4 @@ pub struct ReconcileParams {
     /// The leaf the caller last knew.
     #[serde(rename = "leafVolID")]
     pub leaf: Uuid,
-}
-
-/// What a done SDM job did (its `result` in `Host.getJobs`, rvdsm's addition): the volume
-/// whose data it wrote and that volume's new generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SdmResult {
-    /// The volume written (a cold merge's base, a copy's destination).
-    pub volume: Uuid,
-    /// Its generation now.
-    pub generation: u32,
 }

@@ -3,6 +3,8 @@
 //! the tests. Nothing here knows about a transport.
 
 pub mod codes;
+#[cfg(test)]
+mod doc;
 pub mod error;
 pub mod events;
 pub mod lifecycle_types;

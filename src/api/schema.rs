@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::ApiError;
-use super::verbs::{Call, names};
+use super::verbs::Call;
 
 /// The JSON type a parameter takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,10 @@ pub struct Param {
 pub struct Verb {
     /// The full method name, e.g. `Host.getVMList`.
     pub name: &'static str,
+    /// Whether the verb only reads (the table says `reads`): such a call may be dropped when
+    /// its client hangs up, and its successes are logged at debug level (managers poll them).
+    /// A verb that changes state runs to its end on its own task.
+    pub read_only: bool,
     /// What it does and returns.
     pub description: &'static str,
     /// Its parameters, in VDSM's schema order.
@@ -95,11 +99,9 @@ impl Verb {
         self.name.split_once('.').map_or("", |(_, m)| m)
     }
 
-    /// Whether the verb only reads (`get*`, `ping2`, `dumpxmls`): managers poll these.
+    /// Whether the verb only reads, as its entry in the verb table says.
     pub fn is_read_only(&self) -> bool {
-        self.method().starts_with("get")
-            || self.name == names::HOST_PING2
-            || self.name == names::HOST_DUMPXMLS
+        self.read_only
     }
 }
 

@@ -1,7 +1,7 @@
 //! The snapshot's wire vocabulary: the `quiesce` mode, why a snapshot is not quiesced, what
-//! its data is worth, how long each phase took, and the typed results a snapshot job shows in
-//! `Host.getJobs` (and keeps in its journal), the note kept beside a snapshot's base volume
-//! (`Volume.getInfo`'s `snapshot`), and the report of a failed snapshot's rollback.
+//! its data is worth, how long each phase took, and the note kept beside a snapshot's base
+//! volume (`Volume.getInfo`'s `snapshot`). What a snapshot job did (its `Host.getJobs` result)
+//! lives with the jobs, in `jobs::results`.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -65,110 +65,6 @@ pub struct Timings {
     pub frozen_ms: f64,
     /// From the start of the flow to its end.
     pub total_ms: f64,
-}
-
-/// What a done snapshot job did: its `result` in `Host.getJobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum SnapshotResult {
-    /// Interrupted by a restart of rvdsmd, and found switched by the recovery.
-    Recovered {
-        /// Always [`Consistency::Unknown`].
-        consistency: Consistency,
-        /// Always `true`.
-        recovered: bool,
-        /// The new volumes the VM uses.
-        switched: Vec<Uuid>,
-    },
-    /// The switch reported an error (it outlived its timeout) yet happened.
-    LateSwitch {
-        /// Always [`Consistency::Unknown`]: any freeze ended before the switch.
-        consistency: Consistency,
-        /// The new volumes the VM uses.
-        switched: Vec<Uuid>,
-        /// The switch's error.
-        #[serde(rename = "lateSwitch")]
-        late_switch: String,
-    },
-    /// The switch happened.
-    Switched(Switched),
-    /// Every drive already used its new volume: nothing to switch.
-    NothingToSwitch {
-        /// Empty.
-        switched: Vec<Uuid>,
-        /// The drives whose new volume the VM already used.
-        skipped: Vec<Uuid>,
-    },
-}
-
-/// A snapshot that switched.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Switched {
-    /// Quiesced or crash-consistent.
-    pub consistency: Consistency,
-    /// Why not quiesced (null when it was).
-    pub reason: Option<Reason>,
-    /// Phase durations.
-    pub timings: Timings,
-    /// A thaw that failed after the switch: the guest may still be frozen (null when none).
-    pub thaw_error: Option<String>,
-    /// The new volumes switched to.
-    pub switched: Vec<Uuid>,
-    /// The drives skipped (their new volume already in use).
-    pub skipped: Vec<Uuid>,
-    /// Disks the live domain did not show on their new volume right after the switch.
-    pub unconfirmed_disks: Vec<String>,
-}
-
-/// What a failed snapshot's rollback did: its `result` in `Host.getJobs`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RollbackReport {
-    /// New volumes kept (the VM uses them, or may).
-    pub kept: Vec<Uuid>,
-    /// New volumes deleted.
-    pub deleted: Vec<Uuid>,
-    /// Volumes that could not be deleted, and why.
-    pub cleanup_errors: Vec<String>,
-}
-
-/// A job's `result` in `Host.getJobs`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum JobResult {
-    /// A done snapshot.
-    Snapshot(SnapshotResult),
-    /// A failed snapshot's rollback.
-    Rollback(RollbackReport),
-    /// A done merge.
-    Merge(super::merge_types::MergeResult),
-    /// A done SDM job.
-    Sdm(super::merge_types::SdmResult),
-}
-
-impl From<super::merge_types::SdmResult> for JobResult {
-    fn from(result: super::merge_types::SdmResult) -> Self {
-        Self::Sdm(result)
-    }
-}
-
-impl From<super::merge_types::MergeResult> for JobResult {
-    fn from(result: super::merge_types::MergeResult) -> Self {
-        Self::Merge(result)
-    }
-}
-
-impl From<SnapshotResult> for JobResult {
-    fn from(result: SnapshotResult) -> Self {
-        Self::Snapshot(result)
-    }
-}
-
-impl From<RollbackReport> for JobResult {
-    fn from(report: RollbackReport) -> Self {
-        Self::Rollback(report)
-    }
 }
 
 /// How the snapshot on top of a volume was taken, kept beside it (`Volume.getInfo`'s
@@ -274,49 +170,6 @@ impl SnapshotNote {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn results_have_the_documented_shapes_and_read_back() {
-        let id = Uuid::nil();
-        let recovered = SnapshotResult::Recovered {
-            consistency: Consistency::Unknown,
-            recovered: true,
-            switched: vec![id],
-        };
-        let switched = SnapshotResult::Switched(Switched {
-            consistency: Consistency::CrashConsistent,
-            reason: Some(Reason::AgentNotResponding),
-            timings: Timings::default(),
-            thaw_error: None,
-            switched: vec![id],
-            skipped: vec![],
-            unconfirmed_disks: vec![],
-        });
-        let nothing = SnapshotResult::NothingToSwitch {
-            switched: vec![],
-            skipped: vec![id],
-        };
-        let late = SnapshotResult::LateSwitch {
-            consistency: Consistency::Unknown,
-            switched: vec![id],
-            late_switch: "timed out".into(),
-        };
-        let wire = serde_json::to_value(&switched).unwrap();
-        assert_eq!(wire["consistency"], "crash-consistent");
-        assert_eq!(wire["reason"], "agent-not-responding");
-        assert_eq!(wire["thawError"], json!(null));
-        assert_eq!(wire["unconfirmedDisks"], json!([]));
-        assert_eq!(
-            serde_json::to_value(&recovered).unwrap()["consistency"],
-            "unknown"
-        );
-        for result in [recovered, switched, nothing, late] {
-            let text = serde_json::to_string(&result).unwrap();
-            let back: SnapshotResult = serde_json::from_str(&text).unwrap();
-            assert_eq!(back, result, "{text}");
-        }
-    }
 
     #[test]
     fn a_revert_is_announced_clean_only_when_the_guest_was_frozen() {

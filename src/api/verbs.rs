@@ -1,9 +1,15 @@
 //! The verb table: every verb rvdsm serves, defined once. Each entry gives the verb's
-//! [`Call`] variant, its name constant (in [`names`]) and wire name, its parameter struct, what
-//! it does, and its parameters in VDSM's schema order (the order positional parameters are
-//! mapped in). From it come the name constants, the [`Call`] enum every transport dispatches on
-//! (a verb without a handler does not compile), the parsing of its parameters, the schema the
-//! CLI prints, and the test that the schema's names are exactly the struct's serde fields.
+//! [`Call`] variant, its name constant (in [`names`]) and wire name, its parameter struct,
+//! whether it only `reads` or `changes` something, what it does, and its parameters in VDSM's
+//! schema order (the order positional parameters are mapped in). From it come the name
+//! constants, the [`Call`] enum every transport dispatches on (a verb without a handler does
+//! not compile), the parsing of its parameters, the schema the CLI prints, the API reference
+//! (`docs/api.md`, checked by a test), and the test that the schema's names are exactly the
+//! struct's serde fields.
+//!
+//! `reads` or `changes` is said per verb, never guessed from its name: a verb that changes
+//! state runs to its end after its client hangs up, and only a verb that reads may be cut
+//! short (and has its successes logged at debug level, since managers poll those).
 
 use serde_json::{Map, Value};
 
@@ -28,10 +34,20 @@ use super::storage_types::{
 use super::types::{GetVmListParams, NoParams, VmIdParams};
 use super::vm_types::{FreezeParams, GetJobsParams, SnapshotParams};
 
+/// Whether an entry that says `reads` or `changes` only reads; any other word does not compile.
+macro_rules! read_only {
+    (reads) => {
+        true
+    };
+    (changes) => {
+        false
+    };
+}
+
 /// Declares every verb: see the module's documentation.
 macro_rules! verbs {
     ($(
-        $variant:ident $constant:ident $wire:literal ($params:ty)
+        $variant:ident $constant:ident $wire:literal ($params:ty) $access:ident
             $description:literal
             [$($param:expr),* $(,)?];
     )*) => {
@@ -57,6 +73,7 @@ macro_rules! verbs {
             $(
                 Verb {
                     name: names::$constant,
+                    read_only: read_only!($access),
                     description: $description,
                     params: &[$($param),*],
                     parse: |object: Map<String, Value>| -> Result<Call, ApiError> {
@@ -94,30 +111,30 @@ const VM_ID: Param = required(
 );
 
 verbs! {
-    HostPing2 HOST_PING2 "Host.ping2" (NoParams)
+    HostPing2 HOST_PING2 "Host.ping2" (NoParams) reads
         "Checks that the daemon answers. Returns true."
         [];
-    HostGetCapabilities HOST_GET_CAPABILITIES "Host.getCapabilities" (NoParams)
+    HostGetCapabilities HOST_GET_CAPABILITIES "Host.getCapabilities" (NoParams) reads
         "Describes the host as VDSM does: CPU, memory, OS, packages2, NICs (read-only), \
         cluster levels, liveSnapshot; plus the storage pool and the verbs served."
         [];
-    HostGetStats HOST_GET_STATS "Host.getStats" (NoParams)
+    HostGetStats HOST_GET_STATS "Host.getStats" (NoParams) reads
         "The host's CPU (over the last sampling interval), memory, VM counts and boot time."
         [];
-    HostGetAllVmStats HOST_GET_ALL_VM_STATS "Host.getAllVmStats" (NoParams)
+    HostGetAllVmStats HOST_GET_ALL_VM_STATS "Host.getAllVmStats" (NoParams) reads
         "[VmStats] of every VM, from the monitoring cache (see VM.getStats)."
         [];
-    HostGetVmFullList HOST_GET_VM_FULL_LIST "Host.getVMFullList" (VmListParams)
+    HostGetVmFullList HOST_GET_VM_FULL_LIST "Host.getVMFullList" (VmListParams) reads
         "[{vmId, status, statusTime}] of every VM (or of vmList), as VDSM answers it."
         [
             optional("vmList", ParamType::UuidList, "Only these VMs (all when empty)."),
         ];
-    HostDumpxmls HOST_DUMPXMLS "Host.dumpxmls" (VmListParams)
+    HostDumpxmls HOST_DUMPXMLS "Host.dumpxmls" (VmListParams) reads
         "{vmId: domain XML} of every VM (or of vmList), as last sampled."
         [
             optional("vmList", ParamType::UuidList, "Only these VMs (all when empty)."),
         ];
-    HostGetVmList HOST_GET_VM_LIST "Host.getVMList" (GetVmListParams)
+    HostGetVmList HOST_GET_VM_LIST "Host.getVMList" (GetVmListParams) reads
         "Lists the host's VMs as [{vmId, status, statusTime}]."
         [
             optional("fullStatus", ParamType::Bool,
@@ -126,14 +143,14 @@ verbs! {
             optional("onlyUUID", ParamType::Bool,
                 "Accepted for VDSM compatibility; the list has the same shape."),
         ];
-    VmGetStats VM_GET_STATS "VM.getStats" (VmIdParams)
+    VmGetStats VM_GET_STATS "VM.getStats" (VmIdParams) reads
         "Returns [VmStats] in VDSM's shape, from the monitoring cache: status, CPU, \
         memory, network, vmJobs, and for each disk its I/O figures, source and backing \
         chain."
         [
             VM_ID,
         ];
-    VmCreate VM_CREATE "VM.create" (CreateVmParams)
+    VmCreate VM_CREATE "VM.create" (CreateVmParams) changes
         "Prepares the drives an engine's domain XML names (ovirt-vm metadata), records \
         their chains in the definition, defines and starts the VM; undoes every step \
         when one fails. Returns {vmId, status, statusTime}."
@@ -141,24 +158,24 @@ verbs! {
             VM_ID,
             required("vmParams", ParamType::Object, "{xml: the libvirt domain XML}."),
         ];
-    VmDestroy VM_DESTROY "VM.destroy" (DestroyVmParams)
+    VmDestroy VM_DESTROY "VM.destroy" (DestroyVmParams) changes
         "Stops QEMU (SIGTERM, then SIGKILL), undefines a VM rvdsm created and releases \
         its images. Returns true."
         [
             VM_ID,
             optional("gracefulAttempts", ParamType::UInt, "SIGTERM attempts first (1)."),
         ];
-    VmPause VM_PAUSE "VM.pause" (VmIdParams)
+    VmPause VM_PAUSE "VM.pause" (VmIdParams) changes
         "Pauses the VM's CPUs. Returns {vmList: {}}."
         [
             VM_ID,
         ];
-    VmCont VM_CONT "VM.cont" (VmIdParams)
+    VmCont VM_CONT "VM.cont" (VmIdParams) changes
         "Resumes a paused VM. Returns {vmList: {}}."
         [
             VM_ID,
         ];
-    VmShutdown VM_SHUTDOWN "VM.shutdown" (ShutdownVmParams)
+    VmShutdown VM_SHUTDOWN "VM.shutdown" (ShutdownVmParams) changes
         "Asks the guest to power off (or reboot), through its agent or ACPI. Returns true."
         [
             VM_ID,
@@ -168,7 +185,7 @@ verbs! {
             optional("timeout", ParamType::Int, "Seconds before force destroys it (120)."),
             optional("force", ParamType::Bool, "Destroy the VM if still up after timeout."),
         ];
-    VmSnapshot VM_SNAPSHOT "VM.snapshot" (SnapshotParams)
+    VmSnapshot VM_SNAPSHOT "VM.snapshot" (SnapshotParams) changes
         "Switches the VM's listed disks to their pre-created volumes in one atomic \
         external disk-only snapshot, quiesced through the guest agent when \
         possible. Returns true once the job is scheduled; follow it with \
@@ -189,7 +206,7 @@ verbs! {
                 "prefer (default): quiesce if an agent can, else go on and say why; \
                 require: fail instead; skip: never freeze."),
         ];
-    VmMerge VM_MERGE "VM.merge" (MergeParams)
+    VmMerge VM_MERGE "VM.merge" (MergeParams) changes
         "Merges topVolUUID into its parent baseVolUUID while the VM runs (libvirt's \
         block commit; for the active layer, then a pivot of the disk to the base), and \
         deletes topVolUUID. Returns true once the job has started; follow it in \
@@ -203,7 +220,7 @@ verbs! {
             optional("bandwidth", ParamType::UInt, "I/O limit in MiB/s (0: none)."),
             optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
         ];
-    StoragePoolCreate SP_CREATE "StoragePool.create" (CreatePoolParams)
+    StoragePoolCreate SP_CREATE "StoragePool.create" (CreatePoolParams) changes
         "Creates the pool on storage: the master domain records the pool (role \
         Master, its version, its domains Active) and every listed domain names it; \
         written under the master's SDM lease. The same call again returns true. \
@@ -220,14 +237,14 @@ verbs! {
             optional("ioOpTimeoutSec", ParamType::Int, "Unused ([cluster])."),
             optional("leaseRetries", ParamType::Int, "Unused ([cluster])."),
         ];
-    StoragePoolGetInfo SP_GET_INFO "StoragePool.getInfo" (PoolIdParams)
+    StoragePoolGetInfo SP_GET_INFO "StoragePool.getInfo" (PoolIdParams) reads
         "{info: {master_uuid, master_ver, name, domains, spm_id, lver, version, type, \
         isoprefix, pool_status}, dominfo: {sdUUID: {status, alerts, isoprefix, \
         version, diskfree, disktotal}}}: the pool as its master records it now."
         [
             POOL_ID,
         ];
-    StoragePoolSwitchMaster SP_SWITCH_MASTER "StoragePool.switchMaster" (SwitchMasterParams)
+    StoragePoolSwitchMaster SP_SWITCH_MASTER "StoragePool.switchMaster" (SwitchMasterParams) changes
         "On the SPM: moves the master to another active domain at a higher version, \
         the SPM role with it; hosts connected at the old master or version are \
         refused after (324). Returns a task id."
@@ -237,7 +254,7 @@ verbs! {
             required("newMasterUUID", ParamType::Uuid, "The master after."),
             required("masterVersion", ParamType::Int, "The version after (higher)."),
         ];
-    StoragePoolDestroy SP_DESTROY "StoragePool.destroy" (DestroyPoolParams)
+    StoragePoolDestroy SP_DESTROY "StoragePool.destroy" (DestroyPoolParams) changes
         "On the SPM of a pool whose only domain is its master: the master becomes an \
         unattached domain, the SPM role is given up and the lockspaces left. \
         Returns true."
@@ -246,7 +263,7 @@ verbs! {
             required("hostID", ParamType::Int, "This host's id."),
             optional("scsiKey", ParamType::String, "Unused."),
         ];
-    StoragePoolConnect SP_CONNECT "StoragePool.connect" (ConnectPoolParams)
+    StoragePoolConnect SP_CONNECT "StoragePool.connect" (ConnectPoolParams) changes
         "Connects this host to its pool: verifies on storage that masterSdUUID is the \
         pool's master at masterVersion (304 when not found, 324 when not), then begins \
         joining the sanlock lockspace of each active domain the master lists, with \
@@ -261,7 +278,7 @@ verbs! {
             optional("domainDict", ParamType::Object,
                 "Unused: the master's record on storage lists the pool's domains."),
         ];
-    StoragePoolDisconnect SP_DISCONNECT "StoragePool.disconnect" (DisconnectPoolParams)
+    StoragePoolDisconnect SP_DISCONNECT "StoragePool.disconnect" (DisconnectPoolParams) changes
         "Leaves the lockspaces of the pool's domains (refused while this host is the \
         SPM, 656). Returns true."
         [
@@ -270,7 +287,7 @@ verbs! {
             optional("scsiKey", ParamType::String, "Unused."),
             optional("remove", ParamType::Bool, "Unused."),
         ];
-    StoragePoolSpmStart SP_SPM_START "StoragePool.spmStart" (SpmStartParams)
+    StoragePoolSpmStart SP_SPM_START "StoragePool.spmStart" (SpmStartParams) changes
         "Contends for the pool's SPM role: the SDM lease of the master domain, held by \
         this host until spmStop or its death, taken only while the master is still \
         the pool's at the connected version (else the task fails, 324). Returns a \
@@ -283,25 +300,25 @@ verbs! {
             optional("maxHostID", ParamType::Int, "Unused (lockspaces hold 2000 hosts)."),
             optional("domVersion", ParamType::String, "Unused."),
         ];
-    StoragePoolSpmStop SP_SPM_STOP "StoragePool.spmStop" (PoolIdParams)
+    StoragePoolSpmStop SP_SPM_STOP "StoragePool.spmStop" (PoolIdParams) changes
         "Gives the SPM role up (refused while SPM tasks run, 653). Returns true."
         [
             POOL_ID,
         ];
-    StoragePoolGetSpmStatus SP_GET_SPM_STATUS "StoragePool.getSpmStatus" (PoolIdParams)
+    StoragePoolGetSpmStatus SP_GET_SPM_STATUS "StoragePool.getSpmStatus" (PoolIdParams) reads
         "{spmStatus: SPM|Free|Contend, spmLver, spmId}: this host's role, the SPM \
         lease's version and holder."
         [
             POOL_ID,
         ];
     HostGetStorageRepoStats HOST_GET_STORAGE_REPO_STATS "Host.getStorageRepoStats"
-        (RepoStatsParams)
+        (RepoStatsParams) reads
         "{sdUUID: {code, lastCheck, delay, valid, version, acquired, actual}}: each \
         attached domain's last check and this host's lease in its lockspace."
         [
             optional("domains", ParamType::UuidList, "Only these domains."),
         ];
-    LeaseCreate LEASE_CREATE "Lease.create" (CreateLeaseParams)
+    LeaseCreate LEASE_CREATE "Lease.create" (CreateLeaseParams) changes
         "Creates an external lease (a VM lease) in the domain's xleases volume, on the \
         SPM: its sanlock resource, then its index record. Returns a task id."
         [
@@ -309,23 +326,23 @@ verbs! {
             optional("metadata", ParamType::Object,
                 "The lease's value block (job fencing): not supported, refused."),
         ];
-    LeaseDelete LEASE_DELETE "Lease.delete" (LeaseParams)
+    LeaseDelete LEASE_DELETE "Lease.delete" (LeaseParams) changes
         "Deletes an external lease, on the SPM. Returns a task id."
         [
             LEASE,
         ];
-    LeaseInfo LEASE_INFO "Lease.info" (LeaseParams)
+    LeaseInfo LEASE_INFO "Lease.info" (LeaseParams) changes
         "{sd_id, lease_id, path, offset}: where the lease lives, for a VM's <lease> \
         (936 when it does not exist)."
         [
             LEASE,
         ];
-    LeaseStatus LEASE_STATUS "Lease.status" (LeaseParams)
+    LeaseStatus LEASE_STATUS "Lease.status" (LeaseParams) changes
         "{owners, version}: the host ids holding the lease now and its version."
         [
             LEASE,
         ];
-    StoragePoolPrepareMerge SP_PREPARE_MERGE "StoragePool.prepareMerge" (PoolSubchainParams)
+    StoragePoolPrepareMerge SP_PREPARE_MERGE "StoragePool.prepareMerge" (PoolSubchainParams) changes
         "The first step of a cold merge (VM stopped): checks the subchain and grows the \
         base's capacity to the top's. Returns a task id."
         [
@@ -334,7 +351,7 @@ verbs! {
                 "{sd_id, img_id, top_id, base_id, base_generation?}: top_id is merged into \
                 its parent base_id."),
         ];
-    SdmMerge SDM_MERGE "SDM.merge" (SdmMergeParams)
+    SdmMerge SDM_MERGE "SDM.merge" (SdmMergeParams) changes
         "The second step of a cold merge: top's data committed into base (qemu-img \
         commit), as a storage job in Host.getJobs. Returns true."
         [
@@ -343,7 +360,8 @@ verbs! {
                 "{sd_id, img_id, top_id, base_id, base_generation?}."),
             optional("merge_bitmaps", ParamType::Bool, "Merge top's dirty bitmaps into base."),
         ];
-    StoragePoolFinalizeMerge SP_FINALIZE_MERGE "StoragePool.finalizeMerge" (PoolSubchainParams)
+    StoragePoolFinalizeMerge SP_FINALIZE_MERGE "StoragePool.finalizeMerge"
+        (PoolSubchainParams) changes
         "The last step of a cold merge, after SDM.merge succeeded: top's child rebased \
         on base, the metadata updated, top deleted. Returns a task id."
         [
@@ -351,7 +369,7 @@ verbs! {
             required("subchainInfo", ParamType::Object,
                 "{sd_id, img_id, top_id, base_id, base_generation?}."),
         ];
-    SdmCopyData SDM_COPY_DATA "SDM.copy_data" (CopyDataParams)
+    SdmCopyData SDM_COPY_DATA "SDM.copy_data" (CopyDataParams) changes
         "A full clone: the source's whole chain, as the guest sees it, copied into the \
         destination volume (qemu-img convert, lowest I/O priority, with a deadline), as \
         a storage job in Host.getJobs. Returns true."
@@ -364,7 +382,7 @@ verbs! {
                 volume, ILLEGAL while written."),
             optional("copy_bitmaps", ParamType::Bool, "Refused: bitmaps are not copied."),
         ];
-    ImageReconcileVolumeChain IMAGE_RECONCILE "Image.reconcileVolumeChain" (ReconcileParams)
+    ImageReconcileVolumeChain IMAGE_RECONCILE "Image.reconcileVolumeChain" (ReconcileParams) changes
         "The image's chain as its qcow2 headers have it (a stopped VM), from leafVolID \
         down (an ILLEGAL leaf left out), with the metadata brought to agree. Returns the \
         chain, base first."
@@ -374,7 +392,7 @@ verbs! {
             IMAGE_ID,
             required("leafVolID", ParamType::Uuid, "The leaf the caller last knew."),
         ];
-    VmFreeze VM_FREEZE "VM.freeze" (FreezeParams)
+    VmFreeze VM_FREEZE "VM.freeze" (FreezeParams) changes
         "Freezes the guest's filesystems through its agent, until VM.thaw or the \
         auto-thaw deadline. Returns true."
         [
@@ -382,19 +400,19 @@ verbs! {
             optional("mountpoints", ParamType::List, "Only these mount points."),
             optional("autoThawSeconds", ParamType::UInt, "Auto-thaw deadline (config: 60)."),
         ];
-    VmThaw VM_THAW "VM.thaw" (VmIdParams)
+    VmThaw VM_THAW "VM.thaw" (VmIdParams) changes
         "Thaws the guest's filesystems (true on a thawed guest too)."
         [
             VM_ID,
         ];
-    HostGetJobs HOST_GET_JOBS "Host.getJobs" (GetJobsParams)
+    HostGetJobs HOST_GET_JOBS "Host.getJobs" (GetJobsParams) reads
         "{jobId: {id, status, description, job_type, progress, error?, result?}} \
         of the virt jobs; finished jobs stay an hour."
         [
             optional("job_type", ParamType::String, "Only this type (virt)."),
             optional("job_ids", ParamType::UuidList, "Only these jobs."),
         ];
-    StorageDomainCreate SD_CREATE "StorageDomain.create" (CreateDomainParams)
+    StorageDomainCreate SD_CREATE "StorageDomain.create" (CreateDomainParams) changes
         "Creates a file storage domain in VDSM's layout in a directory (LOCALFS) \
         or a mounted export (NFS, POSIXFS). With [cluster] it is unattached until \
         StoragePool.create or StorageDomain.attach; a host that runs alone keeps it \
@@ -410,7 +428,7 @@ verbs! {
             optional("blockSize", ParamType::UInt, "512 (default) or 4096."),
             optional("maxHosts", ParamType::UInt, "Most hosts sharing it (250)."),
         ];
-    StorageDomainAttach SD_ATTACH "StorageDomain.attach" (PoolDomainParams)
+    StorageDomainAttach SD_ATTACH "StorageDomain.attach" (PoolDomainParams) changes
         "On the SPM: attaches an unattached domain to the pool (its metadata names \
         the pool, the master lists it Attached; 380 when another pool has it). \
         Returns true."
@@ -418,7 +436,7 @@ verbs! {
             DOMAIN_ID,
             POOL_ID,
         ];
-    StorageDomainActivate SD_ACTIVATE "StorageDomain.activate" (PoolDomainParams)
+    StorageDomainActivate SD_ACTIVATE "StorageDomain.activate" (PoolDomainParams) changes
         "On the SPM: an attached domain of the pool becomes Active (353 when it is \
         not the pool's). Returns true."
         [
@@ -426,7 +444,7 @@ verbs! {
             POOL_ID,
         ];
     StorageDomainDeactivate SD_DEACTIVATE "StorageDomain.deactivate"
-        (DeactivateDomainParams)
+        (DeactivateDomainParams) changes
         "On the SPM: an active domain becomes Attached (refused while a VM of this \
         host or a task uses it). For the master, masterSdUUID (another active \
         domain) and a higher masterVersion move the master there first; without \
@@ -437,7 +455,7 @@ verbs! {
             required("masterSdUUID", ParamType::Uuid, "The master after the change."),
             required("masterVersion", ParamType::Int, "The master's version after."),
         ];
-    StorageDomainDetach SD_DETACH "StorageDomain.detach" (DetachDomainParams)
+    StorageDomainDetach SD_DETACH "StorageDomain.detach" (DetachDomainParams) changes
         "On the SPM: a deactivated domain leaves the pool (381 while Active, 383 for \
         the master); its metadata names no pool after. Returns true."
         [
@@ -447,7 +465,7 @@ verbs! {
             optional("masterVersion", ParamType::Int, "Unused."),
             optional("force", ParamType::Bool, "Unused: no forced detach."),
         ];
-    StorageDomainFormat SD_FORMAT "StorageDomain.format" (FormatDomainParams)
+    StorageDomainFormat SD_FORMAT "StorageDomain.format" (FormatDomainParams) changes
         "Removes a domain and everything in it: refused for a domain a master of \
         this host's pool lists (392), for a pool's master on a [cluster] host (392, \
         even with autoDetach), for one attached to a pool without autoDetach (391; a \
@@ -458,18 +476,18 @@ verbs! {
             required("autoDetach", ParamType::Bool,
                 "Format a domain still attached to a pool this host is not connected to."),
         ];
-    StorageDomainGetInfo SD_GET_INFO "StorageDomain.getInfo" (DomainParams)
+    StorageDomainGetInfo SD_GET_INFO "StorageDomain.getInfo" (DomainParams) reads
         "Describes a storage domain: uuid, type, class, name, role, pool, \
         version, block_size, alignment, remotePath."
         [
             DOMAIN_ID,
         ];
-    StorageDomainGetStats SD_GET_STATS "StorageDomain.getStats" (DomainParams)
+    StorageDomainGetStats SD_GET_STATS "StorageDomain.getStats" (DomainParams) reads
         "Space of a storage domain: {disktotal, diskfree} in bytes (strings)."
         [
             DOMAIN_ID,
         ];
-    StorageDomainGetVolumes SD_GET_VOLUMES "StorageDomain.getVolumes" (DomainVolumesParams)
+    StorageDomainGetVolumes SD_GET_VOLUMES "StorageDomain.getVolumes" (DomainVolumesParams) reads
         "The volumes of a domain, or of one image of it: [volumeID]."
         [
             DOMAIN_ID,
@@ -477,19 +495,19 @@ verbs! {
             optional("imageID", ParamType::Uuid, "Only this image (BLANK: all)."),
         ];
     HostGetStorageDomains HOST_GET_STORAGE_DOMAINS "Host.getStorageDomains"
-        (GetStorageDomainsParams)
+        (GetStorageDomainsParams) reads
         "The storage domains attached to this host: [storagedomainID]."
         [
             optional("storagepoolID", ParamType::Uuid, "Only the domains of this pool."),
         ];
-    ImageGetVolumes IMAGE_GET_VOLUMES "Image.getVolumes" (ImageParams)
+    ImageGetVolumes IMAGE_GET_VOLUMES "Image.getVolumes" (ImageParams) reads
         "The volumes of an image: [volumeID]."
         [
             IMAGE_ID,
             POOL_ID,
             DOMAIN_ID,
         ];
-    VolumeCreate VOLUME_CREATE "Volume.create" (CreateVolumeParams)
+    VolumeCreate VOLUME_CREATE "Volume.create" (CreateVolumeParams) changes
         "Creates a volume as a storage task and returns the task id at once. \
         With srcVolUUID, a qcow2 snapshot volume on top of that parent."
         [
@@ -508,7 +526,7 @@ verbs! {
             optional("legal", ParamType::Bool, "Whether it ends LEGAL (true)."),
             optional("sequence", ParamType::UInt, "SEQ (0)."),
         ];
-    VolumeGetInfo VOLUME_GET_INFO "Volume.getInfo" (VolumeParams)
+    VolumeGetInfo VOLUME_GET_INFO "Volume.getInfo" (VolumeParams) reads
         "Describes a volume as VDSM does, plus its children."
         [
             VOLUME_ID,
@@ -516,7 +534,7 @@ verbs! {
             DOMAIN_ID,
             IMAGE_ID,
         ];
-    VolumeGetSize VOLUME_GET_SIZE "Volume.getSize" (VolumeParams)
+    VolumeGetSize VOLUME_GET_SIZE "Volume.getSize" (VolumeParams) reads
         "{apparentsize, truesize} of a volume, in bytes (strings)."
         [
             VOLUME_ID,
@@ -524,7 +542,7 @@ verbs! {
             DOMAIN_ID,
             IMAGE_ID,
         ];
-    VolumeDelete VOLUME_DELETE "Volume.delete" (DeleteVolumeParams)
+    VolumeDelete VOLUME_DELETE "Volume.delete" (DeleteVolumeParams) changes
         "Deletes a volume as a storage task (ILLEGAL first, .meta last) and \
         returns the task id. Refused for a volume with children or used by a VM."
         [
@@ -536,7 +554,7 @@ verbs! {
             optional("force", ParamType::Bool, "Accepted; the refusals still apply."),
             optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
         ];
-    ImageDelete IMAGE_DELETE "Image.delete" (DeleteImageParams)
+    ImageDelete IMAGE_DELETE "Image.delete" (DeleteImageParams) changes
         "Deletes every volume of an image (leaf first) and the image, as a \
         storage task; returns the task id. Refused if a VM uses any of them."
         [
@@ -547,7 +565,7 @@ verbs! {
             optional("force", ParamType::Bool, "Accepted; the refusal still applies."),
             optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
         ];
-    ImageDeleteVolumes IMAGE_DELETE_VOLUMES "Image.deleteVolumes" (DeleteVolumesParams)
+    ImageDeleteVolumes IMAGE_DELETE_VOLUMES "Image.deleteVolumes" (DeleteVolumesParams) changes
         "Deletes the listed volumes of an image (leaf first) as one storage task; \
         returns the task id. Refused for a volume with children outside the list or \
         used by a VM."
@@ -560,7 +578,7 @@ verbs! {
             optional("force", ParamType::Bool, "Accepted; the refusals still apply."),
             optional("discard", ParamType::Bool, "Accepted; file domains do not discard."),
         ];
-    ImagePrepare IMAGE_PREPARE "Image.prepare" (PrepareImageParams)
+    ImagePrepare IMAGE_PREPARE "Image.prepare" (PrepareImageParams) changes
         "Checks that every volume of the image is usable and returns {path}, \
         the path a VM should use for the volume."
         [
@@ -570,7 +588,7 @@ verbs! {
             VOLUME_ID,
             optional("allowIllegal", ParamType::Bool, "Prepare despite ILLEGAL volumes."),
         ];
-    ImageTeardown IMAGE_TEARDOWN "Image.teardown" (TeardownImageParams)
+    ImageTeardown IMAGE_TEARDOWN "Image.teardown" (TeardownImageParams) changes
         "Releases a prepared image (nothing to release on file domains). \
         Returns true."
         [
@@ -579,27 +597,27 @@ verbs! {
             IMAGE_ID,
             optional("volumeID", ParamType::Uuid, "Accepted for VDSM compatibility."),
         ];
-    TaskGetStatus TASK_GET_STATUS "Task.getStatus" (TaskParams)
+    TaskGetStatus TASK_GET_STATUS "Task.getStatus" (TaskParams) reads
         "{taskID, taskState, taskResult, code, message} of a task."
         [
             TASK_ID,
         ];
-    TaskGetInfo TASK_GET_INFO "Task.getInfo" (TaskParams)
+    TaskGetInfo TASK_GET_INFO "Task.getInfo" (TaskParams) reads
         "{id, verb} of a task."
         [
             TASK_ID,
         ];
-    TaskClear TASK_CLEAR "Task.clear" (TaskParams)
+    TaskClear TASK_CLEAR "Task.clear" (TaskParams) changes
         "Forgets a finished task. Returns true."
         [
             TASK_ID,
         ];
-    TaskStop TASK_STOP "Task.stop" (TaskParams)
+    TaskStop TASK_STOP "Task.stop" (TaskParams) changes
         "Stops a running task (its work is rolled back). Returns true."
         [
             TASK_ID,
         ];
-    HostGetAllTasksStatuses HOST_GET_ALL_TASKS_STATUSES "Host.getAllTasksStatuses" (NoParams)
+    HostGetAllTasksStatuses HOST_GET_ALL_TASKS_STATUSES "Host.getAllTasksStatuses" (NoParams) reads
         "{taskID: status} of every task."
         [];
 }
@@ -621,6 +639,30 @@ mod tests {
             assert!(seen.insert(verb.name), "{} twice", verb.name);
             assert!(!verb.namespace().is_empty() && !verb.method().is_empty());
         }
+    }
+
+    /// The column replaced a guess from the name (`get*`, `Host.ping2`, `Host.dumpxmls`); the
+    /// verbs that may be cut short when their client hangs up are exactly those it chose, so
+    /// that the column changed no verb's behaviour. A verb that reads without a `get` name
+    /// (`Lease.info`, `Lease.status`) stays `changes` until someone decides otherwise.
+    #[test]
+    fn read_only_verbs_are_those_the_name_rule_chose() {
+        let by_name_rule = |verb: &Verb| {
+            verb.method().starts_with("get")
+                || verb.name == names::HOST_PING2
+                || verb.name == names::HOST_DUMPXMLS
+        };
+        let wrong: Vec<String> = VERBS
+            .iter()
+            .filter(|verb| verb.is_read_only() != by_name_rule(verb))
+            .map(|verb| format!("{} (read_only: {})", verb.name, verb.read_only))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "read-only column differs from the name rule: {wrong:?}"
+        );
+        // Both kinds exist: the comparison above could not pass on a constant column.
+        assert!(VERBS.iter().any(|v| v.read_only) && VERBS.iter().any(|v| !v.read_only));
     }
 
     #[test]

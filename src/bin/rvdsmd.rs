@@ -10,20 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use rvdsm::cluster::{Cluster, ClusterSettings};
 use rvdsm::config::Config;
 use rvdsm::events::EventBus;
-use rvdsm::jobs::block_jobs::BlockJobTable;
-use rvdsm::jobs::vm_jobs::JobRegistry;
 use rvdsm::rpc::readiness::Readiness;
 use rvdsm::rpc::server::{RunningServer, ServerOptions};
 use rvdsm::rpc::subscriptions::register_events;
 use rvdsm::rpc::tls::{ServerTls, TlsFiles};
-use rvdsm::services::{
-    FreezeService, HostService, MergeService, Monitor, SdmService, Services, SnapshotService,
-    StorageService, StorageSettings, VmService,
-};
-use rvdsm::virt::{BlockJobEvent, Hypervisor};
+use rvdsm::services::{Deps, Services};
+use rvdsm::virt::{BlockJobEvent, Libvirt};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
 
@@ -121,91 +115,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Before any libvirt connection opens: libvirt sends events only to connections opened
     // after its event loop is registered.
     let (changed_vms, block_job_events) = watch_vm_changes(&config)?;
-    let hypervisor = Hypervisor::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
-    let storage = open_storage(&config, hypervisor.clone()).await?;
-    let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
-    let jobs =
-        JobRegistry::new(config.daemon.max_parallel_snapshots as usize).with_events(events.clone());
-    // Reading the freeze records and the snapshot journal is file I/O: off the reactor, as
-    // every start-up step that touches the state directory.
-    let state_dir = config.daemon.state_dir.clone();
-    let auto_thaw = Duration::from_secs(config.daemon.auto_thaw_secs);
-    let jobs_view = jobs.clone();
-    let (freeze, opened) = {
-        let (hypervisor, storage) = (hypervisor.clone(), storage.clone());
-        tokio::task::spawn_blocking(move || {
-            let freeze = FreezeService::start(
-                hypervisor.clone(),
-                jobs.clone(),
-                state_dir.join("freezes"),
-                agent_timeout,
-                auto_thaw,
-            );
-            let opened = SnapshotService::open(
-                hypervisor,
-                storage,
-                jobs,
-                freeze.clone(),
-                &state_dir.join("snapshots"),
-                agent_timeout,
-            );
-            (freeze, opened)
-        })
+    let hypervisor = Libvirt::new(config.libvirt.uri.clone(), config.libvirt_call_timeout());
+    let deps = Deps {
+        hypervisor: Arc::new(hypervisor),
+        events: Some(events.clone()),
+        block_job_events: Some(block_job_events),
+        changed_vms: Some(changed_vms),
+    };
+    let (services, interrupted) = Services::open(&config, deps)
         .await
-        .context("start-up panicked")?
-    };
-    let (snapshot, interrupted) = opened.context("cannot open the snapshot journal")?;
-    count_states_at_scrape(jobs_view.clone(), storage.clone());
-    let block_jobs = BlockJobTable::default();
-    let monitor = Monitor::new(
-        hypervisor.clone(),
-        Duration::from_secs(config.libvirt.vm_sample_interval_secs),
-        freeze.clone(),
-        Some(events.clone()),
-        block_jobs.clone(),
-    );
-    refresh_changed_vms(changed_vms, monitor.clone());
-    let vms = {
-        let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
-        let (jobs, dir) = (jobs_view.clone(), config.daemon.state_dir.join("vms"));
-        let rules = config.vm.file_rules();
-        tokio::task::spawn_blocking(move || {
-            VmService::open(hypervisor, storage, monitor, jobs, rules, &dir)
-        })
-        .await
-        .context("start-up panicked")?
-        .context("cannot open the VM journal")?
-    };
-    let (merge, merges_left) = {
-        let (hypervisor, storage, monitor) = (hypervisor.clone(), storage.clone(), monitor.clone());
-        let (jobs, dir) = (jobs_view.clone(), config.daemon.state_dir.join("merges"));
-        tokio::task::spawn_blocking(move || {
-            let services = (hypervisor, storage, monitor);
-            MergeService::open(services, jobs, block_jobs, Some(block_job_events), &dir)
-        })
-        .await
-        .context("start-up panicked")?
-        .context("cannot open the merge journal")?
-    };
-    let sdm = {
-        let (storage, jobs) = (storage.clone(), jobs_view.clone());
-        let dir = config.daemon.state_dir.join("sdm");
-        tokio::task::spawn_blocking(move || SdmService::open(storage, jobs, &dir))
-            .await
-            .context("start-up panicked")?
-            .context("cannot open the SDM job journal")?
-    };
-    let snapshot = snapshot.with_monitor(monitor.clone());
-    let services = Services {
-        host: HostService::new(hypervisor, storage.pool(), monitor.clone()),
-        snapshot: snapshot.clone(),
-        freeze,
-        storage,
-        vms: vms.clone(),
-        merge: merge.clone(),
-        sdm,
-        monitor: monitor.clone(),
-    };
+        .map_err(|e| anyhow::anyhow!(rvdsm::error_chain(&e)))?;
     let options = ServerOptions {
         tcp: config
             .server
@@ -232,12 +151,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let server = RunningServer::start(&options, module.into(), readiness.clone(), &events)
         .await
         .context("cannot start the listeners")?;
-    snapshot.recover(interrupted).await;
-    vms.recover().await;
-    merge.recover(merges_left).await;
-    services.storage.finish_interrupted().await;
-    monitor.sample_all().await;
-    monitor.start();
+    services.recover(interrupted).await;
     readiness.set_ready();
     notify_systemd(sd_notify::NotifyState::Ready);
     tracing::info!(version = rvdsm::VERSION, "rvdsmd ready");
@@ -294,48 +208,6 @@ fn watch_vm_changes(config: &Config) -> anyhow::Result<VmChanges> {
     Ok((receiver, block_jobs))
 }
 
-/// Re-reads each VM a lifecycle event names into the monitoring cache (which publishes its
-/// `|virt|VM_status|` event when its status changed), and every VM when the event connection
-/// is new (events sent before it were lost).
-fn refresh_changed_vms(
-    mut changed: tokio::sync::mpsc::UnboundedReceiver<Option<uuid::Uuid>>,
-    monitor: Monitor,
-) {
-    tokio::spawn(async move {
-        while let Some(vm) = changed.recv().await {
-            match vm {
-                Some(vm) => monitor.refresh(vm).await,
-                None => monitor.sample_all().await,
-            }
-        }
-    });
-}
-
-fn count_states_at_scrape(jobs: JobRegistry, storage: StorageService) {
-    rvdsm::metrics::global().on_scrape(move |metrics| {
-        let mut by_status: std::collections::BTreeMap<String, i64> = Default::default();
-        for info in jobs.list(None, &[]).values() {
-            let status = serde_json::to_value(info.status).unwrap_or_default();
-            *by_status
-                .entry(status.as_str().unwrap_or("unknown").to_owned())
-                .or_default() += 1;
-        }
-        let counts: Vec<(&str, i64)> = by_status.iter().map(|(s, n)| (s.as_str(), *n)).collect();
-        rvdsm::metrics::Metrics::set_states(&metrics.jobs, &counts);
-        let mut by_state: std::collections::BTreeMap<String, i64> = Default::default();
-        for status in storage.all_task_statuses_blocking().values() {
-            let state = if status.task_result.is_empty() {
-                status.task_state.clone()
-            } else {
-                format!("{}/{}", status.task_state, status.task_result)
-            };
-            *by_state.entry(state).or_default() += 1;
-        }
-        let counts: Vec<(&str, i64)> = by_state.iter().map(|(s, n)| (s.as_str(), *n)).collect();
-        rvdsm::metrics::Metrics::set_states(&metrics.tasks, &counts);
-    });
-}
-
 /// Reads the certificates, or warns that TCP is plain.
 fn load_tls(config: &Config) -> anyhow::Result<Option<Arc<ServerTls>>> {
     let tls = &config.server.tls;
@@ -375,46 +247,6 @@ async fn reload_tls(tls: Option<&ServerTls>) {
             tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use");
         }
     }
-}
-
-/// Attaches the storage domains and recovers interrupted tasks, before anything is served.
-/// How often the sanlock daemon is asked about this host's leases.
-const CLUSTER_POLL_INTERVAL: Duration = Duration::from_secs(2);
-
-async fn open_storage(config: &Config, hypervisor: Hypervisor) -> anyhow::Result<StorageService> {
-    let pool = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || config.pool_uuid())
-            .await
-            .context("start-up panicked")?
-            .context("cannot establish the storage pool UUID")?
-    };
-    let repository = config.storage.repository.clone();
-    let tasks_dir = config.daemon.state_dir.join("tasks");
-    let qemu_img_timeout = Duration::from_secs(config.storage.qemu_img_timeout_secs);
-    let cluster = config.cluster.host_id.map(|host_id| {
-        let cluster = Cluster::new(ClusterSettings {
-            host_id,
-            io_timeout: config.cluster.io_timeout_secs,
-            call_timeout: Duration::from_secs(config.libvirt.call_timeout_secs),
-        });
-        cluster.watch(CLUSTER_POLL_INTERVAL);
-        tracing::info!(host_id, "sharing storage domains through sanlock");
-        cluster
-    });
-    let opened = tokio::task::spawn_blocking(move || {
-        StorageService::open(&StorageSettings {
-            repository: &repository,
-            pool,
-            tasks_dir: &tasks_dir,
-            qemu_img_timeout,
-            hypervisor,
-            cluster,
-        })
-    })
-    .await
-    .context("storage start-up panicked")?;
-    opened.map_err(|e| anyhow::anyhow!("cannot open storage: {e}"))
 }
 
 /// Tells systemd (`Type=notify`) about a state change; a no-op when not run by systemd.

@@ -1,8 +1,9 @@
 //! Storage tasks as VDSM has them (VDSM-REFERENCE §5.1): an id returned at once, a state a
 //! manager polls, a result that stays until `Task.clear`, and `Task.stop`.
 //!
-//! Every task is persisted (one JSON file per task in `<state_dir>/tasks/`, replaced atomically
-//! at each change) together with the progress of its work, so that after a restart of rvdsmd
+//! Every task is persisted (one record per task in the [`super::journal::Journal`] of
+//! `<state_dir>/tasks/`, replaced atomically at each change) together with the progress of its
+//! work, so that after a restart of rvdsmd
 //! an unfinished task is rolled back and reported, never forgotten.
 //!
 //! On a shared pool the SPM writes each record to the master domain's `master/tasks/` too.
@@ -12,7 +13,7 @@
 //! pruned when a host becomes the SPM.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::fsutil::{remove_if_exists, write_atomic};
+use super::journal::{Journal, JournalRecord};
 use crate::storage::shared_records::SharedRecords;
 use crate::storage::volume::{CreateProgress, CreateRequest};
 
@@ -200,6 +201,14 @@ impl TaskRecord {
     }
 }
 
+/// A task's record stays until `Task.clear` (VDSM's rule), however long ago it ended: the
+/// journal never prunes it.
+impl JournalRecord for TaskRecord {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
 /// Why a task call is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
@@ -227,7 +236,7 @@ struct Entry {
 /// All tasks of the host.
 #[derive(Clone)]
 pub struct TaskManager {
-    dir: PathBuf,
+    journal: Journal<TaskRecord>,
     // A std mutex: held only to read or change a record and write its small file.
     tasks: Arc<Mutex<HashMap<Uuid, Entry>>>,
     /// While this host is the SPM of a shared pool: the master domain's task directory, where
@@ -239,13 +248,14 @@ impl TaskManager {
     /// Opens the task directory, loading every persisted task. Unfinished ones are returned
     /// separately: the caller rolls them back and then calls [`TaskManager::end`].
     pub fn open(dir: &Path) -> Result<(Self, Vec<TaskRecord>), TaskError> {
-        std::fs::create_dir_all(dir).map_err(|e| TaskError::Persist {
-            id: Uuid::nil(),
-            message: format!("{}: {e}", dir.display()),
-        })?;
+        let (journal, records) =
+            Journal::<TaskRecord>::open(dir, "task").map_err(|e| TaskError::Persist {
+                id: Uuid::nil(),
+                message: format!("{}: {e}", dir.display()),
+            })?;
         let mut tasks = HashMap::new();
         let mut unfinished = Vec::new();
-        for record in read_records(dir) {
+        for record in records {
             if !record.state.is_done() {
                 unfinished.push(record.clone());
             }
@@ -258,7 +268,7 @@ impl TaskManager {
             );
         }
         let manager = Self {
-            dir: dir.to_owned(),
+            journal,
             tasks: Arc::new(Mutex::new(tasks)),
             shared: Arc::default(),
         };
@@ -332,7 +342,7 @@ impl TaskManager {
     /// away (its record here is stale: the pool's task list no longer has it).
     pub fn forget(&self, id: Uuid) -> Result<(), TaskError> {
         let mut tasks = self.lock();
-        remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
+        self.journal.remove(id).map_err(|e| TaskError::Persist {
             id,
             message: e.to_string(),
         })?;
@@ -472,7 +482,7 @@ impl TaskManager {
             // record of it a host still holds.
             write_tombstone(dir, id)?;
         }
-        remove_if_exists(&self.path(id)).map_err(|e| TaskError::Persist {
+        self.journal.remove(id).map_err(|e| TaskError::Persist {
             id,
             message: e.to_string(),
         })?;
@@ -523,16 +533,12 @@ impl TaskManager {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn path(&self, id: Uuid) -> PathBuf {
-        self.dir.join(format!("{}.json", id.hyphenated()))
-    }
-
     fn persist(&self, record: &TaskRecord) -> Result<(), TaskError> {
         let bytes = serde_json::to_vec_pretty(record).map_err(|e| TaskError::Persist {
             id: record.id,
             message: e.to_string(),
         })?;
-        write_atomic(&self.path(record.id), &bytes, 0o600).map_err(|e| TaskError::Persist {
+        self.journal.write(record).map_err(|e| TaskError::Persist {
             id: record.id,
             message: e.to_string(),
         })?;
@@ -589,30 +595,6 @@ fn write_tombstone(dir: &SharedRecords, id: Uuid) -> Result<(), TaskError> {
     let name = tombstone_name(id);
     dir.write(&name, &bytes)
         .map_err(|e| persist(format!("{}/{name}: {e}", dir.path().display())))
-}
-
-/// Every readable record in `dir` (unreadable ones logged and skipped).
-fn read_records(dir: &Path) -> Vec<TaskRecord> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|e| e == "json"))
-        .filter_map(|path| {
-            let record = read_record(&path);
-            if record.is_none() {
-                tracing::warn!(path = %path.display(), "unreadable task record skipped");
-            }
-            record
-        })
-        .collect()
-}
-
-fn read_record(path: &Path) -> Option<TaskRecord> {
-    std::fs::read(path)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
 }
 
 #[cfg(test)]
@@ -754,5 +736,88 @@ mod tests {
             tasks.stop(Uuid::new_v4()).unwrap_err(),
             TaskError::Unknown(_)
         ));
+    }
+
+    /// Records exactly as the release before the one journal wrote them (serialized with its
+    /// types, pasted verbatim) read into the same meaning, and a restart finds them: the
+    /// unfinished one to roll back, the ended one kept until `Task.clear`, never pruned.
+    #[test]
+    fn records_of_the_previous_release_read_the_same() {
+        let recovered = r#"{
+  "id": "00000000-0000-0000-0000-000000000040",
+  "verb": "Volume.delete",
+  "state": "recovered",
+  "code": 411,
+  "error": "Interrupted",
+  "work": {
+    "kind": "deleteVolume",
+    "domain": "00000000-0000-0000-0000-000000000001",
+    "image": "00000000-0000-0000-0000-000000000002",
+    "volume": "00000000-0000-0000-0000-000000000003",
+    "started": false
+  }
+}"#;
+        let running = r#"{
+  "id": "00000000-0000-0000-0000-000000000041",
+  "verb": "Volume.create",
+  "state": "running",
+  "code": 0,
+  "error": "",
+  "work": {
+    "kind": "createVolume",
+    "domain": "00000000-0000-0000-0000-000000000001",
+    "request": {
+      "image": "00000000-0000-0000-0000-000000000002",
+      "volume": "00000000-0000-0000-0000-000000000003",
+      "capacity": 4096,
+      "format": "COW",
+      "allocation": "SPARSE",
+      "disk_type": "DATA",
+      "description": "",
+      "parent": null,
+      "legal": true,
+      "sequence": 0
+    },
+    "progress": {
+      "image_dir": false,
+      "data_file": false,
+      "meta": false,
+      "parent_internal": false,
+      "lease": false
+    }
+  }
+}"#;
+        let u = Uuid::from_u128;
+        let want_recovered = TaskRecord {
+            id: u(0x40),
+            verb: "Volume.delete".into(),
+            state: TaskState::Recovered,
+            code: 411,
+            error: "Interrupted".into(),
+            work: TaskWork::DeleteVolume {
+                domain: u(1),
+                image: u(2),
+                volume: u(3),
+                started: false,
+            },
+        };
+        let want_running = TaskRecord {
+            id: u(0x41),
+            verb: "Volume.create".into(),
+            state: TaskState::Running,
+            code: 0,
+            error: String::new(),
+            work: work(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (text, want) in [(recovered, &want_recovered), (running, &want_running)] {
+            let read: TaskRecord = serde_json::from_str(text).unwrap();
+            assert_eq!(&read, want, "{text}");
+            assert_eq!(serde_json::to_string_pretty(&read).unwrap(), text);
+            std::fs::write(dir.path().join(format!("{}.json", read.id)), text).unwrap();
+        }
+        let (tasks, unfinished) = TaskManager::open(dir.path()).unwrap();
+        assert_eq!(unfinished, [want_running]);
+        assert_eq!(tasks.get(u(0x40)).unwrap(), want_recovered);
     }
 }

@@ -13,7 +13,8 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-use crate::api::snapshot_types::JobResult;
+use super::kind::JobKind;
+use super::results::JobResult;
 use crate::events::EventBus;
 
 /// How long finished jobs stay visible (VDSM's `autodelete_delay`).
@@ -57,10 +58,13 @@ pub struct JobInfo {
     pub id: Uuid,
     /// Its status.
     pub status: JobStatus,
-    /// `snapshot_vm`, ...
-    pub description: String,
-    /// `virt`, or `storage` for the SDM jobs (`SDM.merge`, `SDM.copy_data`).
-    pub job_type: String,
+    /// What the job is (its description and job type, shown).
+    #[serde(skip)]
+    pub kind: JobKind,
+    /// `snapshot_vm`, ...: the kind's.
+    pub description: &'static str,
+    /// `virt`, or `storage` for the SDM jobs (`SDM.merge`, `SDM.copy_data`): the kind's.
+    pub job_type: &'static str,
     /// 0-100.
     pub progress: u8,
     /// Why it failed.
@@ -154,7 +158,7 @@ impl JobRegistry {
                 && matches!(e.info.status, JobStatus::Pending | JobStatus::Running)
         });
         match active.next() {
-            Some(e) if e.info.description == "merge_vm" => {
+            Some(e) if e.info.kind == JobKind::LiveMerge => {
                 format!("a live merge (job {}) is running on the VM", e.info.id)
             }
             Some(e) => format!(
@@ -173,19 +177,8 @@ impl JobRegistry {
         })
     }
 
-    /// Registers a pending virt job on `vm`.
-    pub fn add(&self, id: Uuid, vm: Uuid, description: &str) -> Result<(), JobRefusal> {
-        self.add_typed(id, Some(vm), "virt", description)
-    }
-
-    /// Registers a pending job of `job_type` (`virt`, `storage`).
-    pub fn add_typed(
-        &self,
-        id: Uuid,
-        vm: Option<Uuid>,
-        job_type: &str,
-        description: &str,
-    ) -> Result<(), JobRefusal> {
+    /// Registers a pending job of `kind`, on `vm` if it works on one.
+    pub fn add(&self, id: Uuid, vm: Option<Uuid>, kind: JobKind) -> Result<(), JobRefusal> {
         let mut jobs = self.lock();
         purge(&mut jobs);
         if jobs.contains_key(&id) {
@@ -197,8 +190,9 @@ impl JobRegistry {
                 info: JobInfo {
                     id,
                     status: JobStatus::Pending,
-                    description: description.to_owned(),
-                    job_type: job_type.to_owned(),
+                    kind,
+                    description: kind.description(),
+                    job_type: kind.job_type().as_str(),
                     progress: 0,
                     error: None,
                     result: None,
@@ -296,10 +290,10 @@ impl JobRegistry {
         &self,
         id: Uuid,
         vm: Option<Uuid>,
-        (job_type, description): (&str, &str),
+        kind: JobKind,
         outcome: Result<JobResult, JobError>,
     ) {
-        if self.add_typed(id, vm, job_type, description).is_ok() {
+        if self.add(id, vm, kind).is_ok() {
             self.finish(id, outcome);
         }
     }
@@ -338,15 +332,19 @@ fn purge(jobs: &mut HashMap<Uuid, Entry>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::kind::JobType;
 
     #[tokio::test]
     async fn lifecycle_and_refusals() {
         let jobs = JobRegistry::new(1);
         let (id, vm) = (Uuid::new_v4(), Uuid::new_v4());
-        jobs.add(id, vm, "snapshot_vm").unwrap();
-        assert_eq!(jobs.add(id, vm, "snapshot_vm"), Err(JobRefusal::Exists(id)));
+        jobs.add(id, Some(vm), JobKind::Snapshot).unwrap();
         assert_eq!(
-            jobs.list(Some("virt"), &[id])[&id].status,
+            jobs.add(id, Some(vm), JobKind::Snapshot),
+            Err(JobRefusal::Exists(id))
+        );
+        assert_eq!(
+            jobs.list(Some(JobType::Virt.as_str()), &[id])[&id].status,
             JobStatus::Pending
         );
         let permit = jobs.run_slot(id).await;
@@ -362,7 +360,7 @@ mod tests {
         let info = &jobs.list(None, &[id])[&id];
         assert_eq!(info.status, JobStatus::Failed);
         assert_eq!(info.error.as_ref().unwrap().code, 48);
-        assert!(jobs.list(Some("storage"), &[]).is_empty());
+        assert!(jobs.list(Some(JobType::Storage.as_str()), &[]).is_empty());
     }
 
     #[test]
@@ -384,7 +382,7 @@ mod tests {
         let jobs = JobRegistry::new(4);
         let (vm, merge, snapshot) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         assert!(jobs.holder_of(vm).contains("another operation"));
-        jobs.add(merge, vm, "merge_vm").unwrap();
+        jobs.add(merge, Some(vm), JobKind::LiveMerge).unwrap();
         jobs.mark_running(merge);
         let holder = jobs.holder_of(vm);
         assert!(holder.contains("live merge") && holder.contains(&merge.to_string()));
@@ -395,8 +393,8 @@ mod tests {
                 message: "Merge failed".into(),
             }),
         );
-        jobs.add(snapshot, vm, "snapshot_vm").unwrap();
-        assert!(jobs.holder_of(vm).contains("snapshot_vm"));
+        jobs.add(snapshot, Some(vm), JobKind::Snapshot).unwrap();
+        assert!(jobs.holder_of(vm).contains(JobKind::Snapshot.description()));
         assert!(jobs.holder_of(Uuid::new_v4()).contains("another operation"));
     }
 
@@ -404,8 +402,10 @@ mod tests {
     async fn host_limit_keeps_the_excess_pending() {
         let jobs = JobRegistry::new(1);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        jobs.add(a, Uuid::new_v4(), "snapshot_vm").unwrap();
-        jobs.add(b, Uuid::new_v4(), "snapshot_vm").unwrap();
+        jobs.add(a, Some(Uuid::new_v4()), JobKind::Snapshot)
+            .unwrap();
+        jobs.add(b, Some(Uuid::new_v4()), JobKind::Snapshot)
+            .unwrap();
         let first = jobs.run_slot(a).await;
         let waiting = tokio::time::timeout(Duration::from_millis(50), jobs.run_slot(b)).await;
         assert!(waiting.is_err());

@@ -47,9 +47,9 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::HostGetStats(_) => answer(s.host.stats().await),
         Call::HostGetVmList(p) => answer(Ok::<_, ApiError>(s.host.vm_list(p))),
         Call::HostGetVmFullList(p) => answer(Ok::<_, ApiError>(s.host.vm_full_list(&p.vm_list))),
-        Call::HostGetAllVmStats(_) => s.host.all_vm_stats_json().map(Reply::Raw),
+        Call::HostGetAllVmStats(_) => raw(s.host.all_vm_stats_json()),
         Call::HostDumpxmls(p) => answer(s.host.dump_xmls(&p.vm_list)),
-        Call::VmGetStats(p) => s.host.vm_stats_json(p.vm_id).map(Reply::Raw),
+        Call::VmGetStats(p) => raw(s.host.vm_stats_json(p.vm_id)),
         Call::VmCreate(p) => answer(s.vms.create(p).await),
         Call::VmDestroy(p) => done(s.vms.destroy(p).await),
         Call::VmPause(p) => answer(s.vms.pause(p.vm_id).await),
@@ -107,18 +107,39 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
 }
 
 /// A verb's result as JSON.
-fn answer<R: Serialize, E: Into<ApiError>>(result: Result<R, E>) -> Result<Reply, ApiError> {
-    let value = result.map_err(Into::into)?;
+fn answer<R: Serialize, E: VerbError>(result: Result<R, E>) -> Result<Reply, ApiError> {
+    let value = result.map_err(to_wire)?;
     serde_json::to_value(value)
         .map(Reply::Value)
         .map_err(|e| ApiError::Unexpected(e.to_string()))
 }
 
+/// A verb's result already as JSON text.
+fn raw<E: VerbError>(
+    result: Result<Box<serde_json::value::RawValue>, E>,
+) -> Result<Reply, ApiError> {
+    result.map(Reply::Raw).map_err(to_wire)
+}
+
 /// A verb with no value answers `true`, as VDSM's do.
-fn done<E: Into<ApiError>>(result: Result<(), E>) -> Result<Reply, ApiError> {
+fn done<E: VerbError>(result: Result<(), E>) -> Result<Reply, ApiError> {
     result
         .map(|()| Reply::Value(Value::Bool(true)))
-        .map_err(Into::into)
+        .map_err(to_wire)
+}
+
+/// A service's error, as a verb returns it: typed, with its sources.
+trait VerbError: std::error::Error + Into<ApiError> {}
+impl<E: std::error::Error + Into<ApiError>> VerbError for E {}
+
+/// The one place a service's error becomes VDSM's code and message. The wire carries the
+/// message; the log line carries the whole chain of causes behind it, which the message may
+/// summarize.
+fn to_wire<E: VerbError>(err: E) -> ApiError {
+    if err.source().is_some() {
+        tracing::info!(error = %crate::error_chain(&err), "verb failed");
+    }
+    err.into()
 }
 
 /// Registers `verb`: parse, dispatch (to its end for a verb that changes state), answer.
@@ -201,85 +222,36 @@ pub fn error_object(err: ApiError) -> ErrorObjectOwned {
 mod tests {
     use super::*;
     use crate::api::names;
-    use crate::jobs::vm_jobs::JobRegistry;
-    use crate::services::{
-        FreezeService, HostService, MergeService, Monitor, SdmService, SnapshotService,
-        StorageService, StorageSettings, VmService,
-    };
-    use crate::virt::Hypervisor;
+    use crate::virt::Libvirt;
     use serde_json::json;
     use std::time::Duration;
 
-    fn offline_services() -> (Services, tempfile::TempDir) {
+    async fn offline_services() -> (Services, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::Config::default();
+        config.storage.repository = dir.path().join("repo");
+        config.storage.pool_uuid = Some(uuid::Uuid::nil());
+        config.daemon.state_dir = dir.path().to_owned();
         // A URI nothing answers on: only verbs that don't need libvirt can succeed.
-        let hv = Hypervisor::new(
+        let hypervisor = Libvirt::new(
             "qemu+unix:///system?socket=/nonexistent",
             Duration::from_secs(5),
         );
-        let dir = tempfile::tempdir().unwrap();
-        let storage = StorageService::open(&StorageSettings {
-            repository: &dir.path().join("repo"),
-            pool: uuid::Uuid::nil(),
-            tasks_dir: &dir.path().join("tasks"),
-            qemu_img_timeout: Duration::from_secs(60),
-            hypervisor: hv.clone(),
-            cluster: None,
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        let jobs = JobRegistry::new(2);
-        let secs = Duration::from_secs(5);
-        let freeze = FreezeService::start(
-            hv.clone(),
-            jobs.clone(),
-            dir.path().join("freezes"),
-            secs,
-            secs,
-        );
-        let block_jobs = crate::jobs::block_jobs::BlockJobTable::default();
-        let monitor = Monitor::new(hv.clone(), secs, freeze.clone(), None, block_jobs.clone());
-        let vms = VmService::open(
-            hv.clone(),
-            storage.clone(),
-            monitor.clone(),
-            jobs.clone(),
-            crate::config::VmConfig::default().file_rules(),
-            &dir.path().join("vms"),
-        )
-        .unwrap();
-        let (merge, _) = MergeService::open(
-            (hv.clone(), storage.clone(), monitor.clone()),
-            jobs.clone(),
-            block_jobs,
-            None,
-            &dir.path().join("merges"),
-        )
-        .unwrap();
-        let sdm = SdmService::open(storage.clone(), jobs.clone(), &dir.path().join("sdm")).unwrap();
-        let services = Services {
-            host: HostService::new(hv.clone(), uuid::Uuid::nil(), monitor.clone()),
-            vms,
-            merge,
-            sdm,
-            monitor,
-            snapshot: SnapshotService::open(
-                hv,
-                storage.clone(),
-                jobs,
-                freeze.clone(),
-                &dir.path().join("snapshots"),
-                secs,
-            )
-            .unwrap()
-            .0,
-            freeze,
-            storage,
+        let deps = crate::services::Deps {
+            hypervisor: std::sync::Arc::new(hypervisor),
+            events: None,
+            block_job_events: None,
+            changed_vms: None,
         };
+        let (services, _) = Services::open(&config, deps)
+            .await
+            .unwrap_or_else(|e| panic!("{}", crate::error_chain(&e)));
         (services, dir)
     }
 
     #[tokio::test]
     async fn every_schema_verb_is_registered() {
-        let (services, _dir) = offline_services();
+        let (services, _dir) = offline_services().await;
         let module = registry(services);
         let names: Vec<_> = module.method_names().collect();
         for verb in VERBS {
@@ -289,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn ping_answers_true_without_libvirt() {
-        let (services, _dir) = offline_services();
+        let (services, _dir) = offline_services().await;
         let module = registry(services);
         let result: bool = module.call(names::HOST_PING2, [(); 0]).await.unwrap();
         assert!(result);
@@ -297,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn libvirt_down_is_a_clear_error() {
-        let (services, _dir) = offline_services();
+        let (services, _dir) = offline_services().await;
         let module = registry(services);
         let err = module
             .call::<_, Value>(names::HOST_GET_CAPABILITIES, [(); 0])
@@ -358,7 +330,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn extreme_numbers_for_every_numeric_parameter_are_answered_cleanly() {
         use crate::api::ParamType;
-        let (services, dir) = offline_services();
+        let (services, dir) = offline_services().await;
         let module = registry(services);
         let extremes = [
             json!(0),
@@ -430,7 +402,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let (services, dir) = runtime.block_on(async { offline_services() });
+        let (services, dir) = runtime.block_on(offline_services());
         let module = registry(services);
         // A real domain under one of the ids the strategy sends (the pool is the nil UUID, the
         // other one), so that random calls reach the storage logic, not only its lookups.

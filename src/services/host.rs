@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::monitor::MonitorError;
 use crate::api::ApiError;
 use crate::api::VERBS;
 use crate::api::lifecycle_types::{HostStats, VmShortStatus};
@@ -16,13 +17,13 @@ use crate::api::types::{
 };
 use crate::hostinfo;
 use crate::services::Monitor;
-use crate::virt::Hypervisor;
+use crate::virt::{SharedHypervisor, VirtError};
 use serde_json::value::RawValue;
 
 /// Answers inventory questions about the host and its VMs.
 #[derive(Clone)]
 pub struct HostService {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     pool: Uuid,
     monitor: Monitor,
     started: Instant,
@@ -31,7 +32,7 @@ pub struct HostService {
 impl HostService {
     /// A service over `hypervisor`, on a host whose storage pool is `pool`; `monitor` holds
     /// the sampled VMs.
-    pub fn new(hypervisor: Hypervisor, pool: Uuid, monitor: Monitor) -> Self {
+    pub fn new(hypervisor: SharedHypervisor, pool: Uuid, monitor: Monitor) -> Self {
         Self {
             hypervisor,
             pool,
@@ -45,21 +46,21 @@ impl HostService {
     pub fn ping(&self) {}
 
     /// `Host.getCapabilities`.
-    pub async fn capabilities(&self) -> Result<Capabilities, ApiError> {
+    pub async fn capabilities(&self) -> Result<Capabilities, HostError> {
         let host = self.hypervisor.host_info().await?;
         let (uri, pool) = (self.hypervisor.uri().to_owned(), self.pool);
         tokio::task::spawn_blocking(move || capabilities_now(host, uri, pool))
             .await
-            .map_err(|e| ApiError::Unexpected(e.to_string()))
+            .map_err(HostError::Panicked)
     }
 
     /// `Host.getStats`.
-    pub async fn stats(&self) -> Result<HostStats, ApiError> {
+    pub async fn stats(&self) -> Result<HostStats, HostError> {
         let (cpu, vms) = (self.monitor.host_cpu(), self.monitor.statuses(&[]));
         let elapsed = self.started.elapsed().as_secs();
         tokio::task::spawn_blocking(move || host_stats_now(cpu, &vms, elapsed))
             .await
-            .map_err(|e| ApiError::Unexpected(e.to_string()))
+            .map_err(HostError::Panicked)
     }
 
     /// `Host.getVMList` (and `Host.getVMFullList`, which VDSM answers alike): every VM libvirt
@@ -74,18 +75,38 @@ impl HostService {
     }
 
     /// `VM.getStats`: a one-element list, as VDSM returns it, as JSON text.
-    pub fn vm_stats_json(&self, vm: Uuid) -> Result<Box<RawValue>, ApiError> {
+    pub fn vm_stats_json(&self, vm: Uuid) -> Result<Box<RawValue>, MonitorError> {
         self.monitor.vm_stats_json(vm)
     }
 
     /// `Host.getAllVmStats`, as JSON text.
-    pub fn all_vm_stats_json(&self) -> Result<Box<RawValue>, ApiError> {
+    pub fn all_vm_stats_json(&self) -> Result<Box<RawValue>, MonitorError> {
         self.monitor.all_stats_json()
     }
 
     /// `Host.dumpxmls`.
-    pub fn dump_xmls(&self, only: &[Uuid]) -> Result<BTreeMap<Uuid, String>, ApiError> {
+    pub fn dump_xmls(&self, only: &[Uuid]) -> Result<BTreeMap<Uuid, String>, MonitorError> {
         self.monitor.xmls(only)
+    }
+}
+
+/// Why a host verb failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// libvirt could not answer.
+    #[error(transparent)]
+    Virt(#[from] VirtError),
+    /// Reading the host's files panicked.
+    #[error("reading the host's facts panicked")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
+impl From<HostError> for ApiError {
+    fn from(err: HostError) -> Self {
+        match err {
+            HostError::Virt(e) => e.into(),
+            HostError::Panicked(e) => ApiError::Unexpected(e.to_string()),
+        }
     }
 }
 

@@ -11,12 +11,15 @@
 //! - [`sdm`](SdmService): `SDM.merge` and `SDM.copy_data`, the storage jobs; `StoragePool.finalizeMerge`.
 //! - [`monitor`](Monitor): the sampled stats the monitoring verbs answer from.
 //! - [`errors`]: the lower layers' errors with VDSM's codes.
+//!
+//! [`Services::open`] is the one place they are wired together, for the daemon and the tests.
 
 pub mod errors;
 mod freeze;
 mod host;
 mod merge;
 pub mod monitor;
+mod open;
 mod sdm;
 pub mod snapshot;
 pub(crate) mod storage;
@@ -26,6 +29,7 @@ pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};
 pub use host::HostService;
 pub use merge::{MergeError, MergeService};
 pub use monitor::Monitor;
+pub use open::{Deps, Interrupted, OpenError};
 pub use sdm::SdmService;
 pub use snapshot::SnapshotService;
 pub use storage::{StorageService, StorageSettings};

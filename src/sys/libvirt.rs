@@ -16,11 +16,33 @@ use std::os::raw::{c_char, c_int, c_void};
 use virt::domain::Domain;
 use virt::sys;
 
-use crate::virt::VirtError;
+/// A failed libvirt call: what rvdsm was doing, libvirt's `virErrorNumber` and its message.
+/// `virt` turns it into its own error; this module imports nothing above it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} failed: libvirt error {code}: {message}")]
+pub struct LibvirtError {
+    /// What rvdsm was doing.
+    pub op: &'static str,
+    /// libvirt's `virErrorNumber`.
+    pub code: i32,
+    /// libvirt's message.
+    pub message: String,
+}
+
+impl LibvirtError {
+    /// `err`, from a call made for `op`.
+    pub fn libvirt(op: &'static str, err: virt::error::Error) -> Self {
+        Self {
+            op,
+            code: i32::try_from(err.code().to_raw()).unwrap_or(i32::MAX),
+            message: err.message().to_owned(),
+        }
+    }
+}
 
 /// `virDomainAgentSetResponseTimeout`: how long libvirt waits for the guest agent (its default
 /// waits forever, and a hung agent then holds the domain's agent lock).
-pub fn set_agent_timeout(domain: &Domain, seconds: i32) -> Result<(), VirtError> {
+pub fn set_agent_timeout(domain: &Domain, seconds: i32) -> Result<(), LibvirtError> {
     // SAFETY: `domain` is a live handle owned by the caller for the duration of the call; the
     // call takes no pointers besides it.
     let rc = unsafe { sys::virDomainAgentSetResponseTimeout(domain.as_ptr(), seconds, 0) };
@@ -29,7 +51,7 @@ pub fn set_agent_timeout(domain: &Domain, seconds: i32) -> Result<(), VirtError>
 
 /// `virDomainFSFreeze`: freezes the guest's filesystems (all, or `mountpoints`) through the
 /// agent; returns how many were frozen.
-pub fn fs_freeze(domain: &Domain, mountpoints: &[String]) -> Result<u32, VirtError> {
+pub fn fs_freeze(domain: &Domain, mountpoints: &[String]) -> Result<u32, LibvirtError> {
     with_mountpoints("freeze guest filesystems", mountpoints, |points, count| {
         // SAFETY: `domain` is live; `points` is null with `count` 0, or points to `count`
         // valid NUL-terminated strings that outlive the call (owned by `with_mountpoints`).
@@ -39,7 +61,7 @@ pub fn fs_freeze(domain: &Domain, mountpoints: &[String]) -> Result<u32, VirtErr
 
 /// `virDomainFSThaw`: thaws the guest's filesystems (all, or `mountpoints`); returns how many
 /// were thawed (0 when nothing was frozen).
-pub fn fs_thaw(domain: &Domain, mountpoints: &[String]) -> Result<u32, VirtError> {
+pub fn fs_thaw(domain: &Domain, mountpoints: &[String]) -> Result<u32, LibvirtError> {
     with_mountpoints("thaw guest filesystems", mountpoints, |points, count| {
         // SAFETY: as in `fs_freeze`.
         unsafe { sys::virDomainFSThaw(domain.as_ptr(), points, count, 0) }
@@ -47,7 +69,7 @@ pub fn fs_thaw(domain: &Domain, mountpoints: &[String]) -> Result<u32, VirtError
 }
 
 /// Whether a block job (copy, commit, mirror, pull) runs on the disk `target`.
-pub fn block_job_active(domain: &Domain, target: &str) -> Result<bool, VirtError> {
+pub fn block_job_active(domain: &Domain, target: &str) -> Result<bool, LibvirtError> {
     block_job_info(domain, target).map(|job| job.is_some())
 }
 
@@ -66,7 +88,7 @@ pub struct BlockJobInfo {
 
 /// `virDomainGetBlockJobInfo` with the bandwidth in bytes: the block job on the disk
 /// `target`, if any.
-pub fn block_job_info(domain: &Domain, target: &str) -> Result<Option<BlockJobInfo>, VirtError> {
+pub fn block_job_info(domain: &Domain, target: &str) -> Result<Option<BlockJobInfo>, LibvirtError> {
     let disk = disk_name("read block job", target)?;
     let mut info = sys::virDomainBlockJobInfo {
         type_: 0,
@@ -103,7 +125,7 @@ pub fn block_commit(
     top: &str,
     bandwidth_mib: u64,
     active: bool,
-) -> Result<(), VirtError> {
+) -> Result<(), LibvirtError> {
     let op = "start block commit";
     let disk = disk_name(op, target)?;
     let base = disk_name(op, base)?;
@@ -130,7 +152,7 @@ pub fn block_commit(
 
 /// `virDomainBlockJobAbort` of the disk `target`'s job: with `pivot`, the disk switches to
 /// the job's destination (an active commit's base); without, the job is cancelled.
-pub fn block_job_abort(domain: &Domain, target: &str, pivot: bool) -> Result<(), VirtError> {
+pub fn block_job_abort(domain: &Domain, target: &str, pivot: bool) -> Result<(), LibvirtError> {
     let op = if pivot {
         "pivot block job"
     } else {
@@ -147,8 +169,8 @@ pub fn block_job_abort(domain: &Domain, target: &str, pivot: bool) -> Result<(),
     check(op, rc).map(drop)
 }
 
-fn disk_name(op: &'static str, name: &str) -> Result<CString, VirtError> {
-    CString::new(name).map_err(|_| VirtError::Libvirt {
+fn disk_name(op: &'static str, name: &str) -> Result<CString, LibvirtError> {
+    CString::new(name).map_err(|_| LibvirtError {
         op,
         code: 8, // VIR_ERR_INVALID_ARG
         message: "a disk name or path contains a NUL byte".into(),
@@ -157,7 +179,7 @@ fn disk_name(op: &'static str, name: &str) -> Result<CString, VirtError> {
 
 /// `virDomainGetJobStats`: `None` when no job runs on the domain, else the job's
 /// `virDomainJobOperation` (-1 when libvirt does not say).
-pub fn active_job_operation(domain: &Domain) -> Result<Option<i32>, VirtError> {
+pub fn active_job_operation(domain: &Domain) -> Result<Option<i32>, LibvirtError> {
     let mut kind: i32 = 0;
     let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
     let mut nparams: i32 = 0;
@@ -184,7 +206,7 @@ pub fn active_job_operation(domain: &Domain) -> Result<Option<i32>, VirtError> {
 /// `virDomainGetControlInfo`: whether a job holds the domain's monitor now
 /// (`VIR_DOMAIN_CONTROL_JOB` or `_OCCUPIED`). Unlike the job calls it takes no job lock, so
 /// it answers while a call on a stopped QEMU holds the domain.
-pub fn monitor_held(domain: &Domain) -> Result<bool, VirtError> {
+pub fn monitor_held(domain: &Domain) -> Result<bool, LibvirtError> {
     let mut info = sys::virDomainControlInfo {
         state: 0,
         details: 0,
@@ -200,12 +222,12 @@ fn with_mountpoints(
     op: &'static str,
     mountpoints: &[String],
     call: impl FnOnce(*mut *const c_char, u32) -> i32,
-) -> Result<u32, VirtError> {
+) -> Result<u32, LibvirtError> {
     let owned: Vec<CString> = mountpoints
         .iter()
         .map(|m| CString::new(m.as_str()))
         .collect::<Result<_, _>>()
-        .map_err(|_| VirtError::Libvirt {
+        .map_err(|_| LibvirtError {
             op,
             code: 8, // VIR_ERR_INVALID_ARG
             message: "a mount point contains a NUL byte".into(),
@@ -233,7 +255,7 @@ pub type LifecycleHandler = Box<dyn FnMut(uuid::Uuid, i32, i32) + Send>;
 pub fn register_lifecycle(
     conn: &virt::connect::Connect,
     handler: LifecycleHandler,
-) -> Result<i32, VirtError> {
+) -> Result<i32, LibvirtError> {
     let opaque = Box::into_raw(Box::new(handler)).cast::<c_void>();
     // SAFETY: libvirt calls a lifecycle callback with the five arguments of
     // `virConnectDomainEventCallback`, whatever type the registration takes; its own
@@ -266,7 +288,7 @@ fn register_event(
     callback: GenericCallback,
     opaque: *mut c_void,
     free: unsafe extern "C" fn(*mut c_void),
-) -> Result<i32, VirtError> {
+) -> Result<i32, LibvirtError> {
     // SAFETY: `conn` is live for the call; `opaque` is a leaked box that libvirt hands back to
     // the callback and frees once through `free`.
     let id = unsafe {
@@ -280,7 +302,7 @@ fn register_event(
         )
     };
     if id < 0 {
-        let err = VirtError::libvirt(
+        let err = LibvirtError::libvirt(
             "register for domain events",
             virt::error::Error::last_error(),
         );
@@ -302,7 +324,7 @@ pub type BlockJobHandler = Box<dyn FnMut(uuid::Uuid, String, i32, i32) + Send>;
 pub fn register_block_job(
     conn: &virt::connect::Connect,
     handler: BlockJobHandler,
-) -> Result<i32, VirtError> {
+) -> Result<i32, LibvirtError> {
     let opaque = Box::into_raw(Box::new(handler)).cast::<c_void>();
     // SAFETY: libvirt calls a block job callback with the six arguments of
     // `virConnectDomainEventBlockJobCallback`; the registration takes the generic type, cast
@@ -361,7 +383,7 @@ unsafe extern "C" fn free_block_job_handler(opaque: *mut c_void) {
 }
 
 /// Undoes [`register_lifecycle`] or [`register_block_job`].
-pub fn deregister_event(conn: &virt::connect::Connect, id: i32) -> Result<(), VirtError> {
+pub fn deregister_event(conn: &virt::connect::Connect, id: i32) -> Result<(), LibvirtError> {
     // SAFETY: `conn` is live; an unknown id is reported by libvirt as an error, not UB.
     let rc = unsafe { sys::virConnectDomainEventDeregisterAny(conn.as_ptr(), id) };
     check("deregister domain events", rc).map(|_| ())
@@ -397,8 +419,8 @@ unsafe extern "C" fn free_lifecycle_handler(opaque: *mut c_void) {
 }
 
 /// A libvirt return code: non-negative is success; else libvirt's last error on this thread.
-fn check(op: &'static str, rc: i32) -> Result<u32, VirtError> {
-    u32::try_from(rc).map_err(|_| VirtError::libvirt(op, virt::error::Error::last_error()))
+fn check(op: &'static str, rc: i32) -> Result<u32, LibvirtError> {
+    u32::try_from(rc).map_err(|_| LibvirtError::libvirt(op, virt::error::Error::last_error()))
 }
 
 /// One typed value of libvirt's bulk domain statistics.
@@ -426,7 +448,7 @@ pub fn all_domain_stats(
     conn: &virt::connect::Connect,
     stats: u32,
     flags: u32,
-) -> Result<Vec<DomainStatsRecord>, VirtError> {
+) -> Result<Vec<DomainStatsRecord>, LibvirtError> {
     let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: `conn` is live for the call and `records` a valid out-pointer; libvirt allocates
     // a NULL-terminated array of records (freed below) or leaves it untouched on failure.

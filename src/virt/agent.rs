@@ -13,7 +13,7 @@ use super::error::VirtError;
 
 /// Sends `command` to the domain's guest agent and waits at most `timeout` for its answer.
 ///
-/// This blocks; call it inside [`super::Hypervisor::call`] or another blocking context.
+/// This blocks; call it inside [`super::Libvirt::call`] or another blocking context.
 pub fn execute<C: QgaCommand>(
     domain: &Domain,
     command: C,

@@ -2,16 +2,15 @@
 //! two-phase job that ends with a pivot; or an internal volume, a job that ends by itself),
 //! the job's progress and readiness as libvirt reports them, the pivot and the abort, and the
 //! disk's chain as the live domain has it. Starting, pivoting and aborting change the VM, so
-//! each runs once ([`Hypervisor::call_once_on`]); reads may be retried.
+//! each runs once ([`Libvirt::call_once_on`]); reads may be retried.
 
 use roxmltree::Document;
 use uuid::Uuid;
 
-use super::connection::Hypervisor;
+use super::connection::Libvirt;
 use super::domains::lookup;
 use super::error::VirtError;
 use super::ffi;
-use crate::api::types::DiskStats;
 
 /// libvirt's code when a pivot is asked of a job not ready for it.
 const BLOCK_COPY_ACTIVE: i32 = 83;
@@ -39,7 +38,7 @@ pub enum Pivot {
     NotReady,
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// Starts libvirt's block commit of `top` into `base` on the disk `target` (both as the
     /// live XML names them); `active` when `top` is the disk's active layer.
     pub async fn block_commit(
@@ -54,6 +53,7 @@ impl Hypervisor {
         self.call_once_on(vm, "start block commit", move |conn| {
             let domain = lookup(conn, vm)?;
             ffi::block_commit(&domain, &target, &base, &top, bandwidth_mib, active)
+                .map_err(VirtError::from)
         })
         .await
     }
@@ -87,8 +87,8 @@ impl Hypervisor {
             let domain = lookup(conn, vm)?;
             match ffi::block_job_abort(&domain, &target, true) {
                 Ok(()) => Ok(Pivot::Done),
-                Err(err) if err.libvirt_code() == Some(BLOCK_COPY_ACTIVE) => Ok(Pivot::NotReady),
-                Err(err) => Err(err),
+                Err(err) if err.code == BLOCK_COPY_ACTIVE => Ok(Pivot::NotReady),
+                Err(err) => Err(err.into()),
             }
         })
         .await
@@ -98,16 +98,9 @@ impl Hypervisor {
     pub async fn abort_block_job(&self, vm: Uuid, target: String) -> Result<(), VirtError> {
         self.call_once_on(vm, "abort block job", move |conn| {
             let domain = lookup(conn, vm)?;
-            ffi::block_job_abort(&domain, &target, false)
+            ffi::block_job_abort(&domain, &target, false).map_err(VirtError::from)
         })
         .await
-    }
-
-    /// The disk `target` of a VM as its live XML has it (its source and backing chain), or
-    /// `None` when the VM has no such disk.
-    pub async fn disk(&self, vm: Uuid, target: String) -> Result<Option<DiskStats>, VirtError> {
-        let (_, disks) = self.domain_disks(vm).await?;
-        Ok(disks.into_iter().find(|d| d.target == target))
     }
 }
 

@@ -15,7 +15,7 @@ use super::error::VirtError;
 
 /// The hypervisor, as the rest of rvdsm sees it.
 #[derive(Clone)]
-pub struct Hypervisor {
+pub struct Libvirt {
     inner: Arc<Inner>,
 }
 
@@ -26,10 +26,10 @@ struct Inner {
     // never held across anything that can block.
     conn: Mutex<Cached>,
     /// Calls that changed (or may still change) a VM and outlived their timeout: libvirt is
-    /// still running them on a blocking thread. Waited for by [`Hypervisor::settled`] before
+    /// still running them on a blocking thread. Waited for by [`Libvirt::settled`] before
     /// anyone reads the VM to decide what happened.
     in_flight: Mutex<HashMap<Uuid, Vec<tokio::task::JoinHandle<()>>>>,
-    /// Idle connections for [`Hypervisor::call_once_on`]: one is taken per call and given
+    /// Idle connections for [`Libvirt::call_once_on`]: one is taken per call and given
     /// back when the call returned in time, so that a call does not pay a connection's
     /// opening (a few ms), and a hung call keeps its own.
     spare: Mutex<Vec<Connect>>,
@@ -39,7 +39,7 @@ struct Inner {
     agent_timeouts: Mutex<HashMap<Uuid, (u32, i32)>>,
 }
 
-/// Most idle connections kept for [`Hypervisor::call_once_on`].
+/// Most idle connections kept for [`Libvirt::call_once_on`].
 const MAX_SPARE_CONNECTIONS: usize = 8;
 
 /// The open connection, if any, and a generation number that tells a dead connection from the
@@ -50,15 +50,15 @@ struct Cached {
     conn: Option<Connect>,
 }
 
-impl std::fmt::Debug for Hypervisor {
+impl std::fmt::Debug for Libvirt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hypervisor")
+        f.debug_struct("Libvirt")
             .field("uri", &self.inner.uri)
             .finish_non_exhaustive()
     }
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// A hypervisor at `uri`; nothing is opened until the first call.
     pub fn new(uri: impl Into<String>, call_timeout: Duration) -> Self {
         // libvirt's default error handler prints every error to stderr; rvdsm reports errors
@@ -89,7 +89,7 @@ impl Hypervisor {
     /// Runs `f` with the connection on the blocking pool, bounded by the call timeout.
     ///
     /// `f` must be safe to run twice: when it fails because the connection died, it runs again
-    /// once on a fresh connection. Calls that change a VM use [`Hypervisor::call_once`].
+    /// once on a fresh connection. Calls that change a VM use [`Libvirt::call_once`].
     pub async fn call<T, F>(&self, op: &'static str, f: F) -> Result<T, VirtError>
     where
         T: Send + 'static,
@@ -118,11 +118,11 @@ impl Hypervisor {
         .await
     }
 
-    /// [`Hypervisor::call_once`] for a call that changes `vm` and may hang with its QEMU, on a
+    /// [`Libvirt::call_once`] for a call that changes `vm` and may hang with its QEMU, on a
     /// connection of its own: measured, a snapshot call stuck on a stopped QEMU also stalled
     /// every other call on its connection, for every VM. When it outlives its timeout, the
     /// caller gets the timeout error at once, but libvirt goes on with it on its blocking
-    /// thread (one thread, one connection, and only this VM held): [`Hypervisor::settled`]
+    /// thread (one thread, one connection, and only this VM held): [`Libvirt::settled`]
     /// waits for it.
     pub async fn call_once_on<T, F>(&self, vm: Uuid, op: &'static str, f: F) -> Result<T, VirtError>
     where

@@ -5,7 +5,7 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState, DomainStateReasonEnum};
 use virt::enumutil::Enum;
 
-use super::connection::Hypervisor;
+use super::connection::Libvirt;
 use super::error::{VirtError, code::NO_DOMAIN as VIR_ERR_NO_DOMAIN, libvirt_code};
 use super::xml;
 use crate::api::types::{DiskStats, VmStatus};
@@ -32,7 +32,7 @@ pub struct HostInfo {
     pub qemu_version: String,
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// Every VM libvirt knows on this host, running or only defined.
     pub async fn list_domains(&self) -> Result<Vec<DomainInfo>, VirtError> {
         self.call("list domains", |conn| {

@@ -168,6 +168,16 @@ impl VirtError {
 }
 
 /// libvirt's `virErrorNumber` of an error.
+impl From<crate::sys::libvirt::LibvirtError> for VirtError {
+    fn from(err: crate::sys::libvirt::LibvirtError) -> Self {
+        Self::Libvirt {
+            op: err.op,
+            code: err.code,
+            message: err.message,
+        }
+    }
+}
+
 pub(crate) fn libvirt_code(err: &virt::error::Error) -> i32 {
     i32::try_from(err.code().to_raw()).unwrap_or(i32::MAX)
 }

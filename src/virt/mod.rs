@@ -3,14 +3,20 @@
 //! and the QEMU guest agent (typed QGA messages from the `qapi` crate, sent through libvirt's
 //! agent channel), and the domain lifecycle events behind VM status events.
 //!
+//! The services see it through the [`Hypervisor`] trait ([`Libvirt`] in the daemon, a scripted
+//! fake in unit tests).
+//!
 //! Every libvirt call blocks, so each runs on tokio's blocking pool under a deadline
-//! ([`Hypervisor::call`]); the async reactor never waits on libvirt.
+//! ([`Libvirt::call`]); the async reactor never waits on libvirt.
 
 pub mod agent;
 mod block_jobs;
 mod connection;
 mod domains;
 mod error;
+#[cfg(test)]
+pub mod fake;
+mod hypervisor;
 use crate::sys::libvirt as ffi;
 mod lifecycle;
 mod sampling;
@@ -22,9 +28,10 @@ pub mod xml;
 mod xml_edit;
 
 pub use block_jobs::{BlockJob, Pivot};
-pub use connection::Hypervisor;
+pub use connection::Libvirt;
 pub use domains::{DomainInfo, HostInfo};
 pub use error::{VirtError, VirtErrorKind};
+pub use hypervisor::{Hypervisor, SharedHypervisor};
 pub use lifecycle::{BlockJobEvent, BlockJobStatus, watch_lifecycle};
 pub use sampling::{DomainStats, DomainView, ExitInfo, StatValue};
 pub use snapshot::{Conflict, DiskSwitch, FreezeState, RunState};

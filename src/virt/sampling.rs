@@ -12,7 +12,7 @@ use virt::domain::{
 };
 use virt::enumutil::Enum;
 
-use super::connection::Hypervisor;
+use super::connection::Libvirt;
 use super::domains::{identity, lookup, vm_status};
 use super::error::{VirtError, code::NO_DOMAIN};
 pub use super::ffi::StatValue;
@@ -68,7 +68,7 @@ pub struct DomainView {
 /// The bulk statistics of one domain, by libvirt's field name (`cpu.time`, `block.0.rd.bytes`).
 pub type DomainStats = HashMap<String, StatValue>;
 
-impl Hypervisor {
+impl Libvirt {
     /// Every domain's view and statistics (statistics only for running or paused domains).
     /// libvirt is asked not to wait for a domain busy with a job (a snapshot on a stopped
     /// QEMU): its figures are then partial, not late. A sample still running in libvirt past

@@ -11,7 +11,7 @@ use virt::domain::DomainState;
 use virt::enumutil::Enum;
 use virt::sys;
 
-use super::connection::Hypervisor;
+use super::connection::Libvirt;
 use super::domains::lookup;
 use super::error::VirtError;
 use super::xml_edit::{DefinedSwitch, escape, switch_disk_sources};
@@ -55,7 +55,7 @@ pub enum Conflict {
     BlockJob(String),
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// A migration of the VM, or a block job on one of `targets`, if any.
     pub async fn conflict(
         &self,
@@ -171,7 +171,7 @@ impl Hypervisor {
     /// Freezes the guest's filesystems (all when `mountpoints` is empty); returns how many.
     pub async fn freeze(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         self.call_once_on(vm, "freeze guest filesystems", move |conn| {
-            ffi::fs_freeze(&lookup(conn, vm)?, &mountpoints)
+            ffi::fs_freeze(&lookup(conn, vm)?, &mountpoints).map_err(VirtError::from)
         })
         .await
     }
@@ -179,7 +179,7 @@ impl Hypervisor {
     /// Thaws the guest's filesystems; returns how many (0 when none was frozen).
     pub async fn thaw(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         self.call_once_on(vm, "thaw guest filesystems", move |conn| {
-            ffi::fs_thaw(&lookup(conn, vm)?, &mountpoints)
+            ffi::fs_thaw(&lookup(conn, vm)?, &mountpoints).map_err(VirtError::from)
         })
         .await
     }

@@ -1,10 +1,10 @@
 //! Starting and stopping VMs: define and start a definition, pause, resume, ask the guest to
 //! shut down or reboot, destroy (gracefully, then by force) and undefine. Each call changes a
-//! VM, so each runs once ([`Hypervisor::call_once`]), never retried behind the caller's back.
+//! VM, so each runs once ([`Libvirt::call_once`]), never retried behind the caller's back.
 
 use uuid::Uuid;
 
-use super::connection::Hypervisor;
+use super::connection::Libvirt;
 use super::domains::lookup;
 use super::error::{VirtError, code::NO_DOMAIN};
 
@@ -19,7 +19,7 @@ pub enum Stopped {
     AlreadyDown,
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// Defines `xml` persistently (replacing the definition of a stopped VM with its UUID).
     pub async fn define(&self, xml: String) -> Result<(), VirtError> {
         self.call_once("define domain", move |conn| {
@@ -120,7 +120,7 @@ impl Hypervisor {
     }
 }
 
-impl Hypervisor {
+impl Libvirt {
     /// Records in the definition of a VM rvdsm created that its drives `leaves` now write to
     /// new volumes (live, and in the persistent definition too), so that the recorded chains
     /// stay those the VM runs on. Nothing for a VM without rvdsm's drive metadata.

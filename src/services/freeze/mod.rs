@@ -20,9 +20,9 @@ use uuid::Uuid;
 
 use crate::api::vm_types::FreezeParams;
 use crate::clock::epoch_secs;
-use crate::fsutil::{remove_if_exists, write_atomic};
+use crate::jobs::journal::{Journal, JournalRecord};
 use crate::jobs::vm_jobs::{JobRefusal, JobRegistry};
-use crate::virt::{FreezeState, Hypervisor, RunState};
+use crate::virt::{FreezeState, RunState, SharedHypervisor};
 
 mod error;
 
@@ -41,6 +41,12 @@ struct FreezeRecord {
     by: String,
 }
 
+impl JournalRecord for FreezeRecord {
+    fn id(&self) -> Uuid {
+        self.vm
+    }
+}
+
 fn freeze_verb() -> String {
     "VM.freeze".to_owned()
 }
@@ -56,9 +62,9 @@ const RETRY_MAX: Duration = Duration::from_secs(15);
 /// Freezes and thaws guests, and keeps the auto-thaw promise.
 #[derive(Clone)]
 pub struct FreezeService {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     jobs: JobRegistry,
-    dir: PathBuf,
+    journal: Journal<FreezeRecord>,
     agent_timeout: Duration,
     default_auto_thaw: Duration,
     owned: Arc<Mutex<HashMap<Uuid, FreezeRecord>>>,
@@ -68,34 +74,28 @@ impl FreezeService {
     /// Loads the freezes a previous run recorded and re-arms their deadlines (thawing at once
     /// those already past). Call inside the runtime.
     pub fn start(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         jobs: JobRegistry,
         dir: PathBuf,
         agent_timeout: Duration,
         default_auto_thaw: Duration,
     ) -> Self {
-        let _ = std::fs::create_dir_all(&dir);
+        let (journal, records) = Journal::open(&dir, "freeze").unwrap_or_else(|err| {
+            tracing::error!(dir = %dir.display(), error = %err, "cannot read the freeze records");
+            (Journal::unread(&dir, "freeze"), Vec::new())
+        });
         let service = Self {
             hypervisor,
             jobs,
-            dir,
+            journal,
             agent_timeout,
             default_auto_thaw,
             owned: Arc::default(),
         };
-        for entry in std::fs::read_dir(&service.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let record: Option<FreezeRecord> = std::fs::read(entry.path())
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok());
-            if let Some(record) = record {
-                tracing::info!(vm = %record.vm, thaw_at = record.thaw_at, "re-arming auto-thaw of a recorded freeze");
-                service.lock().insert(record.vm, record.clone());
-                service.arm(record);
-            }
+        for record in records {
+            tracing::info!(vm = %record.vm, thaw_at = record.thaw_at, "re-arming auto-thaw of a recorded freeze");
+            service.lock().insert(record.vm, record.clone());
+            service.arm(record);
         }
         service
     }
@@ -315,25 +315,56 @@ impl FreezeService {
             }
             owned.remove(&vm);
         }
-        let path = self.path(vm);
+        let journal = self.journal.clone();
         // Off the reactor: file-system calls can block.
-        let _ = tokio::task::spawn_blocking(move || remove_if_exists(&path)).await;
+        let _ = tokio::task::spawn_blocking(move || journal.remove(vm)).await;
     }
 
     async fn persist(&self, record: FreezeRecord) -> std::io::Result<()> {
-        let path = self.path(record.vm);
-        let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        let journal = self.journal.clone();
         // Off the reactor: an atomic write fsyncs.
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
+        tokio::task::spawn_blocking(move || journal.write(&record))
             .await
             .map_err(std::io::Error::other)?
     }
 
-    fn path(&self, vm: Uuid) -> PathBuf {
-        self.dir.join(format!("{}.json", vm.hyphenated()))
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, FreezeRecord>> {
         self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records exactly as the release before the one journal wrote them (serialized with its
+    /// types, pasted verbatim) read into the same meaning, and are found by the journal.
+    #[test]
+    fn records_of_the_previous_release_read_the_same() {
+        let by_freeze = r#"{"vm":"00000000-0000-0000-0000-000000000020","thaw_at":1765000000,"generation":"00000000-0000-0000-0000-000000000030","by":"VM.freeze"}"#;
+        let guarded = r#"{"vm":"00000000-0000-0000-0000-000000000020","thaw_at":1765000000,"generation":"00000000-0000-0000-0000-000000000030","by":"VM.snapshot"}"#;
+        let record = |by: &str| FreezeRecord {
+            vm: Uuid::from_u128(0x20),
+            thaw_at: 1765000000,
+            generation: Uuid::from_u128(0x30),
+            by: by.to_owned(),
+        };
+        for (text, want) in [
+            (by_freeze, record("VM.freeze")),
+            (guarded, record("VM.snapshot")),
+        ] {
+            let read: FreezeRecord = serde_json::from_str(text).unwrap();
+            assert_eq!(read, want, "{text}");
+            assert_eq!(serde_json::to_string(&read).unwrap(), text);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{}.json", Uuid::from_u128(0x20)));
+        std::fs::write(file, by_freeze).unwrap();
+        let (_, found) = Journal::<FreezeRecord>::open(dir.path(), "freeze").unwrap();
+        assert_eq!(
+            found,
+            [record("VM.freeze")],
+            "never pruned: removed once thawed"
+        );
     }
 }

@@ -31,15 +31,17 @@ use uuid::Uuid;
 use crate::api::merge_types::{DriveSpec, MergeParams, VmBlockJob};
 use crate::api::types::VmStatus;
 use crate::jobs::block_jobs::BlockJobTable;
+use crate::jobs::journal::Finished;
+use crate::jobs::kind::JobKind;
+use crate::jobs::results::MergeResult;
 use crate::jobs::vm_jobs::{JobError, JobRegistry};
 use crate::services::{Monitor, StorageService};
-use crate::virt::{BlockJobEvent, Conflict, Hypervisor, VirtError};
+use crate::virt::{BlockJobEvent, Conflict, SharedHypervisor, VirtError};
 
 pub use error::MergeError;
+/// A merge a previous run left, as its journal has it.
+pub(crate) use journal::Entry as InterruptedMerge;
 use journal::{Entry, Journal, Phase};
-
-/// The `Host.getJobs` description of a merge job.
-const DESCRIPTION: &str = "merge_vm";
 
 /// Live merges and their jobs; cheap to clone.
 #[derive(Clone)]
@@ -48,7 +50,7 @@ pub struct MergeService {
 }
 
 struct Inner {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     storage: StorageService,
     jobs: JobRegistry,
     journal: Journal,
@@ -72,14 +74,13 @@ impl MergeService {
     /// job events published on `block_job_events` (when the daemon watches them), else on
     /// their next poll. Blocking.
     pub fn open(
-        (hypervisor, storage, monitor): (Hypervisor, StorageService, Monitor),
+        (hypervisor, storage, monitor): (SharedHypervisor, StorageService, Monitor),
         jobs: JobRegistry,
         block_jobs: BlockJobTable,
         block_job_events: Option<tokio::sync::broadcast::Sender<BlockJobEvent>>,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<(Self, Vec<Entry>)> {
-        let journal = Journal::open(journal_dir, "merge")?;
-        let entries = journal.entries();
+        let (journal, entries) = Journal::open(journal_dir, "merge")?;
         let service = Self {
             inner: Arc::new(Inner {
                 hypervisor,
@@ -200,7 +201,7 @@ impl MergeService {
         }
         self.inner
             .jobs
-            .add(job, p.vm_id, DESCRIPTION)
+            .add(job, Some(p.vm_id), JobKind::LiveMerge)
             .map_err(|e| fail(e.to_string()))?;
         let mut entry = Entry {
             job,
@@ -321,26 +322,20 @@ impl MergeService {
     async fn write(&self, entry: &Entry) -> std::io::Result<()> {
         let journal = self.inner.journal.clone();
         let entry = entry.clone();
-        tokio::task::spawn_blocking(move || journal.write(entry.job, &entry))
+        tokio::task::spawn_blocking(move || journal.write(&entry))
             .await
             .map_err(std::io::Error::other)?
     }
 
     /// Ends the job: journaled as finished, shown in `Host.getJobs` (with its event), gone
     /// from `vmJobs`.
-    async fn end(
-        &self,
-        entry: &mut Entry,
-        outcome: Result<crate::api::merge_types::MergeResult, MergeError>,
-    ) {
+    async fn end(&self, entry: &mut Entry, outcome: Result<MergeResult, MergeError>) {
         let recorded = outcome.clone().map_err(|e| e.code_and_message());
-        entry.phase = Phase::Finished {
-            at: crate::clock::epoch_secs(),
-            outcome: recorded,
-        };
+        entry.phase = Phase::Finished(Finished::now(recorded));
         if let Err(err) = self.write(entry).await {
             tracing::error!(job = %entry.job, error = %err, "cannot journal the merge's end");
         }
+        self.inner.journal.prune_now_and_then();
         self.inner.block_jobs.remove(entry.vm, entry.job);
         match outcome {
             Ok(result) => {

@@ -1,33 +1,24 @@
-//! The merges a previous run of rvdsmd left: finished ones are shown again under their ids;
+//! The merges a previous run of rvdsmd left (the journal pruned those past their window when
+//! it was opened): finished ones are shown again under their ids;
 //! the others are followed again from their journaled phase, which looks first at what the
 //! domain and the images show (a commit still running is followed, one that ended is judged
 //! by the chain QEMU uses, a pivot that happened is finished, one that did not is undone).
 
 use super::journal::{Entry, Phase};
-use super::{DESCRIPTION, MergeError, MergeService};
-use crate::jobs::vm_jobs::JobError;
+use super::{MergeError, MergeService};
+use crate::jobs::kind::JobKind;
 
 impl MergeService {
     /// Ends or resumes every merge a previous run left (at start, before requests are served).
     pub async fn recover(&self, entries: Vec<Entry>) {
         for entry in entries {
             match &entry.phase {
-                Phase::Finished { at, outcome } => {
-                    if crate::clock::epoch_secs().saturating_sub(*at)
-                        > crate::jobs::vm_jobs::JobKeepAlive::SECONDS
-                    {
-                        let _ = self.inner.journal.remove(entry.job);
-                        continue;
-                    }
-                    let outcome = outcome
-                        .clone()
-                        .map(Into::into)
-                        .map_err(|(code, message)| JobError { code, message });
+                Phase::Finished(end) => {
                     self.inner.jobs.restore(
                         entry.job,
                         Some(entry.vm),
-                        ("virt", DESCRIPTION),
-                        outcome,
+                        JobKind::LiveMerge,
+                        end.job_outcome(),
                     );
                 }
                 _ => self.resume(entry).await,
@@ -41,7 +32,7 @@ impl MergeService {
         if self
             .inner
             .jobs
-            .add(entry.job, entry.vm, DESCRIPTION)
+            .add(entry.job, Some(entry.vm), JobKind::LiveMerge)
             .is_err()
         {
             return;

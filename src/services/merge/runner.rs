@@ -10,9 +10,9 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::journal::{Entry, Phase};
 use super::{MergeError, MergeService};
-use crate::api::merge_types::MergeResult;
 use crate::api::types::VmStatus;
 use crate::api::volume_types::Legality;
+use crate::jobs::results::MergeResult;
 use crate::jobs::vm_jobs::VmClaim;
 use crate::services::storage::MergeMark;
 use crate::virt::{BlockJobEvent, Pivot, VirtError};

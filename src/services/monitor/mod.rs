@@ -24,7 +24,7 @@ use crate::api::types::VmStatus;
 use crate::events::EventBus;
 use crate::jobs::block_jobs::BlockJobTable;
 use crate::services::FreezeService;
-use crate::virt::{DomainView, Hypervisor, vm_xml, xml};
+use crate::virt::{DomainView, SharedHypervisor, vm_xml, xml};
 use serde_json::value::RawValue;
 use vm_stats::{Inputs, Sample};
 
@@ -38,7 +38,7 @@ pub struct Monitor {
 }
 
 struct Inner {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     interval: Duration,
     freezes: FreezeService,
     events: Option<EventBus>,
@@ -94,8 +94,30 @@ fn static_json(stats: &VmStats) -> Arc<str> {
         .into()
 }
 
-fn raw(text: String) -> Result<Box<RawValue>, ApiError> {
-    RawValue::from_string(text).map_err(|e| ApiError::Unexpected(e.to_string()))
+/// Why the cache cannot answer.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The cache does not know the VM (libvirt did not, at the last sample).
+    #[error("no VM {0} in the monitoring cache")]
+    NoSuchVm(Uuid),
+    /// The answer could not be put together as JSON.
+    #[error("cannot encode the stats")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl From<MonitorError> for ApiError {
+    fn from(err: MonitorError) -> Self {
+        match err {
+            MonitorError::NoSuchVm(vm) => ApiError::NoSuchVm {
+                vm_id: vm.to_string(),
+            },
+            MonitorError::Encode(e) => ApiError::Unexpected(e.to_string()),
+        }
+    }
+}
+
+fn raw(text: String) -> Result<Box<RawValue>, MonitorError> {
+    RawValue::from_string(text).map_err(MonitorError::Encode)
 }
 
 /// What the cache reads out of a domain's XML, parsed outside its lock.
@@ -125,7 +147,7 @@ impl Parsed {
 impl Monitor {
     /// A cache over `hypervisor`, empty until [`Monitor::start`] or a refresh fills it.
     pub fn new(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         interval: Duration,
         freezes: FreezeService,
         events: Option<EventBus>,
@@ -257,11 +279,9 @@ impl Monitor {
 
     /// `[VmStats]` of one VM as JSON text (`VM.getStats`), from text made when the sample
     /// arrived; 1 when the cache does not know the VM.
-    pub fn vm_stats_json(&self, vm: Uuid) -> Result<Box<RawValue>, ApiError> {
+    pub fn vm_stats_json(&self, vm: Uuid) -> Result<Box<RawValue>, MonitorError> {
         let vms = self.read();
-        let entry = vms.get(&vm).ok_or(ApiError::NoSuchVm {
-            vm_id: vm.to_string(),
-        })?;
+        let entry = vms.get(&vm).ok_or(MonitorError::NoSuchVm(vm))?;
         let mut out = String::with_capacity(entry.json.len() + 96);
         out.push('[');
         self.finish_json(entry, &mut out);
@@ -270,7 +290,7 @@ impl Monitor {
     }
 
     /// Every VM's stats as JSON text (`Host.getAllVmStats`).
-    pub fn all_stats_json(&self) -> Result<Box<RawValue>, ApiError> {
+    pub fn all_stats_json(&self) -> Result<Box<RawValue>, MonitorError> {
         let vms = self.read();
         let mut out = String::with_capacity(vms.values().map(|e| e.json.len() + 96).sum());
         out.push('[');
@@ -327,12 +347,10 @@ impl Monitor {
     }
 
     /// The live XML of every VM, or of those listed (`Host.dumpxmls`).
-    pub fn xmls(&self, only: &[Uuid]) -> Result<BTreeMap<Uuid, String>, ApiError> {
+    pub fn xmls(&self, only: &[Uuid]) -> Result<BTreeMap<Uuid, String>, MonitorError> {
         let vms = self.read();
         if let Some(missing) = only.iter().find(|u| !vms.contains_key(u)) {
-            return Err(ApiError::NoSuchVm {
-                vm_id: missing.to_string(),
-            });
+            return Err(MonitorError::NoSuchVm(*missing));
         }
         Ok(vms
             .values()
@@ -529,10 +547,10 @@ mod tests {
     use super::*;
 
     fn monitor(dir: &std::path::Path) -> Monitor {
-        let hv = Hypervisor::new(
+        let hv: SharedHypervisor = std::sync::Arc::new(crate::virt::Libvirt::new(
             "qemu+unix:///system?socket=/nonexistent",
             Duration::from_secs(1),
-        );
+        ));
         let jobs = crate::jobs::vm_jobs::JobRegistry::new(1);
         let secs = Duration::from_secs(1);
         let freezes = FreezeService::start(hv.clone(), jobs, dir.join("freezes"), secs, secs);
@@ -590,10 +608,7 @@ mod tests {
             serde_json::from_str(monitor.all_stats_json().unwrap().get()).unwrap();
         assert_eq!(all.as_array().unwrap().len(), 2);
         assert_eq!(
-            monitor
-                .vm_stats_json(Uuid::from_u128(3))
-                .unwrap_err()
-                .code(),
+            ApiError::from(monitor.vm_stats_json(Uuid::from_u128(3)).unwrap_err()).code(),
             crate::api::codes::NO_SUCH_VM
         );
     }

@@ -14,9 +14,11 @@ use uuid::Uuid;
 
 use crate::api::ApiError;
 use crate::api::merge_types::{
-    CopyDataParams, CopyEndpoint, PoolSubchainParams, SdmMergeParams, SdmResult, SubchainInfo,
+    CopyDataParams, CopyEndpoint, PoolSubchainParams, SdmMergeParams, SubchainInfo,
 };
-use crate::jobs::records::RecordDir;
+use crate::jobs::journal::{Finished, Journal, JournalRecord};
+use crate::jobs::kind::JobKind;
+use crate::jobs::results::SdmResult;
 use crate::jobs::vm_jobs::{JobError, JobKeepAlive, JobRegistry};
 use crate::services::StorageService;
 use crate::services::storage::CopyReading;
@@ -50,24 +52,40 @@ enum Work {
 }
 
 impl Work {
-    fn description(&self) -> &'static str {
+    fn kind(&self) -> JobKind {
         match self {
-            Self::Merge { .. } => "merge_subchain",
-            Self::Copy { .. } => "copy_data",
+            Self::Merge { .. } => JobKind::ColdMerge,
+            Self::Copy { .. } => JobKind::CopyData,
         }
     }
 }
-
-/// How a job ended: what it did, or VDSM's code and message.
-type Outcome = Result<SdmResult, (i32, String)>;
 
 /// A journaled job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Entry {
     job: Uuid,
     work: Work,
-    /// `None` while it runs; then seconds since the epoch and the outcome.
-    finished: Option<(u64, Outcome)>,
+    /// `None` while it runs.
+    finished: Option<Finished<SdmResult>>,
+}
+
+impl JournalRecord for Entry {
+    fn id(&self) -> Uuid {
+        self.job
+    }
+
+    fn finished_at(&self) -> Option<u64> {
+        self.finished.as_ref().map(|end| end.at)
+    }
+
+    /// A merge that succeeded is kept past the jobs' window, for the finalize that follows
+    /// it (an engine sends it at once; a week is plenty).
+    fn keep_seconds(&self) -> u64 {
+        match (&self.work, &self.finished) {
+            (Work::Merge { .. }, Some(Finished { outcome: Ok(_), .. })) => MERGE_RECORD_SECONDS,
+            _ => JobKeepAlive::SECONDS,
+        }
+    }
 }
 
 impl Work {
@@ -91,7 +109,7 @@ fn interrupted_reason(job: Uuid, work: &Work) -> String {
     // `<sd>/images/<img>/<vol>`: how any path to the volume ends, whichever mount it is
     // reached through, named in an argument or held open.
     let written = DomainDir::new(std::path::Path::new(""), sd).volume(image, volume);
-    let what = work.description();
+    let what = work.kind().description();
     let alive = crate::sys::children::leftovers::end_writers(
         &format!("the interrupted SDM job {job} ({what})"),
         |path| path.ends_with(&written),
@@ -121,7 +139,7 @@ pub struct SdmService {
 struct Inner {
     storage: StorageService,
     jobs: JobRegistry,
-    journal: RecordDir<Entry>,
+    journal: Journal<Entry>,
     stop: CancellationToken,
 }
 
@@ -133,7 +151,7 @@ impl SdmService {
         jobs: JobRegistry,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<Self> {
-        let journal = RecordDir::open(journal_dir, "SDM job")?;
+        let (journal, entries) = Journal::open(journal_dir, "SDM job")?;
         let service = Self {
             inner: Arc::new(Inner {
                 storage,
@@ -142,39 +160,26 @@ impl SdmService {
                 stop: CancellationToken::new(),
             }),
         };
-        for mut entry in service.inner.journal.entries() {
-            if entry.finished.is_none() {
-                let reason = interrupted_reason(entry.job, &entry.work);
-                let code = ApiError::from(StorageError::Interrupted).code();
-                entry.finished = Some((crate::clock::epoch_secs(), Err((code, reason))));
-                let _ = service.inner.journal.write(entry.job, &entry);
-            }
-            let Some((at, outcome)) = entry.finished.clone() else {
-                continue;
+        for mut entry in entries {
+            let end = match entry.finished.clone() {
+                Some(end) => end,
+                None => {
+                    let reason = interrupted_reason(entry.job, &entry.work);
+                    let code = ApiError::from(StorageError::Interrupted).code();
+                    let end = Finished::now(Err((code, reason)));
+                    entry.finished = Some(end.clone());
+                    let _ = service.inner.journal.write(&entry);
+                    end
+                }
             };
-            let age = crate::clock::epoch_secs().saturating_sub(at);
-            // A merge that succeeded is kept past the jobs' window, for the finalize that
-            // follows it (an engine sends it at once; a week is plenty).
-            let keep = match (&entry.work, &outcome) {
-                (Work::Merge { .. }, Ok(_)) => MERGE_RECORD_SECONDS,
-                _ => JobKeepAlive::SECONDS,
-            };
-            if age > keep {
-                let _ = service.inner.journal.remove(entry.job);
+            // A successful merge's record kept for its finalize is no job to show any more.
+            if crate::clock::epoch_secs().saturating_sub(end.at) > JobKeepAlive::SECONDS {
                 continue;
             }
-            if age > JobKeepAlive::SECONDS {
-                continue;
-            }
-            let outcome = outcome
-                .map(Into::into)
-                .map_err(|(code, message)| JobError { code, message });
-            service.inner.jobs.restore(
-                entry.job,
-                None,
-                ("storage", entry.work.description()),
-                outcome,
-            );
+            service
+                .inner
+                .jobs
+                .restore(entry.job, None, entry.work.kind(), end.job_outcome());
         }
         Ok(service)
     }
@@ -241,13 +246,17 @@ impl SdmService {
             entries
                 .into_iter()
                 .find_map(|e| match (e.work, e.finished) {
-                    (Work::Merge { subchain, .. }, Some((_, Ok(done))))
-                        if (
-                            subchain.sd_id,
-                            subchain.img_id,
-                            subchain.base_id,
-                            subchain.top_id,
-                        ) == (s.sd_id, s.img_id, s.base_id, s.top_id) =>
+                    (
+                        Work::Merge { subchain, .. },
+                        Some(Finished {
+                            outcome: Ok(done), ..
+                        }),
+                    ) if (
+                        subchain.sd_id,
+                        subchain.img_id,
+                        subchain.base_id,
+                        subchain.top_id,
+                    ) == (s.sd_id, s.img_id, s.base_id, s.top_id) =>
                     {
                         Some(done.generation)
                     }
@@ -279,7 +288,7 @@ impl SdmService {
         };
         self.inner
             .jobs
-            .add_typed(job, None, "storage", work.description())
+            .add(job, None, work.kind())
             .map_err(refused)?;
         let entry = Entry {
             job,
@@ -336,10 +345,11 @@ impl SdmService {
             Err(err) => Err(err),
         };
         let recorded = outcome.clone().map_err(|e| (e.code(), e.to_string()));
-        entry.finished = Some((crate::clock::epoch_secs(), recorded));
+        entry.finished = Some(Finished::now(recorded));
         if let Err(err) = self.write(&entry).await {
             tracing::error!(%job, error = %err, "cannot journal the SDM job's end");
         }
+        self.inner.journal.prune_now_and_then();
         if let (Work::Merge { .. }, Ok(_)) = (&entry.work, &outcome)
             && let Err(err) = self.share_merge(domain, &entry).await
         {
@@ -347,11 +357,11 @@ impl SdmService {
         }
         match outcome {
             Ok(done) => {
-                tracing::info!(%job, kind = entry.work.description(), "SDM job done");
+                tracing::info!(%job, kind = entry.work.kind().description(), "SDM job done");
                 self.inner.jobs.finish(job, Ok(done.into()));
             }
             Err(err) => {
-                tracing::warn!(%job, kind = entry.work.description(), error = %err, "SDM job failed");
+                tracing::warn!(%job, kind = entry.work.kind().description(), error = %err, "SDM job failed");
                 self.inner.jobs.finish(
                     job,
                     Err(JobError {
@@ -415,8 +425,131 @@ impl SdmService {
 
     async fn write(&self, entry: &Entry) -> std::io::Result<()> {
         let (journal, entry) = (self.inner.journal.clone(), entry.clone());
-        tokio::task::spawn_blocking(move || journal.write(entry.job, &entry))
+        tokio::task::spawn_blocking(move || journal.write(&entry))
             .await
             .map_err(std::io::Error::other)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::merge_types::EndpointType;
+
+    fn subchain() -> SubchainInfo {
+        SubchainInfo {
+            sd_id: Uuid::from_u128(1),
+            img_id: Uuid::from_u128(2),
+            top_id: Uuid::from_u128(3),
+            base_id: Uuid::from_u128(4),
+            base_generation: Some(0),
+        }
+    }
+
+    fn endpoint(volume: u128) -> CopyEndpoint {
+        CopyEndpoint {
+            endpoint_type: EndpointType::Div,
+            sd_id: Uuid::from_u128(1),
+            img_id: Uuid::from_u128(2),
+            vol_id: Uuid::from_u128(volume),
+            generation: None,
+            prepared: false,
+        }
+    }
+
+    /// Records exactly as the release before the one journal wrote them (serialized with its
+    /// types, pasted verbatim; the end then a `[at, outcome]` pair) read into the same
+    /// meaning, in the local journal and in the shared `sdm-merges` records alike.
+    #[test]
+    fn records_of_the_previous_release_read_the_same() {
+        let running = r#"{"job":"00000000-0000-0000-0000-000000000010","work":{"kind":"merge","subchain":{"sd_id":"00000000-0000-0000-0000-000000000001","img_id":"00000000-0000-0000-0000-000000000002","top_id":"00000000-0000-0000-0000-000000000003","base_id":"00000000-0000-0000-0000-000000000004","base_generation":0},"merge_bitmaps":false},"finished":null}"#;
+        let merged = r#"{"job":"00000000-0000-0000-0000-000000000010","work":{"kind":"merge","subchain":{"sd_id":"00000000-0000-0000-0000-000000000001","img_id":"00000000-0000-0000-0000-000000000002","top_id":"00000000-0000-0000-0000-000000000003","base_id":"00000000-0000-0000-0000-000000000004","base_generation":0},"merge_bitmaps":false},"finished":[1765000000,{"Ok":{"volume":"00000000-0000-0000-0000-000000000004","generation":1}}]}"#;
+        let copy_failed = r#"{"job":"00000000-0000-0000-0000-000000000011","work":{"kind":"copy","source":{"endpoint_type":"div","sd_id":"00000000-0000-0000-0000-000000000001","img_id":"00000000-0000-0000-0000-000000000002","vol_id":"00000000-0000-0000-0000-000000000003","prepared":false},"destination":{"endpoint_type":"div","sd_id":"00000000-0000-0000-0000-000000000001","img_id":"00000000-0000-0000-0000-000000000002","vol_id":"00000000-0000-0000-0000-000000000005","prepared":false}},"finished":[1765000000,{"Err":[411,"Interrupted: the copy_data stopped midway"]}]}"#;
+        let merge = Work::Merge {
+            subchain: subchain(),
+            merge_bitmaps: false,
+        };
+        let cases = [
+            (
+                running,
+                Entry {
+                    job: Uuid::from_u128(0x10),
+                    work: merge.clone(),
+                    finished: None,
+                },
+            ),
+            (
+                merged,
+                Entry {
+                    job: Uuid::from_u128(0x10),
+                    work: merge,
+                    finished: Some(Finished {
+                        at: 1765000000,
+                        outcome: Ok(SdmResult {
+                            volume: Uuid::from_u128(4),
+                            generation: 1,
+                        }),
+                    }),
+                },
+            ),
+            (
+                copy_failed,
+                Entry {
+                    job: Uuid::from_u128(0x11),
+                    work: Work::Copy {
+                        source: endpoint(3),
+                        destination: endpoint(5),
+                    },
+                    finished: Some(Finished {
+                        at: 1765000000,
+                        outcome: Err((411, "Interrupted: the copy_data stopped midway".into())),
+                    }),
+                },
+            ),
+        ];
+        for (text, want) in cases {
+            let read: Entry = serde_json::from_str(text).unwrap();
+            assert_eq!(read, want, "{text}");
+            let again: Entry =
+                serde_json::from_str(&serde_json::to_string(&read).unwrap()).unwrap();
+            assert_eq!(again, want);
+        }
+    }
+
+    /// One pruning rule, with the merge's longer window: a successful merge's record stays
+    /// a week for its finalize, a failed one or a copy the jobs' hour.
+    #[test]
+    fn a_successful_merge_is_kept_for_its_finalize() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::<Entry>::open(dir.path(), "SDM job").unwrap();
+        let two_hours_ago = crate::clock::epoch_secs() - 2 * 3600;
+        let ended = |n, work, outcome| Entry {
+            job: Uuid::from_u128(n),
+            work,
+            finished: Some(Finished {
+                at: two_hours_ago,
+                outcome,
+            }),
+        };
+        let merge = Work::Merge {
+            subchain: subchain(),
+            merge_bitmaps: false,
+        };
+        let done = SdmResult {
+            volume: Uuid::from_u128(4),
+            generation: 1,
+        };
+        let kept = ended(1, merge.clone(), Ok(done));
+        journal.write(&kept).unwrap();
+        journal
+            .write(&ended(2, merge, Err((52, "failed".into()))))
+            .unwrap();
+        let copy = Work::Copy {
+            source: endpoint(3),
+            destination: endpoint(5),
+        };
+        journal.write(&ended(3, copy, Ok(done))).unwrap();
+        let (_, found) = Journal::<Entry>::open(dir.path(), "SDM job").unwrap();
+        assert_eq!(found, [kept]);
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! - this file: the service and its entry point (checks, scheduling);
 //! - `validate.rs`: the request's parameters and drives, before anything changes;
+//! - [`journal`]: the job's records in the journal of intent;
 //! - `runner.rs`: the job from its start to its end, each phase journaled first;
 //! - [`flow`]: the decision logic (quiesce, switch, thaw), against a small hypervisor trait,
 //!   unit-tested with a recording fake (`fake.rs`);
@@ -15,6 +16,7 @@ mod error;
 #[cfg(test)]
 mod fake;
 pub mod flow;
+pub mod journal;
 mod recovery;
 mod rollback;
 mod runner;
@@ -29,13 +31,14 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::api::vm_types::{GetJobsParams, SnapshotParams};
-use crate::jobs::journal::{Entry, Journal, JournalDrive, Phase};
+use crate::jobs::kind::JobKind;
 use crate::jobs::vm_jobs::{JobError, JobInfo, JobRegistry, JobStatus};
 use crate::services::{FreezeService, StorageService};
-use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, Hypervisor};
+use crate::virt::{Conflict, DefinedSwitch, DiskSwitch, SharedHypervisor};
 
 pub use error::SnapshotError;
 use flow::Plan;
+use journal::{Entry, Journal, JournalDrive, Phase};
 use validate::{Checked, Drive};
 
 /// VDSM's `freeze_timeout` default, in minutes.
@@ -46,7 +49,7 @@ const DEFAULT_TIMEOUT_MINUTES: u64 = 30;
 /// Snapshots and their jobs.
 #[derive(Clone)]
 pub struct SnapshotService {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     storage: StorageService,
     jobs: JobRegistry,
     journal: Journal,
@@ -57,8 +60,6 @@ pub struct SnapshotService {
     /// The VMs a job may hold frozen now (from just before its freeze until its thaw), so
     /// that a stopping daemon thaws them even when their job cannot end in time.
     frozen: Arc<Mutex<HashSet<Uuid>>>,
-    /// When the journal was last pruned (epoch seconds).
-    last_prune: Arc<std::sync::atomic::AtomicU64>,
     /// The monitoring cache, re-read for the job's VM before the job is shown ended, so that
     /// `Host.dumpxmls` and `VM.getStats` show the new chain as soon as the job is done.
     monitor: Option<crate::services::Monitor>,
@@ -69,14 +70,14 @@ impl SnapshotService {
     /// its journal of intent in `journal`; `freezes` takes over the freezes it cannot undo.
     /// Returns the entries a previous run left, for [`SnapshotService::recover`].
     pub fn open(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         storage: StorageService,
         jobs: JobRegistry,
         freezes: FreezeService,
         journal_dir: &Path,
         agent_timeout: Duration,
     ) -> std::io::Result<(Self, Vec<Entry>)> {
-        let (journal, entries) = Journal::open(journal_dir)?;
+        let (journal, entries) = Journal::open(journal_dir, "snapshot job")?;
         let service = Self {
             hypervisor,
             storage,
@@ -86,7 +87,6 @@ impl SnapshotService {
             agent_timeout,
             stopping: Arc::default(),
             frozen: Arc::default(),
-            last_prune: Arc::default(),
             monitor: None,
         };
         Ok((service, entries))
@@ -139,7 +139,7 @@ impl SnapshotService {
             }
         }
         let job = p.job.unwrap_or_else(Uuid::new_v4);
-        self.jobs.add(job, p.vm_id, "snapshot_vm")?;
+        self.jobs.add(job, Some(p.vm_id), JobKind::Snapshot)?;
         let entry = journal_entry(job, p.vm_id, &checked.drives);
         if let Err(message) = self.write_journal(entry.clone()).await {
             let error = JobError {

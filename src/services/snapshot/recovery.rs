@@ -7,13 +7,14 @@
 use uuid::Uuid;
 
 use super::SnapshotService;
+use super::journal::{Entry, Phase};
 use super::rollback::{Live, why_kept};
 use super::runner::{JobOutcome, images_of};
 use crate::api::codes;
-use crate::api::snapshot_types::{Consistency, SnapshotResult};
-use crate::clock::epoch_secs;
-use crate::jobs::journal::{Entry, Phase};
-use crate::jobs::vm_jobs::JobError;
+use crate::api::snapshot_types::Consistency;
+use crate::jobs::journal::Finished;
+use crate::jobs::kind::JobKind;
+use crate::jobs::results::SnapshotResult;
 use crate::virt::{FreezeState, VirtError};
 
 impl SnapshotService {
@@ -25,8 +26,8 @@ impl SnapshotService {
             std::future::pending::<()>().await;
         }
         for entry in entries {
-            let outcome = match entry.phase.clone() {
-                Phase::Finished { outcome, .. } => outcome,
+            let end = match entry.phase.clone() {
+                Phase::Finished(end) => end,
                 Phase::Scheduled | Phase::Freezing => {
                     if entry.phase == Phase::Freezing {
                         self.thaw_if_frozen(entry.vm).await;
@@ -44,15 +45,16 @@ impl SnapshotService {
                             self.resume_later(entry);
                             continue;
                         }
-                        live => self.end_interrupted(&entry, &live).await,
+                        live => Finished::now(self.end_interrupted(&entry, &live).await),
                     }
                 }
             };
-            let outcome = outcome
-                .map(Into::into)
-                .map_err(|(code, message)| JobError { code, message });
-            self.jobs
-                .restore(entry.job, Some(entry.vm), ("virt", "snapshot_vm"), outcome);
+            self.jobs.restore(
+                entry.job,
+                Some(entry.vm),
+                JobKind::Snapshot,
+                end.job_outcome(),
+            );
         }
     }
 
@@ -60,7 +62,11 @@ impl SnapshotService {
     /// metadata and libvirt answers again and runs no snapshot on the VM.
     fn resume_later(&self, entry: Entry) {
         let claim = self.jobs.claim_vm(entry.vm).ok();
-        if self.jobs.add(entry.job, entry.vm, "snapshot_vm").is_err() {
+        if self
+            .jobs
+            .add(entry.job, Some(entry.vm), JobKind::Snapshot)
+            .is_err()
+        {
             return;
         }
         let service = self.clone();
@@ -100,10 +106,7 @@ impl SnapshotService {
             ))
         };
         tracing::warn!(job = %entry.job, vm = %entry.vm, ok = outcome.is_ok(), "snapshot job interrupted by a restart recovered");
-        let phase = Phase::Finished {
-            at: epoch_secs(),
-            outcome: outcome.clone(),
-        };
+        let phase = Phase::Finished(Finished::now(outcome.clone()));
         self.record(entry, phase).await;
         outcome
     }

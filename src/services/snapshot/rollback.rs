@@ -10,9 +10,10 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::SnapshotService;
+use super::journal::Entry;
 use crate::api::codes;
-use crate::api::snapshot_types::{Consistency, RollbackReport, SnapshotResult};
-use crate::jobs::journal::Entry;
+use crate::api::snapshot_types::Consistency;
+use crate::jobs::results::{RollbackReport, SnapshotResult};
 use crate::virt::VirtError;
 
 /// What the live domain shows of a VM's disks, after a switch that may have happened.

@@ -10,16 +10,15 @@ use uuid::Uuid;
 
 use super::SnapshotService;
 use super::flow::{self, Plan, VmOps};
+use super::journal::{Entry, Phase};
 use super::rollback::Live;
 use super::validate::Drive;
-use crate::api::snapshot_types::{Consistency, SnapshotNote, SnapshotResult, Switched};
+use crate::api::snapshot_types::{Consistency, SnapshotNote};
 use crate::clock::epoch_secs;
-use crate::jobs::journal::{Entry, Phase};
-use crate::jobs::vm_jobs::{JobError, VmClaim};
+use crate::jobs::journal::Finished;
+use crate::jobs::results::{SnapshotResult, Switched};
+use crate::jobs::vm_jobs::VmClaim;
 use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
-
-/// How often, at most, the journal is pruned while the daemon runs.
-const PRUNE_EVERY_SECS: u64 = 60;
 
 /// How a job ended: its result, or VDSM's code and message.
 pub(super) type JobOutcome = Result<SnapshotResult, (i32, String)>;
@@ -197,10 +196,7 @@ impl SnapshotService {
 
     /// Ends a job: journaled as finished, then shown as such by `Host.getJobs`.
     pub(super) async fn finish_job(&self, entry: &Entry, outcome: JobOutcome) {
-        let phase = Phase::Finished {
-            at: epoch_secs(),
-            outcome: outcome.clone(),
-        };
+        let end = Finished::now(outcome);
         // The outcome made durable and the cache refreshed (a manager reading the VM after
         // the job's event sees its new chain), side by side.
         let refreshed = async {
@@ -208,33 +204,9 @@ impl SnapshotService {
                 monitor.refresh(entry.vm).await;
             }
         };
-        tokio::join!(self.record(entry, phase), refreshed);
-        let outcome = outcome
-            .map(Into::into)
-            .map_err(|(code, message)| JobError { code, message });
-        self.jobs.finish(entry.job, outcome);
-        self.prune_journal_now_and_then();
-    }
-
-    /// Forgets the journal entries of jobs ended over an hour ago, at most once a minute and
-    /// in the background: the job's end (and its VM's claim) never waits for it.
-    fn prune_journal_now_and_then(&self) {
-        let now = epoch_secs();
-        let last = self.last_prune.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < PRUNE_EVERY_SECS
-            || self
-                .last_prune
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let journal = self.journal.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(err) = journal.prune() {
-                tracing::warn!(error = %err, "cannot prune the snapshot journal");
-            }
-        });
+        tokio::join!(self.record(entry, Phase::Finished(end.clone())), refreshed);
+        self.jobs.finish(entry.job, end.job_outcome());
+        self.journal.prune_now_and_then();
     }
 }
 

@@ -54,7 +54,7 @@ use crate::storage::domain::Domain;
 use crate::storage::layout::Repository;
 use crate::storage::shared_records::SharedRecords;
 use crate::storage::{StorageError, image, volume};
-use crate::virt::Hypervisor;
+use crate::virt::SharedHypervisor;
 
 /// An image: `(domain, image)`.
 type ImageKey = (Uuid, Uuid);
@@ -67,7 +67,7 @@ pub struct StorageService {
 
 struct Inner {
     repo: Repository,
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     pool: Uuid,
     // A std lock: held only to look a domain up or insert one, never across I/O.
     domains: RwLock<HashMap<Uuid, Arc<Domain>>>,
@@ -107,7 +107,7 @@ pub struct StorageSettings<'a> {
     /// Bound of one qemu-img run.
     pub qemu_img_timeout: Duration,
     /// The hypervisor, asked whether a VM uses a volume before it is deleted.
-    pub hypervisor: Hypervisor,
+    pub hypervisor: SharedHypervisor,
     /// This host among the hosts sharing domains; `None`: it runs alone.
     pub cluster: Option<Cluster>,
 }

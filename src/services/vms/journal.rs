@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::jobs::records::RecordDir;
+use crate::jobs::journal::JournalRecord;
 
 /// What was under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,5 +42,43 @@ pub struct Entry {
     pub images: Vec<DriveImage>,
 }
 
-/// The journal's directory: an entry per VM.
-pub type Journal = RecordDir<Entry>;
+impl JournalRecord for Entry {
+    fn id(&self) -> Uuid {
+        self.vm
+    }
+}
+
+/// The journal's directory: an entry per VM, removed once its operation is over.
+pub type Journal = crate::jobs::journal::Journal<Entry>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record exactly as the release before the one journal wrote it (serialized with its
+    /// types, pasted verbatim) reads into the same meaning.
+    #[test]
+    fn records_of_the_previous_release_read_the_same() {
+        let text = r#"{"vm":"00000000-0000-0000-0000-000000000020","operation":"destroy","managed":true,"images":[{"pool":"00000000-0000-0000-0000-000000000001","domain":"00000000-0000-0000-0000-000000000002","image":"00000000-0000-0000-0000-000000000003"}]}"#;
+        let read: Entry = serde_json::from_str(text).unwrap();
+        let u = Uuid::from_u128;
+        let want = Entry {
+            vm: u(0x20),
+            operation: Operation::Destroy,
+            managed: true,
+            images: vec![DriveImage {
+                pool: u(1),
+                domain: u(2),
+                image: u(3),
+            }],
+        };
+        assert_eq!(read, want);
+        assert_eq!(read.id(), u(0x20));
+        assert_eq!(
+            read.finished_at(),
+            None,
+            "removed by its owner, never pruned"
+        );
+        assert_eq!(serde_json::to_string(&read).unwrap(), text);
+    }
+}

@@ -27,7 +27,7 @@ use crate::services::errors::cannot_create;
 use crate::services::monitor::Monitor;
 use crate::virt::vm_policy::{self, Admitted, Expected, VmFileRules};
 use crate::virt::vm_xml::{self, PlacedDrive, PlacedLease};
-use crate::virt::{Hypervisor, VirtError};
+use crate::virt::{SharedHypervisor, VirtError};
 use journal::{DriveImage, Entry, Journal, Operation};
 
 /// VDSM's default for `VM.shutdown`'s `timeout` (`sys_shutdown_timeout`).
@@ -40,7 +40,7 @@ pub struct VmService {
 }
 
 struct Inner {
-    hypervisor: Hypervisor,
+    hypervisor: SharedHypervisor,
     /// Where a VM's host files may be and where rvdsm puts those it names.
     file_rules: VmFileRules,
     storage: StorageService,
@@ -72,7 +72,7 @@ impl Drop for Busy {
 impl VmService {
     /// The service; its journal lives in `journal_dir`. Blocking (opens the journal).
     pub fn open(
-        hypervisor: Hypervisor,
+        hypervisor: SharedHypervisor,
         storage: StorageService,
         monitor: Monitor,
         jobs: JobRegistry,
@@ -86,7 +86,7 @@ impl VmService {
                 storage,
                 monitor,
                 jobs,
-                journal: Journal::open(journal_dir, "VM lifecycle")?,
+                journal: Journal::open(journal_dir, "VM lifecycle")?.0,
                 busy: Mutex::default(),
             }),
         })
@@ -591,7 +591,7 @@ impl VmService {
     async fn journal_write(&self, entry: Entry) -> Result<(), ApiError> {
         let journal = self.inner.journal.clone();
         let operation = entry.operation;
-        let written = tokio::task::spawn_blocking(move || journal.write(entry.vm, &entry))
+        let written = tokio::task::spawn_blocking(move || journal.write(&entry))
             .await
             .map_err(|e| ApiError::Unexpected(e.to_string()))?;
         written.map_err(|e| {
@@ -609,7 +609,7 @@ impl VmService {
     async fn journal_remove(&self, vm: Uuid) {
         let journal = self.inner.journal.clone();
         match tokio::task::spawn_blocking(move || journal.remove(vm)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(err)) => {
                 tracing::error!(%vm, error = %err, "cannot remove the VM journal entry");
             }

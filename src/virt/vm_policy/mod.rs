@@ -51,6 +51,20 @@ pub struct VmFileRules {
     pub nvram_dir: PathBuf,
 }
 
+impl VmFileRules {
+    /// The rules of the configuration's `[vm]` section.
+    pub fn from_config(vm: &crate::config::VmConfig) -> Self {
+        Self {
+            boot_dirs: vm.boot_dirs.clone(),
+            firmware_dirs: vm.firmware_dirs.clone(),
+            console_log_dir: vm.console_log_dir.clone(),
+            console_socket_dir: vm.console_socket_dir.clone(),
+            // libvirt's own directory for NVRAM files (qemu.conf's nvram_dir default).
+            nvram_dir: PathBuf::from("/var/lib/libvirt/qemu/nvram"),
+        }
+    }
+}
+
 /// A definition rvdsm can place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
