@@ -23,6 +23,8 @@ mod open;
 mod sdm;
 pub mod snapshot;
 pub(crate) mod storage;
+#[cfg(test)]
+pub(crate) mod testing;
 mod vms;
 
 pub use freeze::{FreezeError, FreezeErrorKind, FreezeService};

@@ -5,7 +5,12 @@
 //!
 //! Rules: a VM the test did not add answers [`VirtError::NoSuchDomain`]; an operation with a
 //! queued failure ([`FakeHypervisor::fail_next`]) fails once with it, before any effect;
-//! block-job answers are a queue whose last entry repeats.
+//! block-job answers are a queue whose last entry repeats; `define` adds (or redefines) the
+//! VM its XML names, stopped, with that XML as its definition; a pivot answered `Done` moves
+//! the disk onto the first volume of its backing chain, as QEMU's does; `freeze_state`
+//! answers from [`FakeVm::freeze_states`] while it has answers, then from `frozen`; an
+//! operation told to hang ([`FakeHypervisor::hang_next`]; `pivot`, `freeze`, `thaw` and
+//! `block_commit`) is recorded and never returns, as a call stuck in libvirt.
 //!
 //! [`Libvirt`]: super::Libvirt
 
@@ -22,7 +27,7 @@ use super::{
     BlockJob, Conflict, DefinedSwitch, DiskSwitch, DomainInfo, DomainStats, DomainView,
     FreezeState, HostInfo, Pivot, RunState, Stopped, VirtError,
 };
-use crate::api::types::{DiskStats, VmStatus};
+use crate::api::types::{ChainLink, DiskStats, VmStatus};
 
 /// A libvirt failure with `code`, as the real connection reports one.
 pub fn libvirt_error(op: &'static str, code: i32) -> VirtError {
@@ -48,6 +53,8 @@ pub struct FakeVm {
     pub pivots: VecDeque<Pivot>,
     /// What `conflict` answers.
     pub conflict: Option<Conflict>,
+    /// Scripted answers to `freeze_state`, first first; `frozen` answers once they are out.
+    pub freeze_states: VecDeque<Result<FreezeState, VirtError>>,
 }
 
 impl FakeVm {
@@ -67,12 +74,29 @@ impl FakeVm {
             block_jobs: HashMap::new(),
             pivots: VecDeque::new(),
             conflict: None,
+            freeze_states: VecDeque::new(),
         }
     }
 
     /// The same VM with `status`.
     pub fn with_status(mut self, status: VmStatus) -> Self {
         self.view.status = status;
+        self
+    }
+
+    /// The same VM with a file disk `target` whose chain is `chain`, leaf first (the leaf is
+    /// the disk's source, the others its backing chain).
+    pub fn with_chain(mut self, target: &str, chain: &[String]) -> Self {
+        let (leaf, backing) = chain.split_first().expect("a chain has a leaf");
+        self = self.with_disk(target, leaf);
+        let disk = self.disks.last_mut().expect("just added");
+        disk.backing_chain = backing
+            .iter()
+            .map(|path| ChainLink {
+                path: path.clone(),
+                format: Some("qcow2".into()),
+            })
+            .collect();
         self
     }
 
@@ -96,6 +120,8 @@ impl FakeVm {
 struct State {
     vms: HashMap<Uuid, FakeVm>,
     failures: HashMap<&'static str, VecDeque<VirtError>>,
+    /// How many of the next calls of each operation hang.
+    hangs: HashMap<&'static str, usize>,
     calls: Vec<String>,
 }
 
@@ -138,6 +164,13 @@ impl FakeHypervisor {
         self
     }
 
+    /// The next call of `op` (one of those the module's rules name) is recorded and never
+    /// returns.
+    pub fn hang_next(&self, op: &'static str) -> &Self {
+        *self.lock().hangs.entry(op).or_default() += 1;
+        self
+    }
+
     /// Every call so far, as `op` or `op target`, in order.
     pub fn calls(&self) -> Vec<String> {
         self.lock().calls.clone()
@@ -154,6 +187,25 @@ impl FakeHypervisor {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// If the call's operation was told to hang: records the call and never returns.
+    async fn hang_if_told(&self, call: &str) {
+        let op = call.split(' ').next().unwrap_or_default();
+        let hang = {
+            let mut state = self.lock();
+            match state.hangs.get_mut(op) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    state.calls.push(call.to_owned());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Records the call, then answers the injected failure, if any.
@@ -186,6 +238,14 @@ impl FakeHypervisor {
             }),
         }
     }
+}
+
+/// The text of the first `<tag>` element of `xml` (enough for a domain's `<uuid>` and `<name>`).
+fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))?;
+    Some(xml[start..start + end].trim())
 }
 
 fn info(vm: &FakeVm) -> DomainInfo {
@@ -237,8 +297,21 @@ impl Hypervisor for FakeHypervisor {
         self.lock().calls.push(format!("settled {vm}"));
     }
     async fn define(&self, xml: String) -> Result<(), VirtError> {
-        drop(self.enter("define".into())?);
-        let _ = xml;
+        let mut state = self.enter("define".into())?;
+        let uuid = element_text(&xml, "uuid")
+            .and_then(|u| Uuid::parse_str(u).ok())
+            .ok_or_else(|| VirtError::Refused {
+                element: "the definition".into(),
+                reason: "the fake found no <uuid> in it".into(),
+            })?;
+        let vm = state
+            .vms
+            .entry(uuid)
+            .or_insert_with(|| FakeVm::running(uuid).with_status(VmStatus::Down));
+        if let Some(name) = element_text(&xml, "name") {
+            vm.view.name = name.to_owned();
+        }
+        vm.view.xml = xml;
         Ok(())
     }
     async fn start(&self, vm: Uuid) -> Result<(), VirtError> {
@@ -309,15 +382,16 @@ impl Hypervisor for FakeHypervisor {
     async fn freeze_state(&self, vm: Uuid, timeout: Duration) -> Result<FreezeState, VirtError> {
         let _ = timeout;
         self.on_vm("freeze_state".into(), vm, |v| {
-            if v.frozen {
-                FreezeState::Frozen
+            v.freeze_states.pop_front().unwrap_or(if v.frozen {
+                Ok(FreezeState::Frozen)
             } else {
-                FreezeState::Thawed
-            }
-        })
+                Ok(FreezeState::Thawed)
+            })
+        })?
     }
     async fn freeze(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         let _ = mountpoints;
+        self.hang_if_told("freeze").await;
         self.on_vm("freeze".into(), vm, |v| {
             v.frozen = true;
             1
@@ -325,6 +399,7 @@ impl Hypervisor for FakeHypervisor {
     }
     async fn thaw(&self, vm: Uuid, mountpoints: Vec<String>) -> Result<u32, VirtError> {
         let _ = mountpoints;
+        self.hang_if_told("thaw").await;
         self.on_vm("thaw".into(), vm, |v| {
             u32::from(std::mem::take(&mut v.frozen))
         })
@@ -362,7 +437,9 @@ impl Hypervisor for FakeHypervisor {
         active: bool,
     ) -> Result<(), VirtError> {
         let _ = (base, top, bandwidth_mib, active);
-        self.on_vm(format!("block_commit {target}"), vm, |_| ())
+        let call = format!("block_commit {target}");
+        self.hang_if_told(&call).await;
+        self.on_vm(call, vm, |_| ())
     }
     async fn block_job(&self, vm: Uuid, target: String) -> Result<Option<BlockJob>, VirtError> {
         self.on_vm(format!("block_job {target}"), vm, |v| {
@@ -375,8 +452,17 @@ impl Hypervisor for FakeHypervisor {
         })
     }
     async fn pivot(&self, vm: Uuid, target: String) -> Result<Pivot, VirtError> {
-        self.on_vm(format!("pivot {target}"), vm, |v| {
-            v.pivots.pop_front().unwrap_or(Pivot::Done)
+        let call = format!("pivot {target}");
+        self.hang_if_told(&call).await;
+        self.on_vm(call, vm, |v| {
+            let answer = v.pivots.pop_front().unwrap_or(Pivot::Done);
+            if answer == Pivot::Done
+                && let Some(disk) = v.disks.iter_mut().find(|d| d.target == target)
+                && !disk.backing_chain.is_empty()
+            {
+                disk.path = Some(disk.backing_chain.remove(0).path);
+            }
+            answer
         })
     }
     async fn abort_block_job(&self, vm: Uuid, target: String) -> Result<(), VirtError> {
@@ -418,6 +504,50 @@ mod tests {
                 .as_deref(),
             Some("/d/a")
         );
+    }
+
+    #[tokio::test]
+    async fn define_pivot_freeze_states_and_hangs_follow_the_rules() {
+        use futures_util::FutureExt;
+        let hv = FakeHypervisor::new();
+        let vm = Uuid::from_u128(7);
+        hv.define(format!("<domain><name>n</name><uuid>{vm}</uuid></domain>"))
+            .await
+            .unwrap();
+        let defined = hv.vm(vm).expect("define adds the VM");
+        assert_eq!(
+            (defined.view.status, defined.view.name.as_str()),
+            (VmStatus::Down, "n")
+        );
+        assert!(hv.define("<domain/>".into()).await.is_err(), "no <uuid>");
+
+        hv.add(FakeVm::running(vm).with_chain("vda", &["/i/top".into(), "/i/base".into()]));
+        hv.edit(vm, |v| v.pivots = VecDeque::from([Pivot::NotReady]));
+        assert_eq!(hv.pivot(vm, "vda".into()).await.unwrap(), Pivot::NotReady);
+        let disk = hv.vm(vm).unwrap().disks[0].clone();
+        assert_eq!(
+            disk.path.as_deref(),
+            Some("/i/top"),
+            "not moved by a pivot not done"
+        );
+        assert_eq!(hv.pivot(vm, "vda".into()).await.unwrap(), Pivot::Done);
+        let disk = hv.vm(vm).unwrap().disks[0].clone();
+        assert_eq!(disk.path.as_deref(), Some("/i/base"));
+        assert!(disk.backing_chain.is_empty());
+
+        hv.edit(vm, |v| {
+            v.freeze_states = VecDeque::from([Err(libvirt_error("s", 86))])
+        });
+        assert!(hv.freeze_state(vm, Duration::ZERO).await.is_err());
+        assert_eq!(
+            hv.freeze_state(vm, Duration::ZERO).await.unwrap(),
+            FreezeState::Thawed
+        );
+
+        hv.hang_next("thaw");
+        assert!(hv.thaw(vm, vec![]).now_or_never().is_none(), "hangs");
+        assert_eq!(hv.count("thaw"), 1, "recorded");
+        assert!(hv.thaw(vm, vec![]).now_or_never().is_some(), "only once");
     }
 
     #[tokio::test]

@@ -25,6 +25,8 @@ use crate::jobs::vm_jobs::{JobRefusal, JobRegistry};
 use crate::virt::{FreezeState, RunState, SharedHypervisor};
 
 mod error;
+#[cfg(test)]
+mod fake_tests;
 
 pub use error::{AgentOp, FreezeError, FreezeErrorKind};
 

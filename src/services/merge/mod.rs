@@ -18,6 +18,8 @@
 //! its definition gone); `top` is deleted only once QEMU no longer uses it.
 
 mod error;
+#[cfg(test)]
+mod fake_tests;
 mod journal;
 mod recovery;
 mod runner;

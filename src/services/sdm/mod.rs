@@ -6,6 +6,9 @@
 //! the same subchain succeeded here and left the base as it is now: rebasing on a base that
 //! lacks the top's data would lose it.
 
+#[cfg(test)]
+mod fake_tests;
+
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};

@@ -28,6 +28,8 @@ mod claims;
 mod cold_merge;
 pub use cold_merge::{CopyReading, MergeMark};
 mod domains;
+#[cfg(test)]
+mod fake_tests;
 mod leases;
 mod merge_support;
 mod pool;

@@ -6,6 +6,8 @@
 //! ([`journal`]) and finished by [`VmService::recover`] after a crash. VMs keep running when
 //! rvdsmd stops; libvirt's definition (with rvdsm's drive metadata) is the record of them.
 
+#[cfg(test)]
+mod fake_tests;
 mod journal;
 
 use std::collections::HashSet;
