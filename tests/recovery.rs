@@ -169,7 +169,7 @@ fn a_freeze_survives_a_kill_9_and_is_still_thawed_on_time() {
 #[test]
 fn while_recovering_only_ping_is_served() {
     let mut f = Fixture::new();
-    let marker = f.daemon.restart_paused_at("recovery");
+    let marker = f.daemon.restart_paused_at("recovery:start");
     assert!(wait_until(Duration::from_secs(30), || marker.exists()));
     assert_eq!(f.daemon.ok("Host.ping2", Value::Null), json!(true));
     for verb in ["Host.getVMList", "Host.getStorageDomains", "Host.getJobs"] {

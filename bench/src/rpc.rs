@@ -197,9 +197,10 @@ pub async fn load(
 
 /// Builds the shared `stomp-load` client into `target_dir`; `None` if it is not there.
 pub fn build_stomp_load(repo: &Path) -> Result<Option<std::path::PathBuf>> {
-    let manifest = std::env::var("RVDSM_STOMP_LOAD")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| repo.join("../shared/tools/stomp-load/Cargo.toml"));
+    let manifest = std::env::var("RVDSM_STOMP_LOAD").map_or_else(
+        |_| repo.join("../shared/tools/stomp-load/Cargo.toml"),
+        std::path::PathBuf::from,
+    );
     if !manifest.exists() {
         return Ok(None);
     }

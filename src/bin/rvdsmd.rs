@@ -36,7 +36,7 @@ const PURGE_DELAY_ENV: &str = "MIMALLOC_PURGE_DELAY";
 
 /// The rvdsm host agent daemon.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = rvdsm::failpoint::VERSION_LINE, about)]
 struct Args {
     /// Configuration file [default: /etc/rvdsm/rvdsm.toml if it exists, else built-in defaults].
     #[arg(long, value_name = "FILE")]
@@ -244,7 +244,7 @@ async fn reload_tls(tls: Option<&ServerTls>) {
     match tokio::task::block_in_place(|| tls.reload()) {
         Ok(()) => tracing::info!("SIGHUP received; TLS certificates reloaded"),
         Err(err) => {
-            tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use")
+            tracing::error!(error = %err, "SIGHUP received; certificates NOT reloaded, the previous ones stay in use");
         }
     }
 }

@@ -174,7 +174,7 @@ async fn run_to_end<R: Send + 'static>(
             match &result {
                 Ok(_) => tracing::warn!(method = name, "call done after its client hung up"),
                 Err(err) => {
-                    tracing::warn!(method = name, code = err.code(), error = %err, "call failed after its client hung up")
+                    tracing::warn!(method = name, code = err.code(), error = %err, "call failed after its client hung up");
                 }
             }
         }

@@ -158,7 +158,7 @@ impl Domain {
             path: path.clone(),
             source: domain_md::DomainMetaError::Line(what.to_owned()),
         };
-        let get = |key: &str| keys.get(key).map(String::as_str).unwrap_or("");
+        let get = |key: &str| keys.get(key).map_or("", String::as_str);
         let uuid = Uuid::parse_str(get("SDUUID")).map_err(|_| invalid("SDUUID"))?;
         if dir.root().file_name() != Some(uuid.hyphenated().to_string().as_ref()) {
             return Err(invalid("SDUUID does not match the directory"));
@@ -307,7 +307,7 @@ impl Domain {
     /// domains.
     pub fn has_image(&self, image: Uuid) -> Result<bool, StorageError> {
         // Test seam: a hung mount, as a stat on a dead NFS server blocks.
-        crate::failpoint::pause_if_requested("storage:stat");
+        crate::failpoint::pause_thread!("storage:stat");
         let path = self.dir.image(image);
         match self.dir.stat(&path) {
             Ok(meta) if meta.file_type().is_dir() => Ok(true),

@@ -229,7 +229,7 @@ pub struct Membership {
 /// Reads a domain's membership from its metadata keys.
 pub fn membership(domain: Uuid, keys: &BTreeMap<String, String>) -> Result<Membership, PoolError> {
     let bad = |why: String| PoolError::Record { domain, why };
-    let get = |key: &str| keys.get(key).map(|v| v.trim()).unwrap_or("");
+    let get = |key: &str| keys.get(key).map_or("", |v| v.trim());
     let pool = match get(POOL_UUID) {
         "" => None,
         text => Some(Uuid::parse_str(text).map_err(|_| bad(format!("{POOL_UUID}={text}")))?),

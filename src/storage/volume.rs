@@ -20,7 +20,6 @@ use super::meta::VolumeMeta;
 use super::qemu_img::{self, QemuImgError};
 use super::tool_files::HeldFile;
 use crate::api::volume_types::{BLANK_UUID, Legality, Preallocation, VolumeFormat, VolumeRole};
-use crate::failpoint::pause_if_requested;
 
 /// Volume files are readable and writable by owner and group (qemu's group on real hosts).
 pub(super) const VOLUME_MODE: u32 = 0o660;
@@ -237,7 +236,7 @@ pub fn reserve(
         write_meta(domain, request.image, parent_id, &parent)?;
     }
     drop(lock);
-    pause_if_requested("create:reserved");
+    crate::failpoint::pause_thread!("create:reserved");
     Ok(())
 }
 
@@ -248,7 +247,7 @@ pub async fn write_data(
     timeout: Duration,
     stop: &CancellationToken,
 ) -> Result<(), StorageError> {
-    if crate::failpoint::reached("create:writing") {
+    if crate::failpoint::reached!("create:writing") {
         // Test seam for Task.stop: wait here as a long qemu-img run would.
         stop.cancelled().await;
         return Err(StorageError::Aborted);
@@ -301,7 +300,7 @@ pub async fn write_data(
     synced
         .map_err(|e| StorageError::Creation(format!("sync panicked: {e}")))?
         .map_err(StorageError::io("chmod and sync", &data))?;
-    pause_if_requested("create:data-written");
+    crate::failpoint::pause_thread!("create:data-written");
     Ok(())
 }
 
@@ -335,7 +334,7 @@ pub fn publish(
         .remove(&nonce)
         .map_err(StorageError::io("remove", &nonce))?;
     drop(lock);
-    pause_if_requested("create:published");
+    crate::failpoint::pause_thread!("create:published");
     Ok(())
 }
 
@@ -512,7 +511,7 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
         Err(StorageError::VolumeDoesNotExist(_)) => None,
         Err(err) => return Err(err),
     };
-    pause_if_requested("delete:illegal");
+    crate::failpoint::pause_thread!("delete:illegal");
     let note = domain.dir.snapshot_note(image, volume);
     for path in [
         domain.dir.volume(image, volume),
@@ -527,7 +526,7 @@ pub fn remove_files(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), St
             .remove(&path)
             .map_err(StorageError::io("remove", &path))?;
     }
-    pause_if_requested("delete:data-removed");
+    crate::failpoint::pause_thread!("delete:data-removed");
     let _lock = domain.lock().acquire()?;
     let meta = domain.dir.meta(image, volume);
     // A `.meta.new` a crash left mid-write goes too, before the `.meta` that names the volume.

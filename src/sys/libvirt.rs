@@ -369,7 +369,7 @@ unsafe extern "C" fn block_job_trampoline(
     let handler = unsafe { &mut *opaque.cast::<BlockJobHandler>() };
     // A panic must not unwind into libvirt's C frames.
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handler(uuid, disk, kind, status)
+        handler(uuid, disk, kind, status);
     }))
     .is_err()
     {
@@ -404,7 +404,7 @@ unsafe extern "C" fn lifecycle_trampoline(
     let handler = unsafe { &mut *opaque.cast::<LifecycleHandler>() };
     // A panic must not unwind into libvirt's C frames.
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handler(uuid, event, detail)
+        handler(uuid, event, detail);
     }))
     .is_err()
     {

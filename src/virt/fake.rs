@@ -536,7 +536,7 @@ mod tests {
         assert!(disk.backing_chain.is_empty());
 
         hv.edit(vm, |v| {
-            v.freeze_states = VecDeque::from([Err(libvirt_error("s", 86))])
+            v.freeze_states = VecDeque::from([Err(libvirt_error("s", 86))]);
         });
         assert!(hv.freeze_state(vm, Duration::ZERO).await.is_err());
         assert_eq!(

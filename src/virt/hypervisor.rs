@@ -155,7 +155,7 @@ impl Hypervisor for Libvirt {
         Libvirt::read_view(self, vm).await
     }
     async fn settled(&self, vm: Uuid) {
-        Libvirt::settled(self, vm).await
+        Libvirt::settled(self, vm).await;
     }
     async fn define(&self, xml: String) -> Result<(), VirtError> {
         Libvirt::define(self, xml).await

@@ -121,7 +121,7 @@ impl Daemon {
             ("RVDSM_TEST_PAUSE_MARKER", marker_text.as_str()),
         ];
         self.child = Some(self.start_child(&env));
-        if point == "recovery" {
+        if point == "recovery:start" {
             // Paused in its recovery, it serves Host.ping2 alone.
             self.wait_answering();
         } else {
@@ -322,9 +322,7 @@ impl Daemon {
 
     /// How many file descriptors the daemon has open.
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|dir| dir.count())
-            .unwrap_or(0)
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |dir| dir.count())
     }
 
     /// `GET /metrics` over the Unix socket: the Prometheus text.
@@ -388,6 +386,9 @@ impl Drop for Daemon {
 
 /// Starts rvdsmd on the configuration in `dir`, logging to `dir/rvdsmd.log`.
 fn start_child(dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    if let Some((_, point)) = env.iter().find(|(k, _)| *k == "RVDSM_TEST_PAUSE_AT") {
+        assert_failpoints_built(point);
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -404,6 +405,30 @@ fn start_child(dir: &std::path::Path, env: &[(&str, &str)]) -> Child {
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// Panics, saying how to fix it, unless the rvdsmd under test was built with the cargo feature
+/// `failpoints`: without it the daemon never pauses at `point`, and a test arming one would
+/// fail later and obscurely (or, worse, test nothing).
+fn assert_failpoints_built(point: &str) {
+    static HAS_FAILPOINTS: std::sync::OnceLock<Result<bool, String>> = std::sync::OnceLock::new();
+    let built = HAS_FAILPOINTS.get_or_init(|| {
+        let output = Command::new(env!("CARGO_BIN_EXE_rvdsmd"))
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run rvdsmd --version: {e}"))?;
+        let version = String::from_utf8_lossy(&output.stdout);
+        Ok(version.contains("(test build: failpoints)"))
+    });
+    match built {
+        Ok(true) => {}
+        Ok(false) => panic!(
+            "this test arms the failpoint {point:?}, but rvdsmd was built without the cargo \
+             feature `failpoints` (`rvdsmd --version` does not report it): run the tests with \
+             `cargo test --features failpoints` (scripts/test does)"
+        ),
+        Err(problem) => panic!("{problem}"),
+    }
 }
 
 /// The test configuration of a daemon whose files live in `dir`.

@@ -296,7 +296,7 @@ impl FreezeService {
                     }
                     // Logged at powers of two: an agent gone for hours must not flood the log.
                     Err(err) if attempt.is_power_of_two() => {
-                        tracing::error!(vm = %record.vm, error = %err, attempt, "thaw failed; retrying")
+                        tracing::error!(vm = %record.vm, error = %err, attempt, "thaw failed; retrying");
                     }
                     Err(_) => {}
                 }

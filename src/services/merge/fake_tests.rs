@@ -71,7 +71,7 @@ async fn a_pivot_not_ready_is_retried_and_the_merge_ends_on_base() {
     let (vm, image, [base, top]) = vm_on_two_volumes(&bed).await;
     set_block_jobs(&bed.fake, vm, vec![commit(true)]);
     bed.fake.edit(vm, |v| {
-        v.pivots = VecDeque::from([Pivot::NotReady, Pivot::Done])
+        v.pivots = VecDeque::from([Pivot::NotReady, Pivot::Done]);
     });
     let id = Uuid::new_v4();
     let p = merge_params(&bed, vm, image, top, (base, top), id);

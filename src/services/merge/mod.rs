@@ -229,7 +229,7 @@ impl MergeService {
             return Err(err);
         }
         self.show(&entry);
-        crate::failpoint::pause("merge:journaled").await;
+        crate::failpoint::pause!("merge:journaled");
         // Before the commit's first write into `base`: a failed, cancelled or interrupted
         // commit leaves `base` holding data of two instants, and its note must not promise
         // a clean revert any more (a crash before this line leaves it true: nothing began).

@@ -60,7 +60,7 @@ impl MergeService {
         match self.run_phases(&mut entry).await {
             Some(outcome) => self.end(&mut entry, outcome).await,
             None => {
-                tracing::info!(job = %entry.job, "rvdsmd stopping: the merge is left to QEMU and resumed at the next start")
+                tracing::info!(job = %entry.job, "rvdsmd stopping: the merge is left to QEMU and resumed at the next start");
             }
         }
     }
@@ -68,7 +68,7 @@ impl MergeService {
     /// The phases from the journaled one on; `None` when the daemon stops meanwhile.
     async fn run_phases(&self, entry: &mut Entry) -> Option<Result<MergeResult, MergeError>> {
         if entry.phase == Phase::Commit {
-            crate::failpoint::pause("merge:committing").await;
+            crate::failpoint::pause!("merge:committing");
             match self.wait_commit(entry).await? {
                 CommitEnd::Failed(err) => return Some(Err(err)),
                 CommitEnd::Merged => {}
@@ -290,12 +290,12 @@ impl MergeService {
             .set_legality(top, Legality::Illegal)
             .await
             .map_err(|e| MergeError::storage(entry.job, e))?;
-        crate::failpoint::pause("merge:ready").await;
+        crate::failpoint::pause!("merge:ready");
         let mut last = String::new();
         for attempt in 1..=MAX_PIVOT_ATTEMPTS {
             match hv.pivot(entry.vm, entry.target.clone()).await {
                 Ok(Pivot::Done) => {
-                    crate::failpoint::pause("merge:pivot-asked").await;
+                    crate::failpoint::pause!("merge:pivot-asked");
                     if self.wait_pivoted(entry).await {
                         return Ok(attempt);
                     }
@@ -426,7 +426,7 @@ impl MergeService {
             // QEMU has moved on: the metadata must follow it all the same.
             tracing::error!(job = %entry.job, error = %err, "going on with the merge's cleanup unjournaled");
         }
-        crate::failpoint::pause("merge:pivoted").await;
+        crate::failpoint::pause!("merge:pivoted");
         self.image(entry)
             .map_err(|e| MergeError::storage(entry.job, e))?
             .unlink_merged(entry.base, entry.top)

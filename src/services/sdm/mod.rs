@@ -335,11 +335,10 @@ impl SdmService {
             .await
         {
             Ok(lease) => {
-                crate::failpoint::pause(match entry.work {
+                crate::failpoint::pause!(match entry.work {
                     Work::Merge { .. } => "sdm:merge",
                     Work::Copy { .. } => "sdm:copy",
-                })
-                .await;
+                });
                 let outcome = self.work(entry.work.clone(), progress).await;
                 if let Some(lease) = lease {
                     lease.release().await;

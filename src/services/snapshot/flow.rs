@@ -161,7 +161,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
     let frozen_since = Instant::now();
     if owned_freeze {
         // Test seam for faults in the frozen window (kill -9, libvirtd or QEMU killed).
-        crate::failpoint::pause("snapshot:frozen").await;
+        crate::failpoint::pause!("snapshot:frozen");
     }
     if Instant::now() > plan.switch_deadline {
         let thaw_error = if owned_freeze {
@@ -184,7 +184,7 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         .await;
     timings.switch_ms = millis(t);
     if owned_freeze && switched.is_ok() {
-        crate::failpoint::pause("snapshot:switched").await;
+        crate::failpoint::pause!("snapshot:switched");
     }
     let thaw_error = if owned_freeze {
         let t = Instant::now();

@@ -21,7 +21,7 @@ impl SnapshotService {
     /// Ends the jobs a previous run of rvdsmd left (see the module's documentation). The
     /// daemon answers 99 to all but `Host.ping2` until this returns.
     pub async fn recover(&self, entries: Vec<Entry>) {
-        if crate::failpoint::reached("recovery") {
+        if crate::failpoint::reached!("recovery:start") {
             // Test seam: stay in recovery (the gate answers 99) until killed.
             std::future::pending::<()>().await;
         }

@@ -57,7 +57,7 @@ impl SnapshotService {
             self.finish_job(entry, Ok(result)).await;
             return;
         }
-        crate::failpoint::pause("snapshot:rolling-back").await;
+        crate::failpoint::pause!("snapshot:rolling-back");
         let rollback = self.roll_back(entry, &live).await;
         let message = format!("{message}{}", why_kept(&rollback, &live));
         self.jobs.set_result(entry.job, rollback.into());

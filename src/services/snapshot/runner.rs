@@ -254,7 +254,7 @@ impl VmOps for Journaled<'_> {
         self.service.write_journal(entry).await
     }
     async fn freeze(&self, vm: Uuid) -> Result<u32, VirtError> {
-        crate::failpoint::pause("snapshot:before-freeze").await;
+        crate::failpoint::pause!("snapshot:before-freeze");
         // Before the call: a freeze that reports an error may still take effect.
         self.service.held_frozen().insert(vm);
         let frozen = self.service.hypervisor.freeze(vm, Vec::new()).await;

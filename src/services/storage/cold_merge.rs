@@ -211,7 +211,7 @@ impl StorageService {
             .await?;
             merge::rebase_onto(&domain, image, &held, base, self.inner.qemu_img_timeout).await?;
         }
-        crate::failpoint::pause("finalize:rebased").await;
+        crate::failpoint::pause!("finalize:rebased");
         blocking(move || merge::unlink_merged(&domain, image, base, top)).await
     }
 

@@ -113,9 +113,9 @@ impl StorageService {
     /// the change itself says why not.
     pub(crate) fn may_change(&self, domains: impl IntoIterator<Item = Uuid>) -> bool {
         domains.into_iter().all(|id| {
-            self.domain(id)
-                .map(|d| d.shared().is_none_or(|leases| leases.check().is_ok()))
-                .unwrap_or(true)
+            self.domain(id).map_or(true, |d| {
+                d.shared().is_none_or(|leases| leases.check().is_ok())
+            })
         })
     }
 

@@ -268,7 +268,7 @@ impl VmService {
             self.undo_create(entry).await;
             return Err(cannot_create(err));
         }
-        crate::failpoint::pause("vm-create:defined").await;
+        crate::failpoint::pause!("vm-create:defined");
         if let Err(refusal) = self.verify_definition(vm, expected).await {
             tracing::error!(%vm, error = %refusal, "libvirt's definition is not what rvdsm placed; undoing");
             self.undo_create(entry).await;
@@ -451,7 +451,7 @@ impl VmService {
 
     /// After QEMU stopped: rvdsm's VMs are undefined and their images released.
     async fn finish_destroy(&self, entry: &Entry) {
-        crate::failpoint::pause("vm-destroy:stopped").await;
+        crate::failpoint::pause!("vm-destroy:stopped");
         if entry.managed {
             if let Err(err) = self.inner.hypervisor.undefine(entry.vm).await {
                 tracing::error!(vm = %entry.vm, error = %err, "cannot undefine the VM; the journal keeps it");
@@ -606,7 +606,7 @@ impl VmService {
         match tokio::task::spawn_blocking(move || journal.remove(vm)).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => {
-                tracing::error!(%vm, error = %err, "cannot remove the VM journal entry")
+                tracing::error!(%vm, error = %err, "cannot remove the VM journal entry");
             }
             Err(err) => tracing::error!(%vm, error = %err, "VM journal removal panicked"),
         }

@@ -186,7 +186,7 @@ fn path_refs<'a, 'input>(root: Node<'a, 'input>) -> Vec<(Node<'a, 'input>, Strin
         let name = node.tag_name().name();
         let is_rng_backend = name == "backend" && is_in(node, "rng");
         if rules::PATH_ELEMENTS.contains(&name) || is_rng_backend {
-            let text = node.text().map(str::trim).unwrap_or("");
+            let text = node.text().map_or("", str::trim);
             let rng_ok = is_rng_backend && (text.is_empty() || rules::RNG_SOURCES.contains(&text));
             if !text.is_empty() && !rng_ok {
                 found.push((node, "text".to_owned(), text.to_owned()));

@@ -71,7 +71,7 @@ impl<'r> Placement<'r> {
                 // libvirt joins every text and drops comments; rvdsm checks one text.
                 return Err(refused(describe(node), "a path must be one plain text"));
             }
-            let path = node.text().map(str::trim).unwrap_or("");
+            let path = node.text().map_or("", str::trim);
             let file = HostFile::inside(describe(node), Path::new(path), dirs)?;
             self.host_files.push(file);
             self.handled.insert(node.range());

@@ -95,7 +95,7 @@ fn check_loader(loader: Node) -> Result<(), VirtError> {
 /// host.
 fn check_host_reach(root: Node) -> Result<(), VirtError> {
     if let Some(partition) = child(root, "resource").and_then(|r| child(r, "partition")) {
-        let name = partition.text().map(str::trim).unwrap_or("");
+        let name = partition.text().map_or("", str::trim);
         if name != "/machine" && !name.starts_with("/machine/") {
             return Err(refused(
                 describe(partition),
@@ -199,7 +199,7 @@ fn check_device(device: Node) -> Result<(), VirtError> {
         "rng" => {
             let backend = child(device, "backend");
             let model = backend.and_then(|b| b.attribute("model"));
-            let source = backend.and_then(|b| b.text()).map(str::trim).unwrap_or("");
+            let source = backend.and_then(|b| b.text()).map_or("", str::trim);
             if model != Some("random")
                 || !(source.is_empty() || rules::RNG_SOURCES.contains(&source))
             {

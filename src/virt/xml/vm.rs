@@ -184,7 +184,7 @@ fn drive_ids(device: Node, target: &str) -> Result<Option<[Uuid; 4]>, VirtError>
         if nodes.next().is_some() {
             return Err(invalid(format!("drive {target} has a second <{tag}>")));
         }
-        let text = node.text().map(str::trim).unwrap_or("");
+        let text = node.text().map_or("", str::trim);
         *id = Uuid::parse_str(text)
             .map_err(|e| invalid(format!("drive {target}: <{tag}> {text:?}: {e}")))?;
         found += 1;
