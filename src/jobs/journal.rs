@@ -60,6 +60,22 @@ impl<O> Finished<O> {
     }
 }
 
+impl<O: Serialize> Finished<O> {
+    /// Writes an optional end as `[at, outcome]`, the form the SDM journal had before the
+    /// journals were one. SDM records are shared with the other hosts of a domain
+    /// (`master/sdm-merges`), which may still run the previous release during an upgrade
+    /// done host by host: that release reads only the pair, and would refuse a
+    /// `StoragePool.finalizeMerge` of a merge this host recorded.
+    pub fn serialize_as_pair<S: serde::Serializer>(
+        end: &Option<Self>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        end.as_ref()
+            .map(|end| (end.at, &end.outcome))
+            .serialize(serializer)
+    }
+}
+
 /// The encodings of an end a release of rvdsm wrote: `{at, outcome}` (every journal now, and
 /// the snapshot and merge journals always), or `[at, outcome]` (the SDM journal before the
 /// journals were one), read alike so that an upgrade forgets no job.
