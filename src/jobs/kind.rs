@@ -53,6 +53,15 @@ impl JobKind {
             Self::CopyData => "copy_data",
         }
     }
+
+    /// How a VM's stats show the job in `vmJobs` (`jobType`, `blockJobType`), for a job that
+    /// runs as a libvirt block job; `None` for the others.
+    pub const fn vm_block_job(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::LiveMerge => Some(("block", "commit")),
+            Self::Snapshot | Self::ColdMerge | Self::CopyData => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +80,7 @@ mod tests {
         .into_iter()
         .map(|k| (k.job_type().as_str(), k.description()))
         .collect();
+        assert_eq!(JobKind::LiveMerge.vm_block_job(), Some(("block", "commit")));
         assert_eq!(
             names,
             [

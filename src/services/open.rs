@@ -17,7 +17,6 @@ use super::{
     FreezeService, HostService, MergeService, Monitor, SdmService, Services, SnapshotService,
     StorageService, StorageSettings, VmService,
 };
-use crate::api::ApiError;
 use crate::cluster::{Cluster, ClusterSettings};
 use crate::config::{Config, ConfigError};
 use crate::events::EventBus;
@@ -57,7 +56,7 @@ pub enum OpenError {
     Pool(#[source] ConfigError),
     /// The storage domains or the task records could not be opened.
     #[error("cannot open storage")]
-    Storage(#[source] ApiError),
+    Storage(#[source] crate::services::storage::error::StorageServiceError),
     /// A journal of intent could not be opened.
     #[error("cannot open the {what} journal")]
     Journal {

@@ -308,12 +308,15 @@ impl MergeService {
 
     /// Shows the job in the VM's `vmJobs`.
     fn show(&self, entry: &Entry) {
+        let Some((job_type, block_job_type)) = JobKind::LiveMerge.vm_block_job() else {
+            return;
+        };
         self.inner.block_jobs.set(
             entry.vm,
             VmBlockJob {
                 id: entry.job,
-                job_type: "block",
-                block_job_type: "commit",
+                job_type,
+                block_job_type,
                 drive: entry.target.clone(),
                 image: entry.drive.image,
                 bandwidth: entry.bandwidth,

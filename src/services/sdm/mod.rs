@@ -277,7 +277,7 @@ impl SdmService {
             ))
             .into());
         };
-        self.inner.storage.finalize_merge(p, generation).await
+        Ok(self.inner.storage.finalize_merge(p, generation).await?)
     }
 
     /// Registers, journals and runs a job.

@@ -66,27 +66,28 @@ impl StorageService {
             domain: s.sd_id,
             image: s.img_id,
         };
-        self.run_task(
-            names::SP_PREPARE_MERGE,
-            s,
-            work,
-            |service, s, _task| async move {
-                let _image = service.lock_image(s.sd_id, s.img_id).await;
-                let pair = service.check_subchain(&s).await?;
-                let domain = service.domain(s.sd_id)?;
-                blocking(move || {
-                    let _lock = domain.lock().acquire()?;
-                    let mut base = read_meta(&domain, s.img_id, s.base_id)?;
-                    if base.capacity < pair.top.capacity {
-                        base.capacity = pair.top.capacity;
-                        write_meta(&domain, s.img_id, s.base_id, &base)?;
-                    }
-                    Ok(())
-                })
-                .await
-            },
-        )
-        .await
+        Ok(self
+            .run_task(
+                names::SP_PREPARE_MERGE,
+                s,
+                work,
+                |service, s, _task| async move {
+                    let _image = service.lock_image(s.sd_id, s.img_id).await;
+                    let pair = service.check_subchain(&s).await?;
+                    let domain = service.domain(s.sd_id)?;
+                    blocking(move || {
+                        let _lock = domain.lock().acquire()?;
+                        let mut base = read_meta(&domain, s.img_id, s.base_id)?;
+                        if base.capacity < pair.top.capacity {
+                            base.capacity = pair.top.capacity;
+                            write_meta(&domain, s.img_id, s.base_id, &base)?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                },
+            )
+            .await?)
     }
 
     /// The cold merge's data step (`SDM.merge`'s work): `top`'s data committed into `base`
@@ -153,7 +154,7 @@ impl StorageService {
         &self,
         p: PoolSubchainParams,
         base_generation: u32,
-    ) -> Result<Uuid, ApiError> {
+    ) -> Result<Uuid, StorageServiceError> {
         self.check_pool(p.pool)?;
         let _spm = self.require_spm().await?;
         // An engine sends the subchain it gave SDM.merge, with the base's generation from

@@ -1,10 +1,13 @@
 //! What the storage service's functions that other services call (the SDM jobs, the image
-//! handles' makers) fail with: the storage layer's error, or libvirt's when it could not tell
-//! which volumes its VMs use. Kept typed up to the rpc edge, where [`ApiError`] is made from it
-//! once, with the codes of [`crate::services::errors`].
+//! handles' makers, the VM service's lease lookups, the finalize of a cold merge) fail with:
+//! the storage layer's error, libvirt's when it could not tell which volumes its VMs use, the
+//! cluster's, or the task records'. Typed toward the calling service, which keeps it as the
+//! source of its own error or hands it on; [`ApiError`] is made from it by the one mapping of
+//! [`crate::services::errors`] when a verb's answer or a job's recorded end needs VDSM's code.
 
 use crate::api::ApiError;
 use crate::cluster::ClusterError;
+use crate::jobs::tasks::TaskError;
 use crate::services::errors::storage_api_error;
 use crate::storage::{StorageError, StorageErrorKind};
 use crate::virt::VirtError;
@@ -22,6 +25,12 @@ pub enum StorageServiceError {
     /// This host's part among the hosts sharing the domain refused (not the SPM, no lease).
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The task records refused or failed (a task not found, not persisted).
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The task bookkeeping panicked.
+    #[error("task bookkeeping panicked")]
+    TaskBookkeeping(#[source] tokio::task::JoinError),
 }
 
 /// What kind of failure a [`StorageServiceError`] is.
@@ -33,6 +42,8 @@ pub enum ServiceErrorKind {
     Hypervisor,
     /// The cluster refused.
     Cluster,
+    /// The task records refused or failed.
+    Task,
 }
 
 impl StorageServiceError {
@@ -42,6 +53,7 @@ impl StorageServiceError {
             Self::Storage(err) => ServiceErrorKind::Storage(err.kind()),
             Self::Hypervisor(_) => ServiceErrorKind::Hypervisor,
             Self::Cluster(_) => ServiceErrorKind::Cluster,
+            Self::Task(_) | Self::TaskBookkeeping(_) => ServiceErrorKind::Task,
         }
     }
 }
@@ -52,6 +64,10 @@ impl From<StorageServiceError> for ApiError {
             StorageServiceError::Storage(err) => storage_api_error(&err),
             StorageServiceError::Hypervisor(err) => err.into(),
             StorageServiceError::Cluster(err) => err.into(),
+            StorageServiceError::Task(err) => err.into(),
+            StorageServiceError::TaskBookkeeping(err) => {
+                ApiError::Unexpected(format!("task bookkeeping panicked: {err}"))
+            }
         }
     }
 }

@@ -73,13 +73,13 @@ impl StorageService {
             domain: lease.sd_id,
             lease: lease.lease_id,
         };
-        self.run_task(names::LEASE_CREATE, lease, work, |service, lease, _| async move {
+        Ok(self.run_task(names::LEASE_CREATE, lease, work, |service, lease, _| async move {
             let domain = service.domain(lease.sd_id)?;
             let slot = bounded("creating the lease", move || xleases::create(&domain, lease.lease_id)).await?;
             tracing::info!(lease = %lease.lease_id, domain = %lease.sd_id, offset = slot.offset, "external lease created");
             Ok(())
         })
-        .await
+        .await?)
     }
 
     /// `Lease.delete`.
@@ -92,13 +92,13 @@ impl StorageService {
             domain: lease.sd_id,
             lease: lease.lease_id,
         };
-        self.run_task(names::LEASE_DELETE, lease, work, |service, lease, _| async move {
+        Ok(self.run_task(names::LEASE_DELETE, lease, work, |service, lease, _| async move {
             let domain = service.domain(lease.sd_id)?;
             bounded("deleting the lease", move || xleases::delete(&domain, lease.lease_id)).await?;
             tracing::info!(lease = %lease.lease_id, domain = %lease.sd_id, "external lease deleted");
             Ok(())
         })
-        .await
+        .await?)
     }
 
     /// `Lease.info`.

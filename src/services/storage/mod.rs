@@ -117,7 +117,7 @@ impl StorageService {
     /// Attaches the domains found under the repository and rolls back the tasks a previous
     /// run left unfinished (on a host sharing its domains: once it is the SPM again, see
     /// `take_over_tasks`). Blocks (file I/O): call it before serving, off the reactor.
-    pub fn open(settings: &StorageSettings) -> Result<Self, ApiError> {
+    pub fn open(settings: &StorageSettings) -> Result<Self, StorageServiceError> {
         let repo = Repository::new(settings.repository);
         let domains: HashMap<Uuid, Arc<Domain>> = Domain::discover(&repo)
             .into_iter()
@@ -271,7 +271,7 @@ impl StorageService {
         s: S,
         first: TaskWork,
         work: F,
-    ) -> Result<Uuid, ApiError>
+    ) -> Result<Uuid, StorageServiceError>
     where
         S: Send + 'static,
         F: FnOnce(StorageService, S, Uuid) -> Fut + Send + 'static,
@@ -602,13 +602,11 @@ fn end_leftover_writers(record: &TaskRecord) {
 async fn on_tasks<T: Send + 'static>(
     tasks: &TaskManager,
     f: impl FnOnce(&TaskManager) -> Result<T, TaskError> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, StorageServiceError> {
     let tasks = tasks.clone();
     match tokio::task::spawn_blocking(move || f(&tasks)).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(e) => Err(ApiError::Unexpected(format!(
-            "task bookkeeping panicked: {e}"
-        ))),
+        Ok(result) => Ok(result?),
+        Err(e) => Err(StorageServiceError::TaskBookkeeping(e)),
     }
 }
 

@@ -29,12 +29,12 @@ impl StorageService {
 
     /// `Task.clear`.
     pub async fn task_clear(&self, p: TaskParams) -> Result<(), ApiError> {
-        on_tasks(&self.inner.tasks, move |t| t.clear(p.task)).await
+        Ok(on_tasks(&self.inner.tasks, move |t| t.clear(p.task)).await?)
     }
 
     /// `Task.stop`.
     pub async fn task_stop(&self, p: TaskParams) -> Result<(), ApiError> {
-        on_tasks(&self.inner.tasks, move |t| t.stop(p.task)).await
+        Ok(on_tasks(&self.inner.tasks, move |t| t.stop(p.task)).await?)
     }
 
     /// When the daemon stops: every running task is stopped (rolled back now rather than at
