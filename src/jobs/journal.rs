@@ -238,8 +238,13 @@ impl<T: JournalRecord> Journal<T> {
             if path.extension().is_none_or(|x| x != "json") {
                 continue;
             }
-            match std::fs::read(&path).map(|b| serde_json::from_slice::<T>(&b)) {
-                Ok(Ok(record)) => all.push((path, record)),
+            match read_record(&path).map(|b| serde_json::from_slice::<T>(&b)) {
+                // Its owner writes, prunes and removes it by the id it holds: a record under
+                // another name would never be removed, and would come back at every start.
+                Ok(Ok(record)) if named_by(&path, record.id()) => all.push((path, record)),
+                Ok(Ok(record)) => {
+                    tracing::error!(what = self.what, path = %path.display(), id = %record.id(), "journal record under another id's name skipped");
+                }
                 Ok(Err(err)) => {
                     tracing::error!(what = self.what, path = %path.display(), error = %err, "unreadable journal record skipped");
                 }
@@ -250,6 +255,37 @@ impl<T: JournalRecord> Journal<T> {
         }
         Ok(all)
     }
+}
+
+/// Whether the file at `path` is the one a record of `id` is written to.
+fn named_by(path: &Path, id: Uuid) -> bool {
+    path.file_name()
+        .is_some_and(|name| *name == *format!("{}.json", id.hyphenated()))
+}
+
+/// The most a journal record is read: rvdsm's records are a few KiB.
+const MAX_RECORD: u64 = 1 << 20;
+
+/// The bytes of the record at `path`, read only if it is a regular file of at most
+/// [`MAX_RECORD`] bytes: rvdsm writes nothing else there, and a link, a FIFO (which would
+/// block the daemon's start) or a huge file is refused, not followed or read whole.
+fn read_record(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK).bits())
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(refused("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_RECORD + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_RECORD {
+        return Err(refused(format!("larger than {MAX_RECORD} bytes")));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -305,7 +305,12 @@ impl TaskManager {
         });
         records
             .into_iter()
-            .filter_map(|(_, bytes)| serde_json::from_slice::<TaskRecord>(&bytes).ok())
+            .filter_map(|(name, bytes)| {
+                let record = serde_json::from_slice::<TaskRecord>(&bytes).ok()?;
+                // Cleared and tombstoned by the name its id gives: one under another name
+                // would be recovered again and again.
+                (name == format!("{}.json", record.id.hyphenated())).then_some(record)
+            })
             .filter(|r| !r.state.is_done() && !has_tombstone(&dir, r.id))
             .collect()
     }

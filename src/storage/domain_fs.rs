@@ -92,10 +92,11 @@ impl DomainDir {
     }
 
     /// The content of `path`: a small file (metadata, a record), at most `MAX_READ` (1 MiB).
-    /// Another host writes these files: a huge one is refused, never read into memory.
+    /// Another host writes these files: a huge one is refused, never read into memory, and
+    /// so is anything but a regular file (a FIFO planted as a record would block the reader).
     pub fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        File::from(self.open_beneath(path, OFlag::O_RDONLY, 0)?)
+        self.open_regular(path, false)?
             .take(MAX_READ + 1)
             .read_to_end(&mut bytes)?;
         if bytes.len() as u64 > MAX_READ {

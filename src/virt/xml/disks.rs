@@ -97,13 +97,18 @@ pub struct DiskVolume {
 /// layout every file domain has, whether the path goes through the pool's link or the
 /// domain's mount: `<...>/<domain>/images/<image>/<volume>`, the three ids UUIDs. `None` for
 /// any other path (a file outside the storage domains, a network disk): such a disk is on no
-/// volume rvdsm knows.
+/// volume rvdsm knows. Only the spelling rvdsm gives those files counts (lowercase,
+/// hyphenated): `{uuid}`, `urn:uuid:...` or upper case name other files.
 pub fn disk_volume(path: &str) -> Option<DiskVolume> {
     let path = std::path::Path::new(path);
     let uuid = |p: Option<&std::path::Path>| {
         p.and_then(std::path::Path::file_name)
             .and_then(|n| n.to_str())
-            .and_then(|n| Uuid::parse_str(n).ok())
+            .and_then(|n| {
+                Uuid::parse_str(n)
+                    .ok()
+                    .filter(|u| u.hyphenated().to_string() == n)
+            })
     };
     let image_dir = path.parent();
     let images = image_dir.and_then(std::path::Path::parent);
