@@ -1,4 +1,4 @@
-//! Images as a whole: their names ([`ImageRef`], [`VolumeRef`]), deleting every volume of
+//! Images as a whole: their name ([`ImageRef`]), deleting every volume of
 //! one, preparing one for a VM (every volume usable, a path through the pool's link as VDSM's
 //! paths are, its chain read), and telling whether a VM uses any of its volumes. Blocking file
 //! I/O: callers run these off the reactor (the [`ImageHandle`] does).
@@ -28,24 +28,6 @@ impl ImageRef {
     /// The image `image` of `domain`.
     pub fn new(domain: Uuid, image: Uuid) -> Self {
         Self { domain, image }
-    }
-}
-
-/// A volume: its domain, its image and its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VolumeRef {
-    /// The storage domain.
-    pub domain: Uuid,
-    /// The image in it.
-    pub image: Uuid,
-    /// The volume of the image.
-    pub volume: Uuid,
-}
-
-impl VolumeRef {
-    /// The image the volume is in.
-    pub fn image_ref(&self) -> ImageRef {
-        ImageRef::new(self.domain, self.image)
     }
 }
 
