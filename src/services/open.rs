@@ -89,44 +89,21 @@ impl Services {
     /// previous run left (returned, to be ended by [`Services::recover`]); changes nothing on
     /// a VM. On a `[cluster]` host, starts watching this host's sanlock leases.
     pub async fn open(config: &Config, deps: Deps) -> Result<(Self, Interrupted), OpenError> {
-        let hypervisor = deps.hypervisor;
-        let storage = open_storage(config, hypervisor.clone()).await?;
-        let state_dir = config.daemon.state_dir.clone();
-        let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
-        let auto_thaw = Duration::from_secs(config.daemon.auto_thaw_secs);
         let jobs = JobRegistry::new(config.daemon.max_parallel_snapshots as usize);
-        let jobs = match &deps.events {
-            Some(events) => jobs.with_events(events.clone()),
-            None => jobs,
+        let base = Base {
+            storage: open_storage(config, deps.hypervisor.clone()).await?,
+            hypervisor: deps.hypervisor,
+            jobs: match &deps.events {
+                Some(events) => jobs.with_events(events.clone()),
+                None => jobs,
+            },
+            state_dir: config.daemon.state_dir.clone(),
         };
-        let (freeze, snapshot) = {
-            let (hypervisor, storage, jobs) = (hypervisor.clone(), storage.clone(), jobs.clone());
-            let state_dir = state_dir.clone();
-            blocking(move || {
-                let freeze = FreezeService::start(
-                    hypervisor.clone(),
-                    jobs.clone(),
-                    state_dir.join("freezes"),
-                    agent_timeout,
-                    auto_thaw,
-                );
-                let snapshot = SnapshotService::open(
-                    hypervisor,
-                    storage,
-                    jobs,
-                    freeze.clone(),
-                    &state_dir.join("snapshots"),
-                    agent_timeout,
-                );
-                (freeze, snapshot)
-            })
-            .await?
-        };
-        let (snapshot, snapshots) = snapshot.map_err(journal("snapshot"))?;
-        count_states_at_scrape(jobs.clone(), storage.clone());
+        let (freeze, snapshot, snapshots) = open_freeze_and_snapshot(&base, config).await?;
+        count_states_at_scrape(base.jobs.clone(), base.storage.clone());
         let block_jobs = BlockJobTable::default();
         let monitor = Monitor::new(
-            hypervisor.clone(),
+            base.hypervisor.clone(),
             Duration::from_secs(config.libvirt.vm_sample_interval_secs),
             freeze.clone(),
             deps.events.clone(),
@@ -135,29 +112,16 @@ impl Services {
         if let Some(changed) = deps.changed_vms {
             refresh_changed_vms(changed, monitor.clone());
         }
-        let vms = {
-            let (hypervisor, storage, monitor) =
-                (hypervisor.clone(), storage.clone(), monitor.clone());
-            let (jobs, dir) = (jobs.clone(), state_dir.join("vms"));
-            let rules = VmFileRules::from_config(&config.vm);
-            blocking(move || VmService::open(hypervisor, storage, monitor, jobs, rules, &dir))
-                .await?
-                .map_err(journal("VM"))?
-        };
-        let (merge, merges) = {
-            let parts = (hypervisor.clone(), storage.clone(), monitor.clone());
-            let (jobs, dir) = (jobs.clone(), state_dir.join("merges"));
-            let events = deps.block_job_events;
-            blocking(move || MergeService::open(parts, jobs, block_jobs, events, &dir))
-                .await?
-                .map_err(journal("merge"))?
-        };
-        let sdm = {
-            let (storage, jobs, dir) = (storage.clone(), jobs.clone(), state_dir.join("sdm"));
-            blocking(move || SdmService::open(storage, jobs, &dir))
-                .await?
-                .map_err(journal("SDM job"))?
-        };
+        let rules = VmFileRules::from_config(&config.vm);
+        let vms = open_vms(&base, &monitor, rules).await?;
+        let (merge, merges) =
+            open_merge(&base, &monitor, block_jobs, deps.block_job_events).await?;
+        let sdm = open_sdm(&base).await?;
+        let Base {
+            hypervisor,
+            storage,
+            ..
+        } = base;
         let services = Self {
             host: HostService::new(hypervisor, storage.pool(), monitor.clone()),
             snapshot: snapshot.with_monitor(monitor.clone()),
@@ -182,6 +146,95 @@ impl Services {
         self.monitor.sample_all().await;
         self.monitor.start();
     }
+}
+
+/// What every service is built on.
+#[derive(Clone)]
+struct Base {
+    hypervisor: SharedHypervisor,
+    storage: StorageService,
+    jobs: JobRegistry,
+    state_dir: std::path::PathBuf,
+}
+
+/// `VM.freeze` (its records read back, deadlines armed again) and `VM.snapshot` (its journal
+/// read); returns the snapshot jobs a previous run left.
+async fn open_freeze_and_snapshot(
+    base: &Base,
+    config: &Config,
+) -> Result<(FreezeService, SnapshotService, Vec<InterruptedSnapshot>), OpenError> {
+    let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
+    let auto_thaw = Duration::from_secs(config.daemon.auto_thaw_secs);
+    let base = base.clone();
+    let (freeze, snapshot) = blocking(move || {
+        let freeze = FreezeService::start(
+            base.hypervisor.clone(),
+            base.jobs.clone(),
+            base.state_dir.join("freezes"),
+            agent_timeout,
+            auto_thaw,
+        );
+        let snapshot = SnapshotService::open(
+            base.hypervisor,
+            base.storage,
+            base.jobs,
+            freeze.clone(),
+            &base.state_dir.join("snapshots"),
+            agent_timeout,
+        );
+        (freeze, snapshot)
+    })
+    .await?;
+    let (snapshot, left) = snapshot.map_err(journal("snapshot"))?;
+    Ok((freeze, snapshot, left))
+}
+
+/// The VM lifecycle verbs, their journal read.
+async fn open_vms(
+    base: &Base,
+    monitor: &Monitor,
+    rules: VmFileRules,
+) -> Result<VmService, OpenError> {
+    let (base, monitor) = (base.clone(), monitor.clone());
+    let dir = base.state_dir.join("vms");
+    blocking(move || {
+        VmService::open(
+            base.hypervisor,
+            base.storage,
+            monitor,
+            base.jobs,
+            rules,
+            &dir,
+        )
+    })
+    .await?
+    .map_err(journal("VM"))
+}
+
+/// `VM.merge`, its journal read; returns the merges a previous run left.
+async fn open_merge(
+    base: &Base,
+    monitor: &Monitor,
+    block_jobs: BlockJobTable,
+    events: Option<broadcast::Sender<BlockJobEvent>>,
+) -> Result<(MergeService, Vec<InterruptedMerge>), OpenError> {
+    let (base, monitor) = (base.clone(), monitor.clone());
+    let dir = base.state_dir.join("merges");
+    blocking(move || {
+        let parts = (base.hypervisor, base.storage, monitor);
+        MergeService::open(parts, base.jobs, block_jobs, events, &dir)
+    })
+    .await?
+    .map_err(journal("merge"))
+}
+
+/// The SDM jobs, their journal read.
+async fn open_sdm(base: &Base) -> Result<SdmService, OpenError> {
+    let base = base.clone();
+    let dir = base.state_dir.join("sdm");
+    blocking(move || SdmService::open(base.storage, base.jobs, &dir))
+        .await?
+        .map_err(journal("SDM job"))
 }
 
 /// Opens the storage domains and the task records (blocking, on the blocking pool); on a
