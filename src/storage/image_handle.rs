@@ -84,11 +84,8 @@ impl ImageHandle {
         lock: ImageLock,
     ) -> Self {
         Self {
-            domain,
-            image,
-            pool_dir,
-            qemu_img_timeout,
             _lock: Some(lock),
+            ..Self::unlocked(domain, image, pool_dir, qemu_img_timeout)
         }
     }
 
