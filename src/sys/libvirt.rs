@@ -29,12 +29,17 @@ pub struct LibvirtError {
     pub message: String,
 }
 
+/// libvirt's `virErrorNumber` of `err`.
+pub fn error_code(err: &virt::error::Error) -> i32 {
+    i32::try_from(err.code().to_raw()).unwrap_or(i32::MAX)
+}
+
 impl LibvirtError {
     /// `err`, from a call made for `op`.
     pub fn libvirt(op: &'static str, err: virt::error::Error) -> Self {
         Self {
             op,
-            code: i32::try_from(err.code().to_raw()).unwrap_or(i32::MAX),
+            code: error_code(&err),
             message: err.message().to_owned(),
         }
     }

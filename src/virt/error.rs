@@ -178,9 +178,7 @@ impl From<crate::sys::libvirt::LibvirtError> for VirtError {
     }
 }
 
-pub(crate) fn libvirt_code(err: &virt::error::Error) -> i32 {
-    i32::try_from(err.code().to_raw()).unwrap_or(i32::MAX)
-}
+pub(crate) use crate::sys::libvirt::error_code as libvirt_code;
 
 #[cfg(test)]
 mod tests {
