@@ -19,6 +19,90 @@ pub enum Quiesce {
     Skip,
 }
 
+/// How a memory snapshot saves the guest's RAM (rvdsm's `memoryMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    /// VDSM's way: the guest is paused for the whole dump (libvirt without `LIVE`); the dump
+    /// holds each page once.
+    #[default]
+    Paused,
+    /// The guest runs while its RAM is copied and is paused only for the last pages and the
+    /// disks' switch (libvirt's `LIVE`); a writing guest makes the dump larger.
+    Live,
+}
+
+/// The six ids of VDSM's `snapMemory` and `hiberVolHandle` strings
+/// (`sdUUID,spUUID,dumpImgUUID,dumpVolUUID,confImgUUID,confVolUUID`): the volume that gets the
+/// guest's RAM and the one that gets what restoring needs, both in one storage domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryVolumes {
+    /// The storage domain of both volumes.
+    pub domain: Uuid,
+    /// The pool (checked by nothing but its form: rvdsm has one pool).
+    pub pool: Uuid,
+    /// The RAM dump's image and volume.
+    pub dump: (Uuid, Uuid),
+    /// The configuration's image and volume.
+    pub conf: (Uuid, Uuid),
+}
+
+impl std::str::FromStr for MemoryVolumes {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let ids: Vec<&str> = text.split(',').collect();
+        if ids.len() != 6 {
+            return Err(format!(
+                "expected 6 comma-separated UUIDs (domain, pool, dump image, dump volume, \
+                 configuration image, configuration volume), got {}",
+                ids.len()
+            ));
+        }
+        let mut parsed = [Uuid::nil(); 6];
+        for (slot, id) in parsed.iter_mut().zip(&ids) {
+            *slot = Uuid::parse_str(id.trim()).map_err(|e| format!("{id:?} is not a UUID: {e}"))?;
+        }
+        let [
+            domain,
+            pool,
+            dump_image,
+            dump_volume,
+            conf_image,
+            conf_volume,
+        ] = parsed;
+        let volumes = Self {
+            domain,
+            pool,
+            dump: (dump_image, dump_volume),
+            conf: (conf_image, conf_volume),
+        };
+        if volumes.dump == volumes.conf {
+            return Err("the dump and the configuration are the same volume".into());
+        }
+        Ok(volumes)
+    }
+}
+
+/// What a memory snapshot (or a hibernation) saved: part of its job's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryResult {
+    /// How the RAM was saved.
+    pub mode: MemoryMode,
+    /// How long the guest's CPUs stood still, as libvirt's lifecycle events tell (suspended to
+    /// resumed), in milliseconds; null when the events were not seen.
+    pub pause_ms: Option<f64>,
+    /// QEMU's own figure for the last stop-and-copy (libvirt's `downtime`), in milliseconds.
+    pub downtime_ms: Option<f64>,
+    /// The dump's size in bytes.
+    pub dump_bytes: u64,
+    /// The dump's volume.
+    pub dump_volume: Uuid,
+    /// The configuration's volume.
+    pub conf_volume: Uuid,
+}
+
 /// Why a snapshot is not quiesced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -49,6 +133,10 @@ pub enum Consistency {
     CrashConsistent,
     /// Not known: the switch was found done after a restart of rvdsmd, or after its error.
     Unknown,
+    /// The guest's RAM was saved at the disks' switch: restored together, the guest resumes
+    /// where it was, its filesystems' unwritten state included; the disks alone are as after
+    /// a power cut (no freeze is made when memory is saved, as VDSM does).
+    WithMemory,
 }
 
 /// How long each phase took, in milliseconds.
@@ -155,6 +243,14 @@ impl SnapshotNote {
                      the guest replays its filesystem journals on boot, or runs a filesystem \
                      check; writes not yet flushed at the snapshot are not in it"
                 ),
+            },
+            Consistency::WithMemory => RevertBoot {
+                outcome: "journal-recovery",
+                message: "the snapshot saved the guest's memory: restored with it (VM.create with \
+                          memoryDumpVolume and memoryConfVolume), the guest resumes where it was; \
+                          booted from the disks alone, it replays its filesystem journals as \
+                          after a power cut"
+                    .into(),
             },
             Consistency::Unknown => RevertBoot {
                 outcome: "unknown",

@@ -35,9 +35,12 @@ pub struct SnapshotParams {
     /// The disks to switch.
     #[serde(rename = "snapDrives")]
     pub drives: Vec<SnapDrive>,
-    /// Memory snapshots are not supported (refused).
+    /// VDSM's `sdUUID,spUUID,dumpImg,dumpVol,confImg,confVol`: save the guest's RAM too.
     #[serde(rename = "snapMemory", default)]
     pub snap_memory: Option<String>,
+    /// rvdsm's: how the RAM is saved (the configuration's default when absent).
+    #[serde(rename = "memoryMode", default)]
+    pub memory_mode: Option<crate::api::snapshot_types::MemoryMode>,
     /// The caller froze the guest: neither freeze nor thaw.
     #[serde(default)]
     pub frozen: Option<bool>,

@@ -33,6 +33,7 @@ mod image_handle;
 mod image_marks;
 pub mod layout;
 pub mod lock;
+pub mod memory_state;
 pub mod merge;
 pub mod meta;
 pub mod pool;
