@@ -28,6 +28,8 @@ pub const PAD_TO: usize = 4096;
 /// The most of a volume a reader needs to hand [`decode`]: a longest header, a longest
 /// payload and the newline after it.
 pub const MAX_READ: usize = MAX_HEADER_LEN + MAX_LEN + 1;
+/// The magic and the space after it: how every header line begins.
+const HEADER_START: &str = "rvdsm-memory-state ";
 /// How many bytes of the volume's start tell whether anything was written.
 const WRITTEN_WITHIN: usize = 4096;
 
@@ -185,11 +187,10 @@ fn refuse_unwritten_or_foreign(bytes: &[u8]) -> Result<(), MemoryStateError> {
     if let [0x80, 2..=5, ..] = bytes {
         return Err(MemoryStateError::Pickle);
     }
-    let magic = format!("{MAGIC} ");
-    if bytes.starts_with(magic.as_bytes()) {
+    if bytes.starts_with(HEADER_START.as_bytes()) {
         return Ok(());
     }
-    if magic.as_bytes().starts_with(bytes) {
+    if HEADER_START.as_bytes().starts_with(bytes) {
         return Err(MemoryStateError::Torn("cut short within its header".into()));
     }
     let shown = &bytes[..bytes.len().min(16)];
@@ -416,6 +417,11 @@ mod tests {
             String::from_utf8_lossy(expected)
         );
         assert_eq!(bytes, padded(expected.to_vec()));
+    }
+
+    #[test]
+    fn the_header_starts_with_the_magic() {
+        assert_eq!(HEADER_START, format!("{MAGIC} "));
     }
 
     #[test]
