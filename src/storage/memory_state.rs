@@ -96,7 +96,7 @@ pub enum MemoryStateError {
     Empty,
     /// VDSM's configuration: a Python pickle.
     #[error(
-        "the configuration volume was written by VDSM (a Python pickle), which rvdsm does not \
+        "the configuration volume is in VDSM's format (a Python pickle), which rvdsm does not \
          read; a VM saved by VDSM is restored by VDSM"
     )]
     Pickle,
@@ -450,7 +450,7 @@ mod tests {
         }
         assert!(
             message(VDSM_CONF)
-                .contains("written by VDSM (a Python pickle), which rvdsm does not read")
+                .contains("in VDSM's format (a Python pickle), which rvdsm does not read")
         );
     }
 
