@@ -16,6 +16,8 @@
 mod error;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod fake_tests;
 pub mod flow;
 pub mod journal;
 mod memory;

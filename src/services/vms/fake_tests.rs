@@ -304,3 +304,196 @@ async fn a_destroy_during_a_live_merge_is_refused() {
     assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Up);
     bed.services.merge.stop();
 }
+
+/// Two RAW memory volumes (dump, configuration), each alone in a new image: `(dump, conf)` as
+/// `(image, volume)`.
+async fn memory_volumes(bed: &Bed) -> ((Uuid, Uuid), (Uuid, Uuid)) {
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let (image, volume) = (Uuid::new_v4(), Uuid::new_v4());
+        let raw = bed.create_params(image, volume, None, json!({ "volFormat": 5 }));
+        let task = bed
+            .services
+            .storage
+            .create_volume(params(raw))
+            .await
+            .expect("Volume.create starts");
+        assert_eq!(bed.wait_task(task).await.task_result, "success");
+        made.push((image, volume));
+    }
+    (made[0], made[1])
+}
+
+fn handle(bed: &Bed, dump: (Uuid, Uuid), conf: (Uuid, Uuid)) -> String {
+    format!(
+        "{},{},{},{},{},{}",
+        bed.domain, bed.pool, dump.0, dump.1, conf.0, conf.1
+    )
+}
+
+async fn legality(bed: &Bed, (image, volume): (Uuid, Uuid)) -> String {
+    let info = bed.info(image, volume).await.expect("Volume.getInfo");
+    serde_json::to_value(&info).unwrap()["legality"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A hibernation writes the configuration, saves the RAM and leaves the VM down; a restore
+/// from it (VM.create with hiberVolHandle) defines the saved definition, restores it paused,
+/// resumes it and sets its clock, in that order.
+#[tokio::test]
+async fn a_hibernation_and_its_restore_make_the_calls_in_order() {
+    let (bed, vm, create) = bed_and_vm().await;
+    bed.services
+        .vms
+        .create(create.clone())
+        .await
+        .expect("VM.create");
+    let (dump, conf) = memory_volumes(&bed).await;
+    let hibernate = params(json!({ "vmID": vm, "hiberVolHandle": handle(&bed, dump, conf) }));
+    bed.services
+        .vms
+        .hibernate(hibernate)
+        .await
+        .expect("VM.hibernate");
+    for _ in 0..200 {
+        if bed.fake.vm(vm).unwrap().view.status == VmStatus::Down {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Down);
+    assert_eq!(bed.fake.count("save_memory"), 1);
+    assert_eq!(legality(&bed, dump).await, "LEGAL");
+    bed.services
+        .vms
+        .destroy(destroy(vm))
+        .await
+        .expect("VM.destroy");
+
+    let mut restore = create.clone();
+    restore.vm_params.hiber_vol_handle = Some(handle(&bed, dump, conf));
+    bed.services.vms.create(restore).await.expect("the restore");
+    let restored: Vec<String> = bed
+        .fake
+        .calls()
+        .into_iter()
+        .skip_while(|c| c != "undefine")
+        .filter(|c| {
+            [
+                "define",
+                "start",
+                "restore_paused",
+                "resume",
+                "set_guest_time",
+            ]
+            .contains(&c.split(' ').next().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(
+        restored,
+        ["define", "restore_paused", "resume", "set_guest_time"],
+        "restored, never booted"
+    );
+    assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Up);
+}
+
+/// A failed save leaves the VM running and both memory volumes ILLEGAL: nothing restores a
+/// dump cut short.
+#[tokio::test]
+async fn a_failed_hibernation_marks_the_memory_volumes_illegal() {
+    let (bed, vm, create) = bed_and_vm().await;
+    bed.services.vms.create(create).await.expect("VM.create");
+    let (dump, conf) = memory_volumes(&bed).await;
+    bed.fake
+        .fail_next("save_memory", libvirt_error("save the domain", 1));
+    let hibernate = params(json!({ "vmID": vm, "hiberVolHandle": handle(&bed, dump, conf) }));
+    bed.services
+        .vms
+        .hibernate(hibernate)
+        .await
+        .expect("VM.hibernate");
+    for _ in 0..200 {
+        if legality(&bed, conf).await == "ILLEGAL" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(legality(&bed, dump).await, "ILLEGAL");
+    assert_eq!(legality(&bed, conf).await, "ILLEGAL");
+    assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Up);
+}
+
+/// A restore whose configuration was saved for another VM, or whose disk moved on from the
+/// saved instant, is refused before anything is defined.
+#[tokio::test]
+async fn a_restore_of_another_vms_ram_or_onto_a_later_disk_defines_nothing() {
+    let (bed, vm, create) = bed_and_vm().await;
+    bed.services
+        .vms
+        .create(create.clone())
+        .await
+        .expect("VM.create");
+    let (dump, conf) = memory_volumes(&bed).await;
+    let hibernate = params(json!({ "vmID": vm, "hiberVolHandle": handle(&bed, dump, conf) }));
+    bed.services
+        .vms
+        .hibernate(hibernate)
+        .await
+        .expect("VM.hibernate");
+    for _ in 0..200 {
+        if bed.fake.vm(vm).unwrap().view.status == VmStatus::Down {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bed.services
+        .vms
+        .destroy(destroy(vm))
+        .await
+        .expect("VM.destroy");
+
+    // Another VM's definition naming the same disk and this RAM.
+    let other = Uuid::new_v4();
+    let image = create
+        .vm_params
+        .xml
+        .split("<ovirt-vm:imageID>")
+        .nth(1)
+        .unwrap()[..36]
+        .parse::<Uuid>()
+        .unwrap();
+    let volume = create
+        .vm_params
+        .xml
+        .split("<ovirt-vm:volumeID>")
+        .nth(1)
+        .unwrap()[..36]
+        .parse::<Uuid>()
+        .unwrap();
+    let mut foreign: crate::api::lifecycle_types::CreateVmParams = params(json!({
+        "vmID": other, "vmParams": { "xml": engine_xml(&bed, other, image, volume) }
+    }));
+    foreign.vm_params.hiber_vol_handle = Some(handle(&bed, dump, conf));
+    let defines = bed.fake.count("define");
+    let err = bed.services.vms.create(foreign).await.unwrap_err();
+    assert!(err.to_string().contains("saved for VM"), "{err}");
+
+    // This VM, on a grandchild of the saved volume: a disk that moved on.
+    let (child, grandchild) = (Uuid::new_v4(), Uuid::new_v4());
+    bed.volume(image, child, Some(volume)).await;
+    bed.volume(image, grandchild, Some(child)).await;
+    let mut later: crate::api::lifecycle_types::CreateVmParams = params(json!({
+        "vmID": vm, "vmParams": { "xml": engine_xml(&bed, vm, image, grandchild) }
+    }));
+    later.vm_params.hiber_vol_handle = Some(handle(&bed, dump, conf));
+    let err = bed.services.vms.create(later).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not hold the data of the saved instant"),
+        "{err}"
+    );
+    assert_eq!(bed.fake.count("define"), defines, "nothing defined");
+    assert!(bed.fake.vm(vm).is_none() && bed.fake.vm(other).is_none());
+}
