@@ -133,6 +133,16 @@ impl VmService {
         }
         let xml = vm_xml::with_metadata_of(&state.domain_xml, &p.vm_params.xml)
             .map_err(|e| cannot_create(format!("the saved definition: {e}")))?;
+        // The configuration's own VM id was checked; the definition inside it names its VM
+        // again, and that is the one libvirt would define.
+        let saved_vm = vm_xml::parse_engine_vm(&xml)
+            .map_err(|e| cannot_create(format!("the saved definition: {e}")))?;
+        if saved_vm.uuid != engine.uuid {
+            return Err(cannot_create(format!(
+                "the saved definition is VM {}'s, not {}'s",
+                saved_vm.uuid, engine.uuid
+            )));
+        }
         Ok(Some(Restore {
             dump,
             dump_id,
