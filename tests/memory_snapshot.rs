@@ -80,6 +80,7 @@ impl Counted {
     /// value before the save, well below where the running VM had taken it since, increasing,
     /// and its process alive.
     fn assert_resumed(&self, restored: &MemVm) {
+        assert_ram_kept(restored);
         let first = restored.counter();
         let ran = self.late - self.done;
         assert!(
@@ -103,6 +104,19 @@ impl Counted {
         let moved = wait_until(Duration::from_secs(10), || restored.counter() > first);
         assert!(moved, "the restored counter stays at {first}");
     }
+}
+
+/// Fails at once, saying so, when a guest that should have been restored booted afresh: the
+/// counter's file in its tmpfs is gone.
+fn assert_ram_kept(restored: &MemVm) {
+    let (code, out) = restored.exec("cat /run/counter");
+    assert_eq!(
+        code,
+        0,
+        "no counter in the guest's tmpfs ({out}): it booted afresh instead of resuming; \
+         console:\n{}",
+        restored.console()
+    );
 }
 
 /// Reverts the destroyed `vm` to its memory snapshot as an engine does: a preview leaf on the
@@ -290,6 +304,7 @@ fn hibernate_and_resume() {
     let created = created
         .unwrap_or_else(|e| panic!("the resume was refused: {e:?}; log:\n{}", f.daemon.log()));
     assert_eq!(created["status"], "Up", "{created}");
+    assert_ram_kept(&resumed);
     let first = resumed.counter();
     // Five seconds' worth: the save begins right after the call.
     let margin = (in_three_seconds * 5 / 3).max(10);
