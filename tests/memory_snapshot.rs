@@ -22,8 +22,9 @@ use common::memory::{
 use common::{Daemon, libvirt, stomp, wait_until};
 use serde_json::{Value, json};
 
-/// VDSM's `exitReason` of a VM whose RAM was saved (`SAVE_STATE_SUCCEEDED`).
-const SAVE_STATE_SUCCEEDED: i64 = 4;
+/// VDSM's `exitReason` of a VM whose RAM was saved (`SAVE_STATE_SUCCEEDED` in
+/// `lib/vdsm/virt/vmexitreason.py`; 4 there is `MIGRATION_SUCCEEDED`).
+const SAVE_STATE_SUCCEEDED: i64 = 5;
 /// How long the VM is left to run (then to stay saved) after the save: without the clock's
 /// correction a restored guest lags by at least this much.
 const AFTER_SAVE: Duration = Duration::from_secs(10);
