@@ -143,8 +143,7 @@ impl SnapshotService {
             .migratable_xml(entry.vm)
             .await
             .map_err(|e| e.to_string())?;
-        let xml =
-            crate::virt::xml::saved::without_backing_stores(&xml).map_err(|e| e.to_string())?;
+        let xml = crate::virt::xml::saved::restorable(&xml).map_err(|e| e.to_string())?;
         let state = MemoryState {
             vm_id: entry.vm,
             saved_for: SavedFor::Snapshot,

@@ -60,7 +60,10 @@ impl StorageService {
         conf: &Arc<MemoryVolume>,
         state: &MemoryState,
     ) -> Result<(), StorageError> {
-        let (conf, bytes) = (Arc::clone(conf), memory_state::encode(state));
+        // Refused here what a restore would refuse (a payload too large, a number JSON
+        // cannot carry), before anything is written.
+        let bytes = memory_state::try_encode(state)?;
+        let conf = Arc::clone(conf);
         off_reactor(move || memory_volume::write_conf(&conf, &bytes)).await
     }
 
@@ -71,7 +74,7 @@ impl StorageService {
         conf: &Arc<MemoryVolume>,
     ) -> Result<MemoryState, StorageError> {
         let conf = Arc::clone(conf);
-        let limit = memory_state::MAX_LEN + 4096;
+        let limit = memory_state::MAX_READ;
         let bytes = off_reactor(move || memory_volume::read_conf(&conf, limit)).await?;
         Ok(memory_state::decode(&bytes)?)
     }

@@ -286,7 +286,7 @@ impl VmService {
             mode: MemoryMode::Paused,
             saved_at: epoch_secs(),
             elapsed_time_offset: 0.0,
-            domain_xml: crate::virt::xml::saved::without_backing_stores(&xml)?,
+            domain_xml: crate::virt::xml::saved::restorable(&xml)?,
             disks,
             dump: SavedVolume {
                 domain_id: dump_id.domain,
