@@ -17,7 +17,7 @@ use common::domain::{Fixture, new_id};
 use common::guest::GuestSlot;
 use common::memory::{
     GUEST_MIB, MEMORY_JOB_TIMEOUT, MemVm, MemoryVolumes, domain_exists, file_sum,
-    memory_snapshot_params, overwrite_start, raw_volume, wait_vm_status,
+    memory_snapshot_params, overwrite_start, raw_volume,
 };
 use common::{Daemon, libvirt, stomp, wait_until};
 use serde_json::{Value, json};
@@ -51,6 +51,7 @@ fn wait_memory_job(f: &Fixture, job: &str) -> Value {
 /// Asserts the job's result of a memory snapshot into `memory` in `mode`.
 fn assert_memory_result(info: &Value, memory: &MemoryVolumes, mode: &str) {
     let result = &info["result"];
+    eprintln!("{mode} memory snapshot: {}", result["memory"]);
     assert_eq!(result["consistency"], "with-memory", "{info}");
     assert!(result["reason"].is_null(), "{info}");
     let saved = &result["memory"];
@@ -83,6 +84,10 @@ impl Counted {
     fn assert_resumed(&self, restored: &MemVm) {
         assert_ram_kept(restored);
         let first = restored.counter();
+        eprintln!(
+            "counter: {} before the save, {} when it ended, {} later; {first} after the restore",
+            self.before, self.done, self.late
+        );
         let ran = self.late - self.done;
         assert!(
             ran >= 20,
@@ -286,7 +291,21 @@ fn hibernate_and_resume() {
         json!({"vmID": vm, "hiberVolHandle": memory.handle(&f)}),
     );
     assert_eq!(started, json!(true));
-    let stats = wait_vm_status(&f, &vm, "Down", MEMORY_JOB_TIMEOUT);
+    let (seen, stats) = statuses_until_down(&f, &vm);
+    eprintln!("VM.getStats after VM.hibernate: {seen:?}");
+    assert!(
+        seen.iter().any(|s| s == "Saving State"),
+        "the VM was never \"Saving State\" while its RAM was saved: {seen:?}"
+    );
+    let order = ["Up", "Saving State", "Down"];
+    let ranks: Vec<Option<usize>> = seen
+        .iter()
+        .map(|s| order.iter().position(|o| o == s))
+        .collect();
+    assert!(
+        ranks.iter().all(Option::is_some) && ranks.windows(2).all(|w| w[0] < w[1]),
+        "VM.getStats went {seen:?} after VM.hibernate, not Up, Saving State, Down"
+    );
     assert_eq!(stats["exitReason"], SAVE_STATE_SUCCEEDED, "{stats}");
     assert!(
         domain_exists(&vm),
@@ -325,6 +344,28 @@ fn hibernate_and_resume() {
     assert!(resumed.pings(Duration::from_secs(10)), "no guest-ping");
     assert_clock_corrected(&resumed);
     f.daemon.ok("VM.destroy", json!({"vmID": vm}));
+}
+
+/// The distinct statuses `VM.getStats` shows for `vm`, polled closely, until it is Down (at
+/// most [`MEMORY_JOB_TIMEOUT`]); and its stats then.
+fn statuses_until_down(f: &Fixture, vm: &str) -> (Vec<String>, Value) {
+    let mut seen: Vec<String> = Vec::new();
+    let mut last = Value::Null;
+    let down = wait_until(MEMORY_JOB_TIMEOUT, || {
+        let stats = f.daemon.ok("VM.getStats", json!({"vmID": vm}));
+        last = stats[0].clone();
+        let status = last["status"].as_str().unwrap_or_default().to_owned();
+        if seen.last() != Some(&status) {
+            seen.push(status);
+        }
+        last["status"] == "Down"
+    });
+    assert!(
+        down,
+        "{vm} never Down after VM.hibernate ({seen:?}); log:\n{}",
+        f.daemon.log()
+    );
+    (seen, last)
 }
 
 /// What a refused restore must leave as it was: the memory volumes' and the leaf's bytes and
