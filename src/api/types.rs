@@ -47,6 +47,9 @@ pub enum VmStatus {
     WaitForLaunch,
     /// Suspended to RAM by the guest.
     Suspended,
+    /// Its RAM being saved by `VM.hibernate` (libvirt's save); `Down` once saved.
+    #[serde(rename = "Saving State")]
+    SavingState,
 }
 
 /// One image in a disk's backing chain, from the active layer down.

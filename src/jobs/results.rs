@@ -61,7 +61,7 @@ pub struct Switched {
     pub unconfirmed_disks: Vec<String>,
     /// What was saved of the guest's RAM, for a snapshot with memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory: Option<MemoryResult>,
+    pub memory: Option<Box<MemoryResult>>,
 }
 
 /// What a failed snapshot's rollback did: its `result` in `Host.getJobs`.

@@ -151,11 +151,20 @@ fn view_of(domain: &Domain) -> Result<DomainView, VirtError> {
             DomainPausedReason::StartingUp
         )))
     );
+    // A save (VM.hibernate) pauses the guest until it stops: VDSM's "Saving State".
+    let saving = matches!(
+        reason,
+        Enum::Known(DomainStateReason::Paused(Enum::Known(
+            DomainPausedReason::Save
+        )))
+    );
     Ok(DomainView {
         uuid,
         name,
         status: if starting {
             VmStatus::WaitForLaunch
+        } else if saving {
+            VmStatus::SavingState
         } else {
             vm_status(state)
         },

@@ -173,7 +173,7 @@ impl SnapshotService {
         tokio::spawn(async move {
             service
                 .run_job(entry, claim, plan, drives, skipped, memory)
-                .await
+                .await;
         });
         Ok(())
     }

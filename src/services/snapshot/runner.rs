@@ -93,7 +93,7 @@ impl SnapshotService {
             Ok(outcome) => {
                 let memory_result = match &memory {
                     Some(memory) => match self.finish_memory(memory, outcome.pause.clone()).await {
-                        Ok(result) => Some(result),
+                        Ok(result) => Some(Box::new(result)),
                         Err(err) => {
                             self.discard_memory(&memory.journal()).await;
                             let message = format!(

@@ -101,7 +101,7 @@ impl StorageService {
             match marked {
                 Ok(()) => tracing::info!(volume = %id.volume, "memory volume marked ILLEGAL"),
                 Err(err) => {
-                    tracing::error!(volume = %id.volume, error = %err, "cannot mark a memory volume ILLEGAL")
+                    tracing::error!(volume = %id.volume, error = %err, "cannot mark a memory volume ILLEGAL");
                 }
             }
         }
