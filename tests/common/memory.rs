@@ -347,23 +347,6 @@ fn unix_now() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
 }
 
-/// Waits (bounded) until `VM.getStats` of `vm` has `status`; returns the last stats seen.
-pub fn wait_vm_status(f: &Fixture, vm: &str, status: &str, wait: Duration) -> Value {
-    let mut last = Value::Null;
-    let reached = wait_until(wait, || {
-        if let Ok(stats) = f.daemon.call(Via::Unix, "VM.getStats", json!({"vmID": vm})) {
-            last = stats[0].clone();
-        }
-        last["status"] == status
-    });
-    assert!(
-        reached,
-        "{vm} never reached {status}: {last}; log:\n{}",
-        f.daemon.log()
-    );
-    last
-}
-
 /// Whether libvirt knows a domain with `uuid` (running or only defined).
 pub fn domain_exists(uuid: &str) -> bool {
     let conn = Connect::open(Some("qemu:///system")).unwrap();
