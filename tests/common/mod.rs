@@ -21,6 +21,7 @@ pub mod engine;
 pub mod guest;
 pub mod hosts;
 pub mod libvirtd;
+pub mod memory;
 pub mod pool;
 pub mod sanlock;
 pub mod stomp;
