@@ -945,3 +945,135 @@ fn resume_refused_when_the_hibernated_volume_was_written_since() {
         "the saved RAM was restored onto a volume written since the save: {outcome:?}"
     );
 }
+
+/// libvirt's save image header (`virQEMUSaveHeader`, native byte order): magic, version,
+/// data length, was-running, compressed, cookie offset, 14 unused words (92 bytes in libvirt
+/// 9.0; the cookie offset found 4 bytes off proved it); then the data: the
+/// domain XML and the cookie, each NUL-terminated, zero-padded to the data length.
+const SAVE_HEADER_LEN: usize = 16 + 4 * 19;
+
+/// Forges the dump's own XML as another host would: `extra` inserted before `</devices>`,
+/// the cookie moved after it, within the header's padding.
+fn forge_dump_xml(path: &Path, extra: &str) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut header = [0u8; SAVE_HEADER_LEN];
+    file.read_exact_at(&mut header, 0).unwrap();
+    assert_eq!(
+        &header[..16],
+        b"LibvirtQemudSave",
+        "not a libvirt save image"
+    );
+    let word = |i: usize| u32::from_ne_bytes(header[16 + 4 * i..20 + 4 * i].try_into().unwrap());
+    let (data_len, cookie_at) = (word(1) as usize, word(4) as usize);
+    let mut data = vec![0u8; data_len];
+    file.read_exact_at(&mut data, SAVE_HEADER_LEN as u64)
+        .unwrap();
+    let nul = |from: usize| from + data[from..].iter().position(|b| *b == 0).unwrap();
+    let xml = String::from_utf8(data[..nul(0)].to_vec()).unwrap();
+    let cookie = if cookie_at > 0 {
+        data[cookie_at..nul(cookie_at)].to_vec()
+    } else {
+        Vec::new()
+    };
+    eprintln!(
+        "save header: words {:?}, xml {} bytes, cookie {} bytes: {:?}",
+        (0..5).map(word).collect::<Vec<_>>(),
+        xml.len(),
+        cookie.len(),
+        String::from_utf8_lossy(&cookie)
+    );
+    let forged = xml.replacen("</devices>", &format!("{extra}</devices>"), 1);
+    assert_ne!(forged, xml);
+    let mut new = forged.into_bytes();
+    new.push(0);
+    let new_cookie_at = new.len();
+    if cookie_at > 0 {
+        new.extend_from_slice(&cookie);
+        new.push(0);
+    }
+    assert!(new.len() <= data_len, "no room in the header's padding");
+    new.resize(data_len, 0);
+    file.write_all_at(&new, SAVE_HEADER_LEN as u64).unwrap();
+    if cookie_at > 0 {
+        file.write_all_at(&(new_cookie_at as u32).to_ne_bytes(), 16 + 4 * 4)
+            .unwrap();
+    }
+    file.sync_all().unwrap();
+}
+
+/// The dump's own XML (libvirt's save image header) forged by another host to add a disk on
+/// a host file: rvdsm restores with its own definition (`virDomainRestoreFlags`' `dxml`), so
+/// whatever libvirt does with the header, QEMU never opens the host file: the restore is
+/// refused or runs rvdsm's definition alone.
+#[test]
+fn dump_header_naming_a_host_file_is_not_what_qemu_runs() {
+    let Some(_conn) = libvirt() else { return };
+    let _slot = common::guest::GuestSlot::acquire();
+    let f = Fixture::new();
+    let (image, base, _) = f.data_volume();
+    let vm = new_id();
+    let dir = tempfile::tempdir().unwrap();
+    let xml = engine_xml(&f, &vm, &vm_name("header"), &image, &base, dir.path());
+    let _undefine = Undefine(vm.clone());
+    f.daemon
+        .ok("VM.create", json!({"vmID": vm, "vmParams": {"xml": xml}}));
+    let host = tempfile::tempdir().unwrap();
+    let shadow = host_file(host.path());
+    let shadow_before = std::fs::read(&shadow).unwrap();
+    let dump = raw_volume(&f, (256 + 264) * MIB);
+    let conf = raw_volume(&f, MIB);
+    let top = common::chain::new_top(&f, &image, &base);
+    let job = new_id();
+    f.daemon.ok(
+        "VM.snapshot",
+        json!({"vmID": vm, "jobUUID": job, "frozen": false,
+               "snapMemory": format!("{},{},{},{},{},{}", f.domain, f.pool, dump.0, dump.1, conf.0, conf.1),
+               "snapDrives": [{"domainID": f.domain, "imageID": image,
+                               "baseVolumeID": base, "volumeID": top}]}),
+    );
+    let info = common::chain::try_wait_job(&f, &job, std::time::Duration::from_secs(300))
+        .unwrap_or_else(|i| panic!("the job never ended: {i}"));
+    assert_eq!(info["status"], "done", "{info}; log:\n{}", f.daemon.log());
+    f.daemon.ok("VM.destroy", json!({"vmID": vm}));
+
+    let shadow_s = shadow.to_str().unwrap();
+    forge_dump_xml(
+        &f.image_dir(&dump.0).join(&dump.1),
+        &format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
+             <source file='{shadow_s}'/><target dev='vdz' bus='virtio'/></disk>"
+        ),
+    );
+    let preview = common::chain::new_top(&f, &image, &base);
+    let preview_xml = engine_xml(&f, &vm, &vm_name("header"), &image, &preview, dir.path());
+    let outcome = f.daemon.call(
+        common::daemon::Via::Unix,
+        "VM.create",
+        json!({"vmID": vm, "vmParams": {"xml": preview_xml,
+               "memoryDumpVolume": spec(&f, &dump), "memoryConfVolume": spec(&f, &conf)}}),
+    );
+    eprintln!("the restore from a forged header: {outcome:?}");
+    let running = virsh(&["dumpxml", &vm]);
+    let blocks = virsh(&["domblklist", &vm]).1;
+    if outcome.is_ok() {
+        let _ = f
+            .daemon
+            .call(common::daemon::Via::Unix, "VM.destroy", json!({"vmID": vm}));
+    } else {
+        assert!(!running.0, "refused, yet a domain is left: {}", running.1);
+    }
+    assert!(
+        !running.1.contains(shadow_s) && !blocks.contains(shadow_s),
+        "the restored domain has the forged header's host file: {}",
+        running.1
+    );
+    assert!(
+        std::fs::read(&shadow).unwrap() == shadow_before,
+        "the host file changed"
+    );
+}
