@@ -1000,8 +1000,11 @@ fn forge_dump_xml(path: &Path, extra: &str) {
     new.resize(data_len, 0);
     file.write_all_at(&new, SAVE_HEADER_LEN as u64).unwrap();
     if cookie_at > 0 {
-        file.write_all_at(&(new_cookie_at as u32).to_ne_bytes(), 16 + 4 * 4)
-            .unwrap();
+        file.write_all_at(
+            &u32::try_from(new_cookie_at).unwrap().to_ne_bytes(),
+            16 + 4 * 4,
+        )
+        .unwrap();
     }
     file.sync_all().unwrap();
 }
