@@ -880,6 +880,17 @@ fn dump_swapped_for_a_link_between_the_check_and_the_write_leaves_the_host_file_
 #[test]
 #[ignore = "finding 2: a resume after hibernation is accepted onto the saved volume written since the save"]
 fn resume_refused_when_the_hibernated_volume_was_written_since() {
+    resume_after_hibernation(true);
+}
+
+/// The control of finding 2's test: the same resume without the write is accepted (a fix
+/// must not refuse the volume the VM stopped on).
+#[test]
+fn resume_accepted_when_the_hibernated_volume_is_as_saved() {
+    resume_after_hibernation(false);
+}
+
+fn resume_after_hibernation(written: bool) {
     let Some(_conn) = libvirt() else { return };
     let _slot = common::guest::GuestSlot::acquire();
     let f = Fixture::new();
@@ -915,6 +926,18 @@ fn resume_refused_when_the_hibernated_volume_was_written_since() {
     });
     assert!(destroyed, "VM.destroy never succeeded");
 
+    if !written {
+        let outcome = f.daemon.call(
+            common::daemon::Via::Unix,
+            "VM.create",
+            json!({"vmID": vm, "vmParams": {"xml": xml, "hiberVolHandle": handle}}),
+        );
+        let outcome = outcome
+            .unwrap_or_else(|e| panic!("the resume was refused: {e}; log:\n{}", f.daemon.log()));
+        assert_eq!(outcome["status"], "Up", "{outcome}");
+        f.daemon.ok("VM.destroy", json!({"vmID": vm}));
+        return;
+    }
     // The volume written after the save, as the VM booted afresh on it would.
     let leaf = f.image_dir(&image).join(&base);
     let out = Command::new("qemu-io")
