@@ -180,6 +180,18 @@ impl ImageHandle {
         merge::backing_of(&self.domain, self.image, volume, self.qemu_img_timeout).await
     }
 
+    /// When `volume`'s data file last changed (its mtime; a link on the way is refused).
+    pub async fn data_modified(&self, volume: Uuid) -> Result<std::time::SystemTime, StorageError> {
+        self.blocking(move |d, i| {
+            let path = d.dir.volume(i, volume);
+            d.dir
+                .stat(&path)
+                .and_then(|m| m.modified())
+                .map_err(StorageError::io("stat", &path))
+        })
+        .await
+    }
+
     /// The names of a volume's persistent dirty bitmaps (read while a VM may write it).
     pub async fn bitmaps(&self, volume: Uuid) -> Result<Vec<String>, StorageError> {
         merge::bitmaps(&self.domain, self.image, volume, self.qemu_img_timeout).await

@@ -43,6 +43,16 @@ impl MemoryVolume {
         self.held.fd_name()
     }
 
+    /// When the data file last changed: a dump's is the end of its save (rvdsm gives the
+    /// file its capacity back once the VM stopped writing anything).
+    pub fn modified(&self) -> Result<std::time::SystemTime, StorageError> {
+        self.held
+            .file()
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(StorageError::io("stat", &self.path))
+    }
+
     /// The data file's size now.
     pub fn size_now(&self) -> Result<u64, StorageError> {
         self.held
@@ -153,6 +163,37 @@ pub fn finish_dump(vol: &MemoryVolume) -> Result<u64, StorageError> {
 pub fn mark_unusable(domain: &Domain, image: Uuid, volume: Uuid) -> Result<(), StorageError> {
     let _lock = domain.lock().acquire()?;
     let mut meta = volume::read_meta(domain, image, volume)?;
+    // Its bytes are given back first (its length kept): they must never be restored, and a
+    // dump cut short by a full filesystem leaves no room for the metadata's atomic write.
+    if let Err(err) = release_data(domain, image, volume, meta.capacity) {
+        tracing::warn!(%volume, error = %err, "cannot empty an unusable memory volume");
+    }
     meta.legality = Legality::Illegal;
     volume::write_meta(domain, image, volume, &meta)
+}
+
+/// Empties the data file of a memory volume never to be restored, sparse at `capacity`.
+fn release_data(
+    domain: &Domain,
+    image: Uuid,
+    volume: Uuid,
+    capacity: u64,
+) -> Result<(), StorageError> {
+    let path = domain.dir.volume(image, volume);
+    let held = HeldFile::open(&domain.dir, &path, true)?;
+    let file = held.file();
+    file.set_len(0)
+        .and_then(|()| file.set_len(capacity))
+        .and_then(|()| file.sync_all())
+        .map_err(StorageError::io("release", &path))
+}
+
+/// Empties a dump volume's file before libvirt writes it (libvirt truncates it too, when it
+/// opens it): from then on its size is what was written, which the watch compares with the
+/// capacity. A sparse file of its full capacity would read as a dump already full.
+pub fn empty_dump(vol: &MemoryVolume) -> Result<(), StorageError> {
+    vol.held
+        .file()
+        .set_len(0)
+        .map_err(StorageError::io("truncate", &vol.path))
 }

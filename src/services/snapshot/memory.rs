@@ -16,6 +16,7 @@ use super::error::SnapshotError;
 use super::journal::{Entry, JournalMemory};
 use super::validate::Drive;
 use crate::api::snapshot_types::{MemoryMode, MemoryResult, MemoryVolumes};
+use crate::api::types::VmStatus;
 use crate::api::vm_types::SnapshotParams;
 use crate::clock::epoch_secs;
 use crate::services::storage::MemoryVolumeId;
@@ -40,6 +41,8 @@ pub(super) struct MemoryJob {
     pub dump: Arc<MemoryVolume>,
     /// The configuration's volume.
     pub conf: Arc<MemoryVolume>,
+    /// Whether the guest ran when the job was checked (a paused one is left paused).
+    pub was_running: bool,
 }
 
 impl MemoryJob {
@@ -115,6 +118,12 @@ impl SnapshotService {
                 .ok_or_else(|| VirtError::NoSuchDomain {
                     uuid: p.vm_id.to_string(),
                 })?;
+        if !matches!(view.status, VmStatus::Up | VmStatus::Paused) {
+            return Err(SnapshotError::invalid(format!(
+                "a snapshot with memory needs a running VM; this one is {:?}",
+                view.status
+            )));
+        }
         let ram = crate::virt::xml::saved::memory_bytes(&view.xml)?;
         let needed = ram.saturating_add(DUMP_HEADROOM);
         if dump.capacity < needed {
@@ -129,6 +138,7 @@ impl SnapshotService {
             mode: p.memory_mode.unwrap_or(self.memory.memory_mode),
             dump,
             conf,
+            was_running: view.status == VmStatus::Up,
         }))
     }
 
@@ -186,6 +196,12 @@ impl SnapshotService {
         dump: MemoryDump,
         memory: &MemoryJob,
     ) -> Result<PauseReport, VirtError> {
+        if let Err(err) = self.storage.empty_dump(&memory.dump).await {
+            return Err(VirtError::Refused {
+                element: "the dump volume".into(),
+                reason: format!("cannot empty it before the dump: {err}"),
+            });
+        }
         let live_bound = (dump.mode == MemoryMode::Live)
             .then(|| Duration::from_secs(self.memory.live_memory_max_secs));
         let snapshot = self
@@ -234,6 +250,32 @@ impl SnapshotService {
                 dump.capacity
             )
         })
+    }
+
+    /// After a failed snapshot with memory: a switch found done after all means libvirt saved
+    /// the RAM whole (it switches the disks only after), so the dump is finished and kept;
+    /// otherwise both volumes are marked ILLEGAL. A guest the dump left paused (libvirt could
+    /// not resume it, or rvdsm's call gave up while libvirt held it) is resumed: rvdsm never
+    /// leaves standing a guest that ran before.
+    pub(super) async fn after_failed_dump(
+        &self,
+        entry: &Entry,
+        memory: &MemoryJob,
+        switched: bool,
+    ) {
+        if switched {
+            self.finish_interrupted_dump(&memory.journal()).await;
+        } else {
+            self.discard_memory(&memory.journal()).await;
+        }
+        if memory.was_running
+            && let Ok(crate::virt::RunState::Paused) = self.hypervisor.run_state(entry.vm).await
+        {
+            tracing::warn!(vm = %entry.vm, "the failed dump left the guest paused; resuming it");
+            if let Err(err) = self.hypervisor.resume(entry.vm).await {
+                tracing::error!(vm = %entry.vm, error = %err, "cannot resume the guest after a failed dump");
+            }
+        }
     }
 
     /// After a switch with memory: the dump given its capacity back, and what was saved.

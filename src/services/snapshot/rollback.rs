@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::SnapshotService;
 use super::journal::Entry;
+use super::memory::MemoryJob;
 use crate::api::codes;
 use crate::api::snapshot_types::Consistency;
 use crate::jobs::results::{RollbackReport, SnapshotResult};
@@ -33,6 +34,20 @@ impl SnapshotService {
     /// libvirt if it does not answer), keeps a new volume a disk already uses, deletes the
     /// others.
     pub(super) async fn fail(&self, entry: &Entry, switch_attempted: bool, message: String) {
+        self.fail_with_memory(entry, switch_attempted, message, None)
+            .await;
+    }
+
+    /// [`Self::fail`] for a snapshot with memory too: its memory volumes are settled (kept
+    /// when the switch is found done after all, ILLEGAL otherwise) before the job's end is
+    /// shown, so that a manager never reads a failed job whose RAM still looks usable.
+    pub(super) async fn fail_with_memory(
+        &self,
+        entry: &Entry,
+        switch_attempted: bool,
+        message: String,
+        memory: Option<&MemoryJob>,
+    ) {
         tracing::warn!(job = %entry.job, %message, "snapshot failed; rolling back");
         let live = if switch_attempted {
             // A switch that timed out may still happen: `wait_live` first waits until libvirt
@@ -41,9 +56,11 @@ impl SnapshotService {
         } else {
             Live::Disks(HashMap::new())
         };
-        if let Live::Disks(disks) = &live
-            && switched_all(entry, disks).await
-        {
+        let switched = matches!(&live, Live::Disks(disks) if switched_all(entry, disks).await);
+        if let Some(memory) = memory {
+            self.after_failed_dump(entry, memory, switched).await;
+        }
+        if switched {
             // The switch happened after all (it outlived its timeout): the job is done, with
             // no claim on consistency, since the freeze, if any, ended before it.
             tracing::warn!(job = %entry.job, "the switch completed after its error; the job is done");

@@ -91,19 +91,10 @@ impl SnapshotService {
         self.held_frozen().remove(&plan.vm);
         match result {
             Ok(outcome) => {
+                // The disks switched: whatever the dump's fate, the VM runs on the new
+                // volumes, and that is recorded below before the job ends.
                 let memory_result = match &memory {
-                    Some(memory) => match self.finish_memory(memory, outcome.pause.clone()).await {
-                        Ok(result) => Some(Box::new(result)),
-                        Err(err) => {
-                            self.discard_memory(&memory.journal()).await;
-                            let message = format!(
-                                "Snapshot failed: the disks switched, but the RAM cannot be \
-                                 restored ({err}); its volumes are marked ILLEGAL"
-                            );
-                            self.fail(&entry, true, message).await;
-                            return;
-                        }
-                    },
+                    Some(memory) => Some(self.finish_memory(memory, outcome.pause.clone()).await),
                     None => None,
                 };
                 let reason = outcome.reason.map(|r| wire_name(&r));
@@ -113,6 +104,21 @@ impl SnapshotService {
                 );
                 self.record_new_leaves(plan.vm, &drives, &unconfirmed_disks)
                     .await;
+                if let (Some(memory), Some(Err(err))) = (&memory, &memory_result) {
+                    // Never "done" with RAM nobody can restore: the job fails, saying the
+                    // disks switched (kept) and why the RAM is lost.
+                    self.discard_memory(&memory.journal()).await;
+                    record_failure(started.elapsed());
+                    let message = format!(
+                        "Snapshot failed: the disks switched onto {:?} (kept: the VM runs on \
+                         them), but the saved RAM cannot be restored ({err}); the memory \
+                         volumes are marked ILLEGAL",
+                        drives.iter().map(|d| d.volume).collect::<Vec<_>>()
+                    );
+                    self.finish_job(&entry, Err((crate::api::codes::SNAPSHOT_FAILED, message)))
+                        .await;
+                    return;
+                }
                 tracing::info!(%job, consistency = ?outcome.consistency, reason = ?outcome.reason, total_ms = outcome.timings.total_ms, "snapshot done");
                 record_outcome(&outcome, started.elapsed());
                 let result = SnapshotResult::Switched(Switched {
@@ -123,15 +129,12 @@ impl SnapshotService {
                     switched: drives.iter().map(|d| d.volume).collect(),
                     skipped,
                     unconfirmed_disks,
-                    memory: memory_result,
+                    memory: memory_result.and_then(Result::ok).map(Box::new),
                 });
                 self.finish_job(&entry, Ok(result)).await;
             }
             Err(failure) => {
                 record_failure(started.elapsed());
-                if let Some(memory) = &entry.memory {
-                    self.discard_memory(memory).await;
-                }
                 let message = match failure.libvirt_code {
                     Some(code) => format!(
                         "Snapshot failed: {} (libvirt error {code})",
@@ -139,7 +142,8 @@ impl SnapshotService {
                     ),
                     None => format!("Snapshot failed: {}", failure.message),
                 };
-                self.fail(&entry, failure.switch_attempted, message).await;
+                self.fail_with_memory(&entry, failure.switch_attempted, message, memory.as_ref())
+                    .await;
             }
         }
     }

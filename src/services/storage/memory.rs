@@ -85,6 +85,12 @@ impl StorageService {
         off_reactor(move || memory_volume::finish_dump(&dump)).await
     }
 
+    /// Empties the dump's file before libvirt writes it ([`memory_volume::empty_dump`]).
+    pub async fn empty_dump(&self, dump: &Arc<MemoryVolume>) -> Result<(), StorageError> {
+        let dump = Arc::clone(dump);
+        off_reactor(move || memory_volume::empty_dump(&dump)).await
+    }
+
     /// The dump's size now (while libvirt writes it).
     pub async fn dump_size(&self, dump: &Arc<MemoryVolume>) -> Result<u64, StorageError> {
         let dump = Arc::clone(dump);

@@ -124,9 +124,9 @@ impl VmService {
                 "memory volume {volume} is a disk of a VM"
             )));
         }
-        self.check_disks_at_saved_instant(engine, &state.disks)
+        self.check_disks_at_saved_instant(engine, &state.disks, &dump)
             .await?;
-        if !vm_policy_depth_ok(&state.domain_xml) {
+        if !crate::virt::vm_policy::depth::within_depth(&state.domain_xml) {
             return Err(cannot_create(
                 "the saved definition nests elements too deep",
             ));
@@ -157,6 +157,7 @@ impl VmService {
         &self,
         engine: &EngineVm,
         saved: &[SavedDisk],
+        dump: &MemoryVolume,
     ) -> Result<(), ApiError> {
         if saved.len() != engine.drives.len() {
             return Err(cannot_create(format!(
@@ -179,13 +180,23 @@ impl VmService {
                     drive.target, at.image_id, drive.image
                 )));
             }
-            if drive.volume == at.volume_id {
-                continue;
-            }
             let image = self
                 .inner
                 .storage
                 .image(ImageRef::new(drive.domain, drive.image))?;
+            if drive.volume == at.volume_id {
+                // The VM stopped writing the volume before its dump was finished (rvdsm gives
+                // the dump its capacity back once the save returned): a volume changed since
+                // (the VM started afresh on it) no longer holds the saved instant.
+                if image.data_modified(drive.volume).await? > dump.modified()? {
+                    return Err(cannot_create(format!(
+                        "disk {}: volume {} was written after the RAM was saved: the restored \
+                         guest would find its disk changed under it",
+                        drive.target, drive.volume
+                    )));
+                }
+                continue;
+            }
             let parent = image.backing_of(drive.volume).await?;
             if parent != Some(at.volume_id) || image.has_data(drive.volume).await? {
                 return Err(cannot_create(format!(
@@ -277,8 +288,9 @@ impl VmService {
                 dump_id.volume, dump.capacity
             )));
         }
+        // A hibernation without its disks could never be resumed: refused before the save.
         let disks = vm_xml::managed_drives(&view.xml)
-            .unwrap_or_default()
+            .map_err(|e| cannot_hibernate(format!("the VM's drives cannot be read: {e}")))?
             .into_iter()
             .map(|(drive, _)| SavedDisk {
                 target: drive.target,
@@ -306,54 +318,86 @@ impl VmService {
         };
         storage.write_memory_state(&conf, &state).await?;
         tracing::info!(%vm, "hibernation starting");
+        let was_running = view.status == VmStatus::Up;
         let service = self.clone();
         tokio::spawn(async move {
-            let _held = (claim, locks, conf);
-            service.save_and_stop(vm, dump, [dump_id, conf_id]).await;
+            let _held = (locks, conf);
+            service
+                .save_and_stop(vm, dump, [dump_id, conf_id], was_running, claim)
+                .await;
         });
         Ok(())
     }
 
-    /// The hibernation's save, run in the background.
-    async fn save_and_stop(&self, vm: Uuid, dump: Arc<MemoryVolume>, ids: [MemoryVolumeId; 2]) {
+    /// The hibernation's save, run in the background. Whether it saved is read from the
+    /// domain, not from the call alone: a call that gave up (its timeout) while libvirt went
+    /// on may still have saved and stopped the VM.
+    async fn save_and_stop(
+        &self,
+        vm: Uuid,
+        dump: Arc<MemoryVolume>,
+        ids: [MemoryVolumeId; 2],
+        was_running: bool,
+        claim: crate::jobs::vm_jobs::VmClaim,
+    ) {
+        let hypervisor = &self.inner.hypervisor;
         let target = MemoryDump {
             file: dump.fd_name(),
             mode: MemoryMode::Paused,
             timeout: MEMORY_CALL_TIMEOUT,
         };
-        let saved = self.inner.hypervisor.save_memory(vm, target).await;
-        let outcome = match saved {
-            Ok(pause) => self
-                .inner
-                .storage
-                .finish_dump(&dump)
-                .await
-                .map(|bytes| (pause, bytes))
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
-        match outcome {
-            Ok((pause, bytes)) => {
-                tracing::info!(%vm, dump_bytes = bytes, pause_ms = ?pause.pause_ms, "VM hibernated");
-            }
-            Err(why) => {
-                tracing::error!(%vm, error = %why, "hibernation failed; the VM runs on");
-                self.inner.storage.discard_memory(&ids).await;
-                if let Ok(Some(view)) = self.inner.hypervisor.read_view(vm).await
-                    && view.status == VmStatus::Paused
-                {
-                    // libvirt resumes a guest it paused for a failed save; in case it could
-                    // not, rvdsm never leaves a guest it paused standing.
-                    if let Err(err) = self.inner.hypervisor.resume(vm).await {
-                        tracing::error!(%vm, error = %err, "cannot resume the VM after a failed hibernation");
+        let saved = match hypervisor.save_memory(vm, target).await {
+            Ok(pause) => Ok(pause),
+            Err(err) => {
+                hypervisor.settled(vm).await;
+                match hypervisor.read_view(vm).await {
+                    Ok(Some(view)) if view.status == VmStatus::Down => {
+                        tracing::warn!(%vm, error = %err, "the save reported an error, and the VM is saved and stopped");
+                        Ok(crate::virt::PauseReport::default())
                     }
+                    _ => Err(err),
                 }
+            }
+        };
+        // Saved (the VM shows Down) or not: the VM is free for the manager's next call (its
+        // VM.destroy, say) from here; the memory volumes stay locked until settled.
+        drop(claim);
+        match saved {
+            Ok(pause) => match self.inner.storage.finish_dump(&dump).await {
+                Ok(bytes) => {
+                    tracing::info!(%vm, dump_bytes = bytes, pause_ms = ?pause.pause_ms, "VM hibernated");
+                }
+                // The VM is stopped and its RAM is in the dump: kept, whatever the resize.
+                Err(err) => {
+                    tracing::error!(%vm, error = %err, "VM hibernated; its dump volume could not be given its capacity back");
+                }
+            },
+            Err(err) => {
+                tracing::error!(%vm, error = %err, "hibernation failed; the VM runs on");
+                self.inner.storage.discard_memory(&ids).await;
+                self.resume_if_left_paused(vm, was_running).await;
             }
         }
         self.inner.monitor.refresh(vm).await;
     }
+
+    /// libvirt resumes a guest it paused for a failed save; in case it could not, rvdsm never
+    /// leaves standing a guest that ran before (one the user had paused stays paused).
+    async fn resume_if_left_paused(&self, vm: Uuid, was_running: bool) {
+        let hypervisor = &self.inner.hypervisor;
+        if was_running
+            && let Ok(Some(view)) = hypervisor.read_view(vm).await
+            && matches!(view.status, VmStatus::Paused | VmStatus::SavingState)
+            && let Err(err) = hypervisor.resume(vm).await
+        {
+            tracing::error!(%vm, error = %err, "cannot resume the VM after a failed hibernation");
+        }
+    }
 }
 
-fn vm_policy_depth_ok(xml: &str) -> bool {
-    crate::virt::vm_policy::depth::within_depth(xml)
+/// VDSM's general error for a hibernation refused, with its reason.
+fn cannot_hibernate(reason: impl std::fmt::Display) -> ApiError {
+    ApiError::invalid_parameter(format!(
+        "{{'action': 'VM.hibernate', 'reason': '{reason}'}}"
+    ))
 }
