@@ -3,8 +3,9 @@
 //! `VM.thaw`, live merges (`VM.merge` of the active layer and of an internal volume), reverts
 //! (preview of a quiesced snapshot, commit, boot: the stream holds exactly what was durable at
 //! the snapshot), full clones (`SDM.copy_data`, compared with its source) and snapshots with
-//! memory (`snapMemory`, paused and live: the memory volumes LEGAL with the dump whole when
-//! done, ILLEGAL when failed, then deleted as an engine does) run across them
+//! memory (`snapMemory`, paused and live, and rvdsmd killed before the dump: the memory
+//! volumes LEGAL with the dump whole when done, ILLEGAL when failed, then deleted as an engine
+//! does) run across them
 //! with faults from the matrix injected at random: rvdsmd killed at each phase of a snapshot
 //! and of a merge, libvirtd killed, a corrupted new volume, a hung agent, a manager that hangs
 //! up, a freeze left to its auto-thaw. After every cycle the job's outcome must match what the VM
@@ -72,6 +73,8 @@ enum Fault {
     Clone,
     /// A snapshot with memory, in this mode (`paused` or `live`).
     Memory(&'static str),
+    /// A snapshot with memory, rvdsmd killed right before libvirt is asked for the dump.
+    MemoryKill9,
 }
 
 const MERGE_POINTS: [&str; 3] = ["merge:committing", "merge:ready", "merge:pivoted"];
@@ -96,7 +99,7 @@ impl Rng {
         self.next() % n
     }
     fn fault(&mut self) -> Fault {
-        match self.below(29) {
+        match self.below(30) {
             0..=5 => Fault::None,
             6 | 7 => Fault::FrozenSet,
             8..=10 => {
@@ -115,7 +118,8 @@ impl Rng {
             24 => Fault::Revert,
             25 | 26 => Fault::Clone,
             27 => Fault::Memory("paused"),
-            _ => Fault::Memory("live"),
+            28 => Fault::Memory("live"),
+            _ => Fault::MemoryKill9,
         }
     }
 }
@@ -455,7 +459,8 @@ fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<CycleOutco
         }
         Fault::Revert => return revert_cycle(f, w),
         Fault::Clone => return clone_cycle(f, w),
-        Fault::Memory(mode) => return memory_cycle(f, w, mode),
+        Fault::Memory(mode) => return memory_cycle(f, w, mode, false),
+        Fault::MemoryKill9 => return memory_cycle(f, w, "paused", true),
         _ => {}
     }
     match fault {
@@ -803,8 +808,14 @@ const GUEST_MIB: u64 = 256;
 /// `VM.snapshot` with `snapMemory`. The job's outcome must be what the VM uses (as for any
 /// snapshot); done, its result names the mode and the volumes, and both volumes are LEGAL
 /// with the dump given its capacity back; failed, both are ILLEGAL. Then the engine deletes
-/// them (their images must go whole).
-fn memory_cycle(f: &mut Fixture, w: &mut Writer, mode: &str) -> Result<CycleOutcome, String> {
+/// them (their images must go whole). With `kill`, rvdsmd is killed at
+/// `snapshot:before-dump` and restarted: the job must end failed, rolled back.
+fn memory_cycle(
+    f: &mut Fixture,
+    w: &mut Writer,
+    mode: &str,
+    kill: bool,
+) -> Result<CycleOutcome, String> {
     let top = new_top(f, &w.image, &w.leaf);
     let dump = memory_volume(f, (GUEST_MIB + 264) << 20, "MEMD")?;
     let conf = memory_volume(f, 1 << 20, "MEMM")?;
@@ -816,11 +827,22 @@ fn memory_cycle(f: &mut Fixture, w: &mut Writer, mode: &str) -> Result<CycleOutc
     ));
     params["memoryMode"] = json!(mode);
     params["frozen"] = json!(false);
+    let marker = kill.then(|| f.daemon.restart_paused_at("snapshot:before-dump"));
     if let Err(e) = f
         .daemon
         .call(common::daemon::Via::Unix, "VM.snapshot", params)
     {
+        if kill {
+            f.daemon.restart_in_place(&[]);
+        }
         return Err(format!("VM.snapshot with memory refused: {e}"));
+    }
+    if let Some(marker) = marker {
+        let reached = wait_until(Duration::from_secs(60), || marker.exists());
+        f.daemon.restart_in_place(&[]);
+        if !reached {
+            return Err("snapshot:before-dump never reached".into());
+        }
     }
     let info = match try_wait_job(f, &job, Duration::from_secs(300)) {
         Ok(info) => info,
@@ -830,6 +852,11 @@ fn memory_cycle(f: &mut Fixture, w: &mut Writer, mode: &str) -> Result<CycleOutc
         }
     };
     let done = check_truth(f, w, &top, &info)?;
+    if kill && done != Some(false) {
+        return Err(format!(
+            "rvdsmd killed before the dump, yet the job says {info}"
+        ));
+    }
     let legality = |(image, volume): &(String, String)| {
         f.info(image, volume)["legality"]
             .as_str()
