@@ -2,7 +2,10 @@
 //! (`rvdsm-writeprobe`) while cycles of `Volume.create` + `VM.snapshot`, `VM.freeze` /
 //! `VM.thaw`, live merges (`VM.merge` of the active layer and of an internal volume), reverts
 //! (preview of a quiesced snapshot, commit, boot: the stream holds exactly what was durable at
-//! the snapshot) and full clones (`SDM.copy_data`, compared with its source) run across them
+//! the snapshot), full clones (`SDM.copy_data`, compared with its source) and snapshots with
+//! memory (`snapMemory`, paused and live, and rvdsmd killed before the dump: the memory
+//! volumes LEGAL with the dump whole when done, ILLEGAL when failed, then deleted as an engine
+//! does) run across them
 //! with faults from the matrix injected at random: rvdsmd killed at each phase of a snapshot
 //! and of a merge, libvirtd killed, a corrupted new volume, a hung agent, a manager that hangs
 //! up, a freeze left to its auto-thaw. After every cycle the job's outcome must match what the VM
@@ -12,7 +15,9 @@
 //!
 //! Bounded by count and time: `RVDSM_SOAK_CYCLES` (default 16, the CI run) and
 //! `RVDSM_SOAK_MINUTES` (no bound by default); `RVDSM_SOAK_GUESTS` (default 2) and
-//! `RVDSM_SOAK_SEED` (default: the clock). `scripts/soak` runs the long version.
+//! `RVDSM_SOAK_SEED` (default: the clock). `RVDSM_SOAK_FAULTS` (a comma-separated list of
+//! cycle names or their beginnings, e.g. `Memory,None`) keeps only those cycles: a run that
+//! kills no libvirtd, beside other work. `scripts/soak` runs the long version.
 
 mod common;
 
@@ -66,6 +71,10 @@ enum Fault {
     Revert,
     /// A full copy of the leaf's parent (a snapshot) into a new image.
     Clone,
+    /// A snapshot with memory, in this mode (`paused` or `live`).
+    Memory(&'static str),
+    /// A snapshot with memory, rvdsmd killed right before libvirt is asked for the dump.
+    MemoryKill9,
 }
 
 const MERGE_POINTS: [&str; 3] = ["merge:committing", "merge:ready", "merge:pivoted"];
@@ -90,7 +99,7 @@ impl Rng {
         self.next() % n
     }
     fn fault(&mut self) -> Fault {
-        match self.below(27) {
+        match self.below(30) {
             0..=5 => Fault::None,
             6 | 7 => Fault::FrozenSet,
             8..=10 => {
@@ -107,7 +116,32 @@ impl Rng {
             22 => Fault::MergeInternal,
             23 => Fault::MergeKill9(MERGE_POINTS[usize::try_from(self.below(3)).expect("below 3")]),
             24 => Fault::Revert,
-            _ => Fault::Clone,
+            25 | 26 => Fault::Clone,
+            27 => Fault::Memory("paused"),
+            28 => Fault::Memory("live"),
+            _ => Fault::MemoryKill9,
+        }
+    }
+}
+
+/// The cycles `RVDSM_SOAK_FAULTS` keeps (all when unset or empty).
+fn kept_faults() -> Vec<String> {
+    std::env::var("RVDSM_SOAK_FAULTS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The next fault among those `kept` (see [`kept_faults`]).
+fn next_fault(rng: &mut Rng, kept: &[String]) -> Fault {
+    loop {
+        let fault = rng.fault();
+        let name = format!("{fault:?}");
+        if kept.is_empty() || kept.iter().any(|k| name.starts_with(k.as_str())) {
+            return fault;
         }
     }
 }
@@ -239,6 +273,7 @@ fn soak() {
     ));
     let started = Instant::now();
     let mut rng = Rng(seed | 1);
+    let kept = kept_faults();
     let mut f = Fixture::with_config("[libvirt]\nagent_timeout_secs = 2\n");
     let mut writers: Vec<Writer> = (0..guests).map(|_| new_writer(&f)).collect();
     // The baseline: the daemon serving every guest once.
@@ -258,7 +293,7 @@ fn soak() {
         if deadline.is_some_and(|d| Instant::now() > d) {
             break;
         }
-        let fault = rng.fault();
+        let fault = next_fault(&mut rng, &kept);
         let slot = usize::try_from(cycle % guests).expect("a guest's slot");
         if writers[slot].depth >= MAX_DEPTH {
             // Retired first: the harness runs a bounded number of guests at once.
@@ -400,13 +435,15 @@ fn soak() {
 }
 
 /// The cycles that are operations, not faults (counted apart in the summary).
-const PLAIN: [&str; 6] = [
+const PLAIN: [&str; 8] = [
     "None",
     "MergeActive",
     "MergeInternal",
     "Revert",
     "Clone",
     "FrozenSet",
+    "Memory(\"paused\")",
+    "Memory(\"live\")",
 ];
 
 /// What a cycle's job was and whether it was done (`true`) or failed with nothing changed.
@@ -422,6 +459,8 @@ fn run_cycle(f: &mut Fixture, w: &mut Writer, fault: Fault) -> Result<CycleOutco
         }
         Fault::Revert => return revert_cycle(f, w),
         Fault::Clone => return clone_cycle(f, w),
+        Fault::Memory(mode) => return memory_cycle(f, w, mode, false),
+        Fault::MemoryKill9 => return memory_cycle(f, w, "paused", true),
         _ => {}
     }
     match fault {
@@ -759,4 +798,125 @@ fn clone_cycle(f: &mut Fixture, w: &mut Writer) -> Result<CycleOutcome, String> 
     );
     f.daemon.wait_task(task.as_str().unwrap_or_default());
     Ok(Some(("clone", done)))
+}
+
+/// The RAM of the soak's guests (the fixture's default), in MiB.
+const GUEST_MIB: u64 = 256;
+
+/// A snapshot with memory in `mode`, as an engine takes it: a dump volume (RAM + 200 MiB +
+/// 64 MiB, RAW, sparse) and a configuration volume (1 MiB), each alone in a new image, then
+/// `VM.snapshot` with `snapMemory`. The job's outcome must be what the VM uses (as for any
+/// snapshot); done, its result names the mode and the volumes, and both volumes are LEGAL
+/// with the dump given its capacity back; failed, both are ILLEGAL. Then the engine deletes
+/// them (their images must go whole). With `kill`, rvdsmd is killed at
+/// `snapshot:before-dump` and restarted: the job must end failed, rolled back.
+fn memory_cycle(
+    f: &mut Fixture,
+    w: &mut Writer,
+    mode: &str,
+    kill: bool,
+) -> Result<CycleOutcome, String> {
+    let top = new_top(f, &w.image, &w.leaf);
+    let dump = memory_volume(f, (GUEST_MIB + 264) << 20, "MEMD")?;
+    let conf = memory_volume(f, 1 << 20, "MEMM")?;
+    let job = new_id();
+    let mut params = snapshot_params(f, &w.guest.uuid, &w.image, &w.leaf, &top, &job);
+    params["snapMemory"] = json!(format!(
+        "{},{},{},{},{},{}",
+        f.domain, f.pool, dump.0, dump.1, conf.0, conf.1
+    ));
+    params["memoryMode"] = json!(mode);
+    params["frozen"] = json!(false);
+    let marker = kill.then(|| f.daemon.restart_paused_at("snapshot:before-dump"));
+    if let Err(e) = f
+        .daemon
+        .call(common::daemon::Via::Unix, "VM.snapshot", params)
+    {
+        if kill {
+            f.daemon.restart_in_place(&[]);
+        }
+        return Err(format!("VM.snapshot with memory refused: {e}"));
+    }
+    if let Some(marker) = marker {
+        let reached = wait_until(Duration::from_secs(60), || marker.exists());
+        f.daemon.restart_in_place(&[]);
+        if !reached {
+            return Err("snapshot:before-dump never reached".into());
+        }
+    }
+    let info = match try_wait_job(f, &job, Duration::from_secs(300)) {
+        Ok(info) => info,
+        Err(info) => {
+            f.daemon.restart_in_place(&[]);
+            return Err(format!("memory snapshot {job} never ended: {info}"));
+        }
+    };
+    let done = check_truth(f, w, &top, &info)?;
+    if kill && done != Some(false) {
+        return Err(format!(
+            "rvdsmd killed before the dump, yet the job says {info}"
+        ));
+    }
+    let legality = |(image, volume): &(String, String)| {
+        f.info(image, volume)["legality"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let expected = if done == Some(true) {
+        "LEGAL"
+    } else {
+        "ILLEGAL"
+    };
+    for volume in [&dump, &conf] {
+        if legality(volume) != expected {
+            return Err(format!(
+                "memory volume {} is {} after a job that says {info}",
+                volume.1,
+                legality(volume)
+            ));
+        }
+    }
+    if done == Some(true) {
+        let memory = &info["result"]["memory"];
+        let dump_file = f.image_dir(&dump.0).join(&dump.1);
+        let capacity = (GUEST_MIB + 264) << 20;
+        let length = std::fs::metadata(&dump_file).map_or(0, |m| m.len());
+        if memory["mode"] != mode
+            || memory["dumpVolume"] != json!(dump.1)
+            || memory["dumpBytes"].as_u64().unwrap_or(0) == 0
+            || length != capacity
+        {
+            return Err(format!(
+                "memory snapshot done, but its result says {memory} and the dump is {length} \
+                 bytes long (capacity {capacity})"
+            ));
+        }
+    }
+    for (image, _) in [&dump, &conf] {
+        let task = f.daemon.ok(
+            "Image.delete",
+            json!({"storagedomainID": f.domain, "storagepoolID": f.pool, "imageID": image,
+                   "postZero": false, "force": false}),
+        );
+        let status = f.daemon.wait_task(task.as_str().unwrap_or_default());
+        if status["taskResult"] != "success" || f.image_dir(image).exists() {
+            return Err(format!("Image.delete of memory image {image}: {status}"));
+        }
+    }
+    Ok(done.map(|d| ("memory snapshot", d)))
+}
+
+/// A RAW sparse volume of `size` alone in a new image; returns `(image, volume)`.
+fn memory_volume(f: &Fixture, size: u64, disk_type: &str) -> Result<(String, String), String> {
+    let (image, volume) = (new_id(), new_id());
+    let status = f.create(
+        &image,
+        &volume,
+        json!({"size": size.to_string(), "volFormat": 5, "preallocate": 2, "diskType": disk_type}),
+    );
+    if status["taskResult"] != "success" {
+        return Err(format!("memory volume: {status}"));
+    }
+    Ok((image, volume))
 }
