@@ -88,6 +88,12 @@ pub enum StorageError {
     /// A parameter is invalid (1000).
     #[error("Invalid parameter: '{0}'")]
     InvalidParameter(String),
+    /// A volume a memory snapshot or a hibernation cannot use as it is.
+    #[error("Memory volume refused: {0}")]
+    MemoryVolume(String),
+    /// A configuration volume that cannot be restored.
+    #[error("Cannot restore the saved memory: {0}")]
+    MemoryState(#[from] super::memory_state::MemoryStateError),
     /// qemu-img failed (205 for a create, 217 for a snapshot volume).
     #[error("Volume creation error: {0}")]
     Creation(String),
@@ -197,6 +203,8 @@ impl StorageError {
             | Self::HasChildren(_)
             | Self::InUse(_)
             | Self::InvalidParameter(_)
+            | Self::MemoryVolume(_)
+            | Self::MemoryState(_)
             | Self::GenerationMismatch(_) => K::Refused,
             Self::Aborted | Self::Interrupted => K::Stopped,
             Self::LeasesVolume(_)

@@ -15,6 +15,7 @@ use super::domain::Domain;
 use super::error::StorageError;
 use super::image::{ImageRef, PreparedDrive};
 use super::merge::{self, MergePair};
+use super::memory_volume::{self, MemoryVolume};
 use super::{copy, image, snapshot_volume, tool_files};
 use crate::api::snapshot_types::SnapshotNote;
 use crate::api::volume_types::Legality;
@@ -256,6 +257,19 @@ impl ImageHandle {
     /// Forgets that `volume` is an unbooted full copy: a VM booted on it.
     pub async fn clear_clone_mark(&self, volume: Uuid) -> Result<(), StorageError> {
         self.blocking(move |d, i| copy::clear_clone_mark(d, i, volume))
+            .await
+    }
+
+    /// `volume` checked and held as a memory volume ([`memory_volume::open`]).
+    pub async fn open_memory_volume(&self, volume: Uuid) -> Result<MemoryVolume, StorageError> {
+        self.check_exists().await?;
+        self.blocking(move |d, i| memory_volume::open(d, i, volume))
+            .await
+    }
+
+    /// Marks a memory volume ILLEGAL: never to be restored.
+    pub async fn mark_memory_unusable(&self, volume: Uuid) -> Result<(), StorageError> {
+        self.blocking(move |d, i| memory_volume::mark_unusable(d, i, volume))
             .await
     }
 

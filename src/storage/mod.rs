@@ -34,6 +34,7 @@ mod image_marks;
 pub mod layout;
 pub mod lock;
 pub mod memory_state;
+pub mod memory_volume;
 pub mod merge;
 pub mod meta;
 pub mod pool;

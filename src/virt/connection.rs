@@ -129,6 +129,23 @@ impl Libvirt {
         T: Send + 'static,
         F: FnOnce(&Connect) -> Result<T, VirtError> + Send + 'static,
     {
+        self.call_once_on_within(vm, op, self.inner.call_timeout, f)
+            .await
+    }
+
+    /// [`Libvirt::call_once_on`] bounded by `timeout` rather than the call timeout: for a call
+    /// whose length grows with the guest (a RAM dump, a restore).
+    pub async fn call_once_on_within<T, F>(
+        &self,
+        vm: Uuid,
+        op: &'static str,
+        timeout: std::time::Duration,
+        f: F,
+    ) -> Result<T, VirtError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connect) -> Result<T, VirtError> + Send + 'static,
+    {
         let uri = self.inner.uri.clone();
         let spare = self
             .inner
@@ -157,7 +174,6 @@ impl Libvirt {
             }
             result
         });
-        let timeout = self.inner.call_timeout;
         let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, &mut task).await {
             Ok(Ok(result)) => {

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::hypervisor::Hypervisor;
+use super::memory::{MemoryDump, PauseReport};
 use super::xml::vm::NewLeaf;
 use super::{
     BlockJob, Conflict, DefinedSwitch, DiskSwitch, DomainInfo, DomainStats, DomainView,
@@ -248,6 +249,12 @@ fn element_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
     Some(xml[start..start + end].trim())
 }
 
+/// What the fake's memory calls report.
+const FAKE_PAUSE: PauseReport = PauseReport {
+    pause_ms: Some(1.0),
+    downtime_ms: Some(1.0),
+};
+
 fn info(vm: &FakeVm) -> DomainInfo {
     DomainInfo {
         uuid: vm.view.uuid,
@@ -426,6 +433,53 @@ impl Hypervisor for FakeHypervisor {
     ) -> Result<(), VirtError> {
         let _ = switches;
         self.on_vm("switch_defined_disks".into(), vm, |_| ())
+    }
+    async fn migratable_xml(&self, vm: Uuid) -> Result<String, VirtError> {
+        self.on_vm("migratable_xml".into(), vm, |v| v.view.xml.clone())
+    }
+    async fn memory_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+        dump: MemoryDump,
+    ) -> Result<PauseReport, VirtError> {
+        let _ = (all_targets, dump);
+        let call = "memory_snapshot".to_owned();
+        self.hang_if_told(&call).await;
+        self.on_vm(call, vm, |v| {
+            for switch in switches {
+                if let Some(disk) = v.disks.iter_mut().find(|d| d.target == switch.target) {
+                    disk.path = Some(switch.new_path);
+                }
+            }
+            FAKE_PAUSE
+        })
+    }
+    async fn save_memory(&self, vm: Uuid, dump: MemoryDump) -> Result<PauseReport, VirtError> {
+        let _ = dump;
+        self.on_vm("save_memory".into(), vm, |v| {
+            v.view.status = VmStatus::Down;
+            FAKE_PAUSE
+        })
+    }
+    async fn restore_paused(
+        &self,
+        vm: Uuid,
+        file: String,
+        xml: String,
+        timeout: Duration,
+    ) -> Result<(), VirtError> {
+        let _ = (file, xml, timeout);
+        self.on_vm("restore_paused".into(), vm, |v| {
+            v.view.status = VmStatus::Paused;
+        })
+    }
+    async fn set_guest_time(&self, vm: Uuid) -> Result<(), VirtError> {
+        self.on_vm("set_guest_time".into(), vm, |_| ())
+    }
+    async fn abort_job(&self, vm: Uuid) -> Result<(), VirtError> {
+        self.on_vm("abort_job".into(), vm, |_| ())
     }
     async fn block_commit(
         &self,

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::connection::Libvirt;
 use super::domains::{DomainInfo, HostInfo};
 use super::error::VirtError;
+use super::memory::{MemoryDump, PauseReport};
 use super::sampling::{DomainStats, DomainView};
 use super::snapshot::{Conflict, DiskSwitch, FreezeState, RunState};
 use super::vm_control::Stopped;
@@ -109,6 +110,32 @@ pub trait Hypervisor: Send + Sync + 'static {
         vm: Uuid,
         switches: Vec<DefinedSwitch>,
     ) -> Result<(), VirtError>;
+
+    // Memory: snapshots with memory, hibernation, restore.
+    /// The domain's definition as a restore needs it.
+    async fn migratable_xml(&self, vm: Uuid) -> Result<String, VirtError>;
+    /// One external snapshot with memory: the disks switch at the instant the RAM is saved.
+    async fn memory_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+        dump: MemoryDump,
+    ) -> Result<PauseReport, VirtError>;
+    /// Hibernation: the RAM saved, the domain stopped (still defined).
+    async fn save_memory(&self, vm: Uuid, dump: MemoryDump) -> Result<PauseReport, VirtError>;
+    /// Restores saved RAM with the definition `xml`, paused.
+    async fn restore_paused(
+        &self,
+        vm: Uuid,
+        file: String,
+        xml: String,
+        timeout: Duration,
+    ) -> Result<(), VirtError>;
+    /// Sets the guest's clock to the host's now (through its agent).
+    async fn set_guest_time(&self, vm: Uuid) -> Result<(), VirtError>;
+    /// Stops the domain's running save or dump.
+    async fn abort_job(&self, vm: Uuid) -> Result<(), VirtError>;
 
     // Block jobs (live merge).
     /// Starts a block commit of `top` into `base` on the disk `target`.
@@ -229,6 +256,36 @@ impl Hypervisor for Libvirt {
         switches: Vec<DefinedSwitch>,
     ) -> Result<(), VirtError> {
         Libvirt::switch_defined_disks(self, vm, switches).await
+    }
+    async fn migratable_xml(&self, vm: Uuid) -> Result<String, VirtError> {
+        Libvirt::migratable_xml(self, vm).await
+    }
+    async fn memory_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+        dump: MemoryDump,
+    ) -> Result<PauseReport, VirtError> {
+        Libvirt::memory_snapshot(self, vm, switches, all_targets, dump).await
+    }
+    async fn save_memory(&self, vm: Uuid, dump: MemoryDump) -> Result<PauseReport, VirtError> {
+        Libvirt::save_memory(self, vm, dump).await
+    }
+    async fn restore_paused(
+        &self,
+        vm: Uuid,
+        file: String,
+        xml: String,
+        timeout: Duration,
+    ) -> Result<(), VirtError> {
+        Libvirt::restore_paused(self, vm, file, xml, timeout).await
+    }
+    async fn set_guest_time(&self, vm: Uuid) -> Result<(), VirtError> {
+        Libvirt::set_guest_time(self, vm).await
+    }
+    async fn abort_job(&self, vm: Uuid) -> Result<(), VirtError> {
+        Libvirt::abort_job(self, vm).await
     }
     async fn block_commit(
         &self,

@@ -193,7 +193,7 @@ impl Libvirt {
         switches: Vec<DiskSwitch>,
         all_targets: Vec<String>,
     ) -> Result<(), VirtError> {
-        let xml = snapshot_xml(&switches, &all_targets);
+        let xml = snapshot_xml(&switches, &all_targets, None);
         self.call_once_on(vm, "create external snapshot", move |conn| {
             let domain = lookup(conn, vm)?;
             let flags = sys::VIR_DOMAIN_SNAPSHOT_CREATE_REUSE_EXT
@@ -230,8 +230,12 @@ impl Libvirt {
 }
 
 /// The `<domainsnapshot>` document: the listed disks external onto their new files (qcow2),
-/// every other disk `snapshot='no'`.
-fn snapshot_xml(switches: &[DiskSwitch], all_targets: &[String]) -> String {
+/// every other disk `snapshot='no'`, and the RAM into `memory_file` when given.
+pub(super) fn snapshot_xml(
+    switches: &[DiskSwitch],
+    all_targets: &[String],
+    memory_file: Option<&str>,
+) -> String {
     let mut xml = String::from("<domainsnapshot><disks>");
     for target in all_targets {
         match switches.iter().find(|s| &s.target == target) {
@@ -244,7 +248,14 @@ fn snapshot_xml(switches: &[DiskSwitch], all_targets: &[String]) -> String {
             None => xml.push_str(&format!("<disk name='{}' snapshot='no'/>", escape(target))),
         }
     }
-    xml.push_str("</disks></domainsnapshot>");
+    xml.push_str("</disks>");
+    if let Some(file) = memory_file {
+        xml.push_str(&format!(
+            "<memory snapshot='external' file='{}'/>",
+            escape(file)
+        ));
+    }
+    xml.push_str("</domainsnapshot>");
     xml
 }
 
@@ -260,6 +271,7 @@ mod tests {
                 new_path: "/sd/images/i/new".into(),
             }],
             &["vda".into(), "vdb".into()],
+            None,
         );
         assert_eq!(
             xml,
