@@ -56,6 +56,30 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The host files a VM may use, and where rvdsm puts those it names.
     pub vm: VmConfig,
+    /// Snapshots with memory.
+    pub snapshot: SnapshotConfig,
+}
+
+/// Snapshots with memory (`VM.snapshot` with `snapMemory`) and hibernation.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// How the RAM is saved when a request does not say (`memoryMode`): `paused` (VDSM's:
+    /// the guest stands still for the whole dump) or `live` (it runs until the last pages).
+    pub memory_mode: crate::api::snapshot_types::MemoryMode,
+    /// Seconds a live dump may take before rvdsm stops it (the snapshot then fails and the VM
+    /// runs on, on its old volumes): a guest that dirties its RAM faster than it is written
+    /// would otherwise never let it end.
+    pub live_memory_max_secs: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            memory_mode: crate::api::snapshot_types::MemoryMode::Paused,
+            live_memory_max_secs: 300,
+        }
+    }
 }
 
 /// The management listeners: JSON-RPC over STOMP, HTTP and WebSocket on one TCP port (mutual
@@ -392,6 +416,9 @@ impl Config {
             return invalid(
                 "daemon.auto_thaw_secs and daemon.max_parallel_snapshots must be at least 1",
             );
+        }
+        if self.snapshot.live_memory_max_secs == 0 {
+            return invalid("snapshot.live_memory_max_secs must be at least 1 second");
         }
         if self.storage.qemu_img_timeout_secs == 0 {
             return invalid("storage.qemu_img_timeout_secs must be at least 1 second");

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::api::snapshot_types::{Consistency, Reason, Timings};
+use crate::api::snapshot_types::{Consistency, MemoryResult, Reason, Timings};
 
 /// What a done snapshot job did: its `result` in `Host.getJobs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,9 @@ pub struct Switched {
     pub skipped: Vec<Uuid>,
     /// Disks the live domain did not show on their new volume right after the switch.
     pub unconfirmed_disks: Vec<String>,
+    /// What was saved of the guest's RAM, for a snapshot with memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryResult>,
 }
 
 /// What a failed snapshot's rollback did: its `result` in `Host.getJobs`.
@@ -160,6 +163,7 @@ mod tests {
             switched: vec![id],
             skipped: vec![],
             unconfirmed_disks: vec![],
+            memory: None,
         });
         let nothing = SnapshotResult::NothingToSwitch {
             switched: vec![],

@@ -186,6 +186,7 @@ async fn open_freeze_and_snapshot(
     })
     .await?;
     let (snapshot, left) = snapshot.map_err(journal("snapshot"))?;
+    let snapshot = snapshot.with_memory_settings(config.snapshot.clone());
     Ok((freeze, snapshot, left))
 }
 

@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use super::domain::Domain;
 use super::error::StorageError;
-use crate::api::volume_types::{Legality, VolumeFormat, VolumeRole};
 use super::tool_files::HeldFile;
 use super::volume;
+use crate::api::volume_types::{Legality, VolumeFormat, VolumeRole};
 
 /// What the configuration is padded to (VDSM aligns its own to 4 KiB for qemu-img's sake).
 const ALIGNMENT: usize = 4096;
@@ -61,10 +61,16 @@ fn refused(volume: Uuid, why: impl std::fmt::Display) -> StorageError {
 pub fn open(domain: &Domain, image: Uuid, volume: Uuid) -> Result<MemoryVolume, StorageError> {
     let meta = volume::read_meta(domain, image, volume)?;
     if meta.format != VolumeFormat::Raw {
-        return Err(refused(volume, "is not RAW; a memory volume is a RAW volume"));
+        return Err(refused(
+            volume,
+            "is not RAW; a memory volume is a RAW volume",
+        ));
     }
     if meta.parent != Uuid::nil() {
-        return Err(refused(volume, "has a parent; a memory volume is alone in its image"));
+        return Err(refused(
+            volume,
+            "has a parent; a memory volume is alone in its image",
+        ));
     }
     if !volume::children(domain, image, volume)?.is_empty() || meta.role == VolumeRole::Shared {
         return Err(refused(volume, "is a template or has children"));

@@ -249,9 +249,8 @@ pub fn save(domain: &Domain, path: &str, flags: u32) -> Result<(), LibvirtError>
     })?;
     // SAFETY: `domain` is live, `path` a NUL-terminated string outliving the call; a null
     // `dxml` asks libvirt for the domain's own XML.
-    let rc = unsafe {
-        sys::virDomainSaveFlags(domain.as_ptr(), path.as_ptr(), std::ptr::null(), flags)
-    };
+    let rc =
+        unsafe { sys::virDomainSaveFlags(domain.as_ptr(), path.as_ptr(), std::ptr::null(), flags) };
     check("save the domain", rc).map(|_| ())
 }
 

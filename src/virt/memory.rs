@@ -240,7 +240,12 @@ mod tests {
         assert_eq!(stopped_ms(&[], at(10)), None);
         let paused = stopped_ms(&[(at(0), true), (at(40), false)], at(100)).unwrap();
         assert!((paused - 40.0).abs() < 0.5, "{paused}");
-        let twice = [(at(0), true), (at(10), false), (at(50), true), (at(80), false)];
+        let twice = [
+            (at(0), true),
+            (at(10), false),
+            (at(50), true),
+            (at(80), false),
+        ];
         assert!((stopped_ms(&twice, at(100)).unwrap() - 40.0).abs() < 0.5);
         let never_resumed = stopped_ms(&[(at(20), true)], at(100)).unwrap();
         assert!((never_resumed - 80.0).abs() < 0.5, "{never_resumed}");

@@ -7,7 +7,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::flow::VmOps;
-use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError};
+use crate::virt::{
+    DefinedSwitch, DiskSwitch, FreezeState, MemoryDump, PauseReport, RunState, VirtError,
+};
 
 /// A libvirt error with `code`.
 pub fn libvirt(code: i32) -> VirtError {
@@ -111,6 +113,19 @@ impl VmOps for Fake {
     ) -> Result<(), VirtError> {
         self.record("snapshot");
         self.snapshot.clone().unwrap()
+    }
+    async fn memory_snapshot(
+        &self,
+        _: Uuid,
+        _: Vec<DiskSwitch>,
+        _: Vec<String>,
+        _: MemoryDump,
+    ) -> Result<PauseReport, VirtError> {
+        self.record("memory");
+        self.snapshot
+            .clone()
+            .unwrap()
+            .map(|()| PauseReport::default())
     }
     async fn switch_defined_disks(&self, _: Uuid, _: Vec<DefinedSwitch>) -> Result<(), VirtError> {
         self.record("redefine");

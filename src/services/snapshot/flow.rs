@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::api::snapshot_types::{Consistency, Quiesce, Reason, Timings};
-use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
+use crate::virt::{
+    DefinedSwitch, DiskSwitch, FreezeState, MemoryDump, PauseReport, RunState, VirtError,
+    VirtErrorKind,
+};
 
 /// What the flow needs from the hypervisor.
 pub trait VmOps: Send + Sync {
@@ -53,6 +56,14 @@ pub trait VmOps: Send + Sync {
         switches: Vec<DiskSwitch>,
         all_targets: Vec<String>,
     ) -> impl Future<Output = Result<(), VirtError>> + Send;
+    /// One external snapshot with memory: the disks switch at the instant the RAM is saved.
+    fn memory_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+        dump: MemoryDump,
+    ) -> impl Future<Output = Result<PauseReport, VirtError>> + Send;
     /// Points a stopped VM's definition at the new volumes.
     fn switch_defined_disks(
         &self,
@@ -73,6 +84,8 @@ pub struct Outcome {
     /// A thaw that failed after the switch (the guest may still be frozen: reported, never
     /// hidden).
     pub thaw_error: Option<String>,
+    /// For a snapshot with memory: how long the guest stood still.
+    pub pause: Option<PauseReport>,
 }
 
 /// A switch that did not happen (or may have, when `switch_attempted`).
@@ -118,6 +131,9 @@ pub struct Plan {
     pub agent_timeout: Duration,
     /// Past this (VDSM's `freeze_timeout` after the job's start), the switch is not attempted.
     pub switch_deadline: Instant,
+    /// Save the guest's RAM too, there: no freeze then (the RAM holds the filesystems' state,
+    /// as VDSM reasons), and no `freeze_timeout` (it bounds a freeze).
+    pub memory: Option<MemoryDump>,
 }
 
 /// Takes the snapshot described by `plan`.
@@ -128,6 +144,9 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
         .run_state(plan.vm)
         .await
         .map_err(|e| Failure::before_switch(e.to_string(), Some(&e)))?;
+    if let Some(dump) = &plan.memory {
+        return with_memory(ops, plan, dump.clone(), state, started).await;
+    }
     let skip_reason = match state {
         RunState::Stopped => {
             let t = Instant::now();
@@ -206,12 +225,56 @@ pub async fn run<V: VmOps>(ops: &V, plan: &Plan) -> Result<Outcome, Failure> {
             reason,
             timings,
             thaw_error,
+            pause: None,
         }),
         Err(e) => Err(Failure {
             message: e.to_string(),
             libvirt_code: e.libvirt_code(),
             switch_attempted: true,
             thaw_error,
+        }),
+    }
+}
+
+/// A snapshot with memory of a running (or paused) VM: one call, no freeze.
+async fn with_memory<V: VmOps>(
+    ops: &V,
+    plan: &Plan,
+    dump: MemoryDump,
+    state: RunState,
+    started: Instant,
+) -> Result<Outcome, Failure> {
+    if state == RunState::Stopped {
+        return Err(Failure::before_switch(
+            "a snapshot with memory needs a running VM; this one is not running",
+            None,
+        ));
+    }
+    let mut timings = Timings::default();
+    let t = Instant::now();
+    let saved = ops
+        .memory_snapshot(
+            plan.vm,
+            plan.switches.clone(),
+            plan.all_targets.clone(),
+            dump,
+        )
+        .await;
+    timings.switch_ms = millis(t);
+    timings.total_ms = millis(started);
+    match saved {
+        Ok(pause) => Ok(Outcome {
+            consistency: Consistency::WithMemory,
+            reason: (state == RunState::Paused).then_some(Reason::Paused),
+            timings,
+            thaw_error: None,
+            pause: Some(pause),
+        }),
+        Err(e) => Err(Failure {
+            message: e.to_string(),
+            libvirt_code: e.libvirt_code(),
+            switch_attempted: true,
+            thaw_error: None,
         }),
     }
 }
@@ -345,6 +408,7 @@ fn crash(reason: Reason, timings: Timings) -> Outcome {
         reason: Some(reason),
         timings,
         thaw_error: None,
+        pause: None,
     }
 }
 
@@ -375,7 +439,53 @@ mod tests {
             frozen_by_caller,
             agent_timeout: Duration::from_secs(5),
             switch_deadline: Instant::now() + Duration::from_secs(600),
+            memory: None,
         }
+    }
+
+    fn with_memory_plan(mode: crate::api::snapshot_types::MemoryMode) -> Plan {
+        Plan {
+            memory: Some(MemoryDump {
+                file: "/proc/1/fd/9".into(),
+                mode,
+                timeout: Duration::from_secs(60),
+            }),
+            ..plan(Quiesce::Require, false)
+        }
+    }
+
+    /// A snapshot with memory never freezes (even with quiesce=require, which a memory
+    /// snapshot does not need), makes one call, and is refused on a stopped VM.
+    #[tokio::test]
+    async fn memory_snapshots_make_one_call_and_never_freeze() {
+        use crate::api::snapshot_types::MemoryMode;
+        let fake = Fake::running();
+        let outcome = run(&fake, &with_memory_plan(MemoryMode::Paused))
+            .await
+            .unwrap();
+        assert_eq!(outcome.consistency, Consistency::WithMemory);
+        assert!(outcome.pause.is_some());
+        assert_eq!(fake.calls(), ["state", "memory"]);
+
+        let fake = Fake {
+            snapshot: Some(Err(libvirt(1))),
+            ..Fake::running()
+        };
+        let failure = run(&fake, &with_memory_plan(MemoryMode::Live))
+            .await
+            .unwrap_err();
+        assert!(failure.switch_attempted, "the live domain must be read");
+        assert_eq!(fake.calls(), ["state", "memory"]);
+
+        let fake = Fake {
+            state: Some(RunState::Stopped),
+            ..Fake::running()
+        };
+        let failure = run(&fake, &with_memory_plan(MemoryMode::Paused))
+            .await
+            .unwrap_err();
+        assert!(!failure.switch_attempted);
+        assert_eq!(fake.calls(), ["state"], "nothing redefined, nothing saved");
     }
 
     #[tokio::test]

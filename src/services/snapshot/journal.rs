@@ -27,6 +27,17 @@ pub struct JournalDrive {
     pub new_path: String,
 }
 
+/// The memory volumes of a journaled snapshot with memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalMemory {
+    /// Their storage domain.
+    pub domain: Uuid,
+    /// The dump's image and volume.
+    pub dump: (Uuid, Uuid),
+    /// The configuration's image and volume.
+    pub conf: (Uuid, Uuid),
+}
+
 /// How far a snapshot got.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "phase")]
@@ -49,6 +60,9 @@ pub struct Entry {
     pub vm: Uuid,
     /// The drives being switched.
     pub drives: Vec<JournalDrive>,
+    /// The volumes the guest's RAM and configuration go to, for a snapshot with memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<JournalMemory>,
     /// How far it got.
     #[serde(flatten)]
     pub phase: Phase,
@@ -90,6 +104,7 @@ mod tests {
                 target: "vda".into(),
                 new_path: "/x/new".into(),
             }],
+            memory: None,
             phase,
         }
     }
@@ -293,6 +308,7 @@ mod tests {
             job: u(0x10),
             vm: u(0x20),
             drives: vec![drive()],
+            memory: None,
             phase,
         };
         let cases = [
@@ -315,6 +331,7 @@ mod tests {
                         switched: vec![u(4)],
                         skipped: vec![],
                         unconfirmed_disks: vec![],
+                        memory: None,
                     })),
                 )),
             ),

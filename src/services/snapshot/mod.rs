@@ -7,6 +7,7 @@
 //! - `validate.rs`: the request's parameters and drives, before anything changes;
 //! - [`journal`]: the job's records in the journal of intent;
 //! - `runner.rs`: the job from its start to its end, each phase journaled first;
+//! - `memory.rs`: the RAM dump and configuration volumes of a snapshot with memory;
 //! - [`flow`]: the decision logic (quiesce, switch, thaw), against a small hypervisor trait,
 //!   unit-tested with a recording fake (`fake.rs`);
 //! - `rollback.rs`: reading the live domain after a failure, and deciding what to keep;
@@ -17,6 +18,7 @@ mod error;
 mod fake;
 pub mod flow;
 pub mod journal;
+mod memory;
 mod recovery;
 mod rollback;
 mod runner;
@@ -64,6 +66,8 @@ pub struct SnapshotService {
     /// The monitoring cache, re-read for the job's VM before the job is shown ended, so that
     /// `Host.dumpxmls` and `VM.getStats` show the new chain as soon as the job is done.
     monitor: Option<crate::services::Monitor>,
+    /// Snapshots with memory: the default mode, the live dump's bound.
+    memory: crate::config::SnapshotConfig,
 }
 
 impl SnapshotService {
@@ -89,8 +93,15 @@ impl SnapshotService {
             stopping: Arc::default(),
             frozen: Arc::default(),
             monitor: None,
+            memory: crate::config::SnapshotConfig::default(),
         };
         Ok((service, entries))
+    }
+
+    /// The service, with the configuration's settings for snapshots with memory.
+    pub fn with_memory_settings(mut self, settings: crate::config::SnapshotConfig) -> Self {
+        self.memory = settings;
+        self
     }
 
     /// The service, re-reading each job's VM into `monitor` when the job ends.
@@ -118,6 +129,9 @@ impl SnapshotService {
         }
         let claim = self.jobs.claim_vm(p.vm_id)?;
         let checked = self.check_drives(&p).await?;
+        let memory = self
+            .check_memory(&p, &checked.drives, &checked.skipped)
+            .await?;
         if let Some(copied) = checked.drives.iter().find(|d| {
             self.storage
                 .is_being_copied(ImageRef::new(d.domain, d.image))
@@ -140,7 +154,8 @@ impl SnapshotService {
         }
         let job = p.job.unwrap_or_else(Uuid::new_v4);
         self.jobs.add(job, Some(p.vm_id), JobKind::Snapshot)?;
-        let entry = journal_entry(job, p.vm_id, &checked.drives);
+        let mut entry = journal_entry(job, p.vm_id, &checked.drives);
+        entry.memory = memory.as_ref().map(memory::MemoryJob::journal);
         if let Err(message) = self.write_journal(entry.clone()).await {
             let error = JobError {
                 code: crate::api::codes::GENERAL,
@@ -149,18 +164,27 @@ impl SnapshotService {
             self.jobs.finish(job, Err(error));
             return Err(SnapshotError::Journal { job, message });
         }
-        let plan = self.plan(&p, &checked);
+        let plan = self.plan(&p, &checked, memory.as_ref());
         let Checked {
             drives, skipped, ..
         } = checked;
         tracing::info!(%job, vm = %p.vm_id, drives = drives.len(), skipped = skipped.len(), "VM.snapshot job scheduled");
         let service = self.clone();
-        tokio::spawn(async move { service.run_job(entry, claim, plan, drives, skipped).await });
+        tokio::spawn(async move {
+            service
+                .run_job(entry, claim, plan, drives, skipped, memory)
+                .await
+        });
         Ok(())
     }
 
     /// What the job switches, and how.
-    fn plan(&self, p: &SnapshotParams, checked: &Checked) -> Plan {
+    fn plan(
+        &self,
+        p: &SnapshotParams,
+        checked: &Checked,
+        memory: Option<&memory::MemoryJob>,
+    ) -> Plan {
         // Bounded by `validate::check_params`: the arithmetic below cannot overflow. The job's
         // `timeout` is enforced where stopping is safe: a job still waiting for its turn past
         // it fails untouched, and the switch is not attempted past it (a switch under way is
@@ -196,6 +220,11 @@ impl SnapshotService {
             frozen_by_caller: p.frozen.unwrap_or(false),
             agent_timeout: self.agent_timeout,
             switch_deadline: Instant::now() + Duration::from_secs(60 * freeze_minutes),
+            // A dump's length grows with the guest: bounded by the job's own timeout.
+            memory: memory.map(|m| {
+                let minutes = minutes(p.timeout, DEFAULT_TIMEOUT_MINUTES);
+                m.dump_target(Duration::from_secs(60 * minutes))
+            }),
         }
     }
 
@@ -250,6 +279,7 @@ fn journal_entry(job: Uuid, vm: Uuid, drives: &[Drive]) -> Entry {
                 new_path: d.new_path.clone(),
             })
             .collect(),
+        memory: None,
         phase: Phase::Scheduled,
     }
 }

@@ -85,7 +85,17 @@ impl SnapshotService {
         let _images = self.storage.lock_images(images_of(entry)).await;
         let rollback = self.roll_back(entry, live).await;
         let all_kept = rollback.kept.len() == entry.drives.len();
-        let outcome = if all_kept && matches!(live, Live::Disks(_)) {
+        let switched = all_kept && matches!(live, Live::Disks(_));
+        if let Some(memory) = &entry.memory {
+            // libvirt switches the disks only once the RAM is saved: switched, the dump is
+            // whole; else it is cut short and must never be restored.
+            if switched {
+                self.finish_interrupted_dump(memory).await;
+            } else {
+                self.discard_memory(memory).await;
+            }
+        }
+        let outcome = if switched {
             self.note_consistency(entry, Consistency::Unknown, Some("recovered".into()))
                 .await;
             Ok(SnapshotResult::Recovered {

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::SnapshotService;
 use super::flow::{self, Plan, VmOps};
 use super::journal::{Entry, Phase};
+use super::memory::MemoryJob;
 use super::rollback::Live;
 use super::validate::Drive;
 use crate::api::snapshot_types::{Consistency, SnapshotNote};
@@ -19,7 +20,10 @@ use crate::jobs::journal::Finished;
 use crate::jobs::results::{SnapshotResult, Switched};
 use crate::jobs::vm_jobs::VmClaim;
 use crate::services::storage::ImageRef;
-use crate::virt::{DefinedSwitch, DiskSwitch, FreezeState, RunState, VirtError, VirtErrorKind};
+use crate::virt::{
+    DefinedSwitch, DiskSwitch, FreezeState, MemoryDump, PauseReport, RunState, VirtError,
+    VirtErrorKind,
+};
 
 /// How a job ended: its result, or VDSM's code and message.
 pub(super) type JobOutcome = Result<SnapshotResult, (i32, String)>;
@@ -33,6 +37,7 @@ impl SnapshotService {
         plan: Plan,
         drives: Vec<Drive>,
         skipped: Vec<Uuid>,
+        memory: Option<MemoryJob>,
     ) {
         let job = entry.job;
         let _slot = self.jobs.run_slot(job).await;
@@ -61,10 +66,22 @@ impl SnapshotService {
             return;
         }
         self.jobs.progress(job, 10);
+        if let Some(memory) = &memory
+            && let Err(why) = self.save_configuration(&entry, memory).await
+        {
+            self.discard_memory(&memory.journal()).await;
+            let message = format!(
+                "Snapshot failed: cannot write the configuration volume: {why}; nothing was \
+                 switched"
+            );
+            self.fail(&entry, false, message).await;
+            return;
+        }
         let ops = Journaled {
             service: self,
             entry: &entry,
             unsettled: AtomicBool::new(false),
+            memory: memory.as_ref(),
         };
         let result = flow::run(&ops, &plan).await;
         if ops.unsettled.load(Ordering::SeqCst) {
@@ -74,6 +91,21 @@ impl SnapshotService {
         self.held_frozen().remove(&plan.vm);
         match result {
             Ok(outcome) => {
+                let memory_result = match &memory {
+                    Some(memory) => match self.finish_memory(memory, outcome.pause.clone()).await {
+                        Ok(result) => Some(result),
+                        Err(err) => {
+                            self.discard_memory(&memory.journal()).await;
+                            let message = format!(
+                                "Snapshot failed: the disks switched, but the RAM cannot be \
+                                 restored ({err}); its volumes are marked ILLEGAL"
+                            );
+                            self.fail(&entry, true, message).await;
+                            return;
+                        }
+                    },
+                    None => None,
+                };
                 let reason = outcome.reason.map(|r| wire_name(&r));
                 let (_, unconfirmed_disks) = tokio::join!(
                     self.note_consistency(&entry, outcome.consistency, reason),
@@ -91,11 +123,15 @@ impl SnapshotService {
                     switched: drives.iter().map(|d| d.volume).collect(),
                     skipped,
                     unconfirmed_disks,
+                    memory: memory_result,
                 });
                 self.finish_job(&entry, Ok(result)).await;
             }
             Err(failure) => {
                 record_failure(started.elapsed());
+                if let Some(memory) = &entry.memory {
+                    self.discard_memory(memory).await;
+                }
                 let message = match failure.libvirt_code {
                     Some(code) => format!(
                         "Snapshot failed: {} (libvirt error {code})",
@@ -220,6 +256,8 @@ struct Journaled<'a> {
     /// hung agent wakes and runs the freeze it was sent); cleared by a thaw or a "thawed"
     /// status. Set at the end: the freeze service guards the guest.
     unsettled: AtomicBool,
+    /// The memory volumes of a snapshot with memory, watched while libvirt writes the dump.
+    memory: Option<&'a MemoryJob>,
 }
 
 impl VmOps for Journaled<'_> {
@@ -290,6 +328,22 @@ impl VmOps for Journaled<'_> {
             .external_snapshot(vm, switches, all_targets)
             .await
     }
+    async fn memory_snapshot(
+        &self,
+        vm: Uuid,
+        switches: Vec<DiskSwitch>,
+        all_targets: Vec<String>,
+        dump: MemoryDump,
+    ) -> Result<PauseReport, VirtError> {
+        let memory = self.memory.ok_or_else(|| VirtError::Refused {
+            element: "the snapshot".into(),
+            reason: "a snapshot with memory without memory volumes".into(),
+        })?;
+        crate::failpoint::pause!("snapshot:before-dump");
+        self.service
+            .watched_memory_snapshot(vm, switches, all_targets, dump, memory)
+            .await
+    }
     async fn switch_defined_disks(
         &self,
         vm: Uuid,
@@ -302,12 +356,18 @@ impl VmOps for Journaled<'_> {
     }
 }
 
-/// The images a job changes: `(domain, image)` of each drive.
+/// The images a job changes: `(domain, image)` of each drive, and its memory volumes'.
 pub(super) fn images_of(entry: &Entry) -> Vec<ImageRef> {
+    let memory = entry.memory.iter().flat_map(|m| {
+        [m.dump.0, m.conf.0]
+            .into_iter()
+            .map(|image| ImageRef::new(m.domain, image))
+    });
     entry
         .drives
         .iter()
         .map(|d| ImageRef::new(d.domain, d.image))
+        .chain(memory)
         .collect()
 }
 

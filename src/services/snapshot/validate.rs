@@ -69,10 +69,9 @@ pub(super) fn check_params(p: &SnapshotParams) -> Result<(), SnapshotError> {
             ));
         }
     }
-    if p.snap_memory.as_deref().is_some_and(|m| !m.is_empty()) {
-        return Err(SnapshotError::invalid(
-            "memory snapshots (snapMemory) are not supported",
-        ));
+    if let Some(text) = p.snap_memory.as_deref().filter(|m| !m.is_empty()) {
+        text.parse::<crate::api::snapshot_types::MemoryVolumes>()
+            .map_err(|why| SnapshotError::invalid(format!("snapMemory: {why}")))?;
     }
     if p.drives.is_empty() {
         return Err(SnapshotError::invalid("snapDrives is empty"));

@@ -32,6 +32,7 @@ pub mod error;
 mod fake_tests;
 mod images;
 mod leases;
+mod memory;
 mod pool;
 mod pool_domains;
 mod pool_record;
@@ -41,6 +42,7 @@ mod volumes;
 
 pub use crate::storage::image::{CopyReading, ImageHandle, ImageLock, ImageRef, MergeMark};
 pub use error::StorageServiceError;
+pub use memory::MemoryVolumeId;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -6,9 +6,11 @@
 //! - [`disks`]: a domain's disks with their backing chains, the host UUID;
 //! - [`vm`]: oVirt's `VM.create` definition: drives and leases read, placed, recorded;
 //! - [`edit`]: a stopped VM's definition switched to a snapshot's new volumes.
+//! - [`saved`]: a definition kept beside saved RAM.
 
 pub mod disks;
 pub mod edit;
+pub mod saved;
 pub mod vm;
 
 pub use disks::{DiskVolume, disk_volume, host_uuid, parse_disks};
