@@ -542,9 +542,12 @@ pub fn memory_section(memory: &Value, provenance: Option<&str>) -> String {
            crate, as `virsh snapshot-create --reuse-external --no-metadata [--live]` issues it: \
            a `<domainsnapshot>` with the disk `snapshot='external'` onto a qcow2 overlay made \
            beforehand (`qemu-img create -b <current> -F qcow2`) and `<memory \
-           snapshot='external' file=...>` onto a sparse RAW file of the dump volume's size \
-           (RAM + 264 MiB, as an engine sizes it) made beforehand in the guest's image \
-           directory; flags REUSE_EXT | NO_METADATA, and LIVE for the live mode. rvdsm's side: \
+           snapshot='external' file=...>` onto a sparse RAW file of the dump volume's size made \
+           beforehand in the guest's image directory; flags REUSE_EXT | NO_METADATA | ATOMIC \
+           (rvdsm's own), and LIVE for the live mode. Dump volumes and files: the engine's \
+           size (RAM + 264 MiB) in paused mode; 3 × RAM + 264 MiB in live mode, on both \
+           sides, since a live dump holds again the pages dirtied while it is written and \
+           rvdsm stops a dump that reaches its volume's capacity. rvdsm's side: \
            the dump and configuration volumes (RAW, sparse, each in a new image) and the disk's \
            new top created with `Volume.create` first (not timed), then `VM.snapshot` with \
            `snapMemory` and `memoryMode`, timed from the request to the job's `|jobs|status|` \
@@ -557,6 +560,36 @@ pub fn memory_section(memory: &Value, provenance: Option<&str>) -> String {
            stood still, read through the agent's `guest-get-time` just before and after each \
            snapshot. QEMU's downtime is only the last stop-and-copy of the RAM (in paused mode, \
            the whole copy); the events add libvirt's disks' switch and the resume.\n";
+    for case in memory["cases"].as_array().into_iter().flatten() {
+        let engine = &case["engine_sized_live"];
+        if engine.is_object() {
+            notes.push(if engine["ok"] == true {
+                format!(
+                    "A live snapshot of the {} MiB writing guest onto a dump volume of the \
+                     engine's size ({} MiB): done, its dump {:.0} MiB, the guest paused {:.0} ms.",
+                    case["memory_mib"],
+                    engine["volume_mib"],
+                    num(&engine["dump_mib"]),
+                    num(&engine["pause_events_ms"])
+                )
+            } else {
+                format!(
+                    "A live snapshot of the {} MiB writing guest onto a dump volume of the \
+                     engine's size ({} MiB) failed: {}",
+                    case["memory_mib"],
+                    engine["volume_mib"],
+                    engine["error"].as_str().unwrap_or("")
+                )
+            });
+        }
+        for failure in case["failures"].as_array().into_iter().flatten() {
+            notes.push(format!(
+                "Failed run ({} MiB guest): {}",
+                case["memory_mib"],
+                failure.as_str().unwrap_or("")
+            ));
+        }
+    }
     for note in notes {
         md += &format!("\n{note}\n");
     }
