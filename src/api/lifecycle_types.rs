@@ -274,6 +274,7 @@ pub fn exit_message(reason: u8) -> &'static str {
         1 => "VM terminated with error",
         2 => "Lost connection with qemu process",
         3 => "failed to start libvirt vm",
+        5 => "SaveState succeeded",
         6 => "Admin shut down from the engine",
         7 => "User shut down from within the guest",
         9 => "Failed to find the libvirt domain",

@@ -14,7 +14,9 @@
 use serde_json::{Map, Value};
 
 use super::ApiError;
-use super::lifecycle_types::{CreateVmParams, DestroyVmParams, ShutdownVmParams, VmListParams};
+use super::lifecycle_types::{
+    CreateVmParams, DestroyVmParams, HibernateParams, ShutdownVmParams, VmListParams,
+};
 use super::merge_types::{
     CopyDataParams, MergeParams, PoolSubchainParams, ReconcileParams, SdmMergeParams,
 };
@@ -153,10 +155,16 @@ verbs! {
     VmCreate VM_CREATE "VM.create" (CreateVmParams) changes
         "Prepares the drives an engine's domain XML names (ovirt-vm metadata), records \
         their chains in the definition, defines and starts the VM; undoes every step \
-        when one fails. Returns {vmId, status, statusTime}."
+        when one fails. With saved RAM (a snapshot with memory, a hibernation), restores \
+        the VM from it instead of booting it: the definition saved with the RAM, checked \
+        as a manager's, on the volumes the XML names (the saved volume or an unwritten \
+        child of it), resumed and its clock set. Returns {vmId, status, statusTime}."
         [
             VM_ID,
-            required("vmParams", ParamType::Object, "{xml: the libvirt domain XML}."),
+            required("vmParams", ParamType::Object,
+                "{xml: the libvirt domain XML; to restore saved RAM, memoryDumpVolume and \
+                memoryConfVolume ({poolID, domainID, imageID, volumeID} each), or \
+                hiberVolHandle (sdUUID,spUUID,dumpImg,dumpVol,confImg,confVol)}."),
         ];
     VmDestroy VM_DESTROY "VM.destroy" (DestroyVmParams) changes
         "Stops QEMU (SIGTERM, then SIGKILL), undefines a VM rvdsm created and releases \
@@ -196,7 +204,12 @@ verbs! {
                 "[{domainID, imageID, baseVolumeID, volumeID}]: for each disk, the volume it \
                 uses now and the new volume (its child) to switch to."),
             optional("snapMemory", ParamType::String,
-                "Refused: memory snapshots are not supported."),
+                "sdUUID,spUUID,dumpImg,dumpVol,confImg,confVol: save the guest's RAM too, \
+                into the dump volume (RAW, alone in its image, at least the RAM + 64 MiB), \
+                with what restoring needs in the configuration volume; no freeze then."),
+            optional("memoryMode", ParamType::String,
+                "rvdsm's: paused (VDSM's: the guest stands still for the whole dump) or live \
+                (it runs until the last pages); config [snapshot] memory_mode (paused)."),
             optional("frozen", ParamType::Bool, "The caller froze the guest: no freeze, no thaw."),
             optional("jobUUID", ParamType::Uuid, "The job id (generated when absent)."),
             optional("timeout", ParamType::UInt, "Minutes; must be positive (30)."),
@@ -399,6 +412,17 @@ verbs! {
             VM_ID,
             optional("mountpoints", ParamType::List, "Only these mount points."),
             optional("autoThawSeconds", ParamType::UInt, "Auto-thaw deadline (config: 60)."),
+        ];
+    VmHibernate VM_HIBERNATE "VM.hibernate" (HibernateParams) changes
+        "Saves the VM's RAM and stops it: the configuration written at once, the RAM in \
+        the background (the VM is Down once saved; on failure it runs on and the volumes \
+        are marked ILLEGAL). Resume it with VM.destroy, then VM.create with the same \
+        hiberVolHandle. Returns true."
+        [
+            VM_ID,
+            required("hiberVolHandle", ParamType::String,
+                "sdUUID,spUUID,dumpImg,dumpVol,confImg,confVol: the dump volume (RAW, at \
+                least the RAM + 64 MiB) and the configuration volume."),
         ];
     VmThaw VM_THAW "VM.thaw" (VmIdParams) changes
         "Thaws the guest's filesystems (true on a thawed guest too)."

@@ -58,6 +58,7 @@ pub async fn dispatch(s: Services, call: Call) -> Result<Reply, ApiError> {
         Call::VmSnapshot(p) => done(s.snapshot.snapshot(p).await),
         Call::VmMerge(p) => done(s.merge.merge(p).await),
         Call::VmFreeze(p) => done(s.freeze.freeze(p).await),
+        Call::VmHibernate(p) => done(s.vms.hibernate(p).await),
         Call::StoragePoolCreate(p) => done(s.storage.create_pool(p).await),
         Call::StoragePoolGetInfo(p) => answer(s.storage.pool_info(p).await),
         Call::StoragePoolSwitchMaster(p) => answer(s.storage.switch_master(p).await),

@@ -113,7 +113,8 @@ impl Services {
             refresh_changed_vms(changed, monitor.clone());
         }
         let rules = VmFileRules::from_config(&config.vm);
-        let vms = open_vms(&base, &monitor, rules).await?;
+        let agent_timeout = Duration::from_secs(config.libvirt.agent_timeout_secs);
+        let vms = open_vms(&base, &monitor, rules, agent_timeout).await?;
         let (merge, merges) =
             open_merge(&base, &monitor, block_jobs, deps.block_job_events).await?;
         let sdm = open_sdm(&base).await?;
@@ -195,6 +196,7 @@ async fn open_vms(
     base: &Base,
     monitor: &Monitor,
     rules: VmFileRules,
+    agent_timeout: Duration,
 ) -> Result<VmService, OpenError> {
     let (base, monitor) = (base.clone(), monitor.clone());
     let dir = base.state_dir.join("vms");
@@ -205,6 +207,7 @@ async fn open_vms(
             monitor,
             base.jobs,
             rules,
+            agent_timeout,
             &dir,
         )
     })

@@ -226,7 +226,7 @@ fn stopped_ms(events: &[(Instant, bool)], end: Instant) -> Option<f64> {
     if let Some(start) = since {
         total += end.saturating_duration_since(start);
     }
-    any.then(|| total.as_secs_f64() * 1000.0)
+    any.then_some(total.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]

@@ -178,6 +178,8 @@ fn exit_info(state: Enum<DomainState, u32>, reason: DomainStateReasonEnum) -> Op
             Some(DomainShutoffReason::Destroyed) => ExitInfo { code: 0, reason: 6 },
             Some(DomainShutoffReason::Crashed) => ExitInfo { code: 1, reason: 2 },
             Some(DomainShutoffReason::Failed) => ExitInfo { code: 1, reason: 3 },
+            // Hibernated (`VM.hibernate`): VDSM's SAVE_STATE_SUCCEEDED.
+            Some(DomainShutoffReason::Saved) => ExitInfo { code: 0, reason: 5 },
             _ => ExitInfo { code: 0, reason: 0 },
         }),
         _ => None,
@@ -203,6 +205,10 @@ mod tests {
         assert_eq!(
             shutoff(DomainShutoffReason::Crashed),
             Some(ExitInfo { code: 1, reason: 2 })
+        );
+        assert_eq!(
+            shutoff(DomainShutoffReason::Saved),
+            Some(ExitInfo { code: 0, reason: 5 })
         );
         let running = Enum::Known(DomainStateReason::Shutoff(Enum::Known(
             DomainShutoffReason::Unknown,

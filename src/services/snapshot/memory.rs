@@ -14,7 +14,6 @@ use uuid::Uuid;
 use super::SnapshotService;
 use super::error::SnapshotError;
 use super::journal::{Entry, JournalMemory};
-use super::rollback::canonical_all;
 use super::validate::Drive;
 use crate::api::snapshot_types::{MemoryMode, MemoryResult, MemoryVolumes};
 use crate::api::vm_types::SnapshotParams;
@@ -101,7 +100,14 @@ impl SnapshotService {
             .storage
             .open_memory_volume(MemoryVolumeId::new(ids.domain, ids.conf))
             .await?;
-        refuse_in_use(&self.hypervisor, &[&dump, &conf]).await?;
+        if let Some(volume) =
+            crate::services::storage::memory_volume_in_use(&self.hypervisor, &[&dump, &conf])
+                .await?
+        {
+            return Err(SnapshotError::invalid(format!(
+                "memory volume {volume} is a disk of a VM"
+            )));
+        }
         let view =
             self.hypervisor
                 .read_view(p.vm_id)
@@ -137,8 +143,7 @@ impl SnapshotService {
             .migratable_xml(entry.vm)
             .await
             .map_err(|e| e.to_string())?;
-        let xml =
-            crate::virt::xml::saved::without_backing_stores(&xml).map_err(|e| e.to_string())?;
+        let xml = crate::virt::xml::saved::restorable(&xml).map_err(|e| e.to_string())?;
         let state = MemoryState {
             vm_id: entry.vm,
             saved_for: SavedFor::Snapshot,
@@ -277,23 +282,4 @@ fn memory_ids(memory: &JournalMemory) -> [MemoryVolumeId; 2] {
         MemoryVolumeId::new(memory.domain, memory.dump),
         MemoryVolumeId::new(memory.domain, memory.conf),
     ]
-}
-
-/// Refuses a memory volume a VM uses as a disk: the dump would overwrite it.
-pub(crate) async fn refuse_in_use(
-    hypervisor: &crate::virt::SharedHypervisor,
-    volumes: &[&Arc<MemoryVolume>],
-) -> Result<(), SnapshotError> {
-    let in_use = hypervisor.disk_paths_in_use().await?;
-    let in_use = canonical_all(in_use.into_iter().map(Into::into).collect()).await;
-    let ours = canonical_all(volumes.iter().map(|v| v.path.clone()).collect()).await;
-    for (volume, real) in volumes.iter().zip(ours) {
-        if real.is_some() && in_use.contains(&real) {
-            return Err(SnapshotError::invalid(format!(
-                "memory volume {} is a disk of a VM",
-                volume.volume
-            )));
-        }
-    }
-    Ok(())
 }

@@ -60,7 +60,10 @@ impl StorageService {
         conf: &Arc<MemoryVolume>,
         state: &MemoryState,
     ) -> Result<(), StorageError> {
-        let (conf, bytes) = (Arc::clone(conf), memory_state::encode(state));
+        // Refused here what a restore would refuse (a payload too large, a number JSON
+        // cannot carry), before anything is written.
+        let bytes = memory_state::try_encode(state)?;
+        let conf = Arc::clone(conf);
         off_reactor(move || memory_volume::write_conf(&conf, &bytes)).await
     }
 
@@ -71,7 +74,7 @@ impl StorageService {
         conf: &Arc<MemoryVolume>,
     ) -> Result<MemoryState, StorageError> {
         let conf = Arc::clone(conf);
-        let limit = memory_state::MAX_LEN + 4096;
+        let limit = memory_state::MAX_READ;
         let bytes = off_reactor(move || memory_volume::read_conf(&conf, limit)).await?;
         Ok(memory_state::decode(&bytes)?)
     }
@@ -103,4 +106,27 @@ impl StorageService {
             }
         }
     }
+}
+
+/// The first of `volumes` that a VM uses as a disk, if any: a dump written there would
+/// overwrite the VM's data. Compared by canonical path, as the snapshot compares disks.
+pub async fn memory_volume_in_use(
+    hypervisor: &crate::virt::SharedHypervisor,
+    volumes: &[&Arc<MemoryVolume>],
+) -> Result<Option<Uuid>, crate::virt::VirtError> {
+    let in_use = hypervisor.disk_paths_in_use().await?;
+    let ours: Vec<std::path::PathBuf> = volumes.iter().map(|v| v.path.clone()).collect();
+    let (in_use, ours) = tokio::task::spawn_blocking(move || {
+        let real = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+        let in_use: Vec<_> = in_use.iter().filter_map(|p| real(p.as_ref())).collect();
+        let ours: Vec<_> = ours.iter().map(|p| real(p)).collect();
+        (in_use, ours)
+    })
+    .await
+    .unwrap_or_default();
+    Ok(volumes
+        .iter()
+        .zip(ours)
+        .find(|(_, real)| real.as_ref().is_some_and(|r| in_use.contains(r)))
+        .map(|(volume, _)| volume.volume))
 }

@@ -9,6 +9,7 @@
 #[cfg(test)]
 mod fake_tests;
 mod journal;
+mod memory;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,8 @@ struct Inner {
     monitor: Monitor,
     /// The per-VM claims of the virt jobs: a destroy takes the VM's as a merge does.
     jobs: JobRegistry,
+    /// libvirt's agent response timeout, set before the clock of a restored guest is set.
+    agent_timeout: Duration,
     journal: Journal,
     /// VMs being created or destroyed: a second such call on one waits for nothing and is
     /// refused, so two never interleave their steps.
@@ -80,6 +83,7 @@ impl VmService {
         monitor: Monitor,
         jobs: JobRegistry,
         file_rules: VmFileRules,
+        agent_timeout: Duration,
         journal_dir: &std::path::Path,
     ) -> std::io::Result<Self> {
         Ok(Self {
@@ -89,6 +93,7 @@ impl VmService {
                 storage,
                 monitor,
                 jobs,
+                agent_timeout,
                 journal: Journal::open(journal_dir, "VM lifecycle")?.0,
                 busy: Mutex::default(),
             }),
@@ -138,13 +143,14 @@ impl VmService {
                 twice.target
             )));
         }
+        let restore = self.memory_to_restore(&p, &engine).await?;
+        // A restore runs the definition saved with the RAM (the manager's drive metadata in
+        // it), admitted and placed exactly as a manager's.
+        let definition = restore
+            .as_ref()
+            .map_or(p.vm_params.xml.as_str(), |r| r.xml.as_str());
         let managed: Vec<&str> = engine.drives.iter().map(|d| d.target.as_str()).collect();
-        let admitted = vm_policy::admit(
-            &p.vm_params.xml,
-            engine.uuid,
-            &managed,
-            &self.inner.file_rules,
-        )?;
+        let admitted = vm_policy::admit(definition, engine.uuid, &managed, &self.inner.file_rules)?;
         check_host_files(&admitted).await?;
         let _busy = self.claim(engine.uuid)?;
         if self
@@ -164,10 +170,20 @@ impl VmService {
         }
         make_placed_dirs(&admitted).await?;
         // The images stay locked until the VM uses them: no delete slips in between.
+        let dump_image = restore
+            .as_ref()
+            .map(|r| ImageRef::new(r.dump_id.domain, r.dump_id.image));
         let _locks = self
             .inner
             .storage
-            .lock_images(engine.drives.iter().map(drive_image).collect())
+            .lock_images(
+                engine
+                    .drives
+                    .iter()
+                    .map(drive_image)
+                    .chain(dump_image)
+                    .collect(),
+            )
             .await;
         let mut placed = Vec::with_capacity(engine.drives.len());
         let mut reverted = false;
@@ -208,7 +224,7 @@ impl VmService {
             (xml, leases) = self.place_leases(&engine, &xml).await?;
             expected.paths.extend(leases.into_iter().map(|l| l.path));
         }
-        if reverted {
+        if reverted && restore.is_none() {
             // The guest resumes from an earlier instant: software that keys on the VM's
             // generation (directory replicas, unique-id generators) must know.
             xml = vm_xml::with_new_genid(&xml).map_err(cannot_create)?;
@@ -229,7 +245,7 @@ impl VmService {
                 .collect(),
         };
         self.journal_write(entry.clone()).await?;
-        self.define_and_start(&engine, xml, &expected, &entry)
+        self.define_and_start(&engine, xml, &expected, &entry, restore.as_ref())
             .await?;
         if let Err(err) = self.check_leases_held(&engine).await {
             tracing::error!(vm = %engine.uuid, error = %err, "VM started without its lease; undoing");
@@ -253,17 +269,19 @@ impl VmService {
         Ok(self.short_status(engine.uuid))
     }
 
-    /// Defines the VM, checks libvirt's parse of it and the drives' chains, and starts it;
-    /// whatever fails is undone (definition, images, journal entry).
+    /// Defines the VM, checks libvirt's parse of it and the drives' chains, and starts it (or
+    /// restores it from its saved RAM); whatever fails is undone (definition, images, journal
+    /// entry).
     async fn define_and_start(
         &self,
         engine: &vm_xml::EngineVm,
         xml: String,
         expected: &Expected,
         entry: &Entry,
+        restore: Option<&memory::Restore>,
     ) -> Result<(), ApiError> {
         let vm = engine.uuid;
-        if let Err(err) = self.inner.hypervisor.define(xml).await {
+        if let Err(err) = self.inner.hypervisor.define(xml.clone()).await {
             tracing::warn!(%vm, error = %err, "VM.create failed; undoing");
             self.undo_create(entry).await;
             return Err(cannot_create(err));
@@ -279,7 +297,11 @@ impl VmService {
             self.undo_create(entry).await;
             return Err(refusal);
         }
-        if let Err(err) = self.inner.hypervisor.start(vm).await {
+        let started = match restore {
+            None => self.inner.hypervisor.start(vm).await,
+            Some(restore) => self.restore_and_resume(vm, xml, restore).await,
+        };
+        if let Err(err) = started {
             tracing::warn!(%vm, error = %err, "VM.create failed; undoing");
             self.undo_create(entry).await;
             return Err(cannot_create(err));

@@ -1,11 +1,17 @@
 //! A definition kept beside saved RAM: the guest's RAM size (what a dump must have room for)
 //! and the definition as a restore takes it back: every disk's `<backingStore>` removed (rvdsm
-//! records chains itself, and its `VM.create` checks refuse a definition that names one). Pure.
+//! records chains itself) and what libvirt writes into a running domain's definition by itself
+//! (the emulator's host path), so that it passes `VM.create`'s checks as a manager's would. Pure.
 
 use roxmltree::Document;
 
 use super::{apply_edits, child, is_libvirt};
 use crate::virt::error::VirtError;
+
+/// Devices libvirt writes into a running domain's definition by itself, that a restore gets
+/// back from it the same way: the host's emulator binary (a host path, which rvdsm's checks
+/// refuse in a manager's definition).
+const LIBVIRT_ADDS: &[&str] = &["emulator"];
 
 fn invalid(message: impl Into<String>) -> VirtError {
     VirtError::Xml {
@@ -42,17 +48,22 @@ pub fn memory_bytes(xml: &str) -> Result<u64, VirtError> {
         .ok_or_else(|| invalid("<memory> overflows"))
 }
 
-/// The definition without any disk's `<backingStore>`.
-pub fn without_backing_stores(xml: &str) -> Result<String, VirtError> {
+/// The definition as a restore takes it back (see the module's documentation).
+pub fn restorable(xml: &str) -> Result<String, VirtError> {
     let doc = Document::parse(xml).map_err(|e| invalid(e.to_string()))?;
     let Some(devices) = child(doc.root_element(), "devices") else {
         return Ok(xml.to_owned());
     };
-    let edits = devices
+    let backing_stores = devices
         .children()
         .filter(|d| is_libvirt(*d, "disk"))
-        .filter_map(|disk| child(disk, "backingStore"))
-        .map(|backing| (backing.range(), String::new()))
+        .filter_map(|disk| child(disk, "backingStore"));
+    let added_by_libvirt = devices
+        .children()
+        .filter(|d| LIBVIRT_ADDS.iter().any(|name| is_libvirt(*d, name)));
+    let edits = backing_stores
+        .chain(added_by_libvirt)
+        .map(|node| (node.range(), String::new()))
         .collect();
     Ok(apply_edits(xml, edits))
 }
@@ -83,12 +94,13 @@ mod tests {
 
     #[test]
     fn backing_stores_go_and_nothing_else_changes() {
-        let xml = "<domain><devices><disk type='file'><source file='/a'/>\
+        let xml = "<domain><devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
+                   <disk type='file'><source file='/a'/>\
                    <backingStore type='file'><source file='/b'/><backingStore/></backingStore>\
                    <target dev='vda'/></disk><disk><backingStore/><target dev='vdb'/></disk>\
                    </devices></domain>";
         assert_eq!(
-            without_backing_stores(xml).unwrap(),
+            restorable(xml).unwrap(),
             "<domain><devices><disk type='file'><source file='/a'/>\
              <target dev='vda'/></disk><disk><target dev='vdb'/></disk>\
              </devices></domain>"
