@@ -554,11 +554,16 @@ pub fn memory_section(memory: &Value, provenance: Option<&str>) -> String {
            event. The dumps are deleted after each run (not timed).\n\n\
            The pause the targets use: libvirt's lifecycle events, suspended → resumed, for both \
            sides from one `virsh event --loop --timestamp` watcher (the same instrument for \
-           both). The guest's own view agrees with it: under TCG the guest's clocks stop with \
-           its vCPUs, so a probe timestamping in a loop (or the write probe's largest gap) \
-           sees no gap at all; instead the guest's clock falls behind the host's by the time it \
-           stood still, read through the agent's `guest-get-time` just before and after each \
-           snapshot. QEMU's downtime is only the last stop-and-copy of the RAM (in paused mode, \
+           both). The guest's own view: under TCG the guest's clocks stop with its vCPUs, so a \
+           probe timestamping in a loop (or the write probe's largest gap) sees no gap at all; \
+           instead the guest's clock falls behind the host's by the time it stood still, read \
+           through the agent's `guest-get-time` just before and after each snapshot. It \
+           matches the events within a few ms when the guest's vCPU gets a core; it falls \
+           further behind when the vCPU is starved (the live mode of the writing guest above \
+           all), because the fixture's kernel finds no HPET or PM timer under TCG, marks the \
+           TSC unstable and keeps time by ticks (`refined-jiffies`), and ticks are lost while \
+           its vCPU waits for a core: the guest's clock is shown beside, the events are the \
+           measure. QEMU's downtime is only the last stop-and-copy of the RAM (in paused mode, \
            the whole copy); the events add libvirt's disks' switch and the resume.\n";
     for case in memory["cases"].as_array().into_iter().flatten() {
         let engine = &case["engine_sized_live"];
