@@ -285,7 +285,8 @@ impl Host {
         let name = format!("rvdsm-bench-{}-{index}", std::process::id());
         let xml = output(
             Command::new(self.repo.join("fixtures/guest-xml"))
-                .args(["--name", &name, "--console"])
+                .args(["--name", &name, "--memory", &memory_mib.to_string()])
+                .arg("--console")
                 .arg(self.dir.path().join(format!("console-{index}.log")))
                 .arg("--disk")
                 .arg(&path),

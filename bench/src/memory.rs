@@ -564,6 +564,15 @@ async fn one_case(
     let mut floor = host
         .boot_guest_with_memory(conn, 41 + 2 * index, 64 << 20, memory_mib)
         .await?;
+    for guest in [&ours, &floor] {
+        let kib = guest.domain.get_info()?.max_mem;
+        if kib != memory_mib << 10 {
+            bail!(
+                "guest {} has {kib} KiB of RAM, not {memory_mib} MiB",
+                guest.name
+            );
+        }
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut case = Case {
         memory_mib,
