@@ -565,7 +565,7 @@ async fn one_case(
         .boot_guest_with_memory(conn, 41 + 2 * index, 64 << 20, memory_mib)
         .await?;
     for guest in [&ours, &floor] {
-        let kib = guest.domain.get_info()?.max_mem;
+        let kib = guest.domain.info()?.max_mem;
         if kib != memory_mib << 10 {
             bail!(
                 "guest {} has {kib} KiB of RAM, not {memory_mib} MiB",
