@@ -12,6 +12,13 @@ use serde_json::{Value, json};
 use virt::connect::Connect;
 use virt::domain::Domain;
 
+/// VDSM's volume formats (`volFormat`).
+const COW: u32 = 4;
+const RAW: u32 = 5;
+
+/// The fixture guest's RAM (`fixtures/guest-xml`'s default), MiB.
+pub const FIXTURE_MEMORY_MIB: u64 = 256;
+
 /// A running rvdsmd with one storage domain.
 pub struct Host {
     pub repo: PathBuf,
@@ -35,6 +42,8 @@ pub struct Guest {
     /// The file it writes to now.
     pub path: PathBuf,
     pub domain: Domain,
+    /// Its RAM, MiB.
+    pub memory_mib: u64,
 }
 
 impl Drop for Guest {
@@ -165,6 +174,22 @@ impl Host {
         parent: Option<&str>,
         size: u64,
     ) -> Result<String> {
+        self.create_volume_of(image, parent, size, COW).await
+    }
+
+    /// Creates a RAW sparse volume of `size` bytes in a new image `image` (as an engine
+    /// creates the two volumes of a memory snapshot) and waits for its task.
+    pub async fn create_raw_volume(&self, image: &str, size: u64) -> Result<String> {
+        self.create_volume_of(image, None, size, RAW).await
+    }
+
+    async fn create_volume_of(
+        &self,
+        image: &str,
+        parent: Option<&str>,
+        size: u64,
+        format: u32,
+    ) -> Result<String> {
         let volume = uuid::Uuid::new_v4().to_string();
         let nil = "00000000-0000-0000-0000-000000000000";
         let task = self
@@ -173,7 +198,7 @@ impl Host {
                 "Volume.create",
                 json!({"volumeID": volume, "storagepoolID": self.pool,
                        "storagedomainID": self.domain, "imageID": image,
-                       "size": size.to_string(), "volFormat": 4, "preallocate": 2,
+                       "size": size.to_string(), "volFormat": format, "preallocate": 2,
                        "diskType": "DATA", "desc": "bench",
                        "srcImgUUID": if parent.is_some() { image } else { nil },
                        "srcVolUUID": parent.unwrap_or(nil)}),
@@ -181,6 +206,19 @@ impl Host {
             .await?;
         self.wait_task(task.as_str().context("no task id")?).await?;
         Ok(volume)
+    }
+
+    /// Deletes an image and all its volumes (`Image.delete`) and waits for its task.
+    pub async fn delete_image(&self, image: &str) -> Result<()> {
+        let task = self
+            .client
+            .call(
+                "Image.delete",
+                json!({"storagepoolID": self.pool, "storagedomainID": self.domain,
+                       "imageID": image, "postZero": false, "force": false}),
+            )
+            .await?;
+        self.wait_task(task.as_str().context("no task id")?).await
     }
 
     /// Polls a task every 2 ms until it finished; fails unless it succeeded; clears it.
@@ -211,6 +249,18 @@ impl Host {
     /// [`Host::boot_guest`] on a volume of `size` bytes (the fixture's ext4 uses the first
     /// 64 MiB; the rest is room for a bench's data).
     pub async fn boot_guest_sized(&self, conn: &Connect, index: usize, size: u64) -> Result<Guest> {
+        self.boot_guest_with_memory(conn, index, size, FIXTURE_MEMORY_MIB)
+            .await
+    }
+
+    /// [`Host::boot_guest_sized`] with `memory_mib` MiB of RAM.
+    pub async fn boot_guest_with_memory(
+        &self,
+        conn: &Connect,
+        index: usize,
+        size: u64,
+        memory_mib: u64,
+    ) -> Result<Guest> {
         let image = uuid::Uuid::new_v4().to_string();
         let volume = self.create_volume_sized(&image, None, size).await?;
         let prepared = self
@@ -235,7 +285,8 @@ impl Host {
         let name = format!("rvdsm-bench-{}-{index}", std::process::id());
         let xml = output(
             Command::new(self.repo.join("fixtures/guest-xml"))
-                .args(["--name", &name, "--console"])
+                .args(["--name", &name, "--memory", &memory_mib.to_string()])
+                .arg("--console")
                 .arg(self.dir.path().join(format!("console-{index}.log")))
                 .arg("--disk")
                 .arg(&path),
@@ -249,6 +300,7 @@ impl Host {
             volume,
             path: std::fs::canonicalize(&path)?,
             domain,
+            memory_mib,
         };
         let started = Instant::now();
         while guest.agent("{\"execute\":\"guest-ping\"}", 2).is_err() {

@@ -9,6 +9,7 @@
 
 mod host;
 mod life;
+mod memory;
 mod monitoring;
 mod parallel;
 mod report;
@@ -54,8 +55,10 @@ struct Args {
     /// Chain depths at which snapshot latency is measured (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 25, 50, 100])]
     depths: Vec<usize>,
-    /// Only one part, printed, nothing written (a quick look while working on it): the
-    /// snapshot latency at chain depths, or the parallel snapshots.
+    /// Only one part: the snapshot latency at chain depths, or the parallel snapshots
+    /// (printed, nothing written: a quick look while working on it); or the snapshots with
+    /// memory (printed, written to `memory.json` and as the memory section of `REPORT.md`,
+    /// the rest of the report kept; with `--smoke`, the idle guest only and nothing written).
     #[arg(long, value_enum)]
     only: Option<Only>,
     /// Where results.json and REPORT.md go.
@@ -68,6 +71,7 @@ struct Args {
 enum Only {
     Depths,
     Parallel,
+    Memory,
 }
 
 #[tokio::main]
@@ -109,6 +113,9 @@ async fn main() -> Result<()> {
 
     if args.only == Some(Only::Parallel) {
         return only_parallel(&host, &conn, &jobs, &args).await;
+    }
+    if args.only == Some(Only::Memory) {
+        return only_memory(&host, &conn, &jobs, &args, &results).await;
     }
 
     let depth_reps = args.reps.clamp(1, 5);
@@ -201,6 +208,8 @@ async fn main() -> Result<()> {
         Summary::of(&floor),
         Summary::of(&base_gap),
     );
+
+    let memory = memory::measure(&host, &conn, &jobs, &memory_args(&args)).await?;
 
     let life_args = life::LifeArgs {
         mib: args.life_mib,
@@ -321,6 +330,7 @@ async fn main() -> Result<()> {
         footprint,
         monitoring,
         life,
+        memory,
     };
     let (json_results, markdown) = bench.render(results);
     println!("{markdown}");
@@ -360,5 +370,48 @@ async fn only_parallel(
             floor.median / floor_one
         );
     }
+    Ok(())
+}
+
+/// The memory snapshots' runs: a few, as the guest-visible stall's; the 1 GiB writing guest
+/// in a full run only.
+fn memory_args(args: &Args) -> memory::MemoryArgs {
+    memory::MemoryArgs {
+        reps: args.reps.clamp(1, 5),
+        writing: !args.smoke,
+    }
+}
+
+/// `--only memory`: the snapshots with memory, printed; outside a smoke run, written to
+/// `memory.json` and as the memory section of `REPORT.md` (the rest of it kept).
+async fn only_memory(
+    host: &Host,
+    conn: &virt::connect::Connect,
+    jobs: &snap::JobWatcher,
+    args: &Args,
+    results: &serde_json::Map<String, Value>,
+) -> Result<()> {
+    let measured = memory::measure(host, conn, jobs, &memory_args(args)).await?;
+    let machine = &results["machine"];
+    let provenance = format!(
+        "Measured alone by `bench/run --only memory --reps {}` on {}, commit {} (the other \
+         sections are from the full run named at the top).",
+        args.reps,
+        machine["date"].as_str().unwrap_or(""),
+        machine["commit"].as_str().unwrap_or("")
+    );
+    let section = report::memory_section(&measured, Some(&provenance));
+    println!("{section}");
+    if args.smoke {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(
+        args.out.join("memory.json"),
+        serde_json::to_string_pretty(&json!({"machine": machine, "memory_snapshots": measured}))?,
+    )?;
+    let path = args.out.join("REPORT.md");
+    let report = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, report::splice_memory_section(&report, &section))?;
     Ok(())
 }

@@ -70,6 +70,8 @@ pub struct Bench {
     pub monitoring: Value,
     /// Live merge, full clone and revert beside their floors.
     pub life: Value,
+    /// Snapshots with memory beside their floor (`memory::measure`).
+    pub memory: Value,
 }
 
 fn verdict(ok: bool) -> &'static str {
@@ -144,7 +146,8 @@ impl Bench {
             thaw.show(),
             total.show()
         );
-        md += "## Snapshot latency by chain depth\n\n| volumes in the chain | rvdsm (ms) | floor (ms) | ratio | target | rvdsm's freeze-switch-thaw (ms) |\n|---|---|---|---|---|---|\n";
+        md += &memory_section(&self.memory, None);
+        md += "\n## Snapshot latency by chain depth\n\n| volumes in the chain | rvdsm (ms) | floor (ms) | ratio | target | rvdsm's freeze-switch-thaw (ms) |\n|---|---|---|---|---|---|\n";
         for (depth, ours, floor, flow) in &self.depths {
             let r = ratio(ours.median, floor.median);
             md += &format!(
@@ -353,6 +356,7 @@ impl Bench {
         results.insert("footprint".into(), self.footprint.clone());
         results.insert("monitoring".into(), self.monitoring.clone());
         results.insert("snapshot_life".into(), self.life.clone());
+        results.insert("memory_snapshots".into(), self.memory.clone());
         (results, md)
     }
 
@@ -423,5 +427,191 @@ impl Bench {
             verdict(stats8 >= 20_000.0),
             verdict(per_vm <= 64.0),
         )
+    }
+}
+
+/// The memory snapshots beside their floor and targets (`memory::measure`'s JSON).
+/// `provenance`, when given, says where the figures come from (a run of `--only memory`).
+pub fn memory_section(memory: &Value, provenance: Option<&str>) -> String {
+    let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let show = |v: &Value| {
+        if v.is_null() {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.1} ({:.1}-{:.1})",
+                num(&v["median"]),
+                num(&v["min"]),
+                num(&v["max"])
+            )
+        }
+    };
+    let mut md = format!(
+        "\n## Memory snapshots (`VM.snapshot` with `snapMemory`)\n\n{}\
+         {} runs of each, rvdsm's and the floor's in turn on two guests of the same size.\n\n\
+         | guest | mode | measure | rvdsm | floor | ratio | target |\n|---|---|---|---|---|---|---|\n",
+        provenance.map_or(String::new(), |p| format!("{p}\n\n")),
+        memory["reps"]
+    );
+    let mut notes = Vec::new();
+    for case in memory["cases"].as_array().into_iter().flatten() {
+        let guest = format!(
+            "{} MiB, {}",
+            case["memory_mib"],
+            if case["writing"] == true {
+                "writing"
+            } else {
+                "idle"
+            }
+        );
+        if case["writing"] == true {
+            notes.push(format!(
+                "The writing guest copies 32 MiB of random bytes over and over onto a {} MiB \
+                 file in its tmpfs (non-zero pages, so QEMU cannot send them as zero pages); one \
+                 pass alone takes {:.0} ms ({:.0} MiB/s, timed from the host through the \
+                 agent). Under TCG its one vCPU then keeps one of the host's 2 cores busy, and \
+                 only the guest being measured writes (its workload starts 2 s before each \
+                 snapshot and stops after it).",
+                case["working_set_mib"],
+                num(&case["writer_pass_ms"]),
+                num(&case["working_set_mib"]) / num(&case["writer_pass_ms"]) * 1000.0
+            ));
+        }
+        for mode in ["paused", "live"] {
+            let m = &case["modes"][mode];
+            let (ours, floor) = (&m["rvdsm"], &m["floor"]);
+            let row = |measure: &str, key: &str, ratio: Option<&str>, target: String| {
+                format!(
+                    "| {guest} | {mode} | {measure} | {} | {} | {} | {target} |\n",
+                    show(&ours[key]),
+                    show(&floor[key]),
+                    ratio.map_or("-".into(), |r| format!("{:.2}", num(&m["ratio"][r])))
+                )
+            };
+            let took_ratio = num(&m["ratio"]["request_to_done"]);
+            let pause_ratio = num(&m["ratio"]["pause_events"]);
+            md += &row(
+                "request to done (ms)",
+                "request_to_done_ms",
+                Some("request_to_done"),
+                format!("≤ 1.10: {}", verdict(took_ratio <= 1.10)),
+            );
+            let pause_target = match mode {
+                "paused" => format!("≤ 1.10: {}", verdict(pause_ratio <= 1.10)),
+                _ if case["writing"] == true => {
+                    let median = num(&ours["pause_events_ms"]["median"]);
+                    format!("≤ 300 ms: {}", verdict(median <= 300.0))
+                }
+                _ => String::new(),
+            };
+            md += &row(
+                "**guest paused**: libvirt's suspended → resumed events (ms)",
+                "pause_events_ms",
+                Some("pause_events"),
+                pause_target,
+            );
+            md += &row(
+                "guest's clock fallen behind the host's (ms)",
+                "guest_clock_lag_ms",
+                Some("guest_clock_lag"),
+                String::new(),
+            );
+            md += &row(
+                "± of that (half the agent's two round trips, ms)",
+                "guest_clock_lag_error_ms",
+                None,
+                String::new(),
+            );
+            md += &row(
+                "rvdsm's own `result.memory.pauseMs`",
+                "reported_pause_ms",
+                None,
+                String::new(),
+            );
+            md += &row(
+                "QEMU's downtime (libvirt's completed job, ms)",
+                "downtime_ms",
+                None,
+                String::new(),
+            );
+            md += &row("passes over the RAM", "iterations", None, String::new());
+            md += &row("dump on disk (MiB)", "dump_mib", None, String::new());
+        }
+    }
+    md += "\nFloor: the same external snapshot with memory issued directly through the `virt` \
+           crate, as `virsh snapshot-create --reuse-external --no-metadata [--live]` issues it: \
+           a `<domainsnapshot>` with the disk `snapshot='external'` onto a qcow2 overlay made \
+           beforehand (`qemu-img create -b <current> -F qcow2`) and `<memory \
+           snapshot='external' file=...>` onto a sparse RAW file of the dump volume's size made \
+           beforehand in the guest's image directory; flags REUSE_EXT | NO_METADATA | ATOMIC \
+           (rvdsm's own), and LIVE for the live mode. Dump volumes and files: the engine's \
+           size (RAM + 264 MiB) in paused mode; 3 × RAM + 264 MiB in live mode, on both \
+           sides, since a live dump holds again the pages dirtied while it is written and \
+           rvdsm stops a dump that reaches its volume's capacity. rvdsm's side: \
+           the dump and configuration volumes (RAW, sparse, each in a new image) and the disk's \
+           new top created with `Volume.create` first (not timed), then `VM.snapshot` with \
+           `snapMemory` and `memoryMode`, timed from the request to the job's `|jobs|status|` \
+           event. The dumps are deleted after each run (not timed).\n\n\
+           The pause the targets use: libvirt's lifecycle events, suspended → resumed, for both \
+           sides from one `virsh event --loop --timestamp` watcher (the same instrument for \
+           both). The guest's own view: under TCG the guest's clocks stop with its vCPUs, so a \
+           probe timestamping in a loop (or the write probe's largest gap) sees no gap at all; \
+           instead the guest's clock falls behind the host's by the time it stood still, read \
+           through the agent's `guest-get-time` just before and after each snapshot. It \
+           matches the events within a few ms when the guest's vCPU gets a core; it falls \
+           further behind when the vCPU is starved (the live mode of the writing guest above \
+           all), because the fixture's kernel finds no HPET or PM timer under TCG, marks the \
+           TSC unstable and keeps time by ticks (`refined-jiffies`), and ticks are lost while \
+           its vCPU waits for a core: the guest's clock is shown beside, the events are the \
+           measure. QEMU's downtime is only the last stop-and-copy of the RAM (in paused mode, \
+           the whole copy); the events add libvirt's disks' switch and the resume.\n";
+    for case in memory["cases"].as_array().into_iter().flatten() {
+        let engine = &case["engine_sized_live"];
+        if engine.is_object() {
+            notes.push(if engine["ok"] == true {
+                format!(
+                    "A live snapshot of the {} MiB writing guest onto a dump volume of the \
+                     engine's size ({} MiB): done, its dump {:.0} MiB, the guest paused {:.0} ms.",
+                    case["memory_mib"],
+                    engine["volume_mib"],
+                    num(&engine["dump_mib"]),
+                    num(&engine["pause_events_ms"])
+                )
+            } else {
+                format!(
+                    "A live snapshot of the {} MiB writing guest onto a dump volume of the \
+                     engine's size ({} MiB) failed: {}",
+                    case["memory_mib"],
+                    engine["volume_mib"],
+                    engine["error"].as_str().unwrap_or("")
+                )
+            });
+        }
+        for failure in case["failures"].as_array().into_iter().flatten() {
+            notes.push(format!(
+                "Failed run ({} MiB guest): {}",
+                case["memory_mib"],
+                failure.as_str().unwrap_or("")
+            ));
+        }
+    }
+    for note in notes {
+        md += &format!("\n{note}\n");
+    }
+    md
+}
+
+/// Puts the memory section into an existing report, replacing its previous one (a run of
+/// `--only memory` updates that section alone), or after the snapshots section.
+pub fn splice_memory_section(report: &str, section: &str) -> String {
+    const HEADING: &str = "\n## Memory snapshots";
+    if let Some(start) = report.find(HEADING) {
+        let rest = &report[start + 1..];
+        let end = rest.find("\n## ").map_or(report.len(), |e| start + 1 + e);
+        return format!("{}{section}{}", &report[..start], &report[end..]);
+    }
+    match report.find("\n## Snapshot latency by chain depth") {
+        Some(at) => format!("{}{section}{}", &report[..at], &report[at..]),
+        None => format!("{report}{section}"),
     }
 }

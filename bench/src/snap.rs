@@ -120,7 +120,7 @@ pub async fn rvdsm_flow(host: &Host, jobs: &JobWatcher, guest: &mut Guest) -> Re
     Ok(took)
 }
 
-fn switched(host: &Host, guest: &mut Guest, top: String) {
+pub fn switched(host: &Host, guest: &mut Guest, top: String) {
     guest.path = host.image_dir(&guest.image).join(&top);
     guest.volume = top;
 }
@@ -130,7 +130,7 @@ fn switched(host: &Host, guest: &mut Guest, top: String) {
 /// walks a chain of relative names at each snapshot, and at depth that costs far more than
 /// absolute ones (measured with virsh alone at 50 volumes: 48 ms absolute, 98-111 ms
 /// relative), so the floor's chain is of the same kind as rvdsm's.
-fn floor_overlay(host: &Host, guest: &Guest, n: usize) -> Result<std::path::PathBuf> {
+pub fn floor_overlay(host: &Host, guest: &Guest, n: usize) -> Result<std::path::PathBuf> {
     let overlay = host
         .image_dir(&guest.image)
         .join(format!("floor-{n}.qcow2"));
@@ -339,7 +339,7 @@ pub async fn ping_during(host: &Host, stop: Arc<Notify>) -> Result<Vec<f64>> {
     Ok(latencies)
 }
 
-fn millis(since: Instant) -> f64 {
+pub fn millis(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 

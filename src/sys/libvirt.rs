@@ -224,7 +224,8 @@ pub fn completed_job_downtime(domain: &Domain) -> Result<Option<u64>, LibvirtErr
             &mut kind,
             &mut params,
             &mut nparams,
-            sys::VIR_DOMAIN_JOB_STATS_COMPLETED,
+            // Kept for others to read too (a monitor, `virsh domjobinfo --completed`).
+            sys::VIR_DOMAIN_JOB_STATS_COMPLETED | sys::VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED,
         )
     };
     check("read the completed job", rc)?;

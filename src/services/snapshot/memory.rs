@@ -25,9 +25,6 @@ use crate::storage::memory_state::{MemoryState, SavedDisk, SavedFor, SavedVolume
 use crate::storage::memory_volume::MemoryVolume;
 use crate::virt::{DiskSwitch, MemoryDump, PauseReport, VirtError};
 
-/// What a dump needs beyond the guest's RAM: libvirt's header and the definition, and the
-/// devices' state (video memory above all). Engines size dump volumes RAM + 200 MiB.
-pub const DUMP_HEADROOM: u64 = 64 << 20;
 /// How often the dump's size is looked at while libvirt writes it.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -125,7 +122,7 @@ impl SnapshotService {
             )));
         }
         let ram = crate::virt::xml::saved::memory_bytes(&view.xml)?;
-        let needed = ram.saturating_add(DUMP_HEADROOM);
+        let needed = crate::services::storage::dump_room_needed(ram);
         if dump.capacity < needed {
             return Err(SnapshotError::invalid(format!(
                 "the dump volume {} is too small: {} bytes, and the guest's RAM ({ram} bytes) \

@@ -14,6 +14,16 @@ use crate::storage::image::ImageRef;
 use crate::storage::memory_state::{self, MemoryState};
 use crate::storage::memory_volume::{self, MemoryVolume};
 
+/// What a dump needs beyond the guest's RAM: libvirt's header and the definition, and the
+/// devices' state (video memory above all). Engines size dump volumes RAM + 200 MiB.
+pub const DUMP_HEADROOM: u64 = 64 << 20;
+
+/// The least a dump volume must hold for a guest of `ram` bytes (in paused mode; a live dump
+/// of a guest that writes grows past it, and is stopped at the volume's capacity).
+pub fn dump_room_needed(ram: u64) -> u64 {
+    ram.saturating_add(DUMP_HEADROOM)
+}
+
 /// A memory volume by its domain, image and volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryVolumeId {

@@ -42,7 +42,7 @@ mod volumes;
 
 pub use crate::storage::image::{CopyReading, ImageHandle, ImageLock, ImageRef, MergeMark};
 pub use error::StorageServiceError;
-pub use memory::{MemoryVolumeId, memory_volume_in_use};
+pub use memory::{MemoryVolumeId, dump_room_needed, memory_volume_in_use};
 
 use std::collections::HashMap;
 use std::path::Path;

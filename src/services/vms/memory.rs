@@ -30,9 +30,6 @@ use crate::virt::{MemoryDump, VirtError};
 
 /// How long a restore or a hibernation's save may take.
 const MEMORY_CALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// What a dump needs beyond the guest's RAM (see the snapshot's).
-const DUMP_HEADROOM: u64 = 64 << 20;
-
 /// Saved RAM a `VM.create` restores, checked.
 pub(super) struct Restore {
     /// The dump, held open.
@@ -282,7 +279,7 @@ impl VmService {
             )));
         }
         let ram = crate::virt::xml::saved::memory_bytes(&view.xml)?;
-        if dump.capacity < ram.saturating_add(DUMP_HEADROOM) {
+        if dump.capacity < crate::services::storage::dump_room_needed(ram) {
             return Err(ApiError::invalid_parameter(format!(
                 "{{'action': 'VM.hibernate', 'reason': 'the dump volume {} is too small: {} bytes for {ram} bytes of RAM'}}",
                 dump_id.volume, dump.capacity

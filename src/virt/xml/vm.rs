@@ -424,7 +424,6 @@ pub fn metadata_after_merge(
     Ok(edited_element(domain_xml, vm, edits))
 }
 
-/// `<metadata><ovirt-vm:vm>`, if the domain has it.
 /// `saved_xml` with its `ovirt-vm` metadata element replaced by `engine_xml`'s (made
 /// self-contained): the manager's drive metadata (the volumes the VM is to run on now) in a
 /// definition saved earlier. Both must have one.
@@ -434,13 +433,14 @@ pub fn with_metadata_of(saved_xml: &str, engine_xml: &str) -> Result<String, Vir
         .ok_or_else(|| invalid("the manager's XML has no ovirt-vm metadata"))?;
     let start = engine_vm.range().start;
     let element = edited_element(engine_xml, engine_vm, vec![(start..start, String::new())])
-        .unwrap_or_default();
+        .ok_or_else(|| invalid("the manager's ovirt-vm metadata cannot be taken out"))?;
     let saved = Document::parse(saved_xml).map_err(|e| invalid(e.to_string()))?;
     let saved_vm = ovirt_vm_element(&saved)
         .ok_or_else(|| invalid("the saved definition has no ovirt-vm metadata"))?;
     Ok(apply_edits(saved_xml, vec![(saved_vm.range(), element)]))
 }
 
+/// `<metadata><ovirt-vm:vm>`, if the domain has it.
 fn ovirt_vm_element<'a, 'input>(doc: &'a Document<'input>) -> Option<Node<'a, 'input>> {
     child(doc.root_element(), "metadata").and_then(|m| {
         m.children()
