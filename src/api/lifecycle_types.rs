@@ -18,31 +18,14 @@ pub struct VmParams {
     pub xml: String,
     /// Restore: the RAM dump of a memory snapshot (VDSM 4.2+'s form).
     #[serde(rename = "memoryDumpVolume", default)]
-    pub memory_dump_volume: Option<VolumeIds>,
+    pub memory_dump_volume: Option<super::merge_types::DriveSpec>,
     /// Restore: the configuration saved with it.
     #[serde(rename = "memoryConfVolume", default)]
-    pub memory_conf_volume: Option<VolumeIds>,
+    pub memory_conf_volume: Option<super::merge_types::DriveSpec>,
     /// Restore: both, as VDSM's legacy string
     /// (`sdUUID,spUUID,dumpImg,dumpVol,confImg,confVol`), after a hibernation.
     #[serde(rename = "hiberVolHandle", default)]
     pub hiber_vol_handle: Option<String>,
-}
-
-/// A volume named by its pool, domain, image and volume (VDSM's `VolumeSpec` in `vmParams`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct VolumeIds {
-    /// The pool.
-    #[serde(rename = "poolID")]
-    pub pool: Uuid,
-    /// The storage domain.
-    #[serde(rename = "domainID")]
-    pub domain: Uuid,
-    /// The image.
-    #[serde(rename = "imageID")]
-    pub image: Uuid,
-    /// The volume.
-    #[serde(rename = "volumeID")]
-    pub volume: Uuid,
 }
 
 /// Parameters of `VM.hibernate`.

@@ -161,6 +161,15 @@ impl Bed {
             .await
     }
 
+    /// A volume's legality as `Volume.getInfo` says it (`LEGAL`, `ILLEGAL`).
+    pub async fn legality(&self, (image, volume): (Uuid, Uuid)) -> String {
+        let info = self.info(image, volume).await.expect("Volume.getInfo");
+        serde_json::to_value(&info).expect("serializable")["legality"]
+            .as_str()
+            .expect("a legality")
+            .to_owned()
+    }
+
     /// Waits until the storage task ends; its final status.
     pub async fn wait_task(&self, task: Uuid) -> TaskStatus {
         let started = Instant::now();

@@ -57,14 +57,6 @@ fn snapshot(
     }))
 }
 
-async fn legality(bed: &Bed, (image, volume): (Uuid, Uuid)) -> String {
-    let info = bed.info(image, volume).await.expect("Volume.getInfo");
-    serde_json::to_value(&info).unwrap()["legality"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// A done snapshot with memory made one libvirt call and no freeze, says what it saved, and
 /// left a configuration a restore reads, for this VM and this dump.
 #[tokio::test]
@@ -124,8 +116,8 @@ async fn a_failed_snapshot_with_memory_leaves_its_memory_volumes_illegal() {
         .expect("VM.snapshot");
     let end = job_end(&bed.services, job).await;
     assert_eq!(end.status, JobStatus::Failed, "{end:?}");
-    assert_eq!(legality(&bed, dump).await, "ILLEGAL");
-    assert_eq!(legality(&bed, conf).await, "ILLEGAL");
+    assert_eq!(bed.legality(dump).await, "ILLEGAL");
+    assert_eq!(bed.legality(conf).await, "ILLEGAL");
     assert!(
         bed.info(ids.1, ids.3).await.is_err(),
         "the new volume is gone"
@@ -163,5 +155,5 @@ async fn a_small_dump_or_a_disk_as_the_dump_is_refused_untouched() {
         .unwrap_err();
     assert!(err.to_string().contains("is a disk of a VM"), "{err}");
     assert_eq!(bed.fake.count("memory_snapshot"), 0);
-    assert_eq!(legality(&bed, conf).await, "LEGAL");
+    assert_eq!(bed.legality(conf).await, "LEGAL");
 }

@@ -324,19 +324,31 @@ async fn memory_volumes(bed: &Bed) -> ((Uuid, Uuid), (Uuid, Uuid)) {
     (made[0], made[1])
 }
 
+/// Hibernates the running `vm` onto new memory volumes and waits until it is down; the
+/// volumes' `(image, volume)`, dump first.
+async fn hibernated(bed: &Bed, vm: Uuid) -> ((Uuid, Uuid), (Uuid, Uuid)) {
+    let (dump, conf) = memory_volumes(bed).await;
+    let hibernate = params(json!({ "vmID": vm, "hiberVolHandle": handle(bed, dump, conf) }));
+    bed.services
+        .vms
+        .hibernate(hibernate)
+        .await
+        .expect("VM.hibernate");
+    for _ in 0..200 {
+        if bed.fake.vm(vm).unwrap().view.status == VmStatus::Down {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Down);
+    (dump, conf)
+}
+
 fn handle(bed: &Bed, dump: (Uuid, Uuid), conf: (Uuid, Uuid)) -> String {
     format!(
         "{},{},{},{},{},{}",
         bed.domain, bed.pool, dump.0, dump.1, conf.0, conf.1
     )
-}
-
-async fn legality(bed: &Bed, (image, volume): (Uuid, Uuid)) -> String {
-    let info = bed.info(image, volume).await.expect("Volume.getInfo");
-    serde_json::to_value(&info).unwrap()["legality"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// A hibernation writes the configuration, saves the RAM and leaves the VM down; a restore
@@ -350,22 +362,9 @@ async fn a_hibernation_and_its_restore_make_the_calls_in_order() {
         .create(create.clone())
         .await
         .expect("VM.create");
-    let (dump, conf) = memory_volumes(&bed).await;
-    let hibernate = params(json!({ "vmID": vm, "hiberVolHandle": handle(&bed, dump, conf) }));
-    bed.services
-        .vms
-        .hibernate(hibernate)
-        .await
-        .expect("VM.hibernate");
-    for _ in 0..200 {
-        if bed.fake.vm(vm).unwrap().view.status == VmStatus::Down {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Down);
+    let (dump, conf) = hibernated(&bed, vm).await;
     assert_eq!(bed.fake.count("save_memory"), 1);
-    assert_eq!(legality(&bed, dump).await, "LEGAL");
+    assert_eq!(bed.legality(dump).await, "LEGAL");
     bed.services
         .vms
         .destroy(destroy(vm))
@@ -415,13 +414,13 @@ async fn a_failed_hibernation_marks_the_memory_volumes_illegal() {
         .await
         .expect("VM.hibernate");
     for _ in 0..200 {
-        if legality(&bed, conf).await == "ILLEGAL" {
+        if bed.legality(conf).await == "ILLEGAL" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(legality(&bed, dump).await, "ILLEGAL");
-    assert_eq!(legality(&bed, conf).await, "ILLEGAL");
+    assert_eq!(bed.legality(dump).await, "ILLEGAL");
+    assert_eq!(bed.legality(conf).await, "ILLEGAL");
     assert_eq!(bed.fake.vm(vm).unwrap().view.status, VmStatus::Up);
 }
 
@@ -435,19 +434,7 @@ async fn a_restore_of_another_vms_ram_or_onto_a_later_disk_defines_nothing() {
         .create(create.clone())
         .await
         .expect("VM.create");
-    let (dump, conf) = memory_volumes(&bed).await;
-    let hibernate = params(json!({ "vmID": vm, "hiberVolHandle": handle(&bed, dump, conf) }));
-    bed.services
-        .vms
-        .hibernate(hibernate)
-        .await
-        .expect("VM.hibernate");
-    for _ in 0..200 {
-        if bed.fake.vm(vm).unwrap().view.status == VmStatus::Down {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (dump, conf) = hibernated(&bed, vm).await;
     bed.services
         .vms
         .destroy(destroy(vm))

@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use super::VmService;
 use crate::api::ApiError;
-use crate::api::lifecycle_types::{CreateVmParams, HibernateParams, VolumeIds};
+use crate::api::lifecycle_types::{CreateVmParams, HibernateParams};
+use crate::api::merge_types::DriveSpec;
 use crate::api::snapshot_types::{MemoryMode, MemoryVolumes};
 use crate::api::types::VmStatus;
 use crate::clock::epoch_secs;
@@ -51,7 +52,7 @@ fn invalid(reason: impl std::fmt::Display) -> ApiError {
 /// The dump and configuration a `VM.create` names, in either of VDSM's forms.
 fn named_volumes(p: &CreateVmParams) -> Result<Option<(MemoryVolumeId, MemoryVolumeId)>, ApiError> {
     let params = &p.vm_params;
-    let id = |v: &VolumeIds| MemoryVolumeId::new(v.domain, (v.image, v.volume));
+    let id = |v: &DriveSpec| MemoryVolumeId::new(v.domain, (v.image, v.volume));
     match (
         &params.memory_dump_volume,
         &params.memory_conf_volume,
