@@ -161,6 +161,21 @@ impl Bed {
             .await
     }
 
+    /// A RAW volume of `bytes` alone in a new image (a memory volume, as an engine makes it):
+    /// its `(image, volume)`.
+    pub async fn raw_volume(&self, bytes: u64) -> (Uuid, Uuid) {
+        let (image, volume) = (Uuid::new_v4(), Uuid::new_v4());
+        let extra = json!({ "volFormat": 5, "size": bytes.to_string() });
+        let task = self
+            .services
+            .storage
+            .create_volume(params(self.create_params(image, volume, None, extra)))
+            .await
+            .expect("Volume.create starts");
+        assert_eq!(self.wait_task(task).await.task_result, "success");
+        (image, volume)
+    }
+
     /// A volume's legality as `Volume.getInfo` says it (`LEGAL`, `ILLEGAL`).
     pub async fn legality(&self, (image, volume): (Uuid, Uuid)) -> String {
         let info = self.info(image, volume).await.expect("Volume.getInfo");

@@ -24,25 +24,6 @@ async fn vm_and_new_volume(bed: &Bed) -> (Uuid, Uuid, Uuid, Uuid) {
     (vm, image, volumes[0], new)
 }
 
-/// A RAW volume of `bytes` alone in a new image.
-async fn raw_volume(bed: &Bed, bytes: u64) -> (Uuid, Uuid) {
-    let (image, volume) = (Uuid::new_v4(), Uuid::new_v4());
-    let raw = bed.create_params(
-        image,
-        volume,
-        None,
-        json!({ "volFormat": 5, "size": bytes.to_string() }),
-    );
-    let task = bed
-        .services
-        .storage
-        .create_volume(params(raw))
-        .await
-        .expect("Volume.create starts");
-    assert_eq!(bed.wait_task(task).await.task_result, "success");
-    (image, volume)
-}
-
 fn snapshot(
     bed: &Bed,
     (vm, image, base, new): (Uuid, Uuid, Uuid, Uuid),
@@ -63,8 +44,8 @@ fn snapshot(
 async fn a_snapshot_with_memory_saves_its_configuration_and_reports_the_memory() {
     let bed = Bed::open().await;
     let ids = vm_and_new_volume(&bed).await;
-    let dump = raw_volume(&bed, 256 << 20).await;
-    let conf = raw_volume(&bed, 1 << 20).await;
+    let dump = bed.raw_volume(256 << 20).await;
+    let conf = bed.raw_volume(1 << 20).await;
     let job = Uuid::new_v4();
     bed.services
         .snapshot
@@ -102,8 +83,8 @@ async fn a_snapshot_with_memory_saves_its_configuration_and_reports_the_memory()
 async fn a_failed_snapshot_with_memory_leaves_its_memory_volumes_illegal() {
     let bed = Bed::open().await;
     let ids = vm_and_new_volume(&bed).await;
-    let dump = raw_volume(&bed, 256 << 20).await;
-    let conf = raw_volume(&bed, 1 << 20).await;
+    let dump = bed.raw_volume(256 << 20).await;
+    let conf = bed.raw_volume(1 << 20).await;
     bed.fake.fail_next(
         "memory_snapshot",
         libvirt_error("create external snapshot with memory", 1),
@@ -130,8 +111,8 @@ async fn a_failed_snapshot_with_memory_leaves_its_memory_volumes_illegal() {
 async fn a_small_dump_or_a_disk_as_the_dump_is_refused_untouched() {
     let bed = Bed::open().await;
     let ids = vm_and_new_volume(&bed).await;
-    let conf = raw_volume(&bed, 1 << 20).await;
-    let small = raw_volume(&bed, 128 << 20).await;
+    let conf = bed.raw_volume(1 << 20).await;
+    let small = bed.raw_volume(128 << 20).await;
     let err = bed
         .services
         .snapshot
@@ -141,7 +122,7 @@ async fn a_small_dump_or_a_disk_as_the_dump_is_refused_untouched() {
     assert!(err.to_string().contains("too small"), "{err}");
 
     // A RAW volume the VM uses as a disk: its data would be overwritten by the dump.
-    let disk = raw_volume(&bed, 512 << 20).await;
+    let disk = bed.raw_volume(512 << 20).await;
     let path = bed.path(disk.0, disk.1);
     bed.fake.edit(ids.0, |v| {
         v.disks

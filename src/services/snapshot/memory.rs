@@ -170,11 +170,7 @@ impl SnapshotService {
                     },
                 })
                 .collect(),
-            dump: SavedVolume {
-                domain_id: memory.ids.domain,
-                image_id: memory.ids.dump.0,
-                volume_id: memory.ids.dump.1,
-            },
+            dump: MemoryVolumeId::new(memory.ids.domain, memory.ids.dump).into(),
         };
         self.storage
             .write_memory_state(&memory.conf, &state)

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::StorageService;
 use crate::storage::StorageError;
 use crate::storage::image::ImageRef;
-use crate::storage::memory_state::{self, MemoryState};
+use crate::storage::memory_state::{self, MemoryState, SavedVolume};
 use crate::storage::memory_volume::{self, MemoryVolume};
 
 /// What a dump needs beyond the guest's RAM: libvirt's header and the definition, and the
@@ -42,6 +42,26 @@ impl MemoryVolumeId {
             domain,
             image,
             volume,
+        }
+    }
+}
+
+impl From<SavedVolume> for MemoryVolumeId {
+    fn from(v: SavedVolume) -> Self {
+        Self {
+            domain: v.domain_id,
+            image: v.image_id,
+            volume: v.volume_id,
+        }
+    }
+}
+
+impl From<MemoryVolumeId> for SavedVolume {
+    fn from(v: MemoryVolumeId) -> Self {
+        Self {
+            domain_id: v.domain,
+            image_id: v.image,
+            volume_id: v.volume,
         }
     }
 }

@@ -308,20 +308,7 @@ async fn a_destroy_during_a_live_merge_is_refused() {
 /// Two RAW memory volumes (dump, configuration), each alone in a new image: `(dump, conf)` as
 /// `(image, volume)`.
 async fn memory_volumes(bed: &Bed) -> ((Uuid, Uuid), (Uuid, Uuid)) {
-    let mut made = Vec::new();
-    for _ in 0..2 {
-        let (image, volume) = (Uuid::new_v4(), Uuid::new_v4());
-        let raw = bed.create_params(image, volume, None, json!({ "volFormat": 5 }));
-        let task = bed
-            .services
-            .storage
-            .create_volume(params(raw))
-            .await
-            .expect("Volume.create starts");
-        assert_eq!(bed.wait_task(task).await.task_result, "success");
-        made.push((image, volume));
-    }
-    (made[0], made[1])
+    (bed.raw_volume(1 << 30).await, bed.raw_volume(1 << 30).await)
 }
 
 /// Hibernates the running `vm` onto new memory volumes and waits until it is down; the

@@ -105,11 +105,7 @@ impl VmService {
                 conf_id.volume, state.vm_id, engine.uuid
             )));
         }
-        let saved_dump = MemoryVolumeId {
-            domain: state.dump.domain_id,
-            image: state.dump.image_id,
-            volume: state.dump.volume_id,
-        };
+        let saved_dump = MemoryVolumeId::from(state.dump);
         if saved_dump != dump_id {
             return Err(cannot_create(format!(
                 "the configuration belongs to the dump {}, not to {}",
@@ -308,11 +304,7 @@ impl VmService {
             elapsed_time_offset: 0.0,
             domain_xml: crate::virt::xml::saved::restorable(&xml)?,
             disks,
-            dump: SavedVolume {
-                domain_id: dump_id.domain,
-                image_id: dump_id.image,
-                volume_id: dump_id.volume,
-            },
+            dump: dump_id.into(),
         };
         storage.write_memory_state(&conf, &state).await?;
         tracing::info!(%vm, "hibernation starting");
